@@ -1,0 +1,144 @@
+//! `cinder generate`.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::Context;
+use cinder_model::{GenerateRequest, Llama, SamplingParams, generate};
+use cinder_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
+use clap::ArgGroup;
+use serde::Serialize;
+
+use crate::model_path::ModelArg;
+
+#[derive(clap::Args)]
+#[command(group(ArgGroup::new("input").required(true).args(["prompt", "chat", "prompt_ids"])))]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Raw prompt text (control-token text such as <|im_start|> is parsed as those tokens).
+    #[arg(long, allow_hyphen_values = true)]
+    prompt: Option<String>,
+    /// A user message, wrapped in the model's chat template.
+    #[arg(long, allow_hyphen_values = true)]
+    chat: Option<String>,
+    /// Prompt token ids, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    prompt_ids: Option<Vec<u32>>,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 is greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Sample from the K most likely tokens only (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Nucleus sampling: the smallest set of tokens with this much probability.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Drop tokens less likely than this fraction of the most likely one.
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    /// Penalty for tokens among the last 64 (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    /// Random seed; the same seed gives the same output.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Keep generating past end-of-generation tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// After the text, print a JSON object with the ids and text on the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct JsonOutput<'a> {
+    prompt_ids: &'a [u32],
+    ids: &'a [u32],
+    text: &'a str,
+    finish_reason: &'a str,
+    prompt_tokens_per_s: f64,
+    decode_tokens_per_s: f64,
+}
+
+fn prompt_ids(args: &GenerateArgs, file: &cinder_gguf::GgufFile, tokenizer: &Tokenizer) -> anyhow::Result<Vec<u32>> {
+    if let Some(ids) = &args.prompt_ids {
+        for &id in ids {
+            tokenizer.check_id(id)?;
+        }
+        return Ok(ids.clone());
+    }
+    if let Some(text) = &args.prompt {
+        return Ok(tokenizer.encode(text, true, true)?);
+    }
+    let message = args.chat.as_deref().expect("clap requires one input");
+    let source = file
+        .metadata()
+        .optional("tokenizer.chat_template", |m, k| m.get_str(k))?
+        .ok_or(cinder_tokenizer::TemplateError::Missing)?;
+    let text_of = |id: Option<u32>| id.and_then(|id| tokenizer.token_text(id)).unwrap_or_default().to_owned();
+    let special = tokenizer.special_tokens();
+    let template = ChatTemplate::new(source, &text_of(special.bos), &text_of(special.eos))?;
+    let rendered = template.render(&[ChatMessage::new("user", message)], true)?;
+    Ok(tokenizer.encode(&rendered, true, true)?)
+}
+
+pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    let sampling = SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repetition_penalty: args.repetition_penalty,
+        seed: args.seed,
+        ..SamplingParams::default()
+    };
+    sampling.validate()?;
+    let path = args.model.path();
+    let file = args.model.open()?;
+    let tokenizer = Tokenizer::from_gguf(file.metadata())?;
+    let prompt_ids = prompt_ids(&args, &file, &tokenizer)?;
+
+    let device = cinder_model::wgpu_device().context("no usable GPU adapter")?;
+    eprintln!("adapter: {}", cinder_model::adapter_name(&device));
+    let load_start = Instant::now();
+    let model = Llama::load(&file, &device).with_context(|| format!("loading {}", path.display()))?;
+    eprintln!("model: {} loaded in {:.2} s", path.display(), load_start.elapsed().as_secs_f64());
+
+    let request = GenerateRequest {
+        prompt_ids: &prompt_ids,
+        max_tokens: args.max_tokens,
+        sampling,
+        ignore_eos: args.ignore_eos,
+    };
+    let mut stdout = std::io::stdout().lock();
+    let generation = generate(&model, &tokenizer, &request, |piece| {
+        // A closed pipe (e.g. `| head`) is not worth failing the generation over.
+        let _ = stdout.write_all(piece.as_bytes()).and_then(|()| stdout.flush());
+    })?;
+    let stats = &generation.stats;
+    eprintln!(
+        "\nprompt: {} tokens, {:.2} tok/s; generated: {} tokens, {:.2} tok/s; finish: {}",
+        prompt_ids.len(),
+        stats.prompt_tokens_per_s(),
+        generation.ids.len(),
+        stats.decode_tokens_per_s(),
+        generation.finish_reason.as_str(),
+    );
+    if args.json {
+        let json = JsonOutput {
+            prompt_ids: &prompt_ids,
+            ids: &generation.ids,
+            text: &generation.text,
+            finish_reason: generation.finish_reason.as_str(),
+            prompt_tokens_per_s: stats.prompt_tokens_per_s(),
+            decode_tokens_per_s: stats.decode_tokens_per_s(),
+        };
+        writeln!(stdout)?;
+        writeln!(stdout, "{}", serde_json::to_string(&json)?)?;
+    }
+    Ok(())
+}

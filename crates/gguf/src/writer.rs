@@ -1,0 +1,118 @@
+//! Writing GGUF version 3 files.
+
+use crate::metadata::{MetadataValue, ValueType};
+use crate::reader::align_up;
+use crate::{DEFAULT_ALIGNMENT, GGUF_MAGIC, GgmlType};
+
+/// Builds a GGUF file in memory: metadata first, then tensors in the order added.
+#[derive(Debug, Default)]
+pub struct GgufWriter {
+    metadata: Vec<(String, MetadataValue)>,
+    tensors: Vec<(String, Vec<u64>, GgmlType, Vec<u8>)>,
+}
+
+impl GgufWriter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn metadata(&mut self, key: impl Into<String>, value: MetadataValue) -> &mut Self {
+        self.metadata.push((key.into(), value));
+        self
+    }
+
+    /// Adds a tensor whose `data` is already encoded as `ty`; `shape` is in ggml order
+    /// (innermost dimension first).
+    pub fn tensor(
+        &mut self,
+        name: impl Into<String>,
+        shape: &[u64],
+        ty: GgmlType,
+        data: Vec<u8>,
+    ) -> &mut Self {
+        self.tensors.push((name.into(), shape.to_vec(), ty, data));
+        self
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let alignment = self
+            .metadata
+            .iter()
+            .find(|(k, _)| k == "general.alignment")
+            .and_then(|(_, v)| v.as_i64())
+            .map_or(DEFAULT_ALIGNMENT, |a| a as u64);
+        let mut out = Vec::new();
+        out.extend(GGUF_MAGIC);
+        out.extend(3u32.to_le_bytes());
+        out.extend((self.tensors.len() as u64).to_le_bytes());
+        out.extend((self.metadata.len() as u64).to_le_bytes());
+        for (key, value) in &self.metadata {
+            write_string(&mut out, key);
+            out.extend((value.value_type() as u32).to_le_bytes());
+            write_value(&mut out, value);
+        }
+        let mut offset = 0u64;
+        for (name, shape, ty, data) in &self.tensors {
+            write_string(&mut out, name);
+            out.extend((shape.len() as u32).to_le_bytes());
+            shape.iter().for_each(|d| out.extend(d.to_le_bytes()));
+            out.extend(ty.id().to_le_bytes());
+            out.extend(offset.to_le_bytes());
+            offset = align_up(offset + data.len() as u64, alignment);
+        }
+        out.resize(align_up(out.len() as u64, alignment) as usize, 0);
+        for (_, _, _, data) in &self.tensors {
+            out.extend(data);
+            out.resize(align_up(out.len() as u64, alignment) as usize, 0);
+        }
+        out
+    }
+
+    pub fn write(&self, path: impl AsRef<std::path::Path>) -> std::io::Result<()> {
+        std::fs::write(path, self.to_bytes())
+    }
+}
+
+fn write_string(out: &mut Vec<u8>, s: &str) {
+    out.extend((s.len() as u64).to_le_bytes());
+    out.extend(s.as_bytes());
+}
+
+fn write_value(out: &mut Vec<u8>, value: &MetadataValue) {
+    match value {
+        MetadataValue::U8(v) => out.extend(v.to_le_bytes()),
+        MetadataValue::I8(v) => out.extend(v.to_le_bytes()),
+        MetadataValue::U16(v) => out.extend(v.to_le_bytes()),
+        MetadataValue::I16(v) => out.extend(v.to_le_bytes()),
+        MetadataValue::U32(v) => out.extend(v.to_le_bytes()),
+        MetadataValue::I32(v) => out.extend(v.to_le_bytes()),
+        MetadataValue::F32(v) => out.extend(v.to_le_bytes()),
+        MetadataValue::U64(v) => out.extend(v.to_le_bytes()),
+        MetadataValue::I64(v) => out.extend(v.to_le_bytes()),
+        MetadataValue::F64(v) => out.extend(v.to_le_bytes()),
+        MetadataValue::Bool(v) => out.push(*v as u8),
+        MetadataValue::String(s) => write_string(out, s),
+        MetadataValue::Array(ty, items) => {
+            out.extend((*ty as u32).to_le_bytes());
+            out.extend((items.len() as u64).to_le_bytes());
+            items.iter().for_each(|item| write_value(out, item));
+        }
+    }
+}
+
+impl MetadataValue {
+    /// An array of strings.
+    pub fn strings<S: Into<String>>(items: impl IntoIterator<Item = S>) -> Self {
+        Self::Array(ValueType::String, items.into_iter().map(|s| Self::String(s.into())).collect())
+    }
+
+    /// An array of i32.
+    pub fn i32s(items: impl IntoIterator<Item = i32>) -> Self {
+        Self::Array(ValueType::I32, items.into_iter().map(Self::I32).collect())
+    }
+
+    /// An array of f32.
+    pub fn f32s(items: impl IntoIterator<Item = f32>) -> Self {
+        Self::Array(ValueType::F32, items.into_iter().map(Self::F32).collect())
+    }
+}

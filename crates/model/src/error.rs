@@ -1,0 +1,26 @@
+use cinder_gguf::GgufError;
+
+/// Everything that can go wrong loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("unsupported architecture {name:?} (supported: {supported})")]
+    UnsupportedArchitecture { name: String, supported: String },
+    #[error("unsupported model feature: {0}")]
+    Unsupported(String),
+    #[error("inconsistent model: {0}")]
+    InvalidConfig(String),
+    #[error("invalid parameter: {0}")]
+    InvalidParameter(String),
+    #[error(
+        "prompt of {prompt} tokens plus max_tokens {max_tokens} exceeds the context of {context} tokens"
+    )]
+    ContextOverflow { prompt: usize, max_tokens: usize, context: usize },
+    #[error("KV cache is full: {needed} positions needed, {capacity} allocated")]
+    CacheFull { needed: usize, capacity: usize },
+    #[error("no GPU adapter could be initialised: {0}")]
+    Device(String),
+    #[error("device error: {0}")]
+    Backend(String),
+}

@@ -1,0 +1,27 @@
+//! A Llama-architecture language model on Burn, with sampling and generation.
+//!
+//! [`Llama::load`] reads a GGUF file (see `cinder-gguf`), checks that its tensors match the
+//! hyperparameters in its metadata ([`LlamaConfig`]), and uploads the weights to a Burn
+//! [`Device`](burn::tensor::Device) — on this crate's default path, wgpu ([`wgpu_device`]), which
+//! runs on Vulkan, Metal, DX12 and WebGPU. [`Llama::forward`] runs a chunk of tokens through
+//! the model against a [`KvCache`] and returns the logits of the last one; [`generate`] loops
+//! that with a [`Sampler`] and streams text.
+//!
+//! The forward pass follows llama.cpp for the `llama` architecture: RMSNorm, RoPE on adjacent
+//! pairs ("NORM" rope; GGUF converters permute Q/K rows for it), grouped-query attention,
+//! a SwiGLU feed-forward block, and an LM head tied to the token embedding when the file has
+//! no `output.weight`.
+
+mod config;
+mod device;
+mod error;
+mod generate;
+mod llama;
+mod sampling;
+
+pub use config::{LlamaConfig, SUPPORTED_ARCHITECTURES};
+pub use device::{adapter_name, wgpu_device};
+pub use error::ModelError;
+pub use generate::{FinishReason, GenerateRequest, Generation, GenerationStats, generate};
+pub use llama::{KvCache, Llama};
+pub use sampling::{Sampler, SamplingParams, log_softmax, top_logprobs};

@@ -1,0 +1,224 @@
+//! Choosing the next token from logits: penalties, truncation (top-k, top-p, min-p),
+//! temperature, and a seeded random draw, in llama.cpp's default order.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::ModelError;
+
+/// How to pick tokens. The defaults are greedy decoding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy (always the most likely token).
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens; 0 keeps all.
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability adds up to `top_p`; 1 keeps all.
+    pub top_p: f32,
+    /// Drop tokens less likely than `min_p` times the most likely one; 0 keeps all.
+    pub min_p: f32,
+    /// Divide positive logits (multiply negative ones) of recently seen tokens; 1 is off.
+    pub repetition_penalty: f32,
+    /// How many of the last tokens the repetition penalty looks at.
+    pub repeat_last_n: usize,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0, repeat_last_n: 64, seed: 0 }
+    }
+}
+
+impl SamplingParams {
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |what: &str, value: f32| Err(ModelError::InvalidParameter(format!("{what} = {value}")));
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad("temperature must be finite and >= 0; temperature", self.temperature);
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top_p must be in (0, 1]; top_p", self.top_p);
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad("min_p must be in [0, 1]; min_p", self.min_p);
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return bad("repetition_penalty must be finite and > 0; repetition_penalty", self.repetition_penalty);
+        }
+        Ok(())
+    }
+
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0
+    }
+}
+
+/// A sampler with its own random stream: the same seed and logits give the same tokens.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    params: SamplingParams,
+    rng: ChaCha8Rng,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Result<Self, ModelError> {
+        params.validate()?;
+        let rng = ChaCha8Rng::seed_from_u64(params.seed);
+        Ok(Self { params, rng })
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Picks the next token given the logits and the tokens so far (prompt and output).
+    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        let p = &self.params;
+        let mut candidates: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+        if p.repetition_penalty != 1.0 {
+            let recent = &history[history.len().saturating_sub(p.repeat_last_n)..];
+            let mut seen = std::collections::HashSet::new();
+            for &id in recent {
+                if let Some(c) = candidates.get_mut(id as usize).filter(|_| seen.insert(id)) {
+                    c.1 = if c.1 > 0.0 { c.1 / p.repetition_penalty } else { c.1 * p.repetition_penalty };
+                }
+            }
+        }
+        if p.is_greedy() {
+            return argmax(&candidates);
+        }
+        candidates.retain(|c| !c.1.is_nan());
+        candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if p.top_k > 0 {
+            candidates.truncate(p.top_k);
+        }
+        let probs = softmax(candidates.iter().map(|c| c.1), 1.0);
+        let mut keep = candidates.len();
+        if p.top_p < 1.0 {
+            let mut total = 0.0;
+            keep = probs.iter().position(|&q| {
+                total += q;
+                total >= p.top_p
+            }).map_or(keep, |i| i + 1);
+        }
+        if p.min_p > 0.0 {
+            let floor = probs[0] * p.min_p;
+            keep = keep.min(probs.iter().take_while(|&&q| q >= floor).count().max(1));
+        }
+        candidates.truncate(keep.max(1));
+        let probs = softmax(candidates.iter().map(|c| c.1), p.temperature);
+        let mut draw: f32 = self.rng.random();
+        for (c, q) in candidates.iter().zip(&probs) {
+            if draw < *q {
+                return c.0;
+            }
+            draw -= q;
+        }
+        candidates.last().expect("at least one candidate").0
+    }
+}
+
+/// The index of the largest value; ties go to the lowest index.
+fn argmax(candidates: &[(u32, f32)]) -> u32 {
+    let mut best = candidates[0];
+    for &c in &candidates[1..] {
+        if c.1 > best.1 {
+            best = c;
+        }
+    }
+    best.0
+}
+
+fn softmax(logits: impl Iterator<Item = f32> + Clone, temperature: f32) -> Vec<f32> {
+    let max = logits.clone().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = logits.map(|l| ((l - max) / temperature).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    exp.into_iter().map(|e| e / sum).collect()
+}
+
+/// Natural-log probabilities of every token.
+pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32;
+    logits.iter().map(|&l| l - max - log_sum).collect()
+}
+
+/// The `k` most likely tokens with their log-probabilities, most likely first.
+pub fn top_logprobs(logprobs: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut all: Vec<(u32, f32)> = logprobs.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+    let k = k.min(all.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    all.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
+    all.truncate(k);
+    all.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampler(params: SamplingParams) -> Sampler {
+        Sampler::new(params).unwrap()
+    }
+
+    const LOGITS: [f32; 5] = [1.0, 3.0, 2.0, -1.0, 2.9];
+
+    #[test]
+    fn greedy_takes_the_largest_logit() {
+        assert_eq!(sampler(SamplingParams::default()).sample(&LOGITS, &[]), 1);
+    }
+
+    #[test]
+    fn repetition_penalty_demotes_seen_tokens() {
+        let params = SamplingParams { repetition_penalty: 1.5, ..Default::default() };
+        assert_eq!(sampler(params).sample(&LOGITS, &[1]), 4);
+    }
+
+    #[test]
+    fn same_seed_same_tokens_and_different_seeds_differ() {
+        let run = |seed| {
+            let mut s = sampler(SamplingParams { temperature: 1.5, seed, ..Default::default() });
+            (0..64).map(|_| s.sample(&LOGITS, &[])).collect::<Vec<_>>()
+        };
+        assert_eq!(run(7), run(7));
+        assert_ne!(run(7), run(8));
+    }
+
+    #[test]
+    fn truncation_limits_the_candidates() {
+        let draws = |params: SamplingParams| {
+            let mut s = sampler(params);
+            (0..500).map(|_| s.sample(&LOGITS, &[])).collect::<std::collections::BTreeSet<_>>()
+        };
+        let hot = SamplingParams { temperature: 5.0, ..Default::default() };
+        assert_eq!(draws(hot.clone()).len(), 5);
+        assert_eq!(draws(SamplingParams { top_k: 2, ..hot.clone() }), [1, 4].into());
+        assert_eq!(draws(SamplingParams { top_p: 0.5, ..hot.clone() }), [1, 4].into());
+        assert_eq!(draws(SamplingParams { min_p: 0.5, ..hot.clone() }), [1, 2, 4].into());
+    }
+
+    #[test]
+    fn invalid_parameters_are_rejected() {
+        for params in [
+            SamplingParams { temperature: -1.0, ..Default::default() },
+            SamplingParams { temperature: f32::NAN, ..Default::default() },
+            SamplingParams { top_p: 0.0, ..Default::default() },
+            SamplingParams { min_p: 1.5, ..Default::default() },
+            SamplingParams { repetition_penalty: 0.0, ..Default::default() },
+        ] {
+            assert!(Sampler::new(params).is_err());
+        }
+    }
+
+    #[test]
+    fn logprobs_normalise_and_rank() {
+        let lp = log_softmax(&LOGITS);
+        let total: f32 = lp.iter().map(|l| l.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-5);
+        let top = top_logprobs(&lp, 2);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 4]);
+    }
+}

@@ -1,0 +1,453 @@
+//! Building a byte-level BPE tokenizer from `tokenizer.ggml.*` metadata.
+
+use std::collections::{HashMap, HashSet};
+
+use cinder_gguf::{GgufError, Metadata};
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::AddedToken;
+
+use crate::pretokenizer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error(transparent)]
+    Metadata(#[from] GgufError),
+    #[error("tokenizer model {0:?} is not supported (supported: gpt2, byte-level BPE)")]
+    UnsupportedModel(String),
+    #[error("pre-tokenizer {name:?} is not supported (supported: {supported})")]
+    UnsupportedPreTokenizer { name: String, supported: String },
+    #[error("malformed tokenizer metadata: {0}")]
+    Malformed(String),
+    #[error("cannot build the tokenizer: {0}")]
+    Build(String),
+    #[error("tokenization failed: {0}")]
+    Encode(String),
+    #[error("token id {id} is outside the vocabulary of {vocab_size} tokens")]
+    UnknownId { id: u32, vocab_size: usize },
+}
+
+/// llama.cpp's token types (`tokenizer.ggml.token_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenType {
+    Normal,
+    Unknown,
+    Control,
+    UserDefined,
+    Unused,
+    Byte,
+}
+
+impl TokenType {
+    fn from_id(id: i64) -> Option<Self> {
+        Some(match id {
+            1 => Self::Normal,
+            2 => Self::Unknown,
+            3 => Self::Control,
+            4 => Self::UserDefined,
+            5 => Self::Unused,
+            6 => Self::Byte,
+            _ => return None,
+        })
+    }
+}
+
+/// Ids of the special tokens the metadata names, and the set that ends generation.
+#[derive(Debug, Clone, Default)]
+pub struct SpecialTokens {
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub eot: Option<u32>,
+    pub unk: Option<u32>,
+    pub pad: Option<u32>,
+    /// End-of-generation tokens: eos, eot, eom and the well-known end-of-turn texts, as
+    /// llama.cpp collects them.
+    pub end_of_generation: Vec<u32>,
+}
+
+/// End-of-turn texts llama.cpp also treats as end of generation.
+const END_OF_TURN_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<EOT>",
+    "<|end_of_text|>",
+    "<｜end▁of▁sentence｜>",
+];
+
+/// A model's tokenizer.
+pub struct Tokenizer {
+    /// Splits control tokens out of the text (llama.cpp's `parse_special = true`).
+    parsing_special: tokenizers::Tokenizer,
+    /// Treats control-token text as plain text.
+    plain: tokenizers::Tokenizer,
+    tokens: Vec<String>,
+    types: Vec<TokenType>,
+    token_bytes: Vec<Vec<u8>>,
+    special: SpecialTokens,
+    add_bos: bool,
+    add_eos: bool,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.tokens.len())
+            .field("special", &self.special)
+            .finish()
+    }
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer described by a GGUF file's metadata.
+    pub fn from_gguf(metadata: &Metadata) -> Result<Self, TokenizerError> {
+        let model = metadata.get_str("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(TokenizerError::UnsupportedModel(model.to_owned()));
+        }
+        let pre_name = metadata.optional("tokenizer.ggml.pre", |m, k| m.get_str(k))?.unwrap_or("default");
+        let pre = pretokenizer::spec(pre_name)?;
+
+        let tokens: Vec<String> =
+            metadata.get_str_array("tokenizer.ggml.tokens")?.into_iter().map(str::to_owned).collect();
+        if tokens.is_empty() || tokens.len() > u32::MAX as usize {
+            return Err(TokenizerError::Malformed(format!("vocabulary of {} tokens", tokens.len())));
+        }
+        let types = match metadata.optional("tokenizer.ggml.token_type", |m, k| m.get_int_array(k))? {
+            None => vec![TokenType::Normal; tokens.len()],
+            Some(ids) => {
+                if ids.len() != tokens.len() {
+                    return Err(TokenizerError::Malformed(format!(
+                        "{} token types for {} tokens",
+                        ids.len(),
+                        tokens.len()
+                    )));
+                }
+                ids.iter()
+                    .map(|&t| {
+                        TokenType::from_id(t)
+                            .ok_or_else(|| TokenizerError::Malformed(format!("unknown token type {t}")))
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+        };
+        let merges = metadata
+            .get_str_array("tokenizer.ggml.merges")?
+            .into_iter()
+            .map(|m| {
+                // Byte-level tokens never contain a space, so the space separates the pair.
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                    .ok_or_else(|| TokenizerError::Malformed(format!("merge {m:?} has no space")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let special = special_tokens(metadata, &tokens)?;
+        let add_bos = metadata
+            .optional("tokenizer.ggml.add_bos_token", |m, k| m.get_bool(k))?
+            .unwrap_or(pre.default_add_bos);
+        let add_eos = metadata.optional("tokenizer.ggml.add_eos_token", |m, k| m.get_bool(k))?.unwrap_or(false);
+        if add_bos && special.bos.is_none() {
+            return Err(TokenizerError::Malformed("add_bos_token is set but there is no bos_token_id".into()));
+        }
+        if add_eos && special.eos.is_none() {
+            return Err(TokenizerError::Malformed("add_eos_token is set but there is no eos_token_id".into()));
+        }
+
+        let mut vocab = HashMap::with_capacity(tokens.len());
+        for (id, token) in tokens.iter().enumerate() {
+            // On duplicates the first id wins, as in llama.cpp's text-to-token map.
+            vocab.entry(token.clone()).or_insert(id as u32);
+        }
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .ignore_merges(pre.ignore_merges)
+            .build()
+            .map_err(|e| TokenizerError::Build(e.to_string()))?;
+
+        let mut tokenizer = tokenizers::Tokenizer::new(bpe);
+        tokenizer.with_pre_tokenizer(Some(pretokenizer::build(&pre)?));
+        tokenizer.with_decoder(Some(ByteLevelDecoder::new(false, false, false)));
+        if let Some(processor) = post_processor(&tokens, &special, add_bos, add_eos)? {
+            tokenizer.with_post_processor(Some(processor));
+        }
+        let added: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, ty)| matches!(ty, TokenType::Control | TokenType::UserDefined))
+            .map(|(text, ty)| AddedToken::from(text.clone(), *ty == TokenType::Control).normalized(false))
+            .collect();
+        tokenizer.add_tokens(&added);
+        let mut plain = tokenizer.clone();
+        plain.set_encode_special_tokens(true);
+
+        let token_bytes = tokens.iter().zip(&types).map(|(t, ty)| token_to_bytes(t, *ty)).collect();
+        Ok(Self { parsing_special: tokenizer, plain, tokens, types, token_bytes, special, add_bos, add_eos })
+    }
+
+    /// Token ids for `text`. `add_special` adds BOS/EOS as the model's metadata asks;
+    /// `parse_special` turns control-token text such as `<|im_start|>` into that token
+    /// instead of tokenizing its characters.
+    pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>, TokenizerError> {
+        let tokenizer = if parse_special { &self.parsing_special } else { &self.plain };
+        let encoding = tokenizer.encode_fast(text, add_special).map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Text of `ids`; control tokens are left out when `skip_special` is set.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
+        let mut bytes = Vec::new();
+        for &id in ids {
+            self.check_id(id)?;
+            if !(skip_special && self.is_special(id)) {
+                bytes.extend_from_slice(self.token_bytes(id));
+            }
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Checks that `id` is in the vocabulary.
+    pub fn check_id(&self, id: u32) -> Result<(), TokenizerError> {
+        if (id as usize) < self.tokens.len() {
+            Ok(())
+        } else {
+            Err(TokenizerError::UnknownId { id, vocab_size: self.tokens.len() })
+        }
+    }
+
+    /// The bytes a token stands for. Panics on ids outside the vocabulary.
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        &self.token_bytes[id as usize]
+    }
+
+    /// The token's text as stored in the vocabulary.
+    pub fn token_text(&self, id: u32) -> Option<&str> {
+        self.tokens.get(id as usize).map(String::as_str)
+    }
+
+    /// Whether the token is a control token (never part of visible text).
+    pub fn is_special(&self, id: u32) -> bool {
+        matches!(self.types.get(id as usize), Some(TokenType::Control | TokenType::Unknown))
+    }
+
+    pub fn is_end_of_generation(&self, id: u32) -> bool {
+        self.special.end_of_generation.contains(&id)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn special_tokens(&self) -> &SpecialTokens {
+        &self.special
+    }
+
+    pub fn add_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    pub fn add_eos(&self) -> bool {
+        self.add_eos
+    }
+
+    /// The underlying Hugging Face tokenizer (with control tokens parsed).
+    pub fn hf(&self) -> &tokenizers::Tokenizer {
+        &self.parsing_special
+    }
+}
+
+fn special_tokens(metadata: &Metadata, tokens: &[String]) -> Result<SpecialTokens, TokenizerError> {
+    let id = |key: &str| -> Result<Option<u32>, TokenizerError> {
+        let Some(id) = metadata.optional(key, |m, k| m.get_u64(k))? else { return Ok(None) };
+        if id as usize >= tokens.len() {
+            return Err(TokenizerError::Malformed(format!(
+                "{key} = {id} is outside the vocabulary of {} tokens",
+                tokens.len()
+            )));
+        }
+        Ok(Some(id as u32))
+    };
+    let mut special = SpecialTokens {
+        bos: id("tokenizer.ggml.bos_token_id")?,
+        eos: id("tokenizer.ggml.eos_token_id")?,
+        eot: id("tokenizer.ggml.eot_token_id")?,
+        unk: id("tokenizer.ggml.unknown_token_id")?,
+        pad: id("tokenizer.ggml.padding_token_id")?,
+        end_of_generation: Vec::new(),
+    };
+    let eom = id("tokenizer.ggml.eom_token_id")?;
+    let mut eog: HashSet<u32> = [special.eos, special.eot, eom].into_iter().flatten().collect();
+    eog.extend(
+        tokens.iter().enumerate().filter(|(_, t)| END_OF_TURN_TEXTS.contains(&t.as_str())).map(|(i, _)| i as u32),
+    );
+    special.end_of_generation = eog.into_iter().collect();
+    special.end_of_generation.sort_unstable();
+    Ok(special)
+}
+
+fn post_processor(
+    tokens: &[String],
+    special: &SpecialTokens,
+    add_bos: bool,
+    add_eos: bool,
+) -> Result<Option<TemplateProcessing>, TokenizerError> {
+    if !add_bos && !add_eos {
+        return Ok(None);
+    }
+    let bos = add_bos.then_some(special.bos).flatten();
+    let eos = add_eos.then_some(special.eos).flatten();
+    let text = |id: u32| tokens[id as usize].clone();
+    let mut pieces: Vec<String> = bos.map(text).into_iter().collect();
+    pieces.push("$A".to_owned());
+    pieces.extend(eos.map(text));
+    let mut ids: Vec<(String, u32)> = bos.into_iter().chain(eos).map(|id| (text(id), id)).collect();
+    ids.dedup();
+    let single = pieces.join(" ");
+    let pair = format!("{single} $B:1");
+    TemplateProcessing::builder()
+        .try_single(single)
+        .and_then(|b| b.try_pair(pair))
+        .map_err(|e| TokenizerError::Build(e.to_string()))?
+        .special_tokens(ids)
+        .build()
+        .map(Some)
+        .map_err(|e| TokenizerError::Build(e.to_string()))
+}
+
+/// The GPT-2 byte-level alphabet maps every byte to a printable character; this inverts it.
+fn byte_decoder() -> HashMap<char, u8> {
+    let mut printable: Vec<u8> = (b'!'..=b'~').chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut chars: Vec<u32> = printable.iter().map(|&b| b as u32).collect();
+    let mut extra = 0;
+    for b in 0..=255u8 {
+        if !printable.contains(&b) {
+            printable.push(b);
+            chars.push(256 + extra);
+            extra += 1;
+        }
+    }
+    printable.into_iter().zip(chars).map(|(b, c)| (char::from_u32(c).expect("valid"), b)).collect()
+}
+
+fn token_to_bytes(token: &str, ty: TokenType) -> Vec<u8> {
+    thread_local! {
+        static DECODER: HashMap<char, u8> = byte_decoder();
+    }
+    match ty {
+        TokenType::Control | TokenType::UserDefined | TokenType::Unknown => token.as_bytes().to_vec(),
+        _ => DECODER.with(|decoder| {
+            let mut out = Vec::with_capacity(token.len());
+            for c in token.chars() {
+                match decoder.get(&c) {
+                    Some(&b) => out.push(b),
+                    None => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+                }
+            }
+            out
+        }),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use cinder_gguf::MetadataValue;
+
+    /// A byte-level vocabulary: two control tokens, the 256 byte characters, a few merges.
+    pub(crate) fn tiny_metadata(pre: &str, add_bos: bool) -> Metadata {
+        let mut tokens = vec!["<s>".to_owned(), "</s>".to_owned()];
+        let mut chars: Vec<char> = byte_decoder().into_keys().collect();
+        chars.sort_unstable();
+        tokens.extend(chars.iter().map(|c| c.to_string()));
+        let merges = ["h e", "l l", "ll o", "he llo", "Ġ w", "o r", "Ġw or", "Ġwor l", "Ġworl d"];
+        for m in merges {
+            tokens.push(m.replace(' ', ""));
+        }
+        let mut types = vec![3, 3];
+        types.resize(tokens.len(), 1);
+        let mut m = Metadata::default();
+        let mut put = |k: &str, v| m.insert(k.to_owned(), v).unwrap();
+        put("tokenizer.ggml.model", MetadataValue::String("gpt2".into()));
+        put("tokenizer.ggml.pre", MetadataValue::String(pre.into()));
+        put("tokenizer.ggml.tokens", MetadataValue::strings(tokens));
+        put("tokenizer.ggml.token_type", MetadataValue::i32s(types));
+        put("tokenizer.ggml.merges", MetadataValue::strings(merges));
+        put("tokenizer.ggml.bos_token_id", MetadataValue::U32(0));
+        put("tokenizer.ggml.eos_token_id", MetadataValue::U32(1));
+        put("tokenizer.ggml.add_bos_token", MetadataValue::Bool(add_bos));
+        m
+    }
+
+    fn id_of(t: &Tokenizer, text: &str) -> u32 {
+        (0..t.vocab_size() as u32).find(|&i| t.token_text(i) == Some(text)).unwrap()
+    }
+
+    #[test]
+    fn merges_apply_and_decode_round_trips() {
+        let t = Tokenizer::from_gguf(&tiny_metadata("smollm", false)).unwrap();
+        let ids = t.encode("hello world", false, false).unwrap();
+        assert_eq!(ids, [id_of(&t, "hello"), id_of(&t, "Ġworld")]);
+        for text in ["hello world", "héllo 12 wörld\n\n  tabs\there", "日本語 🦀", ""] {
+            let ids = t.encode(text, false, false).unwrap();
+            assert_eq!(t.decode(&ids, false).unwrap(), text);
+            assert_eq!(t.hf().decode(&ids, false).unwrap(), text, "HF decoder agrees");
+        }
+    }
+
+    #[test]
+    fn smollm_splits_every_digit() {
+        let t = Tokenizer::from_gguf(&tiny_metadata("smollm", false)).unwrap();
+        assert_eq!(t.encode("2024", false, false).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn special_tokens_parse_only_when_asked() {
+        let t = Tokenizer::from_gguf(&tiny_metadata("gpt-2", false)).unwrap();
+        assert_eq!(t.encode("<s>hello", false, true).unwrap(), [0, id_of(&t, "hello")]);
+        let plain = t.encode("<s>hello", false, false).unwrap();
+        assert_eq!(plain.len(), 4, "'<', 's', '>' and 'hello': {plain:?}");
+        assert_eq!(t.decode(&[0, id_of(&t, "hello")], true).unwrap(), "hello");
+        assert_eq!(t.decode(&[0, id_of(&t, "hello")], false).unwrap(), "<s>hello");
+        assert!(t.is_end_of_generation(1));
+    }
+
+    #[test]
+    fn bos_is_added_when_metadata_says_so() {
+        let t = Tokenizer::from_gguf(&tiny_metadata("gpt-2", true)).unwrap();
+        assert_eq!(t.encode("hello", true, false).unwrap(), [0, id_of(&t, "hello")]);
+        assert_eq!(t.encode("hello", false, false).unwrap(), [id_of(&t, "hello")]);
+    }
+
+    #[test]
+    fn unsupported_inputs_are_named() {
+        let err = Tokenizer::from_gguf(&tiny_metadata("mystery", false)).unwrap_err().to_string();
+        assert!(err.contains("\"mystery\"") && err.contains("smollm"), "{err}");
+        let mut m = tiny_metadata("gpt-2", false);
+        let mut spm = Metadata::default();
+        for (k, v) in m.iter() {
+            let v = if k == "tokenizer.ggml.model" { MetadataValue::String("llama".into()) } else { v.clone() };
+            spm.insert(k.to_owned(), v).unwrap();
+        }
+        let err = Tokenizer::from_gguf(&spm).unwrap_err().to_string();
+        assert!(err.contains("\"llama\" is not supported"), "{err}");
+        m = Metadata::default();
+        let err = Tokenizer::from_gguf(&m).unwrap_err().to_string();
+        assert!(err.contains("tokenizer.ggml.model"), "{err}");
+        let t = Tokenizer::from_gguf(&tiny_metadata("gpt-2", false)).unwrap();
+        assert!(t.decode(&[99_999], false).unwrap_err().to_string().contains("outside the vocabulary"));
+    }
+
+    #[test]
+    fn stream_decoder_holds_back_partial_characters() {
+        let t = Tokenizer::from_gguf(&tiny_metadata("gpt-2", false)).unwrap();
+        let ids = t.encode("a🦀b", false, false).unwrap();
+        assert_eq!(ids.len(), 6, "the crab is four byte tokens");
+        let mut decoder = crate::StreamDecoder::new();
+        let pieces: Vec<String> = ids.iter().map(|&id| decoder.push(&t, id, false)).collect();
+        assert_eq!(pieces, ["a", "", "", "", "🦀", "b"]);
+        assert_eq!(decoder.finish(), "");
+    }
+}
