@@ -265,10 +265,10 @@ impl Metadata {
 
     /// A value that is optional in the format: `Ok(None)` when missing, an error when present
     /// with the wrong type.
-    pub fn optional<T>(
-        &self,
+    pub fn optional<'a, T>(
+        &'a self,
         key: &str,
-        get: impl FnOnce(&Self, &str) -> Result<T, GgufError>,
+        get: impl FnOnce(&'a Self, &str) -> Result<T, GgufError>,
     ) -> Result<Option<T>, GgufError> {
         match self.get(key) {
             None => Ok(None),

@@ -149,7 +149,7 @@ impl GgufFile {
             let start = data_start.checked_add(t.offset);
             let end = start.and_then(|s| s.checked_add(t.bytes));
             match (start, end) {
-                (Some(start), Some(end)) if end <= file_len => {}
+                (Some(_), Some(end)) if end <= file_len => {}
                 _ => {
                     return Err(GgufError::TensorOutOfBounds {
                         tensor: t.name.clone(),

@@ -2,7 +2,7 @@
 
 use crate::metadata::{MetadataValue, ValueType};
 use crate::reader::align_up;
-use crate::{DEFAULT_ALIGNMENT, GGUF_MAGIC, GgmlType};
+use crate::{DEFAULT_ALIGNMENT, GGUF_MAGIC, GgmlType, GgufFile};
 
 /// Builds a GGUF file in memory: metadata first, then tensors in the order added.
 #[derive(Debug, Default)]
@@ -16,8 +16,40 @@ impl GgufWriter {
         Self::default()
     }
 
+    /// A writer holding everything `file` holds, to be edited and written back.
+    pub fn from_file(file: &GgufFile) -> Self {
+        Self {
+            metadata: file.metadata().iter().map(|(k, v)| (k.to_owned(), v.clone())).collect(),
+            tensors: file
+                .tensors()
+                .iter()
+                .map(|t| (t.name.clone(), t.shape.clone(), t.ty, file.tensor_data(t).to_vec()))
+                .collect(),
+        }
+    }
+
+    /// Appends a key (even if present: a file with duplicate keys is invalid, which tests need).
     pub fn metadata(&mut self, key: impl Into<String>, value: MetadataValue) -> &mut Self {
         self.metadata.push((key.into(), value));
+        self
+    }
+
+    /// Sets a key, replacing its value if present.
+    pub fn set_metadata(&mut self, key: &str, value: MetadataValue) -> &mut Self {
+        match self.metadata.iter_mut().find(|(k, _)| k == key) {
+            Some(entry) => entry.1 = value,
+            None => self.metadata.push((key.to_owned(), value)),
+        }
+        self
+    }
+
+    pub fn remove_metadata(&mut self, key: &str) -> &mut Self {
+        self.metadata.retain(|(k, _)| k != key);
+        self
+    }
+
+    pub fn remove_tensor(&mut self, name: &str) -> &mut Self {
+        self.tensors.retain(|(n, ..)| n != name);
         self
     }
 

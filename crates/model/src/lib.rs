@@ -17,7 +17,11 @@ mod device;
 mod error;
 mod generate;
 mod llama;
+pub mod reference;
 mod sampling;
+#[cfg(test)]
+mod tests;
+pub mod tiny;
 
 pub use config::{LlamaConfig, SUPPORTED_ARCHITECTURES};
 pub use device::{adapter_name, wgpu_device};

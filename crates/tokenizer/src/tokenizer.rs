@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use cinder_gguf::{GgufError, Metadata};
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-use tokenizers::models::bpe::BPE;
+use tokenizers::models::bpe::{BPE, Vocab};
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::AddedToken;
 
@@ -157,7 +157,7 @@ impl Tokenizer {
             return Err(TokenizerError::Malformed("add_eos_token is set but there is no eos_token_id".into()));
         }
 
-        let mut vocab = HashMap::with_capacity(tokens.len());
+        let mut vocab = Vocab::default();
         for (id, token) in tokens.iter().enumerate() {
             // On duplicates the first id wins, as in llama.cpp's text-to-token map.
             vocab.entry(token.clone()).or_insert(id as u32);

@@ -1,0 +1,166 @@
+//! Tests of loading and running models on the wgpu device against the CPU reference.
+
+use cinder_gguf::{GgmlType, GgufFile, GgufWriter, MetadataValue};
+use cinder_tokenizer::Tokenizer;
+
+use crate::reference::{ReferenceCache, ReferenceLlama};
+use crate::tiny::TinyModel;
+use crate::{GenerateRequest, Llama, ModelError, SamplingParams, generate, wgpu_device};
+
+fn load(bytes: Vec<u8>) -> (GgufFile, Llama) {
+    let file = GgufFile::from_bytes(bytes).unwrap();
+    let model = Llama::load(&file, &wgpu_device().unwrap()).unwrap();
+    (file, model)
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn assert_close(device: &[f32], reference: &[f32], what: &str) {
+    let scale = reference.iter().map(|v| v.abs()).fold(1.0, f32::max);
+    let diff = max_abs_diff(device, reference);
+    assert!(diff <= 1e-3 * scale, "{what}: max |device - reference| = {diff} (scale {scale})");
+}
+
+/// Prefill, then decode steps, comparing every step's logits with the reference.
+fn check_against_reference(spec: TinyModel) {
+    let (file, model) = load(spec.to_gguf());
+    let reference = ReferenceLlama::load(&file).unwrap();
+    let mut cache = model.new_cache(32).unwrap();
+    let mut ref_cache = ReferenceCache::default();
+    let prompt = [1, 40, 77, 200, 5, 9, 260];
+    let what = format!("{spec:?}");
+    assert_close(&model.forward(&prompt, &mut cache).unwrap(), &reference.forward(&prompt, &mut ref_cache), &what);
+    for token in [3, 150, 42] {
+        let device = model.forward(&[token], &mut cache).unwrap();
+        assert_close(&device, &reference.forward(&[token], &mut ref_cache), &what);
+    }
+    assert_eq!(cache.len(), prompt.len() + 3);
+}
+
+#[test]
+fn forward_matches_reference_with_grouped_query_attention() {
+    check_against_reference(TinyModel::default());
+}
+
+#[test]
+fn forward_matches_reference_across_encodings_and_head_layouts() {
+    check_against_reference(TinyModel { weight_type: GgmlType::Q8_0, n_kv_heads: 4, tied_embeddings: false, seed: 2, ..Default::default() });
+    check_against_reference(TinyModel { weight_type: GgmlType::F32, n_kv_heads: 1, n_layers: 3, seed: 3, ..Default::default() });
+    check_against_reference(TinyModel { weight_type: GgmlType::Q4_0, seed: 4, ..Default::default() });
+}
+
+#[test]
+fn chunked_prefill_equals_one_pass() {
+    let (_, model) = load(TinyModel::default().to_gguf());
+    let prompt: Vec<u32> = (0..20).map(|i| (i * 13 % 250) as u32).collect();
+    let mut whole = model.new_cache(32).unwrap();
+    let expected = model.forward(&prompt, &mut whole).unwrap();
+    let mut chunked = model.new_cache(32).unwrap();
+    model.forward(&prompt[..7], &mut chunked).unwrap();
+    model.forward(&prompt[7..15], &mut chunked).unwrap();
+    assert_close(&model.forward(&prompt[15..], &mut chunked).unwrap(), &expected, "chunked prefill");
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let (_, model) = load(TinyModel::default().to_gguf());
+    let mut cache = model.new_cache(4).unwrap();
+    let e = model.forward(&[1, 2, 3, 4, 5], &mut cache).unwrap_err();
+    assert!(matches!(e, ModelError::CacheFull { needed: 5, capacity: 4 }), "{e}");
+    let e = model.forward(&[99_999], &mut cache).unwrap_err().to_string();
+    assert!(e.contains("99999") && e.contains("outside the vocabulary"), "{e}");
+    assert!(model.forward(&[], &mut cache).is_err());
+    assert!(model.new_cache(100_000).is_err());
+    // The cache is still usable after refused requests.
+    model.forward(&[1, 2], &mut cache).unwrap();
+    assert_eq!(cache.len(), 2);
+}
+
+fn generate_ids(model: &Llama, tokenizer: &Tokenizer, prompt: &[u32], sampling: SamplingParams, max_tokens: usize) -> Vec<u32> {
+    let request = GenerateRequest { prompt_ids: prompt, max_tokens, sampling, ignore_eos: true };
+    generate(model, tokenizer, &request, |_| {}).unwrap().ids
+}
+
+#[test]
+fn generation_is_greedy_by_default_and_seeded_otherwise() {
+    let file = GgufFile::from_bytes(TinyModel::default().to_gguf()).unwrap();
+    let model = Llama::load(&file, &wgpu_device().unwrap()).unwrap();
+    let reference = ReferenceLlama::load(&file).unwrap();
+    let tokenizer = Tokenizer::from_gguf(file.metadata()).unwrap();
+    let prompt = tokenizer.encode("the cat sat on", true, true).unwrap();
+
+    let greedy = generate_ids(&model, &tokenizer, &prompt, SamplingParams::default(), 6);
+    let mut ref_cache = ReferenceCache::default();
+    let mut input = prompt.clone();
+    let mut expected = Vec::new();
+    for _ in 0..6 {
+        let logits = reference.forward(&input, &mut ref_cache);
+        let best = (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a))).unwrap() as u32;
+        expected.push(best);
+        input = vec![best];
+    }
+    assert_eq!(greedy, expected);
+
+    let hot = |seed| SamplingParams { temperature: 1.0, top_k: 40, seed, ..Default::default() };
+    let a = generate_ids(&model, &tokenizer, &prompt, hot(5), 8);
+    assert_eq!(a, generate_ids(&model, &tokenizer, &prompt, hot(5), 8));
+    assert_ne!(a, generate_ids(&model, &tokenizer, &prompt, hot(6), 8));
+}
+
+#[test]
+fn generation_refuses_prompts_beyond_the_context() {
+    let (file, model) = load(TinyModel { context_length: 16, ..Default::default() }.to_gguf());
+    let tokenizer = Tokenizer::from_gguf(file.metadata()).unwrap();
+    let prompt = vec![5; 10];
+    let request = GenerateRequest { prompt_ids: &prompt, max_tokens: 7, sampling: SamplingParams::default(), ignore_eos: false };
+    let e = generate(&model, &tokenizer, &request, |_| {}).unwrap_err().to_string();
+    assert_eq!(e, "prompt of 10 tokens plus max_tokens 7 exceeds the context of 16 tokens");
+    let request = GenerateRequest { prompt_ids: &[], ..request };
+    assert!(generate(&model, &tokenizer, &request, |_| {}).unwrap_err().to_string().contains("empty"));
+}
+
+fn edited(edit: impl FnOnce(&mut GgufWriter)) -> String {
+    let file = GgufFile::from_bytes(TinyModel::default().to_gguf()).unwrap();
+    let mut writer = GgufWriter::from_file(&file);
+    edit(&mut writer);
+    let file = GgufFile::from_bytes(writer.to_bytes()).unwrap();
+    match Llama::load(&file, &wgpu_device().unwrap()) {
+        Ok(_) => panic!("edited model loaded"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn malformed_models_are_refused_with_the_reason() {
+    let e = edited(|w| {
+        w.set_metadata("general.architecture", MetadataValue::String("gptneox".into()));
+    });
+    assert_eq!(e, "unsupported architecture \"gptneox\" (supported: llama)");
+    let e = edited(|w| {
+        w.remove_metadata("llama.block_count");
+    });
+    assert_eq!(e, "required metadata key \"llama.block_count\" is missing");
+    let e = edited(|w| {
+        w.set_metadata("llama.attention.head_count", MetadataValue::U32(3));
+    });
+    assert!(e.contains("not divisible by 3 heads"), "{e}");
+    let e = edited(|w| {
+        w.remove_tensor("blk.1.ffn_up.weight");
+    });
+    assert_eq!(e, "tensor \"blk.1.ffn_up.weight\" not found");
+    let e = edited(|w| {
+        w.set_metadata("llama.feed_forward_length", MetadataValue::U32(128));
+    });
+    assert!(e.contains("blk.0.ffn_gate.weight") && e.contains("expected [64, 128]"), "{e}");
+    let e = edited(|w| {
+        w.set_metadata("llama.embedding_length", MetadataValue::U64(u64::MAX));
+    });
+    assert!(e.contains("llama.embedding_length") && e.contains("at most"), "{e}");
+    let e = edited(|w| {
+        w.set_metadata("llama.rope.scaling.type", MetadataValue::String("yarn".into()));
+    });
+    assert!(e.contains("RoPE scaling \"yarn\""), "{e}");
+}

@@ -1,0 +1,37 @@
+//! End-to-end tests: the real default model against llama.cpp's reference fixtures, the
+//! `gguf` package's dequantizer, and the `cinder` binary driven as a user would.
+//!
+//! Fixtures live in `tests/fixtures/` and are made by `scripts/make_reference_fixtures.py`.
+//! The real model is the one `scripts/setup.sh` installs (or `$CINDER_MODEL`).
+
+mod cli;
+mod dequant;
+mod parity;
+mod tokenizer;
+
+use std::path::PathBuf;
+
+/// The default model. Tests that need it fail with instructions when it is missing.
+pub fn real_model_path() -> PathBuf {
+    let path = std::env::var_os("CINDER_MODEL").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("CINDER_HOME").map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/cinder")
+        });
+        home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    });
+    assert!(path.exists(), "{} is missing: run scripts/setup.sh first", path.display());
+    path
+}
+
+pub fn fixture(name: &str) -> serde_json::Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A fresh directory for one test's files.
+pub fn scratch_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cinder-e2e-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
