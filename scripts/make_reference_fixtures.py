@@ -5,6 +5,9 @@
   with special-token parsing on and off.
 - greedy.json: llama.cpp's greedy continuations (32 tokens, end-of-generation ignored) for
   several prompts, with the top-5 log-probabilities at every generated position.
+- greedy_f32.json: the same from llama.cpp running the same weights dequantized to F32.
+  llama.cpp's Q4_1 dot products quantize activations to 8 bits; on identical F32 weights it
+  computes in f32 like cinder's dequantized path does, which makes it the tight reference.
 - dequant.json: blocks of every supported GGUF type and the values the `gguf` Python
   package's own dequantizer gives for them (real blocks from the default model where it
   has that type, random blocks otherwise).
@@ -16,9 +19,10 @@ Run once by hand, not in CI:
 import json
 import os
 import sys
+import tempfile
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 from gguf.quants import dequantize
 from llama_cpp import Llama
 
@@ -176,6 +180,31 @@ def dequant_fixture(reader):
     return {"cases": cases}
 
 
+def dequantized_copy(src, dst):
+    """Writes `src` with every tensor dequantized to F32, metadata unchanged."""
+    reader = GGUFReader(src)
+    writer = GGUFWriter(dst, arch=reader.fields["general.architecture"].contents())
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name == "general.architecture":
+            continue
+        value_type = field.types[0]
+        sub_type = field.types[-1] if value_type == GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), value_type, sub_type=sub_type)
+    for t in reader.tensors:
+        values = dequantize(t.data, t.tensor_type).astype(np.float32)
+        writer.add_tensor(t.name, values.reshape(tuple(int(d) for d in reversed(t.shape))),
+                          raw_dtype=GGMLQuantizationType.F32)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def load(path):
+    return Llama(model_path=path, n_ctx=2048, n_batch=512, logits_all=True, n_threads=2,
+                 seed=0, verbose=False)
+
+
 def write(name, obj):
     path = os.path.join(OUT, name)
     with open(path, "w", encoding="utf-8") as f:
@@ -187,10 +216,15 @@ def write(name, obj):
 def main():
     os.makedirs(OUT, exist_ok=True)
     write("dequant.json", dequant_fixture(GGUFReader(MODEL)))
-    llm = Llama(model_path=MODEL, n_ctx=2048, n_batch=512, logits_all=True, n_threads=2,
-                seed=0, verbose=False)
+    llm = load(MODEL)
     write("tokenizer.json", tokenizer_fixture(llm))
     write("greedy.json", greedy_fixture(llm))
+    with tempfile.TemporaryDirectory() as tmp:
+        f32_path = os.path.join(tmp, "f32.gguf")
+        dequantized_copy(MODEL, f32_path)
+        fixture = greedy_fixture(load(f32_path))
+        fixture["weights"] = "dequantized to F32"
+        write("greedy_f32.json", fixture)
 
 
 if __name__ == "__main__":

@@ -1,29 +1,47 @@
-//! Greedy parity with llama.cpp on the default model: the same tokens for every fixture
-//! prompt (a divergence is allowed only where llama.cpp's top two candidates are within
-//! 0.05 nats), and the top-1 log-probability within 0.1 of llama.cpp's.
+//! Greedy parity with llama.cpp on the default model.
+//!
+//! Two references, made by `scripts/make_reference_fixtures.py`:
+//! - `greedy_f32.json`: llama.cpp on the same weights dequantized to F32, computing in f32
+//!   as cinder's dequantized path does. Tokens must be identical for 32 steps except at a
+//!   near-tie (llama.cpp's top-2 gap < 0.05) and top-1 log-probabilities within 0.1.
+//! - `greedy.json`: llama.cpp on the Q4_1 file itself. Its Q4_1 and Q8_0 dot products round
+//!   activations to 8 bits, which moves this small model's log-probabilities by up to ~0.17
+//!   and flips near-ties up to ~0.33 apart (measured); the bounds below allow for that.
 
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use cinder_gguf::GgufFile;
 use cinder_model::{Llama, log_softmax, wgpu_device};
 
-const NEAR_TIE: f32 = 0.05;
-const LOGPROB_TOLERANCE: f32 = 0.1;
+struct Bounds {
+    /// A divergence is accepted where llama.cpp's top-2 gap is below this.
+    near_tie: f32,
+    /// Largest accepted |top-1 log-probability − llama.cpp's|.
+    logprob: f32,
+}
 
-#[test]
-fn greedy_tokens_match_llama_cpp() {
-    let file = GgufFile::open(crate::real_model_path()).unwrap();
-    let device = wgpu_device().unwrap();
-    let start = Instant::now();
-    let model = Llama::load(&file, &device).unwrap();
-    eprintln!("adapter {}; loaded in {:.1} s", cinder_model::adapter_name(&device), start.elapsed().as_secs_f64());
+fn model() -> &'static Llama {
+    static MODEL: OnceLock<Llama> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let file = GgufFile::open(crate::real_model_path()).unwrap();
+        let device = wgpu_device().unwrap();
+        let start = Instant::now();
+        let model = Llama::load(&file, &device).unwrap();
+        eprintln!("adapter {}; loaded in {:.1} s", cinder_model::adapter_name(&device), start.elapsed().as_secs_f64());
+        model
+    })
+}
+
+fn check(fixture_name: &str, bounds: Bounds) {
+    let model = model();
     // CINDER_PARITY_TOKENS shortens the check for quick local runs; CI checks all 32.
     let limit: usize = std::env::var("CINDER_PARITY_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(32);
-
-    let fixture = crate::fixture("greedy.json");
+    let fixture = crate::fixture(fixture_name);
     let prompts = fixture["prompts"].as_array().unwrap();
     assert!(prompts.len() >= 8);
     let mut failures = Vec::new();
+    let mut worst_logprob = 0f32;
     for prompt in prompts {
         let name = prompt["name"].as_str().unwrap();
         let prompt_ids: Vec<u32> = prompt["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
@@ -40,20 +58,36 @@ fn greedy_tokens_match_llama_cpp() {
             let expected = step["id"].as_u64().unwrap() as u32;
             if ours != expected {
                 let gap = reference_lp(0) - reference_lp(1);
-                if gap >= NEAR_TIE {
+                if gap >= bounds.near_tie {
                     failures.push(format!("{name}: step {i}: got {ours}, llama.cpp {expected} (its top-2 gap {gap:.3})"));
                 }
-                eprintln!("{name}: diverged at step {i} at a near-tie (gap {gap:.3}); stopping there");
+                eprintln!("{fixture_name} {name}: diverged at step {i}, llama.cpp's top-2 gap {gap:.3}");
                 break;
             }
             let diff = (logprobs[ours as usize] - reference_lp(0)).abs();
-            if diff > LOGPROB_TOLERANCE {
-                failures.push(format!("{name}: step {i}: top-1 logprob {} vs llama.cpp {} ", logprobs[ours as usize], reference_lp(0)));
+            worst_logprob = worst_logprob.max(diff);
+            if diff > bounds.logprob {
+                failures.push(format!("{name}: step {i}: top-1 logprob {} vs llama.cpp {}", logprobs[ours as usize], reference_lp(0)));
             }
             matched += 1;
             input = vec![ours];
         }
-        eprintln!("{name}: {} prompt tokens, {matched} tokens matched in {:.1} s", prompt_ids.len(), started.elapsed().as_secs_f64());
+        eprintln!(
+            "{fixture_name} {name}: {} prompt tokens, {matched} tokens matched in {:.1} s",
+            prompt_ids.len(),
+            started.elapsed().as_secs_f64()
+        );
     }
+    eprintln!("{fixture_name}: largest top-1 logprob difference {worst_logprob:.4}");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn greedy_tokens_match_llama_cpp_on_the_same_weights() {
+    check("greedy_f32.json", Bounds { near_tie: 0.05, logprob: 0.1 });
+}
+
+#[test]
+fn greedy_tokens_track_llama_cpp_q4_1() {
+    check("greedy.json", Bounds { near_tie: 0.4, logprob: 0.25 });
 }

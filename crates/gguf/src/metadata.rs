@@ -211,6 +211,9 @@ impl Metadata {
 
     /// A non-negative integer of any integer type.
     pub fn get_u64(&self, key: &str) -> Result<u64, GgufError> {
+        if let Some(&MetadataValue::U64(value)) = self.get(key) {
+            return Ok(value);
+        }
         let value = self.typed(key, "integer", MetadataValue::as_i64)?;
         u64::try_from(value).map_err(|_| GgufError::OutOfRange {
             key: key.to_owned(),

@@ -197,7 +197,7 @@ mod tests {
         assert_eq!(draws(hot.clone()).len(), 5);
         assert_eq!(draws(SamplingParams { top_k: 2, ..hot.clone() }), [1, 4].into());
         assert_eq!(draws(SamplingParams { top_p: 0.5, ..hot.clone() }), [1, 4].into());
-        assert_eq!(draws(SamplingParams { min_p: 0.5, ..hot.clone() }), [1, 2, 4].into());
+        assert_eq!(draws(SamplingParams { min_p: 0.3, ..hot.clone() }), [1, 2, 4].into());
     }
 
     #[test]
