@@ -2,6 +2,7 @@
 
 mod generate;
 mod model_path;
+mod simulate;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +20,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Print the token ids of a text as a JSON array.
     Tokenize(tokenize::TokenizeArgs),
+    /// Compare batching strategies in the scheduler's simulator; write JSON and SVG plots.
+    Simulate(simulate::SimulateArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,6 +35,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Tokenize(args) => tokenize::run(args),
+        Command::Simulate(args) => simulate::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

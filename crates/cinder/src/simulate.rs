@@ -1,0 +1,193 @@
+//! `cinder simulate`: every batching strategy over a sweep of loads and workloads, through
+//! the scheduler's simulator.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use cinder_scheduler::sim::{CostModel, RunResult, Simulation, Workload};
+use cinder_scheduler::{BatchPolicy, Duration, SchedulerConfig};
+use plotters::prelude::*;
+use serde::Serialize;
+
+#[derive(clap::Args)]
+pub struct SimulateArgs {
+    /// Write every run's results here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write SVG plots into this folder.
+    #[arg(long)]
+    plots: Option<PathBuf>,
+    /// Offered loads to sweep, requests per second.
+    #[arg(long, value_delimiter = ',', default_values_t = [1.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0])]
+    loads: Vec<f64>,
+    /// Seconds during which requests arrive in each run.
+    #[arg(long, default_value_t = 60.0)]
+    duration: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+/// The strategies compared, with the names reports use.
+fn strategies() -> Vec<(&'static str, BatchPolicy)> {
+    let wait = Duration::from_millis(50);
+    vec![
+        ("fixed", BatchPolicy::Fixed { batch_size: 16, max_wait: wait }),
+        ("bucketed", BatchPolicy::Bucketed { batch_size: 16, max_wait: wait, bucket_edges: vec![128, 512, 1024] }),
+        ("memory_aware", BatchPolicy::MemoryAware { max_batch_tokens: 16_384, max_wait: wait }),
+        ("continuous", BatchPolicy::default()),
+        ("adaptive", BatchPolicy::Adaptive { max_batch_tokens: 2048, min_running: 8, max_running: 256, chunk_size: 512, bandit: false }),
+        ("adaptive_bandit", BatchPolicy::Adaptive { max_batch_tokens: 2048, min_running: 4, max_running: 256, chunk_size: 512, bandit: true }),
+        ("latency_preset", BatchPolicy::latency_optimised()),
+        ("throughput_preset", BatchPolicy::throughput_optimised()),
+    ]
+}
+
+#[derive(Serialize)]
+struct Summary {
+    workload: String,
+    /// Highest throughput per strategy over the loads where TTFT p95 stays within the SLA.
+    peak_throughput_within_sla: Vec<(String, f64)>,
+    continuous_over_fixed: f64,
+    continuous_kv_waste_frac: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    cost_model: CostModel,
+    runs: Vec<RunResult>,
+    summary: Vec<Summary>,
+}
+
+pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
+    let workloads = [Workload::mixed(), Workload::bursty(), Workload::shared_prefix()];
+    let cost = CostModel::default();
+    let mut runs = Vec::new();
+    for workload in &workloads {
+        for (name, policy) in strategies() {
+            for &load in &args.loads {
+                let simulation = Simulation {
+                    config: SchedulerConfig { policy: policy.clone(), ..Default::default() },
+                    workload: workload.clone(),
+                    rate_rps: load,
+                    duration_s: args.duration,
+                    cost: cost.clone(),
+                    seed: args.seed,
+                };
+                let mut result = simulation.run();
+                result.strategy = name.to_owned();
+                eprintln!(
+                    "{:<14} {:<18} load {:>5.1}/s: {:>7.0} tok/s, TTFT p50 {:>6.2} s p95 {:>6.2} s, e2e p95 {:>6.2} s, SLA {:>5.1} %, KV waste {:>5.1} %, preemptions {}",
+                    result.workload,
+                    name,
+                    load,
+                    result.throughput_tok_s,
+                    result.ttft_p50_s,
+                    result.ttft_p95_s,
+                    result.e2e_p95_s,
+                    100.0 * result.sla_attainment,
+                    100.0 * result.kv_waste_frac,
+                    result.preemptions
+                );
+                runs.push(result);
+            }
+        }
+    }
+    let summary: Vec<Summary> = workloads.iter().map(|w| summarize(&runs, w)).collect();
+    for s in &summary {
+        println!(
+            "{}: continuous / fixed peak throughput within the TTFT SLA = {:.2}x; continuous KV waste {:.2} %",
+            s.workload,
+            s.continuous_over_fixed,
+            100.0 * s.continuous_kv_waste_frac
+        );
+    }
+    if let Some(dir) = &args.plots {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        plot_all(dir, &runs, &workloads)?;
+    }
+    if let Some(path) = &args.json {
+        let report = Report { cost_model: cost, runs, summary };
+        std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn summarize(runs: &[RunResult], workload: &Workload) -> Summary {
+    let of = |strategy: &str| runs.iter().filter(move |r| r.workload == workload.name && r.strategy == strategy);
+    let peak = |strategy: &str| {
+        of(strategy).filter(|r| r.ttft_p95_s <= workload.ttft_sla_s && r.unfinished == 0).map(|r| r.throughput_tok_s).fold(0.0, f64::max)
+    };
+    let peaks: Vec<(String, f64)> = strategies().iter().map(|(name, _)| (name.to_string(), peak(name))).collect();
+    let waste: Vec<f64> = of("continuous").map(|r| r.kv_waste_frac).collect();
+    Summary {
+        workload: workload.name.clone(),
+        continuous_over_fixed: peak("continuous") / peak("fixed").max(1e-9),
+        continuous_kv_waste_frac: waste.iter().sum::<f64>() / waste.len().max(1) as f64,
+        peak_throughput_within_sla: peaks,
+    }
+}
+
+type Series = Vec<(String, Vec<(f64, f64)>)>;
+
+fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &Series) -> anyhow::Result<()> {
+    let points = series.iter().flat_map(|(_, p)| p.iter()).filter(|p| p.1.is_finite());
+    let (x_max, y_max) = points.fold((1e-9f64, 1e-9f64), |(x, y), p| (x.max(p.0), y.max(p.1)));
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..x_max * 1.05, 0f64..y_max * 1.1)?;
+    chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw()?;
+    for (i, (name, points)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let finite: Vec<(f64, f64)> = points.iter().copied().filter(|p| p.1.is_finite()).collect();
+        chart
+            .draw_series(LineSeries::new(finite, color.stroke_width(2)))?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn plot_all(dir: &Path, runs: &[RunResult], workloads: &[Workload]) -> anyhow::Result<()> {
+    for w in workloads {
+        let by_strategy = |metric: fn(&RunResult) -> f64| -> Series {
+            strategies()
+                .iter()
+                .map(|(name, _)| {
+                    let points = runs.iter().filter(|r| r.workload == w.name && r.strategy == *name).map(|r| (r.load, metric(r))).collect();
+                    (name.to_string(), points)
+                })
+                .collect()
+        };
+        line_chart(&dir.join(format!("throughput_{}.svg", w.name)), &format!("Throughput vs offered load ({})", w.name), "offered load (requests/s)", "output tokens/s", &by_strategy(|r| r.throughput_tok_s))?;
+        line_chart(&dir.join(format!("ttft_p95_{}.svg", w.name)), &format!("TTFT p95 vs offered load ({})", w.name), "offered load (requests/s)", "seconds", &by_strategy(|r| r.ttft_p95_s))?;
+    }
+    let continuous_mixed: Vec<&RunResult> = runs.iter().filter(|r| r.workload == "mixed" && r.strategy == "continuous").collect();
+    let priorities: Series = ["critical", "high", "normal", "low", "batch"]
+        .iter()
+        .map(|p| (p.to_string(), continuous_mixed.iter().filter_map(|r| r.ttft_p95_by_priority_s.get(*p).map(|v| (r.load, *v))).collect()))
+        .collect();
+    line_chart(&dir.join("ttft_p95_by_priority.svg"), "TTFT p95 by priority (continuous, mixed)", "offered load (requests/s)", "seconds", &priorities)?;
+    if let Some(heaviest) = continuous_mixed.last() {
+        let tenants = heaviest.tenant_tokens_over_time.first().map_or(0, Vec::len);
+        let shares: Series = (0..tenants)
+            .map(|t| {
+                let points = heaviest
+                    .tenant_tokens_over_time
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| (i as f64 * heaviest.share_window_s, w[t] as f64 / w.iter().sum::<u64>().max(1) as f64))
+                    .collect();
+                (format!("tenant {t}"), points)
+            })
+            .collect();
+        line_chart(&dir.join("tenant_share.svg"), &format!("Share of computed tokens per tenant (continuous, mixed, {} req/s)", heaviest.load), "time (s)", "share", &shares)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,55 @@
+//! Every scheduler knob in one place, with defaults, loadable with serde.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::BatchPolicy;
+use crate::admission::{BreakerConfig, LoadConfig, RateLimit};
+use crate::queue::QueueConfig;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SchedulerConfig {
+    /// Token slots per KV block.
+    pub block_size: usize,
+    /// Blocks in the KV pool.
+    pub num_blocks: usize,
+    /// Most tokens (prompt + generated) one sequence may hold.
+    pub max_seq_len: usize,
+    pub policy: BatchPolicy,
+    pub queue: QueueConfig,
+    /// Most requests waiting; more are refused.
+    pub max_waiting: usize,
+    pub load: LoadConfig,
+    /// Limits per tenant id; tenants not listed get `default_rate_limit`.
+    pub rate_limits: BTreeMap<u32, RateLimit>,
+    pub default_rate_limit: RateLimit,
+    pub breaker: BreakerConfig,
+    /// Reuse KV blocks of identical prompt prefixes.
+    pub prefix_caching: bool,
+    /// Blocks kept free when admitting new sequences, so running ones can keep decoding.
+    pub watermark_blocks: usize,
+    /// Seed for the policies that draw random numbers (the bandit).
+    pub seed: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            block_size: 16,
+            num_blocks: 4096,
+            max_seq_len: 8192,
+            policy: BatchPolicy::default(),
+            queue: QueueConfig::default(),
+            max_waiting: 10_000,
+            load: LoadConfig::default(),
+            rate_limits: BTreeMap::new(),
+            default_rate_limit: RateLimit::default(),
+            breaker: BreakerConfig::default(),
+            prefix_caching: true,
+            watermark_blocks: 4,
+            seed: 0,
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Batch formation policies. All are driven by the same [`Scheduler::plan`] /
+//! [`Scheduler::complete`] loop; they differ in when requests join a batch and how much KV
+//! memory they reserve.
+//!
+//! - **Static** policies form a batch, run it until every member finishes, and only then
+//!   admit more. They reserve KV memory for each member's whole `prompt + max_new_tokens`
+//!   up front, as engines without paging must: [`BatchPolicy::Fixed`] (a fixed batch size,
+//!   the baseline), [`BatchPolicy::Bucketed`] (members of similar prompt length, so padding
+//!   wastes less), [`BatchPolicy::MemoryAware`] (as many as a token budget and the free
+//!   blocks allow).
+//! - **Iteration-level** policies let sequences join and leave at every step and reserve
+//!   blocks only as tokens are written: [`BatchPolicy::Continuous`] (chunked prefill mixed
+//!   with decodes under a per-step token budget) and [`BatchPolicy::Adaptive`] (the same,
+//!   with the number of running sequences chosen from the load, or learned by a
+//!   Thompson-sampling bandit from observed step throughput).
+//!
+//! [`Scheduler::plan`]: crate::Scheduler::plan
+//! [`Scheduler::complete`]: crate::Scheduler::complete
+
+use serde::{Deserialize, Serialize};
+
+use crate::Duration;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BatchPolicy {
+    Fixed {
+        batch_size: usize,
+        /// Longest a partial batch waits for more members.
+        max_wait: Duration,
+    },
+    Bucketed {
+        batch_size: usize,
+        max_wait: Duration,
+        /// Upper prompt-length bounds of the buckets; longer prompts share the last bucket.
+        bucket_edges: Vec<usize>,
+    },
+    MemoryAware {
+        /// Most tokens (prompt + max new, summed over members) a batch reserves.
+        max_batch_tokens: usize,
+        max_wait: Duration,
+    },
+    Continuous {
+        /// Most tokens (prefill chunks plus decodes) in one step.
+        max_batch_tokens: usize,
+        /// Most sequences running at once.
+        max_running: usize,
+        /// Largest prefill chunk of one sequence in one step.
+        chunk_size: usize,
+    },
+    Adaptive {
+        max_batch_tokens: usize,
+        min_running: usize,
+        max_running: usize,
+        chunk_size: usize,
+        /// Learn the running-set size from step throughput instead of following the queue.
+        bandit: bool,
+    },
+}
+
+impl Default for BatchPolicy {
+    fn default() -> Self {
+        Self::Continuous { max_batch_tokens: 2048, max_running: 256, chunk_size: 512 }
+    }
+}
+
+impl BatchPolicy {
+    /// Small steps: decodes are never stuck behind long prefills.
+    pub fn latency_optimised() -> Self {
+        Self::Continuous { max_batch_tokens: 512, max_running: 64, chunk_size: 128 }
+    }
+
+    /// Big steps: fewer, fuller forward passes.
+    pub fn throughput_optimised() -> Self {
+        Self::Continuous { max_batch_tokens: 8192, max_running: 512, chunk_size: 4096 }
+    }
+
+    /// A short name for reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Fixed { .. } => "fixed",
+            Self::Bucketed { .. } => "bucketed",
+            Self::MemoryAware { .. } => "memory_aware",
+            Self::Continuous { .. } => "continuous",
+            Self::Adaptive { bandit: false, .. } => "adaptive",
+            Self::Adaptive { bandit: true, .. } => "adaptive_bandit",
+        }
+    }
+}
+
+/// Thompson sampling over candidate running-set sizes: each arm keeps a Gaussian posterior
+/// of the throughput observed while it was in force; every epoch the arm with the best
+/// sample wins.
+#[derive(Debug, Clone)]
+pub(crate) struct Bandit {
+    pub arms: Vec<usize>,
+    stats: Vec<(f64, f64, f64)>,
+    pub current: usize,
+    epoch_tokens: f64,
+    epoch_time: f64,
+    epoch_steps: u32,
+}
+
+/// Steps per bandit epoch.
+const EPOCH_STEPS: u32 = 8;
+
+impl Bandit {
+    pub fn new(min: usize, max: usize) -> Self {
+        let mut arms = Vec::new();
+        let mut size = min.max(1);
+        while size < max {
+            arms.push(size);
+            size *= 2;
+        }
+        arms.push(max.max(1));
+        let n = arms.len();
+        Self { arms, stats: vec![(0.0, 0.0, 0.0); n], current: n - 1, epoch_tokens: 0.0, epoch_time: 0.0, epoch_steps: 0 }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.arms[self.current]
+    }
+
+    /// Records a step; at the end of an epoch, updates the arm and draws the next.
+    pub fn observe(&mut self, tokens: usize, seconds: f64, rng: &mut impl rand::Rng) {
+        self.epoch_tokens += tokens as f64;
+        self.epoch_time += seconds;
+        self.epoch_steps += 1;
+        if self.epoch_steps < EPOCH_STEPS {
+            return;
+        }
+        let reward = if self.epoch_time > 0.0 { self.epoch_tokens / self.epoch_time } else { 0.0 };
+        let (n, mean, m2) = &mut self.stats[self.current];
+        *n += 1.0;
+        let delta = reward - *mean;
+        *mean += delta / *n;
+        *m2 += delta * (reward - *mean);
+        self.epoch_tokens = 0.0;
+        self.epoch_time = 0.0;
+        self.epoch_steps = 0;
+        let scale = self.stats.iter().map(|s| s.1).fold(1.0, f64::max);
+        let mut best = (f64::NEG_INFINITY, self.current);
+        for (arm, &(n, mean, m2)) in self.stats.iter().enumerate() {
+            // Unexplored arms draw from a wide prior so each gets tried.
+            let (mu, sd) = if n < 1.0 { (scale, scale) } else { (mean, ((m2 / n.max(1.0)).sqrt() + 0.05 * scale) / n.sqrt()) };
+            let sample = mu + sd * standard_normal(rng);
+            if sample > best.0 {
+                best = (sample, arm);
+            }
+        }
+        self.current = best.1;
+    }
+}
+
+fn standard_normal(rng: &mut impl rand::Rng) -> f64 {
+    // Box-Muller.
+    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+    let u2: f64 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}

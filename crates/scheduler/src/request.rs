@@ -1,0 +1,95 @@
+//! What callers submit.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Duration, Time};
+
+/// A sequence's id, unique for the scheduler's lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SeqId(pub u64);
+
+/// A tenant (an API key, a user): the unit of rate limits and fair sharing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct TenantId(pub u32);
+
+/// Priority levels, most urgent first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Critical = 0,
+    High = 1,
+    #[default]
+    Normal = 2,
+    Low = 3,
+    Batch = 4,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 5] = [Priority::Critical, Priority::High, Priority::Normal, Priority::Low, Priority::Batch];
+
+    pub fn level(self) -> usize {
+        self as usize
+    }
+
+    pub fn from_level(level: usize) -> Priority {
+        Priority::ALL[level.min(4)]
+    }
+
+    pub fn name(self) -> &'static str {
+        ["critical", "high", "normal", "low", "batch"][self.level()]
+    }
+}
+
+/// A generation request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Prompt token ids (hashed for the prefix cache).
+    pub prompt: Vec<u32>,
+    /// Most tokens to generate.
+    pub max_new_tokens: usize,
+    pub priority: Priority,
+    pub tenant: TenantId,
+    /// Longest acceptable wait before the first token (an SLA); requests with one are
+    /// served earliest-deadline-first when their deadline nears.
+    pub max_wait: Option<Duration>,
+    /// Whether cached prefix blocks may be reused for this request.
+    pub use_prefix_cache: bool,
+}
+
+impl Request {
+    pub fn new(prompt: Vec<u32>, max_new_tokens: usize) -> Self {
+        Self {
+            prompt,
+            max_new_tokens,
+            priority: Priority::Normal,
+            tenant: TenantId(0),
+            max_wait: None,
+            use_prefix_cache: true,
+        }
+    }
+
+    pub fn with_priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    pub fn with_tenant(mut self, tenant: TenantId) -> Self {
+        self.tenant = tenant;
+        self
+    }
+
+    pub fn with_max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = Some(max_wait);
+        self
+    }
+
+    /// Total tokens this request may occupy in the KV cache.
+    pub fn max_len(&self) -> usize {
+        self.prompt.len() + self.max_new_tokens
+    }
+}
+
+/// When a request's deadline falls, if it has one.
+pub(crate) fn deadline(request: &Request, arrival: Time) -> Option<Time> {
+    request.max_wait.map(|w| arrival + w)
+}

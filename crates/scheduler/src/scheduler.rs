@@ -1,0 +1,746 @@
+//! The scheduler state machine: requests in through [`Scheduler::submit`], a [`StepPlan`]
+//! out of [`Scheduler::plan`] for every model step, sampled tokens back through
+//! [`Scheduler::complete`], finished sequences out of [`Scheduler::take_finished`].
+
+use std::collections::{BTreeMap, HashMap};
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::admission::{BreakerState, CircuitBreaker, TokenBucket};
+use crate::blocks::{BlockCopy, BlockId, BlockManager, BlockTable, CacheStats, prefix_hashes};
+use crate::policy::Bandit;
+use crate::queue::{Entry, WaitingQueue};
+use crate::request::deadline;
+use crate::{
+    BatchPolicy, Duration, LoadLevel, Priority, Rejection, RejectionReason, Request, SchedulerConfig, SeqId, TenantId,
+    Time,
+};
+
+/// A piece of a prompt to run this step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PrefillChunk {
+    pub seq: SeqId,
+    /// Position of the chunk's first token.
+    pub start: usize,
+    pub tokens: Vec<u32>,
+    /// The sequence's blocks; position `p` lives in block `block_table[p / block_size]`.
+    pub block_table: Vec<BlockId>,
+    /// Whether the chunk ends the prompt, so a token is sampled from its last position.
+    pub samples: bool,
+}
+
+/// One generated token to run this step (its successor is sampled).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DecodeItem {
+    pub seq: SeqId,
+    pub position: usize,
+    pub token: u32,
+    pub block_table: Vec<BlockId>,
+}
+
+/// What the engine runs in one step.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StepPlan {
+    pub step: u64,
+    pub prefill: Vec<PrefillChunk>,
+    pub decode: Vec<DecodeItem>,
+    /// Copies to perform before running (copy-on-write of shared blocks).
+    pub copies: Vec<BlockCopy>,
+    /// Sequences whose blocks were taken back; they recompute when resumed.
+    pub preempted: Vec<SeqId>,
+}
+
+impl StepPlan {
+    pub fn is_empty(&self) -> bool {
+        self.prefill.is_empty() && self.decode.is_empty()
+    }
+
+    /// Tokens run this step.
+    pub fn num_tokens(&self) -> usize {
+        self.prefill.iter().map(|c| c.tokens.len()).sum::<usize>() + self.decode.len()
+    }
+
+    /// Sequences that get a sampled token from this step.
+    pub fn sampling(&self) -> impl Iterator<Item = SeqId> + '_ {
+        self.prefill.iter().filter(|c| c.samples).map(|c| c.seq).chain(self.decode.iter().map(|d| d.seq))
+    }
+
+    /// KV positions attention reads this step (for cost models).
+    pub fn kv_reads(&self) -> usize {
+        self.prefill.iter().map(|c| c.tokens.len() * (c.start + c.tokens.len())).sum::<usize>()
+            + self.decode.iter().map(|d| d.position + 1).sum::<usize>()
+    }
+}
+
+/// What the engine reports after a step.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepResult {
+    pub step: u64,
+    /// False if the step failed; its work is discarded and retried.
+    pub success: bool,
+    /// The token sampled for each sequence in [`StepPlan::sampling`].
+    pub sampled: Vec<(SeqId, u32)>,
+    /// Sequences the engine ended (an end-of-generation token, a stop string).
+    pub stopped: Vec<SeqId>,
+}
+
+impl StepResult {
+    /// A successful result sampling `sample(seq)` for every sequence that samples.
+    pub fn sampled(plan: &StepPlan, mut sample: impl FnMut(SeqId) -> u32) -> Self {
+        Self { step: plan.step, success: true, sampled: plan.sampling().map(|s| (s, sample(s))).collect(), stopped: Vec::new() }
+    }
+
+    pub fn failed(plan: &StepPlan) -> Self {
+        Self { step: plan.step, success: false, ..Default::default() }
+    }
+}
+
+/// Why a sequence ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The engine stopped it.
+    Stop,
+    /// It generated `max_new_tokens`.
+    Length,
+    /// Aborted by the caller.
+    Cancelled,
+}
+
+/// A sequence that has ended, with its timeline.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FinishedSequence {
+    pub id: SeqId,
+    pub reason: FinishReason,
+    pub tenant: TenantId,
+    pub priority: Priority,
+    pub prompt_tokens: usize,
+    pub generated: Vec<u32>,
+    pub arrival: Time,
+    pub first_token: Option<Time>,
+    pub finished: Time,
+    pub deadline: Option<Time>,
+    pub preemptions: u32,
+}
+
+/// A snapshot of the scheduler's state and counters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Metrics {
+    pub waiting_by_priority: [usize; 5],
+    pub waiting: usize,
+    pub running: usize,
+    pub kv_blocks_total: usize,
+    /// Blocks held by live sequences.
+    pub kv_blocks_in_use: usize,
+    pub kv_usage: f64,
+    pub prefix_cache: CacheStats,
+    pub preemptions: u64,
+    pub rejections: BTreeMap<RejectionReason, u64>,
+    /// Tokens computed (prompt and generated) per tenant.
+    pub tenant_tokens: BTreeMap<u32, u64>,
+    pub load_level: LoadLevel,
+    pub steps: u64,
+    pub failed_steps: u64,
+}
+
+#[derive(Debug)]
+struct Sequence {
+    request: Request,
+    /// Prompt followed by the generated tokens.
+    tokens: Vec<u32>,
+    /// Positions whose keys and values are computed.
+    computed: usize,
+    table: BlockTable,
+    /// Leading full blocks registered in the prefix cache.
+    registered: usize,
+    arrival: Time,
+    order: u64,
+    first_token: Option<Time>,
+    preemptions: u32,
+    running: bool,
+}
+
+impl Sequence {
+    fn generated(&self) -> usize {
+        self.tokens.len() - self.request.prompt.len()
+    }
+
+    fn queue_entry(&self, id: SeqId) -> Entry {
+        Entry {
+            id,
+            priority: self.request.priority,
+            tenant: self.request.tenant,
+            arrival: self.arrival,
+            deadline: deadline(&self.request, self.arrival),
+            cost: self.request.max_len(),
+        }
+    }
+}
+
+/// What the in-flight step scheduled, to apply or roll back at completion.
+#[derive(Debug, Default)]
+struct InFlight {
+    step: u64,
+    planned_at: Time,
+    /// (sequence, positions run, samples)
+    work: Vec<(SeqId, usize, bool)>,
+}
+
+/// See the crate documentation.
+#[derive(Debug)]
+pub struct Scheduler {
+    config: SchedulerConfig,
+    blocks: BlockManager,
+    queue: WaitingQueue,
+    seqs: HashMap<SeqId, Sequence>,
+    /// Running sequences in admission order.
+    running: Vec<SeqId>,
+    next_id: u64,
+    step: u64,
+    in_flight: Option<InFlight>,
+    /// Static policies: the batch in progress admits nobody until it drains.
+    batch_closed: bool,
+    buckets: BTreeMap<TenantId, (TokenBucket, TokenBucket)>,
+    breaker: CircuitBreaker,
+    bandit: Option<Bandit>,
+    rng: ChaCha8Rng,
+    finished: Vec<FinishedSequence>,
+    preemptions: u64,
+    rejections: BTreeMap<RejectionReason, u64>,
+    tenant_tokens: BTreeMap<u32, u64>,
+    failed_steps: u64,
+}
+
+impl Scheduler {
+    pub fn new(config: SchedulerConfig) -> Self {
+        let bandit = match config.policy {
+            BatchPolicy::Adaptive { bandit: true, min_running, max_running, .. } => Some(Bandit::new(min_running, max_running)),
+            _ => None,
+        };
+        Self {
+            blocks: BlockManager::new(config.num_blocks, config.block_size),
+            queue: WaitingQueue::new(config.queue.clone()),
+            seqs: HashMap::new(),
+            running: Vec::new(),
+            next_id: 0,
+            step: 0,
+            in_flight: None,
+            batch_closed: false,
+            buckets: BTreeMap::new(),
+            breaker: CircuitBreaker::new(config.breaker.clone()),
+            bandit,
+            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            finished: Vec::new(),
+            preemptions: 0,
+            rejections: BTreeMap::new(),
+            tenant_tokens: BTreeMap::new(),
+            failed_steps: 0,
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    pub fn blocks(&self) -> &BlockManager {
+        &self.blocks
+    }
+
+    /// No sequence waiting or running.
+    pub fn is_idle(&self) -> bool {
+        self.seqs.is_empty()
+    }
+
+    pub fn num_waiting(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn num_running(&self) -> usize {
+        self.running.len()
+    }
+
+    fn reject(&mut self, reason: RejectionReason, message: String, retry_after: Option<Duration>) -> Rejection {
+        *self.rejections.entry(reason).or_default() += 1;
+        Rejection { reason, message, retry_after }
+    }
+
+    /// The load level now, from queue depth, KV pressure and the oldest wait.
+    pub fn load_level(&self, now: Time) -> LoadLevel {
+        let queue_frac = self.queue.len() as f64 / self.config.max_waiting.max(1) as f64;
+        let kv_frac = self.blocks.in_use() as f64 / self.config.num_blocks.max(1) as f64;
+        let oldest = self.queue.oldest_arrival().map_or(Duration::ZERO, |a| now.since(a));
+        self.config.load.level(queue_frac, kv_frac, oldest)
+    }
+
+    /// Admits a request to the waiting queue, or says why not.
+    pub fn submit(&mut self, request: Request, now: Time) -> Result<SeqId, Rejection> {
+        if request.prompt.is_empty() {
+            return Err(self.reject(RejectionReason::TooLong, "the prompt is empty".into(), None));
+        }
+        let max_len = request.max_len();
+        if max_len > self.config.max_seq_len {
+            let message = format!(
+                "prompt of {} tokens plus {} new tokens exceeds the limit of {} tokens",
+                request.prompt.len(),
+                request.max_new_tokens,
+                self.config.max_seq_len
+            );
+            return Err(self.reject(RejectionReason::TooLong, message, None));
+        }
+        let blocks_needed = max_len.div_ceil(self.config.block_size);
+        if blocks_needed + self.config.watermark_blocks > self.config.num_blocks {
+            let message = format!("{max_len} tokens need {blocks_needed} KV blocks; the pool has {}", self.config.num_blocks);
+            return Err(self.reject(RejectionReason::TooLong, message, None));
+        }
+        if let BreakerState::Open { until } = self.breaker.state(now) {
+            let message = "the engine is failing; not accepting requests for now".to_owned();
+            return Err(self.reject(RejectionReason::CircuitOpen, message, Some(until.since(now))));
+        }
+        let level = self.load_level(now);
+        if !level.admits(request.priority) {
+            let message = format!("overloaded ({level:?}): {} priority requests are shed", request.priority.name());
+            let retry = Duration::from_millis(500 << (level as u32).min(5));
+            return Err(self.reject(RejectionReason::Overloaded, message, Some(retry)));
+        }
+        if self.queue.len() >= self.config.max_waiting {
+            let message = format!("the queue is full ({} waiting)", self.queue.len());
+            return Err(self.reject(RejectionReason::QueueFull, message, Some(Duration::from_millis(1_000))));
+        }
+        let limit = self.config.rate_limits.get(&request.tenant.0).unwrap_or(&self.config.default_rate_limit).clone();
+        let (requests, tokens) = self.buckets.entry(request.tenant).or_insert_with(|| {
+            (TokenBucket::new(limit.requests_per_s, limit.request_burst), TokenBucket::new(limit.tokens_per_s, limit.token_burst))
+        });
+        let limited = match requests.try_take(1.0, now) {
+            Err(wait) => Some(("request", wait)),
+            Ok(()) => tokens.try_take(max_len as f64, now).err().map(|wait| {
+                requests.give_back(1.0);
+                ("token", wait)
+            }),
+        };
+        if let Some((what, wait)) = limited {
+            let message = format!("tenant {} exceeds its {what} rate", request.tenant.0);
+            return Err(self.reject(RejectionReason::RateLimited, message, Some(wait)));
+        }
+
+        let id = SeqId(self.next_id);
+        self.next_id += 1;
+        let seq = Sequence {
+            tokens: request.prompt.clone(),
+            request,
+            computed: 0,
+            table: BlockTable::default(),
+            registered: 0,
+            arrival: now,
+            order: 0,
+            first_token: None,
+            preemptions: 0,
+            running: false,
+        };
+        self.queue.push(seq.queue_entry(id));
+        self.seqs.insert(id, seq);
+        Ok(id)
+    }
+
+    /// Ends a sequence now, waiting or running; its blocks are freed. Unknown ids are ignored.
+    pub fn abort(&mut self, id: SeqId, now: Time) -> bool {
+        if !self.seqs.contains_key(&id) {
+            return false;
+        }
+        self.queue.remove(id, false);
+        self.finish(id, FinishReason::Cancelled, now);
+        true
+    }
+
+    fn finish(&mut self, id: SeqId, reason: FinishReason, now: Time) {
+        let Some(seq) = self.seqs.remove(&id) else { return };
+        self.running.retain(|r| *r != id);
+        self.finished.push(FinishedSequence {
+            id,
+            reason,
+            tenant: seq.request.tenant,
+            priority: seq.request.priority,
+            prompt_tokens: seq.request.prompt.len(),
+            generated: seq.tokens[seq.request.prompt.len()..].to_vec(),
+            arrival: seq.arrival,
+            first_token: seq.first_token,
+            finished: now,
+            deadline: deadline(&seq.request, seq.arrival),
+            preemptions: seq.preemptions,
+        });
+        // Dropping `seq` drops its block table: blocks go back to the pool or the cache.
+    }
+
+    /// Sequences that ended since the last call.
+    pub fn take_finished(&mut self) -> Vec<FinishedSequence> {
+        std::mem::take(&mut self.finished)
+    }
+
+    /// Takes a running sequence's blocks back; it waits again and recomputes when resumed.
+    fn preempt(&mut self, id: SeqId, plan: &mut StepPlan) {
+        self.running.retain(|r| *r != id);
+        let seq = self.seqs.get_mut(&id).expect("running sequence exists");
+        seq.table = BlockTable::default();
+        seq.computed = 0;
+        seq.registered = 0;
+        seq.running = false;
+        seq.preemptions += 1;
+        let entry = seq.queue_entry(id);
+        let order = seq.order;
+        self.queue.requeue(entry, order);
+        self.preemptions += 1;
+        plan.preempted.push(id);
+    }
+
+    /// Plans the next step. Returns an empty plan while a step is in flight or when there is
+    /// nothing to run.
+    pub fn plan(&mut self, now: Time) -> StepPlan {
+        let mut plan = StepPlan { step: self.step, ..Default::default() };
+        if self.in_flight.is_some() || matches!(self.breaker.state(now), BreakerState::Open { .. }) {
+            return plan;
+        }
+        let mut work = Vec::new();
+        match self.config.policy.clone() {
+            BatchPolicy::Continuous { max_batch_tokens, max_running, chunk_size } => {
+                self.plan_iteration(now, max_batch_tokens, max_running, chunk_size, &mut plan, &mut work)
+            }
+            BatchPolicy::Adaptive { max_batch_tokens, min_running, max_running, chunk_size, .. } => {
+                let limit = match &self.bandit {
+                    Some(b) => b.limit(),
+                    // Follow demand: as many as are waiting or running, within bounds.
+                    None => (self.queue.len() + self.running.len()).clamp(min_running, max_running),
+                };
+                self.plan_iteration(now, max_batch_tokens, limit, chunk_size, &mut plan, &mut work)
+            }
+            _ => self.plan_static(now, &mut plan, &mut work),
+        }
+        if !plan.is_empty() {
+            self.in_flight = Some(InFlight { step: self.step, planned_at: now, work });
+            self.step += 1;
+        }
+        plan
+    }
+
+    /// Running sequences, most important first (priority, then arrival).
+    fn running_by_importance(&self) -> Vec<SeqId> {
+        let mut ids = self.running.clone();
+        ids.sort_by_key(|id| {
+            let s = &self.seqs[id];
+            (s.request.priority, s.order)
+        });
+        ids
+    }
+
+    /// Grows `id`'s table to hold positions up to `end`.
+    fn ensure(&mut self, id: SeqId, end: usize, plan: &mut StepPlan) -> bool {
+        let seq = self.seqs.get_mut(&id).expect("sequence exists");
+        if seq.table.len() >= end {
+            return true;
+        }
+        match seq.table.reserve(&self.blocks, end - seq.table.len()) {
+            Ok(copy) => {
+                plan.copies.extend(copy);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn schedule(&self, id: SeqId, n: usize, plan: &mut StepPlan, work: &mut Vec<(SeqId, usize, bool)>) {
+        let seq = &self.seqs[&id];
+        let start = seq.computed;
+        let samples = start + n == seq.tokens.len();
+        if n == 1 && seq.generated() > 0 && samples {
+            plan.decode.push(DecodeItem { seq: id, position: start, token: seq.tokens[start], block_table: seq.table.ids() });
+        } else {
+            plan.prefill.push(PrefillChunk {
+                seq: id,
+                start,
+                tokens: seq.tokens[start..start + n].to_vec(),
+                block_table: seq.table.ids(),
+                samples,
+            });
+        }
+        work.push((id, n, samples));
+    }
+
+    /// Continuous batching: running sequences first (decodes, then unfinished prefills), then
+    /// new ones from the queue, within the token budget and the block pool.
+    fn plan_iteration(
+        &mut self,
+        now: Time,
+        max_batch_tokens: usize,
+        max_running: usize,
+        chunk_size: usize,
+        plan: &mut StepPlan,
+        work: &mut Vec<(SeqId, usize, bool)>,
+    ) {
+        let mut budget = max_batch_tokens;
+        let mut order = self.running_by_importance();
+        // Decodes first: they hold memory already and each costs one token.
+        let mut i = 0;
+        while i < order.len() && budget > 0 {
+            let id = order[i];
+            let (pending, end) = {
+                let s = &self.seqs[&id];
+                (s.tokens.len() - s.computed, s.tokens.len())
+            };
+            if pending != 1 {
+                i += 1;
+                continue;
+            }
+            if self.ensure(id, end, plan) {
+                self.schedule(id, 1, plan, work);
+                budget -= 1;
+                i += 1;
+                continue;
+            }
+            // Out of blocks: preempt the least important sequence not yet scheduled.
+            let victim = order.pop().expect("order holds at least `id`");
+            self.preempt(victim, plan);
+            if victim == id {
+                break;
+            }
+        }
+        // Unfinished prefills of running sequences.
+        for &id in &order {
+            if budget == 0 {
+                break;
+            }
+            let s = &self.seqs[&id];
+            let pending = s.tokens.len() - s.computed;
+            if pending <= 1 || !s.running {
+                continue;
+            }
+            let n = pending.min(budget).min(chunk_size);
+            let end = s.computed + n;
+            if self.ensure(id, end, plan) {
+                self.schedule(id, n, plan, work);
+                budget -= n;
+            }
+        }
+        // New sequences.
+        while budget > 0 && self.running.len() < max_running {
+            let Some((entry, order)) = self.queue.peek(now) else { break };
+            let id = entry.id;
+            // A sequence preempted for memory in this step does not come straight back.
+            if plan.preempted.contains(&id) || !self.admit(id, order, budget.min(chunk_size)) {
+                break;
+            }
+            let s = &self.seqs[&id];
+            let n = (s.tokens.len() - s.computed).min(budget).min(chunk_size);
+            self.schedule(id, n, plan, work);
+            budget -= n;
+        }
+    }
+
+    /// Takes a waiting sequence into the running set with blocks for its first `chunk`
+    /// tokens (after prefix-cache hits); false if the pool cannot hold that and the watermark.
+    fn admit(&mut self, id: SeqId, order: u64, chunk: usize) -> bool {
+        let bs = self.config.block_size;
+        let use_cache = self.config.prefix_caching;
+        let seq = self.seqs.get_mut(&id).expect("queued sequence exists");
+        let mut table = BlockTable::default();
+        if use_cache && seq.request.use_prefix_cache {
+            // The last token is always computed: its logits give the next token.
+            let cacheable = (seq.tokens.len() - 1) / bs * bs;
+            let hashes = prefix_hashes(&seq.tokens[..cacheable], bs);
+            table = BlockTable::from_prefix(self.blocks.lookup(&hashes), bs);
+        }
+        let computed = table.len();
+        let n = (seq.tokens.len() - computed).min(chunk.max(1));
+        let needed = table.blocks_needed(n, bs) + self.config.watermark_blocks;
+        if needed > self.blocks.available() {
+            return false;
+        }
+        table.reserve(&self.blocks, n).expect("checked available");
+        seq.table = table;
+        seq.computed = computed;
+        seq.registered = computed / bs;
+        seq.running = true;
+        seq.order = order;
+        self.queue.remove(id, true);
+        self.running.push(id);
+        true
+    }
+
+    /// Static batching: when the previous batch has drained, gather a new one (waiting up to
+    /// `max_wait` for it to fill), reserve every member's full length, then run prompts whole
+    /// and decode until all finish.
+    fn plan_static(&mut self, now: Time, plan: &mut StepPlan, work: &mut Vec<(SeqId, usize, bool)>) {
+        if self.running.is_empty() {
+            self.batch_closed = false;
+        }
+        if !self.batch_closed {
+            self.form_static_batch(now);
+        }
+        for id in self.running_by_importance() {
+            let s = &self.seqs[&id];
+            let n = s.tokens.len() - s.computed;
+            self.schedule(id, n, plan, work);
+        }
+    }
+
+    fn form_static_batch(&mut self, now: Time) {
+        let (capacity, max_wait, token_budget) = match &self.config.policy {
+            BatchPolicy::Fixed { batch_size, max_wait } | BatchPolicy::Bucketed { batch_size, max_wait, .. } => {
+                (*batch_size, *max_wait, usize::MAX)
+            }
+            BatchPolicy::MemoryAware { max_batch_tokens, max_wait } => (usize::MAX, *max_wait, *max_batch_tokens),
+            _ => unreachable!("static policies only"),
+        };
+        let Some((head, _)) = self.queue.peek(now) else { return };
+        let full = self.queue.len() >= capacity.min(self.config.max_waiting);
+        if !full && now.since(head.arrival) < max_wait {
+            return;
+        }
+        let bucket_of = |len: usize, edges: &[usize]| edges.iter().position(|e| len <= *e).unwrap_or(edges.len());
+        let head_bucket = match &self.config.policy {
+            BatchPolicy::Bucketed { bucket_edges, .. } => Some(bucket_of(self.seqs[&head.id].request.prompt.len(), bucket_edges)),
+            _ => None,
+        };
+        let mut reserved = 0usize;
+        let mut skipped = Vec::new();
+        while self.running.len() < capacity {
+            let Some((entry, order)) = self.queue.peek(now) else { break };
+            let seq = &self.seqs[&entry.id];
+            let max_len = seq.request.max_len();
+            if let (Some(bucket), BatchPolicy::Bucketed { bucket_edges, .. }) = (head_bucket, &self.config.policy) {
+                if bucket_of(seq.request.prompt.len(), bucket_edges) != bucket {
+                    // Another bucket's request: set aside for a later batch.
+                    let entry = self.queue.remove(entry.id, false).expect("peeked");
+                    skipped.push((entry, order));
+                    continue;
+                }
+            }
+            if reserved + max_len > token_budget && !self.running.is_empty() {
+                break;
+            }
+            let needed = max_len.div_ceil(self.config.block_size) + self.config.watermark_blocks;
+            if needed > self.blocks.available() {
+                break;
+            }
+            let id = entry.id;
+            self.queue.remove(id, true);
+            let seq = self.seqs.get_mut(&id).expect("queued sequence exists");
+            seq.table.reserve(&self.blocks, max_len).expect("checked available");
+            seq.running = true;
+            seq.order = order;
+            self.running.push(id);
+            reserved += max_len;
+        }
+        for (entry, order) in skipped {
+            self.queue.requeue(entry, order);
+        }
+        self.batch_closed = !self.running.is_empty();
+    }
+
+    /// Applies the engine's report on the step planned last.
+    pub fn complete(&mut self, result: StepResult, now: Time) {
+        let Some(flight) = self.in_flight.take() else { return };
+        if flight.step != result.step {
+            // A stale report: keep waiting for the right one.
+            self.in_flight = Some(flight);
+            return;
+        }
+        self.breaker.record(result.success, now);
+        if !result.success {
+            // Nothing advances: the reserved blocks stay, and the next plan runs the same
+            // tokens again.
+            self.failed_steps += 1;
+            return;
+        }
+        let sampled: HashMap<SeqId, u32> = result.sampled.into_iter().collect();
+        let mut generated = 0usize;
+        for (id, n, samples) in flight.work {
+            let Some(seq) = self.seqs.get_mut(&id) else { continue };
+            let token = sampled.get(&id).copied();
+            if samples && token.is_none() {
+                // The engine produced nothing for this sequence: run the same tokens again.
+                continue;
+            }
+            seq.computed += n;
+            *self.tenant_tokens.entry(seq.request.tenant.0).or_default() += n as u64;
+            if let Some(token) = token.filter(|_| samples) {
+                seq.tokens.push(token);
+                seq.first_token.get_or_insert(now);
+                generated += 1;
+            }
+            self.register_full_blocks(id);
+            let seq = &self.seqs[&id];
+            if seq.generated() >= seq.request.max_new_tokens {
+                self.finish(id, FinishReason::Length, now);
+            }
+        }
+        for id in result.stopped {
+            if self.seqs.get(&id).is_some_and(|s| s.running) {
+                self.finish(id, FinishReason::Stop, now);
+            }
+        }
+        let seconds = now.since(flight.planned_at).as_secs_f64();
+        if let Some(bandit) = &mut self.bandit {
+            bandit.observe(generated, seconds, &mut self.rng);
+        }
+    }
+
+    /// Adds the sequence's newly completed full blocks to the prefix cache.
+    fn register_full_blocks(&mut self, id: SeqId) {
+        if !self.config.prefix_caching {
+            return;
+        }
+        let bs = self.config.block_size;
+        let seq = self.seqs.get_mut(&id).expect("sequence exists");
+        let full = seq.computed / bs;
+        if full <= seq.registered {
+            return;
+        }
+        let hashes = prefix_hashes(&seq.tokens[..full * bs], bs);
+        for (block, hash) in seq.table.blocks()[seq.registered..full].iter().zip(&hashes[seq.registered..]) {
+            self.blocks.register(block, *hash);
+        }
+        seq.registered = full;
+    }
+
+    /// Fraction of allocated KV slots of running sequences that hold no computed token.
+    pub fn kv_waste(&self) -> f64 {
+        let bs = self.config.block_size;
+        let (used, allocated) = self.running.iter().fold((0usize, 0usize), |(u, a), id| {
+            let s = &self.seqs[id];
+            (u + s.computed, a + s.table.capacity(bs))
+        });
+        if allocated == 0 { 0.0 } else { 1.0 - used as f64 / allocated as f64 }
+    }
+
+    pub fn metrics(&self, now: Time) -> Metrics {
+        let in_use = self.blocks.in_use();
+        Metrics {
+            waiting_by_priority: self.queue.depth_by_priority(),
+            waiting: self.queue.len(),
+            running: self.running.len(),
+            kv_blocks_total: self.config.num_blocks,
+            kv_blocks_in_use: in_use,
+            kv_usage: in_use as f64 / self.config.num_blocks.max(1) as f64,
+            prefix_cache: self.blocks.stats(),
+            preemptions: self.preemptions,
+            rejections: self.rejections.clone(),
+            tenant_tokens: self.tenant_tokens.clone(),
+            load_level: self.load_level(now),
+            steps: self.step,
+            failed_steps: self.failed_steps,
+        }
+    }
+
+    /// Panics if internal bookkeeping is inconsistent (for tests).
+    pub fn check_invariants(&self) {
+        self.blocks.check_invariants();
+        for id in &self.running {
+            let s = &self.seqs[id];
+            assert!(s.running && !self.queue.contains(*id), "{id:?} is running and waiting");
+            assert!(s.computed <= s.table.len() && s.computed <= s.tokens.len());
+        }
+        let waiting = self.seqs.iter().filter(|(_, s)| !s.running).count();
+        assert_eq!(waiting, self.queue.len(), "every waiting sequence is queued");
+    }
+}

@@ -1,0 +1,345 @@
+//! Scenario tests for every policy and admission rule, and property tests of the
+//! invariants over random operation sequences.
+
+use cinder_scheduler::admission::{BreakerConfig, RateLimit};
+use cinder_scheduler::sim::{CostModel, Simulation, Workload};
+use cinder_scheduler::{
+    BatchPolicy, Duration, FinishReason, Priority, Rejection, RejectionReason, Request, Scheduler, SchedulerConfig, SeqId,
+    StepPlan, StepResult, TenantId, Time,
+};
+use proptest::prelude::*;
+
+fn continuous(max_batch_tokens: usize, max_running: usize, chunk_size: usize) -> BatchPolicy {
+    BatchPolicy::Continuous { max_batch_tokens, max_running, chunk_size }
+}
+
+fn config(policy: BatchPolicy, num_blocks: usize) -> SchedulerConfig {
+    SchedulerConfig { policy, num_blocks, block_size: 4, watermark_blocks: 0, ..Default::default() }
+}
+
+fn prompt(len: usize, seed: u32) -> Vec<u32> {
+    (0..len as u32).map(|i| i * 7 + seed * 1000).collect()
+}
+
+/// Runs steps until idle (or `max_steps`), sampling token 5 everywhere; returns the plans.
+fn run(s: &mut Scheduler, now: &mut Time, max_steps: usize) -> Vec<StepPlan> {
+    let mut plans = Vec::new();
+    for _ in 0..max_steps {
+        if s.is_idle() {
+            break;
+        }
+        let plan = s.plan(*now);
+        *now = *now + Duration::from_millis(10);
+        s.complete(StepResult::sampled(&plan, |_| 5), *now);
+        s.check_invariants();
+        plans.push(plan);
+    }
+    plans
+}
+
+#[test]
+fn continuous_batching_chunks_prefill_and_mixes_decodes() {
+    let mut s = Scheduler::new(config(continuous(16, 8, 8), 64));
+    let mut now = Time::ZERO;
+    let a = s.submit(Request::new(prompt(6, 1), 3), now).unwrap();
+    let first = s.plan(now);
+    assert_eq!(first.prefill.len(), 1);
+    assert!(first.prefill[0].samples);
+    s.complete(StepResult::sampled(&first, |_| 9), now);
+    let b = s.submit(Request::new(prompt(20, 2), 2), now).unwrap();
+    let second = s.plan(now);
+    assert_eq!(second.decode.len(), 1, "a decodes while b prefills");
+    assert_eq!(second.decode[0].token, 9);
+    assert_eq!(second.prefill[0].seq, b);
+    assert_eq!(second.prefill[0].tokens.len(), 8, "chunk size bounds b's prefill");
+    assert!(!second.prefill[0].samples);
+    assert!(second.num_tokens() <= 16);
+    s.complete(StepResult::sampled(&second, |_| 9), now);
+    let plans = run(&mut s, &mut now, 50);
+    assert!(plans.iter().all(|p| p.num_tokens() <= 16));
+    let finished = s.take_finished();
+    assert_eq!(finished.len(), 2);
+    let fa = finished.iter().find(|f| f.id == a).unwrap();
+    assert_eq!((fa.reason, fa.generated.len()), (FinishReason::Length, 3));
+    assert_eq!(s.blocks().in_use(), 0);
+}
+
+#[test]
+fn prefix_cache_skips_computed_blocks() {
+    let mut s = Scheduler::new(config(continuous(64, 8, 64), 64));
+    let mut now = Time::ZERO;
+    let shared = prompt(12, 3);
+    s.submit(Request::new([shared.clone(), vec![1, 2]].concat(), 1), now).unwrap();
+    run(&mut s, &mut now, 10);
+    let b = s.submit(Request::new([shared.clone(), vec![3]].concat(), 1), now).unwrap();
+    let plan = s.plan(now);
+    let chunk = plan.prefill.iter().find(|c| c.seq == b).unwrap();
+    assert_eq!(chunk.start, 12, "three cached blocks of four tokens are skipped");
+    assert_eq!(chunk.tokens, [3]);
+    assert!(s.metrics(now).prefix_cache.hit_blocks >= 3);
+    s.complete(StepResult::sampled(&plan, |_| 1), now);
+    // cache_prompt = false opts out.
+    let c = s.submit(Request { use_prefix_cache: false, ..Request::new([shared, vec![4]].concat(), 1) }, now).unwrap();
+    let plan = s.plan(now);
+    assert_eq!(plan.prefill.iter().find(|p| p.seq == c).unwrap().start, 0);
+}
+
+#[test]
+fn preemption_recomputes_and_resumes() {
+    // 6 blocks of 4 tokens; two sequences of 8-token prompts generating 8 each cannot both fit.
+    let mut s = Scheduler::new(SchedulerConfig { prefix_caching: false, ..config(continuous(64, 8, 64), 6) });
+    let mut now = Time::ZERO;
+    let low = s.submit(Request::new(prompt(8, 1), 8).with_priority(Priority::Low), now).unwrap();
+    let high = s.submit(Request::new(prompt(8, 2), 8).with_priority(Priority::High), now).unwrap();
+    let plans = run(&mut s, &mut now, 200);
+    let preempted: Vec<SeqId> = plans.iter().flat_map(|p| p.preempted.clone()).collect();
+    assert!(!preempted.is_empty() && preempted.iter().all(|id| *id == low), "the low-priority one yields: {preempted:?}");
+    let finished = s.take_finished();
+    assert_eq!(finished.len(), 2);
+    for f in &finished {
+        assert_eq!(f.generated.len(), 8, "{:?} completes after resuming", f.id);
+    }
+    assert!(finished.iter().find(|f| f.id == low).unwrap().preemptions > 0);
+    assert_eq!(finished.iter().find(|f| f.id == high).unwrap().preemptions, 0);
+    assert_eq!(s.metrics(now).preemptions as usize, preempted.len());
+    assert_eq!(s.blocks().in_use(), 0);
+}
+
+#[test]
+fn abort_frees_blocks_and_reports_cancellation() {
+    let mut s = Scheduler::new(config(continuous(64, 8, 64), 16));
+    let now = Time::ZERO;
+    let a = s.submit(Request::new(prompt(10, 1), 50), now).unwrap();
+    let b = s.submit(Request::new(prompt(10, 2), 50), now).unwrap();
+    let plan = s.plan(now);
+    assert!(s.blocks().in_use() > 0);
+    assert!(s.abort(a, now));
+    s.complete(StepResult::sampled(&plan, |_| 1), now);
+    assert!(s.abort(b, now));
+    assert!(!s.abort(b, now), "twice is a no-op");
+    assert!(s.is_idle());
+    assert_eq!(s.blocks().in_use(), 0);
+    let reasons: Vec<_> = s.take_finished().iter().map(|f| f.reason).collect();
+    assert_eq!(reasons, [FinishReason::Cancelled, FinishReason::Cancelled]);
+}
+
+fn rejection(r: Result<SeqId, Rejection>) -> Rejection {
+    r.expect_err("must be rejected")
+}
+
+#[test]
+fn admission_rejects_with_reasons_and_retry_hints() {
+    let mut cfg = config(continuous(64, 8, 64), 16);
+    cfg.max_seq_len = 40;
+    cfg.max_waiting = 3;
+    cfg.rate_limits.insert(7, RateLimit { requests_per_s: 1.0, request_burst: 1.0, ..Default::default() });
+    let mut s = Scheduler::new(cfg);
+    let now = Time::ZERO;
+    let r = rejection(s.submit(Request::new(prompt(30, 1), 20), now));
+    assert_eq!((r.reason, r.retry_after), (RejectionReason::TooLong, None));
+    assert!(r.message.contains("exceeds the limit of 40"), "{}", r.message);
+    assert_eq!(rejection(s.submit(Request::new(vec![], 1), now)).reason, RejectionReason::TooLong);
+
+    s.submit(Request::new(prompt(4, 1), 1).with_tenant(TenantId(7)), now).unwrap();
+    let r = rejection(s.submit(Request::new(prompt(4, 1), 1).with_tenant(TenantId(7)), now));
+    assert_eq!(r.reason, RejectionReason::RateLimited);
+    assert_eq!(r.retry_after, Some(Duration::from_millis(1000)));
+    s.submit(Request::new(prompt(4, 1), 1).with_tenant(TenantId(7)), Time::from_secs_f64(1.0)).unwrap();
+
+    // Two waiting of three allowed is 67 %: Elevated sheds the batch priority first.
+    let r = rejection(s.submit(Request::new(prompt(4, 1), 1).with_priority(Priority::Batch), now));
+    assert_eq!(r.reason, RejectionReason::Overloaded);
+    assert!(r.retry_after.is_some());
+    s.submit(Request::new(prompt(4, 2), 1).with_priority(Priority::Critical), now).unwrap();
+    let r = rejection(s.submit(Request::new(prompt(4, 3), 1).with_priority(Priority::Critical), now));
+    assert_eq!(r.reason, RejectionReason::QueueFull);
+    let m = s.metrics(now);
+    assert_eq!(m.rejections[&RejectionReason::TooLong], 2);
+    assert_eq!(m.waiting, 3);
+}
+
+#[test]
+fn circuit_breaker_trips_on_failed_steps_and_recovers() {
+    let mut cfg = config(continuous(64, 8, 64), 16);
+    cfg.breaker = BreakerConfig { threshold: 2, cooldown: Duration::from_millis(100) };
+    let mut s = Scheduler::new(cfg);
+    let now = Time::ZERO;
+    s.submit(Request::new(prompt(4, 1), 2), now).unwrap();
+    for _ in 0..2 {
+        let plan = s.plan(now);
+        assert!(!plan.is_empty(), "failed work is planned again");
+        s.complete(StepResult::failed(&plan), now);
+    }
+    assert!(s.plan(now).is_empty(), "open breaker: no steps");
+    let r = rejection(s.submit(Request::new(prompt(4, 2), 2), now));
+    assert_eq!((r.reason, r.retry_after), (RejectionReason::CircuitOpen, Some(Duration::from_millis(100))));
+    let later = Time(100_000);
+    let plan = s.plan(later);
+    assert_eq!(plan.prefill.len(), 1, "half-open lets a trial step through");
+    s.complete(StepResult::sampled(&plan, |_| 1), later);
+    s.submit(Request::new(prompt(4, 2), 2), later).unwrap();
+    assert_eq!(s.metrics(later).failed_steps, 2);
+}
+
+#[test]
+fn fixed_batches_wait_to_fill_and_admit_nobody_midway() {
+    let policy = BatchPolicy::Fixed { batch_size: 2, max_wait: Duration::from_millis(50) };
+    let mut s = Scheduler::new(config(policy, 64));
+    let now = Time::ZERO;
+    s.submit(Request::new(prompt(4, 1), 3), now).unwrap();
+    assert!(s.plan(now).is_empty(), "waits for a second member");
+    let plan = s.plan(Time(50_000));
+    assert_eq!(plan.prefill.len(), 1, "max_wait reached: runs alone");
+    s.complete(StepResult::sampled(&plan, |_| 1), Time(50_000));
+    s.submit(Request::new(prompt(4, 2), 3), Time(50_000)).unwrap();
+    s.submit(Request::new(prompt(4, 3), 3), Time(50_000)).unwrap();
+    let plan = s.plan(Time(60_000));
+    assert_eq!((plan.decode.len(), plan.prefill.len()), (1, 0), "the batch in progress admits nobody");
+    assert_eq!(s.blocks().in_use(), 2, "the member reserved its whole length (7 tokens)");
+}
+
+#[test]
+fn bucketed_batches_group_similar_prompt_lengths() {
+    let policy = BatchPolicy::Bucketed { batch_size: 4, max_wait: Duration::ZERO, bucket_edges: vec![8, 64] };
+    let mut s = Scheduler::new(config(policy, 256));
+    let now = Time::ZERO;
+    let short1 = s.submit(Request::new(prompt(4, 1), 1), now).unwrap();
+    let _long = s.submit(Request::new(prompt(40, 2), 1), now).unwrap();
+    let short2 = s.submit(Request::new(prompt(6, 3), 1), now).unwrap();
+    let plan = s.plan(now);
+    let members: Vec<SeqId> = plan.prefill.iter().map(|c| c.seq).collect();
+    assert_eq!(members, [short1, short2]);
+    assert_eq!(s.num_waiting(), 1);
+}
+
+#[test]
+fn memory_aware_batches_fit_the_token_budget() {
+    let policy = BatchPolicy::MemoryAware { max_batch_tokens: 20, max_wait: Duration::ZERO };
+    let mut s = Scheduler::new(config(policy, 256));
+    let now = Time::ZERO;
+    for i in 0..4 {
+        s.submit(Request::new(prompt(6, i), 2), now).unwrap();
+    }
+    assert_eq!(s.plan(now).prefill.len(), 2, "two of eight tokens each fit in twenty");
+}
+
+#[test]
+fn aging_bounds_the_wait_of_low_priorities_under_sustained_load() {
+    let wait_of_batch_request = |aging: Option<Duration>| -> Option<f64> {
+        let mut cfg = config(continuous(8, 1, 8), 256);
+        cfg.queue.aging_interval = aging;
+        cfg.prefix_caching = false;
+        let mut s = Scheduler::new(cfg);
+        let mut now = Time::ZERO;
+        let batch = s.submit(Request::new(prompt(4, 0), 1).with_priority(Priority::Batch), now).unwrap();
+        for i in 0..400 {
+            // A high-priority request arrives every step: without aging, they always win.
+            s.submit(Request::new(prompt(4, i + 1), 1).with_priority(Priority::High), now).unwrap();
+            let plan = s.plan(now);
+            now = now + Duration::from_millis(10);
+            s.complete(StepResult::sampled(&plan, |_| 1), now);
+            if let Some(f) = s.take_finished().into_iter().find(|f| f.id == batch) {
+                return Some(f.first_token.unwrap().since(f.arrival).as_secs_f64());
+            }
+        }
+        None
+    };
+    assert_eq!(wait_of_batch_request(None), None, "starves without aging");
+    let waited = wait_of_batch_request(Some(Duration::from_millis(100))).expect("served with aging");
+    assert!(waited <= 0.4 + 0.05, "four levels of 100 ms, plus a step: waited {waited} s");
+}
+
+fn sim(policy: BatchPolicy, workload: Workload, rate: f64, seed: u64) -> cinder_scheduler::sim::RunResult {
+    Simulation {
+        config: SchedulerConfig { policy, ..Default::default() },
+        workload,
+        rate_rps: rate,
+        duration_s: 30.0,
+        cost: CostModel::default(),
+        seed,
+    }
+    .run()
+}
+
+#[test]
+fn simulation_is_deterministic() {
+    let a = sim(BatchPolicy::default(), Workload::mixed(), 4.0, 9);
+    let b = sim(BatchPolicy::default(), Workload::mixed(), 4.0, 9);
+    assert_eq!(a, b);
+    assert!(a.completed > 50 && a.unfinished == 0);
+    assert_ne!(a, sim(BatchPolicy::default(), Workload::mixed(), 4.0, 10));
+}
+
+#[test]
+fn weighted_fair_sharing_under_backlog() {
+    let mut cfg = SchedulerConfig { policy: continuous(256, 8, 256), ..Default::default() };
+    cfg.queue.tenant_weights = [(0, 1.0), (1, 2.0)].into_iter().collect();
+    cfg.queue.aging_interval = None;
+    let workload =
+        Workload { tenant_mix: vec![0.5, 0.5], priority_mix: [0.0, 0.0, 1.0, 0.0, 0.0], deadline_frac: 0.0, ..Workload::mixed() };
+    // Far above capacity, so both tenants are always backlogged.
+    let result = Simulation { config: cfg, workload, rate_rps: 40.0, duration_s: 20.0, cost: CostModel::default(), seed: 3 }.run();
+    let windows = &result.tenant_tokens_over_time;
+    let (t0, t1) = windows[2..20].iter().fold((0u64, 0u64), |(a, b), w| (a + w[0], b + w[1]));
+    let share = t1 as f64 / (t0 + t1) as f64;
+    assert!((share - 2.0 / 3.0).abs() < 0.1 * 2.0 / 3.0, "tenant 1 share {share:.3}, weight share 0.667");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Random submissions, steps (some failing, some stopping sequences) and aborts never
+    /// leak or double-free a block, never exceed the token budget or the pool, and every
+    /// block is free once every sequence is gone.
+    #[test]
+    fn invariants_hold_under_random_operations(
+        ops in prop::collection::vec((0u8..6, 0u32..4, 1usize..40, 1usize..12, 0usize..5), 1..120),
+        static_policy in any::<bool>(),
+    ) {
+        let budget = 24;
+        let policy = if static_policy {
+            BatchPolicy::Fixed { batch_size: 3, max_wait: Duration::from_millis(20) }
+        } else {
+            continuous(budget, 6, 8)
+        };
+        let mut s = Scheduler::new(SchedulerConfig { max_waiting: 50, ..config(policy, 40) });
+        let mut now = Time::ZERO;
+        let mut ids = Vec::new();
+        for (op, tenant, len, new, prio) in ops {
+            now = now + Duration::from_millis(7);
+            match op {
+                0 | 1 => {
+                    // Prompts share prefixes often: lengths vary, content depends on the tenant.
+                    let request = Request::new(prompt(len, tenant), new).with_tenant(TenantId(tenant)).with_priority(Priority::from_level(prio));
+                    if let Ok(id) = s.submit(request, now) {
+                        ids.push(id);
+                    }
+                }
+                2 | 3 | 4 => {
+                    let plan = s.plan(now);
+                    prop_assert!(static_policy || plan.num_tokens() <= budget);
+                    prop_assert!(s.blocks().in_use() <= 40);
+                    let result = match op {
+                        2 => StepResult::failed(&plan),
+                        3 => StepResult { stopped: plan.sampling().take(1).collect(), ..StepResult::sampled(&plan, |_| 3) },
+                        _ => StepResult::sampled(&plan, |_| 3),
+                    };
+                    s.complete(result, now);
+                }
+                _ => {
+                    if let Some(id) = ids.get(len % ids.len().max(1)) {
+                        s.abort(*id, now);
+                    }
+                }
+            }
+            s.check_invariants();
+        }
+        for id in ids {
+            s.abort(id, now);
+        }
+        prop_assert!(s.is_idle());
+        prop_assert_eq!(s.blocks().in_use(), 0);
+        prop_assert_eq!(s.blocks().available(), 40);
+        s.check_invariants();
+    }
+}
