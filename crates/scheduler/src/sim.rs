@@ -235,10 +235,11 @@ impl Simulation {
                 continue;
             }
             let seconds = self.cost.step_seconds(plan.num_tokens(), plan.kv_reads());
-            waste_time += scheduler.kv_waste() * seconds;
-            busy_time += seconds;
             now = now + Duration::from_secs_f64(seconds);
             scheduler.complete(StepResult::sampled(&plan, |_| 1), now);
+            // Measured between steps, when every reserved slot should hold a computed token.
+            waste_time += scheduler.kv_waste() * seconds;
+            busy_time += seconds;
             finished.extend(scheduler.take_finished());
             let w = (now.as_secs_f64() / window) as usize;
             if w >= tenant_windows.len() {
