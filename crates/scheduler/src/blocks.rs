@@ -23,7 +23,6 @@ pub type BlockId = u32;
 
 #[derive(Debug)]
 struct Pool {
-    block_size: usize,
     refcount: Vec<u32>,
     /// Blocks nobody holds and nothing is cached in.
     free: Vec<BlockId>,
@@ -99,6 +98,7 @@ impl Pool {
 #[derive(Debug, Clone)]
 pub struct BlockManager {
     pool: Arc<Mutex<Pool>>,
+    block_size: usize,
 }
 
 /// A held block. Clone to share, drop to let go.
@@ -137,7 +137,6 @@ impl BlockManager {
     pub fn new(num_blocks: usize, block_size: usize) -> Self {
         assert!(block_size > 0 && num_blocks <= BlockId::MAX as usize);
         let pool = Pool {
-            block_size,
             refcount: vec![0; num_blocks],
             free: (0..num_blocks as BlockId).rev().collect(),
             hash: vec![None; num_blocks],
@@ -147,11 +146,11 @@ impl BlockManager {
             tick: 0,
             stats: CacheStats::default(),
         };
-        Self { pool: Arc::new(Mutex::new(pool)) }
+        Self { pool: Arc::new(Mutex::new(pool)), block_size }
     }
 
     pub fn block_size(&self) -> usize {
-        lock(&self.pool).block_size
+        self.block_size
     }
 
     pub fn num_blocks(&self) -> usize {
@@ -270,13 +269,15 @@ pub struct BlockCopy {
 pub struct BlockTable {
     blocks: Vec<Block>,
     len: usize,
+    /// Set by [`BlockTable::fork`]: only then can the partly filled tail be shared.
+    forked: bool,
 }
 
 impl BlockTable {
     /// A table starting with cached prefix blocks (all full).
     pub fn from_prefix(blocks: Vec<Block>, block_size: usize) -> Self {
         let len = blocks.len() * block_size;
-        Self { blocks, len }
+        Self { blocks, len, forked: false }
     }
 
     pub fn ids(&self) -> Vec<BlockId> {
@@ -311,10 +312,15 @@ impl BlockTable {
     /// filled last block was shared.
     pub fn reserve(&mut self, manager: &BlockManager, n: usize) -> Result<Option<BlockCopy>, OutOfBlocks> {
         let bs = manager.block_size();
-        let shared_tail = self.len % bs != 0
+        let shared_tail = self.forked
+            && self.len % bs != 0
             && n > 0
             && self.blocks.last().is_some_and(|b| lock(&b.pool).refcount[b.id as usize] > 1);
         let needed = self.blocks_needed(n, bs) + usize::from(shared_tail);
+        if needed == 0 {
+            self.len += n;
+            return Ok(None);
+        }
         let available = manager.available();
         if needed > available {
             return Err(OutOfBlocks { needed, available });
@@ -334,8 +340,9 @@ impl BlockTable {
     }
 
     /// A second table sharing every block (for n > 1 sampling from one prompt).
-    pub fn fork(&self) -> Self {
-        Self { blocks: self.blocks.clone(), len: self.len }
+    pub fn fork(&mut self) -> Self {
+        self.forked = true;
+        Self { blocks: self.blocks.clone(), len: self.len, forked: true }
     }
 }
 

@@ -8,10 +8,11 @@
 //! `deadline_urgency` (and not yet missed) jumps the lanes; several such requests go earliest
 //! deadline first.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::request::IdMap;
 use crate::{Duration, Priority, SeqId, TenantId, Time};
 
 /// Ordering knobs.
@@ -64,9 +65,11 @@ pub struct WaitingQueue {
     config: QueueConfig,
     lanes: BTreeMap<(Priority, TenantId), VecDeque<Queued>>,
     deadlines: BTreeSet<(Time, u64, SeqId)>,
-    live: HashMap<SeqId, (Priority, TenantId, u64)>,
+    live: IdMap<SeqId, (Priority, TenantId, u64)>,
     /// Service received per tenant divided by its weight (virtual time).
-    served: HashMap<TenantId, f64>,
+    served: IdMap<TenantId, f64>,
+    /// Non-empty lanes per tenant.
+    tenant_lanes: IdMap<TenantId, usize>,
     next_order: u64,
     depth: [usize; 5],
 }
@@ -113,7 +116,7 @@ impl WaitingQueue {
         let key = (q.entry.priority, q.entry.tenant);
         // A tenant coming back from idle starts level with the least-served active tenant,
         // instead of cashing in service it did not ask for while away.
-        if !self.lanes.keys().any(|(_, t)| *t == q.entry.tenant) {
+        if !self.tenant_lanes.contains_key(&q.entry.tenant) {
             let floor = self.active_tenants().filter_map(|t| self.served.get(&t).copied()).reduce(f64::min);
             let served = self.served.entry(q.entry.tenant).or_insert(0.0);
             if let Some(floor) = floor {
@@ -121,6 +124,9 @@ impl WaitingQueue {
             }
         }
         let lane = self.lanes.entry(key).or_default();
+        if lane.is_empty() {
+            *self.tenant_lanes.entry(q.entry.tenant).or_default() += 1;
+        }
         let at = lane.partition_point(|other| other.order < q.order);
         lane.insert(at, q);
         if let Some(deadline) = q.entry.deadline {
@@ -131,7 +137,7 @@ impl WaitingQueue {
     }
 
     fn active_tenants(&self) -> impl Iterator<Item = TenantId> + '_ {
-        self.lanes.keys().map(|(_, t)| *t)
+        self.tenant_lanes.keys().copied()
     }
 
     /// The request that should run next, with its arrival order.
@@ -185,6 +191,11 @@ impl WaitingQueue {
         let q = lane.remove(at).expect("position is valid");
         if lane.is_empty() {
             self.lanes.remove(&(priority, tenant));
+            let lanes = self.tenant_lanes.get_mut(&tenant).expect("tenant has lanes");
+            *lanes -= 1;
+            if *lanes == 0 {
+                self.tenant_lanes.remove(&tenant);
+            }
         }
         if let Some(deadline) = q.entry.deadline {
             self.deadlines.remove(&(deadline, order, id));
@@ -197,9 +208,10 @@ impl WaitingQueue {
         Some(q.entry)
     }
 
-    /// Arrival time of the longest-waiting request.
+    /// Arrival time of the longest-waiting request. Lanes are in arrival order, so only
+    /// their heads need looking at.
     pub fn oldest_arrival(&self) -> Option<Time> {
-        self.lanes.values().filter_map(|l| l.iter().map(|q| q.entry.arrival).min()).min()
+        self.lanes.values().filter_map(|l| l.front()).map(|q| q.entry.arrival).min()
     }
 
     /// Waiting requests from the least urgent (lowest priority, latest arrival) on: the

@@ -93,3 +93,31 @@ impl Request {
 pub(crate) fn deadline(request: &Request, arrival: Time) -> Option<Time> {
     request.max_wait.map(|w| arrival + w)
 }
+
+/// A hash map for the scheduler's small integer ids: a multiplicative hash instead of
+/// SipHash, which the scheduler's hot paths would spend most of their time in. Ids are not
+/// attacker-chosen (the scheduler assigns them), so flooding resistance is not needed.
+pub(crate) type IdMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(n.into());
+    }
+}

@@ -2,7 +2,7 @@
 //! out of [`Scheduler::plan`] for every model step, sampled tokens back through
 //! [`Scheduler::complete`], finished sequences out of [`Scheduler::take_finished`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -12,7 +12,7 @@ use crate::admission::{BreakerState, CircuitBreaker, TokenBucket};
 use crate::blocks::{BlockCopy, BlockId, BlockManager, BlockTable, CacheStats, prefix_hashes};
 use crate::policy::Bandit;
 use crate::queue::{Entry, WaitingQueue};
-use crate::request::deadline;
+use crate::request::{IdMap, deadline};
 use crate::{
     BatchPolicy, Duration, LoadLevel, Priority, Rejection, RejectionReason, Request, SchedulerConfig, SeqId, TenantId,
     Time,
@@ -147,7 +147,9 @@ pub struct Metrics {
 
 #[derive(Debug)]
 struct Sequence {
+    /// The request, its prompt moved into `tokens`.
     request: Request,
+    prompt_len: usize,
     /// Prompt followed by the generated tokens.
     tokens: Vec<u32>,
     /// Positions whose keys and values are computed.
@@ -164,7 +166,11 @@ struct Sequence {
 
 impl Sequence {
     fn generated(&self) -> usize {
-        self.tokens.len() - self.request.prompt.len()
+        self.tokens.len() - self.prompt_len
+    }
+
+    fn max_len(&self) -> usize {
+        self.prompt_len + self.request.max_new_tokens
     }
 
     fn queue_entry(&self, id: SeqId) -> Entry {
@@ -174,7 +180,7 @@ impl Sequence {
             tenant: self.request.tenant,
             arrival: self.arrival,
             deadline: deadline(&self.request, self.arrival),
-            cost: self.request.max_len(),
+            cost: self.max_len(),
         }
     }
 }
@@ -194,7 +200,7 @@ pub struct Scheduler {
     config: SchedulerConfig,
     blocks: BlockManager,
     queue: WaitingQueue,
-    seqs: HashMap<SeqId, Sequence>,
+    seqs: IdMap<SeqId, Sequence>,
     /// Running sequences in admission order.
     running: Vec<SeqId>,
     next_id: u64,
@@ -222,7 +228,7 @@ impl Scheduler {
         Self {
             blocks: BlockManager::new(config.num_blocks, config.block_size),
             queue: WaitingQueue::new(config.queue.clone()),
-            seqs: HashMap::new(),
+            seqs: IdMap::default(),
             running: Vec::new(),
             next_id: 0,
             step: 0,
@@ -276,7 +282,7 @@ impl Scheduler {
     }
 
     /// Admits a request to the waiting queue, or says why not.
-    pub fn submit(&mut self, request: Request, now: Time) -> Result<SeqId, Rejection> {
+    pub fn submit(&mut self, mut request: Request, now: Time) -> Result<SeqId, Rejection> {
         if request.prompt.is_empty() {
             return Err(self.reject(RejectionReason::TooLong, "the prompt is empty".into(), None));
         }
@@ -328,7 +334,8 @@ impl Scheduler {
         let id = SeqId(self.next_id);
         self.next_id += 1;
         let seq = Sequence {
-            tokens: request.prompt.clone(),
+            prompt_len: request.prompt.len(),
+            tokens: std::mem::take(&mut request.prompt),
             request,
             computed: 0,
             table: BlockTable::default(),
@@ -362,8 +369,8 @@ impl Scheduler {
             reason,
             tenant: seq.request.tenant,
             priority: seq.request.priority,
-            prompt_tokens: seq.request.prompt.len(),
-            generated: seq.tokens[seq.request.prompt.len()..].to_vec(),
+            prompt_tokens: seq.prompt_len,
+            generated: seq.tokens[seq.prompt_len..].to_vec(),
             arrival: seq.arrival,
             first_token: seq.first_token,
             finished: now,
@@ -426,7 +433,7 @@ impl Scheduler {
     /// Running sequences, most important first (priority, then arrival).
     fn running_by_importance(&self) -> Vec<SeqId> {
         let mut ids = self.running.clone();
-        ids.sort_by_key(|id| {
+        ids.sort_by_cached_key(|id| {
             let s = &self.seqs[id];
             (s.request.priority, s.order)
         });
@@ -598,7 +605,7 @@ impl Scheduler {
         }
         let bucket_of = |len: usize, edges: &[usize]| edges.iter().position(|e| len <= *e).unwrap_or(edges.len());
         let head_bucket = match &self.config.policy {
-            BatchPolicy::Bucketed { bucket_edges, .. } => Some(bucket_of(self.seqs[&head.id].request.prompt.len(), bucket_edges)),
+            BatchPolicy::Bucketed { bucket_edges, .. } => Some(bucket_of(self.seqs[&head.id].prompt_len, bucket_edges)),
             _ => None,
         };
         let mut reserved = 0usize;
@@ -606,9 +613,9 @@ impl Scheduler {
         while self.running.len() < capacity {
             let Some((entry, order)) = self.queue.peek(now) else { break };
             let seq = &self.seqs[&entry.id];
-            let max_len = seq.request.max_len();
+            let max_len = seq.max_len();
             if let (Some(bucket), BatchPolicy::Bucketed { bucket_edges, .. }) = (head_bucket, &self.config.policy) {
-                if bucket_of(seq.request.prompt.len(), bucket_edges) != bucket {
+                if bucket_of(seq.prompt_len, bucket_edges) != bucket {
                     // Another bucket's request: set aside for a later batch.
                     let entry = self.queue.remove(entry.id, false).expect("peeked");
                     skipped.push((entry, order));
@@ -652,7 +659,7 @@ impl Scheduler {
             self.failed_steps += 1;
             return;
         }
-        let sampled: HashMap<SeqId, u32> = result.sampled.into_iter().collect();
+        let sampled: IdMap<SeqId, u32> = result.sampled.into_iter().collect();
         let mut generated = 0usize;
         for (id, n, samples) in flight.work {
             let Some(seq) = self.seqs.get_mut(&id) else { continue };
