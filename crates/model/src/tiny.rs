@@ -55,28 +55,12 @@ impl Rng {
     }
 }
 
-/// The GPT-2 byte-to-character table (printable bytes map to themselves).
-fn byte_chars() -> Vec<char> {
-    let printable: Vec<u32> = (0x21..=0x7E).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
-    let mut extra = 0;
-    (0..=255u32)
-        .map(|b| {
-            if printable.contains(&b) {
-                char::from_u32(b).expect("valid")
-            } else {
-                extra += 1;
-                char::from_u32(255 + extra).expect("valid")
-            }
-        })
-        .collect()
-}
-
 impl TinyModel {
     /// The vocabulary: three control tokens, the 256 byte tokens, and a few merges.
     pub fn vocabulary() -> (Vec<String>, Vec<i32>, Vec<String>) {
         let mut tokens: Vec<String> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"].map(String::from).to_vec();
         let mut types = vec![3, 3, 3];
-        tokens.extend(byte_chars().into_iter().map(String::from));
+        tokens.extend(cinder_tokenizer::byte_level_alphabet().into_iter().map(String::from));
         let merges: Vec<String> = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "e r", "o n", "Ġ s", "r e", "a t"]
             .map(String::from)
             .to_vec();

@@ -19,4 +19,4 @@ mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate, TemplateError};
 pub use stream::StreamDecoder;
-pub use tokenizer::{SpecialTokens, TokenType, Tokenizer, TokenizerError};
+pub use tokenizer::{SpecialTokens, TokenType, Tokenizer, TokenizerError, byte_level_alphabet};

@@ -317,19 +317,24 @@ fn post_processor(
         .map_err(|e| TokenizerError::Build(e.to_string()))
 }
 
-/// The GPT-2 byte-level alphabet maps every byte to a printable character; this inverts it.
-fn byte_decoder() -> HashMap<char, u8> {
-    let mut printable: Vec<u8> = (b'!'..=b'~').chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
-    let mut chars: Vec<u32> = printable.iter().map(|&b| b as u32).collect();
+/// The GPT-2 byte-level alphabet: the printable character that stands for each byte in
+/// byte-level BPE vocabularies (printable bytes stand for themselves).
+pub fn byte_level_alphabet() -> [char; 256] {
+    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
     let mut extra = 0;
-    for b in 0..=255u8 {
-        if !printable.contains(&b) {
-            printable.push(b);
-            chars.push(256 + extra);
+    std::array::from_fn(|b| {
+        let b = b as u32;
+        if printable(b) {
+            char::from_u32(b).expect("valid")
+        } else {
             extra += 1;
+            char::from_u32(255 + extra).expect("valid")
         }
-    }
-    printable.into_iter().zip(chars).map(|(b, c)| (char::from_u32(c).expect("valid"), b)).collect()
+    })
+}
+
+fn byte_decoder() -> HashMap<char, u8> {
+    byte_level_alphabet().into_iter().enumerate().map(|(b, c)| (c, b as u8)).collect()
 }
 
 fn token_to_bytes(token: &str, ty: TokenType) -> Vec<u8> {
