@@ -321,20 +321,23 @@ impl BlockTable {
             self.len += n;
             return Ok(None);
         }
-        let available = manager.available();
+        // One lock for the whole reservation: this is the decode hot path.
+        let mut pool = lock(&manager.pool);
+        let available = pool.free.len() + pool.evictable.len();
         if needed > available {
             return Err(OutOfBlocks { needed, available });
         }
-        let mut copy = None;
-        if shared_tail {
-            let fresh = manager.allocate().expect("checked available");
-            let old = self.blocks.pop().expect("shared tail exists");
-            copy = Some(BlockCopy { from: old.id, to: fresh.id });
-            self.blocks.push(fresh);
-        }
+        let private = shared_tail.then(|| pool.allocate().expect("counted as available"));
         while self.blocks.len() * bs < self.len + n {
-            self.blocks.push(manager.allocate().expect("checked available"));
+            self.blocks.push(Block { id: pool.allocate().expect("counted as available"), pool: manager.pool.clone() });
         }
+        drop(pool);
+        // Swapped in after the lock is released: dropping the shared block takes it.
+        let copy = private.map(|id| {
+            let tail = self.len / bs;
+            let old = std::mem::replace(&mut self.blocks[tail], Block { id, pool: manager.pool.clone() });
+            BlockCopy { from: old.id, to: id }
+        });
         self.len += n;
         Ok(copy)
     }

@@ -201,8 +201,8 @@ pub struct Scheduler {
     blocks: BlockManager,
     queue: WaitingQueue,
     seqs: IdMap<SeqId, Sequence>,
-    /// Running sequences in admission order.
-    running: Vec<SeqId>,
+    /// Running sequences, most important first: `(priority, arrival order, id)`.
+    running: Vec<(Priority, u64, SeqId)>,
     next_id: u64,
     step: u64,
     in_flight: Option<InFlight>,
@@ -363,7 +363,7 @@ impl Scheduler {
 
     fn finish(&mut self, id: SeqId, reason: FinishReason, now: Time) {
         let Some(seq) = self.seqs.remove(&id) else { return };
-        self.running.retain(|r| *r != id);
+        self.running.retain(|r| r.2 != id);
         self.finished.push(FinishedSequence {
             id,
             reason,
@@ -387,7 +387,7 @@ impl Scheduler {
 
     /// Takes a running sequence's blocks back; it waits again and recomputes when resumed.
     fn preempt(&mut self, id: SeqId, plan: &mut StepPlan) {
-        self.running.retain(|r| *r != id);
+        self.running.retain(|r| r.2 != id);
         let seq = self.seqs.get_mut(&id).expect("running sequence exists");
         seq.table = BlockTable::default();
         seq.computed = 0;
@@ -432,12 +432,14 @@ impl Scheduler {
 
     /// Running sequences, most important first (priority, then arrival).
     fn running_by_importance(&self) -> Vec<SeqId> {
-        let mut ids = self.running.clone();
-        ids.sort_by_cached_key(|id| {
-            let s = &self.seqs[id];
-            (s.request.priority, s.order)
-        });
-        ids
+        self.running.iter().map(|r| r.2).collect()
+    }
+
+    fn add_running(&mut self, id: SeqId) {
+        let seq = &self.seqs[&id];
+        let key = (seq.request.priority, seq.order, id);
+        let at = self.running.partition_point(|r| *r < key);
+        self.running.insert(at, key);
     }
 
     /// Grows `id`'s table to hold positions up to `end`.
@@ -486,20 +488,29 @@ impl Scheduler {
     ) {
         let mut budget = max_batch_tokens;
         let mut order = self.running_by_importance();
+        plan.decode.reserve(order.len());
+        work.reserve(order.len());
         // Decodes first: they hold memory already and each costs one token.
         let mut i = 0;
         while i < order.len() && budget > 0 {
             let id = order[i];
-            let (pending, end) = {
-                let s = &self.seqs[&id];
-                (s.tokens.len() - s.computed, s.tokens.len())
-            };
-            if pending != 1 {
+            let seq = self.seqs.get_mut(&id).expect("running sequence exists");
+            if seq.tokens.len() - seq.computed != 1 {
                 i += 1;
                 continue;
             }
-            if self.ensure(id, end, plan) {
-                self.schedule(id, 1, plan, work);
+            let end = seq.tokens.len();
+            let room = seq.table.len() >= end
+                || seq.table.reserve(&self.blocks, end - seq.table.len()).map(|copy| plan.copies.extend(copy)).is_ok();
+            if room {
+                // `schedule` in place, without looking the sequence up again (the hot path).
+                if seq.generated() > 0 {
+                    let position = seq.computed;
+                    plan.decode.push(DecodeItem { seq: id, position, token: seq.tokens[position], block_table: seq.table.ids() });
+                    work.push((id, 1, true));
+                } else {
+                    self.schedule(id, 1, plan, work);
+                }
                 budget -= 1;
                 i += 1;
                 continue;
@@ -569,7 +580,7 @@ impl Scheduler {
         seq.running = true;
         seq.order = order;
         self.queue.remove(id, true);
-        self.running.push(id);
+        self.add_running(id);
         true
     }
 
@@ -635,7 +646,7 @@ impl Scheduler {
             seq.table.reserve(&self.blocks, max_len).expect("checked available");
             seq.running = true;
             seq.order = order;
-            self.running.push(id);
+            self.add_running(id);
             reserved += max_len;
         }
         for (entry, order) in skipped {
@@ -713,7 +724,7 @@ impl Scheduler {
     /// Fraction of allocated KV slots of running sequences that hold no computed token.
     pub fn kv_waste(&self) -> f64 {
         let bs = self.config.block_size;
-        let (used, allocated) = self.running.iter().fold((0usize, 0usize), |(u, a), id| {
+        let (used, allocated) = self.running.iter().fold((0usize, 0usize), |(u, a), (_, _, id)| {
             let s = &self.seqs[id];
             (u + s.computed, a + s.table.capacity(bs))
         });
@@ -742,7 +753,8 @@ impl Scheduler {
     /// Panics if internal bookkeeping is inconsistent (for tests).
     pub fn check_invariants(&self) {
         self.blocks.check_invariants();
-        for id in &self.running {
+        assert!(self.running.is_sorted(), "running sequences are kept in importance order");
+        for (_, _, id) in &self.running {
             let s = &self.seqs[id];
             assert!(s.running && !self.queue.contains(*id), "{id:?} is running and waiting");
             assert!(s.computed <= s.table.len() && s.computed <= s.tokens.len());
