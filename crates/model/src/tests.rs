@@ -164,3 +164,27 @@ fn malformed_models_are_refused_with_the_reason() {
     });
     assert!(e.contains("RoPE scaling \"yarn\""), "{e}");
 }
+
+#[test]
+fn generation_stops_at_end_of_generation_unless_ignored() {
+    let file = GgufFile::from_bytes(TinyModel::default().to_gguf()).unwrap();
+    let device = wgpu_device().unwrap();
+    let model = Llama::load(&file, &device).unwrap();
+    let tokenizer = Tokenizer::from_gguf(file.metadata()).unwrap();
+    let prompt = tokenizer.encode("the cat", true, true).unwrap();
+    let free_run = generate_ids(&model, &tokenizer, &prompt, SamplingParams::default(), 6);
+    // Declare a greedy token that first appears at step `k` the end-of-sequence token:
+    // generation must stop right there.
+    let k = (1..free_run.len()).find(|&i| !free_run[..i].contains(&free_run[i])).unwrap_or(0);
+    let mut writer = GgufWriter::from_file(&file);
+    writer.set_metadata("tokenizer.ggml.eos_token_id", MetadataValue::U32(free_run[k]));
+    let eos_file = GgufFile::from_bytes(writer.to_bytes()).unwrap();
+    let eos_tokenizer = Tokenizer::from_gguf(eos_file.metadata()).unwrap();
+    let request = GenerateRequest { prompt_ids: &prompt, max_tokens: 6, sampling: SamplingParams::default(), ignore_eos: false };
+    let stopped = generate(&model, &eos_tokenizer, &request, |_| {}).unwrap();
+    assert_eq!(stopped.ids, free_run[..=k]);
+    assert_eq!(stopped.finish_reason, crate::FinishReason::Stop);
+    assert_eq!(stopped.text, eos_tokenizer.decode(&free_run[..k], true).unwrap(), "the end token is not part of the text");
+    let ignored = generate(&model, &eos_tokenizer, &GenerateRequest { ignore_eos: true, ..request }, |_| {}).unwrap();
+    assert_eq!((ignored.ids, ignored.finish_reason), (free_run, crate::FinishReason::Length));
+}
