@@ -27,7 +27,10 @@ enum Command {
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CINDER_LOG").unwrap_or_else(|_| "warn".into()),
+            // wgpu probes every graphics API at start; on machines without GL drivers its EGL
+            // probe logs an error even when Vulkan works. CINDER_LOG brings it back.
+            tracing_subscriber::EnvFilter::try_from_env("CINDER_LOG")
+                .unwrap_or_else(|_| "warn,wgpu_hal::gles::egl=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();
