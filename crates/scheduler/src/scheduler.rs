@@ -192,6 +192,9 @@ struct InFlight {
     planned_at: Time,
     /// (sequence, positions run, samples)
     work: Vec<(SeqId, usize, bool)>,
+    /// The step ran under the bandit's current limit with more work waiting than it ran,
+    /// so its throughput says something about that limit.
+    limit_binding: bool,
 }
 
 /// See the crate documentation.
@@ -409,6 +412,7 @@ impl Scheduler {
             return plan;
         }
         let mut work = Vec::new();
+        let mut limit_binding = false;
         match self.config.policy.clone() {
             BatchPolicy::Continuous { max_batch_tokens, max_running, chunk_size } => {
                 self.plan_iteration(now, max_batch_tokens, max_running, chunk_size, &mut plan, &mut work)
@@ -419,12 +423,15 @@ impl Scheduler {
                     // Follow demand: as many as are waiting or running, within bounds.
                     None => (self.queue.len() + self.running.len()).clamp(min_running, max_running),
                 };
-                self.plan_iteration(now, max_batch_tokens, limit, chunk_size, &mut plan, &mut work)
+                self.plan_iteration(now, max_batch_tokens, limit, chunk_size, &mut plan, &mut work);
+                // Demand exceeded what ran (the limit, or memory under it, held work back),
+                // and the set is not still shrinking from a larger limit.
+                limit_binding = self.running.len() <= limit && (self.running.len() == limit || !self.queue.is_empty());
             }
             _ => self.plan_static(now, &mut plan, &mut work),
         }
         if !plan.is_empty() {
-            self.in_flight = Some(InFlight { step: self.step, planned_at: now, work });
+            self.in_flight = Some(InFlight { step: self.step, planned_at: now, work, limit_binding });
             self.step += 1;
         }
         plan
@@ -698,7 +705,9 @@ impl Scheduler {
             }
         }
         let seconds = now.since(flight.planned_at).as_secs_f64();
-        if let Some(bandit) = &mut self.bandit {
+        // Steps with nothing waiting, or with a set still shrinking after a switch to a
+        // smaller limit, would credit the arm with throughput it did not cause.
+        if let Some(bandit) = self.bandit.as_mut().filter(|_| flight.limit_binding) {
             bandit.observe(generated, seconds, &mut self.rng);
         }
     }
