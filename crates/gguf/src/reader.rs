@@ -39,6 +39,25 @@ impl TensorInfo {
     pub fn rows(&self) -> u64 {
         self.shape.iter().skip(1).product()
     }
+
+    /// Rows `rows` as f32, dequantized from `data`, this tensor's bytes (as
+    /// [`GgufFile::tensor_data`] returns them, or a copy).
+    pub fn dequantize_rows(&self, data: &[u8], rows: impl IntoIterator<Item = u64>) -> Result<Vec<f32>, GgufError> {
+        let row_bytes = self.ty.bytes_for(self.row_len()).expect("validated at parse") as usize;
+        let mut out = Vec::new();
+        for row in rows {
+            let start = row as usize * row_bytes;
+            let bytes = data.get(start..start + row_bytes).filter(|_| row < self.rows()).ok_or_else(|| {
+                GgufError::BadShape {
+                    tensor: self.name.clone(),
+                    shape: self.shape.clone(),
+                    reason: format!("row {row} requested of {}", self.rows()),
+                }
+            })?;
+            out.extend(crate::dequantize(self.ty, bytes)?);
+        }
+        Ok(out)
+    }
 }
 
 enum Bytes {
@@ -221,21 +240,7 @@ impl GgufFile {
         info: &TensorInfo,
         rows: impl IntoIterator<Item = u64>,
     ) -> Result<Vec<f32>, GgufError> {
-        let row_bytes = info.ty.bytes_for(info.row_len()).expect("validated at parse") as usize;
-        let data = self.tensor_data(info);
-        let mut out = Vec::new();
-        for row in rows {
-            if row >= info.rows() {
-                return Err(GgufError::BadShape {
-                    tensor: info.name.clone(),
-                    shape: info.shape.clone(),
-                    reason: format!("row {row} requested of {}", info.rows()),
-                });
-            }
-            let start = row as usize * row_bytes;
-            out.extend(crate::dequantize(info.ty, &data[start..start + row_bytes])?);
-        }
-        Ok(out)
+        info.dequantize_rows(self.tensor_data(info), rows)
     }
 }
 

@@ -82,10 +82,6 @@ pub fn generate(
     if prompt.is_empty() {
         return Err(ModelError::InvalidParameter("the prompt is empty".into()));
     }
-    let vocab = model.config().vocab_size;
-    if let Some(&bad) = prompt.iter().find(|&&id| id as usize >= vocab) {
-        return Err(ModelError::InvalidParameter(format!("token id {bad} is outside the vocabulary of {vocab} tokens")));
-    }
     let context = model.config().context_length;
     let needed = prompt.len() + request.max_tokens;
     if needed > context {
@@ -93,8 +89,8 @@ pub fn generate(
     }
     let mut sampler = Sampler::new(request.sampling.clone())?;
     let mut cache = model.new_cache(needed)?;
+    // Prompt and generated tokens: the repetition penalty looks at both.
     let mut history = prompt.to_vec();
-    let mut ids = Vec::new();
     let mut text = String::new();
     let mut decoder = StreamDecoder::new();
     let mut stats = GenerationStats { prompt_tokens: prompt.len(), ..Default::default() };
@@ -108,8 +104,9 @@ pub fn generate(
     let mut finish_reason = FinishReason::Length;
     for step in 0..request.max_tokens {
         let start = Instant::now();
-        // The first pass reads the whole prompt; every later one the last token only.
-        let input = ids.last().map_or(prompt, std::slice::from_ref);
+        // The first pass reads the whole prompt (and checks its ids); every later one the
+        // last token only.
+        let input = if step == 0 { prompt } else { &history[history.len() - 1..] };
         let logits = model.forward(input, &mut cache)?;
         let token = sampler.sample(&logits, &history);
         if step == 0 {
@@ -118,7 +115,6 @@ pub fn generate(
             stats.decode_time += start.elapsed();
             stats.decode_steps += 1;
         }
-        ids.push(token);
         history.push(token);
         if !request.ignore_eos && tokenizer.is_end_of_generation(token) {
             finish_reason = FinishReason::Stop;
@@ -127,5 +123,6 @@ pub fn generate(
         emit(decoder.push(tokenizer, token, false), &mut text);
     }
     emit(decoder.finish(), &mut text);
+    let ids = history.split_off(prompt.len());
     Ok(Generation { ids, text, finish_reason, stats })
 }

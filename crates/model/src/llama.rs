@@ -4,7 +4,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Device, Tensor, TensorData};
-use cinder_gguf::{GgmlType, GgufFile, TensorInfo};
+use cinder_gguf::{GgufFile, TensorInfo};
 
 use crate::{LlamaConfig, ModelError};
 
@@ -25,22 +25,13 @@ struct Block {
 /// Token embedding rows kept in their GGUF encoding on the host: a lookup dequantizes only
 /// the rows it needs, instead of holding the whole table as f32 on the device.
 struct HostEmbedding {
-    ty: GgmlType,
-    row_bytes: usize,
+    info: TensorInfo,
     data: Vec<u8>,
 }
 
 impl HostEmbedding {
     fn rows(&self, ids: &[u32]) -> Result<Vec<f32>, ModelError> {
-        let mut out = Vec::new();
-        for &id in ids {
-            let start = id as usize * self.row_bytes;
-            let row = self.data.get(start..start + self.row_bytes).ok_or_else(|| {
-                ModelError::InvalidParameter(format!("token id {id} is outside the vocabulary"))
-            })?;
-            out.extend(cinder_gguf::dequantize(self.ty, row)?);
-        }
-        Ok(out)
+        Ok(self.info.dequantize_rows(&self.data, ids.iter().map(|&id| u64::from(id)))?)
     }
 }
 
@@ -90,11 +81,7 @@ impl Llama {
 
     fn load_checked(file: &GgufFile, device: &Device, config: LlamaConfig) -> Result<Self, ModelError> {
         let embd = file.tensor("token_embd.weight")?;
-        let embedding = HostEmbedding {
-            ty: embd.ty,
-            row_bytes: embd.ty.bytes_for(embd.row_len()).expect("validated by the reader") as usize,
-            data: file.tensor_data(embd).to_vec(),
-        };
+        let embedding = HostEmbedding { info: embd.clone(), data: file.tensor_data(embd).to_vec() };
         let head_name = if config.tied_embeddings { "token_embd.weight" } else { "output.weight" };
         let lm_head = matrix(file, file.tensor(head_name)?, device)?;
         let norm = |name: &str| -> Result<Tensor<2>, ModelError> {

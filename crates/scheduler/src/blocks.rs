@@ -307,6 +307,12 @@ impl BlockTable {
         (self.len + n).div_ceil(block_size).saturating_sub(self.blocks.len())
     }
 
+    /// Makes room for positions up to `end` (a no-op when the table already covers them);
+    /// see [`BlockTable::reserve`].
+    pub fn ensure(&mut self, manager: &BlockManager, end: usize) -> Result<Option<BlockCopy>, OutOfBlocks> {
+        if self.len >= end { Ok(None) } else { self.reserve(manager, end - self.len) }
+    }
+
     /// Makes room for `n` more tokens and counts them as used. All or nothing: on
     /// [`OutOfBlocks`] the table is unchanged. Returns the copy to perform if the partly
     /// filled last block was shared.

@@ -161,7 +161,6 @@ struct Sequence {
     order: u64,
     first_token: Option<Time>,
     preemptions: u32,
-    running: bool,
 }
 
 impl Sequence {
@@ -347,7 +346,6 @@ impl Scheduler {
             order: 0,
             first_token: None,
             preemptions: 0,
-            running: false,
         };
         self.queue.push(seq.queue_entry(id));
         self.seqs.insert(id, seq);
@@ -395,7 +393,6 @@ impl Scheduler {
         seq.table = BlockTable::default();
         seq.computed = 0;
         seq.registered = 0;
-        seq.running = false;
         seq.preemptions += 1;
         let entry = seq.queue_entry(id);
         let order = seq.order;
@@ -452,16 +449,7 @@ impl Scheduler {
     /// Grows `id`'s table to hold positions up to `end`.
     fn ensure(&mut self, id: SeqId, end: usize, plan: &mut StepPlan) -> bool {
         let seq = self.seqs.get_mut(&id).expect("sequence exists");
-        if seq.table.len() >= end {
-            return true;
-        }
-        match seq.table.reserve(&self.blocks, end - seq.table.len()) {
-            Ok(copy) => {
-                plan.copies.extend(copy);
-                true
-            }
-            Err(_) => false,
-        }
+        seq.table.ensure(&self.blocks, end).map(|copy| plan.copies.extend(copy)).is_ok()
     }
 
     fn schedule(&self, id: SeqId, n: usize, plan: &mut StepPlan, work: &mut Vec<(SeqId, usize, bool)>) {
@@ -506,9 +494,7 @@ impl Scheduler {
                 i += 1;
                 continue;
             }
-            let end = seq.tokens.len();
-            let room = seq.table.len() >= end
-                || seq.table.reserve(&self.blocks, end - seq.table.len()).map(|copy| plan.copies.extend(copy)).is_ok();
+            let room = seq.table.ensure(&self.blocks, seq.tokens.len()).map(|copy| plan.copies.extend(copy)).is_ok();
             if room {
                 // `schedule` in place, without looking the sequence up again (the hot path).
                 if seq.generated() > 0 {
@@ -536,7 +522,7 @@ impl Scheduler {
             }
             let s = &self.seqs[&id];
             let pending = s.tokens.len() - s.computed;
-            if pending <= 1 || !s.running {
+            if pending <= 1 {
                 continue;
             }
             let n = pending.min(budget).min(chunk_size);
@@ -584,7 +570,6 @@ impl Scheduler {
         seq.table = table;
         seq.computed = computed;
         seq.registered = computed / bs;
-        seq.running = true;
         seq.order = order;
         self.queue.remove(id, true);
         self.add_running(id);
@@ -651,7 +636,6 @@ impl Scheduler {
             self.queue.remove(id, true);
             let seq = self.seqs.get_mut(&id).expect("queued sequence exists");
             seq.table.reserve(&self.blocks, max_len).expect("checked available");
-            seq.running = true;
             seq.order = order;
             self.add_running(id);
             reserved += max_len;
@@ -700,7 +684,8 @@ impl Scheduler {
             }
         }
         for id in result.stopped {
-            if self.seqs.get(&id).is_some_and(|s| s.running) {
+            // Only running sequences have tokens the engine could stop on.
+            if self.seqs.contains_key(&id) && !self.queue.contains(id) {
                 self.finish(id, FinishReason::Stop, now);
             }
         }
@@ -765,10 +750,9 @@ impl Scheduler {
         assert!(self.running.is_sorted(), "running sequences are kept in importance order");
         for (_, _, id) in &self.running {
             let s = &self.seqs[id];
-            assert!(s.running && !self.queue.contains(*id), "{id:?} is running and waiting");
+            assert!(!self.queue.contains(*id), "{id:?} is running and waiting");
             assert!(s.computed <= s.table.len() && s.computed <= s.tokens.len());
         }
-        let waiting = self.seqs.iter().filter(|(_, s)| !s.running).count();
-        assert_eq!(waiting, self.queue.len(), "every waiting sequence is queued");
+        assert_eq!(self.running.len() + self.queue.len(), self.seqs.len(), "every sequence is running or queued");
     }
 }
