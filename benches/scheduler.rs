@@ -83,29 +83,38 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-fn bytes_per_queued_request() {
-    let n = 100_000;
-    let requests: Vec<Request> = (0..n).map(request).collect();
-    let prompt_bytes = 64 * 4;
+/// Heap bytes the scheduler holds per queued request beyond the request itself (its struct
+/// and prompt), at several queue lengths: growable containers make it vary with the length.
+fn bytes_per_queued_request(n: u32, deadlines: bool) -> f64 {
+    let requests: Vec<Request> = (0..n)
+        .map(request)
+        .map(|r| if deadlines { r.with_max_wait(cinder_scheduler::Duration::from_millis(60_000)) } else { r })
+        .collect();
     let mut s = Scheduler::new(config());
     let before = LIVE.load(Ordering::Relaxed);
     for r in requests {
         s.submit(r, Time::ZERO).unwrap();
     }
+    // The prompts were counted before. The loop freed the vector holding the request structs,
+    // so a scheduler that stored each struct as is and nothing else would show zero.
     let after = LIVE.load(Ordering::Relaxed);
-    // Submitting moves the request in; its own prompt allocation was counted before.
-    let per_request = (after - before) as f64 / n as f64;
-    println!(
-        "scheduler state per queued request: {per_request:.0} bytes beyond the request itself \
-         (prompt of 64 tokens = {prompt_bytes} bytes held separately)"
-    );
     drop(s);
+    (after - before) as f64 / n as f64
+}
+
+fn report_bytes_per_queued_request() {
+    for deadlines in [false, true] {
+        let sizes = [1_000u32, 10_000, 100_000, 1_000_000];
+        let bytes: Vec<String> = sizes.iter().map(|&n| format!("{n}: {:.0}", bytes_per_queued_request(n, deadlines))).collect();
+        let kind = if deadlines { "with deadlines" } else { "no deadlines" };
+        println!("scheduler bytes per queued request beyond the request ({kind}), by queue length: {}", bytes.join(", "));
+    }
 }
 
 criterion_group!(group, benches);
 
 fn main() {
-    bytes_per_queued_request();
+    report_bytes_per_queued_request();
     group();
     Criterion::default().configure_from_args().final_summary();
 }

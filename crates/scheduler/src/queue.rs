@@ -40,7 +40,21 @@ impl Default for QueueConfig {
     }
 }
 
-/// A waiting request as the queue sees it.
+/// What the queue needs to know about a waiting item.
+///
+/// Ids must grow with arrival (the scheduler assigns them so): a lane is kept sorted by id,
+/// which is both its first-in first-out order and how an item is found again.
+pub trait Queued {
+    fn id(&self) -> SeqId;
+    fn priority(&self) -> Priority;
+    fn tenant(&self) -> TenantId;
+    fn arrival(&self) -> Time;
+    fn deadline(&self) -> Option<Time>;
+    /// Service the request will take, in tokens, for fair sharing.
+    fn cost(&self) -> usize;
+}
+
+/// A plain waiting request, for using the queue on its own.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Entry {
     pub id: SeqId,
@@ -48,43 +62,68 @@ pub struct Entry {
     pub tenant: TenantId,
     pub arrival: Time,
     pub deadline: Option<Time>,
-    /// Service the request will take, in tokens, for fair sharing.
     pub cost: usize,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Queued {
-    entry: Entry,
-    /// Global arrival order, kept when a preempted request comes back.
-    order: u64,
+impl Queued for Entry {
+    fn id(&self) -> SeqId {
+        self.id
+    }
+    fn priority(&self) -> Priority {
+        self.priority
+    }
+    fn tenant(&self) -> TenantId {
+        self.tenant
+    }
+    fn arrival(&self) -> Time {
+        self.arrival
+    }
+    fn deadline(&self) -> Option<Time> {
+        self.deadline
+    }
+    fn cost(&self) -> usize {
+        self.cost
+    }
 }
 
-/// The waiting requests.
-#[derive(Debug, Default)]
-pub struct WaitingQueue {
+type LaneKey = (Priority, TenantId);
+
+/// The waiting requests. It owns them: a queued request costs its lane slot and nothing
+/// else (no per-request index), which keeps the scheduler's overhead per waiting request
+/// to a few dozen bytes.
+#[derive(Debug)]
+pub struct WaitingQueue<T> {
     config: QueueConfig,
-    lanes: BTreeMap<(Priority, TenantId), VecDeque<Queued>>,
-    deadlines: BTreeSet<(Time, u64, SeqId)>,
-    live: IdMap<SeqId, (Priority, TenantId, u64)>,
+    lanes: BTreeMap<LaneKey, VecDeque<T>>,
+    /// Requests that have a deadline, by deadline.
+    deadlines: BTreeSet<(Time, SeqId)>,
     /// Service received per tenant divided by its weight (virtual time).
     served: IdMap<TenantId, f64>,
     /// Non-empty lanes per tenant.
     tenant_lanes: IdMap<TenantId, usize>,
-    next_order: u64,
+    len: usize,
     depth: [usize; 5],
 }
 
-impl WaitingQueue {
+impl<T: Queued> WaitingQueue<T> {
     pub fn new(config: QueueConfig) -> Self {
-        Self { config, ..Default::default() }
+        Self {
+            config,
+            lanes: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            served: IdMap::default(),
+            tenant_lanes: IdMap::default(),
+            len: 0,
+            depth: [0; 5],
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.live.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.live.is_empty()
+        self.len == 0
     }
 
     /// Waiting requests per priority level.
@@ -92,78 +131,52 @@ impl WaitingQueue {
         self.depth
     }
 
-    pub fn contains(&self, id: SeqId) -> bool {
-        self.live.contains_key(&id)
-    }
-
     fn weight(&self, tenant: TenantId) -> f64 {
         self.config.tenant_weights.get(&tenant.0).copied().filter(|w| *w > 0.0).unwrap_or(1.0)
     }
 
-    /// Adds a new request at the back of its lane.
-    pub fn push(&mut self, entry: Entry) {
-        let order = self.next_order;
-        self.next_order += 1;
-        self.insert(Queued { entry, order });
-    }
-
-    /// Puts a preempted request back where its original arrival order places it.
-    pub fn requeue(&mut self, entry: Entry, order: u64) {
-        self.insert(Queued { entry, order });
-    }
-
-    fn insert(&mut self, q: Queued) {
-        let key = (q.entry.priority, q.entry.tenant);
+    /// Adds a request: a new one lands at the back of its lane, a preempted one coming back
+    /// goes where its original arrival places it.
+    pub fn push(&mut self, item: T) {
+        let (id, tenant) = (item.id(), item.tenant());
+        let key = (item.priority(), tenant);
         // A tenant coming back from idle starts level with the least-served active tenant,
         // instead of cashing in service it did not ask for while away.
-        if !self.tenant_lanes.contains_key(&q.entry.tenant) {
-            let floor = self.active_tenants().filter_map(|t| self.served.get(&t).copied()).reduce(f64::min);
-            let served = self.served.entry(q.entry.tenant).or_insert(0.0);
+        if !self.tenant_lanes.contains_key(&tenant) {
+            let floor = self.tenant_lanes.keys().filter_map(|t| self.served.get(t).copied()).reduce(f64::min);
+            let served = self.served.entry(tenant).or_insert(0.0);
             if let Some(floor) = floor {
                 *served = served.max(floor);
             }
         }
+        if let Some(deadline) = item.deadline() {
+            self.deadlines.insert((deadline, id));
+        }
+        self.len += 1;
+        self.depth[key.0.level()] += 1;
         let lane = self.lanes.entry(key).or_default();
         if lane.is_empty() {
-            *self.tenant_lanes.entry(q.entry.tenant).or_default() += 1;
+            *self.tenant_lanes.entry(tenant).or_default() += 1;
         }
-        let at = lane.partition_point(|other| other.order < q.order);
-        lane.insert(at, q);
-        if let Some(deadline) = q.entry.deadline {
-            self.deadlines.insert((deadline, q.order, q.entry.id));
-        }
-        self.live.insert(q.entry.id, (q.entry.priority, q.entry.tenant, q.order));
-        self.depth[q.entry.priority.level()] += 1;
+        let at = lane.partition_point(|other| other.id() < id);
+        lane.insert(at, item);
     }
 
-    fn active_tenants(&self) -> impl Iterator<Item = TenantId> + '_ {
-        self.tenant_lanes.keys().copied()
-    }
-
-    /// The request that should run next, with its arrival order.
-    pub fn peek(&self, now: Time) -> Option<(Entry, u64)> {
+    /// The request that should run next.
+    pub fn peek(&self, now: Time) -> Option<&T> {
         // Requests that already missed their deadline lose the urgency: under overload,
         // serving them first would make every later request miss too.
-        if let Some(&(deadline, order, id)) = self.deadlines.range((now, 0, SeqId(0))..).next() {
+        if let Some(&(deadline, id)) = self.deadlines.range((now, SeqId(0))..).next() {
             if deadline <= now + self.config.deadline_urgency {
-                let (priority, tenant, _) = self.live[&id];
-                let lane = &self.lanes[&(priority, tenant)];
-                let q = lane.iter().find(|q| q.order == order).expect("deadline index is in sync");
-                return Some((q.entry, q.order));
+                return Some(self.get(id).expect("deadline index is in sync"));
             }
         }
-        self.lanes
-            .values()
-            .filter_map(|lane| lane.front())
-            .min_by(|a, b| {
-                let key = |q: &Queued| (self.effective_level(&q.entry, now), q.order);
-                let (la, oa) = key(a);
-                let (lb, ob) = key(b);
-                la.cmp(&lb)
-                    .then_with(|| self.virtual_time(a.entry.tenant).total_cmp(&self.virtual_time(b.entry.tenant)))
-                    .then(oa.cmp(&ob))
-            })
-            .map(|q| (q.entry, q.order))
+        self.lanes.values().filter_map(|lane| lane.front()).min_by(|a, b| {
+            self.effective_level(*a, now)
+                .cmp(&self.effective_level(*b, now))
+                .then_with(|| self.virtual_time(a.tenant()).total_cmp(&self.virtual_time(b.tenant())))
+                .then(a.id().cmp(&b.id()))
+        })
     }
 
     fn virtual_time(&self, tenant: TenantId) -> f64 {
@@ -171,55 +184,62 @@ impl WaitingQueue {
     }
 
     /// The request's priority level after aging and the short-job bonus (0 is most urgent).
-    pub fn effective_level(&self, entry: &Entry, now: Time) -> usize {
-        let mut level = entry.priority.level();
+    pub fn effective_level(&self, item: &T, now: Time) -> usize {
+        let mut level = item.priority().level();
         if let Some(interval) = self.config.aging_interval.filter(|i| i.0 > 0) {
-            level = level.saturating_sub((now.since(entry.arrival).0 / interval.0) as usize);
+            level = level.saturating_sub((now.since(item.arrival()).0 / interval.0) as usize);
         }
-        if self.config.short_job_tokens > 0 && entry.cost <= self.config.short_job_tokens {
+        if self.config.short_job_tokens > 0 && item.cost() <= self.config.short_job_tokens {
             level = level.saturating_sub(1);
         }
         level
     }
 
+    /// Where `id` waits: its lane and its index there. A search over the lanes (a handful:
+    /// priorities times active tenants), each a binary search.
+    fn find(&self, id: SeqId) -> Option<(LaneKey, usize)> {
+        self.lanes.iter().find_map(|(key, lane)| lane.binary_search_by_key(&id, |q| q.id()).ok().map(|at| (*key, at)))
+    }
+
+    pub fn get(&self, id: SeqId) -> Option<&T> {
+        self.find(id).map(|(key, at)| &self.lanes[&key][at])
+    }
+
+    pub fn contains(&self, id: SeqId) -> bool {
+        self.find(id).is_some()
+    }
+
     /// Removes a request (admitted, cancelled or shed) and, when it was admitted, charges its
     /// tenant for the service.
-    pub fn remove(&mut self, id: SeqId, admitted: bool) -> Option<Entry> {
-        let (priority, tenant, order) = self.live.remove(&id)?;
-        let lane = self.lanes.get_mut(&(priority, tenant)).expect("live request has a lane");
-        let at = lane.iter().position(|q| q.order == order).expect("live request is in its lane");
-        let q = lane.remove(at).expect("position is valid");
+    pub fn remove(&mut self, id: SeqId, admitted: bool) -> Option<T> {
+        let (key, at) = self.find(id)?;
+        let (priority, tenant) = key;
+        let lane = self.lanes.get_mut(&key).expect("found in this lane");
+        let item = lane.remove(at).expect("position is valid");
         if lane.is_empty() {
-            self.lanes.remove(&(priority, tenant));
+            self.lanes.remove(&key);
             let lanes = self.tenant_lanes.get_mut(&tenant).expect("tenant has lanes");
             *lanes -= 1;
             if *lanes == 0 {
                 self.tenant_lanes.remove(&tenant);
             }
         }
-        if let Some(deadline) = q.entry.deadline {
-            self.deadlines.remove(&(deadline, order, id));
+        if let Some(deadline) = item.deadline() {
+            self.deadlines.remove(&(deadline, id));
         }
+        self.len -= 1;
         self.depth[priority.level()] -= 1;
         if admitted {
-            let charge = q.entry.cost as f64 / self.weight(tenant);
+            let charge = item.cost() as f64 / self.weight(tenant);
             *self.served.entry(tenant).or_insert(0.0) += charge;
         }
-        Some(q.entry)
+        Some(item)
     }
 
     /// Arrival time of the longest-waiting request. Lanes are in arrival order, so only
     /// their heads need looking at.
     pub fn oldest_arrival(&self) -> Option<Time> {
-        self.lanes.values().filter_map(|l| l.front()).map(|q| q.entry.arrival).min()
-    }
-
-    /// Waiting requests from the least urgent (lowest priority, latest arrival) on: the
-    /// order in which load shedding drops them.
-    pub fn shedding_order(&self) -> Vec<SeqId> {
-        let mut all: Vec<(Priority, u64, SeqId)> = self.live.iter().map(|(id, (p, _, o))| (*p, *o, *id)).collect();
-        all.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
-        all.into_iter().map(|(_, _, id)| id).collect()
+        self.lanes.values().filter_map(|l| l.front()).map(|q| q.arrival()).min()
     }
 }
 
@@ -231,9 +251,9 @@ mod tests {
         Entry { id: SeqId(id), priority, tenant: TenantId(tenant), arrival: Time(arrival), deadline: None, cost: 10 }
     }
 
-    fn drain(q: &mut WaitingQueue, now: Time) -> Vec<u64> {
+    fn drain(q: &mut WaitingQueue<Entry>, now: Time) -> Vec<u64> {
         std::iter::from_fn(|| {
-            let (e, _) = q.peek(now)?;
+            let e = *q.peek(now)?;
             q.remove(e.id, true);
             Some(e.id.0)
         })
@@ -267,7 +287,7 @@ mod tests {
         q.push(entry(1, Priority::Critical, 0, 0));
         q.push(Entry { deadline: Some(Time(1000)), ..entry(2, Priority::Batch, 0, 0) });
         q.push(Entry { deadline: Some(Time(950)), ..entry(3, Priority::Low, 0, 0) });
-        assert_eq!(q.peek(Time(0)).unwrap().0.id, SeqId(1), "deadlines far away wait their turn");
+        assert_eq!(q.peek(Time(0)).unwrap().id, SeqId(1), "deadlines far away wait their turn");
         assert_eq!(drain(&mut q, Time(900)), [3, 2, 1]);
         q.push(Entry { deadline: Some(Time(950)), ..entry(4, Priority::Low, 0, 0) });
         q.push(entry(5, Priority::Critical, 0, 0));

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::admission::{BreakerState, CircuitBreaker, TokenBucket};
 use crate::blocks::{BlockCopy, BlockId, BlockManager, BlockTable, CacheStats, prefix_hashes};
 use crate::policy::Bandit;
-use crate::queue::{Entry, WaitingQueue};
+use crate::queue::{Queued, WaitingQueue};
 use crate::request::{IdMap, deadline};
 use crate::{
     BatchPolicy, Duration, LoadLevel, Priority, Rejection, RejectionReason, Request, SchedulerConfig, SeqId, TenantId,
@@ -145,6 +145,53 @@ pub struct Metrics {
     pub failed_steps: u64,
 }
 
+/// A request waiting for its turn, new or preempted. Boxed in the queue, so that a waiting
+/// request costs the scheduler little more than the request itself.
+#[derive(Debug)]
+struct Waiting {
+    id: SeqId,
+    arrival: Time,
+    /// The request; a preempted one's prompt is followed by what it generated so far.
+    request: Request,
+    progress: Option<Box<Progress>>,
+}
+
+/// What a preempted sequence had achieved, kept while it waits to recompute.
+#[derive(Debug)]
+struct Progress {
+    prompt_len: usize,
+    first_token: Option<Time>,
+    preemptions: u32,
+}
+
+impl Waiting {
+    fn prompt_len(&self) -> usize {
+        self.progress.as_ref().map_or(self.request.prompt.len(), |p| p.prompt_len)
+    }
+}
+
+impl Queued for Box<Waiting> {
+    fn id(&self) -> SeqId {
+        self.id
+    }
+    fn priority(&self) -> Priority {
+        self.request.priority
+    }
+    fn tenant(&self) -> TenantId {
+        self.request.tenant
+    }
+    fn arrival(&self) -> Time {
+        self.arrival
+    }
+    fn deadline(&self) -> Option<Time> {
+        deadline(&self.request, self.arrival)
+    }
+    fn cost(&self) -> usize {
+        self.prompt_len() + self.request.max_new_tokens
+    }
+}
+
+/// A running sequence.
 #[derive(Debug)]
 struct Sequence {
     /// The request, its prompt moved into `tokens`.
@@ -158,29 +205,55 @@ struct Sequence {
     /// Leading full blocks registered in the prefix cache.
     registered: usize,
     arrival: Time,
-    order: u64,
     first_token: Option<Time>,
     preemptions: u32,
 }
 
 impl Sequence {
+    fn start(mut waiting: Waiting) -> Self {
+        let progress = waiting.progress.map_or(
+            Progress { prompt_len: waiting.request.prompt.len(), first_token: None, preemptions: 0 },
+            |p| *p,
+        );
+        Sequence {
+            tokens: std::mem::take(&mut waiting.request.prompt),
+            request: waiting.request,
+            prompt_len: progress.prompt_len,
+            computed: 0,
+            table: BlockTable::default(),
+            registered: 0,
+            arrival: waiting.arrival,
+            first_token: progress.first_token,
+            preemptions: progress.preemptions,
+        }
+    }
+
+    /// Back to waiting, keeping the tokens so far; the blocks go back to the pool.
+    fn into_waiting(mut self, id: SeqId) -> Waiting {
+        self.request.prompt = self.tokens;
+        let progress = Progress { prompt_len: self.prompt_len, first_token: self.first_token, preemptions: self.preemptions };
+        Waiting { id, arrival: self.arrival, request: self.request, progress: Some(Box::new(progress)) }
+    }
+
     fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
     }
 
-    fn max_len(&self) -> usize {
-        self.prompt_len + self.request.max_new_tokens
-    }
-
-    fn queue_entry(&self, id: SeqId) -> Entry {
-        Entry {
+    fn into_finished(self, id: SeqId, reason: FinishReason, now: Time) -> FinishedSequence {
+        FinishedSequence {
             id,
-            priority: self.request.priority,
+            reason,
             tenant: self.request.tenant,
+            priority: self.request.priority,
+            prompt_tokens: self.prompt_len,
+            generated: self.tokens[self.prompt_len..].to_vec(),
             arrival: self.arrival,
+            first_token: self.first_token,
+            finished: now,
             deadline: deadline(&self.request, self.arrival),
-            cost: self.max_len(),
+            preemptions: self.preemptions,
         }
+        // Dropping the sequence drops its block table: blocks go back to the pool or the cache.
     }
 }
 
@@ -201,10 +274,11 @@ struct InFlight {
 pub struct Scheduler {
     config: SchedulerConfig,
     blocks: BlockManager,
-    queue: WaitingQueue,
+    queue: WaitingQueue<Box<Waiting>>,
+    /// The running sequences.
     seqs: IdMap<SeqId, Sequence>,
-    /// Running sequences, most important first: `(priority, arrival order, id)`.
-    running: Vec<(Priority, u64, SeqId)>,
+    /// Running sequences, most important first: `(priority, id)` (ids grow with arrival).
+    running: Vec<(Priority, SeqId)>,
     next_id: u64,
     step: u64,
     in_flight: Option<InFlight>,
@@ -259,7 +333,7 @@ impl Scheduler {
 
     /// No sequence waiting or running.
     pub fn is_idle(&self) -> bool {
-        self.seqs.is_empty()
+        self.seqs.is_empty() && self.queue.is_empty()
     }
 
     pub fn num_waiting(&self) -> usize {
@@ -284,7 +358,7 @@ impl Scheduler {
     }
 
     /// Admits a request to the waiting queue, or says why not.
-    pub fn submit(&mut self, mut request: Request, now: Time) -> Result<SeqId, Rejection> {
+    pub fn submit(&mut self, request: Request, now: Time) -> Result<SeqId, Rejection> {
         if request.prompt.is_empty() {
             return Err(self.reject(RejectionReason::TooLong, "the prompt is empty".into(), None));
         }
@@ -335,50 +409,25 @@ impl Scheduler {
 
         let id = SeqId(self.next_id);
         self.next_id += 1;
-        let seq = Sequence {
-            prompt_len: request.prompt.len(),
-            tokens: std::mem::take(&mut request.prompt),
-            request,
-            computed: 0,
-            table: BlockTable::default(),
-            registered: 0,
-            arrival: now,
-            order: 0,
-            first_token: None,
-            preemptions: 0,
-        };
-        self.queue.push(seq.queue_entry(id));
-        self.seqs.insert(id, seq);
+        self.queue.push(Box::new(Waiting { id, arrival: now, request, progress: None }));
         Ok(id)
     }
 
     /// Ends a sequence now, waiting or running; its blocks are freed. Unknown ids are ignored.
     pub fn abort(&mut self, id: SeqId, now: Time) -> bool {
-        if !self.seqs.contains_key(&id) {
-            return false;
+        if let Some(waiting) = self.queue.remove(id, false) {
+            self.finished.push(Sequence::start(*waiting).into_finished(id, FinishReason::Cancelled, now));
+            return true;
         }
-        self.queue.remove(id, false);
-        self.finish(id, FinishReason::Cancelled, now);
-        true
+        self.finish(id, FinishReason::Cancelled, now)
     }
 
-    fn finish(&mut self, id: SeqId, reason: FinishReason, now: Time) {
-        let Some(seq) = self.seqs.remove(&id) else { return };
-        self.running.retain(|r| r.2 != id);
-        self.finished.push(FinishedSequence {
-            id,
-            reason,
-            tenant: seq.request.tenant,
-            priority: seq.request.priority,
-            prompt_tokens: seq.prompt_len,
-            generated: seq.tokens[seq.prompt_len..].to_vec(),
-            arrival: seq.arrival,
-            first_token: seq.first_token,
-            finished: now,
-            deadline: deadline(&seq.request, seq.arrival),
-            preemptions: seq.preemptions,
-        });
-        // Dropping `seq` drops its block table: blocks go back to the pool or the cache.
+    /// Ends a running sequence; false if `id` is not running.
+    fn finish(&mut self, id: SeqId, reason: FinishReason, now: Time) -> bool {
+        let Some(seq) = self.seqs.remove(&id) else { return false };
+        self.running.retain(|r| r.1 != id);
+        self.finished.push(seq.into_finished(id, reason, now));
+        true
     }
 
     /// Sequences that ended since the last call.
@@ -388,15 +437,10 @@ impl Scheduler {
 
     /// Takes a running sequence's blocks back; it waits again and recomputes when resumed.
     fn preempt(&mut self, id: SeqId, plan: &mut StepPlan) {
-        self.running.retain(|r| r.2 != id);
-        let seq = self.seqs.get_mut(&id).expect("running sequence exists");
-        seq.table = BlockTable::default();
-        seq.computed = 0;
-        seq.registered = 0;
+        self.running.retain(|r| r.1 != id);
+        let mut seq = self.seqs.remove(&id).expect("running sequence exists");
         seq.preemptions += 1;
-        let entry = seq.queue_entry(id);
-        let order = seq.order;
-        self.queue.requeue(entry, order);
+        self.queue.push(Box::new(seq.into_waiting(id)));
         self.preemptions += 1;
         plan.preempted.push(id);
     }
@@ -436,14 +480,14 @@ impl Scheduler {
 
     /// Running sequences, most important first (priority, then arrival).
     fn running_by_importance(&self) -> Vec<SeqId> {
-        self.running.iter().map(|r| r.2).collect()
+        self.running.iter().map(|r| r.1).collect()
     }
 
-    fn add_running(&mut self, id: SeqId) {
-        let seq = &self.seqs[&id];
-        let key = (seq.request.priority, seq.order, id);
+    fn add_running(&mut self, id: SeqId, seq: Sequence) {
+        let key = (seq.request.priority, id);
         let at = self.running.partition_point(|r| *r < key);
         self.running.insert(at, key);
+        self.seqs.insert(id, seq);
     }
 
     /// Grows `id`'s table to hold positions up to `end`.
@@ -486,11 +530,16 @@ impl Scheduler {
         plan.decode.reserve(order.len());
         work.reserve(order.len());
         // Decodes first: they hold memory already and each costs one token.
+        let mut prefilling = Vec::new();
         let mut i = 0;
         while i < order.len() && budget > 0 {
             let id = order[i];
             let seq = self.seqs.get_mut(&id).expect("running sequence exists");
-            if seq.tokens.len() - seq.computed != 1 {
+            let pending = seq.tokens.len() - seq.computed;
+            if pending != 1 {
+                if pending > 1 {
+                    prefilling.push(id);
+                }
                 i += 1;
                 continue;
             }
@@ -515,17 +564,14 @@ impl Scheduler {
                 break;
             }
         }
-        // Unfinished prefills of running sequences.
-        for &id in &order {
+        // Unfinished prefills of running sequences (preemption only took sequences not yet
+        // looked at, so these are all still running).
+        for id in prefilling {
             if budget == 0 {
                 break;
             }
             let s = &self.seqs[&id];
-            let pending = s.tokens.len() - s.computed;
-            if pending <= 1 {
-                continue;
-            }
-            let n = pending.min(budget).min(chunk_size);
+            let n = (s.tokens.len() - s.computed).min(budget).min(chunk_size);
             let end = s.computed + n;
             if self.ensure(id, end, plan) {
                 self.schedule(id, n, plan, work);
@@ -534,10 +580,9 @@ impl Scheduler {
         }
         // New sequences.
         while budget > 0 && self.running.len() < max_running {
-            let Some((entry, order)) = self.queue.peek(now) else { break };
-            let id = entry.id;
+            let Some(id) = self.queue.peek(now).map(|w| w.id) else { break };
             // A sequence preempted for memory in this step does not come straight back.
-            if plan.preempted.contains(&id) || !self.admit(id, order, budget.min(chunk_size)) {
+            if plan.preempted.contains(&id) || !self.admit(id, budget.min(chunk_size)) {
                 break;
             }
             let s = &self.seqs[&id];
@@ -549,30 +594,30 @@ impl Scheduler {
 
     /// Takes a waiting sequence into the running set with blocks for its first `chunk`
     /// tokens (after prefix-cache hits); false if the pool cannot hold that and the watermark.
-    fn admit(&mut self, id: SeqId, order: u64, chunk: usize) -> bool {
+    fn admit(&mut self, id: SeqId, chunk: usize) -> bool {
         let bs = self.config.block_size;
-        let use_cache = self.config.prefix_caching;
-        let seq = self.seqs.get_mut(&id).expect("queued sequence exists");
+        let waiting = self.queue.get(id).expect("queued sequence exists");
+        let tokens = &waiting.request.prompt;
         let mut table = BlockTable::default();
-        if use_cache && seq.request.use_prefix_cache {
+        if self.config.prefix_caching && waiting.request.use_prefix_cache {
             // The last token is always computed: its logits give the next token.
-            let cacheable = (seq.tokens.len() - 1) / bs * bs;
-            let hashes = prefix_hashes(&seq.tokens[..cacheable], bs);
+            let cacheable = (tokens.len() - 1) / bs * bs;
+            let hashes = prefix_hashes(&tokens[..cacheable], bs);
             table = BlockTable::from_prefix(self.blocks.lookup(&hashes), bs);
         }
         let computed = table.len();
-        let n = (seq.tokens.len() - computed).min(chunk.max(1));
+        let n = (tokens.len() - computed).min(chunk.max(1));
         let needed = table.blocks_needed(n, bs) + self.config.watermark_blocks;
         if needed > self.blocks.available() {
             return false;
         }
         table.reserve(&self.blocks, n).expect("checked available");
+        let waiting = self.queue.remove(id, true).expect("peeked");
+        let mut seq = Sequence::start(*waiting);
         seq.table = table;
         seq.computed = computed;
         seq.registered = computed / bs;
-        seq.order = order;
-        self.queue.remove(id, true);
-        self.add_running(id);
+        self.add_running(id, seq);
         true
     }
 
@@ -601,27 +646,25 @@ impl Scheduler {
             BatchPolicy::MemoryAware { max_batch_tokens, max_wait } => (usize::MAX, *max_wait, *max_batch_tokens),
             _ => unreachable!("static policies only"),
         };
-        let Some((head, _)) = self.queue.peek(now) else { return };
+        let Some(head) = self.queue.peek(now) else { return };
         let full = self.queue.len() >= capacity.min(self.config.max_waiting);
         if !full && now.since(head.arrival) < max_wait {
             return;
         }
         let bucket_of = |len: usize, edges: &[usize]| edges.iter().position(|e| len <= *e).unwrap_or(edges.len());
         let head_bucket = match &self.config.policy {
-            BatchPolicy::Bucketed { bucket_edges, .. } => Some(bucket_of(self.seqs[&head.id].prompt_len, bucket_edges)),
+            BatchPolicy::Bucketed { bucket_edges, .. } => Some(bucket_of(head.prompt_len(), bucket_edges)),
             _ => None,
         };
         let mut reserved = 0usize;
         let mut skipped = Vec::new();
         while self.running.len() < capacity {
-            let Some((entry, order)) = self.queue.peek(now) else { break };
-            let seq = &self.seqs[&entry.id];
-            let max_len = seq.max_len();
+            let Some(waiting) = self.queue.peek(now) else { break };
+            let (id, max_len) = (waiting.id, waiting.cost());
             if let (Some(bucket), BatchPolicy::Bucketed { bucket_edges, .. }) = (head_bucket, &self.config.policy) {
-                if bucket_of(seq.prompt_len, bucket_edges) != bucket {
+                if bucket_of(waiting.prompt_len(), bucket_edges) != bucket {
                     // Another bucket's request: set aside for a later batch.
-                    let entry = self.queue.remove(entry.id, false).expect("peeked");
-                    skipped.push((entry, order));
+                    skipped.push(self.queue.remove(id, false).expect("peeked"));
                     continue;
                 }
             }
@@ -632,16 +675,13 @@ impl Scheduler {
             if needed > self.blocks.available() {
                 break;
             }
-            let id = entry.id;
-            self.queue.remove(id, true);
-            let seq = self.seqs.get_mut(&id).expect("queued sequence exists");
+            let mut seq = Sequence::start(*self.queue.remove(id, true).expect("peeked"));
             seq.table.reserve(&self.blocks, max_len).expect("checked available");
-            seq.order = order;
-            self.add_running(id);
+            self.add_running(id, seq);
             reserved += max_len;
         }
-        for (entry, order) in skipped {
-            self.queue.requeue(entry, order);
+        for waiting in skipped {
+            self.queue.push(waiting);
         }
         self.batch_closed = !self.running.is_empty();
     }
@@ -685,7 +725,7 @@ impl Scheduler {
         }
         for id in result.stopped {
             // Only running sequences have tokens the engine could stop on.
-            if self.seqs.contains_key(&id) && !self.queue.contains(id) {
+            if self.seqs.contains_key(&id) {
                 self.finish(id, FinishReason::Stop, now);
             }
         }
@@ -718,7 +758,7 @@ impl Scheduler {
     /// Fraction of allocated KV slots of running sequences that hold no computed token.
     pub fn kv_waste(&self) -> f64 {
         let bs = self.config.block_size;
-        let (used, allocated) = self.running.iter().fold((0usize, 0usize), |(u, a), (_, _, id)| {
+        let (used, allocated) = self.running.iter().fold((0usize, 0usize), |(u, a), (_, id)| {
             let s = &self.seqs[id];
             (u + s.computed, a + s.table.capacity(bs))
         });
@@ -748,11 +788,11 @@ impl Scheduler {
     pub fn check_invariants(&self) {
         self.blocks.check_invariants();
         assert!(self.running.is_sorted(), "running sequences are kept in importance order");
-        for (_, _, id) in &self.running {
+        for (_, id) in &self.running {
             let s = &self.seqs[id];
             assert!(!self.queue.contains(*id), "{id:?} is running and waiting");
             assert!(s.computed <= s.table.len() && s.computed <= s.tokens.len());
         }
-        assert_eq!(self.running.len() + self.queue.len(), self.seqs.len(), "every sequence is running or queued");
+        assert_eq!(self.running.len(), self.seqs.len(), "every running sequence is in the running order");
     }
 }

@@ -352,11 +352,11 @@ proptest! {
     #[test]
     fn queue_respects_priority_without_aging(ops in prop::collection::vec((0usize..5, 0u32..4, any::<bool>()), 1..200)) {
         use cinder_scheduler::queue::{Entry, QueueConfig, WaitingQueue};
-        let mut q = WaitingQueue::new(QueueConfig { aging_interval: None, ..Default::default() });
+        let mut q = WaitingQueue::<Entry>::new(QueueConfig { aging_interval: None, ..Default::default() });
         for (i, (level, tenant, pop)) in ops.into_iter().enumerate() {
             let now = Time(i as u64);
             if pop {
-                if let Some((head, _)) = q.peek(now) {
+                if let Some(head) = q.peek(now).copied() {
                     let best = q.depth_by_priority().iter().position(|d| *d > 0).unwrap();
                     prop_assert_eq!(head.priority.level(), best);
                     q.remove(head.id, true);
@@ -433,7 +433,7 @@ proptest! {
         let served = per_tenant;
         let mut counts = vec![0usize; weights.len()];
         for _ in 0..served {
-            let (e, _) = q.peek(Time::ZERO).unwrap();
+            let e = *q.peek(Time::ZERO).unwrap();
             counts[e.tenant.0 as usize] += 1;
             q.remove(e.id, true);
         }
