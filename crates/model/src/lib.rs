@@ -16,7 +16,9 @@ mod config;
 mod device;
 mod error;
 mod generate;
+mod kernel;
 mod llama;
+pub mod quant;
 pub mod reference;
 mod sampling;
 #[cfg(test)]

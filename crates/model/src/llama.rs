@@ -6,20 +6,26 @@ use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Device, Tensor, TensorData};
 use cinder_gguf::{GgufFile, TensorInfo};
 
+use crate::quant::Linear;
 use crate::{LlamaConfig, ModelError};
 
-/// One transformer block's weights. Matrices are stored `[inputs, outputs]` so that
-/// activations (`[tokens, inputs]`) multiply them directly.
+/// One transformer block's weights.
 struct Block {
     attn_norm: Tensor<2>,
-    wq: Tensor<2>,
-    wk: Tensor<2>,
-    wv: Tensor<2>,
-    wo: Tensor<2>,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
     ffn_norm: Tensor<2>,
-    w_gate: Tensor<2>,
-    w_up: Tensor<2>,
-    w_down: Tensor<2>,
+    w_gate: Linear,
+    w_up: Linear,
+    w_down: Linear,
+}
+
+impl Block {
+    fn linears(&self) -> [&Linear; 7] {
+        [&self.wq, &self.wk, &self.wv, &self.wo, &self.w_gate, &self.w_up, &self.w_down]
+    }
 }
 
 /// Token embedding rows kept in their GGUF encoding on the host: a lookup dequantizes only
@@ -42,8 +48,7 @@ pub struct Llama {
     embedding: HostEmbedding,
     blocks: Vec<Block>,
     output_norm: Tensor<2>,
-    /// `[hidden, vocab]`.
-    lm_head: Tensor<2>,
+    lm_head: Linear,
     /// RoPE angles' cosines and sines, `[context, head_dim / 2]`.
     rope_cos: Tensor<2>,
     rope_sin: Tensor<2>,
@@ -73,7 +78,8 @@ impl KvCache {
 }
 
 impl Llama {
-    /// Reads the model in `file` onto `device`, dequantizing weights to f32.
+    /// Reads the model in `file` onto `device`. Matrices in a format the quantized kernels
+    /// read stay in it; others are dequantized to f32.
     pub fn load(file: &GgufFile, device: &Device) -> Result<Self, ModelError> {
         let config = LlamaConfig::from_gguf(file)?;
         guard(|| Self::load_checked(file, device, config))
@@ -83,7 +89,7 @@ impl Llama {
         let embd = file.tensor("token_embd.weight")?;
         let embedding = HostEmbedding { info: embd.clone(), data: file.tensor_data(embd).to_vec() };
         let head_name = if config.tied_embeddings { "token_embd.weight" } else { "output.weight" };
-        let lm_head = matrix(file, file.tensor(head_name)?, device)?;
+        let lm_head = Linear::load(file, file.tensor(head_name)?, device)?;
         let norm = |name: &str| -> Result<Tensor<2>, ModelError> {
             let info = file.tensor(name)?;
             let values = file.dequantize(info)?;
@@ -91,7 +97,7 @@ impl Llama {
         };
         let mut blocks = Vec::with_capacity(config.n_layers);
         for l in 0..config.n_layers {
-            let weight = |name: &str| matrix(file, file.tensor(&format!("blk.{l}.{name}.weight"))?, device);
+            let weight = |name: &str| Linear::load(file, file.tensor(&format!("blk.{l}.{name}.weight"))?, device);
             blocks.push(Block {
                 attn_norm: norm(&format!("blk.{l}.attn_norm.weight"))?,
                 wq: weight("attn_q")?,
@@ -125,6 +131,13 @@ impl Llama {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Bytes of weights on the device (the token embedding stays on the host).
+    pub fn device_weight_bytes(&self) -> usize {
+        let norms = (self.blocks.len() * 2 + 1) * self.config.hidden * 4;
+        let linears: usize = self.blocks.iter().flat_map(Block::linears).map(Linear::device_bytes).sum();
+        norms + linears + self.lm_head.device_bytes()
     }
 
     /// An empty cache for up to `capacity` positions (at most the context length).
@@ -181,22 +194,22 @@ impl Llama {
         );
         for (l, block) in self.blocks.iter().enumerate() {
             let h = rms_norm(x.clone(), &block.attn_norm, c.rms_eps);
-            let q = apply_rope(h.clone().matmul(block.wq.clone()).reshape([n, c.n_heads, c.head_dim]), &rope);
-            let k = apply_rope(h.clone().matmul(block.wk.clone()).reshape([n, c.n_kv_heads, c.head_dim]), &rope);
-            let v = h.matmul(block.wv.clone()).reshape([n, c.n_kv_heads, c.head_dim]);
+            let q = apply_rope(block.wq.forward(h.clone()).reshape([n, c.n_heads, c.head_dim]), &rope);
+            let k = apply_rope(block.wk.forward(h.clone()).reshape([n, c.n_kv_heads, c.head_dim]), &rope);
+            let v = block.wv.forward(h).reshape([n, c.n_kv_heads, c.head_dim]);
 
             let keys = append(&mut cache.keys[l], k.swap_dims(0, 1), start);
             let values = append(&mut cache.values[l], v.swap_dims(0, 1), start);
             let attn = self.attention(q, keys, values, mask.clone());
-            x = x + attn.matmul(block.wo.clone());
+            x = x + block.wo.forward(attn);
 
             let h = rms_norm(x.clone(), &block.ffn_norm, c.rms_eps);
-            let gate = silu(h.clone().matmul(block.w_gate.clone()));
-            let up = h.matmul(block.w_up.clone());
-            x = x + (gate * up).matmul(block.w_down.clone());
+            let gate = silu(block.w_gate.forward(h.clone()));
+            let up = block.w_up.forward(h);
+            x = x + block.w_down.forward(gate * up);
         }
         let last = x.slice([n - 1..n]);
-        rms_norm(last, &self.output_norm, c.rms_eps).matmul(self.lm_head.clone())
+        self.lm_head.forward(rms_norm(last, &self.output_norm, c.rms_eps))
     }
 
     /// Grouped-query attention. The query heads sharing a KV head are adjacent, so viewing
@@ -278,20 +291,6 @@ fn rope_tables(config: &LlamaConfig, device: &Device) -> (Tensor<2>, Tensor<2>) 
         Tensor::from_data(TensorData::new(cos, shape), device),
         Tensor::from_data(TensorData::new(sin, shape), device),
     )
-}
-
-/// A weight matrix stored in GGUF as `rows = outputs` of `inputs` values each, uploaded
-/// transposed as `[inputs, outputs]`.
-fn matrix(file: &GgufFile, info: &TensorInfo, device: &Device) -> Result<Tensor<2>, ModelError> {
-    let (inputs, outputs) = (info.row_len() as usize, info.rows() as usize);
-    let values = file.dequantize(info)?;
-    let mut transposed = vec![0f32; values.len()];
-    for (o, row) in values.chunks_exact(inputs).enumerate() {
-        for (i, &v) in row.iter().enumerate() {
-            transposed[i * outputs + o] = v;
-        }
-    }
-    Ok(Tensor::from_data(TensorData::new(transposed, [inputs, outputs]), device))
 }
 
 /// Runs `f`, turning a panic inside the backend (an allocation failure, a lost device) into

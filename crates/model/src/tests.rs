@@ -188,3 +188,34 @@ fn generation_stops_at_end_of_generation_unless_ignored() {
     let ignored = generate(&model, &eos_tokenizer, &GenerateRequest { ignore_eos: true, ..request }, |_| {}).unwrap();
     assert_eq!((ignored.ids, ignored.finish_reason), (free_run, crate::FinishReason::Length));
 }
+
+/// The quantized matrix kernel against the dequantized matrix multiplied on the CPU, for
+/// every format it reads, over odd row counts and token counts around the kernel's tiling.
+#[test]
+fn quantized_matmul_matches_dequantized_reference() {
+    use burn::tensor::{Tensor, TensorData};
+    use rand::{Rng, SeedableRng};
+
+    use crate::quant::{QuantFormat, QuantMatrix};
+
+    let device = wgpu_device().unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for (rows, cols) in [(1, 32), (37, 96), (130, 608)] {
+            let values: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let blocks = cinder_gguf::quantize(ty, &values).unwrap();
+            let weights = cinder_gguf::dequantize(ty, &blocks).unwrap();
+            let matrix = QuantMatrix::upload(&device, QuantFormat::of(ty).unwrap(), &blocks, rows, cols).unwrap();
+            for tokens in [1, 2, 8, 9, 17] {
+                let x: Vec<f32> = (0..tokens * cols).map(|_| rng.random_range(-2.0..2.0)).collect();
+                let expected: Vec<f32> = x
+                    .chunks(cols)
+                    .flat_map(|xt| weights.chunks(cols).map(move |w| w.iter().zip(xt).map(|(a, b)| a * b).sum::<f32>()))
+                    .collect();
+                let input = Tensor::<2>::from_data(TensorData::new(x, [tokens, cols]), &device);
+                let got = matrix.forward(input).try_into_vec_as::<f32>().unwrap();
+                assert_close(&got, &expected, &format!("{ty:?} {rows}x{cols}, {tokens} tokens"));
+            }
+        }
+    }
+}

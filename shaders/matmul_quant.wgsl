@@ -1,0 +1,74 @@
+// y[t, r] = sum_c W[r, c] * x[t, c] for a weight matrix kept in a GGUF block format.
+//
+// The weights are repacked at load into two word arrays: `quants` (each 32-value block's
+// quantized values, whole words per block) and `scales` (each block's f16 scale, and offset
+// where the format has one). The format's `unpack` (templated in from unpack_<format>.wgsl)
+// yields block values 4k..4k+3 and 16+4k..16+4k+3 for k = 0..3, matching GGUF's nibble
+// order, so every format shares this loop.
+//
+// One invocation per output row: on CPU-backed adapters (lavapipe) that beats workgroup
+// reductions, each lane streaming its own row. Each invocation computes TILE tokens at once,
+// reading the weights once for all of them.
+
+struct Info {
+    rows: u32,
+    cols: u32,
+    tokens: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> quants: array<u32>;
+@group(0) @binding(1) var<storage, read_write> scales: array<u32>;
+@group(0) @binding(2) var<storage, read_write> x: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<uniform> info: Info;
+
+const TILE: u32 = {{TILE}}u;
+const WORKGROUP: u32 = 64u;
+
+// Nibbles (or bytes) of a word as four values.
+fn nibbles_lo(w: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(15u));
+}
+
+fn nibbles_hi(w: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(w) >> vec4<u32>(4u, 12u, 20u, 28u)) & vec4<u32>(15u));
+}
+
+fn bytes_signed(w: u32) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(w) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
+}
+
+{{UNPACK}}
+
+@compute @workgroup_size(WORKGROUP)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row = gid.x;
+    if (row >= info.rows) {
+        return;
+    }
+    let first_token = gid.y * TILE;
+    let blocks = info.cols / 32u;
+    let x_row = info.cols / 4u;
+    var acc: array<f32, TILE>;
+    for (var b = 0u; b < blocks; b++) {
+        let block = row * blocks + b;
+        for (var k = 0u; k < 4u; k++) {
+            var lo: vec4<f32>;
+            var hi: vec4<f32>;
+            unpack(block, k, &lo, &hi);
+            let xi = b * 8u + k;
+            for (var t = 0u; t < TILE; t++) {
+                // Tokens past the end read the last token's row and are not written.
+                let row_x = min(first_token + t, info.tokens - 1u) * x_row + xi;
+                acc[t] += dot(lo, x[row_x]) + dot(hi, x[row_x + 4u]);
+            }
+        }
+    }
+    for (var t = 0u; t < TILE; t++) {
+        let token = first_token + t;
+        if (token < info.tokens) {
+            y[token * info.rows + row] = acc[t];
+        }
+    }
+}
