@@ -1,5 +1,6 @@
 //! `cinder`: the command-line front end of the engine.
 
+mod bench;
 mod generate;
 mod model_path;
 mod simulate;
@@ -16,6 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Measure prefill and decode speed (optionally against llama.cpp's llama-bench).
+    Bench(bench::BenchArgs),
     /// Generate text from a prompt, streaming it to standard output.
     Generate(generate::GenerateArgs),
     /// Print the token ids of a text as a JSON array.
@@ -36,6 +39,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Bench(args) => bench::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Tokenize(args) => tokenize::run(args),
         Command::Simulate(args) => simulate::run(args),

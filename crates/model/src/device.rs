@@ -8,7 +8,19 @@ use crate::ModelError;
 
 struct Opened {
     device: Device,
-    description: String,
+    adapter: AdapterInfo,
+}
+
+/// What wgpu says about the adapter behind the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterInfo {
+    /// E.g. `llvmpipe (LLVM 15.0.6, 256 bits)`.
+    pub name: String,
+    /// The graphics API: `Vulkan`, `Metal`, `Dx12`, `Gl`, `BrowserWebGpu`.
+    pub backend: String,
+    /// `DiscreteGpu`, `IntegratedGpu`, `Cpu`, …
+    pub device_type: String,
+    pub driver: String,
 }
 
 static WGPU: OnceLock<Result<Opened, String>> = OnceLock::new();
@@ -22,11 +34,13 @@ pub fn wgpu_device() -> Result<Device, ModelError> {
         match init {
             Ok(Ok((device, setup))) => {
                 let info = setup.adapter.get_info();
-                let description = format!(
-                    "{} ({:?}, {:?}, driver {} {})",
-                    info.name, setup.backend, info.device_type, info.driver, info.driver_info
-                );
-                Ok(Opened { device, description })
+                let adapter = AdapterInfo {
+                    name: info.name,
+                    backend: format!("{:?}", setup.backend),
+                    device_type: format!("{:?}", info.device_type),
+                    driver: format!("{} {}", info.driver, info.driver_info).trim().to_owned(),
+                };
+                Ok(Opened { device, adapter })
             }
             Ok(Err(e)) => Err(e.to_string()),
             Err(panic) => Err(crate::llama::panic_message(panic.as_ref())),
@@ -38,10 +52,18 @@ pub fn wgpu_device() -> Result<Device, ModelError> {
     }
 }
 
+/// The adapter behind `device`, if it was opened by [`wgpu_device`].
+pub fn adapter_info(device: &Device) -> Option<AdapterInfo> {
+    match WGPU.get() {
+        Some(Ok(o)) if &o.device == device => Some(o.adapter.clone()),
+        _ => None,
+    }
+}
+
 /// A one-line description of the adapter behind `device`: name, graphics API, type, driver.
 pub fn adapter_name(device: &Device) -> String {
-    match WGPU.get() {
-        Some(Ok(o)) if &o.device == device => o.description.clone(),
-        _ => device.identity().map_or_else(|| format!("{device:?}"), |id| id.name),
+    match adapter_info(device) {
+        Some(a) => format!("{} ({}, {}, driver {})", a.name, a.backend, a.device_type, a.driver),
+        None => device.identity().map_or_else(|| format!("{device:?}"), |id| id.name),
     }
 }

@@ -15,6 +15,7 @@
 mod config;
 mod device;
 mod error;
+mod fused;
 mod generate;
 mod kernel;
 mod llama;
@@ -26,7 +27,7 @@ mod tests;
 pub mod tiny;
 
 pub use config::{LlamaConfig, SUPPORTED_ARCHITECTURES};
-pub use device::{adapter_name, wgpu_device};
+pub use device::{AdapterInfo, adapter_info, adapter_name, wgpu_device};
 pub use error::ModelError;
 pub use generate::{FinishReason, GenerateRequest, Generation, GenerationStats, generate};
 pub use llama::{KvCache, Llama};

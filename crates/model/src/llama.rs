@@ -2,10 +2,11 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 use cinder_gguf::{GgufFile, TensorInfo};
 
+use crate::fused::{rms_norm, rope, silu_gate};
 use crate::quant::Linear;
 use crate::{LlamaConfig, ModelError};
 
@@ -188,14 +189,11 @@ impl Llama {
         let n = x.dims()[0];
         let start = cache.len;
         let mask = (n > 1).then(|| self.causal_mask(n, start));
-        let rope = (
-            self.rope_cos.clone().slice([start..start + n]),
-            self.rope_sin.clone().slice([start..start + n]),
-        );
         for (l, block) in self.blocks.iter().enumerate() {
             let h = rms_norm(x.clone(), &block.attn_norm, c.rms_eps);
-            let q = apply_rope(block.wq.forward(h.clone()).reshape([n, c.n_heads, c.head_dim]), &rope);
-            let k = apply_rope(block.wk.forward(h.clone()).reshape([n, c.n_kv_heads, c.head_dim]), &rope);
+            let rotate = |x: Tensor<2>, heads| rope(x.reshape([n, heads, c.head_dim]), &self.rope_cos, &self.rope_sin, start);
+            let q = rotate(block.wq.forward(h.clone()), c.n_heads);
+            let k = rotate(block.wk.forward(h.clone()), c.n_kv_heads);
             let v = block.wv.forward(h).reshape([n, c.n_kv_heads, c.head_dim]);
 
             let keys = append(&mut cache.keys[l], k.swap_dims(0, 1), start);
@@ -204,9 +202,8 @@ impl Llama {
             x = x + block.wo.forward(attn);
 
             let h = rms_norm(x.clone(), &block.ffn_norm, c.rms_eps);
-            let gate = silu(block.w_gate.forward(h.clone()));
-            let up = block.w_up.forward(h);
-            x = x + block.w_down.forward(gate * up);
+            let gate = block.w_gate.forward(h.clone());
+            x = x + block.w_down.forward(silu_gate(gate, block.w_up.forward(h)));
         }
         let last = x.slice([n - 1..n]);
         self.lm_head.forward(rms_norm(last, &self.output_norm, c.rms_eps))
@@ -254,24 +251,6 @@ fn append(slot: &mut Option<Tensor<3>>, new: Tensor<3>, start: usize) -> Tensor<
     let filled = full.clone().slice([0..heads, 0..start + n, 0..dim]);
     *slot = Some(full);
     filled
-}
-
-fn rms_norm(x: Tensor<2>, weight: &Tensor<2>, eps: f32) -> Tensor<2> {
-    let scale = x.clone().powi_scalar(2).mean_dim(1).add_scalar(eps).sqrt().recip();
-    x * scale * weight.clone()
-}
-
-/// Rotates adjacent pairs `(x[2i], x[2i+1])` of every head by the position's angles.
-fn apply_rope(x: Tensor<3>, (cos, sin): &(Tensor<2>, Tensor<2>)) -> Tensor<3> {
-    let [n, heads, dim] = x.dims();
-    let pairs = x.reshape([n, heads, dim / 2, 2]);
-    let even = pairs.clone().slice([0..n, 0..heads, 0..dim / 2, 0..1]);
-    let odd = pairs.slice([0..n, 0..heads, 0..dim / 2, 1..2]);
-    let cos = cos.clone().reshape([n, 1, dim / 2, 1]);
-    let sin = sin.clone().reshape([n, 1, dim / 2, 1]);
-    let rotated_even = even.clone() * cos.clone() - odd.clone() * sin.clone();
-    let rotated_odd = even * sin + odd * cos;
-    Tensor::cat(vec![rotated_even, rotated_odd], 3).reshape([n, heads, dim])
 }
 
 fn rope_tables(config: &LlamaConfig, device: &Device) -> (Tensor<2>, Tensor<2>) {

@@ -219,3 +219,51 @@ fn quantized_matmul_matches_dequantized_reference() {
         }
     }
 }
+
+/// The fused RMSNorm, SiLU-gate and RoPE kernels against plain CPU loops, on odd shapes.
+#[test]
+fn fused_kernels_match_cpu() {
+    use burn::tensor::{Tensor, TensorData};
+    use rand::{Rng, SeedableRng};
+
+    use crate::fused::{rms_norm, rope, silu_gate};
+
+    let device = wgpu_device().unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-3.0..3.0)).collect() };
+    let tensor = |v: Vec<f32>, shape: [usize; 2]| Tensor::<2>::from_data(TensorData::new(v, shape), &device);
+    for (rows, cols) in [(1, 7), (5, 576), (3, 1000)] {
+        let (x, w, up) = (random(rows * cols), random(cols), random(rows * cols));
+        let expected: Vec<f32> = x
+            .chunks(cols)
+            .flat_map(|row| {
+                let scale = 1.0 / (row.iter().map(|v| v * v).sum::<f32>() / cols as f32 + 1e-5).sqrt();
+                row.iter().zip(&w).map(move |(v, w)| v * scale * w)
+            })
+            .collect();
+        let got = rms_norm(tensor(x.clone(), [rows, cols]), &tensor(w, [1, cols]), 1e-5);
+        assert_close(&got.try_into_vec_as::<f32>().unwrap(), &expected, &format!("rms_norm {rows}x{cols}"));
+
+        let expected: Vec<f32> = x.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+        let got = silu_gate(tensor(x, [rows, cols]), tensor(up, [rows, cols]));
+        assert_close(&got.try_into_vec_as::<f32>().unwrap(), &expected, &format!("silu_gate {rows}x{cols}"));
+    }
+    for (tokens, heads, head_dim, start) in [(1, 1, 2, 0), (3, 9, 64, 5), (7, 3, 18, 40)] {
+        let context = 64;
+        let angles: Vec<f32> = random(context * head_dim / 2);
+        let (cos, sin): (Vec<f32>, Vec<f32>) = angles.iter().map(|a| (a.cos(), a.sin())).unzip();
+        let x = random(tokens * heads * head_dim);
+        let mut expected = x.clone();
+        for (p, pair) in expected.chunks_mut(2).enumerate() {
+            let (i, token) = (p % (head_dim / 2), p / (heads * head_dim / 2));
+            let a = (start + token) * head_dim / 2 + i;
+            let (x0, x1) = (pair[0], pair[1]);
+            pair[0] = x0 * cos[a] - x1 * sin[a];
+            pair[1] = x0 * sin[a] + x1 * cos[a];
+        }
+        let input = Tensor::<3>::from_data(TensorData::new(x, [tokens, heads, head_dim]), &device);
+        let (cos, sin) = (tensor(cos, [context, head_dim / 2]), tensor(sin, [context, head_dim / 2]));
+        let got = rope(input, &cos, &sin, start).try_into_vec_as::<f32>().unwrap();
+        assert_close(&got, &expected, &format!("rope {tokens}x{heads}x{head_dim} from {start}"));
+    }
+}
