@@ -114,11 +114,11 @@ fn run_peer(path: &PathBuf, model: &std::path::Path, args: &BenchArgs) -> anyhow
         bail!("{} failed: {}", path.display(), String::from_utf8_lossy(&output.stderr).trim());
     }
     let runs: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).context("reading llama-bench's JSON")?;
-    let speed = |prompt: usize, gen: usize| {
+    let speed = |prompt: usize, generated: usize| {
         runs.iter()
-            .find(|r| r["n_prompt"].as_u64() == Some(prompt as u64) && r["n_gen"].as_u64() == Some(gen as u64))
+            .find(|r| r["n_prompt"].as_u64() == Some(prompt as u64) && r["n_gen"].as_u64() == Some(generated as u64))
             .and_then(|r| r["avg_ts"].as_f64())
-            .with_context(|| format!("llama-bench printed no run with {prompt} prompt and {gen} generated tokens"))
+            .with_context(|| format!("llama-bench printed no run with {prompt} prompt and {generated} generated tokens"))
     };
     Ok((speed(0, args.decode_tokens)?, speed(args.prefill_tokens, 0)?))
 }

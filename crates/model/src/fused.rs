@@ -4,9 +4,7 @@
 
 use burn::tensor::Tensor;
 
-use crate::kernel::{Arg, Template, cube, empty_like, from_cube, launch};
-
-const MAX_WORKGROUPS: usize = 65_535;
+use crate::kernel::{Arg, MAX_WORKGROUPS, Template, cube, empty, from_cube, launch};
 
 fn template(name: &'static str, source: &'static str) -> Template {
     Template { name, source, variant: String::new(), values: Vec::new(), workgroup: 64 }
@@ -16,7 +14,7 @@ fn template(name: &'static str, source: &'static str) -> Template {
 pub fn rms_norm(x: Tensor<2>, weight: &Tensor<2>, eps: f32) -> Tensor<2> {
     let [tokens, cols] = x.dims();
     let (x, weight) = (cube(x), cube(weight.clone()));
-    let y = empty_like(&x, [tokens, cols]);
+    let y = empty(&x.device, [tokens, cols]);
     let kernel = template("rms_norm", include_str!("../../../shaders/rms_norm.wgsl"));
     let args = [Arg::Read(&x.handle), Arg::Read(&weight.handle), Arg::Write(&y.handle)];
     launch(&x.device, &kernel, [tokens as u32, 1, 1], &args, &[cols as u32, eps.to_bits()]);
@@ -28,7 +26,7 @@ pub fn silu_gate(gate: Tensor<2>, up: Tensor<2>) -> Tensor<2> {
     let dims = gate.dims();
     assert_eq!(dims, up.dims(), "gate and up differ in shape");
     let (gate, up) = (cube(gate), cube(up));
-    let y = empty_like(&gate, dims);
+    let y = empty(&gate.device, dims);
     let len = dims[0] * dims[1];
     let kernel = template("silu_gate", include_str!("../../../shaders/silu_gate.wgsl"));
     let args = [Arg::Read(&gate.handle), Arg::Read(&up.handle), Arg::Write(&y.handle)];
@@ -43,7 +41,7 @@ pub fn rope(x: Tensor<3>, cos: &Tensor<2>, sin: &Tensor<2>, start: usize) -> Ten
     let [tokens, heads, head_dim] = x.dims();
     let x = cube(x);
     let (cos, sin) = (cube(cos.clone()), cube(sin.clone()));
-    let y = empty_like(&x, [tokens, heads * head_dim]);
+    let y = empty(&x.device, [tokens, heads * head_dim]);
     let kernel = template("rope", include_str!("../../../shaders/rope.wgsl"));
     let args = [Arg::Read(&x.handle), Arg::Read(&cos.handle), Arg::Read(&sin.handle), Arg::Write(&y.handle)];
     let groups = (tokens * heads * head_dim / 2).div_ceil(64).min(MAX_WORKGROUPS) as u32;

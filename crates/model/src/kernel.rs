@@ -88,6 +88,10 @@ impl Template {
     }
 }
 
+/// Most workgroups a dispatch may have along one dimension (WebGPU's default limit);
+/// kernels with more work loop over it.
+pub(crate) const MAX_WORKGROUPS: usize = 65_535;
+
 /// A buffer argument of a launch.
 pub(crate) enum Arg<'a> {
     Read(&'a Handle),
@@ -120,11 +124,11 @@ pub(crate) fn cube<const D: usize>(tensor: Tensor<D>) -> CubeTensor {
     into_contiguous(tensor)
 }
 
-/// A new f32 tensor of `shape` on the device of `like`, for a kernel to write.
-pub(crate) fn empty_like(like: &CubeTensor, shape: [usize; 2]) -> CubeTensor {
-    let client = like.client.clone();
+/// A new f32 tensor of `shape` on `device`, for a kernel to write.
+pub(crate) fn empty(device: &CubeDevice, shape: [usize; 2]) -> CubeTensor {
+    let client = device.client();
     let handle = client.empty(shape.iter().product::<usize>() * 4);
-    CubeTensor::new_contiguous(client, like.device.clone(), Shape::new(shape), handle, DType::F32)
+    CubeTensor::new_contiguous(client, device.clone(), Shape::new(shape), handle, DType::F32)
 }
 
 pub(crate) fn from_cube<const D: usize>(tensor: CubeTensor) -> Tensor<D> {

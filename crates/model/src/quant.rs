@@ -16,7 +16,7 @@ use burn_cubecl::cubecl::server::Handle;
 use cinder_gguf::{GgmlType, GgufFile, TensorInfo};
 
 use crate::ModelError;
-use crate::kernel::{Arg, Template, cube, cube_device, empty_like, from_cube, launch, upload};
+use crate::kernel::{Arg, MAX_WORKGROUPS, Template, cube, cube_device, empty, from_cube, launch, upload};
 
 /// A block format the matrix kernel reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,12 +52,14 @@ impl QuantFormat {
         }
     }
 
-    fn unpack_source(self) -> &'static str {
-        match self {
+    /// The WGSL `unpack` function for this format, with its helpers.
+    fn unpack_source(self) -> String {
+        let unpack = match self {
             Self::Q4_0 => include_str!("../../../shaders/unpack_q4_0.wgsl"),
             Self::Q4_1 => include_str!("../../../shaders/unpack_q4_1.wgsl"),
             Self::Q8_0 => include_str!("../../../shaders/unpack_q8_0.wgsl"),
-        }
+        };
+        format!("{}\n{unpack}", include_str!("../../../shaders/quant_common.wgsl"))
     }
 
     /// Splits GGUF blocks into (quantized value words, scale words).
@@ -100,8 +102,11 @@ pub struct QuantMatrix {
     bytes: usize,
 }
 
-/// Tokens one invocation multiplies at once when there is more than one.
+/// Tokens one invocation of the quantized kernel multiplies at once (more than one).
 const TOKEN_TILE: usize = 8;
+/// Above this many tokens, the matrix is expanded to f32 and multiplied by Burn's tiled
+/// matmul, which reuses each weight across many more tokens than the quantized kernel.
+const MAX_QUANTIZED_TOKENS: usize = 8;
 const WORKGROUP: usize = 64;
 
 impl QuantMatrix {
@@ -123,19 +128,39 @@ impl QuantMatrix {
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let [tokens, cols] = x.dims();
         assert_eq!(cols, self.cols, "input width does not match the matrix");
+        if tokens > MAX_QUANTIZED_TOKENS {
+            return x.matmul(self.dequantize().transpose());
+        }
         let x = cube(x);
-        let y = empty_like(&x, [tokens, self.rows]);
+        let y = empty(&x.device, [tokens, self.rows]);
         let tile = if tokens == 1 { 1 } else { TOKEN_TILE };
         let template = Template {
             name: "matmul_quant",
             source: include_str!("../../../shaders/matmul_quant.wgsl"),
             variant: format!("{}_t{tile}", self.format.name()),
-            values: vec![("TILE", tile.to_string()), ("UNPACK", self.format.unpack_source().to_owned())],
+            values: vec![("TILE", tile.to_string()), ("UNPACK", self.format.unpack_source())],
             workgroup: WORKGROUP as u32,
         };
         let workgroups = [self.rows.div_ceil(WORKGROUP) as u32, tokens.div_ceil(tile) as u32, 1];
         let args = [Arg::Read(&self.quants), Arg::Read(&self.scales), Arg::Read(&x.handle), Arg::Write(&y.handle)];
         launch(&self.device, &template, workgroups, &args, &[self.rows as u32, self.cols as u32, tokens as u32]);
+        from_cube(y)
+    }
+
+    /// The matrix expanded to f32 `[rows, cols]` on the device.
+    pub fn dequantize(&self) -> Tensor<2> {
+        let groups = self.rows * self.cols / 8;
+        let template = Template {
+            name: "dequantize",
+            source: include_str!("../../../shaders/dequantize.wgsl"),
+            variant: self.format.name().to_owned(),
+            values: vec![("UNPACK", self.format.unpack_source())],
+            workgroup: WORKGROUP as u32,
+        };
+        let y = empty(&self.device, [self.rows, self.cols]);
+        let workgroups = [groups.div_ceil(WORKGROUP).min(MAX_WORKGROUPS) as u32, 1, 1];
+        let args = [Arg::Read(&self.quants), Arg::Read(&self.scales), Arg::Write(&y.handle)];
+        launch(&self.device, &template, workgroups, &args, &[groups as u32]);
         from_cube(y)
     }
 

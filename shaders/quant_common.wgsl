@@ -1,0 +1,15 @@
+// Helpers for the block formats' `unpack` functions (unpack_<format>.wgsl), templated into
+// the kernels that read quantized matrices together with one of them.
+
+// Nibbles (or bytes) of a word as four values.
+fn nibbles_lo(w: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(15u));
+}
+
+fn nibbles_hi(w: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(w) >> vec4<u32>(4u, 12u, 20u, 28u)) & vec4<u32>(15u));
+}
+
+fn bytes_signed(w: u32) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(w) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
+}
