@@ -30,7 +30,11 @@ static WGPU: OnceLock<Result<Opened, String>> = OnceLock::new();
 pub fn wgpu_device() -> Result<Device, ModelError> {
     let opened = WGPU.get_or_init(|| {
         // wgpu reports some failures (no driver, no adapter) by panicking.
-        let init = std::panic::catch_unwind(|| Device::wgpu_options().init_with_setup());
+        // A decode step is a few hundred small dispatches; submitting them in one go instead
+        // of cubecl's default batches of 32 saves ~15 % per token on lavapipe.
+        // CUBECL_WGPU_MAX_TASKS still overrides it.
+        let tasks = std::env::var("CUBECL_WGPU_MAX_TASKS").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+        let init = std::panic::catch_unwind(|| Device::wgpu_options().tasks_max(tasks).init_with_setup());
         match init {
             Ok(Ok((device, setup))) => {
                 let info = setup.adapter.get_info();

@@ -15,7 +15,7 @@
 mod config;
 mod device;
 mod error;
-mod fused;
+pub mod fused;
 mod generate;
 mod kernel;
 mod llama;
