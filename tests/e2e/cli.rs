@@ -95,6 +95,47 @@ fn tokenize_prints_ids() {
     assert!(!dashes.is_empty());
 }
 
+/// An executable that prints `text`.
+fn printing_script(dir: &Path, name: &str, text: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\necho '{text}'\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// `cinder bench` on a tiny model, against a stand-in `llama-bench` that prints its JSON
+/// format: the JSON has the promised fields and the ratios are cinder's speed over the peer's.
+#[test]
+fn bench_reports_speeds_and_peer_ratios() {
+    let dir = crate::scratch_dir("bench");
+    let model = tiny_model(&dir);
+    let runs = r#"[{"n_prompt": 32, "n_gen": 0, "avg_ts": 200.0}, {"n_prompt": 0, "n_gen": 4, "avg_ts": 50.0}]"#;
+    let peer = printing_script(&dir, "llama-bench", runs);
+    let out = dir.join("bench.json");
+    let peer_arg = format!("cpu={}", peer.display());
+    let args = ["bench", "--model", model.to_str().unwrap(), "--decode-tokens", "4", "--prefill-tokens", "32"];
+    succeed(&[&args[..], &["--json", out.to_str().unwrap(), "--peer", &peer_arg]].concat());
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    for key in ["decode_tok_s", "prefill_tok_s", "device_weight_bytes"] {
+        assert!(json[key].as_f64().unwrap() > 0.0, "{key}: {json}");
+    }
+    assert!(!json["adapter"].as_str().unwrap().is_empty() && !json["backend"].as_str().unwrap().is_empty());
+    let p = &json["peers"][0];
+    assert_eq!((p["name"].as_str(), p["decode_tok_s"].as_f64(), p["prefill_tok_s"].as_f64()), (Some("cpu"), Some(50.0), Some(200.0)));
+    assert!((p["decode_ratio"].as_f64().unwrap() - json["decode_tok_s"].as_f64().unwrap() / 50.0).abs() < 1e-9);
+    assert!((p["prefill_ratio"].as_f64().unwrap() - json["prefill_tok_s"].as_f64().unwrap() / 200.0).abs() < 1e-9);
+
+    fail_with(&[&args[..], &["--peer", "vulkan=/nonexistent/llama-bench"]].concat(), "running /nonexistent/llama-bench");
+    let silent = printing_script(&dir, "silent-bench", "[]");
+    fail_with(&[&args[..], &["--peer", &format!("x={}", silent.display())]].concat(), "llama-bench printed no run with 0 prompt and 4 generated tokens");
+    fail_with(&["bench", "--model", model.to_str().unwrap(), "--decode-tokens", "0"], "must be at least 1");
+    fail_with(&["bench", "--model", model.to_str().unwrap(), "--prefill-tokens", "100000"], "the model's context is 512 tokens");
+    let out = cinder(&["bench", "--model", model.to_str().unwrap(), "--peer", "no-equals-sign"]);
+    assert_eq!(out.status.code(), Some(2), "clap rejects a peer without NAME=");
+    assert!(stderr(&out).contains("expected NAME=PATH"), "{}", stderr(&out));
+}
+
 fn write_edited(dir: &Path, name: &str, edit: impl FnOnce(&mut GgufWriter)) -> String {
     let file = GgufFile::from_bytes(TinyModel::default().to_gguf()).unwrap();
     let mut writer = GgufWriter::from_file(&file);

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use cinder_model::{KvCache, Llama};
+use cinder_model::{KvCache, Llama, Sampler, SamplingParams};
 use serde::Serialize;
 
 use crate::model_path::ModelArg;
@@ -73,10 +73,6 @@ fn prompt(len: usize, vocab: usize) -> Vec<u32> {
     (0..len).map(|i| (100 + (i * 7919) % (vocab - 100)) as u32).collect()
 }
 
-fn argmax(logits: &[f32]) -> u32 {
-    logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0 as u32
-}
-
 /// Seconds to run `tokens` as one prompt.
 fn time_prefill(model: &Llama, tokens: &[u32]) -> anyhow::Result<f64> {
     let mut cache: KvCache = model.new_cache(tokens.len())?;
@@ -89,10 +85,11 @@ fn time_prefill(model: &Llama, tokens: &[u32]) -> anyhow::Result<f64> {
 fn time_decode(model: &Llama, n: usize) -> anyhow::Result<f64> {
     let prompt = prompt(16, model.config().vocab_size);
     let mut cache = model.new_cache(prompt.len() + n)?;
-    let mut token = argmax(&model.forward(&prompt, &mut cache)?);
+    let mut greedy = Sampler::new(SamplingParams::default())?;
+    let mut token = greedy.sample(&model.forward(&prompt, &mut cache)?, &[]);
     let start = Instant::now();
     for _ in 0..n {
-        token = argmax(&model.forward(&[token], &mut cache)?);
+        token = greedy.sample(&model.forward(&[token], &mut cache)?, &[]);
     }
     Ok(start.elapsed().as_secs_f64())
 }

@@ -6,8 +6,8 @@ use burn::tensor::Tensor;
 
 use crate::kernel::{Arg, MAX_WORKGROUPS, Template, cube, empty, from_cube, launch};
 
-fn template(name: &'static str, source: &'static str) -> Template {
-    Template { name, source, variant: String::new(), values: Vec::new(), workgroup: 64 }
+fn template(name: &'static str, source: &'static str) -> Template<'static> {
+    Template { name, source, variant: ("", 0), values: &Vec::new, workgroup: 64 }
 }
 
 /// RMSNorm of every row of `x` (`[tokens, cols]`), scaled by `weight` (`[1, cols]`).

@@ -58,32 +58,36 @@ impl CubeKernel for WgslKernel {
     }
 }
 
-/// A kernel template and the values for its placeholders. `variant` names the values: two
-/// templates with the same name and variant must produce the same text.
-pub(crate) struct Template {
+/// A kernel's variant: a label and a number (e.g. the block format and the token tile).
+/// Two templates with the same name and variant must produce the same text.
+pub(crate) type Variant = (&'static str, u32);
+
+/// A kernel template. `values` fills its `{{NAME}}` placeholders; it runs only the first
+/// time a variant is launched, so launches on the hot path build no text.
+pub(crate) struct Template<'a> {
     pub name: &'static str,
     pub source: &'static str,
-    pub variant: String,
-    pub values: Vec<(&'static str, String)>,
+    pub variant: Variant,
+    pub values: &'a dyn Fn() -> Vec<(&'static str, String)>,
     pub workgroup: u32,
 }
 
-impl Template {
+impl Template<'_> {
     fn kernel(&self) -> WgslKernel {
-        static SOURCES: OnceLock<Mutex<HashMap<(&'static str, String), Arc<str>>>> = OnceLock::new();
+        static SOURCES: OnceLock<Mutex<HashMap<(&'static str, Variant), Arc<str>>>> = OnceLock::new();
         let mut sources = SOURCES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
         let source = sources
-            .entry((self.name, self.variant.clone()))
+            .entry((self.name, self.variant))
             .or_insert_with(|| {
                 let mut text = self.source.to_owned();
-                for (key, value) in &self.values {
-                    text = text.replace(&format!("{{{{{key}}}}}"), value);
+                for (key, value) in (self.values)() {
+                    text = text.replace(&format!("{{{{{key}}}}}"), &value);
                 }
                 text.into()
             })
             .clone();
         let workgroup = CubeDim::new_1d(self.workgroup);
-        let id = KernelId::new::<WgslKernel>().info((self.name, self.variant.clone())).cube_dim(workgroup.0);
+        let id = KernelId::new::<WgslKernel>().info((self.name, self.variant)).cube_dim(workgroup.0);
         WgslKernel { name: self.name, source, id, workgroup }
     }
 }

@@ -255,11 +255,12 @@ fn append(slot: &mut Option<Tensor<3>>, new: Tensor<3>, start: usize) -> Tensor<
 
 fn rope_tables(config: &LlamaConfig, device: &Device) -> (Tensor<2>, Tensor<2>) {
     let half = config.head_dim / 2;
+    let thetas: Vec<f64> =
+        (0..half).map(|i| (config.rope_base as f64).powf(-2.0 * i as f64 / config.head_dim as f64)).collect();
     let mut cos = Vec::with_capacity(config.context_length * half);
     let mut sin = Vec::with_capacity(config.context_length * half);
     for pos in 0..config.context_length {
-        for i in 0..half {
-            let theta = (config.rope_base as f64).powf(-2.0 * i as f64 / config.head_dim as f64);
+        for &theta in &thetas {
             let angle = pos as f64 * theta;
             cos.push(angle.cos() as f32);
             sin.push(angle.sin() as f32);

@@ -137,8 +137,8 @@ impl QuantMatrix {
         let template = Template {
             name: "matmul_quant",
             source: include_str!("../../../shaders/matmul_quant.wgsl"),
-            variant: format!("{}_t{tile}", self.format.name()),
-            values: vec![("TILE", tile.to_string()), ("UNPACK", self.format.unpack_source())],
+            variant: (self.format.name(), tile as u32),
+            values: &|| vec![("TILE", tile.to_string()), ("UNPACK", self.format.unpack_source())],
             workgroup: WORKGROUP as u32,
         };
         let workgroups = [self.rows.div_ceil(WORKGROUP) as u32, tokens.div_ceil(tile) as u32, 1];
@@ -153,8 +153,8 @@ impl QuantMatrix {
         let template = Template {
             name: "dequantize",
             source: include_str!("../../../shaders/dequantize.wgsl"),
-            variant: self.format.name().to_owned(),
-            values: vec![("UNPACK", self.format.unpack_source())],
+            variant: (self.format.name(), 0),
+            values: &|| vec![("UNPACK", self.format.unpack_source())],
             workgroup: WORKGROUP as u32,
         };
         let y = empty(&self.device, [self.rows, self.cols]);

@@ -205,7 +205,10 @@ fn quantized_matmul_matches_dequantized_reference() {
             let values: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
             let blocks = cinder_gguf::quantize(ty, &values).unwrap();
             let weights = cinder_gguf::dequantize(ty, &blocks).unwrap();
-            let matrix = QuantMatrix::upload(&device, QuantFormat::of(ty).unwrap(), &blocks, rows, cols).unwrap();
+            let format = QuantFormat::of(ty).unwrap();
+            let short = QuantMatrix::upload(&device, format, &blocks[1..], rows, cols).err().expect("truncated blocks are refused");
+            assert!(short.to_string().contains(&format!("do not hold a {rows} x {cols}")), "{short}");
+            let matrix = QuantMatrix::upload(&device, format, &blocks, rows, cols).unwrap();
             for tokens in [1, 2, 8, 9, 17] {
                 let x: Vec<f32> = (0..tokens * cols).map(|_| rng.random_range(-2.0..2.0)).collect();
                 let expected: Vec<f32> = x
