@@ -5,6 +5,7 @@
 use burn::tensor::Tensor;
 
 use crate::kernel::{Arg, MAX_WORKGROUPS, Template, cube, empty, from_cube, launch};
+use crate::paged::BatchBuffer;
 
 fn template(name: &'static str, source: &'static str) -> Template<'static> {
     Template { name, source, variant: ("", 0), values: &Vec::new, workgroup: 64 }
@@ -35,16 +36,22 @@ pub fn silu_gate(gate: Tensor<2>, up: Tensor<2>) -> Tensor<2> {
     from_cube(y)
 }
 
-/// RoPE on adjacent pairs of `x` (`[tokens, heads, head_dim]`) for positions `start..`,
+/// RoPE on adjacent pairs of `x` (`[tokens, heads, head_dim]`) at the batch's positions,
 /// with angles from `cos` / `sin` (`[context, head_dim / 2]`).
-pub fn rope(x: Tensor<3>, cos: &Tensor<2>, sin: &Tensor<2>, start: usize) -> Tensor<3> {
+pub fn rope(x: Tensor<3>, cos: &Tensor<2>, sin: &Tensor<2>, batch: &BatchBuffer) -> Tensor<3> {
     let [tokens, heads, head_dim] = x.dims();
     let x = cube(x);
     let (cos, sin) = (cube(cos.clone()), cube(sin.clone()));
     let y = empty(&x.device, [tokens, heads * head_dim]);
     let kernel = template("rope", include_str!("../../../shaders/rope.wgsl"));
-    let args = [Arg::Read(&x.handle), Arg::Read(&cos.handle), Arg::Read(&sin.handle), Arg::Write(&y.handle)];
+    let args = [
+        Arg::Read(&x.handle),
+        Arg::Read(&cos.handle),
+        Arg::Read(&sin.handle),
+        Arg::Read(&batch.handle),
+        Arg::Write(&y.handle),
+    ];
     let groups = (tokens * heads * head_dim / 2).div_ceil(64).min(MAX_WORKGROUPS) as u32;
-    launch(&x.device, &kernel, [groups, 1, 1], &args, &[tokens as u32, heads as u32, head_dim as u32, start as u32]);
+    launch(&x.device, &kernel, [groups, 1, 1], &args, &[tokens as u32, heads as u32, head_dim as u32]);
     from_cube::<2>(y).reshape([tokens, heads, head_dim])
 }

@@ -2,11 +2,12 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use burn::tensor::activation::softmax;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use cinder_gguf::{GgufFile, TensorInfo};
 
 use crate::fused::{rms_norm, rope, silu_gate};
+use crate::kernel::cube_device;
+use crate::paged::{BatchBuffer, PagedKvCache, SeqChunk};
 use crate::quant::Linear;
 use crate::{LlamaConfig, ModelError};
 
@@ -55,10 +56,11 @@ pub struct Llama {
     rope_sin: Tensor<2>,
 }
 
-/// Keys and values of every layer for one sequence, `[kv_heads, capacity, head_dim]` each.
+/// One sequence's cache: a [`PagedKvCache`] of its own with the identity block table, for
+/// callers that run a single sequence ([`generate`](crate::generate), benchmarks, tests).
 pub struct KvCache {
-    keys: Vec<Option<Tensor<3>>>,
-    values: Vec<Option<Tensor<3>>>,
+    paged: PagedKvCache,
+    table: Vec<u32>,
     len: usize,
     capacity: usize,
 }
@@ -77,6 +79,9 @@ impl KvCache {
         self.capacity
     }
 }
+
+/// Block size of single-sequence caches.
+const SINGLE_BLOCK: usize = 16;
 
 impl Llama {
     /// Reads the model in `file` onto `device`. Matrices in a format the quantized kernels
@@ -146,111 +151,137 @@ impl Llama {
         if capacity > self.config.context_length {
             return Err(ModelError::CacheFull { needed: capacity, capacity: self.config.context_length });
         }
+        let blocks = capacity.div_ceil(SINGLE_BLOCK).max(1);
+        let paged = self.new_paged_cache(blocks, SINGLE_BLOCK)?;
+        Ok(KvCache { paged, table: (0..blocks as u32).collect(), len: 0, capacity })
+    }
+
+    /// A KV pool of `num_blocks` blocks of `block_size` token slots, shared by the sequences
+    /// of [`Llama::forward_batch`].
+    pub fn new_paged_cache(&self, num_blocks: usize, block_size: usize) -> Result<PagedKvCache, ModelError> {
         let c = &self.config;
-        guard(|| {
-            let empty = || Some(Tensor::<3>::zeros([c.n_kv_heads, capacity, c.head_dim], &self.device));
-            Ok(KvCache {
-                keys: (0..c.n_layers).map(|_| empty()).collect(),
-                values: (0..c.n_layers).map(|_| empty()).collect(),
-                len: 0,
-                capacity,
-            })
-        })
+        guard(|| PagedKvCache::new(&self.cube_device(), c.n_layers, c.n_kv_heads * c.head_dim, num_blocks, block_size))
     }
 
     /// Runs `tokens` (the positions after those already in `cache`) through the model,
     /// appends their keys and values to `cache`, and returns the logits of the last token.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, ModelError> {
-        if tokens.is_empty() {
-            return Err(ModelError::InvalidParameter("no tokens to run".into()));
-        }
         let needed = cache.len + tokens.len();
         if needed > cache.capacity {
             return Err(ModelError::CacheFull { needed, capacity: cache.capacity });
         }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
-            return Err(ModelError::InvalidParameter(format!(
-                "token id {bad} is outside the vocabulary of {} tokens",
-                self.config.vocab_size
-            )));
-        }
-        let embedded = self.embedding.rows(tokens)?;
-        let logits = guard(|| {
-            let x = Tensor::<2>::from_data(TensorData::new(embedded, [tokens.len(), self.config.hidden]), &self.device);
-            let logits = self.forward_embedded(x, cache);
-            logits.try_into_vec_as::<f32>().map_err(|e| ModelError::Backend(format!("{e:?}")))
-        })?;
+        let chunk = SeqChunk { tokens, start: cache.len, blocks: &cache.table, logits: true };
+        let logits = self.forward_batch(&[chunk], &mut cache.paged)?.pop().expect("one chunk asks for logits");
         cache.len = needed;
         Ok(logits)
     }
 
-    fn forward_embedded(&self, mut x: Tensor<2>, cache: &mut KvCache) -> Tensor<2> {
+    /// Runs the chunks of several sequences as one batch: writes their keys and values into
+    /// `cache` through their block tables and returns, for each chunk that asks, the logits
+    /// of its last token, in order.
+    pub fn forward_batch(&self, chunks: &[SeqChunk], cache: &mut PagedKvCache) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.check_batch(chunks, cache)?;
+        let tokens: Vec<u32> = chunks.iter().flat_map(|c| c.tokens.iter().copied()).collect();
+        let embedded = self.embedding.rows(&tokens)?;
+        let mut last_rows = Vec::new();
+        let mut row = 0;
+        for chunk in chunks {
+            row += chunk.tokens.len();
+            if chunk.logits {
+                last_rows.push(row - 1);
+            }
+        }
+        let vocab = self.config.vocab_size;
+        guard(|| {
+            let x = Tensor::<2>::from_data(TensorData::new(embedded, [tokens.len(), self.config.hidden]), &self.device);
+            let batch = BatchBuffer::new(&self.cube_device(), chunks, cache.block_size());
+            // Without logits to read, the queued work runs ahead of the next step's.
+            let Some(logits) = self.forward_rows(x, &batch, cache, &last_rows) else { return Ok(Vec::new()) };
+            let flat = logits.try_into_vec_as::<f32>().map_err(|e| ModelError::Backend(format!("{e:?}")))?;
+            Ok(flat.chunks(vocab).map(<[f32]>::to_vec).collect())
+        })
+    }
+
+    /// Copies KV blocks `(source, destination)` (copy-on-write of shared blocks).
+    pub fn copy_blocks(&self, cache: &mut PagedKvCache, pairs: &[(u32, u32)]) -> Result<(), ModelError> {
+        let limit = cache.num_blocks() as u32;
+        if let Some(bad) = pairs.iter().find(|(s, d)| *s >= limit || *d >= limit) {
+            return Err(ModelError::InvalidParameter(format!("block copy {bad:?} is outside the pool of {limit} blocks")));
+        }
+        guard(|| {
+            cache.copy(pairs);
+            Ok(())
+        })
+    }
+
+    fn check_batch(&self, chunks: &[SeqChunk], cache: &PagedKvCache) -> Result<(), ModelError> {
+        let invalid = |m: String| Err(ModelError::InvalidParameter(m));
+        if chunks.iter().all(|c| c.tokens.is_empty()) {
+            return invalid("no tokens to run".into());
+        }
+        for chunk in chunks {
+            if chunk.tokens.is_empty() {
+                return invalid("a sequence in the batch has no tokens to run".into());
+            }
+            if let Some(&bad) = chunk.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+                return invalid(format!("token id {bad} is outside the vocabulary of {} tokens", self.config.vocab_size));
+            }
+            let end = chunk.start + chunk.tokens.len();
+            if end > self.config.context_length {
+                return Err(ModelError::CacheFull { needed: end, capacity: self.config.context_length });
+            }
+            let covered = chunk.blocks.len() * cache.block_size();
+            if end > covered {
+                return Err(ModelError::CacheFull { needed: end, capacity: covered });
+            }
+            if let Some(bad) = chunk.blocks.iter().find(|&&b| b as usize >= cache.num_blocks()) {
+                return invalid(format!("block {bad} is outside the pool of {} blocks", cache.num_blocks()));
+            }
+        }
+        Ok(())
+    }
+
+    fn cube_device(&self) -> burn_cubecl::CubeDevice {
+        cube_device(&self.device).expect("models are loaded on a wgpu device")
+    }
+
+    /// The layers over a batch's rows; returns the logits of rows `logit_rows`, if any.
+    fn forward_rows(
+        &self,
+        mut x: Tensor<2>,
+        batch: &BatchBuffer,
+        cache: &PagedKvCache,
+        logit_rows: &[usize],
+    ) -> Option<Tensor<2>> {
         let c = &self.config;
         let n = x.dims()[0];
-        let start = cache.len;
-        let mask = (n > 1).then(|| self.causal_mask(n, start));
         for (l, block) in self.blocks.iter().enumerate() {
             let h = rms_norm(x.clone(), &block.attn_norm, c.rms_eps);
-            let rotate = |x: Tensor<2>, heads| rope(x.reshape([n, heads, c.head_dim]), &self.rope_cos, &self.rope_sin, start);
+            let rotate = |x: Tensor<2>, heads| {
+                rope(x.reshape([n, heads, c.head_dim]), &self.rope_cos, &self.rope_sin, batch).reshape([n, heads * c.head_dim])
+            };
             let q = rotate(block.wq.forward(h.clone()), c.n_heads);
             let k = rotate(block.wk.forward(h.clone()), c.n_kv_heads);
-            let v = block.wv.forward(h).reshape([n, c.n_kv_heads, c.head_dim]);
-
-            let keys = append(&mut cache.keys[l], k.swap_dims(0, 1), start);
-            let values = append(&mut cache.values[l], v.swap_dims(0, 1), start);
-            let attn = self.attention(q, keys, values, mask.clone());
+            cache.write(l, k, block.wv.forward(h), batch);
+            let attn = cache.attend(l, q, c.n_heads, c.head_dim, batch);
             x = x + block.wo.forward(attn);
 
             let h = rms_norm(x.clone(), &block.ffn_norm, c.rms_eps);
             let gate = block.w_gate.forward(h.clone());
             x = x + block.w_down.forward(silu_gate(gate, block.w_up.forward(h)));
         }
-        let last = x.slice([n - 1..n]);
-        self.lm_head.forward(rms_norm(last, &self.output_norm, c.rms_eps))
+        let last = if logit_rows.is_empty() {
+            return None;
+        } else if logit_rows.len() == n {
+            x
+        } else if let [row] = logit_rows {
+            x.slice([*row..*row + 1])
+        } else {
+            let rows: Vec<i64> = logit_rows.iter().map(|&r| r as i64).collect();
+            x.select(0, Tensor::<1, Int>::from_data(TensorData::new(rows, [logit_rows.len()]), &self.device))
+        };
+        Some(self.lm_head.forward(rms_norm(last, &self.output_norm, c.rms_eps)))
     }
-
-    /// Grouped-query attention. The query heads sharing a KV head are adjacent, so viewing
-    /// the queries as `[kv_heads, group * n, head_dim]` lets each KV head serve its whole
-    /// group in one matmul, without repeating keys and values.
-    fn attention(&self, q: Tensor<3>, keys: Tensor<3>, values: Tensor<3>, mask: Option<Tensor<3>>) -> Tensor<2> {
-        let c = &self.config;
-        let n = q.dims()[0];
-        let group = c.n_heads / c.n_kv_heads;
-        let q = q.swap_dims(0, 1).reshape([c.n_kv_heads, group * n, c.head_dim]);
-        let mut scores = q.matmul(keys.transpose()).mul_scalar(1.0 / (c.head_dim as f32).sqrt());
-        if let Some(mask) = mask {
-            scores = scores + mask;
-        }
-        let out = softmax(scores, 2).matmul(values);
-        out.reshape([c.n_heads, n, c.head_dim]).swap_dims(0, 1).reshape([n, c.hidden])
-    }
-
-    /// Additive mask `[1, group * n, start + n]`: query `i` of the chunk sees positions up to
-    /// `start + i`.
-    fn causal_mask(&self, n: usize, start: usize) -> Tensor<3> {
-        let group = self.config.n_heads / self.config.n_kv_heads;
-        let total = start + n;
-        let mut mask = vec![0f32; group * n * total];
-        for g in 0..group {
-            for i in 0..n {
-                let row = (g * n + i) * total;
-                mask[row + start + i + 1..row + total].fill(f32::NEG_INFINITY);
-            }
-        }
-        Tensor::from_data(TensorData::new(mask, [1, group * n, total]), &self.device)
-    }
-}
-
-/// Writes `new` (`[kv_heads, n, head_dim]`) at positions `start..` of a cache tensor and
-/// returns the filled part. The cache tensor is taken out while written so that Burn can
-/// update it in place (it copies when another handle to the buffer is alive).
-fn append(slot: &mut Option<Tensor<3>>, new: Tensor<3>, start: usize) -> Tensor<3> {
-    let [heads, n, dim] = new.dims();
-    let full = slot.take().expect("cache slot is refilled after every write");
-    let full = full.slice_assign([0..heads, start..start + n, 0..dim], new);
-    let filled = full.clone().slice([0..heads, 0..start + n, 0..dim]);
-    *slot = Some(full);
-    filled
 }
 
 fn rope_tables(config: &LlamaConfig, device: &Device) -> (Tensor<2>, Tensor<2>) {

@@ -64,6 +64,82 @@ fn chunked_prefill_equals_one_pass() {
     assert_close(&model.forward(&prompt[15..], &mut chunked).unwrap(), &expected, "chunked prefill");
 }
 
+/// Sequences of different lengths in one batch, through scattered block tables, prefill
+/// chunks next to decodes, and a sequence forked by copying its blocks: every logit row
+/// equals the reference run of that sequence alone.
+#[test]
+fn batched_paged_forward_matches_each_sequence_alone() {
+    use crate::SeqChunk;
+
+    for spec in [TinyModel::default(), TinyModel { hidden: 256, n_heads: 2, n_kv_heads: 1, seed: 7, ..Default::default() }] {
+        let (file, model) = load(spec.to_gguf());
+        let reference = ReferenceLlama::load(&file).unwrap();
+        let block_size = 4;
+        let mut cache = model.new_paged_cache(64, block_size).unwrap();
+        // Interleaved tables, so that neighbouring slots belong to different sequences.
+        let tables: Vec<Vec<u32>> = (0..3).map(|s| (0..20).map(|i| i * 3 + s).collect()).collect();
+        let prompts: Vec<Vec<u32>> =
+            [70usize, 5, 23].iter().enumerate().map(|(s, &n)| (0..n).map(|i| ((i * 31 + s * 7) % 250) as u32).collect()).collect();
+        let mut refs: Vec<ReferenceCache> = (0..3).map(|_| ReferenceCache::default()).collect();
+        let what = format!("{spec:?}");
+
+        // Step 1: the first 30 tokens of sequence 0 (no logits), whole prompts of 1 and 2.
+        let step1 = [
+            SeqChunk { tokens: &prompts[0][..30], start: 0, blocks: &tables[0], logits: false },
+            SeqChunk { tokens: &prompts[1], start: 0, blocks: &tables[1], logits: true },
+            SeqChunk { tokens: &prompts[2], start: 0, blocks: &tables[2], logits: true },
+        ];
+        let got = model.forward_batch(&step1, &mut cache).unwrap();
+        reference.forward(&prompts[0][..30], &mut refs[0]);
+        assert_close(&got[0], &reference.forward(&prompts[1], &mut refs[1]), &what);
+        assert_close(&got[1], &reference.forward(&prompts[2], &mut refs[2]), &what);
+
+        // Step 2: the rest of prompt 0 (crossing a 64-key tile) beside two decodes.
+        let step2 = [
+            SeqChunk { tokens: &prompts[0][30..], start: 30, blocks: &tables[0], logits: true },
+            SeqChunk { tokens: &[17], start: 5, blocks: &tables[1], logits: true },
+            SeqChunk { tokens: &[99], start: 23, blocks: &tables[2], logits: true },
+        ];
+        let got = model.forward_batch(&step2, &mut cache).unwrap();
+        assert_close(&got[0], &reference.forward(&prompts[0][30..], &mut refs[0]), &what);
+        assert_close(&got[1], &reference.forward(&[17], &mut refs[1]), &what);
+        assert_close(&got[2], &reference.forward(&[99], &mut refs[2]), &what);
+
+        // Fork sequence 0: copy its 18 filled blocks to free ones and decode both copies.
+        let fork: Vec<u32> = (60..64).chain((0..20).map(|i| i * 3 + 2).skip(6)).take(20).collect();
+        let pairs: Vec<(u32, u32)> = tables[0][..18].iter().zip(&fork).map(|(&s, &d)| (s, d)).collect();
+        model.copy_blocks(&mut cache, &pairs).unwrap();
+        let step3 = [
+            SeqChunk { tokens: &[5], start: 70, blocks: &tables[0], logits: true },
+            SeqChunk { tokens: &[5], start: 70, blocks: &fork, logits: true },
+        ];
+        let got = model.forward_batch(&step3, &mut cache).unwrap();
+        let expected = reference.forward(&[5], &mut refs[0]);
+        assert_close(&got[0], &expected, &what);
+        assert_close(&got[1], &expected, &what);
+    }
+}
+
+#[test]
+fn bad_batches_are_errors() {
+    use crate::SeqChunk;
+
+    let (_, model) = load(TinyModel::default().to_gguf());
+    let mut cache = model.new_paged_cache(4, 4).unwrap();
+    let run = |chunks: &[SeqChunk], cache: &mut crate::PagedKvCache| model.forward_batch(chunks, cache).unwrap_err().to_string();
+    let e = run(&[SeqChunk { tokens: &[1; 9], start: 0, blocks: &[0, 1], logits: true }], &mut cache);
+    assert!(e.contains("9 positions needed, 8 allocated"), "{e}");
+    let e = run(&[SeqChunk { tokens: &[1], start: 0, blocks: &[7], logits: true }], &mut cache);
+    assert!(e.contains("block 7 is outside the pool of 4 blocks"), "{e}");
+    let e = run(&[SeqChunk { tokens: &[], start: 0, blocks: &[0], logits: true }], &mut cache);
+    assert!(e.contains("no tokens"), "{e}");
+    assert!(model.copy_blocks(&mut cache, &[(0, 4)]).is_err());
+    assert!(model.new_paged_cache(0, 16).is_err());
+    // Nothing was written by the refused batches; the pool still serves.
+    let ok = model.forward_batch(&[SeqChunk { tokens: &[1, 2], start: 0, blocks: &[3], logits: true }], &mut cache).unwrap();
+    assert_eq!(ok.len(), 1);
+}
+
 #[test]
 fn bad_inputs_are_errors() {
     let (_, model) = load(TinyModel::default().to_gguf());
@@ -266,7 +342,9 @@ fn fused_kernels_match_cpu() {
         }
         let input = Tensor::<3>::from_data(TensorData::new(x, [tokens, heads, head_dim]), &device);
         let (cos, sin) = (tensor(cos, [context, head_dim / 2]), tensor(sin, [context, head_dim / 2]));
-        let got = rope(input, &cos, &sin, start).try_into_vec_as::<f32>().unwrap();
+        let positions: Vec<u32> = (start as u32..).take(tokens).collect();
+        let batch = crate::paged::BatchBuffer::positions(&device, &positions);
+        let got = rope(input, &cos, &sin, &batch).try_into_vec_as::<f32>().unwrap();
         assert_close(&got, &expected, &format!("rope {tokens}x{heads}x{head_dim} from {start}"));
     }
 }

@@ -1,0 +1,178 @@
+//! The paged KV cache and batched attention over it.
+//!
+//! Keys and values of every sequence live in one pool of fixed-size blocks per layer (the
+//! scheduler's blocks): token slot `s` of the pool is row `s` of a `[slots, kv_dim]` buffer.
+//! A sequence owns a list of blocks, its block table; position `p` is stored in slot
+//! `table[p / block_size] * block_size + p % block_size`. Sequences of any lengths then share
+//! one batch: each step's new keys and values are scattered into their slots
+//! (`shaders/kv_write.wgsl`) and every query row attends through its own table
+//! (`shaders/paged_attention.wgsl`), so prompt chunks and decode tokens run in one forward
+//! pass without padding, and blocks can be shared between sequences (a cached prompt
+//! prefix) or copied on write ([`Llama::copy_blocks`](crate::Llama::copy_blocks)).
+
+use burn::tensor::Tensor;
+use burn_cubecl::CubeDevice;
+use burn_cubecl::cubecl::server::Handle;
+
+use crate::ModelError;
+use crate::kernel::{Arg, MAX_WORKGROUPS, Template, cube, empty, from_cube, launch, upload};
+
+/// The KV pool of every layer, on the device.
+pub struct PagedKvCache {
+    device: CubeDevice,
+    keys: Vec<Handle>,
+    values: Vec<Handle>,
+    num_blocks: usize,
+    block_size: usize,
+    kv_dim: usize,
+}
+
+impl PagedKvCache {
+    pub(crate) fn new(
+        device: &CubeDevice,
+        layers: usize,
+        kv_dim: usize,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<Self, ModelError> {
+        if num_blocks == 0 || block_size == 0 {
+            return Err(ModelError::InvalidParameter("a KV cache needs at least one block of one slot".into()));
+        }
+        let bytes = num_blocks * block_size * kv_dim * 4;
+        let client = device.client();
+        let buffers = || (0..layers).map(|_| client.empty(bytes)).collect::<Vec<_>>();
+        Ok(Self { device: device.clone(), keys: buffers(), values: buffers(), num_blocks, block_size, kv_dim })
+    }
+
+    pub fn num_blocks(&self) -> usize {
+        self.num_blocks
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// Device bytes of keys and values over all layers.
+    pub fn device_bytes(&self) -> usize {
+        2 * self.keys.len() * self.num_blocks * self.block_size * self.kv_dim * 4
+    }
+
+    /// Bytes one token occupies over all layers.
+    pub fn bytes_per_token(layers: usize, kv_dim: usize) -> usize {
+        2 * layers * kv_dim * 4
+    }
+
+    pub(crate) fn write(&self, layer: usize, k: Tensor<2>, v: Tensor<2>, batch: &BatchBuffer) {
+        let (k, v) = (cube(k), cube(v));
+        let kernel = template("kv_write", include_str!("../../../shaders/kv_write.wgsl"), 0);
+        let args = [
+            Arg::Read(&k.handle),
+            Arg::Read(&v.handle),
+            Arg::Read(&batch.handle),
+            Arg::Write(&self.keys[layer]),
+            Arg::Write(&self.values[layer]),
+        ];
+        let groups = (batch.rows * self.kv_dim).div_ceil(64).min(MAX_WORKGROUPS) as u32;
+        launch(&self.device, &kernel, [groups, 1, 1], &args, &[batch.rows as u32, self.kv_dim as u32]);
+    }
+
+    /// Attention of `q` (`[rows, heads * head_dim]`, RoPE applied) over the cache of `layer`.
+    pub(crate) fn attend(&self, layer: usize, q: Tensor<2>, heads: usize, head_dim: usize, batch: &BatchBuffer) -> Tensor<2> {
+        let q = cube(q);
+        let out = empty(&self.device, [batch.rows, heads * head_dim]);
+        let dims = head_dim.div_ceil(64);
+        let values = move || vec![("DIMS", dims.to_string()), ("MAX_HEAD_DIM", (dims * 64).to_string())];
+        let kernel = Template {
+            name: "paged_attention",
+            source: include_str!("../../../shaders/paged_attention.wgsl"),
+            variant: ("", dims as u32),
+            values: &values,
+            workgroup: 64,
+        };
+        let args = [
+            Arg::Read(&q.handle),
+            Arg::Read(&self.keys[layer]),
+            Arg::Read(&self.values[layer]),
+            Arg::Read(&batch.handle),
+            Arg::Write(&out.handle),
+        ];
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let info = [
+            batch.rows as u32,
+            heads as u32,
+            (self.kv_dim / head_dim) as u32,
+            head_dim as u32,
+            self.block_size as u32,
+            scale.to_bits(),
+        ];
+        let rows = batch.rows.min(MAX_WORKGROUPS) as u32;
+        launch(&self.device, &kernel, [heads as u32, rows, 1], &args, &info);
+        from_cube(out)
+    }
+
+    /// Copies blocks `(source, destination)` in every layer.
+    pub(crate) fn copy(&self, pairs: &[(u32, u32)]) {
+        if pairs.is_empty() {
+            return;
+        }
+        let words: Vec<u32> = pairs.iter().flat_map(|&(s, d)| [s, d]).collect();
+        let pairs_handle = upload(&self.device, &words);
+        let block_len = self.block_size * self.kv_dim;
+        let kernel = template("kv_copy", include_str!("../../../shaders/kv_copy.wgsl"), 0);
+        let groups = (pairs.len() * block_len).div_ceil(64).min(MAX_WORKGROUPS) as u32;
+        for (keys, values) in self.keys.iter().zip(&self.values) {
+            let args = [Arg::Read(&pairs_handle), Arg::Write(keys), Arg::Write(values)];
+            launch(&self.device, &kernel, [groups, 1, 1], &args, &[pairs.len() as u32, block_len as u32]);
+        }
+    }
+}
+
+fn template(name: &'static str, source: &'static str, variant: u32) -> Template<'static> {
+    Template { name, source, variant: ("", variant), values: &Vec::new, workgroup: 64 }
+}
+
+/// One sequence's part of a batched forward pass.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqChunk<'a> {
+    /// The tokens to run, at positions `start..start + tokens.len()`.
+    pub tokens: &'a [u32],
+    pub start: usize,
+    /// The sequence's blocks, covering at least `start + tokens.len()` positions.
+    pub blocks: &'a [u32],
+    /// Whether to return the logits of the chunk's last token.
+    pub logits: bool,
+}
+
+/// Where each row of a batch sits, uploaded once per step and read by RoPE, the KV write and
+/// attention: `[positions; rows][slots; rows][table starts; rows][block tables]`.
+pub struct BatchBuffer {
+    pub(crate) handle: Handle,
+    pub(crate) rows: usize,
+}
+
+impl BatchBuffer {
+    pub(crate) fn new(device: &CubeDevice, chunks: &[SeqChunk], block_size: usize) -> Self {
+        let rows: usize = chunks.iter().map(|c| c.tokens.len()).sum();
+        let tables: usize = chunks.iter().map(|c| c.blocks.len()).sum();
+        let mut words = vec![0u32; 3 * rows + tables];
+        let (mut row, mut table) = (0, 3 * rows);
+        for chunk in chunks {
+            words[table..table + chunk.blocks.len()].copy_from_slice(chunk.blocks);
+            for position in chunk.start..chunk.start + chunk.tokens.len() {
+                words[row] = position as u32;
+                words[rows + row] = chunk.blocks[position / block_size] * block_size as u32 + (position % block_size) as u32;
+                words[2 * rows + row] = table as u32;
+                row += 1;
+            }
+            table += chunk.blocks.len();
+        }
+        Self { handle: upload(device, &words), rows }
+    }
+
+    /// A batch of `positions` only, for RoPE alone.
+    #[cfg(test)]
+    pub(crate) fn positions(device: &burn::tensor::Device, positions: &[u32]) -> Self {
+        let device = crate::kernel::cube_device(device).expect("a wgpu device");
+        Self { handle: upload(&device, positions), rows: positions.len() }
+    }
+}

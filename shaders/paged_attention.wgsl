@@ -1,0 +1,110 @@
+// Attention of a batch of query rows over a paged KV cache: one workgroup per (query head,
+// row). Rows are tokens of any sequences (prefill chunks and decodes alike); row r sits at
+// position pos[r] and attends to its sequence's positions 0..=pos[r], found through its
+// block table. Keys are scored 64 at a time (one per invocation), then each invocation
+// folds the tile into the output dimensions it owns with an online softmax, so one pass
+// over the cache suffices and nothing of size `context` is stored.
+//
+// The batch buffer holds [positions; rows][slots; rows][table starts; rows][block tables].
+
+struct Info {
+    rows: u32,
+    heads: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    block_size: u32,
+    scale: f32,
+}
+
+@group(0) @binding(0) var<storage, read_write> q: array<f32>;
+@group(0) @binding(1) var<storage, read_write> k_cache: array<f32>;
+@group(0) @binding(2) var<storage, read_write> v_cache: array<f32>;
+@group(0) @binding(3) var<storage, read_write> batch: array<u32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<uniform> info: Info;
+
+const TILE: u32 = 64u;
+// Output dimensions per invocation: ceil(head_dim / TILE).
+const DIMS: u32 = {{DIMS}}u;
+const MAX_HEAD_DIM: u32 = {{MAX_HEAD_DIM}}u;
+const LOWEST: f32 = -3.0e38;
+
+var<workgroup> q_tile: array<f32, MAX_HEAD_DIM>;
+var<workgroup> scores: array<f32, TILE>;
+var<workgroup> slot_tile: array<u32, TILE>;
+var<workgroup> context_len: u32;
+
+@compute @workgroup_size(64)
+fn main(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let head = wid.x;
+    let hd = info.head_dim;
+    let kv_dim = info.kv_heads * hd;
+    let kv_offset = (head / (info.heads / info.kv_heads)) * hd;
+    for (var row = wid.y; row < info.rows; row += groups.y) {
+        let q_base = row * info.heads * hd + head * hd;
+        for (var d = lid; d < hd; d += TILE) {
+            q_tile[d] = q[q_base + d] * info.scale;
+        }
+        if lid == 0u {
+            context_len = batch[row] + 1u;
+        }
+        // A uniform copy, so the tile loop's barriers are reached by every invocation.
+        let context = workgroupUniformLoad(&context_len);
+        let table = batch[2u * info.rows + row];
+
+        var m = LOWEST;
+        var l = 0.0;
+        var acc: array<f32, DIMS>;
+        for (var t0 = 0u; t0 < context; t0 += TILE) {
+            let t = t0 + lid;
+            var s = LOWEST;
+            if t < context {
+                let slot = batch[table + t / info.block_size] * info.block_size + t % info.block_size;
+                slot_tile[lid] = slot;
+                let k_base = slot * kv_dim + kv_offset;
+                s = 0.0;
+                for (var d = 0u; d < hd; d++) {
+                    s += q_tile[d] * k_cache[k_base + d];
+                }
+            }
+            scores[lid] = s;
+            workgroupBarrier();
+
+            let n = min(TILE, context - t0);
+            var tile_max = LOWEST;
+            for (var j = 0u; j < n; j++) {
+                tile_max = max(tile_max, scores[j]);
+            }
+            let m_new = max(m, tile_max);
+            let correction = exp(m - m_new);
+            l *= correction;
+            for (var i = 0u; i < DIMS; i++) {
+                acc[i] *= correction;
+            }
+            for (var j = 0u; j < n; j++) {
+                let p = exp(scores[j] - m_new);
+                l += p;
+                let v_base = slot_tile[j] * kv_dim + kv_offset;
+                for (var i = 0u; i < DIMS; i++) {
+                    let d = lid + i * TILE;
+                    if d < hd {
+                        acc[i] += p * v_cache[v_base + d];
+                    }
+                }
+            }
+            m = m_new;
+            // The next tile overwrites the scores.
+            workgroupBarrier();
+        }
+        for (var i = 0u; i < DIMS; i++) {
+            let d = lid + i * TILE;
+            if d < hd {
+                out[q_base + d] = acc[i] / l;
+            }
+        }
+    }
+}
