@@ -3,7 +3,8 @@
 // position pos[r] and attends to its sequence's positions 0..=pos[r], found through its
 // block table. Keys are scored 64 at a time (one per invocation), then each invocation
 // folds the tile into the output dimensions it owns with an online softmax, so one pass
-// over the cache suffices and nothing of size `context` is stored.
+// over the cache suffices and nothing of size `context` is stored. head_dim is a multiple
+// of 4 (keys are read as vec4).
 //
 // The batch buffer holds [positions; rows][slots; rows][table starts; rows][block tables].
 
@@ -17,7 +18,7 @@ struct Info {
 }
 
 @group(0) @binding(0) var<storage, read_write> q: array<f32>;
-@group(0) @binding(1) var<storage, read_write> k_cache: array<f32>;
+@group(0) @binding(1) var<storage, read_write> k_cache: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> v_cache: array<f32>;
 @group(0) @binding(3) var<storage, read_write> batch: array<u32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
@@ -29,7 +30,7 @@ const DIMS: u32 = {{DIMS}}u;
 const MAX_HEAD_DIM: u32 = {{MAX_HEAD_DIM}}u;
 const LOWEST: f32 = -3.0e38;
 
-var<workgroup> q_tile: array<f32, MAX_HEAD_DIM>;
+var<workgroup> q_tile: array<vec4<f32>, MAX_HEAD_DIM / 4u>;
 var<workgroup> scores: array<f32, TILE>;
 var<workgroup> slot_tile: array<u32, TILE>;
 var<workgroup> context_len: u32;
@@ -46,8 +47,9 @@ fn main(
     let kv_offset = (head / (info.heads / info.kv_heads)) * hd;
     for (var row = wid.y; row < info.rows; row += groups.y) {
         let q_base = row * info.heads * hd + head * hd;
-        for (var d = lid; d < hd; d += TILE) {
-            q_tile[d] = q[q_base + d] * info.scale;
+        for (var d = lid; d < hd / 4u; d += TILE) {
+            let at = q_base + 4u * d;
+            q_tile[d] = vec4<f32>(q[at], q[at + 1u], q[at + 2u], q[at + 3u]) * info.scale;
         }
         if lid == 0u {
             context_len = batch[row] + 1u;
@@ -65,11 +67,12 @@ fn main(
             if t < context {
                 let slot = batch[table + t / info.block_size] * info.block_size + t % info.block_size;
                 slot_tile[lid] = slot;
-                let k_base = slot * kv_dim + kv_offset;
-                s = 0.0;
-                for (var d = 0u; d < hd; d++) {
-                    s += q_tile[d] * k_cache[k_base + d];
+                let k_base = (slot * kv_dim + kv_offset) / 4u;
+                var dot4 = vec4<f32>(0.0);
+                for (var d = 0u; d < hd / 4u; d++) {
+                    dot4 += q_tile[d] * k_cache[k_base + d];
                 }
+                s = dot4.x + dot4.y + dot4.z + dot4.w;
             }
             scores[lid] = s;
             workgroupBarrier();
@@ -85,8 +88,12 @@ fn main(
             for (var i = 0u; i < DIMS; i++) {
                 acc[i] *= correction;
             }
+            // Every invocation has read the scores: turn its own into a weight, once.
+            workgroupBarrier();
+            scores[lid] = exp(s - m_new);
+            workgroupBarrier();
             for (var j = 0u; j < n; j++) {
-                let p = exp(scores[j] - m_new);
+                let p = scores[j];
                 l += p;
                 let v_base = slot_tile[j] * kv_dim + kv_offset;
                 for (var i = 0u; i < DIMS; i++) {

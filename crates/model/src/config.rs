@@ -64,6 +64,9 @@ impl LlamaConfig {
         if head_dim % 2 != 0 {
             return invalid(format!("head dimension {head_dim} is odd; RoPE rotates pairs"));
         }
+        if head_dim % 4 != 0 {
+            return Err(ModelError::Unsupported(format!("head dimension {head_dim} (attention reads keys in fours)")));
+        }
         if let Some(rot) = m.optional(&key("rope.dimension_count"), Metadata::get_u64)? {
             if rot != head_dim as u64 {
                 return Err(ModelError::Unsupported(format!("partial RoPE over {rot} of {head_dim} dimensions")));
