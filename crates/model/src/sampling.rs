@@ -19,14 +19,28 @@ pub struct SamplingParams {
     pub min_p: f32,
     /// Divide positive logits (multiply negative ones) of recently seen tokens; 1 is off.
     pub repetition_penalty: f32,
-    /// How many of the last tokens the repetition penalty looks at.
+    /// How many of the last tokens the penalties look at.
     pub repeat_last_n: usize,
+    /// Subtracted from a recent token's logit once per occurrence (OpenAI's); 0 is off.
+    pub frequency_penalty: f32,
+    /// Subtracted from the logit of any recent token (OpenAI's); 0 is off.
+    pub presence_penalty: f32,
     pub seed: u64,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0, repeat_last_n: 64, seed: 0 }
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            repeat_last_n: 64,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            seed: 0,
+        }
     }
 }
 
@@ -44,6 +58,12 @@ impl SamplingParams {
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
             return bad("repetition_penalty must be finite and > 0; repetition_penalty", self.repetition_penalty);
+        }
+        if !(-2.0..=2.0).contains(&self.frequency_penalty) {
+            return bad("frequency_penalty must be in [-2, 2]; frequency_penalty", self.frequency_penalty);
+        }
+        if !(-2.0..=2.0).contains(&self.presence_penalty) {
+            return bad("presence_penalty must be in [-2, 2]; presence_penalty", self.presence_penalty);
         }
         Ok(())
     }
@@ -75,12 +95,19 @@ impl Sampler {
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let p = &self.params;
         let mut candidates: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
-        if p.repetition_penalty != 1.0 {
+        let penalised = p.repetition_penalty != 1.0 || p.frequency_penalty != 0.0 || p.presence_penalty != 0.0;
+        if penalised {
             let recent = &history[history.len().saturating_sub(p.repeat_last_n)..];
-            let mut seen = std::collections::HashSet::new();
+            let mut counts = std::collections::HashMap::<u32, u32>::new();
             for &id in recent {
-                if let Some(c) = candidates.get_mut(id as usize).filter(|_| seen.insert(id)) {
-                    c.1 = if c.1 > 0.0 { c.1 / p.repetition_penalty } else { c.1 * p.repetition_penalty };
+                *counts.entry(id).or_default() += 1;
+            }
+            for (id, count) in counts {
+                if let Some(c) = candidates.get_mut(id as usize) {
+                    if p.repetition_penalty != 1.0 {
+                        c.1 = if c.1 > 0.0 { c.1 / p.repetition_penalty } else { c.1 * p.repetition_penalty };
+                    }
+                    c.1 -= count as f32 * p.frequency_penalty + p.presence_penalty;
                 }
             }
         }
@@ -175,6 +202,17 @@ mod tests {
     fn repetition_penalty_demotes_seen_tokens() {
         let params = SamplingParams { repetition_penalty: 1.5, ..Default::default() };
         assert_eq!(sampler(params).sample(&LOGITS, &[1]), 4);
+    }
+
+    #[test]
+    fn frequency_and_presence_penalties_subtract_per_occurrence_and_once() {
+        let frequency = SamplingParams { frequency_penalty: 0.06, ..Default::default() };
+        // Seen once, token 1 (3.0) keeps its lead over token 4 (2.9); seen twice it loses 0.12.
+        assert_eq!(sampler(frequency.clone()).sample(&LOGITS, &[1]), 1);
+        assert_eq!(sampler(frequency).sample(&LOGITS, &[1, 1]), 4);
+        let presence = SamplingParams { presence_penalty: 0.5, ..Default::default() };
+        assert_eq!(sampler(presence).sample(&LOGITS, &[1]), 4);
+        assert!(Sampler::new(SamplingParams { presence_penalty: 2.5, ..Default::default() }).is_err());
     }
 
     #[test]

@@ -1,0 +1,271 @@
+//! The engine: one step at a time, the scheduler decides and the model runs.
+
+use std::collections::HashMap;
+
+use cinder_model::{Llama, ModelError, PagedKvCache, Sampler, SeqChunk, log_softmax, top_logprobs};
+use cinder_scheduler::{
+    FinishReason, FinishedSequence, Metrics, Request, Scheduler, SchedulerConfig, SeqId, StepPlan, StepResult, Time,
+};
+use cinder_tokenizer::{StreamDecoder, Tokenizer};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::stop::StopMatcher;
+use crate::{Event, Finished, GenerationRequest, SubmitError, TokenLogprob};
+
+/// A request being served.
+struct Active {
+    sampler: Sampler,
+    /// Prompt and generated tokens (the penalties look at both).
+    history: Vec<u32>,
+    decoder: StreamDecoder,
+    stops: StopMatcher,
+    stop_token_ids: Vec<u32>,
+    ignore_eos: bool,
+    logprobs: Option<usize>,
+    events: UnboundedSender<Event>,
+    /// Set once the engine ended it (its reason beats the scheduler's length check).
+    stopped: bool,
+}
+
+/// Counters since the engine started.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineMetrics {
+    pub scheduler: Metrics,
+    pub prompt_tokens_total: u64,
+    pub generation_tokens_total: u64,
+}
+
+/// What a step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// Nothing could run (no work, or waiting work that does not fit yet).
+    Idle,
+    /// Ran this many tokens and sampled this many.
+    Ran { tokens: usize, sampled: usize },
+}
+
+/// See the crate documentation.
+pub struct Engine {
+    model: Llama,
+    tokenizer: Tokenizer,
+    cache: PagedKvCache,
+    scheduler: Scheduler,
+    active: HashMap<SeqId, Active>,
+    prompt_tokens_total: u64,
+    generation_tokens_total: u64,
+}
+
+impl Engine {
+    /// An engine with a KV pool of `config.num_blocks` blocks of `config.block_size` slots.
+    /// Sequences are capped at the model's context length.
+    pub fn new(model: Llama, tokenizer: Tokenizer, mut config: SchedulerConfig) -> Result<Self, ModelError> {
+        if tokenizer.vocab_size() > model.config().vocab_size {
+            return Err(ModelError::InvalidConfig(format!(
+                "the tokenizer has {} tokens, the model's embedding {}",
+                tokenizer.vocab_size(),
+                model.config().vocab_size
+            )));
+        }
+        config.max_seq_len = config.max_seq_len.min(model.config().context_length);
+        let cache = model.new_paged_cache(config.num_blocks, config.block_size)?;
+        Ok(Self {
+            model,
+            tokenizer,
+            cache,
+            scheduler: Scheduler::new(config),
+            active: HashMap::new(),
+            prompt_tokens_total: 0,
+            generation_tokens_total: 0,
+        })
+    }
+
+    pub fn model(&self) -> &Llama {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn kv_cache(&self) -> &PagedKvCache {
+        &self.cache
+    }
+
+    /// Whether any request is waiting or running.
+    pub fn has_work(&self) -> bool {
+        !self.scheduler.is_idle()
+    }
+
+    /// Queues `request`; its tokens and its end go to `events`. Dropping the receiver
+    /// cancels it at the next step.
+    pub fn submit(
+        &mut self,
+        request: GenerationRequest,
+        events: UnboundedSender<Event>,
+        now: Time,
+    ) -> Result<SeqId, SubmitError> {
+        let invalid = |message: String| Err(SubmitError::Invalid(message));
+        if request.prompt.is_empty() {
+            return invalid("the prompt is empty".into());
+        }
+        if request.max_tokens == 0 {
+            return invalid("max_tokens must be at least 1".into());
+        }
+        let vocab = self.model.config().vocab_size;
+        if let Some(&bad) = request.prompt.iter().chain(&request.stop_token_ids).find(|&&t| t as usize >= vocab) {
+            return invalid(format!("token id {bad} is outside the vocabulary of {vocab} tokens"));
+        }
+        let context = self.model.config().context_length;
+        if request.prompt.len() + request.max_tokens > context {
+            let e = ModelError::ContextOverflow { prompt: request.prompt.len(), max_tokens: request.max_tokens, context };
+            return invalid(e.to_string());
+        }
+        let sampler = Sampler::new(request.sampling.clone()).map_err(|e| SubmitError::Invalid(e.to_string()))?;
+        let scheduled = Request {
+            prompt: request.prompt.clone(),
+            max_new_tokens: request.max_tokens,
+            priority: request.priority,
+            tenant: request.tenant,
+            max_wait: None,
+            use_prefix_cache: request.use_prefix_cache,
+        };
+        let id = self.scheduler.submit(scheduled, now).map_err(SubmitError::Rejected)?;
+        self.prompt_tokens_total += request.prompt.len() as u64;
+        self.active.insert(
+            id,
+            Active {
+                sampler,
+                history: request.prompt,
+                decoder: StreamDecoder::new(),
+                stops: StopMatcher::new(request.stop),
+                stop_token_ids: request.stop_token_ids,
+                ignore_eos: request.ignore_eos,
+                logprobs: request.logprobs,
+                events,
+                stopped: false,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Ends a request now; its blocks are freed and it gets a `Cancelled` end.
+    pub fn abort(&mut self, id: SeqId, now: Time) {
+        self.scheduler.abort(id, now);
+        self.send_finished();
+    }
+
+    /// Runs one step: cancels requests whose receivers are gone, asks the scheduler for a
+    /// plan, runs it as one batch, samples, streams, and reports back. `clock` gives the
+    /// current time (the engine reads no clock itself). A failed forward pass is reported to
+    /// the scheduler, which runs the same work again next step, and returned as the error.
+    pub fn step(&mut self, clock: &dyn Fn() -> Time) -> Result<StepOutcome, ModelError> {
+        let gone: Vec<SeqId> = self.active.iter().filter(|(_, a)| a.events.is_closed()).map(|(&id, _)| id).collect();
+        for id in gone {
+            self.scheduler.abort(id, clock());
+        }
+        self.send_finished();
+        let plan = self.scheduler.plan(clock());
+        if plan.is_empty() {
+            return Ok(StepOutcome::Idle);
+        }
+        let logits = match self.run(&plan) {
+            Ok(logits) => logits,
+            Err(e) => {
+                self.scheduler.complete(StepResult::failed(&plan), clock());
+                return Err(e);
+            }
+        };
+        let mut result = StepResult { step: plan.step, success: true, ..Default::default() };
+        for (id, logits) in plan.sampling().zip(logits) {
+            let Some(active) = self.active.get_mut(&id) else { continue };
+            let token = active.sampler.sample(&logits, &active.history);
+            active.history.push(token);
+            result.sampled.push((id, token));
+            if Self::emit(active, &self.tokenizer, token, &logits) {
+                active.stopped = true;
+                result.stopped.push(id);
+            }
+        }
+        let outcome = StepOutcome::Ran { tokens: plan.num_tokens(), sampled: result.sampled.len() };
+        self.generation_tokens_total += result.sampled.len() as u64;
+        self.scheduler.complete(result, clock());
+        self.send_finished();
+        Ok(outcome)
+    }
+
+    /// Copies shared blocks written to, then runs the plan's chunks and decodes as one batch.
+    fn run(&mut self, plan: &StepPlan) -> Result<Vec<Vec<f32>>, ModelError> {
+        if !plan.copies.is_empty() {
+            let pairs: Vec<(u32, u32)> = plan.copies.iter().map(|c| (c.from, c.to)).collect();
+            self.model.copy_blocks(&mut self.cache, &pairs)?;
+        }
+        let decode_tokens: Vec<[u32; 1]> = plan.decode.iter().map(|d| [d.token]).collect();
+        let chunks: Vec<SeqChunk> = plan
+            .prefill
+            .iter()
+            .map(|c| SeqChunk { tokens: &c.tokens, start: c.start, blocks: &c.block_table, logits: c.samples })
+            .chain(plan.decode.iter().zip(&decode_tokens).map(|(d, token)| SeqChunk {
+                tokens: token,
+                start: d.position,
+                blocks: &d.block_table,
+                logits: true,
+            }))
+            .collect();
+        self.model.forward_batch(&chunks, &mut self.cache)
+    }
+
+    /// Streams a sampled token; true if it ends the request.
+    fn emit(active: &mut Active, tokenizer: &Tokenizer, token: u32, logits: &[f32]) -> bool {
+        let logprob = active.logprobs.map(|k| {
+            let all = log_softmax(logits);
+            TokenLogprob { logprob: all[token as usize], top: top_logprobs(&all, k) }
+        });
+        let ends = (!active.ignore_eos && tokenizer.is_end_of_generation(token)) || active.stop_token_ids.contains(&token);
+        let (text, stopped) = if ends {
+            (String::new(), true)
+        } else {
+            let released = active.stops.push(&active.decoder.push(tokenizer, token, false));
+            (released.text, released.stopped)
+        };
+        // A closed channel is noticed at the next step.
+        let _ = active.events.send(Event::Token { token, text, logprob });
+        ends || stopped
+    }
+
+    /// Sends the end of every request the scheduler finished.
+    fn send_finished(&mut self) {
+        for done in self.scheduler.take_finished() {
+            let Some(mut active) = self.active.remove(&done.id) else { continue };
+            let reason = if active.stopped { FinishReason::Stop } else { done.reason };
+            let text = active.stops.push(&active.decoder.finish()).text + &active.stops.finish();
+            let _ = active.events.send(Event::Finished(finished(done, reason, text)));
+        }
+    }
+
+    pub fn metrics(&self, now: Time) -> EngineMetrics {
+        EngineMetrics {
+            scheduler: self.scheduler.metrics(now),
+            prompt_tokens_total: self.prompt_tokens_total,
+            generation_tokens_total: self.generation_tokens_total,
+        }
+    }
+
+    /// Panics if the scheduler's bookkeeping is inconsistent (for tests).
+    pub fn check_invariants(&self) {
+        self.scheduler.check_invariants();
+        assert!(self.active.len() <= self.scheduler.num_running() + self.scheduler.num_waiting());
+    }
+}
+
+fn finished(done: FinishedSequence, reason: FinishReason, text: String) -> Finished {
+    Finished {
+        reason,
+        text,
+        prompt_tokens: done.prompt_tokens,
+        completion_tokens: done.generated.len(),
+        arrival: done.arrival,
+        first_token: done.first_token,
+        finished: done.finished,
+        preemptions: done.preemptions,
+    }
+}

@@ -1,0 +1,86 @@
+//! What callers submit to the engine and what it streams back.
+
+use cinder_model::SamplingParams;
+use cinder_scheduler::{FinishReason, Priority, Rejection, TenantId, Time};
+
+/// One generation request.
+#[derive(Debug, Clone)]
+pub struct GenerationRequest {
+    pub prompt: Vec<u32>,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Texts that end generation; they are not part of the output.
+    pub stop: Vec<String>,
+    /// Token ids that end generation, besides the model's end-of-generation tokens.
+    pub stop_token_ids: Vec<u32>,
+    /// Keep going past end-of-generation tokens until `max_tokens`.
+    pub ignore_eos: bool,
+    /// Report each token's log-probability with this many most likely alternatives.
+    pub logprobs: Option<usize>,
+    pub priority: Priority,
+    pub tenant: TenantId,
+    /// Whether cached prompt-prefix blocks may be reused.
+    pub use_prefix_cache: bool,
+}
+
+impl GenerationRequest {
+    pub fn new(prompt: Vec<u32>, max_tokens: usize) -> Self {
+        Self {
+            prompt,
+            max_tokens,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            stop_token_ids: Vec::new(),
+            ignore_eos: false,
+            logprobs: None,
+            priority: Priority::Normal,
+            tenant: TenantId(0),
+            use_prefix_cache: true,
+        }
+    }
+}
+
+/// A token's log-probability (natural log, before penalties) and the most likely tokens at
+/// its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// What the engine sends about a request, in order: tokens, then one `Finished`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A generated token and the text it releases (empty while a character or a possible
+    /// stop string is incomplete, and for the token that ends generation).
+    Token { token: u32, text: String, logprob: Option<TokenLogprob> },
+    Finished(Finished),
+}
+
+/// The end of a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    pub reason: FinishReason,
+    /// Text held back until the end (an incomplete character, a partial stop string that
+    /// never completed).
+    pub text: String,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub arrival: Time,
+    pub first_token: Option<Time>,
+    pub finished: Time,
+    pub preemptions: u32,
+}
+
+/// Why a request was not accepted.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SubmitError {
+    /// The request itself is wrong (a bad token id, too long for the context, a bad
+    /// sampling parameter).
+    #[error("{0}")]
+    Invalid(String),
+    /// The scheduler turned it away (overload, rate limits, a full queue).
+    #[error("{}", .0.message)]
+    Rejected(Rejection),
+}

@@ -1,0 +1,210 @@
+//! The engine on a tiny random-weight model: batching invariance, seeds, stops,
+//! cancellation and refused requests.
+
+use std::cell::Cell;
+
+use cinder_engine::{Engine, Event, Finished, GenerationRequest, StepOutcome, SubmitError};
+use cinder_gguf::GgufFile;
+use cinder_model::tiny::TinyModel;
+use cinder_model::{Llama, SamplingParams, wgpu_device};
+use cinder_scheduler::{BatchPolicy, FinishReason, SchedulerConfig, Time};
+use cinder_tokenizer::Tokenizer;
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+fn engine_with(config: SchedulerConfig) -> Engine {
+    let file = GgufFile::from_bytes(TinyModel::default().to_gguf()).unwrap();
+    let model = Llama::load(&file, &wgpu_device().unwrap()).unwrap();
+    let tokenizer = Tokenizer::from_gguf(file.metadata()).unwrap();
+    Engine::new(model, tokenizer, config).unwrap()
+}
+
+fn engine() -> Engine {
+    engine_with(SchedulerConfig { num_blocks: 256, block_size: 8, ..Default::default() })
+}
+
+/// Everything a request streamed.
+#[derive(Debug, Default)]
+struct Output {
+    tokens: Vec<u32>,
+    text: String,
+    finished: Option<Finished>,
+}
+
+fn collect(rx: &mut UnboundedReceiver<Event>, out: &mut Output) {
+    while let Ok(event) = rx.try_recv() {
+        match event {
+            Event::Token { token, text, .. } => {
+                out.tokens.push(token);
+                out.text.push_str(&text);
+            }
+            Event::Finished(f) => {
+                out.text.push_str(&f.text);
+                out.finished = Some(f);
+            }
+        }
+    }
+}
+
+struct Clock(Cell<u64>);
+
+impl Clock {
+    fn now(&self) -> Time {
+        self.0.set(self.0.get() + 1_000);
+        Time(self.0.get())
+    }
+}
+
+/// Submits every request at once and steps until all have ended.
+fn run(engine: &mut Engine, requests: Vec<GenerationRequest>) -> Vec<Output> {
+    let clock = Clock(Cell::new(0));
+    let mut receivers: Vec<_> = requests
+        .into_iter()
+        .map(|r| {
+            let (tx, rx) = unbounded_channel();
+            engine.submit(r, tx, clock.now()).unwrap();
+            rx
+        })
+        .collect();
+    let mut outputs: Vec<Output> = receivers.iter().map(|_| Output::default()).collect();
+    for _ in 0..10_000 {
+        if !engine.has_work() {
+            break;
+        }
+        engine.step(&|| clock.now()).unwrap();
+        engine.check_invariants();
+        for (rx, out) in receivers.iter_mut().zip(&mut outputs) {
+            collect(rx, out);
+        }
+    }
+    assert!(outputs.iter().all(|o| o.finished.is_some()), "every request ends");
+    outputs
+}
+
+fn prompt(seed: usize, len: usize) -> Vec<u32> {
+    (0..len).map(|i| (3 + (i * 37 + seed * 101) % 255) as u32).collect()
+}
+
+#[test]
+fn greedy_tokens_do_not_depend_on_the_rest_of_the_batch() {
+    let mut engine = engine();
+    let probes: Vec<GenerationRequest> =
+        [5, 17, 40].iter().enumerate().map(|(s, &n)| GenerationRequest { ignore_eos: true, ..GenerationRequest::new(prompt(s, n), 12) }).collect();
+    let alone: Vec<Vec<u32>> = probes.iter().map(|p| run(&mut engine, vec![p.clone()]).remove(0).tokens).collect();
+    // The probes among 15 others of different lengths, with chunked prefill.
+    let mut crowd: Vec<GenerationRequest> = (0..15)
+        .map(|s| GenerationRequest { ignore_eos: true, ..GenerationRequest::new(prompt(s + 10, 3 + s * 7), 4 + s) })
+        .collect();
+    crowd.splice(3..3, probes.clone());
+    let mut chunked = engine_with(SchedulerConfig {
+        num_blocks: 256,
+        block_size: 8,
+        policy: BatchPolicy::Continuous { max_batch_tokens: 48, max_running: 64, chunk_size: 16 },
+        ..Default::default()
+    });
+    let together = run(&mut chunked, crowd);
+    for (i, tokens) in alone.iter().enumerate() {
+        assert_eq!(&together[3 + i].tokens, tokens, "probe {i}");
+        assert_eq!(together[3 + i].finished.as_ref().unwrap().reason, FinishReason::Length);
+    }
+    assert_eq!(engine.metrics(Time(0)).scheduler.kv_blocks_in_use, 0);
+}
+
+#[test]
+fn a_seed_gives_the_same_text_alone_or_batched() {
+    let mut engine = engine();
+    let sampled = |seed| GenerationRequest {
+        sampling: SamplingParams { temperature: 1.2, top_k: 40, seed, ..Default::default() },
+        ignore_eos: true,
+        ..GenerationRequest::new(prompt(1, 9), 16)
+    };
+    let alone = run(&mut engine, vec![sampled(7)]).remove(0).tokens;
+    let batched = run(&mut engine, vec![sampled(3), sampled(7), sampled(7)]);
+    assert_eq!(batched[1].tokens, alone);
+    assert_eq!(batched[2].tokens, alone);
+    assert_ne!(batched[0].tokens, alone, "another seed draws other tokens");
+}
+
+#[test]
+fn stop_strings_stop_tokens_and_logprobs() {
+    let mut engine = engine();
+    let base = GenerationRequest { ignore_eos: true, ..GenerationRequest::new(prompt(2, 6), 24) };
+    let free = run(&mut engine, vec![base.clone()]).remove(0);
+    assert_eq!(free.tokens.len(), 24);
+
+    // A stop string taken from the middle of the free-running text: the output is the text
+    // before it, and generation ends there.
+    let chars: Vec<char> = free.text.chars().collect();
+    let (cut, stop) = (chars.len() / 2, chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect::<String>());
+    let expected: String = free.text[..free.text.find(&stop).unwrap()].to_owned();
+    assert!(expected.chars().count() <= cut);
+    let stopped = run(&mut engine, vec![GenerationRequest { stop: vec![stop.clone()], ..base.clone() }]).remove(0);
+    assert_eq!(stopped.text, expected, "stop {stop:?}");
+    assert_eq!(stopped.finished.unwrap().reason, FinishReason::Stop);
+
+    // A stop token id ends generation with that token, whose text is not sent.
+    let stop_token = free.tokens[5];
+    let first = free.tokens.iter().position(|&t| t == stop_token).unwrap();
+    let by_token = run(&mut engine, vec![GenerationRequest { stop_token_ids: vec![stop_token], ..base.clone() }]).remove(0);
+    assert_eq!(by_token.tokens, free.tokens[..=first]);
+    let done = by_token.finished.unwrap();
+    assert_eq!((done.reason, done.completion_tokens, done.prompt_tokens), (FinishReason::Stop, first + 1, 6));
+
+    // Logprobs: the greedy token is the most likely one and the alternatives are sorted.
+    let (tx, mut rx) = unbounded_channel();
+    let clock = Clock(Cell::new(0));
+    engine.submit(GenerationRequest { logprobs: Some(3), max_tokens: 4, ..base }, tx, clock.now()).unwrap();
+    while engine.has_work() {
+        engine.step(&|| clock.now()).unwrap();
+    }
+    let mut seen = 0;
+    while let Ok(event) = rx.try_recv() {
+        if let Event::Token { token, logprob: Some(lp), .. } = event {
+            assert_eq!(lp.top.len(), 3);
+            assert_eq!(lp.top[0].0, token);
+            assert!((lp.top[0].1 - lp.logprob).abs() < 1e-6 && lp.logprob <= 0.0);
+            assert!(lp.top.windows(2).all(|w| w[0].1 >= w[1].1));
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 4);
+}
+
+#[test]
+fn dropped_receivers_cancel_and_free_every_block() {
+    let mut engine = engine();
+    let clock = Clock(Cell::new(0));
+    let mut kept = Vec::new();
+    for s in 0..20 {
+        let (tx, rx) = unbounded_channel();
+        engine.submit(GenerationRequest { ignore_eos: true, ..GenerationRequest::new(prompt(s, 10 + s), 200) }, tx, clock.now()).unwrap();
+        kept.push(rx);
+    }
+    for _ in 0..3 {
+        engine.step(&|| clock.now()).unwrap();
+    }
+    assert!(engine.metrics(clock.now()).scheduler.kv_blocks_in_use > 0);
+    drop(kept);
+    assert_eq!(engine.step(&|| clock.now()).unwrap(), StepOutcome::Idle);
+    let metrics = engine.metrics(clock.now()).scheduler;
+    assert_eq!((metrics.running, metrics.waiting, metrics.kv_blocks_in_use), (0, 0, 0));
+    assert!(!engine.has_work());
+    engine.check_invariants();
+}
+
+#[test]
+fn bad_requests_are_refused_with_the_reason_and_the_engine_keeps_serving() {
+    let mut engine = engine();
+    let (tx, _rx) = unbounded_channel();
+    let mut refuse = |r: GenerationRequest| match engine.submit(r, tx.clone(), Time(0)) {
+        Err(SubmitError::Invalid(m)) => m,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert!(refuse(GenerationRequest::new(vec![], 4)).contains("empty"));
+    assert!(refuse(GenerationRequest::new(vec![1, 99_999], 4)).contains("99999 is outside the vocabulary"));
+    assert!(refuse(GenerationRequest::new(vec![1; 500], 100)).contains("exceeds the context of 512"));
+    let hot = GenerationRequest { sampling: SamplingParams { temperature: -1.0, ..Default::default() }, ..GenerationRequest::new(vec![1], 4) };
+    assert!(refuse(hot).contains("temperature"));
+    assert!(refuse(GenerationRequest::new(vec![1], 0)).contains("max_tokens"));
+    let ok = run(&mut engine, vec![GenerationRequest::new(prompt(0, 4), 3)]);
+    assert!(ok[0].finished.is_some());
+}
