@@ -3,6 +3,7 @@
 mod bench;
 mod generate;
 mod model_path;
+mod serve;
 mod simulate;
 mod tokenize;
 
@@ -23,6 +24,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Print the token ids of a text as a JSON array.
     Tokenize(tokenize::TokenizeArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API.
+    Serve(serve::ServeArgs),
     /// Compare batching strategies in the scheduler's simulator; write JSON and SVG plots.
     Simulate(simulate::SimulateArgs),
 }
@@ -42,6 +45,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Tokenize(args) => tokenize::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Simulate(args) => simulate::run(args),
     };
     match result {

@@ -79,6 +79,7 @@ const END_OF_TURN_TEXTS: &[&str] = &[
 ];
 
 /// A model's tokenizer.
+#[derive(Clone)]
 pub struct Tokenizer {
     /// Splits control tokens out of the text (llama.cpp's `parse_special = true`).
     parsing_special: tokenizers::Tokenizer,

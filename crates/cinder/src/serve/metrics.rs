@@ -1,0 +1,135 @@
+//! `/metrics` in Prometheus text format, with vLLM's metric names under a `cinder:` prefix.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+use cinder_engine::{EngineMetrics, Finished};
+
+/// Cumulative-bucket histogram.
+struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self { bounds, counts: vec![0; bounds.len()], sum: 0.0, count: 0 }
+    }
+
+    fn observe(&mut self, value: f64) {
+        for (bound, count) in self.bounds.iter().zip(&mut self.counts) {
+            if value <= *bound {
+                *count += 1;
+            }
+        }
+        self.sum += value;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}", self.count, self.sum, self.count);
+    }
+}
+
+const LATENCY_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0];
+const PER_TOKEN_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0];
+
+struct Recorded {
+    ttft: Histogram,
+    tpot: Histogram,
+    e2e: Histogram,
+    rejected: BTreeMap<String, u64>,
+}
+
+/// What the HTTP layer records; the engine's own state comes in at render time.
+pub struct ServerMetrics {
+    recorded: Mutex<Recorded>,
+}
+
+impl Default for ServerMetrics {
+    fn default() -> Self {
+        Self {
+            recorded: Mutex::new(Recorded {
+                ttft: Histogram::new(LATENCY_BUCKETS),
+                tpot: Histogram::new(PER_TOKEN_BUCKETS),
+                e2e: Histogram::new(LATENCY_BUCKETS),
+                rejected: BTreeMap::new(),
+            }),
+        }
+    }
+}
+
+impl ServerMetrics {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Recorded> {
+        self.recorded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn finished(&self, f: &Finished) {
+        let mut r = self.lock();
+        if let Some(first) = f.first_token {
+            r.ttft.observe(first.since(f.arrival).as_secs_f64());
+            if f.completion_tokens > 1 {
+                r.tpot.observe(f.finished.since(first).as_secs_f64() / (f.completion_tokens - 1) as f64);
+            }
+        }
+        r.e2e.observe(f.finished.since(f.arrival).as_secs_f64());
+    }
+
+    pub fn rejected(&self, reason: &str) {
+        *self.lock().rejected.entry(reason.to_owned()).or_default() += 1;
+    }
+
+    pub fn render(&self, engine: &EngineMetrics) -> String {
+        let s = &engine.scheduler;
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+            let _ = writeln!(out, "# HELP cinder:{name} {help}\n# TYPE cinder:{name} {kind}\ncinder:{name} {value}");
+        };
+        metric("num_requests_running", "gauge", "Requests on the engine now.", s.running as f64);
+        metric("num_requests_waiting", "gauge", "Requests waiting to be scheduled.", s.waiting as f64);
+        metric("kv_cache_usage_perc", "gauge", "Fraction of KV blocks held by live requests (1 is full).", s.kv_usage);
+        metric("prefix_cache_hit_rate", "gauge", "Fraction of looked-up prompt blocks found in the prefix cache.", s.prefix_cache.hit_rate());
+        metric("num_preemptions_total", "counter", "Requests preempted (to be recomputed).", s.preemptions as f64);
+        metric("prompt_tokens_total", "counter", "Prompt tokens accepted.", engine.prompt_tokens_total as f64);
+        metric("generation_tokens_total", "counter", "Tokens generated.", engine.generation_tokens_total as f64);
+        let r = self.lock();
+        let _ = writeln!(out, "# HELP cinder:request_rejected_total Requests refused, by reason.\n# TYPE cinder:request_rejected_total counter");
+        for (reason, count) in &r.rejected {
+            let _ = writeln!(out, "cinder:request_rejected_total{{reason=\"{reason}\"}} {count}");
+        }
+        r.ttft.render(&mut out, "cinder:time_to_first_token_seconds", "Time from arrival to the first token.");
+        r.tpot.render(&mut out, "cinder:time_per_output_token_seconds", "Mean time between output tokens of a request.");
+        r.e2e.render(&mut out, "cinder:e2e_request_latency_seconds", "Time from arrival to the end of a request.");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_and_every_metric_is_rendered() {
+        let mut h = Histogram::new(&[0.1, 1.0]);
+        for v in [0.05, 0.5, 5.0] {
+            h.observe(v);
+        }
+        assert_eq!(h.counts, vec![1, 2]);
+        let m = ServerMetrics::default();
+        m.rejected("overloaded");
+        let text = m.render(&EngineMetrics::default());
+        for name in ["num_requests_running", "num_requests_waiting", "kv_cache_usage_perc", "prefix_cache_hit_rate",
+            "num_preemptions_total", "prompt_tokens_total", "generation_tokens_total", "time_to_first_token_seconds_count",
+            "time_per_output_token_seconds_bucket", "e2e_request_latency_seconds_sum"] {
+            assert!(text.contains(&format!("cinder:{name}")), "{name} missing");
+        }
+        assert!(text.contains("cinder:request_rejected_total{reason=\"overloaded\"} 1"));
+    }
+}

@@ -1,0 +1,578 @@
+//! The HTTP routes.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use cinder_engine::{Event, Finished, GenerationRequest, TokenLogprob};
+use cinder_scheduler::{FinishReason, TenantId};
+use cinder_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::{Stream, StreamMap};
+
+use super::api::{ApiError, GenerationBody, Prompt, parse};
+use super::metrics::ServerMetrics;
+use super::worker::WorkerHandle;
+
+/// Everything the handlers share.
+pub struct AppState {
+    pub worker: WorkerHandle,
+    pub tokenizer: Tokenizer,
+    pub template: Option<ChatTemplate>,
+    pub model_name: String,
+    pub context_length: usize,
+    pub max_prompt_tokens: usize,
+    pub api_key: Option<String>,
+    pub shutting_down: AtomicBool,
+    pub metrics: ServerMetrics,
+    pub started: u64,
+    pub next_id: AtomicU64,
+}
+
+pub type Shared = Arc<AppState>;
+
+/// Which endpoint a generation came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Completion,
+    Chat,
+}
+
+/// Bearer-token check for the API routes, comparing in constant time.
+pub async fn require_api_key(State(s): State<Shared>, request: Request, next: Next) -> Response {
+    if let Some(key) = &s.api_key {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
+            s.metrics.rejected("unauthorized");
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Records a refused request and turns the error into its response.
+fn refuse(s: &AppState, e: ApiError) -> Response {
+    s.metrics.rejected(e.reason());
+    e.into_response()
+}
+
+pub async fn completions(State(s): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
+    generate(s, Kind::Completion, body).await
+}
+
+pub async fn chat_completions(State(s): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
+    generate(s, Kind::Chat, body).await
+}
+
+async fn generate(s: Shared, kind: Kind, body: Result<Bytes, BytesRejection>) -> Response {
+    match start(&s, kind, body).await {
+        Ok(run) if run.stream => stream(s, run).into_response(),
+        Ok(run) => match collect(&s, run).await {
+            Ok(json) => Json(json).into_response(),
+            Err(e) => refuse(&s, e),
+        },
+        Err(e) => refuse(&s, e),
+    }
+}
+
+/// A generation in flight: one receiver per choice.
+struct Run {
+    kind: Kind,
+    id: String,
+    stream: bool,
+    include_usage: bool,
+    logprobs: bool,
+    return_token_ids: bool,
+    prompts: Vec<Vec<u32>>,
+    n: usize,
+    receivers: Vec<UnboundedReceiver<Event>>,
+}
+
+async fn start(s: &Shared, kind: Kind, body: Result<Bytes, BytesRejection>) -> Result<Run, ApiError> {
+    if s.shutting_down.load(Ordering::Relaxed) {
+        return Err(ApiError::shutting_down());
+    }
+    let body = body_bytes(body)?;
+    let body: GenerationBody = parse(&body)?;
+    if let Some(model) = body.model.as_deref().filter(|m| *m != s.model_name) {
+        return Err(ApiError::model_not_found(model));
+    }
+    let prompts = match kind {
+        Kind::Completion => completion_prompts(s, body.prompt.clone())?,
+        Kind::Chat => vec![chat_prompt(s, &body)?],
+    };
+    if body.echo == Some(true) {
+        return Err(ApiError::invalid("`echo` is not supported", Some("echo")));
+    }
+    let n = body.n()?;
+    let logprobs = body.logprobs(kind == Kind::Chat)?;
+    let stop = body.stop();
+    let priority = body.priority()?;
+    let tenant = TenantId(body.user.as_deref().map_or(0, tenant_of));
+    let id = s.next_id.fetch_add(1, Ordering::Relaxed);
+    // Without a seed, each request draws its own; choices of one request differ by index.
+    let seed_base = body.seed.unwrap_or_else(|| random_seed(id));
+    let mut receivers = Vec::with_capacity(prompts.len() * n);
+    for prompt in &prompts {
+        if prompt.len() > s.max_prompt_tokens {
+            let message = format!("the prompt has {} tokens; this server takes at most {}", prompt.len(), s.max_prompt_tokens);
+            return Err(ApiError::invalid(message, Some(if kind == Kind::Chat { "messages" } else { "prompt" })));
+        }
+        let max_tokens = max_tokens(s, &body, kind, prompt.len())?;
+        for choice in 0..n {
+            let request = GenerationRequest {
+                prompt: prompt.clone(),
+                max_tokens,
+                sampling: body.sampling(seed_base.wrapping_add(choice as u64))?,
+                stop: stop.clone(),
+                stop_token_ids: body.stop_token_ids.clone().unwrap_or_default(),
+                ignore_eos: body.ignore_eos.unwrap_or(false),
+                logprobs,
+                priority,
+                tenant,
+                use_prefix_cache: body.cache_prompt.unwrap_or(true),
+            };
+            // On an error the receivers already made are dropped, which cancels them.
+            receivers.push(s.worker.submit(request).await?);
+        }
+    }
+    let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
+    Ok(Run {
+        kind,
+        id: format!("{prefix}-{:x}{id:08x}", s.started),
+        stream: body.stream.unwrap_or(false),
+        include_usage: body.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false),
+        logprobs: logprobs.is_some(),
+        return_token_ids: body.return_token_ids.unwrap_or(false),
+        prompts,
+        n,
+        receivers,
+    })
+}
+
+/// The body, or why it could not be read (too large: 413).
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| ApiError { status: e.status(), ..ApiError::invalid(e.body_text(), None) })
+}
+
+fn tenant_of(user: &str) -> u32 {
+    // FNV-1a: stable across runs, unlike the standard library's hasher.
+    user.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+fn random_seed(id: u64) -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    (nanos ^ id.rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+fn completion_prompts(s: &AppState, prompt: Option<Prompt>) -> Result<Vec<Vec<u32>>, ApiError> {
+    let encode = |text: &str| {
+        s.tokenizer.encode(text, true, true).map_err(|e| ApiError::invalid(format!("cannot tokenize the prompt: {e}"), Some("prompt")))
+    };
+    let prompts = match prompt {
+        None => return Err(ApiError::invalid("`prompt` is required", Some("prompt"))),
+        Some(Prompt::Text(t)) => vec![encode(&t)?],
+        Some(Prompt::Ids(ids)) => vec![ids],
+        Some(Prompt::Texts(texts)) => texts.iter().map(|t| encode(t)).collect::<Result<_, _>>()?,
+        Some(Prompt::IdLists(lists)) => lists,
+    };
+    if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
+        return Err(ApiError::invalid("the prompt is empty", Some("prompt")));
+    }
+    Ok(prompts)
+}
+
+fn chat_prompt(s: &AppState, body: &GenerationBody) -> Result<Vec<u32>, ApiError> {
+    let messages = body.messages.as_ref().filter(|m| !m.is_empty());
+    let messages = messages.ok_or_else(|| ApiError::invalid("`messages` must be a non-empty list", Some("messages")))?;
+    let template = s.template.as_ref().ok_or_else(|| ApiError::invalid("this model has no chat template; use /v1/completions", None))?;
+    let messages: Vec<ChatMessage> =
+        messages.iter().map(|m| Ok(ChatMessage::new(m.role.clone(), m.text()?))).collect::<Result<_, ApiError>>()?;
+    let text = template.render(&messages, true).map_err(|e| ApiError::invalid(format!("chat template: {e}"), Some("messages")))?;
+    s.tokenizer.encode(&text, true, true).map_err(|e| ApiError::invalid(format!("cannot tokenize the messages: {e}"), Some("messages")))
+}
+
+fn max_tokens(s: &AppState, body: &GenerationBody, kind: Kind, prompt: usize) -> Result<usize, ApiError> {
+    let room = s.context_length.saturating_sub(prompt);
+    let (asked, param) = match (body.max_completion_tokens, body.max_tokens) {
+        (Some(m), _) => (Some(m), "max_completion_tokens"),
+        (None, m) => (m, "max_tokens"),
+    };
+    let max = match (asked, kind) {
+        (Some(0), _) => return Err(ApiError::invalid(format!("`{param}` must be at least 1"), Some(param))),
+        (Some(m), _) => usize::try_from(m).unwrap_or(usize::MAX),
+        (None, Kind::Completion) => 16.min(room.max(1)),
+        (None, Kind::Chat) => room.max(1),
+    };
+    if prompt + max > s.context_length {
+        let message = format!(
+            "the prompt ({prompt} tokens) plus {param} ({max}) exceeds the model's context of {} tokens",
+            s.context_length
+        );
+        return Err(ApiError::invalid(message, Some(param)));
+    }
+    Ok(max)
+}
+
+/// One choice's output so far.
+#[derive(Default)]
+struct Choice {
+    text: String,
+    tokens: Vec<u32>,
+    logprobs: Vec<(u32, TokenLogprob)>,
+    finished: Option<Finished>,
+}
+
+impl Choice {
+    fn add(&mut self, event: Event) {
+        match event {
+            Event::Token { token, text, logprob } => {
+                self.text.push_str(&text);
+                self.tokens.push(token);
+                if let Some(lp) = logprob {
+                    self.logprobs.push((token, lp));
+                }
+            }
+            Event::Finished(f) => {
+                self.text.push_str(&f.text);
+                self.finished = Some(f);
+            }
+        }
+    }
+}
+
+fn finish_reason(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::Cancelled => "abort",
+    }
+}
+
+fn token_text(tokenizer: &Tokenizer, id: u32) -> String {
+    String::from_utf8_lossy(tokenizer.token_bytes(id)).into_owned()
+}
+
+/// Logprobs in the endpoint's format, for `entries` produced after `text_offset` chars.
+fn logprobs_json(tokenizer: &Tokenizer, kind: Kind, entries: &[(u32, TokenLogprob)], mut text_offset: usize) -> Value {
+    match kind {
+        Kind::Chat => {
+            let entry = |id: u32, logprob: f32| {
+                let token = token_text(tokenizer, id);
+                json!({"token": token, "logprob": logprob, "bytes": tokenizer.token_bytes(id)})
+            };
+            let content: Vec<Value> = entries
+                .iter()
+                .map(|(id, lp)| {
+                    let mut e = entry(*id, lp.logprob);
+                    e["top_logprobs"] = lp.top.iter().map(|&(t, l)| entry(t, l)).collect();
+                    e
+                })
+                .collect();
+            json!({ "content": content })
+        }
+        Kind::Completion => {
+            let mut offsets = Vec::new();
+            for (id, _) in entries {
+                offsets.push(text_offset);
+                text_offset += token_text(tokenizer, *id).len();
+            }
+            json!({
+                "tokens": entries.iter().map(|(id, _)| token_text(tokenizer, *id)).collect::<Vec<_>>(),
+                "token_logprobs": entries.iter().map(|(_, lp)| lp.logprob).collect::<Vec<_>>(),
+                "top_logprobs": entries.iter().map(|(_, lp)| {
+                    lp.top.iter().map(|&(t, l)| (token_text(tokenizer, t), json!(l))).collect::<serde_json::Map<_, _>>()
+                }).collect::<Vec<_>>(),
+                "text_offset": offsets,
+            })
+        }
+    }
+}
+
+fn usage(prompt: usize, completion: usize) -> Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+}
+
+/// Waits for every choice and builds the whole response.
+async fn collect(s: &Shared, mut run: Run) -> Result<Value, ApiError> {
+    let mut choices: Vec<Choice> = Vec::with_capacity(run.receivers.len());
+    for rx in &mut run.receivers {
+        let mut choice = Choice::default();
+        while choice.finished.is_none() {
+            let event = rx.recv().await.ok_or_else(|| ApiError::internal("the engine stopped before the request ended"))?;
+            choice.add(event);
+        }
+        s.metrics.finished(choice.finished.as_ref().expect("finished"));
+        choices.push(choice);
+    }
+    let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+    let mut out = Vec::new();
+    for (index, c) in choices.into_iter().enumerate() {
+        let f = c.finished.expect("every choice finished");
+        completion_tokens += f.completion_tokens;
+        if index % run.n == 0 {
+            prompt_tokens += f.prompt_tokens;
+        }
+        let logprobs = if run.logprobs { logprobs_json(&s.tokenizer, run.kind, &c.logprobs, 0) } else { Value::Null };
+        let mut choice = match run.kind {
+            Kind::Completion => json!({"index": index, "text": c.text, "logprobs": logprobs, "finish_reason": finish_reason(f.reason)}),
+            Kind::Chat => json!({
+                "index": index,
+                "message": {"role": "assistant", "content": c.text},
+                "logprobs": logprobs,
+                "finish_reason": finish_reason(f.reason),
+            }),
+        };
+        if run.return_token_ids {
+            choice["token_ids"] = json!(c.tokens);
+            if run.kind == Kind::Completion {
+                choice["prompt_token_ids"] = json!(run.prompts[index / run.n]);
+            }
+        }
+        out.push(choice);
+    }
+    let object = if run.kind == Kind::Chat { "chat.completion" } else { "text_completion" };
+    let mut response = json!({
+        "id": run.id,
+        "object": object,
+        "created": s.started,
+        "model": s.model_name,
+        "choices": out,
+        "usage": usage(prompt_tokens, completion_tokens),
+    });
+    if run.return_token_ids && run.kind == Kind::Chat {
+        response["prompt_token_ids"] = json!(run.prompts[0]);
+    }
+    Ok(response)
+}
+
+/// Server-sent events: a chunk per token (or group of tokens with text), a final chunk per
+/// choice with its finish reason, the usage if asked, then `[DONE]`. Dropping the stream (the
+/// client went away) drops the receivers, which cancels the requests.
+fn stream(s: Shared, run: Run) -> Sse<ChunkStream> {
+    let mut receivers = StreamMap::new();
+    let n = run.n;
+    let prompts = run.prompts.clone();
+    let mut run = run;
+    for (index, rx) in run.receivers.drain(..).enumerate() {
+        receivers.insert(index, UnboundedReceiverStream::new(rx));
+    }
+    Sse::new(ChunkStream {
+        s,
+        run,
+        receivers,
+        started: HashSet::new(),
+        text_offsets: vec![0; prompts.len() * n],
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        phase: Phase::Events,
+    })
+}
+
+#[derive(PartialEq, Eq)]
+enum Phase {
+    Events,
+    Usage,
+    Done,
+    End,
+}
+
+pub struct ChunkStream {
+    s: Shared,
+    run: Run,
+    receivers: StreamMap<usize, UnboundedReceiverStream<Event>>,
+    /// Choices whose first chunk (carrying the chat role) went out.
+    started: HashSet<usize>,
+    text_offsets: Vec<usize>,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    phase: Phase,
+}
+
+impl ChunkStream {
+    fn chunk(&self, choices: Value) -> SseEvent {
+        let object = if self.run.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
+        let chunk = json!({"id": self.run.id, "object": object, "created": self.s.started, "model": self.s.model_name, "choices": choices});
+        SseEvent::default().data(chunk.to_string())
+    }
+
+    /// The chunk for one event, or None when it carries nothing to send.
+    fn event_chunk(&mut self, index: usize, event: Event) -> Option<SseEvent> {
+        let (text, token, logprob, reason) = match event {
+            Event::Token { token, text, logprob } => (text, Some(token), logprob, None),
+            Event::Finished(f) => {
+                self.s.metrics.finished(&f);
+                self.completion_tokens += f.completion_tokens;
+                if index % self.run.n == 0 {
+                    self.prompt_tokens += f.prompt_tokens;
+                }
+                (f.text, None, None, Some(finish_reason(f.reason)))
+            }
+        };
+        let extras = self.run.logprobs || self.run.return_token_ids;
+        if text.is_empty() && reason.is_none() && !extras {
+            return None;
+        }
+        let logprobs = match (&logprob, token) {
+            (Some(lp), Some(t)) => {
+                logprobs_json(&self.s.tokenizer, self.run.kind, &[(t, lp.clone())], self.text_offsets[index])
+            }
+            _ => Value::Null,
+        };
+        self.text_offsets[index] += text.len();
+        let mut choice = match self.run.kind {
+            Kind::Completion => json!({"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}),
+            Kind::Chat => {
+                let mut delta = json!({});
+                if self.started.insert(index) {
+                    delta["role"] = json!("assistant");
+                }
+                if !text.is_empty() || reason.is_none() {
+                    delta["content"] = json!(text);
+                }
+                json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason})
+            }
+        };
+        if self.run.return_token_ids {
+            choice["token_ids"] = json!(token.into_iter().collect::<Vec<_>>());
+        }
+        Some(self.chunk(json!([choice])))
+    }
+}
+
+impl Stream for ChunkStream {
+    type Item = Result<SseEvent, std::convert::Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            match self.phase {
+                Phase::Events => match Pin::new(&mut self.receivers).poll_next(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some((index, event))) => {
+                        if let Some(chunk) = self.event_chunk(index, event) {
+                            return Poll::Ready(Some(Ok(chunk)));
+                        }
+                    }
+                    Poll::Ready(None) => self.phase = Phase::Usage,
+                },
+                Phase::Usage => {
+                    self.phase = Phase::Done;
+                    if self.run.include_usage {
+                        let mut chunk = json!({
+                            "id": self.run.id,
+                            "object": if self.run.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" },
+                            "created": self.s.started,
+                            "model": self.s.model_name,
+                            "choices": [],
+                            "usage": usage(self.prompt_tokens, self.completion_tokens),
+                        });
+                        if self.run.return_token_ids && self.run.kind == Kind::Chat {
+                            chunk["prompt_token_ids"] = json!(self.run.prompts[0]);
+                        }
+                        return Poll::Ready(Some(Ok(SseEvent::default().data(chunk.to_string()))));
+                    }
+                }
+                Phase::Done => {
+                    self.phase = Phase::End;
+                    return Poll::Ready(Some(Ok(SseEvent::default().data("[DONE]"))));
+                }
+                Phase::End => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
+pub async fn models(State(s): State<Shared>) -> Json<Value> {
+    Json(json!({
+        "object": "list",
+        "data": [{
+            "id": s.model_name,
+            "object": "model",
+            "created": s.started,
+            "owned_by": "cinder",
+            "max_model_len": s.context_length,
+        }],
+    }))
+}
+
+pub async fn health(State(s): State<Shared>) -> Response {
+    if s.shutting_down.load(Ordering::Relaxed) {
+        return ApiError::shutting_down().into_response();
+    }
+    Json(json!({"status": "ok"})).into_response()
+}
+
+pub async fn metrics(State(s): State<Shared>) -> Response {
+    let text = s.metrics.render(&s.worker.metrics());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+#[derive(Deserialize)]
+struct TokenizeBody {
+    /// llama.cpp's name for the text; `prompt` is vLLM's.
+    content: Option<String>,
+    prompt: Option<String>,
+    add_special: Option<bool>,
+}
+
+pub async fn tokenize(State(s): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
+    let result = (|| {
+        let body = body_bytes(body)?;
+        let body: TokenizeBody = parse(&body)?;
+        let text = body.content.or(body.prompt).ok_or_else(|| ApiError::invalid("`content` (or `prompt`) is required", Some("content")))?;
+        let tokens = s
+            .tokenizer
+            .encode(&text, body.add_special.unwrap_or(true), true)
+            .map_err(|e| ApiError::invalid(format!("cannot tokenize: {e}"), Some("content")))?;
+        Ok(json!({"tokens": tokens, "count": tokens.len(), "max_model_len": s.context_length}))
+    })();
+    match result {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => refuse(&s, e),
+    }
+}
+
+#[derive(Deserialize)]
+struct DetokenizeBody {
+    tokens: Vec<u32>,
+}
+
+pub async fn detokenize(State(s): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
+    let result = (|| {
+        let body = body_bytes(body)?;
+        let body: DetokenizeBody = parse(&body)?;
+        let text = s.tokenizer.decode(&body.tokens, false).map_err(|e| ApiError::invalid(e.to_string(), Some("tokens")))?;
+        Ok(json!({"content": text, "prompt": text}))
+    })();
+    match result {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => refuse(&s, e),
+    }
+}
+
+pub fn internal_error(message: &str) -> Response {
+    ApiError::internal(message).into_response()
+}
+
+pub async fn not_found() -> Response {
+    ApiError { status: StatusCode::NOT_FOUND, ..ApiError::invalid("no such route", None) }.into_response()
+}
