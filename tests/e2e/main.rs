@@ -7,6 +7,7 @@
 mod cli;
 mod dequant;
 mod parity;
+mod serve;
 mod tokenizer;
 
 use std::path::PathBuf;

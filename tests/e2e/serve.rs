@@ -1,0 +1,268 @@
+//! `cinder serve` started as a user would, on a loopback port: the OpenAI Python client on
+//! the real model, raw HTTP for bad inputs, clients that disconnect mid-stream, overload and
+//! shutdown on a tiny random-weight model.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cinder_model::tiny::TinyModel;
+
+/// A running server, killed when dropped.
+struct Server {
+    child: Child,
+    address: String,
+}
+
+impl Server {
+    fn start(model: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cinder"))
+            .args(["serve", "--port", "0", "--model"])
+            .arg(model)
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting cinder serve");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let address = loop {
+            let line = lines.next().expect("the server exited before listening").unwrap();
+            if let Some(a) = line.strip_prefix("listening on http://") {
+                break a.to_owned();
+            }
+        };
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Server { child, address }
+    }
+
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Response {
+        http(&self.address, method, path, headers, body)
+    }
+
+    fn post(&self, path: &str, body: &str) -> Response {
+        self.request("POST", path, &[], body)
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let text = self.request("GET", "/metrics", &[], "").body;
+        let line = text.lines().find(|l| l.starts_with(&format!("cinder:{name} "))).unwrap_or_else(|| panic!("{name} in {text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Response {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Response {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+fn http(address: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Response {
+    let mut stream = TcpStream::connect(address).expect("connecting");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    stream.write_all(body.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
+    Response { status, head: head.to_owned(), body }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
+}
+
+fn tiny_model(test: &str) -> PathBuf {
+    let path = crate::scratch_dir(test).join("tiny.gguf");
+    std::fs::write(&path, TinyModel::default().to_gguf()).unwrap();
+    path
+}
+
+fn python() -> PathBuf {
+    let home = std::env::var_os("CINDER_HOME").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/cinder")
+    });
+    let python = home.join("venv/bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/setup.sh first", python.display());
+    python
+}
+
+#[test]
+fn the_openai_client_streams_chat_and_completes_with_logprobs_n_and_stop() {
+    let server = Server::start(&crate::real_model_path(), &["--api-key", "secret", "--served-model-name", "smollm2"]);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/openai_client.py");
+    let output = Command::new(python())
+        .arg(script)
+        .args([&format!("http://{}/v1", server.address), "smollm2", "secret"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "openai client failed:\n{stdout}\n{stderr}");
+    assert!(stdout.trim_end().ends_with("ok"), "{stdout}");
+    assert!(server.metric("generation_tokens_total") > 0.0);
+    assert!(server.metric("prompt_tokens_total") > 0.0);
+}
+
+#[test]
+fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
+    let server = Server::start(&tiny_model("bad-requests"), &["--api-key", "k3y", "--max-body-bytes", "2000"]);
+    let auth = [("Authorization", "Bearer k3y")];
+    let post = |body: &str| server.request("POST", "/v1/completions", &auth, body);
+    let error = |r: &Response, status: u16| -> serde_json::Value {
+        assert_eq!(r.status, status, "{}", r.body);
+        r.json()["error"].clone()
+    };
+
+    let e = error(&post("{\"prompt\": "), 400);
+    assert!(e["message"].as_str().unwrap().contains("not valid JSON"), "{e}");
+    assert_eq!(e["type"], "invalid_request_error");
+    let e = error(&post(r#"{"prompt": "hi", "max_tokens": "many"}"#), 400);
+    assert_eq!(e["param"], "max_tokens");
+    let e = error(&post(r#"{"prompt": "hi", "model": "gpt-9"}"#), 404);
+    assert_eq!(e["code"], "model_not_found");
+    let e = error(&post(r#"{"prompt": [1, 2, 70000]}"#), 400);
+    assert!(e["message"].as_str().unwrap().contains("70000 is outside the vocabulary"), "{e}");
+    let e = error(&post(r#"{"prompt": "hi", "max_tokens": 600}"#), 400);
+    assert!(e["message"].as_str().unwrap().contains("context of 512"), "{e}");
+    for (field, value) in [("top_p", "0"), ("n", "99"), ("logprobs", "50"), ("presence_penalty", "3")] {
+        let e = error(&post(&format!(r#"{{"prompt": "hi", "{field}": {value}}}"#)), 400);
+        assert_eq!(e["param"], field, "{e}");
+    }
+    let e = error(&server.request("POST", "/v1/chat/completions", &auth, r#"{"messages": []}"#), 400);
+    assert_eq!(e["param"], "messages");
+    let e = error(&server.post("/v1/completions", r#"{"prompt": "hi"}"#), 401);
+    assert_eq!(e["type"], "authentication_error");
+    let wrong = server.request("POST", "/v1/completions", &[("Authorization", "Bearer k3z")], r#"{"prompt": "hi"}"#);
+    error(&wrong, 401);
+    error(&post(&format!(r#"{{"prompt": "{}"}}"#, "a".repeat(3000))), 413);
+
+    // Unknown fields are ignored; the server still answers after all of the above.
+    let ok = post(r#"{"prompt": "hello", "max_tokens": 4, "temperature": 0, "some_extension": {"x": 1}, "return_token_ids": true}"#);
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let choice = &ok.json()["choices"][0];
+    assert_eq!(choice["token_ids"].as_array().unwrap().len(), ok.json()["usage"]["completion_tokens"].as_u64().unwrap() as usize);
+    assert!(choice["prompt_token_ids"].as_array().is_some_and(|ids| !ids.is_empty()));
+    assert_eq!(server.request("GET", "/health", &[], "").status, 200);
+    let tokens = server.request("POST", "/tokenize", &auth, r#"{"content": "hello"}"#).json()["tokens"].clone();
+    let text = server.request("POST", "/detokenize", &auth, &format!(r#"{{"tokens": {tokens}}}"#)).json()["content"].clone();
+    assert_eq!(text, "hello");
+    assert!(server.request("GET", "/metrics", &[], "").body.contains("cinder:request_rejected_total{reason=\"invalid_request_error\"}"));
+}
+
+/// Opens a streaming request, reads its first event, and hangs up.
+fn disconnect_mid_stream(address: &str) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    let body = r#"{"prompt": "tell me everything", "max_tokens": 400, "ignore_eos": true, "stream": true}"#;
+    let request = format!("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("data: ") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the first event: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[test]
+fn clients_that_disconnect_mid_stream_free_every_block() {
+    let server = Server::start(&tiny_model("disconnect"), &["--max-running", "128"]);
+    let clients: Vec<_> = (0..100)
+        .map(|_| {
+            let address = server.address.clone();
+            std::thread::spawn(move || disconnect_mid_stream(&address))
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (running, waiting, kv) =
+            (server.metric("num_requests_running"), server.metric("num_requests_waiting"), server.metric("kv_cache_usage_perc"));
+        if (running, waiting, kv) == (0.0, 0.0, 0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still running {running}, waiting {waiting}, KV {kv} after the clients left");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Far fewer than 100 x 400 tokens were generated: the requests were cut short.
+    assert!(server.metric("generation_tokens_total") < 100.0 * 400.0 / 2.0);
+    assert_eq!(server.post("/v1/completions", r#"{"prompt": "still there?", "max_tokens": 2}"#).status, 200);
+}
+
+#[test]
+fn a_full_queue_answers_429_with_retry_after() {
+    let server = Server::start(&tiny_model("overload"), &["--max-running", "1", "--max-waiting", "1"]);
+    let address = server.address.clone();
+    let responses: Vec<Response> = (0..6)
+        .map(|_| {
+            let address = address.clone();
+            std::thread::spawn(move || {
+                http(&address, "POST", "/v1/completions", &[], r#"{"prompt": "hi", "max_tokens": 200, "ignore_eos": true}"#)
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let refused: Vec<&Response> = responses.iter().filter(|r| r.status == 429).collect();
+    assert!(!refused.is_empty(), "statuses {:?}", responses.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert!(responses.iter().all(|r| r.status == 200 || r.status == 429));
+    for r in refused {
+        assert!(r.head.to_ascii_lowercase().contains("retry-after:"), "{}", r.head);
+        assert_eq!(r.json()["error"]["type"], "rate_limit_error");
+    }
+}
+
+#[test]
+fn shutdown_finishes_the_stream_in_flight_then_exits() {
+    let mut server = Server::start(&tiny_model("shutdown"), &[]);
+    let address = server.address.clone();
+    let in_flight = std::thread::spawn(move || {
+        http(&address, "POST", "/v1/completions", &[], r#"{"prompt": "go", "max_tokens": 400, "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}}"#)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    std::thread::sleep(Duration::from_millis(300));
+    let late = TcpStream::connect(&server.address).map(|_| http(&server.address, "GET", "/health", &[], ""));
+    assert!(late.is_err() || late.as_ref().unwrap().status == 503, "accepted a request while shutting down");
+    let streamed = in_flight.join().unwrap();
+    assert!(streamed.body.contains("\"completion_tokens\":400"), "every token arrived: {}", streamed.body);
+    assert_eq!(streamed.status, 200);
+    assert!(streamed.body.trim_end().ends_with("data: [DONE]"), "{}", streamed.body);
+    assert_eq!(streamed.body.matches("\"finish_reason\":\"length\"").count(), 1);
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+}
