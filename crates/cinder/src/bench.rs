@@ -12,7 +12,10 @@ use serde::Serialize;
 use crate::model_path::ModelArg;
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    load: Option<LoadBench>,
     #[command(flatten)]
     model: ModelArg,
     /// Write the results as JSON to this file.
@@ -34,6 +37,13 @@ pub struct BenchArgs {
     /// Extra arguments for every peer, e.g. `--peer-args="-t 2"`.
     #[arg(long, allow_hyphen_values = true)]
     peer_args: Option<String>,
+}
+
+#[derive(clap::Subcommand)]
+enum LoadBench {
+    /// Load OpenAI-compatible servers (cinder serve, llama-server) with concurrent streaming
+    /// requests; report output tok/s, TTFT and TPOT per concurrency level.
+    Serve(crate::bench_serve::ServeBenchArgs),
 }
 
 fn parse_peer(s: &str) -> Result<(String, PathBuf), String> {
@@ -121,6 +131,9 @@ fn run_peer(path: &PathBuf, model: &std::path::Path, args: &BenchArgs) -> anyhow
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(LoadBench::Serve(load)) = args.load {
+        return crate::bench_serve::run(load);
+    }
     if args.decode_tokens == 0 || args.prefill_tokens == 0 || args.repeats == 0 {
         bail!("--decode-tokens, --prefill-tokens and --repeats must be at least 1");
     }

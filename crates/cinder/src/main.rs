@@ -1,6 +1,7 @@
 //! `cinder`: the command-line front end of the engine.
 
 mod bench;
+mod bench_serve;
 mod generate;
 mod model_path;
 mod serve;
