@@ -1,15 +1,17 @@
 // Attention of a batch of query rows over a paged KV cache: one workgroup per (query head,
-// row). Rows are tokens of any sequences (prefill chunks and decodes alike); row r sits at
+// row). Rows are tokens of any sequences (decodes and short prompt chunks); row r sits at
 // position pos[r] and attends to its sequence's positions 0..=pos[r], found through its
 // block table. Keys are scored 64 at a time (one per invocation), then each invocation
 // folds the tile into the output dimensions it owns with an online softmax, so one pass
 // over the cache suffices and nothing of size `context` is stored. head_dim is a multiple
 // of 4 (keys are read as vec4).
 //
-// The batch buffer holds [positions; rows][slots; rows][table starts; rows][block tables].
+// The batch buffer holds [positions; total_rows][slots; total_rows][table starts;
+// total_rows][block tables]; this kernel reads the first `rows` rows.
 
 struct Info {
     rows: u32,
+    total_rows: u32,
     heads: u32,
     kv_heads: u32,
     head_dim: u32,
@@ -56,7 +58,7 @@ fn main(
         }
         // A uniform copy, so the tile loop's barriers are reached by every invocation.
         let context = workgroupUniformLoad(&context_len);
-        let table = batch[2u * info.rows + row];
+        let table = batch[2u * info.total_rows + row];
 
         var m = LOWEST;
         var l = 0.0;

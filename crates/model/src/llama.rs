@@ -2,6 +2,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use cinder_gguf::{GgufFile, TensorInfo};
 
@@ -181,22 +182,27 @@ impl Llama {
     /// of its last token, in order.
     pub fn forward_batch(&self, chunks: &[SeqChunk], cache: &mut PagedKvCache) -> Result<Vec<Vec<f32>>, ModelError> {
         self.check_batch(chunks, cache)?;
-        let tokens: Vec<u32> = chunks.iter().flat_map(|c| c.tokens.iter().copied()).collect();
+        let order = BatchBuffer::order(chunks);
+        let laid_out: Vec<&SeqChunk> = order.iter().map(|&i| &chunks[i]).collect();
+        let tokens: Vec<u32> = laid_out.iter().flat_map(|c| c.tokens.iter().copied()).collect();
         let embedded = self.embedding.rows(&tokens)?;
+        // The last row of each chunk that wants logits, by chunk index.
         let mut last_rows = Vec::new();
         let mut row = 0;
-        for chunk in chunks {
+        for (&index, chunk) in order.iter().zip(&laid_out) {
             row += chunk.tokens.len();
             if chunk.logits {
-                last_rows.push(row - 1);
+                last_rows.push((index, row - 1));
             }
         }
+        last_rows.sort_unstable();
+        let rows: Vec<usize> = last_rows.iter().map(|&(_, row)| row).collect();
         let vocab = self.config.vocab_size;
         guard(|| {
             let x = Tensor::<2>::from_data(TensorData::new(embedded, [tokens.len(), self.config.hidden]), &self.device);
-            let batch = BatchBuffer::new(&self.cube_device(), chunks, cache.block_size());
+            let batch = BatchBuffer::new(&self.cube_device(), &laid_out, cache.block_size());
             // Without logits to read, the queued work runs ahead of the next step's.
-            let Some(logits) = self.forward_rows(x, &batch, cache, &last_rows) else { return Ok(Vec::new()) };
+            let Some(logits) = self.forward_rows(x, &batch, cache, &rows) else { return Ok(Vec::new()) };
             let flat = logits.try_into_vec_as::<f32>().map_err(|e| ModelError::Backend(format!("{e:?}")))?;
             Ok(flat.chunks(vocab).map(<[f32]>::to_vec).collect())
         })
@@ -241,6 +247,53 @@ impl Llama {
         Ok(())
     }
 
+    /// Attention of every row: the paged kernel for decodes and short chunks, dense matmuls
+    /// over gathered keys for long chunks, concatenated in row order.
+    fn attention(&self, layer: usize, q: Tensor<2>, batch: &BatchBuffer, cache: &PagedKvCache, masks: &[Tensor<3>]) -> Tensor<2> {
+        let c = &self.config;
+        let mut parts = Vec::with_capacity(1 + batch.dense.len());
+        if batch.paged_rows > 0 {
+            parts.push(cache.attend(layer, q.clone(), c.n_heads, c.head_dim, batch));
+        }
+        for (chunk, mask) in batch.dense.iter().zip(masks) {
+            let (keys, values) = cache.gather(layer, batch, chunk);
+            let q = q.clone().slice([chunk.first_row..chunk.first_row + chunk.len]);
+            parts.push(self.dense_attention(q, keys, values, mask.clone()));
+        }
+        if parts.len() == 1 { parts.pop().expect("one part") } else { Tensor::cat(parts, 0) }
+    }
+
+    /// Grouped-query attention of one chunk's queries (`[n, heads * head_dim]`) over its
+    /// sequence's keys and values (`[context, kv_dim]`). The query heads sharing a KV head
+    /// are adjacent, so viewing the queries as `[kv_heads, group * n, head_dim]` lets each
+    /// KV head serve its whole group in one matmul, without repeating keys and values.
+    fn dense_attention(&self, q: Tensor<2>, keys: Tensor<2>, values: Tensor<2>, mask: Tensor<3>) -> Tensor<2> {
+        let c = &self.config;
+        let n = q.dims()[0];
+        let context = keys.dims()[0];
+        let group = c.n_heads / c.n_kv_heads;
+        let per_head = |t: Tensor<2>| t.reshape([context, c.n_kv_heads, c.head_dim]).swap_dims(0, 1);
+        let q = q.reshape([n, c.n_heads, c.head_dim]).swap_dims(0, 1).reshape([c.n_kv_heads, group * n, c.head_dim]);
+        let scores = q.matmul(per_head(keys).transpose()).mul_scalar(1.0 / (c.head_dim as f32).sqrt()) + mask;
+        let out = softmax(scores, 2).matmul(per_head(values));
+        out.reshape([c.n_heads, n, c.head_dim]).swap_dims(0, 1).reshape([n, c.hidden])
+    }
+
+    /// Additive mask `[1, group * n, start + n]`: query `i` of the chunk sees positions up to
+    /// `start + i`.
+    fn causal_mask(&self, n: usize, start: usize) -> Tensor<3> {
+        let group = self.config.n_heads / self.config.n_kv_heads;
+        let total = start + n;
+        let mut mask = vec![0f32; group * n * total];
+        for g in 0..group {
+            for i in 0..n {
+                let row = (g * n + i) * total;
+                mask[row + start + i + 1..row + total].fill(f32::NEG_INFINITY);
+            }
+        }
+        Tensor::from_data(TensorData::new(mask, [1, group * n, total]), &self.device)
+    }
+
     fn cube_device(&self) -> burn_cubecl::CubeDevice {
         cube_device(&self.device).expect("models are loaded on a wgpu device")
     }
@@ -255,6 +308,7 @@ impl Llama {
     ) -> Option<Tensor<2>> {
         let c = &self.config;
         let n = x.dims()[0];
+        let masks: Vec<Tensor<3>> = batch.dense.iter().map(|d| self.causal_mask(d.len, d.start)).collect();
         for (l, block) in self.blocks.iter().enumerate() {
             let h = rms_norm(x.clone(), &block.attn_norm, c.rms_eps);
             let rotate = |x: Tensor<2>, heads| {
@@ -263,7 +317,7 @@ impl Llama {
             let q = rotate(block.wq.forward(h.clone()), c.n_heads);
             let k = rotate(block.wk.forward(h.clone()), c.n_kv_heads);
             cache.write(l, k, block.wv.forward(h), batch);
-            let attn = cache.attend(l, q, c.n_heads, c.head_dim, batch);
+            let attn = self.attention(l, q, batch, cache, &masks);
             x = x + block.wo.forward(attn);
 
             let h = rms_norm(x.clone(), &block.ffn_norm, c.rms_eps);

@@ -76,10 +76,11 @@ impl PagedKvCache {
         launch(&self.device, &kernel, [groups, 1, 1], &args, &[batch.rows as u32, self.kv_dim as u32]);
     }
 
-    /// Attention of `q` (`[rows, heads * head_dim]`, RoPE applied) over the cache of `layer`.
+    /// Attention of the batch's first `paged_rows` rows of `q` (`[rows, heads * head_dim]`,
+    /// RoPE applied) over the cache of `layer`.
     pub(crate) fn attend(&self, layer: usize, q: Tensor<2>, heads: usize, head_dim: usize, batch: &BatchBuffer) -> Tensor<2> {
         let q = cube(q);
-        let out = empty(&self.device, [batch.rows, heads * head_dim]);
+        let out = empty(&self.device, [batch.paged_rows, heads * head_dim]);
         let dims = head_dim.div_ceil(64);
         let values = move || vec![("DIMS", dims.to_string()), ("MAX_HEAD_DIM", (dims * 64).to_string())];
         let kernel = Template {
@@ -98,6 +99,7 @@ impl PagedKvCache {
         ];
         let scale = 1.0 / (head_dim as f32).sqrt();
         let info = [
+            batch.paged_rows as u32,
             batch.rows as u32,
             heads as u32,
             (self.kv_dim / head_dim) as u32,
@@ -105,9 +107,28 @@ impl PagedKvCache {
             self.block_size as u32,
             scale.to_bits(),
         ];
-        let rows = batch.rows.min(MAX_WORKGROUPS) as u32;
+        let rows = batch.paged_rows.min(MAX_WORKGROUPS) as u32;
         launch(&self.device, &kernel, [heads as u32, rows, 1], &args, &info);
         from_cube(out)
+    }
+
+    /// Keys and values of positions `0..chunk.context()` of a dense chunk's sequence,
+    /// `[context, kv_dim]` each.
+    pub(crate) fn gather(&self, layer: usize, batch: &BatchBuffer, chunk: &DenseChunk) -> (Tensor<2>, Tensor<2>) {
+        let len = chunk.context();
+        let (k, v) = (empty(&self.device, [len, self.kv_dim]), empty(&self.device, [len, self.kv_dim]));
+        let kernel = template("kv_gather", include_str!("../../../shaders/kv_gather.wgsl"), 0);
+        let args = [
+            Arg::Read(&self.keys[layer]),
+            Arg::Read(&self.values[layer]),
+            Arg::Read(&batch.handle),
+            Arg::Write(&k.handle),
+            Arg::Write(&v.handle),
+        ];
+        let groups = (len * self.kv_dim).div_ceil(64).min(MAX_WORKGROUPS) as u32;
+        let info = [len as u32, self.kv_dim as u32, self.block_size as u32, chunk.table as u32];
+        launch(&self.device, &kernel, [groups, 1, 1], &args, &info);
+        (from_cube(k), from_cube(v))
     }
 
     /// Copies blocks `(source, destination)` in every layer.
@@ -143,20 +164,63 @@ pub struct SeqChunk<'a> {
     pub logits: bool,
 }
 
+/// Prompt chunks at least this long attend with dense matmuls over their gathered keys
+/// (Burn's tiled matmul reuses each key across the chunk's queries); shorter ones and
+/// decodes go through the paged-attention kernel.
+pub const DENSE_MIN_TOKENS: usize = 32;
+
+/// A chunk that attends densely: its rows, first position and block table.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DenseChunk {
+    pub first_row: usize,
+    pub len: usize,
+    pub start: usize,
+    /// Word offset of its block table in the batch buffer.
+    pub table: usize,
+}
+
+impl DenseChunk {
+    pub fn context(&self) -> usize {
+        self.start + self.len
+    }
+}
+
 /// Where each row of a batch sits, uploaded once per step and read by RoPE, the KV write and
-/// attention: `[positions; rows][slots; rows][table starts; rows][block tables]`.
+/// attention: `[positions; rows][slots; rows][table starts; rows][block tables]`. Rows of
+/// chunks that attend through the paged kernel come first (`paged_rows` of them), then the
+/// dense chunks; [`BatchBuffer::order`] gives that order.
 pub struct BatchBuffer {
     pub(crate) handle: Handle,
     pub(crate) rows: usize,
+    pub(crate) paged_rows: usize,
+    pub(crate) dense: Vec<DenseChunk>,
 }
 
 impl BatchBuffer {
-    pub(crate) fn new(device: &CubeDevice, chunks: &[SeqChunk], block_size: usize) -> Self {
+    /// The order in which a batch's chunks are laid out: paged ones first, each group in
+    /// the given order.
+    pub(crate) fn order(chunks: &[SeqChunk]) -> Vec<usize> {
+        let dense = |c: &SeqChunk| c.tokens.len() >= DENSE_MIN_TOKENS;
+        let (mut paged, dense): (Vec<usize>, Vec<usize>) = (0..chunks.len()).partition(|&i| !dense(&chunks[i]));
+        paged.extend(dense);
+        paged
+    }
+
+    /// Lays out `chunks`, which must be in [`BatchBuffer::order`].
+    pub(crate) fn new(device: &CubeDevice, chunks: &[&SeqChunk], block_size: usize) -> Self {
         let rows: usize = chunks.iter().map(|c| c.tokens.len()).sum();
         let tables: usize = chunks.iter().map(|c| c.blocks.len()).sum();
         let mut words = vec![0u32; 3 * rows + tables];
         let (mut row, mut table) = (0, 3 * rows);
+        let mut paged_rows = 0;
+        let mut dense = Vec::new();
         for chunk in chunks {
+            if chunk.tokens.len() >= DENSE_MIN_TOKENS {
+                dense.push(DenseChunk { first_row: row, len: chunk.tokens.len(), start: chunk.start, table });
+            } else {
+                debug_assert!(dense.is_empty(), "paged chunks come first");
+                paged_rows += chunk.tokens.len();
+            }
             words[table..table + chunk.blocks.len()].copy_from_slice(chunk.blocks);
             for position in chunk.start..chunk.start + chunk.tokens.len() {
                 words[row] = position as u32;
@@ -166,13 +230,13 @@ impl BatchBuffer {
             }
             table += chunk.blocks.len();
         }
-        Self { handle: upload(device, &words), rows }
+        Self { handle: upload(device, &words), rows, paged_rows, dense }
     }
 
     /// A batch of `positions` only, for RoPE alone.
     #[cfg(test)]
     pub(crate) fn positions(device: &burn::tensor::Device, positions: &[u32]) -> Self {
         let device = crate::kernel::cube_device(device).expect("a wgpu device");
-        Self { handle: upload(&device, positions), rows: positions.len() }
+        Self { handle: upload(&device, positions), rows: positions.len(), paged_rows: 0, dense: Vec::new() }
     }
 }
