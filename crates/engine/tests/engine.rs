@@ -208,3 +208,30 @@ fn bad_requests_are_refused_with_the_reason_and_the_engine_keeps_serving() {
     let ok = run(&mut engine, vec![GenerationRequest::new(prompt(0, 4), 3)]);
     assert!(ok[0].finished.is_some());
 }
+
+#[test]
+fn prefix_cache_hits_and_preemption_leave_greedy_tokens_unchanged() {
+    let request = |seed: usize, use_prefix_cache| GenerationRequest {
+        ignore_eos: true,
+        use_prefix_cache,
+        ..GenerationRequest::new(prompt(seed, 37), 30)
+    };
+    let mut engine = engine();
+    let first = run(&mut engine, vec![request(1, true)]).remove(0).tokens;
+    // The same prompt again: its 4 full blocks come from the prefix cache.
+    assert_eq!(run(&mut engine, vec![request(1, true)]).remove(0).tokens, first);
+    let hits = engine.metrics(Time(0)).scheduler.prefix_cache;
+    assert!(hits.hit_rate() > 0.0, "{hits:?}");
+    assert_eq!(run(&mut engine, vec![request(1, false)]).remove(0).tokens, first);
+
+    // A pool too small for four such requests at once: some are preempted and recomputed.
+    let alone: Vec<Vec<u32>> = (2..6).map(|s| run(&mut engine, vec![request(s, false)]).remove(0).tokens).collect();
+    let mut small = engine_with(SchedulerConfig { num_blocks: 22, block_size: 8, watermark_blocks: 1, ..Default::default() });
+    let together = run(&mut small, (2..6).map(|s| request(s, false)).collect());
+    for (out, tokens) in together.iter().zip(&alone) {
+        assert_eq!(&out.tokens, tokens);
+    }
+    let preempted: u32 = together.iter().map(|o| o.finished.as_ref().unwrap().preemptions).sum();
+    assert!(preempted > 0, "the small pool forced no preemption");
+    assert_eq!(small.metrics(Time(0)).scheduler.kv_blocks_in_use, 0);
+}
