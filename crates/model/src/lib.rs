@@ -27,6 +27,7 @@ mod sampling;
 mod tests;
 pub mod tiny;
 
+pub use burn::tensor::Device;
 pub use config::{LlamaConfig, SUPPORTED_ARCHITECTURES};
 pub use device::{AdapterInfo, adapter_info, adapter_name, wgpu_device};
 pub use error::ModelError;

@@ -88,11 +88,25 @@ impl Llama {
     /// Reads the model in `file` onto `device`. Matrices in a format the quantized kernels
     /// read stay in it; others are dequantized to f32.
     pub fn load(file: &GgufFile, device: &Device) -> Result<Self, ModelError> {
-        let config = LlamaConfig::from_gguf(file)?;
-        guard(|| Self::load_checked(file, device, config))
+        Self::load_with_progress(file, device, &mut |_, _| {})
     }
 
-    fn load_checked(file: &GgufFile, device: &Device, config: LlamaConfig) -> Result<Self, ModelError> {
+    /// [`Llama::load`], calling `progress(done, total)` as layers reach the device.
+    pub fn load_with_progress(
+        file: &GgufFile,
+        device: &Device,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self, ModelError> {
+        let config = LlamaConfig::from_gguf(file)?;
+        guard(|| Self::load_checked(file, device, config, progress))
+    }
+
+    fn load_checked(
+        file: &GgufFile,
+        device: &Device,
+        config: LlamaConfig,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self, ModelError> {
         let embd = file.tensor("token_embd.weight")?;
         let embedding = HostEmbedding { info: embd.clone(), data: file.tensor_data(embd).to_vec() };
         let head_name = if config.tied_embeddings { "token_embd.weight" } else { "output.weight" };
@@ -116,6 +130,7 @@ impl Llama {
                 w_up: weight("ffn_up")?,
                 w_down: weight("ffn_down")?,
             });
+            progress(l + 1, config.n_layers);
         }
         let (rope_cos, rope_sin) = rope_tables(&config, device);
         let model = Self {

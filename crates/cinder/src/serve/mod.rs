@@ -10,6 +10,7 @@ mod metrics;
 mod routes;
 mod worker;
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -88,7 +89,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let device = cinder_model::wgpu_device().context("no usable GPU adapter")?;
     eprintln!("adapter: {}", cinder_model::adapter_name(&device));
     let load_start = Instant::now();
-    let model = Llama::load(&file, &device).with_context(|| format!("loading {}", path.display()))?;
+    let model = load_with_progress_bar(&file, &device).with_context(|| format!("loading {}", path.display()))?;
     drop(file);
     let config = model.config().clone();
     let bytes_per_token = PagedKvCache::bytes_per_token(config.n_layers, config.n_kv_heads * config.head_dim);
@@ -138,6 +139,23 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     worker_thread.join().map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
     eprintln!("stopped");
     Ok(())
+}
+
+/// Loads the model, with a progress bar when standard error is a terminal.
+fn load_with_progress_bar(file: &cinder_gguf::GgufFile, device: &cinder_model::Device) -> Result<Llama, cinder_model::ModelError> {
+    if !std::io::stderr().is_terminal() {
+        return Llama::load(file, device);
+    }
+    let bar = indicatif::ProgressBar::new(0).with_message("loading layers");
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} [{elapsed}]").expect("a valid template"),
+    );
+    let model = Llama::load_with_progress(file, device, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
+    model
 }
 
 fn router(args: &ServeArgs, state: Arc<AppState>) -> anyhow::Result<Router> {
