@@ -36,7 +36,7 @@ fn benches(c: &mut Criterion) {
     for (name, ty, rows, cols) in shapes {
         let m = matrix(&device, ty, rows, cols);
         group.throughput(Throughput::Bytes(m.device_bytes() as u64));
-        for tokens in [1, 8, 64] {
+        for tokens in [1, 4, 8, 16, 64] {
             let x = Tensor::<2>::random([tokens, cols], Distribution::Default, &device);
             m.forward(x.clone());
             sync(&device);

@@ -8,7 +8,7 @@
 //
 // One invocation per output row: on CPU-backed adapters (lavapipe) that beats workgroup
 // reductions, each lane streaming its own row. Each invocation computes TILE tokens at once,
-// reading the weights once for all of them.
+// reading the weights once for all of them; accumulators are vec4s, summed at the end.
 
 struct Info {
     rows: u32,
@@ -28,6 +28,9 @@ const WORKGROUP: u32 = 64u;
 
 {{UNPACK}}
 
+// The per-token lines (the TOKEN_ROWS, ACCUMULATORS, ACCUMULATE and STORE placeholders) are
+// written out once per token of the tile, so each accumulator is its own variable: an
+// array indexed in a loop would live in memory on CPU-backed adapters.
 @compute @workgroup_size(WORKGROUP)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let row = gid.x;
@@ -37,7 +40,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let first_token = gid.y * TILE;
     let blocks = info.cols / 32u;
     let x_row = info.cols / 4u;
-    var acc: array<f32, TILE>;
+    // Tokens past the end read the last token's row and are not written.
+    let last = info.tokens - 1u;
+{{TOKEN_ROWS}}
+{{ACCUMULATORS}}
     for (var b = 0u; b < blocks; b++) {
         let block = row * blocks + b;
         for (var k = 0u; k < 4u; k++) {
@@ -45,17 +51,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             var hi: vec4<f32>;
             unpack(block, k, &lo, &hi);
             let xi = b * 8u + k;
-            for (var t = 0u; t < TILE; t++) {
-                // Tokens past the end read the last token's row and are not written.
-                let row_x = min(first_token + t, info.tokens - 1u) * x_row + xi;
-                acc[t] += dot(lo, x[row_x]) + dot(hi, x[row_x + 4u]);
-            }
+{{ACCUMULATE}}
         }
     }
-    for (var t = 0u; t < TILE; t++) {
-        let token = first_token + t;
-        if (token < info.tokens) {
-            y[token * info.rows + row] = acc[t];
-        }
-    }
+{{STORE}}
 }

@@ -109,19 +109,23 @@ pub fn run(args: ServeBenchArgs) -> anyhow::Result<()> {
     if args.prompt_min == 0 || args.prompt_min > args.prompt_max || args.vocab <= 100 {
         bail!("need 0 < --prompt-min <= --prompt-max and --vocab > 100");
     }
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
-    let prompts: Vec<Vec<u32>> = (0..args.requests)
-        .map(|_| {
-            let len = rng.random_range(args.prompt_min..=args.prompt_max);
-            (0..len).map(|_| rng.random_range(100..args.vocab)).collect()
-        })
-        .collect();
+    // Each level gets its own prompts (the same for every target), so that prefix caches
+    // do not carry one level's prompts into the next.
+    let prompts_of_level = |level: usize| -> Vec<Vec<u32>> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed.wrapping_add(level as u64));
+        (0..args.requests)
+            .map(|_| {
+                let len = rng.random_range(args.prompt_min..=args.prompt_max);
+                (0..len).map(|_| rng.random_range(100..args.vocab)).collect()
+            })
+            .collect()
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut targets = Vec::new();
     for (name, url) in &args.targets {
         let mut levels = Vec::new();
-        for &c in &args.concurrency {
-            let level = runtime.block_on(load(url, &prompts, c.max(1), &args));
+        for (i, &c) in args.concurrency.iter().enumerate() {
+            let level = runtime.block_on(load(url, &prompts_of_level(i), c.max(1), &args));
             eprintln!(
                 "{name} C={c}: {:.1} output tok/s, TTFT p50 {:.2} s p95 {:.2} s, TPOT p50 {:.3} s p95 {:.3} s, {} errors",
                 level.output_tok_s, level.ttft_p50_s, level.ttft_p95_s, level.tpot_p50_s, level.tpot_p95_s, level.errors

@@ -102,11 +102,30 @@ pub struct QuantMatrix {
     bytes: usize,
 }
 
-/// Tokens one invocation of the quantized kernel multiplies at once (more than one).
-const TOKEN_TILE: usize = 8;
+/// Most tokens one invocation of the quantized kernel multiplies at once.
+const MAX_TOKEN_TILE: usize = 8;
 /// Above this many tokens, the matrix is expanded to f32 and multiplied by Burn's tiled
 /// matmul, which reuses each weight across many more tokens than the quantized kernel.
-const MAX_QUANTIZED_TOKENS: usize = 8;
+const MAX_QUANTIZED_TOKENS: usize = 16;
+
+/// The kernel's per-token lines for a tile of `tile` tokens (see matmul_quant.wgsl).
+fn tile_code(tile: usize) -> Vec<(&'static str, String)> {
+    let lines = |f: &dyn Fn(usize) -> String| (0..tile).map(f).collect::<Vec<_>>().join("\n");
+    vec![
+        ("TILE", tile.to_string()),
+        ("TOKEN_ROWS", lines(&|t| format!("    let x{t} = min(first_token + {t}u, last) * x_row;"))),
+        ("ACCUMULATORS", lines(&|t| format!("    var acc{t} = vec4<f32>(0.0);"))),
+        ("ACCUMULATE", lines(&|t| format!("            acc{t} += lo * x[x{t} + xi] + hi * x[x{t} + xi + 4u];"))),
+        (
+            "STORE",
+            lines(&|t| {
+                format!(
+                    "    if (first_token + {t}u < info.tokens) {{ y[(first_token + {t}u) * info.rows + row] = dot(acc{t}, vec4<f32>(1.0)); }}"
+                )
+            }),
+        ),
+    ]
+}
 const WORKGROUP: usize = 64;
 
 impl QuantMatrix {
@@ -133,12 +152,16 @@ impl QuantMatrix {
         }
         let x = cube(x);
         let y = empty(&x.device, [tokens, self.rows]);
-        let tile = if tokens == 1 { 1 } else { TOKEN_TILE };
+        let tile = tokens.next_power_of_two().min(MAX_TOKEN_TILE);
         let template = Template {
             name: "matmul_quant",
             source: include_str!("../../../shaders/matmul_quant.wgsl"),
             variant: (self.format.name(), tile as u32),
-            values: &|| vec![("TILE", tile.to_string()), ("UNPACK", self.format.unpack_source())],
+            values: &|| {
+                let mut values = tile_code(tile);
+                values.push(("UNPACK", self.format.unpack_source()));
+                values
+            },
             workgroup: WORKGROUP as u32,
         };
         let workgroups = [self.rows.div_ceil(WORKGROUP) as u32, tokens.div_ceil(tile) as u32, 1];
