@@ -368,20 +368,17 @@ async fn collect(s: &Shared, mut run: Run) -> Result<Value, ApiError> {
 /// Server-sent events: a chunk per token (or group of tokens with text), a final chunk per
 /// choice with its finish reason, the usage if asked, then `[DONE]`. Dropping the stream (the
 /// client went away) drops the receivers, which cancels the requests.
-fn stream(s: Shared, run: Run) -> Sse<ChunkStream> {
+fn stream(s: Shared, mut run: Run) -> Sse<ChunkStream> {
     let mut receivers = StreamMap::new();
-    let n = run.n;
-    let prompts = run.prompts.clone();
-    let mut run = run;
     for (index, rx) in run.receivers.drain(..).enumerate() {
         receivers.insert(index, UnboundedReceiverStream::new(rx));
     }
     Sse::new(ChunkStream {
         s,
+        text_offsets: vec![0; receivers.len()],
         run,
         receivers,
         started: HashSet::new(),
-        text_offsets: vec![0; prompts.len() * n],
         prompt_tokens: 0,
         completion_tokens: 0,
         phase: Phase::Events,
