@@ -152,8 +152,10 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
     assert_eq!(e["code"], "model_not_found");
     let e = error(&post(r#"{"prompt": [1, 2, 70000]}"#), 400);
     assert!(e["message"].as_str().unwrap().contains("70000 is outside the vocabulary"), "{e}");
-    let e = error(&post(r#"{"prompt": "hi", "max_tokens": 600}"#), 400);
-    assert!(e["message"].as_str().unwrap().contains("context of 512"), "{e}");
+    for max in ["600", "18446744073709551615"] {
+        let e = error(&post(&format!(r#"{{"prompt": "hi", "max_tokens": {max}}}"#)), 400);
+        assert!(e["message"].as_str().unwrap().contains("context of 512"), "{e}");
+    }
     for (field, value) in [("top_p", "0"), ("n", "99"), ("logprobs", "50"), ("presence_penalty", "3")] {
         let e = error(&post(&format!(r#"{{"prompt": "hi", "{field}": {value}}}"#)), 400);
         assert_eq!(e["param"], field, "{e}");

@@ -116,7 +116,7 @@ impl Engine {
             return invalid(format!("token id {bad} is outside the vocabulary of {vocab} tokens"));
         }
         let context = self.model.config().context_length;
-        if request.prompt.len() + request.max_tokens > context {
+        if request.prompt.len().checked_add(request.max_tokens).is_none_or(|total| total > context) {
             let e = ModelError::ContextOverflow { prompt: request.prompt.len(), max_tokens: request.max_tokens, context };
             return invalid(e.to_string());
         }
@@ -176,8 +176,11 @@ impl Engine {
             }
         };
         let mut result = StepResult { step: plan.step, success: true, ..Default::default() };
-        for (id, logits) in plan.sampling().zip(logits) {
+        // Models may pad their embedding past the tokenizer's vocabulary: never pick those rows.
+        let vocab = self.tokenizer.vocab_size();
+        for (id, mut logits) in plan.sampling().zip(logits) {
             let Some(active) = self.active.get_mut(&id) else { continue };
+            logits.truncate(vocab);
             let token = active.sampler.sample(&logits, &active.history);
             active.history.push(token);
             result.sampled.push((id, token));

@@ -85,7 +85,7 @@ impl Request {
 
     /// Total tokens this request may occupy in the KV cache.
     pub fn max_len(&self) -> usize {
-        self.prompt.len() + self.max_new_tokens
+        self.prompt.len().saturating_add(self.max_new_tokens)
     }
 }
 

@@ -578,6 +578,14 @@ impl Scheduler {
                 budget -= n;
             }
         }
+        if work.is_empty() && !self.running.is_empty() {
+            // Every running sequence is a prompt stuck waiting for blocks the others hold:
+            // let the least important go (it recomputes later), and admit nobody into the
+            // blocks it frees, so that the rest can go on next step.
+            let (_, victim) = *self.running.last().expect("running is not empty");
+            self.preempt(victim, plan);
+            return;
+        }
         // New sequences.
         while budget > 0 && self.running.len() < max_running {
             let Some(id) = self.queue.peek(now).map(|w| w.id) else { break };

@@ -106,6 +106,23 @@ fn preemption_recomputes_and_resumes() {
 }
 
 #[test]
+fn prompts_that_together_outgrow_the_pool_do_not_deadlock() {
+    // 40 blocks of 4 tokens; two 120-token prompts fit one at a time, not together: admitted
+    // side by side in chunks of 16, both run out of blocks mid-prompt.
+    let mut s = Scheduler::new(SchedulerConfig { prefix_caching: false, ..config(continuous(64, 8, 16), 40) });
+    let mut now = Time::ZERO;
+    for seed in 0..2 {
+        s.submit(Request::new(prompt(120, seed), 4), now).unwrap();
+    }
+    let plans = run(&mut s, &mut now, 500);
+    assert!(s.is_idle(), "stuck after {} steps", plans.len());
+    let finished = s.take_finished();
+    assert!(finished.iter().all(|f| f.generated.len() == 4), "{finished:?}");
+    assert!(plans.iter().any(|p| !p.preempted.is_empty()), "one prompt had to yield");
+    assert_eq!(s.blocks().in_use(), 0);
+}
+
+#[test]
 fn abort_frees_blocks_and_reports_cancellation() {
     let mut s = Scheduler::new(config(continuous(64, 8, 64), 16));
     let now = Time::ZERO;

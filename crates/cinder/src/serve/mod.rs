@@ -106,6 +106,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_waiting: args.max_waiting,
         ..SchedulerConfig::default()
     };
+    // One request must fit in the pool: longer contexts are served only as far as it holds.
+    let context_length = config.context_length.min(num_blocks.saturating_sub(scheduler.watermark_blocks) * args.block_size);
+    if context_length == 0 {
+        anyhow::bail!("--kv-cache-mb {} holds no usable KV block for this model", args.kv_cache_mb);
+    }
+    let scheduler = SchedulerConfig { max_seq_len: context_length, ..scheduler };
     let engine = Engine::new(model, tokenizer.clone(), scheduler).context("allocating the KV cache")?;
     eprintln!(
         "model: {} loaded in {:.2} s; KV cache {} blocks x {} tokens ({} MiB)",
@@ -125,8 +131,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         tokenizer,
         template,
         model_name,
-        context_length: config.context_length,
-        max_prompt_tokens: args.max_prompt_tokens.unwrap_or(config.context_length),
+        context_length,
+        max_prompt_tokens: args.max_prompt_tokens.unwrap_or(context_length),
         api_key: args.api_key.clone(),
         shutting_down: AtomicBool::new(false),
         metrics: Default::default(),

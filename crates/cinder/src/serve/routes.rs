@@ -223,7 +223,7 @@ fn max_tokens(s: &AppState, body: &GenerationBody, kind: Kind, prompt: usize) ->
         (None, Kind::Completion) => 16.min(room.max(1)),
         (None, Kind::Chat) => room.max(1),
     };
-    if prompt + max > s.context_length {
+    if max > room {
         let message = format!(
             "the prompt ({prompt} tokens) plus {param} ({max}) exceeds the model's context of {} tokens",
             s.context_length
