@@ -269,7 +269,6 @@ async fn stream_one(host: &str, prompt: &[u32], max_tokens: usize) -> anyhow::Re
         body.len()
     );
     socket.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::new();
     let mut buf = vec![0u8; 16 << 10];
     let mut lines = SseLines::default();
     let (mut first, mut last, mut chunks, mut usage_tokens) = (None, None, 0usize, None);
@@ -279,7 +278,6 @@ async fn stream_one(host: &str, prompt: &[u32], max_tokens: usize) -> anyhow::Re
             break;
         }
         let now = start.elapsed().as_secs_f64();
-        raw.extend_from_slice(&buf[..n]);
         for data in lines.feed(&buf[..n]) {
             if data == "[DONE]" {
                 continue;
@@ -299,9 +297,9 @@ async fn stream_one(host: &str, prompt: &[u32], max_tokens: usize) -> anyhow::Re
             }
         }
     }
-    let head = String::from_utf8_lossy(&raw[..raw.len().min(200)]).into_owned();
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("{}", head.lines().next().unwrap_or("no response"));
+    let status = lines.status.as_deref().unwrap_or("no response");
+    if !status.starts_with("HTTP/1.1 200") {
+        bail!("{status}");
     }
     let first = first.context("no tokens streamed")?;
     let tokens = usage_tokens.unwrap_or(chunks);
@@ -314,6 +312,8 @@ async fn stream_one(host: &str, prompt: &[u32], max_tokens: usize) -> anyhow::Re
 #[derive(Default)]
 struct SseLines {
     pending: Vec<u8>,
+    /// The response's status line, once the head has arrived.
+    status: Option<String>,
     in_body: bool,
     chunked: bool,
     /// Bytes left in the current chunk (chunked encoding).
@@ -326,8 +326,9 @@ impl SseLines {
         self.pending.extend_from_slice(bytes);
         if !self.in_body {
             let Some(end) = self.pending.windows(4).position(|w| w == b"\r\n\r\n") else { return Vec::new() };
-            let head = String::from_utf8_lossy(&self.pending[..end]).to_ascii_lowercase();
-            self.chunked = head.contains("transfer-encoding: chunked");
+            let head = String::from_utf8_lossy(&self.pending[..end]).into_owned();
+            self.status = head.lines().next().map(str::to_owned);
+            self.chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
             self.pending.drain(..end + 4);
             self.in_body = true;
         }
@@ -385,6 +386,7 @@ mod tests {
             let mut got = sse.feed(&chunked.as_bytes()[..split]);
             got.extend(sse.feed(&chunked.as_bytes()[split..]));
             assert_eq!(got, vec!["{\"a\":1}".to_owned(), "[DONE]".to_owned()], "split at {split}");
+            assert_eq!(sse.status.as_deref(), Some("HTTP/1.1 200 OK"));
         }
     }
 

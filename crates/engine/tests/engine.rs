@@ -192,6 +192,23 @@ fn dropped_receivers_cancel_and_free_every_block() {
 }
 
 #[test]
+fn abort_ends_a_running_request_as_cancelled_and_frees_its_blocks() {
+    let mut engine = engine();
+    let clock = Clock(Cell::new(0));
+    let (tx, mut rx) = unbounded_channel();
+    let id = engine.submit(GenerationRequest { ignore_eos: true, ..GenerationRequest::new(prompt(3, 12), 100) }, tx, clock.now()).unwrap();
+    engine.step(&|| clock.now()).unwrap();
+    assert!(engine.metrics(clock.now()).scheduler.kv_blocks_in_use > 0);
+    engine.abort(id, clock.now());
+    let mut out = Output::default();
+    collect(&mut rx, &mut out);
+    let done = out.finished.expect("an end is sent");
+    assert_eq!((done.reason, done.completion_tokens), (FinishReason::Cancelled, 1));
+    assert_eq!(engine.metrics(clock.now()).scheduler.kv_blocks_in_use, 0);
+    assert!(!engine.has_work());
+}
+
+#[test]
 fn bad_requests_are_refused_with_the_reason_and_the_engine_keeps_serving() {
     let mut engine = engine();
     let (tx, _rx) = unbounded_channel();

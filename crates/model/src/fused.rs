@@ -7,16 +7,12 @@ use burn::tensor::Tensor;
 use crate::kernel::{Arg, MAX_WORKGROUPS, Template, cube, empty, from_cube, launch};
 use crate::paged::BatchBuffer;
 
-fn template(name: &'static str, source: &'static str) -> Template<'static> {
-    Template { name, source, variant: ("", 0), values: &Vec::new, workgroup: 64 }
-}
-
 /// RMSNorm of every row of `x` (`[tokens, cols]`), scaled by `weight` (`[1, cols]`).
 pub fn rms_norm(x: Tensor<2>, weight: &Tensor<2>, eps: f32) -> Tensor<2> {
     let [tokens, cols] = x.dims();
     let (x, weight) = (cube(x), cube(weight.clone()));
     let y = empty(&x.device, [tokens, cols]);
-    let kernel = template("rms_norm", include_str!("../../../shaders/rms_norm.wgsl"));
+    let kernel = Template::plain("rms_norm", include_str!("../../../shaders/rms_norm.wgsl"));
     let args = [Arg::Read(&x.handle), Arg::Read(&weight.handle), Arg::Write(&y.handle)];
     launch(&x.device, &kernel, [tokens as u32, 1, 1], &args, &[cols as u32, eps.to_bits()]);
     from_cube(y)
@@ -29,7 +25,7 @@ pub fn silu_gate(gate: Tensor<2>, up: Tensor<2>) -> Tensor<2> {
     let (gate, up) = (cube(gate), cube(up));
     let y = empty(&gate.device, dims);
     let len = dims[0] * dims[1];
-    let kernel = template("silu_gate", include_str!("../../../shaders/silu_gate.wgsl"));
+    let kernel = Template::plain("silu_gate", include_str!("../../../shaders/silu_gate.wgsl"));
     let args = [Arg::Read(&gate.handle), Arg::Read(&up.handle), Arg::Write(&y.handle)];
     let groups = len.div_ceil(64).min(MAX_WORKGROUPS) as u32;
     launch(&gate.device, &kernel, [groups, 1, 1], &args, &[len as u32]);
@@ -43,7 +39,7 @@ pub fn rope(x: Tensor<3>, cos: &Tensor<2>, sin: &Tensor<2>, batch: &BatchBuffer)
     let x = cube(x);
     let (cos, sin) = (cube(cos.clone()), cube(sin.clone()));
     let y = empty(&x.device, [tokens, heads * head_dim]);
-    let kernel = template("rope", include_str!("../../../shaders/rope.wgsl"));
+    let kernel = Template::plain("rope", include_str!("../../../shaders/rope.wgsl"));
     let args = [
         Arg::Read(&x.handle),
         Arg::Read(&cos.handle),

@@ -72,6 +72,13 @@ pub(crate) struct Template<'a> {
     pub workgroup: u32,
 }
 
+impl Template<'static> {
+    /// A kernel without placeholders or variants, in workgroups of 64.
+    pub(crate) fn plain(name: &'static str, source: &'static str) -> Self {
+        Template { name, source, variant: ("", 0), values: &Vec::new, workgroup: 64 }
+    }
+}
+
 impl Template<'_> {
     fn kernel(&self) -> WgslKernel {
         static SOURCES: OnceLock<Mutex<HashMap<(&'static str, Variant), Arc<str>>>> = OnceLock::new();

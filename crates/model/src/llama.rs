@@ -237,7 +237,7 @@ impl Llama {
 
     fn check_batch(&self, chunks: &[SeqChunk], cache: &PagedKvCache) -> Result<(), ModelError> {
         let invalid = |m: String| Err(ModelError::InvalidParameter(m));
-        if chunks.iter().all(|c| c.tokens.is_empty()) {
+        if chunks.is_empty() {
             return invalid("no tokens to run".into());
         }
         for chunk in chunks {

@@ -64,7 +64,7 @@ impl PagedKvCache {
 
     pub(crate) fn write(&self, layer: usize, k: Tensor<2>, v: Tensor<2>, batch: &BatchBuffer) {
         let (k, v) = (cube(k), cube(v));
-        let kernel = template("kv_write", include_str!("../../../shaders/kv_write.wgsl"), 0);
+        let kernel = Template::plain("kv_write", include_str!("../../../shaders/kv_write.wgsl"));
         let args = [
             Arg::Read(&k.handle),
             Arg::Read(&v.handle),
@@ -117,7 +117,7 @@ impl PagedKvCache {
     pub(crate) fn gather(&self, layer: usize, batch: &BatchBuffer, chunk: &DenseChunk) -> (Tensor<2>, Tensor<2>) {
         let len = chunk.context();
         let (k, v) = (empty(&self.device, [len, self.kv_dim]), empty(&self.device, [len, self.kv_dim]));
-        let kernel = template("kv_gather", include_str!("../../../shaders/kv_gather.wgsl"), 0);
+        let kernel = Template::plain("kv_gather", include_str!("../../../shaders/kv_gather.wgsl"));
         let args = [
             Arg::Read(&self.keys[layer]),
             Arg::Read(&self.values[layer]),
@@ -139,17 +139,13 @@ impl PagedKvCache {
         let words: Vec<u32> = pairs.iter().flat_map(|&(s, d)| [s, d]).collect();
         let pairs_handle = upload(&self.device, &words);
         let block_len = self.block_size * self.kv_dim;
-        let kernel = template("kv_copy", include_str!("../../../shaders/kv_copy.wgsl"), 0);
+        let kernel = Template::plain("kv_copy", include_str!("../../../shaders/kv_copy.wgsl"));
         let groups = (pairs.len() * block_len).div_ceil(64).min(MAX_WORKGROUPS) as u32;
         for (keys, values) in self.keys.iter().zip(&self.values) {
             let args = [Arg::Read(&pairs_handle), Arg::Write(keys), Arg::Write(values)];
             launch(&self.device, &kernel, [groups, 1, 1], &args, &[pairs.len() as u32, block_len as u32]);
         }
     }
-}
-
-fn template(name: &'static str, source: &'static str, variant: u32) -> Template<'static> {
-    Template { name, source, variant: ("", variant), values: &Vec::new, workgroup: 64 }
 }
 
 /// One sequence's part of a batched forward pass.

@@ -75,6 +75,14 @@ fn refuse(s: &AppState, e: ApiError) -> Response {
     e.into_response()
 }
 
+/// A JSON answer, or the refusal.
+fn reply(s: &AppState, result: Result<Value, ApiError>) -> Response {
+    match result {
+        Ok(json) => Json(json).into_response(),
+        Err(e) => refuse(s, e),
+    }
+}
+
 pub async fn completions(State(s): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
     generate(s, Kind::Completion, body).await
 }
@@ -86,10 +94,7 @@ pub async fn chat_completions(State(s): State<Shared>, body: Result<Bytes, Bytes
 async fn generate(s: Shared, kind: Kind, body: Result<Bytes, BytesRejection>) -> Response {
     match start(&s, kind, body).await {
         Ok(run) if run.stream => stream(s, run).into_response(),
-        Ok(run) => match collect(&s, run).await {
-            Ok(json) => Json(json).into_response(),
-            Err(e) => refuse(&s, e),
-        },
+        Ok(run) => reply(&s, collect(&s, run).await),
         Err(e) => refuse(&s, e),
     }
 }
@@ -406,10 +411,14 @@ pub struct ChunkStream {
 }
 
 impl ChunkStream {
-    fn chunk(&self, choices: Value) -> SseEvent {
+    /// A chunk's JSON around `choices`.
+    fn chunk_json(&self, choices: Value) -> Value {
         let object = if self.run.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
-        let chunk = json!({"id": self.run.id, "object": object, "created": self.s.started, "model": self.s.model_name, "choices": choices});
-        SseEvent::default().data(chunk.to_string())
+        json!({"id": self.run.id, "object": object, "created": self.s.started, "model": self.s.model_name, "choices": choices})
+    }
+
+    fn chunk(&self, choices: Value) -> SseEvent {
+        SseEvent::default().data(self.chunk_json(choices).to_string())
     }
 
     /// The chunk for one event, or None when it carries nothing to send.
@@ -474,14 +483,8 @@ impl Stream for ChunkStream {
                 Phase::Usage => {
                     self.phase = Phase::Done;
                     if self.run.include_usage {
-                        let mut chunk = json!({
-                            "id": self.run.id,
-                            "object": if self.run.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" },
-                            "created": self.s.started,
-                            "model": self.s.model_name,
-                            "choices": [],
-                            "usage": usage(self.prompt_tokens, self.completion_tokens),
-                        });
+                        let mut chunk = self.chunk_json(json!([]));
+                        chunk["usage"] = usage(self.prompt_tokens, self.completion_tokens);
                         if self.run.return_token_ids && self.run.kind == Kind::Chat {
                             chunk["prompt_token_ids"] = json!(self.run.prompts[0]);
                         }
@@ -542,10 +545,7 @@ pub async fn tokenize(State(s): State<Shared>, body: Result<Bytes, BytesRejectio
             .map_err(|e| ApiError::invalid(format!("cannot tokenize: {e}"), Some("content")))?;
         Ok(json!({"tokens": tokens, "count": tokens.len(), "max_model_len": s.context_length}))
     })();
-    match result {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => refuse(&s, e),
-    }
+    reply(&s, result)
 }
 
 #[derive(Deserialize)]
@@ -560,10 +560,7 @@ pub async fn detokenize(State(s): State<Shared>, body: Result<Bytes, BytesReject
         let text = s.tokenizer.decode(&body.tokens, false).map_err(|e| ApiError::invalid(e.to_string(), Some("tokens")))?;
         Ok(json!({"content": text, "prompt": text}))
     })();
-    match result {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => refuse(&s, e),
-    }
+    reply(&s, result)
 }
 
 pub fn internal_error(message: &str) -> Response {
