@@ -196,3 +196,23 @@ fn the_default_model_answers() {
     let json = last_json_line(&out);
     assert!(json["text"].as_str().unwrap().contains("Paris"), "{out}");
 }
+
+#[test]
+fn serve_and_bench_serve_refuse_bad_arguments() {
+    let dir = crate::scratch_dir("serve-args");
+    let model = tiny_model(&dir);
+    fail_with(&["serve", "--model", model.to_str().unwrap(), "--kv-cache-mb", "0"], "holds no usable KV block");
+    fail_with(&["bench", "serve", "--target", "a=http://127.0.0.1:1", "--prompt-min", "0"], "--prompt-min");
+    for (target, message) in [("no-equals", "expected NAME=URL"), ("a=https://x", "only http:// URLs")] {
+        let out = cinder(&["bench", "serve", "--target", target]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(message), "{err:?} lacks {message:?}");
+    }
+    // A server that is not there: the level reports the error instead of failing.
+    let out = cinder(&["bench", "serve", "--target", "gone=http://127.0.0.1:1", "--concurrency", "1", "--requests", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("| gone | 1 | 0.0 |") && table.contains("| 2/2 |"), "{table}");
+    assert!(stderr(&out).contains("connecting to 127.0.0.1:1"), "{}", stderr(&out));
+}
