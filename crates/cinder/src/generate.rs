@@ -75,19 +75,8 @@ fn prompt_ids(args: &GenerateArgs, file: &cinder_gguf::GgufFile, tokenizer: &Tok
         return Ok(tokenizer.encode(text, true, true)?);
     }
     let message = args.chat.as_deref().expect("clap requires one input");
-    let rendered = chat_template(file, tokenizer)?.render(&[ChatMessage::new("user", message)], true)?;
+    let rendered = ChatTemplate::from_gguf(file.metadata(), tokenizer)?.render(&[ChatMessage::new("user", message)], true)?;
     Ok(tokenizer.encode(&rendered, true, true)?)
-}
-
-/// The model's chat template, from its GGUF metadata.
-pub fn chat_template(file: &cinder_gguf::GgufFile, tokenizer: &Tokenizer) -> anyhow::Result<ChatTemplate> {
-    let source = file
-        .metadata()
-        .optional("tokenizer.chat_template", |m, k| m.get_str(k))?
-        .ok_or(cinder_tokenizer::TemplateError::Missing)?;
-    let text_of = |id: Option<u32>| id.and_then(|id| tokenizer.token_text(id)).unwrap_or_default().to_owned();
-    let special = tokenizer.special_tokens();
-    Ok(ChatTemplate::new(source, &text_of(special.bos), &text_of(special.eos))?)
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {

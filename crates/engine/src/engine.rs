@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use cinder_model::{Llama, ModelError, PagedKvCache, Sampler, SeqChunk, log_softmax, top_logprobs};
+use cinder_model::{Llama, ModelError, PagedKvCache, PendingLogits, Sampler, SeqChunk, log_softmax, top_logprobs};
 use cinder_scheduler::{
     FinishReason, FinishedSequence, Metrics, Request, Scheduler, SchedulerConfig, SeqId, StepPlan, StepResult, Time,
 };
@@ -42,6 +42,13 @@ pub enum StepOutcome {
     Idle,
     /// Ran this many tokens and sampled this many.
     Ran { tokens: usize, sampled: usize },
+}
+
+/// A step whose work is queued on the device: see [`Engine::launch`].
+#[must_use = "a launched step must be landed, or its sequences never advance"]
+pub struct Launched {
+    pub plan: StepPlan,
+    pub logits: PendingLogits,
 }
 
 /// See the crate documentation.
@@ -159,6 +166,21 @@ impl Engine {
     /// current time (the engine reads no clock itself). A failed forward pass is reported to
     /// the scheduler, which runs the same work again next step, and returned as the error.
     pub fn step(&mut self, clock: &dyn Fn() -> Time) -> Result<StepOutcome, ModelError> {
+        match self.launch(clock)? {
+            None => Ok(StepOutcome::Idle),
+            Some(launched) => {
+                let logits = launched.logits.read();
+                self.land(launched.plan, logits, clock)
+            }
+        }
+    }
+
+    /// [`Engine::step`] in two halves for a thread that must not block on the device (a
+    /// browser's): `launch` queues the step's work and returns it; await
+    /// [`PendingLogits::read_async`] on its logits and hand the result and the plan to
+    /// [`Engine::land`]. Between the two the
+    /// engine may take new requests; a request aborted in between ends at the next step.
+    pub fn launch(&mut self, clock: &dyn Fn() -> Time) -> Result<Option<Launched>, ModelError> {
         let gone: Vec<SeqId> = self.active.iter().filter(|(_, a)| a.events.is_closed()).map(|(&id, _)| id).collect();
         for id in gone {
             self.scheduler.abort(id, clock());
@@ -166,9 +188,25 @@ impl Engine {
         self.send_finished();
         let plan = self.scheduler.plan(clock());
         if plan.is_empty() {
-            return Ok(StepOutcome::Idle);
+            return Ok(None);
         }
-        let logits = match self.run(&plan) {
+        match self.run(&plan) {
+            Ok(logits) => Ok(Some(Launched { plan, logits })),
+            Err(e) => {
+                self.scheduler.complete(StepResult::failed(&plan), clock());
+                Err(e)
+            }
+        }
+    }
+
+    /// Samples from a launched step's logits, streams the tokens and reports to the scheduler.
+    pub fn land(
+        &mut self,
+        plan: StepPlan,
+        logits: Result<Vec<Vec<f32>>, ModelError>,
+        clock: &dyn Fn() -> Time,
+    ) -> Result<StepOutcome, ModelError> {
+        let logits = match logits {
             Ok(logits) => logits,
             Err(e) => {
                 self.scheduler.complete(StepResult::failed(&plan), clock());
@@ -196,8 +234,8 @@ impl Engine {
         Ok(outcome)
     }
 
-    /// Copies shared blocks written to, then runs the plan's chunks and decodes as one batch.
-    fn run(&mut self, plan: &StepPlan) -> Result<Vec<Vec<f32>>, ModelError> {
+    /// Copies shared blocks written to, then queues the plan's chunks and decodes as one batch.
+    fn run(&mut self, plan: &StepPlan) -> Result<PendingLogits, ModelError> {
         if !plan.copies.is_empty() {
             let pairs: Vec<(u32, u32)> = plan.copies.iter().map(|c| (c.from, c.to)).collect();
             self.model.copy_blocks(&mut self.cache, &pairs)?;
@@ -214,7 +252,7 @@ impl Engine {
                 logits: true,
             }))
             .collect();
-        self.model.forward_batch(&chunks, &mut self.cache)
+        self.model.launch_batch(&chunks, &mut self.cache)
     }
 
     /// Streams a sampled token; true if it ends the request.

@@ -15,13 +15,17 @@
 //! 5. tells the scheduler what was sampled and what stopped, and sends the end of every
 //!    finished request.
 //!
+//! [`Engine::launch`] and [`Engine::land`] are the same step cut where it waits for the
+//! device, for a browser, whose thread must not block: it awaits the logits in between.
+//!
 //! The engine reads no clock and starts no thread: the caller passes the time and decides
 //! when to step, so the same engine runs under the native server's worker thread and in a
 //! browser's event loop.
 
 mod engine;
+pub mod openai;
 mod request;
 pub mod stop;
 
-pub use engine::{Engine, EngineMetrics, StepOutcome};
+pub use engine::{Engine, EngineMetrics, Launched, StepOutcome};
 pub use request::{Event, Finished, GenerationRequest, SubmitError, TokenLogprob};

@@ -25,35 +25,56 @@ pub struct AdapterInfo {
 
 static WGPU: OnceLock<Result<Opened, String>> = OnceLock::new();
 
-/// The process's wgpu device: the best adapter wgpu finds (a discrete GPU if there is one;
-/// Mesa's lavapipe on machines without a GPU). Opened once; later calls return it again.
-pub fn wgpu_device() -> Result<Device, ModelError> {
-    let opened = WGPU.get_or_init(|| {
-        // wgpu reports some failures (no driver, no adapter) by panicking.
-        // A decode step is a few hundred small dispatches; submitting them in one go instead
-        // of cubecl's default batches of 32 saves ~15 % per token on lavapipe.
-        // CUBECL_WGPU_MAX_TASKS still overrides it.
-        let tasks = std::env::var("CUBECL_WGPU_MAX_TASKS").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
-        let init = std::panic::catch_unwind(|| Device::wgpu_options().tasks_max(tasks).init_with_setup());
-        match init {
-            Ok(Ok((device, setup))) => {
-                let info = setup.adapter.get_info();
-                let adapter = AdapterInfo {
-                    name: info.name,
-                    backend: format!("{:?}", setup.backend),
-                    device_type: format!("{:?}", info.device_type),
-                    driver: format!("{} {}", info.driver, info.driver_info).trim().to_owned(),
-                };
-                Ok(Opened { device, adapter })
-            }
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(panic) => Err(crate::llama::panic_message(panic.as_ref())),
-        }
-    });
+/// A decode step is a few hundred small dispatches; submitting them in one go instead of
+/// cubecl's default batches of 32 saves ~15 % per token on lavapipe.
+/// CUBECL_WGPU_MAX_TASKS still overrides it.
+fn options() -> burn::tensor::wgpu::WgpuOptions {
+    let tasks = std::env::var("CUBECL_WGPU_MAX_TASKS").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    Device::wgpu_options().tasks_max(tasks)
+}
+
+fn opened(
+    init: Result<(Device, burn::tensor::wgpu::WgpuSetup), burn::tensor::wgpu::WgpuInitError>,
+) -> Result<Opened, String> {
+    let (device, setup) = init.map_err(|e| e.to_string())?;
+    let info = setup.adapter.get_info();
+    let adapter = AdapterInfo {
+        name: info.name,
+        backend: format!("{:?}", setup.backend),
+        device_type: format!("{:?}", info.device_type),
+        driver: format!("{} {}", info.driver, info.driver_info).trim().to_owned(),
+    };
+    Ok(Opened { device, adapter })
+}
+
+fn device_of(opened: &Result<Opened, String>) -> Result<Device, ModelError> {
     match opened {
         Ok(o) => Ok(o.device.clone()),
         Err(e) => Err(ModelError::Device(e.clone())),
     }
+}
+
+/// The process's wgpu device: the best adapter wgpu finds (a discrete GPU if there is one;
+/// Mesa's lavapipe on machines without a GPU). Opened once; later calls return it again.
+#[cfg(not(target_family = "wasm"))]
+pub fn wgpu_device() -> Result<Device, ModelError> {
+    device_of(WGPU.get_or_init(|| {
+        // wgpu reports some failures (no driver, no adapter) by panicking.
+        match std::panic::catch_unwind(|| options().init_with_setup()) {
+            Ok(init) => opened(init),
+            Err(panic) => Err(crate::llama::panic_message(panic.as_ref())),
+        }
+    }))
+}
+
+/// [`wgpu_device`] for a thread that must not block: a browser's, where the adapter is
+/// WebGPU's and asking for it is asynchronous.
+pub async fn wgpu_device_async() -> Result<Device, ModelError> {
+    if let Some(done) = WGPU.get() {
+        return device_of(done);
+    }
+    let init = opened(options().init_with_setup_async().await);
+    device_of(WGPU.get_or_init(|| init))
 }
 
 /// The adapter behind `device`, if it was opened by [`wgpu_device`].

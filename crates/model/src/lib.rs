@@ -29,9 +29,11 @@ pub mod tiny;
 
 pub use burn::tensor::Device;
 pub use config::{LlamaConfig, SUPPORTED_ARCHITECTURES};
-pub use device::{AdapterInfo, adapter_info, adapter_name, wgpu_device};
+#[cfg(not(target_family = "wasm"))]
+pub use device::wgpu_device;
+pub use device::{AdapterInfo, adapter_info, adapter_name, wgpu_device_async};
 pub use error::ModelError;
 pub use generate::{FinishReason, GenerateRequest, Generation, GenerationStats, generate};
-pub use llama::{KvCache, Llama};
+pub use llama::{KvCache, Llama, PendingLogits};
 pub use paged::{PagedKvCache, SeqChunk};
 pub use sampling::{Sampler, SamplingParams, log_softmax, top_logprobs};

@@ -143,6 +143,8 @@ impl Llama {
             rope_cos,
             rope_sin,
         };
+        // A browser cannot block on the device; its first read waits for the uploads instead.
+        #[cfg(not(target_family = "wasm"))]
         model.device.sync().map_err(|e| ModelError::Backend(e.to_string()))?;
         Ok(model)
     }
@@ -196,6 +198,13 @@ impl Llama {
     /// `cache` through their block tables and returns, for each chunk that asks, the logits
     /// of its last token, in order.
     pub fn forward_batch(&self, chunks: &[SeqChunk], cache: &mut PagedKvCache) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.launch_batch(chunks, cache)?.read()
+    }
+
+    /// [`Llama::forward_batch`] without waiting: the work is queued on the device and the
+    /// logits are read later, with [`PendingLogits::read`] or, where the thread must not
+    /// block (a browser), [`PendingLogits::read_async`].
+    pub fn launch_batch(&self, chunks: &[SeqChunk], cache: &mut PagedKvCache) -> Result<PendingLogits, ModelError> {
         self.check_batch(chunks, cache)?;
         let order = BatchBuffer::order(chunks);
         let laid_out: Vec<&SeqChunk> = order.iter().map(|&i| &chunks[i]).collect();
@@ -217,9 +226,8 @@ impl Llama {
             let x = Tensor::<2>::from_data(TensorData::new(embedded, [tokens.len(), self.config.hidden]), &self.device);
             let batch = BatchBuffer::new(&self.cube_device(), &laid_out, cache.block_size());
             // Without logits to read, the queued work runs ahead of the next step's.
-            let Some(logits) = self.forward_rows(x, &batch, cache, &rows) else { return Ok(Vec::new()) };
-            let flat = logits.try_into_vec_as::<f32>().map_err(|e| ModelError::Backend(format!("{e:?}")))?;
-            Ok(flat.chunks(vocab).map(<[f32]>::to_vec).collect())
+            let logits = self.forward_rows(x, &batch, cache, &rows);
+            Ok(PendingLogits { logits, vocab })
         })
     }
 
@@ -375,6 +383,33 @@ fn rope_tables(config: &LlamaConfig, device: &Device) -> (Tensor<2>, Tensor<2>) 
 
 /// Runs `f`, turning a panic inside the backend (an allocation failure, a lost device) into
 /// an error, so that one failed request cannot take a server down.
+/// Logits queued on the device by [`Llama::launch_batch`], one row per chunk that asked.
+#[must_use = "the logits are only computed once read"]
+pub struct PendingLogits {
+    logits: Option<Tensor<2>>,
+    vocab: usize,
+}
+
+impl PendingLogits {
+    /// Waits for the device and returns one vector of logits per row.
+    pub fn read(self) -> Result<Vec<Vec<f32>>, ModelError> {
+        let vocab = self.vocab;
+        let Some(logits) = self.logits else { return Ok(Vec::new()) };
+        guard(|| Ok(split(logits.try_into_vec_as::<f32>().map_err(|e| ModelError::Backend(format!("{e:?}")))?, vocab)))
+    }
+
+    /// [`PendingLogits::read`] without blocking the thread.
+    pub async fn read_async(self) -> Result<Vec<Vec<f32>>, ModelError> {
+        let Some(logits) = self.logits else { return Ok(Vec::new()) };
+        let data = logits.into_data_async().await.map_err(|e| ModelError::Backend(format!("{e:?}")))?;
+        Ok(split(data.try_into_vec::<f32>().map_err(|e| ModelError::Backend(format!("{e:?}")))?, self.vocab))
+    }
+}
+
+fn split(flat: Vec<f32>, vocab: usize) -> Vec<Vec<f32>> {
+    flat.chunks(vocab).map(<[f32]>::to_vec).collect()
+}
+
 fn guard<T>(f: impl FnOnce() -> Result<T, ModelError>) -> Result<T, ModelError> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| Err(ModelError::Backend(panic_message(panic.as_ref()))))
 }

@@ -26,6 +26,8 @@ pub enum TemplateError {
     Syntax(String),
     #[error("chat template failed to render: {0}")]
     Render(String),
+    #[error("tokenizer.chat_template: {0}")]
+    Metadata(#[from] cinder_gguf::GgufError),
 }
 
 /// A compiled chat template.
@@ -56,6 +58,14 @@ impl ChatTemplate {
         env.add_template_owned(TEMPLATE_NAME, source.to_owned())
             .map_err(|e| TemplateError::Syntax(describe(&e)))?;
         Ok(Self { env, bos_token: bos_token.to_owned(), eos_token: eos_token.to_owned() })
+    }
+
+    /// The template a model ships in its GGUF metadata, with its tokenizer's BOS and EOS texts.
+    pub fn from_gguf(metadata: &cinder_gguf::Metadata, tokenizer: &crate::Tokenizer) -> Result<Self, TemplateError> {
+        let source = metadata.optional("tokenizer.chat_template", |m, k| m.get_str(k))?.ok_or(TemplateError::Missing)?;
+        let text_of = |id: Option<u32>| id.and_then(|id| tokenizer.token_text(id)).unwrap_or_default().to_owned();
+        let special = tokenizer.special_tokens();
+        Self::new(source, &text_of(special.bos), &text_of(special.eos))
     }
 
     /// Renders `messages`; with `add_generation_prompt` the text ends where the assistant's

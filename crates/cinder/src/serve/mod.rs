@@ -79,7 +79,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let path = args.model.path();
     let file = args.model.open()?;
     let tokenizer = Tokenizer::from_gguf(file.metadata())?;
-    let template = match crate::generate::chat_template(&file, &tokenizer) {
+    let template = match cinder_tokenizer::ChatTemplate::from_gguf(file.metadata(), &tokenizer) {
         Ok(t) => Some(t),
         Err(e) => {
             tracing::warn!("no chat template ({e:#}); /v1/chat/completions will refuse requests");

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cinder_engine::{Event, Finished, GenerationRequest, TokenLogprob};
 use cinder_scheduler::{FinishReason, TenantId};
-use cinder_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
+use cinder_tokenizer::{ChatTemplate, Tokenizer};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
@@ -24,7 +24,9 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::{Stream, StreamMap};
 
-use super::api::{ApiError, GenerationBody, Prompt, parse};
+use cinder_engine::openai::{GenerationBody, parse};
+
+use super::api::ApiError;
 use super::metrics::ServerMetrics;
 use super::worker::WorkerHandle;
 
@@ -122,8 +124,8 @@ async fn start(s: &Shared, kind: Kind, body: Result<Bytes, BytesRejection>) -> R
         return Err(ApiError::model_not_found(model));
     }
     let prompts = match kind {
-        Kind::Completion => completion_prompts(s, body.prompt.clone())?,
-        Kind::Chat => vec![chat_prompt(s, &body)?],
+        Kind::Completion => body.completion_prompts(&s.tokenizer)?,
+        Kind::Chat => vec![body.chat_prompt(&s.tokenizer, s.template.as_ref())?],
     };
     if body.echo == Some(true) {
         return Err(ApiError::invalid("`echo` is not supported", Some("echo")));
@@ -187,33 +189,6 @@ fn tenant_of(user: &str) -> u32 {
 fn random_seed(id: u64) -> u64 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     (nanos ^ id.rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-}
-
-fn completion_prompts(s: &AppState, prompt: Option<Prompt>) -> Result<Vec<Vec<u32>>, ApiError> {
-    let encode = |text: &str| {
-        s.tokenizer.encode(text, true, true).map_err(|e| ApiError::invalid(format!("cannot tokenize the prompt: {e}"), Some("prompt")))
-    };
-    let prompts = match prompt {
-        None => return Err(ApiError::invalid("`prompt` is required", Some("prompt"))),
-        Some(Prompt::Text(t)) => vec![encode(&t)?],
-        Some(Prompt::Ids(ids)) => vec![ids],
-        Some(Prompt::Texts(texts)) => texts.iter().map(|t| encode(t)).collect::<Result<_, _>>()?,
-        Some(Prompt::IdLists(lists)) => lists,
-    };
-    if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
-        return Err(ApiError::invalid("the prompt is empty", Some("prompt")));
-    }
-    Ok(prompts)
-}
-
-fn chat_prompt(s: &AppState, body: &GenerationBody) -> Result<Vec<u32>, ApiError> {
-    let messages = body.messages.as_ref().filter(|m| !m.is_empty());
-    let messages = messages.ok_or_else(|| ApiError::invalid("`messages` must be a non-empty list", Some("messages")))?;
-    let template = s.template.as_ref().ok_or_else(|| ApiError::invalid("this model has no chat template; use /v1/completions", None))?;
-    let messages: Vec<ChatMessage> =
-        messages.iter().map(|m| Ok(ChatMessage::new(m.role.clone(), m.text()?))).collect::<Result<_, ApiError>>()?;
-    let text = template.render(&messages, true).map_err(|e| ApiError::invalid(format!("chat template: {e}"), Some("messages")))?;
-    s.tokenizer.encode(&text, true, true).map_err(|e| ApiError::invalid(format!("cannot tokenize the messages: {e}"), Some("messages")))
 }
 
 fn max_tokens(s: &AppState, body: &GenerationBody, kind: Kind, prompt: usize) -> Result<usize, ApiError> {

@@ -1,0 +1,268 @@
+//! OpenAI's request bodies for completions and chat completions, parsed and checked the same
+//! way wherever they arrive: over HTTP (`cinder serve`) or from a web page (`cinder-wasm`).
+
+use cinder_model::SamplingParams;
+use cinder_scheduler::Priority;
+use cinder_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// Why a request body was refused, and the field at fault (OpenAI's `param`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct InvalidRequest {
+    pub message: String,
+    pub param: Option<String>,
+}
+
+impl InvalidRequest {
+    pub fn new(message: impl Into<String>, param: Option<&str>) -> Self {
+        Self { message: message.into(), param: param.map(str::to_owned) }
+    }
+}
+
+/// Parses a JSON body; a wrong type names the field, unknown fields are logged and ignored.
+pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, InvalidRequest> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|&b| b != b'{') {
+        return Err(InvalidRequest::new("the request body must be a JSON object", None));
+    }
+    let mut json = serde_json::Deserializer::from_slice(body);
+    let mut unknown = Vec::new();
+    let mut note_unknown = |path: serde_ignored::Path| unknown.push(path.to_string());
+    let ignored = serde_ignored::Deserializer::new(&mut json, &mut note_unknown);
+    let parsed = serde_path_to_error::deserialize(ignored).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            InvalidRequest::new(format!("the body is not valid JSON: {inner}"), None)
+        } else if path == "." {
+            InvalidRequest::new(format!("bad request body: {inner}"), None)
+        } else {
+            InvalidRequest::new(format!("`{path}`: {inner}"), Some(&path))
+        }
+    })?;
+    json.end().map_err(|e| InvalidRequest::new(format!("the body is not valid JSON: {e}"), None))?;
+    if !unknown.is_empty() {
+        tracing::debug!("ignored unknown fields: {}", unknown.join(", "));
+    }
+    Ok(parsed)
+}
+
+/// `prompt`: one text, one list of token ids, or a list of either.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    Text(String),
+    Ids(Vec<u32>),
+    Texts(Vec<String>),
+    IdLists(Vec<Vec<u32>>),
+}
+
+/// A chat message's content: text, or a list of parts of which the text ones count.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Message {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<Content>,
+}
+
+impl Message {
+    pub fn text(&self) -> Result<String, InvalidRequest> {
+        match &self.content {
+            None => Ok(String::new()),
+            Some(Content::Text(t)) => Ok(t.clone()),
+            Some(Content::Parts(parts)) => parts
+                .iter()
+                .map(|p| match (p.kind.as_str(), &p.text) {
+                    ("text", Some(t)) => Ok(t.as_str()),
+                    (kind, _) => Err(InvalidRequest::new(format!("content parts of type `{kind}` are not supported"), Some("messages"))),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Completions take a number of alternatives; chat takes a flag (with `top_logprobs`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub enum Logprobs {
+    Flag(bool),
+    Count(u32),
+}
+
+/// `priority`: a level name, or a number (0 most urgent, as vLLM's).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PriorityField {
+    Level(i64),
+    Name(String),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: Option<bool>,
+}
+
+/// The body of `/v1/completions` and `/v1/chat/completions`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GenerationBody {
+    pub model: Option<String>,
+    pub prompt: Option<Prompt>,
+    pub messages: Option<Vec<Message>>,
+    pub max_tokens: Option<u64>,
+    pub max_completion_tokens: Option<u64>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub n: Option<u32>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    pub stop: Option<Stop>,
+    pub stop_token_ids: Option<Vec<u32>>,
+    pub seed: Option<u64>,
+    pub logprobs: Option<Logprobs>,
+    pub top_logprobs: Option<u32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub ignore_eos: Option<bool>,
+    pub priority: Option<PriorityField>,
+    pub cache_prompt: Option<bool>,
+    pub return_token_ids: Option<bool>,
+    pub user: Option<String>,
+    pub echo: Option<bool>,
+}
+
+/// Most alternatives per choice and most choices per request.
+pub const MAX_LOGPROBS: u32 = 20;
+pub const MAX_N: u32 = 16;
+
+impl GenerationBody {
+    /// The sampling parameters, checked; `seed` is used when the body has none.
+    pub fn sampling(&self, seed: u64) -> Result<SamplingParams, InvalidRequest> {
+        let range = |name: &str, value: Option<f32>, ok: &dyn Fn(f32) -> bool, rule: &str| match value {
+            Some(v) if !ok(v) => Err(InvalidRequest::new(format!("`{name}` must be {rule}; got {v}"), Some(name))),
+            _ => Ok(()),
+        };
+        range("temperature", self.temperature, &|v| (0.0..=2.0).contains(&v), "in [0, 2]")?;
+        range("top_p", self.top_p, &|v| v > 0.0 && v <= 1.0, "in (0, 1]")?;
+        range("min_p", self.min_p, &|v| (0.0..=1.0).contains(&v), "in [0, 1]")?;
+        range("presence_penalty", self.presence_penalty, &|v| (-2.0..=2.0).contains(&v), "in [-2, 2]")?;
+        range("frequency_penalty", self.frequency_penalty, &|v| (-2.0..=2.0).contains(&v), "in [-2, 2]")?;
+        range("repetition_penalty", self.repetition_penalty, &|v| v > 0.0 && v <= 10.0, "in (0, 10]")?;
+        let top_k = match self.top_k {
+            None | Some(-1) | Some(0) => 0,
+            Some(k) if k > 0 => k as usize,
+            Some(k) => return Err(InvalidRequest::new(format!("`top_k` must be -1, 0 or positive; got {k}"), Some("top_k"))),
+        };
+        Ok(SamplingParams {
+            temperature: self.temperature.unwrap_or(1.0),
+            top_k,
+            top_p: self.top_p.unwrap_or(1.0),
+            min_p: self.min_p.unwrap_or(0.0),
+            repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
+            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
+            presence_penalty: self.presence_penalty.unwrap_or(0.0),
+            seed: self.seed.unwrap_or(seed),
+            ..SamplingParams::default()
+        })
+    }
+
+    pub fn n(&self) -> Result<usize, InvalidRequest> {
+        match self.n.unwrap_or(1) {
+            n @ 1..=MAX_N => Ok(n as usize),
+            n => Err(InvalidRequest::new(format!("`n` must be in [1, {MAX_N}]; got {n}"), Some("n"))),
+        }
+    }
+
+    /// How many alternatives to report per token, if any.
+    pub fn logprobs(&self, chat: bool) -> Result<Option<usize>, InvalidRequest> {
+        let count = match (chat, self.logprobs) {
+            (_, None) | (_, Some(Logprobs::Flag(false))) => return Ok(None),
+            (true, Some(Logprobs::Flag(true))) => self.top_logprobs.unwrap_or(0),
+            (false, Some(Logprobs::Count(k))) => k,
+            (true, Some(Logprobs::Count(_))) => return Err(InvalidRequest::new("`logprobs` is a boolean here; use `top_logprobs` for a count", Some("logprobs"))),
+            (false, Some(Logprobs::Flag(true))) => return Err(InvalidRequest::new("`logprobs` is a number of alternatives here", Some("logprobs"))),
+        };
+        if count > MAX_LOGPROBS {
+            let param = if chat { "top_logprobs" } else { "logprobs" };
+            return Err(InvalidRequest::new(format!("`{param}` must be at most {MAX_LOGPROBS}; got {count}"), Some(param)));
+        }
+        Ok(Some(count as usize))
+    }
+
+    pub fn stop(&self) -> Vec<String> {
+        match &self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        }
+    }
+
+    pub fn priority(&self) -> Result<Priority, InvalidRequest> {
+        let bad = |what: String| InvalidRequest::new(format!("`priority` must be 0-4 or critical, high, normal, low, batch; got {what}"), Some("priority"));
+        match &self.priority {
+            None => Ok(Priority::Normal),
+            Some(PriorityField::Level(l)) if (0..=4).contains(l) => Ok(Priority::from_level(*l as usize)),
+            Some(PriorityField::Level(l)) => Err(bad(l.to_string())),
+            Some(PriorityField::Name(name)) => {
+                Priority::ALL.into_iter().find(|p| p.name() == name).ok_or_else(|| bad(format!("{name:?}")))
+            }
+        }
+    }
+}
+
+impl GenerationBody {
+    /// The prompts of a completion: `prompt` as text (tokenized with special tokens) or ids.
+    pub fn completion_prompts(&self, tokenizer: &Tokenizer) -> Result<Vec<Vec<u32>>, InvalidRequest> {
+        let encode = |text: &str| {
+            tokenizer.encode(text, true, true).map_err(|e| InvalidRequest::new(format!("cannot tokenize the prompt: {e}"), Some("prompt")))
+        };
+        let prompts = match &self.prompt {
+            None => return Err(InvalidRequest::new("`prompt` is required", Some("prompt"))),
+            Some(Prompt::Text(t)) => vec![encode(t)?],
+            Some(Prompt::Ids(ids)) => vec![ids.clone()],
+            Some(Prompt::Texts(texts)) => texts.iter().map(|t| encode(t)).collect::<Result<_, _>>()?,
+            Some(Prompt::IdLists(lists)) => lists.clone(),
+        };
+        if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
+            return Err(InvalidRequest::new("the prompt is empty", Some("prompt")));
+        }
+        Ok(prompts)
+    }
+
+    /// The prompt of a chat completion: `messages` rendered by the model's chat template.
+    pub fn chat_prompt(&self, tokenizer: &Tokenizer, template: Option<&ChatTemplate>) -> Result<Vec<u32>, InvalidRequest> {
+        let messages = self.messages.as_ref().filter(|m| !m.is_empty());
+        let messages = messages.ok_or_else(|| InvalidRequest::new("`messages` must be a non-empty list", Some("messages")))?;
+        let template = template.ok_or_else(|| InvalidRequest::new("this model has no chat template; use a completion", None))?;
+        let messages: Vec<ChatMessage> =
+            messages.iter().map(|m| Ok(ChatMessage::new(m.role.clone(), m.text()?))).collect::<Result<_, InvalidRequest>>()?;
+        let text = template.render(&messages, true).map_err(|e| InvalidRequest::new(format!("chat template: {e}"), Some("messages")))?;
+        tokenizer.encode(&text, true, true).map_err(|e| InvalidRequest::new(format!("cannot tokenize the messages: {e}"), Some("messages")))
+    }
+}
