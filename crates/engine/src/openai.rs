@@ -2,7 +2,9 @@
 //! way wherever they arrive: over HTTP (`cinder serve`) or from a web page (`cinder-wasm`).
 
 use cinder_model::SamplingParams;
-use cinder_scheduler::Priority;
+use cinder_scheduler::{FinishReason, Priority, TenantId};
+
+use crate::GenerationRequest;
 use cinder_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -264,5 +266,74 @@ impl GenerationBody {
             messages.iter().map(|m| Ok(ChatMessage::new(m.role.clone(), m.text()?))).collect::<Result<_, InvalidRequest>>()?;
         let text = template.render(&messages, true).map_err(|e| InvalidRequest::new(format!("chat template: {e}"), Some("messages")))?;
         tokenizer.encode(&text, true, true).map_err(|e| InvalidRequest::new(format!("cannot tokenize the messages: {e}"), Some("messages")))
+    }
+}
+
+impl GenerationBody {
+    /// The engine requests for one of the body's prompts: `n` choices whose seeds differ by
+    /// their index, each capped so the prompt and its answer fit in `context_length`.
+    pub fn requests(
+        &self,
+        prompt: &[u32],
+        chat: bool,
+        context_length: usize,
+        seed: u64,
+    ) -> Result<Vec<GenerationRequest>, InvalidRequest> {
+        let max_tokens = self.max_tokens(chat, prompt.len(), context_length)?;
+        let (logprobs, stop, priority) = (self.logprobs(chat)?, self.stop(), self.priority()?);
+        let tenant = TenantId(self.user.as_deref().map_or(0, tenant_of));
+        (0..self.n()?)
+            .map(|choice| {
+                Ok(GenerationRequest {
+                    prompt: prompt.to_vec(),
+                    max_tokens,
+                    sampling: self.sampling(seed.wrapping_add(choice as u64))?,
+                    stop: stop.clone(),
+                    stop_token_ids: self.stop_token_ids.clone().unwrap_or_default(),
+                    ignore_eos: self.ignore_eos.unwrap_or(false),
+                    logprobs,
+                    priority,
+                    tenant,
+                    use_prefix_cache: self.cache_prompt.unwrap_or(true),
+                })
+            })
+            .collect()
+    }
+
+    /// `max_completion_tokens` or `max_tokens`; without either, 16 for a completion (OpenAI's
+    /// default) and the rest of the context for a chat.
+    fn max_tokens(&self, chat: bool, prompt: usize, context_length: usize) -> Result<usize, InvalidRequest> {
+        let room = context_length.saturating_sub(prompt);
+        let (asked, param) = match (self.max_completion_tokens, self.max_tokens) {
+            (Some(m), _) => (Some(m), "max_completion_tokens"),
+            (None, m) => (m, "max_tokens"),
+        };
+        let max = match (asked, chat) {
+            (Some(0), _) => return Err(InvalidRequest::new(format!("`{param}` must be at least 1"), Some(param))),
+            (Some(m), _) => usize::try_from(m).unwrap_or(usize::MAX),
+            (None, false) => 16.min(room.max(1)),
+            (None, true) => room.max(1),
+        };
+        if max > room {
+            let message =
+                format!("the prompt ({prompt} tokens) plus {param} ({max}) exceeds the model's context of {context_length} tokens");
+            return Err(InvalidRequest::new(message, Some(param)));
+        }
+        Ok(max)
+    }
+}
+
+/// The tenant a `user` string stands for. FNV-1a: stable across runs, unlike the standard
+/// library's hasher.
+fn tenant_of(user: &str) -> u32 {
+    user.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+/// OpenAI's name for why a choice ended.
+pub fn finish_reason(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::Cancelled => "abort",
     }
 }

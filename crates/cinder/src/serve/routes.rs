@@ -14,8 +14,7 @@ use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use cinder_engine::{Event, Finished, GenerationRequest, TokenLogprob};
-use cinder_scheduler::{FinishReason, TenantId};
+use cinder_engine::{Event, Finished, TokenLogprob};
 use cinder_tokenizer::{ChatTemplate, Tokenizer};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -24,7 +23,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::{Stream, StreamMap};
 
-use cinder_engine::openai::{GenerationBody, parse};
+use cinder_engine::openai::{GenerationBody, finish_reason, parse};
 
 use super::api::ApiError;
 use super::metrics::ServerMetrics;
@@ -132,32 +131,16 @@ async fn start(s: &Shared, kind: Kind, body: Result<Bytes, BytesRejection>) -> R
     }
     let n = body.n()?;
     let logprobs = body.logprobs(kind == Kind::Chat)?;
-    let stop = body.stop();
-    let priority = body.priority()?;
-    let tenant = TenantId(body.user.as_deref().map_or(0, tenant_of));
     let id = s.next_id.fetch_add(1, Ordering::Relaxed);
     // Without a seed, each request draws its own; choices of one request differ by index.
-    let seed_base = body.seed.unwrap_or_else(|| random_seed(id));
+    let seed = body.seed.unwrap_or_else(|| random_seed(id));
     let mut receivers = Vec::with_capacity(prompts.len() * n);
     for prompt in &prompts {
         if prompt.len() > s.max_prompt_tokens {
             let message = format!("the prompt has {} tokens; this server takes at most {}", prompt.len(), s.max_prompt_tokens);
             return Err(ApiError::invalid(message, Some(if kind == Kind::Chat { "messages" } else { "prompt" })));
         }
-        let max_tokens = max_tokens(s, &body, kind, prompt.len())?;
-        for choice in 0..n {
-            let request = GenerationRequest {
-                prompt: prompt.clone(),
-                max_tokens,
-                sampling: body.sampling(seed_base.wrapping_add(choice as u64))?,
-                stop: stop.clone(),
-                stop_token_ids: body.stop_token_ids.clone().unwrap_or_default(),
-                ignore_eos: body.ignore_eos.unwrap_or(false),
-                logprobs,
-                priority,
-                tenant,
-                use_prefix_cache: body.cache_prompt.unwrap_or(true),
-            };
+        for request in body.requests(prompt, kind == Kind::Chat, s.context_length, seed)? {
             // On an error the receivers already made are dropped, which cancels them.
             receivers.push(s.worker.submit(request).await?);
         }
@@ -181,36 +164,9 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| ApiError { status: e.status(), ..ApiError::invalid(e.body_text(), None) })
 }
 
-fn tenant_of(user: &str) -> u32 {
-    // FNV-1a: stable across runs, unlike the standard library's hasher.
-    user.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
-}
-
 fn random_seed(id: u64) -> u64 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     (nanos ^ id.rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-}
-
-fn max_tokens(s: &AppState, body: &GenerationBody, kind: Kind, prompt: usize) -> Result<usize, ApiError> {
-    let room = s.context_length.saturating_sub(prompt);
-    let (asked, param) = match (body.max_completion_tokens, body.max_tokens) {
-        (Some(m), _) => (Some(m), "max_completion_tokens"),
-        (None, m) => (m, "max_tokens"),
-    };
-    let max = match (asked, kind) {
-        (Some(0), _) => return Err(ApiError::invalid(format!("`{param}` must be at least 1"), Some(param))),
-        (Some(m), _) => usize::try_from(m).unwrap_or(usize::MAX),
-        (None, Kind::Completion) => 16.min(room.max(1)),
-        (None, Kind::Chat) => room.max(1),
-    };
-    if max > room {
-        let message = format!(
-            "the prompt ({prompt} tokens) plus {param} ({max}) exceeds the model's context of {} tokens",
-            s.context_length
-        );
-        return Err(ApiError::invalid(message, Some(param)));
-    }
-    Ok(max)
 }
 
 /// One choice's output so far.
@@ -237,14 +193,6 @@ impl Choice {
                 self.finished = Some(f);
             }
         }
-    }
-}
-
-fn finish_reason(reason: FinishReason) -> &'static str {
-    match reason {
-        FinishReason::Stop => "stop",
-        FinishReason::Length => "length",
-        FinishReason::Cancelled => "abort",
     }
 }
 
