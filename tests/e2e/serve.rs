@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use cinder_model::tiny::TinyModel;
 
 /// A running server, killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    address: String,
+    pub(crate) address: String,
 }
 
 impl Server {
-    fn start(model: &Path, extra: &[&str]) -> Server {
+    pub(crate) fn start(model: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cinder"))
             .args(["serve", "--port", "0", "--model"])
             .arg(model)
@@ -37,11 +37,11 @@ impl Server {
         Server { child, address }
     }
 
-    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Response {
+    pub(crate) fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Response {
         http(&self.address, method, path, headers, body)
     }
 
-    fn post(&self, path: &str, body: &str) -> Response {
+    pub(crate) fn post(&self, path: &str, body: &str) -> Response {
         self.request("POST", path, &[], body)
     }
 
@@ -59,14 +59,14 @@ impl Drop for Server {
     }
 }
 
-struct Response {
-    status: u16,
-    head: String,
-    body: String,
+pub(crate) struct Response {
+    pub(crate) status: u16,
+    pub(crate) head: String,
+    pub(crate) body: String,
 }
 
 impl Response {
-    fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
     }
 }
@@ -102,7 +102,7 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
-fn tiny_model(test: &str) -> PathBuf {
+pub(crate) fn tiny_model(test: &str) -> PathBuf {
     let path = crate::scratch_dir(test).join("tiny.gguf");
     std::fs::write(&path, TinyModel::default().to_gguf()).unwrap();
     path

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use cinder_model::{Llama, ModelError, PagedKvCache, PendingLogits, Sampler, SeqChunk, log_softmax, top_logprobs};
+use cinder_model::{Llama, LlamaConfig, ModelError, PagedKvCache, PendingLogits, Sampler, SeqChunk, log_softmax, top_logprobs};
 use cinder_scheduler::{
     FinishReason, FinishedSequence, Metrics, Request, Scheduler, SchedulerConfig, SeqId, StepPlan, StepResult, Time,
 };
@@ -84,6 +84,19 @@ impl Engine {
             prompt_tokens_total: 0,
             generation_tokens_total: 0,
         })
+    }
+
+    /// `base` with a KV pool of as many blocks as fit in `kv_bytes` of device memory, and
+    /// sequences capped at what one request can hold in that pool (at most the context).
+    pub fn sized_config(model: &LlamaConfig, kv_bytes: usize, base: SchedulerConfig) -> Result<SchedulerConfig, String> {
+        let bytes_per_token = PagedKvCache::bytes_per_token(model.n_layers, model.n_kv_heads * model.head_dim);
+        let block_size = base.block_size.max(1);
+        let num_blocks = kv_bytes / (bytes_per_token * block_size);
+        let max_seq_len = model.context_length.min(num_blocks.saturating_sub(base.watermark_blocks) * block_size);
+        if max_seq_len == 0 {
+            return Err(format!("{} MiB of KV cache holds no usable block for this model", kv_bytes >> 20));
+        }
+        Ok(SchedulerConfig { block_size, num_blocks, max_seq_len, ..base })
     }
 
     pub fn model(&self) -> &Llama {

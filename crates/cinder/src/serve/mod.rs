@@ -12,6 +12,7 @@ mod worker;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
@@ -19,13 +20,15 @@ use std::time::Instant;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::handler::HandlerWithoutStateExt;
 use axum::http::HeaderValue;
 use axum::routing::{get, post};
 use cinder_engine::Engine;
-use cinder_model::{Llama, PagedKvCache};
+use cinder_model::Llama;
 use cinder_scheduler::{BatchPolicy, SchedulerConfig};
 use cinder_tokenizer::Tokenizer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::services::{ServeDir, ServeFile};
 
 use crate::model_path::ModelArg;
 use routes::AppState;
@@ -73,10 +76,19 @@ pub struct ServeArgs {
     /// Allow browsers from this origin (repeatable; `*` allows any).
     #[arg(long)]
     cors_origin: Vec<String>,
+    /// Serve the browser demo from this folder (`web/dist`, built by scripts/build-web.sh)
+    /// at `/`, and the loaded model file at `/model.gguf` for the page to fetch.
+    #[arg(long, env = "CINDER_WEB")]
+    web: Option<PathBuf>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let path = args.model.path();
+    if let Some(dir) = &args.web
+        && !dir.join("index.html").is_file()
+    {
+        anyhow::bail!("--web {}: no index.html there; build the demo with `bash scripts/build-web.sh`", dir.display());
+    }
     let file = args.model.open()?;
     let tokenizer = Tokenizer::from_gguf(file.metadata())?;
     let template = match cinder_tokenizer::ChatTemplate::from_gguf(file.metadata(), &tokenizer) {
@@ -92,12 +104,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let model = load_with_progress_bar(&file, &device).with_context(|| format!("loading {}", path.display()))?;
     drop(file);
     let config = model.config().clone();
-    let bytes_per_token = PagedKvCache::bytes_per_token(config.n_layers, config.n_kv_heads * config.head_dim);
-    let num_blocks = (args.kv_cache_mb << 20) / (bytes_per_token * args.block_size.max(1));
-    let scheduler = SchedulerConfig {
+    let base = SchedulerConfig {
         block_size: args.block_size,
-        num_blocks,
-        max_seq_len: config.context_length,
         policy: BatchPolicy::Continuous {
             max_batch_tokens: args.max_batch_tokens,
             max_running: args.max_running,
@@ -106,12 +114,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_waiting: args.max_waiting,
         ..SchedulerConfig::default()
     };
-    // One request must fit in the pool: longer contexts are served only as far as it holds.
-    let context_length = config.context_length.min(num_blocks.saturating_sub(scheduler.watermark_blocks) * args.block_size);
-    if context_length == 0 {
-        anyhow::bail!("--kv-cache-mb {} holds no usable KV block for this model", args.kv_cache_mb);
-    }
-    let scheduler = SchedulerConfig { max_seq_len: context_length, ..scheduler };
+    let scheduler =
+        Engine::sized_config(&config, args.kv_cache_mb << 20, base).map_err(|e| anyhow::anyhow!("--kv-cache-mb: {e}"))?;
+    let (num_blocks, context_length) = (scheduler.num_blocks, scheduler.max_seq_len);
     let engine = Engine::new(model, tokenizer.clone(), scheduler).context("allocating the KV cache")?;
     eprintln!(
         "model: {} loaded in {:.2} s; KV cache {} blocks x {} tokens ({} MiB)",
@@ -140,7 +145,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         next_id: AtomicU64::new(0),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(serve(&args, state))?;
+    runtime.block_on(serve(&args, state, &path))?;
     // The handles are gone: the worker finishes what is left and stops.
     worker_thread.join().map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
     eprintln!("stopped");
@@ -164,7 +169,7 @@ fn load_with_progress_bar(file: &cinder_gguf::GgufFile, device: &cinder_model::D
     model
 }
 
-fn router(args: &ServeArgs, state: Arc<AppState>) -> anyhow::Result<Router> {
+fn router(args: &ServeArgs, state: Arc<AppState>, model_path: &Path) -> anyhow::Result<Router> {
     let api = Router::new()
         .route("/v1/completions", post(routes::completions))
         .route("/v1/chat/completions", post(routes::chat_completions))
@@ -172,10 +177,16 @@ fn router(args: &ServeArgs, state: Arc<AppState>) -> anyhow::Result<Router> {
         .route("/tokenize", post(routes::tokenize))
         .route("/detokenize", post(routes::detokenize))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), routes::require_api_key));
-    let mut app = api
+    let app = api
         .route("/health", get(routes::health))
-        .route("/metrics", get(routes::metrics))
-        .fallback(routes::not_found)
+        .route("/metrics", get(routes::metrics));
+    let app = match &args.web {
+        Some(dir) => app.route_service("/model.gguf", ServeFile::new(model_path)).fallback_service(
+            ServeDir::new(dir).not_found_service(HandlerWithoutStateExt::into_service(routes::not_found)),
+        ),
+        None => app.fallback(routes::not_found),
+    };
+    let mut app = app
         .layer(DefaultBodyLimit::max(args.max_body_bytes))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             routes::internal_error("the request handler panicked")
@@ -194,8 +205,8 @@ fn router(args: &ServeArgs, state: Arc<AppState>) -> anyhow::Result<Router> {
     Ok(app)
 }
 
-async fn serve(args: &ServeArgs, state: Arc<AppState>) -> anyhow::Result<()> {
-    let app = router(args, state.clone())?;
+async fn serve(args: &ServeArgs, state: Arc<AppState>, model_path: &Path) -> anyhow::Result<()> {
+    let app = router(args, state.clone(), model_path)?;
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;

@@ -1,0 +1,85 @@
+//! The options of `WasmEngine.load`: the KV pool and the batching limits.
+
+use cinder_engine::Engine;
+use cinder_model::LlamaConfig;
+use cinder_scheduler::{BatchPolicy, SchedulerConfig};
+use serde::Deserialize;
+
+/// Defaults sized for a browser tab: a small KV pool, a few sequences per batch.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineOptions {
+    /// Device memory for the KV cache, in MiB.
+    pub kv_cache_mb: usize,
+    /// Token slots per KV block.
+    pub block_size: usize,
+    /// Most tokens (prompt chunks and decodes) in one step.
+    pub max_batch_tokens: usize,
+    /// Most sequences decoding at once.
+    pub max_running: usize,
+    /// Longest piece of a prompt run in one step.
+    pub chunk_size: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self { kv_cache_mb: 64, block_size: 16, max_batch_tokens: 256, max_running: 16, chunk_size: 128 }
+    }
+}
+
+impl EngineOptions {
+    /// Parses the options JSON (`""` or `"{}"` for the defaults); unknown keys are errors,
+    /// so a misspelt option is not silently ignored.
+    pub fn parse(json: &str) -> Result<Self, String> {
+        if json.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_json::from_str(json).map_err(|e| format!("engine options: {e}"))
+    }
+
+    pub fn scheduler(&self, model: &LlamaConfig) -> Result<SchedulerConfig, String> {
+        if self.block_size == 0 || self.max_batch_tokens == 0 || self.max_running == 0 || self.chunk_size == 0 {
+            return Err("engine options: block_size, max_batch_tokens, max_running and chunk_size must be at least 1".into());
+        }
+        let base = SchedulerConfig {
+            block_size: self.block_size,
+            policy: BatchPolicy::Continuous {
+                max_batch_tokens: self.max_batch_tokens,
+                max_running: self.max_running,
+                chunk_size: self.chunk_size,
+            },
+            ..SchedulerConfig::default()
+        };
+        Engine::sized_config(model, self.kv_cache_mb << 20, base).map_err(|e| format!("engine options: kv_cache_mb: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_options_are_the_defaults_and_typos_are_refused() {
+        assert_eq!(EngineOptions::parse("").unwrap(), EngineOptions::default());
+        assert_eq!(EngineOptions::parse("{}").unwrap(), EngineOptions::default());
+        assert_eq!(EngineOptions::parse(r#"{"kv_cache_mb": 8}"#).unwrap().kv_cache_mb, 8);
+        let typo = EngineOptions::parse(r#"{"kv_cache_md": 8}"#).unwrap_err();
+        assert!(typo.contains("unknown field `kv_cache_md`"), "{typo}");
+        assert!(EngineOptions::parse(r#"{"kv_cache_mb": "lots"}"#).unwrap_err().contains("invalid type"));
+    }
+
+    #[test]
+    fn the_pool_is_sized_from_the_budget_and_caps_the_context() {
+        let file = cinder_gguf::GgufFile::from_bytes(cinder_model::tiny::TinyModel::default().to_gguf()).unwrap();
+        let model = LlamaConfig::from_gguf(&file).unwrap();
+        let options = EngineOptions { kv_cache_mb: 1, ..EngineOptions::default() };
+        let config = options.scheduler(&model).unwrap();
+        assert!(config.num_blocks > 0);
+        assert!(config.max_seq_len <= model.context_length);
+        assert!(config.max_seq_len <= config.num_blocks * config.block_size);
+        let none = EngineOptions { kv_cache_mb: 0, ..EngineOptions::default() }.scheduler(&model).unwrap_err();
+        assert!(none.contains("kv_cache_mb"), "{none}");
+        let zero = EngineOptions { max_running: 0, ..EngineOptions::default() }.scheduler(&model).unwrap_err();
+        assert!(zero.contains("at least 1"), "{zero}");
+    }
+}

@@ -1,0 +1,102 @@
+// Drives the web demo in headless Chromium with WebGPU, as a user and as a script would,
+// and prints what it saw as one JSON object on the last line of stdout. The Rust test
+// `tests/e2e/browser.rs` starts `cinder serve --web web/dist` and checks the result.
+//
+//   node tests/browser/demo.cjs URL '{"prompt": "...", "max_tokens": 8, "concurrent": 4}'
+//
+// playwright-core is found under $CINDER_NODE_DIR/node_modules (scripts/setup.sh puts it
+// in ~/.cache/cinder/node); the browser is Debian's chromium.
+
+const path = require('path');
+const os = require('os');
+const fs = require('fs');
+
+const nodeDir = process.env.CINDER_NODE_DIR || path.join(os.homedir(), '.cache/cinder/node');
+const { chromium } = require(path.join(nodeDir, 'node_modules', 'playwright-core'));
+
+const [url, specJson] = process.argv.slice(2);
+const spec = { max_tokens: 8, concurrent: 0, ui: true, timeout_s: 600, ...JSON.parse(specJson || '{}') };
+const timeout = spec.timeout_s * 1000;
+
+async function main() {
+  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cinder-chromium-'));
+  const context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: process.env.CINDER_CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    args: [
+      '--headless=new', '--no-sandbox', '--enable-unsafe-webgpu', '--enable-webgpu-developer-features',
+      '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
+  const result = { console: [] };
+  try {
+    const page = context.pages()[0] ?? (await context.newPage());
+    page.on('console', (m) => result.console.push(`${m.type()}: ${m.text()}`));
+    page.on('pageerror', (e) => result.console.push(`pageerror: ${e.message}`));
+    const started = Date.now();
+    await page.goto(url);
+    const status = page.getByTestId('status');
+    await page.waitForFunction(
+      () => /ready|error/.test(document.querySelector('[data-testid="status"]').textContent),
+      null,
+      { timeout },
+    );
+    result.status = await status.textContent();
+    result.load_s = (Date.now() - started) / 1000;
+    if (!/ready/.test(result.status)) return result;
+    result.info = await page.evaluate(() => window.cinder.engine.info);
+    result.load_stats = await page.evaluate(() => window.cinder.engine.loadStats);
+
+    // Greedy tokens through the JavaScript API, to compare with the native engine.
+    const options = { max_tokens: spec.max_tokens, temperature: 0, ignore_eos: true };
+    const single = await page.evaluate(
+      ([prompt, options]) => window.cinder.engine.generate(prompt, options),
+      [spec.prompt, options],
+    );
+    result.tokens = single.tokens;
+    result.text = single.text;
+    result.tokens_per_s = single.tokens_per_s;
+    result.first_token_s = single.first_token_s;
+
+    // Several generations at once share the engine's batches; all must finish, and the
+    // first prompt's tokens must not change for being batched.
+    if (spec.concurrent > 0) {
+      const prompts = [spec.prompt, ...Array.from({ length: spec.concurrent - 1 }, (_, i) => `${i} ${spec.prompt} ${i}`)];
+      const begun = Date.now();
+      result.concurrent = await page.evaluate(
+        ([prompts, options]) => Promise.all(prompts.map((p) => window.cinder.engine.generate(p, options))),
+        [prompts, options],
+      );
+      result.concurrent_s = (Date.now() - begun) / 1000;
+    }
+
+    // The page as a user drives it: type, send, watch the answer stream in.
+    if (spec.ui) {
+      await page.getByTestId('prompt').fill(spec.prompt);
+      await page.evaluate((n) => (document.getElementById('max-tokens').value = String(n)), spec.max_tokens);
+      await page.getByTestId('send').click();
+      await page.waitForFunction(
+        () => document.querySelector('[data-testid="speed"]').textContent !== '',
+        null,
+        { timeout },
+      );
+      result.ui_output = await page.getByTestId('output').textContent();
+      result.ui_speed = await page.getByTestId('speed').textContent();
+    }
+    return result;
+  } finally {
+    await context.close();
+    fs.rmSync(userDataDir, { recursive: true, force: true });
+  }
+}
+
+main().then(
+  (result) => {
+    console.log(JSON.stringify(result));
+  },
+  (e) => {
+    console.log(JSON.stringify({ error: String(e && e.stack || e) }));
+    process.exitCode = 1;
+  },
+);

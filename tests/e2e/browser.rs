@@ -1,0 +1,97 @@
+//! The web demo in headless Chromium with WebGPU (`tests/browser/demo.cjs`, Playwright),
+//! served by `cinder serve --web web/dist` as a user would run it. Needs the demo built
+//! (`bash scripts/build-web.sh`) and Chromium and playwright-core (`scripts/setup.sh`).
+//!
+//! The browser here renders WebGPU on the CPU (SwiftShader), so the tiny model does the
+//! exact checks and the real model only has to load and produce its first tokens.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::serve::{Server, tiny_model};
+
+fn web_dist() -> PathBuf {
+    let dist = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../web/dist");
+    assert!(dist.join("index.html").exists(), "{} is missing: run `bash scripts/build-web.sh` first", dist.display());
+    dist
+}
+
+/// Runs the demo script against `server` and returns what it saw.
+fn drive(server: &Server, spec: Value) -> Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/demo.cjs");
+    let output = Command::new("node")
+        .arg(script)
+        .arg(format!("http://{}/", server.address))
+        .arg(spec.to_string())
+        .output()
+        .expect("running node (scripts/setup.sh installs it)");
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let last = stdout.lines().last().unwrap_or_default();
+    let result: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: no result from the browser:\n{stdout}\n{stderr}"));
+    assert!(output.status.success() && result.get("error").is_none(), "the browser run failed: {result:#}\n{stderr}");
+    assert!(result["status"].as_str().unwrap_or_default().contains("ready"), "the page did not load: {result:#}");
+    result
+}
+
+/// Greedy token ids from the native engine behind the same server.
+fn native_tokens(server: &Server, prompt: &str, max_tokens: usize) -> Vec<u64> {
+    let body = json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true, "return_token_ids": true});
+    let response = server.post("/v1/completions", &body.to_string());
+    assert_eq!(response.status, 200, "{}", response.body);
+    response.json()["choices"][0]["token_ids"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect()
+}
+
+fn ids(value: &Value) -> Vec<u64> {
+    value.as_array().unwrap_or_else(|| panic!("token ids in {value}")).iter().map(|t| t.as_u64().unwrap()).collect()
+}
+
+fn report(name: &str, result: &Value, native_tok_s: Option<f64>) {
+    eprintln!(
+        "browser {name}: adapter {}, load {:.1} s (fetch {:.2} s, cached {}), first token {:.2} s, {:.2} tok/s{}",
+        result["info"]["adapter"],
+        result["load_stats"]["load_s"].as_f64().unwrap_or_default(),
+        result["load_stats"]["fetch_s"].as_f64().unwrap_or_default(),
+        result["load_stats"]["cached"],
+        result["first_token_s"].as_f64().unwrap_or_default(),
+        result["tokens_per_s"].as_f64().unwrap_or_default(),
+        native_tok_s.map_or(String::new(), |n| format!(" (native {n:.2} tok/s)")),
+    );
+}
+
+#[test]
+fn the_browser_gives_the_native_greedy_tokens_and_batches_concurrent_generations() {
+    let server = Server::start(&tiny_model("browser"), &["--web", web_dist().to_str().unwrap()]);
+    let prompt = "the quick brown fox";
+    let max_tokens = 12;
+    let native = native_tokens(&server, prompt, max_tokens);
+    let result = drive(&server, json!({"prompt": prompt, "max_tokens": max_tokens, "concurrent": 4, "timeout_s": 600}));
+    report("tiny model", &result, None);
+    assert_eq!(ids(&result["tokens"]), native, "browser and native greedy tokens differ");
+    let concurrent = result["concurrent"].as_array().expect("concurrent results");
+    assert_eq!(concurrent.len(), 4);
+    for generation in concurrent {
+        assert_eq!(generation["completion_tokens"], max_tokens, "{generation}");
+        assert_eq!(generation["finish_reason"], "length", "{generation}");
+    }
+    assert_eq!(ids(&concurrent[0]["tokens"]), native, "batched greedy tokens differ from alone");
+    let speed = result["ui_speed"].as_str().unwrap_or_default();
+    assert!(speed.contains("tokens/s") && !speed.contains("error"), "the chat UI did not finish: {result:#}");
+}
+
+#[test]
+fn the_browser_loads_the_default_model_and_produces_its_first_tokens() {
+    let model = crate::real_model_path();
+    let server = Server::start(&model, &["--web", web_dist().to_str().unwrap()]);
+    let prompt = "The capital of France is";
+    let native = native_tokens(&server, prompt, 2);
+    let result = drive(&server, json!({"prompt": prompt, "max_tokens": 2, "ui": false, "timeout_s": 900}));
+    report("default model", &result, None);
+    let tokens = ids(&result["tokens"]);
+    assert_eq!(tokens.len(), 2, "{result:#}");
+    assert_eq!(tokens[0], native[0], "the first greedy token differs from the native engine's: {result:#}");
+    let weights = result["info"]["device_weight_bytes"].as_u64().unwrap();
+    let file = std::fs::metadata(Path::new(&model)).unwrap().len();
+    assert!(weights < file, "weights stay quantized in the browser: {weights} bytes on the device, file {file}");
+}

@@ -1,0 +1,103 @@
+// The demo page: loads the model, chats with streaming output, and compares N prompts
+// batched against the same N run one after another.
+
+import { Engine } from './cinder.js';
+
+const $ = (id) => document.getElementById(id);
+const status = (text) => ($('status').textContent = text);
+const params = new URLSearchParams(location.search);
+const modelUrl = params.get('model') ?? '/model.gguf';
+
+let engine = null;
+let current = null;
+
+async function load() {
+  status(`loading ${modelUrl}…`);
+  try {
+    engine = await Engine.load(modelUrl, {
+      onProgress: ({ phase, loaded, total, cached }) => {
+        const mb = (n) => (n / 1e6).toFixed(1);
+        if (phase === 'download') {
+          $('progress').value = total ? loaded / total : 0;
+          status(`${cached ? 'reading cached' : 'downloading'} model: ${mb(loaded)} / ${total ? mb(total) : '?'} MB`);
+        } else {
+          status('uploading weights to the GPU…');
+        }
+      },
+    });
+  } catch (e) {
+    status(`error: ${e.message}`);
+    $('progress').hidden = true;
+    return;
+  }
+  window.cinder = { engine };
+  $('progress').value = 1;
+  const { adapter, context_length: context } = engine.info;
+  const { load_s: seconds, cached } = engine.loadStats;
+  status(`ready: ${adapter}; context ${context}; loaded in ${seconds.toFixed(1)} s${cached ? ' (cached)' : ''}`);
+  for (const id of ['send', 'batch-run']) $(id).disabled = false;
+}
+
+async function send() {
+  const text = $('prompt').value.trim();
+  if (!text) return;
+  $('output').textContent = '';
+  $('speed').textContent = '';
+  $('send').disabled = true;
+  $('stop').disabled = false;
+  const options = { max_tokens: Number($('max-tokens').value), temperature: Number($('temperature').value) };
+  try {
+    const messages = engine.info.chat_template ? [{ role: 'user', content: text }] : text;
+    current = engine.generate(messages, options, (piece) => ($('output').textContent += piece));
+    const result = await current;
+    $('speed').textContent =
+      `${result.completion_tokens} tokens, ${result.tokens_per_s.toFixed(2)} tokens/s, first token after ${(result.first_token_s ?? 0).toFixed(2)} s (${result.finish_reason})`;
+  } catch (e) {
+    $('speed').textContent = `error: ${e.message}`;
+  } finally {
+    current = null;
+    $('send').disabled = false;
+    $('stop').disabled = true;
+  }
+}
+
+/** N prompts: all at once (one batch per step), then one after another. */
+async function batch() {
+  const n = Number($('batch-n').value);
+  const tokens = Number($('batch-tokens').value);
+  const prompts = Array.from({ length: n }, (_, i) => `Story ${i + 1}: once upon a time`);
+  const options = { max_tokens: tokens, temperature: 0, ignore_eos: true };
+  const table = $('batch-table');
+  table.hidden = false;
+  $('batch-run').disabled = true;
+  const row = (mode, results, seconds) => {
+    const total = results.reduce((sum, r) => sum + r.completion_tokens, 0);
+    const tr = table.insertRow();
+    for (const cell of [mode, n, total, seconds.toFixed(2), (total / seconds).toFixed(2)]) tr.insertCell().textContent = cell;
+    return total / seconds;
+  };
+  try {
+    let start = performance.now();
+    const batched = row('batched', await Promise.all(prompts.map((p) => engine.generate(p, options))), (performance.now() - start) / 1000);
+    start = performance.now();
+    const one = [];
+    for (const p of prompts) one.push(await engine.generate(p, options));
+    const sequential = row('sequential', one, (performance.now() - start) / 1000);
+    const tr = table.insertRow();
+    tr.insertCell().textContent = 'batched / sequential';
+    tr.insertCell().colSpan = 4;
+    tr.cells[1].textContent = `${(batched / sequential).toFixed(2)}×`;
+  } catch (e) {
+    table.insertRow().insertCell().textContent = `error: ${e.message}`;
+  } finally {
+    $('batch-run').disabled = false;
+  }
+}
+
+$('send').addEventListener('click', send);
+$('stop').addEventListener('click', () => current && engine.abort(current.id));
+$('batch-run').addEventListener('click', batch);
+$('prompt').addEventListener('keydown', (e) => {
+  if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) send();
+});
+load();

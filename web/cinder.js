@@ -1,0 +1,319 @@
+// cinder in the browser: the JavaScript face of the `cinder-wasm` crate.
+//
+//   const engine = await Engine.load('/model.gguf', { onProgress: (p) => ... });
+//   const result = await engine.generate('Hello', { max_tokens: 32 }, (text) => ...);
+//   for await (const chunk of await engine.chat.completions.create({ messages, stream: true })) ...
+//
+// Every call in flight shares the engine's batches: the step loop below runs one engine
+// step (all waiting and running requests together) and yields to the browser in between,
+// so the page stays responsive.
+
+import init, { WasmEngine } from './pkg/cinder_wasm.js';
+
+/** Every failure this module reports: no WebGPU, the model fetch, a bad request, the device. */
+export class CinderError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = 'CinderError';
+  }
+}
+
+const MODEL_CACHE = 'cinder-models-v1';
+// Consecutive failed steps after which every request in flight is failed, not retried.
+const MAX_STEP_FAILURES = 3;
+
+const message = (e) => (e && e.message) || String(e);
+
+/** Lets the browser render and handle input before the next engine step. */
+function yieldToBrowser() {
+  if (globalThis.scheduler?.yield) return globalThis.scheduler.yield();
+  return new Promise((resolve) => {
+    const channel = new MessageChannel();
+    channel.port1.onmessage = () => resolve();
+    channel.port2.postMessage(null);
+  });
+}
+
+/**
+ * The model file's bytes: from the Cache API when an earlier visit stored them, otherwise
+ * fetched with progress and stored for the next visit.
+ */
+async function fetchModel(url, onProgress) {
+  let cache = null;
+  try {
+    cache = await caches.open(MODEL_CACHE);
+  } catch {
+    // No Cache API (an insecure origin): fetch every time.
+  }
+  let response = cache ? await cache.match(url) : undefined;
+  const cached = Boolean(response);
+  if (!response) {
+    try {
+      response = await fetch(url);
+    } catch (e) {
+      throw new CinderError(`model fetch failed: ${url}: ${message(e)}`);
+    }
+    if (!response.ok) throw new CinderError(`model fetch failed: ${url}: HTTP ${response.status}`);
+  }
+  const total = Number(response.headers.get('content-length')) || 0;
+  const reader = response.body.getReader();
+  const parts = [];
+  let loaded = 0;
+  for (;;) {
+    let chunk;
+    try {
+      chunk = await reader.read();
+    } catch (e) {
+      throw new CinderError(`model fetch failed: ${url}: ${message(e)}`);
+    }
+    if (chunk.done) break;
+    parts.push(chunk.value);
+    loaded += chunk.value.length;
+    onProgress?.({ phase: 'download', loaded, total, cached });
+  }
+  if (total && loaded !== total) throw new CinderError(`model fetch failed: ${url}: got ${loaded} of ${total} bytes`);
+  const bytes = new Uint8Array(loaded);
+  let offset = 0;
+  for (const part of parts) {
+    bytes.set(part, offset);
+    offset += part.length;
+  }
+  if (cache && !cached) {
+    try {
+      await cache.put(url, new Response(bytes, { headers: { 'content-length': String(loaded) } }));
+    } catch (e) {
+      console.warn(`cinder: the model was not cached (${message(e)}); the next visit downloads it again`);
+    }
+  }
+  return { bytes, cached };
+}
+
+/** A queue that an async iterator drains: the shape of a streamed chat completion. */
+class ChunkQueue {
+  #items = [];
+  #waiting = null;
+  #done = false;
+  #error = null;
+
+  push(item) {
+    this.#items.push(item);
+    this.#wake();
+  }
+  end(error = null) {
+    this.#done = true;
+    this.#error = error;
+    this.#wake();
+  }
+  #wake() {
+    this.#waiting?.();
+    this.#waiting = null;
+  }
+  async *[Symbol.asyncIterator]() {
+    for (;;) {
+      if (this.#items.length) {
+        yield this.#items.shift();
+      } else if (this.#done) {
+        if (this.#error) throw this.#error;
+        return;
+      } else {
+        await new Promise((resolve) => (this.#waiting = resolve));
+      }
+    }
+  }
+}
+
+export class Engine {
+  #core;
+  #looping = false;
+  /** Requests in flight: id -> { onEvent, fail }. */
+  #requests = new Map();
+
+  /**
+   * Loads the GGUF model at `url` onto WebGPU. `onProgress({ phase, loaded, total, cached })`
+   * reports the download; `options` sets the KV pool and batch limits (see the crate's
+   * EngineOptions); `wasmUrl` overrides where the .wasm file is.
+   */
+  static async load(url, { onProgress, options, wasmUrl } = {}) {
+    if (!globalThis.navigator?.gpu) {
+      throw new CinderError('WebGPU is not available in this browser (navigator.gpu is missing)');
+    }
+    const started = performance.now();
+    await init(wasmUrl ? { module_or_path: wasmUrl } : undefined);
+    const { bytes, cached } = await fetchModel(url, onProgress);
+    const downloaded = performance.now();
+    onProgress?.({ phase: 'upload', loaded: bytes.length, total: bytes.length, cached });
+    let core;
+    try {
+      core = await WasmEngine.load(bytes, JSON.stringify(options ?? {}));
+    } catch (e) {
+      const text = message(e);
+      throw new CinderError(/memory|allocat/i.test(text) ? `out of memory while loading the model: ${text}` : text);
+    }
+    const done = performance.now();
+    return new Engine(core, {
+      cached,
+      bytes: bytes.length,
+      fetch_s: (downloaded - started) / 1000,
+      load_s: (done - started) / 1000,
+    });
+  }
+
+  constructor(core, loadStats) {
+    this.#core = core;
+    /** Adapter, context length, vocabulary, weight bytes, KV pool. */
+    this.info = JSON.parse(core.info());
+    /** `{ cached, bytes, fetch_s, load_s }` of the load. */
+    this.loadStats = loadStats;
+    this.chat = { completions: { create: (body) => this.#createChat(body) } };
+  }
+
+  /**
+   * Generates from a prompt (a string, or a list of chat messages) with OpenAI options
+   * (`max_tokens`, `temperature`, `top_p`, `top_k`, `min_p`, `seed`, `stop`, `ignore_eos`,
+   * ...). `onToken(text, { id, token })` gets the text as it is released. The promise
+   * resolves to `{ id, text, tokens, finish_reason, prompt_tokens, completion_tokens,
+   * seconds, first_token_s, tokens_per_s }`; it also carries the request's `id` for
+   * `abort`.
+   */
+  generate(promptOrMessages, options = {}, onToken = undefined) {
+    const chat = Array.isArray(promptOrMessages) && typeof promptOrMessages[0] === 'object';
+    const body = chat ? { ...options, messages: promptOrMessages } : { ...options, prompt: promptOrMessages };
+    const started = performance.now();
+    let firstToken = null;
+    const tokens = [];
+    let text = '';
+    let id;
+    const promise = new Promise((resolve, reject) => {
+      id = this.#submit(body, chat, reject, (event) => {
+        if (event.type === 'token') {
+          firstToken ??= performance.now();
+          tokens.push(event.token);
+        }
+        text += event.text;
+        if (event.text) onToken?.(event.text, { id: event.id, token: event.token });
+        if (event.type !== 'finished') return;
+        const seconds = (performance.now() - started) / 1000;
+        const decodeSeconds = firstToken === null ? 0 : (performance.now() - firstToken) / 1000;
+        resolve({
+          id: event.id,
+          text,
+          tokens,
+          finish_reason: event.finish_reason,
+          prompt_tokens: event.prompt_tokens,
+          completion_tokens: event.completion_tokens,
+          seconds,
+          first_token_s: firstToken === null ? null : (firstToken - started) / 1000,
+          tokens_per_s: tokens.length > 1 && decodeSeconds > 0 ? (tokens.length - 1) / decodeSeconds : 0,
+        });
+      });
+    });
+    promise.id = id;
+    return promise;
+  }
+
+  /** Ends request `id`; its promise resolves with `finish_reason` "abort". */
+  abort(id) {
+    this.#core.abort(id);
+  }
+
+  /** Whether any request is waiting or running. */
+  get busy() {
+    return this.#requests.size > 0;
+  }
+
+  #createChat(body) {
+    const { stream, stream_options: streamOptions, ...rest } = body;
+    const created = Math.floor(Date.now() / 1000);
+    const model = body.model ?? 'cinder';
+    if (!stream) {
+      return this.generate(rest.messages, rest).then((r) => ({
+        id: `chatcmpl-${r.id}`,
+        object: 'chat.completion',
+        created,
+        model,
+        choices: [{ index: 0, message: { role: 'assistant', content: r.text }, finish_reason: r.finish_reason }],
+        usage: { prompt_tokens: r.prompt_tokens, completion_tokens: r.completion_tokens, total_tokens: r.prompt_tokens + r.completion_tokens },
+      }));
+    }
+    const queue = new ChunkQueue();
+    let id;
+    const chunk = (delta, finishReason) => ({
+      id: `chatcmpl-${id}`,
+      object: 'chat.completion.chunk',
+      created,
+      model,
+      choices: [{ index: 0, delta, finish_reason: finishReason }],
+    });
+    let first = true;
+    try {
+      id = this.#submit(rest, true, (e) => queue.end(e), (event) => {
+        if (event.text || first) queue.push(chunk(first ? { role: 'assistant', content: event.text } : { content: event.text }, null));
+        first = false;
+        if (event.type !== 'finished') return;
+        queue.push(chunk({}, event.finish_reason));
+        if (streamOptions?.include_usage) {
+          const usage = { prompt_tokens: event.prompt_tokens, completion_tokens: event.completion_tokens };
+          queue.push({ ...chunk({}, null), choices: [], usage: { ...usage, total_tokens: usage.prompt_tokens + usage.completion_tokens } });
+        }
+        queue.end();
+      });
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    const iterable = queue[Symbol.asyncIterator]();
+    iterable.id = id;
+    iterable.abort = () => this.abort(id);
+    return Promise.resolve(iterable);
+  }
+
+  /** Queues a request and makes sure the step loop runs; returns its id. */
+  #submit(body, chat, fail, onEvent) {
+    let id;
+    try {
+      id = this.#core.submit(JSON.stringify(body), chat, (json) => {
+        const event = JSON.parse(json);
+        if (event.type === 'finished') this.#requests.delete(event.id);
+        onEvent(event);
+      });
+    } catch (e) {
+      throw new CinderError(message(e));
+    }
+    this.#requests.set(id, { fail });
+    this.#run();
+    return id;
+  }
+
+  /** The step loop: one engine step at a time while there is work, yielding in between. */
+  async #run() {
+    if (this.#looping) return;
+    this.#looping = true;
+    let failures = 0;
+    try {
+      while (this.#core.hasWork()) {
+        try {
+          const ran = await this.#core.step();
+          failures = 0;
+          // Nothing fit this step (waiting on memory): give the page a moment.
+          if (!ran) await new Promise((resolve) => setTimeout(resolve, 5));
+        } catch (e) {
+          failures += 1;
+          if (failures >= MAX_STEP_FAILURES) {
+            this.#failAll(new CinderError(`the device failed ${failures} steps in a row: ${message(e)}`));
+            break;
+          }
+        }
+        await yieldToBrowser();
+      }
+    } finally {
+      this.#looping = false;
+    }
+  }
+
+  #failAll(error) {
+    for (const [id, request] of this.#requests) {
+      this.#requests.delete(id);
+      request.fail(error);
+      this.#core.abort(id);
+    }
+  }
+}
