@@ -53,7 +53,10 @@ rm -rf "$OUT"
 mkdir -p "$OUT/pkg"
 wasm-bindgen --target web --no-typescript --out-dir "$OUT/pkg" "$wasm"
 log "wasm-opt"
-"$NODE_DIR/node_modules/.bin/wasm-opt" -O2 --all-features "$OUT/pkg/cinder_wasm_bg.wasm" -o "$OUT/pkg/cinder_wasm_bg.opt.wasm"
+# The features rustc's wasm32 target emits, no more: browsers reject some newer ones.
+"$NODE_DIR/node_modules/.bin/wasm-opt" -O2 --strip-debug --enable-bulk-memory --enable-nontrapping-float-to-int \
+    --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
+    "$OUT/pkg/cinder_wasm_bg.wasm" -o "$OUT/pkg/cinder_wasm_bg.opt.wasm"
 mv "$OUT/pkg/cinder_wasm_bg.opt.wasm" "$OUT/pkg/cinder_wasm_bg.wasm"
 cp web/index.html web/app.js web/cinder.js "$OUT/"
 raw=$(stat -c %s "$OUT/pkg/cinder_wasm_bg.wasm")
