@@ -47,16 +47,15 @@ fn ids(value: &Value) -> Vec<u64> {
     value.as_array().unwrap_or_else(|| panic!("token ids in {value}")).iter().map(|t| t.as_u64().unwrap()).collect()
 }
 
-fn report(name: &str, result: &Value, native_tok_s: Option<f64>) {
+fn report(name: &str, result: &Value) {
     eprintln!(
-        "browser {name}: adapter {}, load {:.1} s (fetch {:.2} s, cached {}), first token {:.2} s, {:.2} tok/s{}",
+        "browser {name}: adapter {}, load {:.1} s (fetch {:.2} s, cached {}), first token {:.2} s, {:.2} tok/s",
         result["info"]["adapter"],
         result["load_stats"]["load_s"].as_f64().unwrap_or_default(),
         result["load_stats"]["fetch_s"].as_f64().unwrap_or_default(),
         result["load_stats"]["cached"],
         result["first_token_s"].as_f64().unwrap_or_default(),
         result["tokens_per_s"].as_f64().unwrap_or_default(),
-        native_tok_s.map_or(String::new(), |n| format!(" (native {n:.2} tok/s)")),
     );
 }
 
@@ -67,7 +66,7 @@ fn the_browser_gives_the_native_greedy_tokens_and_batches_concurrent_generations
     let max_tokens = 12;
     let native = native_tokens(&server, prompt, max_tokens);
     let result = drive(&server, json!({"prompt": prompt, "max_tokens": max_tokens, "concurrent": 4, "timeout_s": 600}));
-    report("tiny model", &result, None);
+    report("tiny model", &result);
     assert_eq!(ids(&result["tokens"]), native, "browser and native greedy tokens differ");
     let concurrent = result["concurrent"].as_array().expect("concurrent results");
     assert_eq!(concurrent.len(), 4);
@@ -86,8 +85,12 @@ fn the_browser_loads_the_default_model_and_produces_its_first_tokens() {
     let server = Server::start(&model, &["--web", web_dist().to_str().unwrap()]);
     let prompt = "The capital of France is";
     let native = native_tokens(&server, prompt, 2);
-    let result = drive(&server, json!({"prompt": prompt, "max_tokens": 2, "ui": false, "timeout_s": 900}));
-    report("default model", &result, None);
+    let result = drive(&server, json!({"prompt": prompt, "max_tokens": 2, "ui": false, "reload": true, "timeout_s": 900}));
+    report("default model", &result);
+    let reload = &result["reload"];
+    assert!(reload["status"].as_str().unwrap_or_default().contains("ready"), "the reloaded page did not load: {result:#}");
+    assert_eq!(reload["load_stats"]["cached"], true, "a reload downloads the model again: {result:#}");
+    eprintln!("browser default model reload: {:.1} s to ready (model from the Cache API)", reload["load_s"].as_f64().unwrap_or_default());
     let tokens = ids(&result["tokens"]);
     assert_eq!(tokens.len(), 2, "{result:#}");
     assert_eq!(tokens[0], native[0], "the first greedy token differs from the native engine's: {result:#}");
