@@ -94,7 +94,7 @@ impl Engine {
         let num_blocks = kv_bytes / (bytes_per_token * block_size);
         let max_seq_len = model.context_length.min(num_blocks.saturating_sub(base.watermark_blocks) * block_size);
         if max_seq_len == 0 {
-            return Err(format!("{} MiB of KV cache holds no usable block for this model", kv_bytes >> 20));
+            return Err(format!("{} MiB of KV cache holds no usable KV block for this model", kv_bytes >> 20));
         }
         Ok(SchedulerConfig { block_size, num_blocks, max_seq_len, ..base })
     }

@@ -252,3 +252,39 @@ fn prefix_cache_hits_and_preemption_leave_greedy_tokens_unchanged() {
     assert!(preempted > 0, "the small pool forced no preemption");
     assert_eq!(small.metrics(Time(0)).scheduler.kv_blocks_in_use, 0);
 }
+
+/// The browser's way of stepping: launch, await the logits, land; a request submitted while
+/// a step is on the device joins the next one.
+#[test]
+fn a_step_cut_around_an_awaited_read_gives_the_same_tokens() {
+    let request = |s: usize| GenerationRequest { ignore_eos: true, ..GenerationRequest::new(prompt(s, 5 + s * 9), 10) };
+    let alone: Vec<Vec<u32>> = (0..3).map(|s| run(&mut engine(), vec![request(s)]).remove(0).tokens).collect();
+    let mut engine = engine();
+    let clock = Clock(Cell::new(0));
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let mut receivers = Vec::new();
+    for s in 0..2 {
+        let (tx, rx) = unbounded_channel();
+        engine.submit(request(s), tx, clock.now()).unwrap();
+        receivers.push(rx);
+    }
+    let mut outputs: Vec<Output> = (0..3).map(|_| Output::default()).collect();
+    while engine.has_work() {
+        let Some(launched) = engine.launch(&|| clock.now()).unwrap() else { continue };
+        if receivers.len() == 2 {
+            let (tx, rx) = unbounded_channel();
+            engine.submit(request(2), tx, clock.now()).unwrap();
+            receivers.push(rx);
+        }
+        let logits = runtime.block_on(launched.logits.read_async());
+        engine.land(launched.plan, logits, &|| clock.now()).unwrap();
+        engine.check_invariants();
+        for (rx, out) in receivers.iter_mut().zip(&mut outputs) {
+            collect(rx, out);
+        }
+    }
+    for (out, alone) in outputs.iter().zip(&alone) {
+        assert!(out.finished.is_some());
+        assert_eq!(&out.tokens, alone);
+    }
+}
