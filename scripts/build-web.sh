@@ -3,11 +3,11 @@
 # bindings (wasm-bindgen CLI of exactly the crate's version), wasm-opt, and the page.
 # Installs what is missing: the wasm32 target, wasm-bindgen-cli (cargo install, ~10-20 min
 # once), binaryen's wasm-opt (npm, into ~/.cache/cinder/node).
-# CINDER_WEB_PROFILE picks the cargo profile (default: dev, whose dependencies are optimised).
+# CINDER_WEB_PROFILE picks the cargo profile (default: release; no LTO, so it builds in minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PROFILE="${CINDER_WEB_PROFILE:-dev}"
+PROFILE="${CINDER_WEB_PROFILE:-release}"
 NODE_DIR="${CINDER_HOME:-$HOME/.cache/cinder}/node"
 BINARYEN_PKG="binaryen@132.0.0"
 OUT=web/dist

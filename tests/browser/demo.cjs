@@ -15,7 +15,7 @@ const nodeDir = process.env.CINDER_NODE_DIR || path.join(os.homedir(), '.cache/c
 const { chromium } = require(path.join(nodeDir, 'node_modules', 'playwright-core'));
 
 const [url, specJson] = process.argv.slice(2);
-const spec = { max_tokens: 8, concurrent: 0, ui: true, reload: false, timeout_s: 600, ...JSON.parse(specJson || '{}') };
+const spec = { max_tokens: 8, concurrent: 0, ui: true, api: false, errors: false, reload: false, timeout_s: 600, ...JSON.parse(specJson || '{}') };
 const timeout = spec.timeout_s * 1000;
 
 async function main() {
@@ -73,6 +73,45 @@ async function main() {
       result.concurrent_s = (Date.now() - begun) / 1000;
     }
 
+    // The JavaScript API beyond generate(): streamed chat chunks, abort, refused options,
+    // and whether the page kept running timers while the engine worked.
+    if (spec.api) {
+      result.api = await page.evaluate(async (maxTokens) => {
+        const engine = window.cinder.engine;
+        const out = {};
+        const messages = [{ role: 'user', content: 'hello' }];
+        const options = { max_tokens: maxTokens, temperature: 0, ignore_eos: true };
+        let ticks = 0;
+        const timer = setInterval(() => (ticks += 1), 10);
+        const whole = await engine.chat.completions.create({ messages, ...options });
+        clearInterval(timer);
+        out.ticks_during_generation = ticks;
+        out.chat_text = whole.choices[0].message.content;
+        out.chat_finish_reason = whole.choices[0].finish_reason;
+        const stream = await engine.chat.completions.create({ messages, ...options, stream: true, stream_options: { include_usage: true } });
+        out.stream_text = '';
+        out.stream_chunks = 0;
+        for await (const chunk of stream) {
+          out.stream_chunks += 1;
+          if (chunk.usage) out.stream_usage = chunk.usage;
+          for (const choice of chunk.choices) {
+            out.stream_text += choice.delta.content ?? '';
+            if (choice.finish_reason) out.stream_finish_reason = choice.finish_reason;
+          }
+        }
+        const long = engine.generate('abort me', { max_tokens: 400, ignore_eos: true }, () => engine.abort(long.id));
+        const aborted = await long;
+        out.abort = { finish_reason: aborted.finish_reason, completion_tokens: aborted.completion_tokens };
+        try {
+          await engine.generate('x', { temperature: 5 });
+          out.bad_option = 'accepted';
+        } catch (e) {
+          out.bad_option = `${e.name}: ${e.message}`;
+        }
+        return out;
+      }, spec.max_tokens);
+    }
+
     // The page as a user drives it: type, send, watch the answer stream in.
     if (spec.ui) {
       await page.getByTestId('prompt').fill(spec.prompt);
@@ -86,6 +125,19 @@ async function main() {
       result.ui_output = await page.getByTestId('output').textContent();
       result.ui_speed = await page.getByTestId('speed').textContent();
     }
+    // Failures a user can meet, each a clear message on the page: a model URL that is not
+    // there, a browser without WebGPU.
+    if (spec.errors) {
+      await page.goto(new URL('/?model=/missing.gguf', url).href);
+      result.missing_model_status = await loaded();
+      const bare = await context.newPage();
+      await bare.addInitScript(() => delete Navigator.prototype.gpu);
+      await bare.goto(url);
+      await bare.waitForFunction(() => /ready|error/.test(document.querySelector('[data-testid="status"]').textContent), null, { timeout });
+      result.no_webgpu_status = await bare.getByTestId('status').textContent();
+      await bare.close();
+    }
+
     // A second visit: the model comes from the Cache API, not the network.
     if (spec.reload) {
       const again = Date.now();

@@ -65,7 +65,8 @@ fn the_browser_gives_the_native_greedy_tokens_and_batches_concurrent_generations
     let prompt = "the quick brown fox";
     let max_tokens = 12;
     let native = native_tokens(&server, prompt, max_tokens);
-    let result = drive(&server, json!({"prompt": prompt, "max_tokens": max_tokens, "concurrent": 4, "timeout_s": 600}));
+    let spec = json!({"prompt": prompt, "max_tokens": max_tokens, "concurrent": 4, "api": true, "errors": true, "timeout_s": 600});
+    let result = drive(&server, spec);
     report("tiny model", &result);
     assert_eq!(ids(&result["tokens"]), native, "browser and native greedy tokens differ");
     let concurrent = result["concurrent"].as_array().expect("concurrent results");
@@ -77,6 +78,22 @@ fn the_browser_gives_the_native_greedy_tokens_and_batches_concurrent_generations
     assert_eq!(ids(&concurrent[0]["tokens"]), native, "batched greedy tokens differ from alone");
     let speed = result["ui_speed"].as_str().unwrap_or_default();
     assert!(speed.contains("tokens/s") && !speed.contains("error"), "the chat UI did not finish: {result:#}");
+
+    let api = &result["api"];
+    assert!(api["ticks_during_generation"].as_u64().unwrap() >= 2, "the page's timers stalled while generating: {api}");
+    assert_eq!(api["chat_finish_reason"], "length", "{api}");
+    assert_eq!(api["stream_text"], api["chat_text"], "streamed and whole chat completions differ: {api}");
+    assert_eq!(api["stream_finish_reason"], "length", "{api}");
+    assert_eq!(api["stream_usage"]["completion_tokens"], max_tokens, "{api}");
+    assert_eq!(api["abort"]["finish_reason"], "abort", "{api}");
+    assert!(api["abort"]["completion_tokens"].as_u64().unwrap() < 400, "{api}");
+    let bad = api["bad_option"].as_str().unwrap();
+    assert!(bad.starts_with("CinderError") && bad.contains("temperature"), "{api}");
+
+    let missing = result["missing_model_status"].as_str().unwrap();
+    assert!(missing.contains("model fetch failed") && missing.contains("404"), "{missing}");
+    let no_gpu = result["no_webgpu_status"].as_str().unwrap();
+    assert!(no_gpu.contains("WebGPU is not available"), "{no_gpu}");
 }
 
 #[test]
