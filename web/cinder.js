@@ -8,7 +8,7 @@
 // step (all waiting and running requests together) and yields to the browser in between,
 // so the page stays responsive.
 
-import init, { WasmEngine } from './pkg/cinder_wasm.js';
+import init, { WasmEngine, lastPanic } from './pkg/cinder_wasm.js';
 
 /** Every failure this module reports: no WebGPU, the model fetch, a bad request, the device. */
 export class CinderError extends Error {
@@ -23,6 +23,25 @@ const MODEL_CACHE = 'cinder-models-v1';
 const MAX_STEP_FAILURES = 3;
 
 const message = (e) => (e && e.message) || String(e);
+
+/**
+ * A WebAssembly trap (a Rust panic, or memory exhausted) stops the engine for good; the
+ * error says why when Rust could tell.
+ */
+function isTrap(e) {
+  return e instanceof WebAssembly.RuntimeError;
+}
+
+function trapError(e) {
+  let panic = null;
+  try {
+    panic = lastPanic();
+  } catch {
+    // The instance cannot even answer: memory is exhausted.
+  }
+  const why = panic ?? `${message(e)} (out of memory?)`;
+  return new CinderError(`the engine stopped after an internal error: ${why}; reload the page`);
+}
 
 /** Lets the browser render and handle input before the next engine step. */
 function yieldToBrowser() {
@@ -125,6 +144,8 @@ class ChunkQueue {
 export class Engine {
   #core;
   #looping = false;
+  /** Set once a trap stopped the engine: every later call fails with it. */
+  #broken = null;
   /** Requests in flight: id -> { onEvent, fail }. */
   #requests = new Map();
 
@@ -138,7 +159,11 @@ export class Engine {
       throw new CinderError('WebGPU is not available in this browser (navigator.gpu is missing)');
     }
     const started = performance.now();
-    await init(wasmUrl ? { module_or_path: wasmUrl } : undefined);
+    try {
+      await init(wasmUrl ? { module_or_path: wasmUrl } : undefined);
+    } catch (e) {
+      throw new CinderError(`cannot load cinder's WebAssembly: ${message(e)}`);
+    }
     const { bytes, cached } = await fetchModel(url, onProgress);
     const downloaded = performance.now();
     onProgress?.({ phase: 'upload', loaded: bytes.length, total: bytes.length, cached });
@@ -146,8 +171,7 @@ export class Engine {
     try {
       core = await WasmEngine.load(bytes, JSON.stringify(options ?? {}));
     } catch (e) {
-      const text = message(e);
-      throw new CinderError(/memory|allocat/i.test(text) ? `out of memory while loading the model: ${text}` : text);
+      throw isTrap(e) ? trapError(e) : new CinderError(message(e));
     }
     const done = performance.now();
     return new Engine(core, {
@@ -213,7 +237,12 @@ export class Engine {
 
   /** Ends request `id`; its promise resolves with `finish_reason` "abort". */
   abort(id) {
-    this.#core.abort(id);
+    if (this.#broken) return;
+    try {
+      this.#core.abort(id);
+    } catch (e) {
+      this.#fatal(e);
+    }
   }
 
   /** Whether any request is waiting or running. */
@@ -268,6 +297,7 @@ export class Engine {
 
   /** Queues a request and makes sure the step loop runs; returns its id. */
   #submit(body, chat, fail, onEvent) {
+    if (this.#broken) throw this.#broken;
     let id;
     try {
       id = this.#core.submit(JSON.stringify(body), chat, (json) => {
@@ -276,6 +306,7 @@ export class Engine {
         onEvent(event);
       });
     } catch (e) {
+      if (isTrap(e)) throw this.#fatal(e);
       throw new CinderError(message(e));
     }
     this.#requests.set(id, { fail });
@@ -289,13 +320,18 @@ export class Engine {
     this.#looping = true;
     let failures = 0;
     try {
-      while (this.#core.hasWork()) {
+      for (;;) {
         try {
+          if (this.#broken || !this.#core.hasWork()) break;
           const ran = await this.#core.step();
           failures = 0;
           // Nothing fit this step (waiting on memory): give the page a moment.
           if (!ran) await new Promise((resolve) => setTimeout(resolve, 5));
         } catch (e) {
+          if (isTrap(e)) {
+            this.#fatal(e);
+            break;
+          }
           failures += 1;
           if (failures >= MAX_STEP_FAILURES) {
             this.#failAll(new CinderError(`the device failed ${failures} steps in a row: ${message(e)}`));
@@ -309,11 +345,19 @@ export class Engine {
     }
   }
 
+  /** Fails every request in flight; the engine ends them at its next step. */
   #failAll(error) {
     for (const [id, request] of this.#requests) {
       this.#requests.delete(id);
       request.fail(error);
-      this.#core.abort(id);
+      if (!this.#broken) this.abort(id);
     }
+  }
+
+  /** A trap stopped the engine: fail everything now and from now on. */
+  #fatal(e) {
+    this.#broken ??= trapError(e);
+    this.#failAll(this.#broken);
+    return this.#broken;
   }
 }

@@ -124,6 +124,20 @@ async function main() {
       );
       result.ui_output = await page.getByTestId('output').textContent();
       result.ui_speed = await page.getByTestId('speed').textContent();
+      // The batching panel: N prompts at once, then one after another.
+      await page.evaluate((n) => {
+        document.getElementById('batch-n').value = '3';
+        document.getElementById('batch-tokens').value = String(n);
+      }, Math.min(spec.max_tokens, 4));
+      await page.getByTestId('batch-run').click();
+      await page.waitForFunction(
+        () => document.querySelector('[data-testid="batch-result"]').rows.length >= 4,
+        null,
+        { timeout },
+      );
+      result.ui_batch = await page.evaluate(() =>
+        Array.from(document.querySelector('[data-testid="batch-result"]').rows, (r) => Array.from(r.cells, (c) => c.textContent)),
+      );
     }
     // Failures a user can meet, each a clear message on the page: a model URL that is not
     // there, a browser without WebGPU.

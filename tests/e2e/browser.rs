@@ -78,6 +78,10 @@ fn the_browser_gives_the_native_greedy_tokens_and_batches_concurrent_generations
     assert_eq!(ids(&concurrent[0]["tokens"]), native, "batched greedy tokens differ from alone");
     let speed = result["ui_speed"].as_str().unwrap_or_default();
     assert!(speed.contains("tokens/s") && !speed.contains("error"), "the chat UI did not finish: {result:#}");
+    let batch = result["ui_batch"].as_array().expect("the batching panel's table");
+    let modes: Vec<&str> = batch.iter().filter_map(|row| row[0].as_str()).collect();
+    assert_eq!(modes, ["mode", "batched", "sequential", "batched / sequential"], "{batch:?}");
+    assert!(batch[3][1].as_str().unwrap().ends_with('×'), "{batch:?}");
 
     let api = &result["api"];
     assert!(api["ticks_during_generation"].as_u64().unwrap() >= 2, "the page's timers stalled while generating: {api}");

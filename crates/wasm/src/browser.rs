@@ -47,6 +47,26 @@ pub struct WasmEngine {
     info: String,
 }
 
+/// The message of the last Rust panic: a panic aborts the WebAssembly instance (a JavaScript
+/// `RuntimeError: unreachable`), and this is how the page learns why.
+static LAST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Why the engine stopped, if a Rust panic stopped it.
+#[wasm_bindgen(js_name = lastPanic)]
+pub fn last_panic() -> Option<String> {
+    LAST_PANIC.lock().ok()?.clone()
+}
+
+fn record_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = info.to_string();
+        web_error(&format!("cinder: {message}"));
+        if let Ok(mut last) = LAST_PANIC.lock() {
+            *last = Some(message);
+        }
+    }));
+}
+
 fn now() -> Time {
     Time((js_sys::Date::now() * 1000.0) as u64)
 }
@@ -60,6 +80,7 @@ impl WasmEngine {
     /// Opens WebGPU, reads the GGUF file in `bytes` and uploads its weights. `options` is a
     /// JSON object of [`EngineOptions`] (`""` for the defaults).
     pub async fn load(bytes: Vec<u8>, options: String) -> Result<WasmEngine, JsError> {
+        record_panics();
         let options = EngineOptions::parse(&options).map_err(error)?;
         let file = GgufFile::from_bytes(bytes).map_err(|e| error(format!("the model file: {e}")))?;
         let tokenizer = Tokenizer::from_gguf(file.metadata()).map_err(|e| error(format!("the model's tokenizer: {e}")))?;
@@ -203,4 +224,6 @@ impl WasmEngine {
 extern "C" {
     #[wasm_bindgen(js_namespace = console, js_name = warn)]
     fn web_log(message: &str);
+    #[wasm_bindgen(js_namespace = console, js_name = error)]
+    fn web_error(message: &str);
 }
