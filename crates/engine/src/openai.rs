@@ -3,11 +3,11 @@
 
 use cinder_model::SamplingParams;
 use cinder_scheduler::{FinishReason, Priority, TenantId};
-
-use crate::GenerationRequest;
 use cinder_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+
+use crate::GenerationRequest;
 
 /// Why a request body was refused, and the field at fault (OpenAI's `param`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -236,9 +236,7 @@ impl GenerationBody {
             }
         }
     }
-}
 
-impl GenerationBody {
     /// The prompts of a completion: `prompt` as text (tokenized with special tokens) or ids.
     pub fn completion_prompts(&self, tokenizer: &Tokenizer) -> Result<Vec<Vec<u32>>, InvalidRequest> {
         let encode = |text: &str| {
@@ -267,9 +265,7 @@ impl GenerationBody {
         let text = template.render(&messages, true).map_err(|e| InvalidRequest::new(format!("chat template: {e}"), Some("messages")))?;
         tokenizer.encode(&text, true, true).map_err(|e| InvalidRequest::new(format!("cannot tokenize the messages: {e}"), Some("messages")))
     }
-}
 
-impl GenerationBody {
     /// The engine requests for one of the body's prompts: `n` choices whose seeds differ by
     /// their index, each capped so the prompt and its answer fit in `context_length`.
     pub fn requests(

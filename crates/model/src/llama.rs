@@ -381,8 +381,6 @@ fn rope_tables(config: &LlamaConfig, device: &Device) -> (Tensor<2>, Tensor<2>) 
     )
 }
 
-/// Runs `f`, turning a panic inside the backend (an allocation failure, a lost device) into
-/// an error, so that one failed request cannot take a server down.
 /// Logits queued on the device by [`Llama::launch_batch`], one row per chunk that asked.
 #[must_use = "the logits are only computed once read"]
 pub struct PendingLogits {
@@ -410,6 +408,8 @@ fn split(flat: Vec<f32>, vocab: usize) -> Vec<Vec<f32>> {
     flat.chunks(vocab).map(<[f32]>::to_vec).collect()
 }
 
+/// Runs `f`, turning a panic inside the backend (an allocation failure, a lost device) into
+/// an error, so that one failed request cannot take a server down.
 fn guard<T>(f: impl FnOnce() -> Result<T, ModelError>) -> Result<T, ModelError> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| Err(ModelError::Backend(panic_message(panic.as_ref()))))
 }
