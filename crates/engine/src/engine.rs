@@ -191,8 +191,8 @@ impl Engine {
     /// [`Engine::step`] in two halves for a thread that must not block on the device (a
     /// browser's): `launch` queues the step's work and returns it; await
     /// [`PendingLogits::read_async`] on its logits and hand the result and the plan to
-    /// [`Engine::land`]. Between the two the
-    /// engine may take new requests; a request aborted in between ends at the next step.
+    /// [`Engine::land`]. In between, requests may be submitted (they join the next step) and
+    /// aborted (they end at once; `land` skips what was computed for them).
     pub fn launch(&mut self, clock: &dyn Fn() -> Time) -> Result<Option<Launched>, ModelError> {
         let gone: Vec<SeqId> = self.active.iter().filter(|(_, a)| a.events.is_closed()).map(|(&id, _)| id).collect();
         for id in gone {

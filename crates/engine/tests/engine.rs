@@ -254,7 +254,7 @@ fn prefix_cache_hits_and_preemption_leave_greedy_tokens_unchanged() {
 }
 
 /// The browser's way of stepping: launch, await the logits, land; a request submitted while
-/// a step is on the device joins the next one.
+/// a step is on the device joins the next one, and one aborted then ends at once.
 #[test]
 fn a_step_cut_around_an_awaited_read_gives_the_same_tokens() {
     let request = |s: usize| GenerationRequest { ignore_eos: true, ..GenerationRequest::new(prompt(s, 5 + s * 9), 10) };
@@ -268,7 +268,9 @@ fn a_step_cut_around_an_awaited_read_gives_the_same_tokens() {
         engine.submit(request(s), tx, clock.now()).unwrap();
         receivers.push(rx);
     }
-    let mut outputs: Vec<Output> = (0..3).map(|_| Output::default()).collect();
+    let (tx, mut victim_events) = unbounded_channel();
+    let victim = engine.submit(request(3), tx, clock.now()).unwrap();
+    let mut outputs: Vec<Output> = (0..4).map(|_| Output::default()).collect();
     while engine.has_work() {
         let Some(launched) = engine.launch(&|| clock.now()).unwrap() else { continue };
         if receivers.len() == 2 {
@@ -276,15 +278,23 @@ fn a_step_cut_around_an_awaited_read_gives_the_same_tokens() {
             engine.submit(request(2), tx, clock.now()).unwrap();
             receivers.push(rx);
         }
+        // A request ended while its step is on the device.
+        if receivers.len() == 3 && outputs[3].finished.is_none() {
+            engine.abort(victim, clock.now());
+        }
         let logits = runtime.block_on(launched.logits.read_async());
         engine.land(launched.plan, logits, &|| clock.now()).unwrap();
         engine.check_invariants();
         for (rx, out) in receivers.iter_mut().zip(&mut outputs) {
             collect(rx, out);
         }
+        collect(&mut victim_events, &mut outputs[3]);
     }
     for (out, alone) in outputs.iter().zip(&alone) {
         assert!(out.finished.is_some());
         assert_eq!(&out.tokens, alone);
     }
+    assert_eq!(outputs[3].finished.as_ref().map(|f| f.reason), Some(FinishReason::Cancelled));
+    let metrics = engine.metrics(clock.now()).scheduler;
+    assert_eq!((metrics.running, metrics.waiting, metrics.kv_blocks_in_use), (0, 0, 0), "{metrics:?}");
 }

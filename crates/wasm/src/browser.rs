@@ -33,8 +33,7 @@ struct State {
     engine: Engine,
     template: Option<ChatTemplate>,
     streams: HashMap<SeqId, Stream>,
-    /// Aborts asked for while a step was on the device, applied when it lands.
-    deferred_aborts: Vec<SeqId>,
+    /// A step is on the device: the next may start only once it lands.
     in_flight: bool,
     /// The longest sequence the KV pool holds (at most the model's context).
     context_length: usize,
@@ -104,7 +103,7 @@ impl WasmEngine {
         let context_length = scheduler.max_seq_len;
         let engine = Engine::new(model, tokenizer, scheduler).map_err(|e| error(format!("the KV cache: {e}")))?;
         let state =
-            State { engine, template, streams: HashMap::new(), deferred_aborts: Vec::new(), in_flight: false, context_length };
+            State { engine, template, streams: HashMap::new(), in_flight: false, context_length };
         Ok(WasmEngine { state: Rc::new(RefCell::new(state)), info })
     }
 
@@ -143,14 +142,7 @@ impl WasmEngine {
 
     /// Ends request `id`; its callback gets a `finished` event with `finish_reason` `abort`.
     pub fn abort(&self, id: f64) {
-        let mut state = self.state.borrow_mut();
-        let id = SeqId(id as u64);
-        if state.in_flight {
-            state.deferred_aborts.push(id);
-        } else {
-            state.engine.abort(id, now());
-        }
-        drop(state);
+        self.state.borrow_mut().engine.abort(SeqId(id as u64), now());
         self.deliver();
     }
 
@@ -186,12 +178,8 @@ impl WasmEngine {
         let logits = logits.read_async().await;
         let landed = {
             let mut state = self.state.borrow_mut();
-            let landed = state.engine.land(plan, logits, &now);
             state.in_flight = false;
-            for id in std::mem::take(&mut state.deferred_aborts) {
-                state.engine.abort(id, now());
-            }
-            landed
+            state.engine.land(plan, logits, &now)
         };
         self.deliver();
         landed.map(|_| true).map_err(|e| error(format!("the device: {e}")))
