@@ -245,11 +245,6 @@ export class Engine {
     }
   }
 
-  /** Whether any request is waiting or running. */
-  get busy() {
-    return this.#requests.size > 0;
-  }
-
   #createChat(body) {
     const { stream, stream_options: streamOptions, ...rest } = body;
     const created = Math.floor(Date.now() / 1000);
