@@ -397,7 +397,8 @@ proptest! {
             seed,
         }
         .run();
-        prop_assert_eq!(run(), run());
+        // Compared as text: a run that completes nothing reports NaN percentiles, and NaN != NaN.
+        prop_assert_eq!(format!("{:?}", run()), format!("{:?}", run()));
     }
 }
 
