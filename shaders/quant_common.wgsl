@@ -13,3 +13,8 @@ fn nibbles_hi(w: u32) -> vec4<f32> {
 fn bytes_signed(w: u32) -> vec4<f32> {
     return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(w) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
 }
+
+// Q5's fifth bits of values `first..first + 3` (bits of `qh`), worth 16 each.
+fn fifth_bits(qh: u32, first: u32) -> vec4<f32> {
+    return 16.0 * vec4<f32>((vec4<u32>(qh) >> (vec4<u32>(0u, 1u, 2u, 3u) + first)) & vec4<u32>(1u));
+}

@@ -1,14 +1,16 @@
 //! Weight matrices kept in their GGUF block format on the device.
 //!
 //! A [`Linear`] layer holds its matrix quantized when a kernel reads that format
-//! (Q4_0, Q4_1, Q8_0: `shaders/matmul_quant.wgsl`), so device memory is about the file's
-//! bytes and each product reads 4.5–8.5 bits per weight instead of 32. Other formats are
-//! dequantized to an f32 tensor at load and multiplied by Burn.
+//! (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K: `shaders/matmul_quant.wgsl`), so device memory
+//! is about the file's bytes and each product reads 4.5–8.5 bits per weight instead of 32.
+//! Other formats are dequantized to an f32 tensor at load and multiplied by Burn.
 //!
 //! At load, blocks are split into two word arrays: the quantized values of each block
-//! (whole words, so a lane reads aligned `u32`s) and the per-block f16 scales (two per word;
-//! Q4_1's scale and offset share one word). GGUF's 18/20/34-byte blocks are not
-//! word-aligned, so reading them in place would cost byte-by-byte extraction.
+//! (whole words, so a lane reads aligned `u32`s) and the scales (two f16 per word; Q4_1's
+//! scale and offset share one word; a K-quant super-block's scales take five words).
+//! GGUF's 18/20/22/24/34/144/210-byte blocks are not word-aligned, so reading them in place
+//! would cost byte-by-byte extraction. The kernels see every format as 32-value blocks;
+//! the K-quants' unpack functions find their sub-block's scales in the super-block's words.
 
 use burn::tensor::{Device, Tensor, TensorData};
 use burn_cubecl::CubeDevice;
@@ -23,32 +25,57 @@ use crate::kernel::{Arg, MAX_WORKGROUPS, Template, cube, cube_device, empty, fro
 pub enum QuantFormat {
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
+    Q4K,
+    Q6K,
 }
+
+/// Values per block as the kernels see it: K-quant super-blocks of 256 are read as eight
+/// sub-blocks of 32, each a 32-value block of the other formats.
+const BLOCK: usize = 32;
 
 impl QuantFormat {
     pub fn of(ty: GgmlType) -> Option<Self> {
         match ty {
             GgmlType::Q4_0 => Some(Self::Q4_0),
             GgmlType::Q4_1 => Some(Self::Q4_1),
+            GgmlType::Q5_0 => Some(Self::Q5_0),
+            GgmlType::Q5_1 => Some(Self::Q5_1),
             GgmlType::Q8_0 => Some(Self::Q8_0),
+            GgmlType::Q4K => Some(Self::Q4K),
+            GgmlType::Q6K => Some(Self::Q6K),
             _ => None,
         }
     }
 
-    fn block_bytes(self) -> usize {
+    pub fn ggml_type(self) -> GgmlType {
         match self {
-            Self::Q4_0 => 18,
-            Self::Q4_1 => 20,
-            Self::Q8_0 => 34,
+            Self::Q4_0 => GgmlType::Q4_0,
+            Self::Q4_1 => GgmlType::Q4_1,
+            Self::Q5_0 => GgmlType::Q5_0,
+            Self::Q5_1 => GgmlType::Q5_1,
+            Self::Q8_0 => GgmlType::Q8_0,
+            Self::Q4K => GgmlType::Q4K,
+            Self::Q6K => GgmlType::Q6K,
         }
+    }
+
+    /// Values per GGUF block: a matrix row must hold whole blocks.
+    pub fn block_elements(self) -> usize {
+        self.ggml_type().block_elements()
     }
 
     fn name(self) -> &'static str {
         match self {
             Self::Q4_0 => "q4_0",
             Self::Q4_1 => "q4_1",
+            Self::Q5_0 => "q5_0",
+            Self::Q5_1 => "q5_1",
             Self::Q8_0 => "q8_0",
+            Self::Q4K => "q4_k",
+            Self::Q6K => "q6_k",
         }
     }
 
@@ -57,38 +84,126 @@ impl QuantFormat {
         let unpack = match self {
             Self::Q4_0 => include_str!("../../../shaders/unpack_q4_0.wgsl"),
             Self::Q4_1 => include_str!("../../../shaders/unpack_q4_1.wgsl"),
+            Self::Q5_0 => include_str!("../../../shaders/unpack_q5_0.wgsl"),
+            Self::Q5_1 => include_str!("../../../shaders/unpack_q5_1.wgsl"),
             Self::Q8_0 => include_str!("../../../shaders/unpack_q8_0.wgsl"),
+            Self::Q4K => include_str!("../../../shaders/unpack_q4_k.wgsl"),
+            Self::Q6K => include_str!("../../../shaders/unpack_q6_k.wgsl"),
         };
         format!("{}\n{unpack}", include_str!("../../../shaders/quant_common.wgsl"))
     }
 
-    /// Splits GGUF blocks into (quantized value words, scale words).
+    /// Splits GGUF blocks into (quantized value words, scale words), in the layout the
+    /// format's `unpack` reads (see the unpack_*.wgsl files).
     fn repack(self, data: &[u8]) -> (Vec<u32>, Vec<u32>) {
-        let words = |bytes: &[u8]| -> Vec<u32> {
-            bytes.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect()
-        };
-        let f16_at = |block: &[u8], at: usize| u32::from(u16::from_le_bytes([block[at], block[at + 1]]));
-        let blocks = data.chunks_exact(self.block_bytes());
-        let mut quants = Vec::with_capacity(blocks.len() * (self.block_bytes() - 2) / 4);
+        let blocks = data.chunks_exact(self.ggml_type().block_bytes());
+        let mut quants = Vec::with_capacity(data.len() / 4);
         let mut scales = Vec::with_capacity(blocks.len());
-        match self {
-            Self::Q4_1 => {
-                for block in blocks {
+        // Formats with one f16 scale per block keep two blocks' scales per word.
+        let mut half_words = Vec::new();
+        for block in blocks {
+            match self {
+                Self::Q4_0 => {
+                    half_words.push(f16_at(block, 0));
+                    quants.extend(words(&block[2..18]));
+                }
+                Self::Q4_1 => {
                     scales.push(f16_at(block, 0) | f16_at(block, 2) << 16);
-                    quants.extend(words(&block[4..]));
+                    quants.extend(words(&block[4..20]));
                 }
-            }
-            Self::Q4_0 | Self::Q8_0 => {
-                let mut d = Vec::with_capacity(blocks.len());
-                for block in blocks {
-                    d.push(f16_at(block, 0));
-                    quants.extend(words(&block[2..]));
+                Self::Q5_0 => {
+                    half_words.push(f16_at(block, 0));
+                    quants.extend(words(&block[6..22]));
+                    quants.extend(words(&block[2..6]));
                 }
-                scales.extend(d.chunks(2).map(|pair| pair[0] | pair.get(1).copied().unwrap_or(0) << 16));
+                Self::Q5_1 => {
+                    scales.push(f16_at(block, 0) | f16_at(block, 2) << 16);
+                    quants.extend(words(&block[8..24]));
+                    quants.extend(words(&block[4..8]));
+                }
+                Self::Q8_0 => {
+                    half_words.push(f16_at(block, 0));
+                    quants.extend(words(&block[2..34]));
+                }
+                Self::Q4K => repack_q4_k(block, &mut quants, &mut scales),
+                Self::Q6K => repack_q6_k(block, &mut quants, &mut scales),
             }
         }
+        scales.extend(half_words.chunks(2).map(|pair| pair[0] | pair.get(1).copied().unwrap_or(0) << 16));
         (quants, scales)
     }
+}
+
+fn words(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    bytes.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+}
+
+fn f16_at(block: &[u8], at: usize) -> u32 {
+    u32::from(u16::from_le_bytes([block[at], block[at + 1]]))
+}
+
+/// Packs 32 four-bit values as Q4_0 does: value `j` in the low nibble of byte `j`, value
+/// `j + 16` in its high nibble.
+fn nibble_words(values: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    (0..4).map(move |w| {
+        (0..4).fold(0u32, |word, b| {
+            let j = 4 * w + b;
+            word | u32::from((values[j] & 0x0F) | (values[j + 16] & 0x0F) << 4) << (8 * b)
+        })
+    })
+}
+
+/// Q4_K (144 bytes: f16 `d`, f16 `dmin`, 12 bytes of 6-bit scales and minimums, 128 bytes of
+/// nibbles, two sub-blocks per 32 bytes) into 4 nibble words per sub-block, and per
+/// super-block 5 scale words: `d | dmin << 16`, the 8 scales as bytes, the 8 minimums as bytes.
+fn repack_q4_k(block: &[u8], quants: &mut Vec<u32>, scales: &mut Vec<u32>) {
+    let packed = &block[4..16];
+    let (sc, mins): (Vec<u8>, Vec<u8>) = (0..8)
+        .map(|j| {
+            if j < 4 {
+                (packed[j] & 63, packed[j + 4] & 63)
+            } else {
+                ((packed[j + 4] & 0x0F) | (packed[j - 4] >> 6) << 4, (packed[j + 4] >> 4) | (packed[j] >> 6) << 4)
+            }
+        })
+        .unzip();
+    scales.push(f16_at(block, 0) | f16_at(block, 2) << 16);
+    scales.extend(words(&sc).chain(words(&mins)));
+    for pair in block[16..144].chunks_exact(32) {
+        let low: Vec<u8> = pair.iter().map(|q| q & 0x0F).collect();
+        let high: Vec<u8> = pair.iter().map(|q| q >> 4).collect();
+        quants.extend(nibble_words(&low).chain(nibble_words(&high)));
+    }
+}
+
+/// Q6_K (210 bytes: 128 bytes of low nibbles, 64 of high bit pairs, 16 signed scales, f16 `d`)
+/// into 6 words per sub-block of 32 (4 nibble words, then 2 words of high bit pairs: the
+/// pairs of values `4k..4k+3` at bits `16k..16k+8` and of `16+4k..16+4k+3` at `16k+8..16k+16`),
+/// and per super-block 5 scale words: `d`, then the 16 scales as bytes.
+fn repack_q6_k(block: &[u8], quants: &mut Vec<u32>, scales: &mut Vec<u32>) {
+    let (ql, qh) = (&block[0..128], &block[128..192]);
+    // The 6-bit values in order, as ggml's dequantize_row_q6_K walks them.
+    let mut q = [0u8; 256];
+    for half in 0..2 {
+        let (ql, qh, q) = (&ql[64 * half..], &qh[32 * half..], &mut q[128 * half..]);
+        for l in 0..32 {
+            q[l] = (ql[l] & 0x0F) | (qh[l] & 3) << 4;
+            q[l + 32] = (ql[l + 32] & 0x0F) | (qh[l] >> 2 & 3) << 4;
+            q[l + 64] = (ql[l] >> 4) | (qh[l] >> 4 & 3) << 4;
+            q[l + 96] = (ql[l + 32] >> 4) | (qh[l] >> 6 & 3) << 4;
+        }
+    }
+    for sub in q.chunks_exact(BLOCK) {
+        quants.extend(nibble_words(sub));
+        let high = (0..4).fold(0u64, |bits, k| {
+            (0..4).fold(bits, |bits, e| {
+                bits | u64::from(sub[4 * k + e] >> 4) << (16 * k + 2 * e) | u64::from(sub[16 + 4 * k + e] >> 4) << (16 * k + 8 + 2 * e)
+            })
+        });
+        quants.extend([high as u32, (high >> 32) as u32]);
+    }
+    scales.push(f16_at(block, 208));
+    scales.extend(words(&block[192..208]));
 }
 
 /// A `rows x cols` matrix in a block format on the device.
@@ -129,10 +244,11 @@ fn tile_code(tile: usize) -> Vec<(&'static str, String)> {
 const WORKGROUP: usize = 64;
 
 impl QuantMatrix {
-    /// Uploads GGUF blocks of a `rows x cols` matrix (row-major, `cols` a multiple of 32).
+    /// Uploads GGUF blocks of a `rows x cols` matrix (row-major, whole blocks per row).
     pub fn upload(device: &Device, format: QuantFormat, data: &[u8], rows: usize, cols: usize) -> Result<Self, ModelError> {
         let device = cube_device(device).ok_or_else(|| ModelError::Device("quantized weights need a wgpu device".into()))?;
-        if cols % 32 != 0 || data.len() != rows * cols / 32 * format.block_bytes() {
+        let ty = format.ggml_type();
+        if cols % ty.block_elements() != 0 || data.len() != rows * cols / ty.block_elements() * ty.block_bytes() {
             return Err(ModelError::InvalidConfig(format!(
                 "{} bytes do not hold a {rows} x {cols} {format:?} matrix",
                 data.len()
@@ -202,7 +318,7 @@ pub enum Linear {
 impl Linear {
     pub fn load(file: &GgufFile, info: &TensorInfo, device: &Device) -> Result<Self, ModelError> {
         let (inputs, outputs) = (info.row_len() as usize, info.rows() as usize);
-        if let Some(format) = QuantFormat::of(info.ty).filter(|_| inputs % 32 == 0) {
+        if let Some(format) = QuantFormat::of(info.ty).filter(|f| inputs % f.block_elements() == 0) {
             return Ok(Self::Quantized(QuantMatrix::upload(device, format, file.tensor_data(info), outputs, inputs)?));
         }
         let values = file.dequantize(info)?;

@@ -50,6 +50,11 @@ fn forward_matches_reference_across_encodings_and_head_layouts() {
     check_against_reference(TinyModel { weight_type: GgmlType::Q8_0, n_kv_heads: 4, tied_embeddings: false, seed: 2, ..Default::default() });
     check_against_reference(TinyModel { weight_type: GgmlType::F32, n_kv_heads: 1, n_layers: 3, seed: 3, ..Default::default() });
     check_against_reference(TinyModel { weight_type: GgmlType::Q4_0, seed: 4, ..Default::default() });
+    check_against_reference(TinyModel { weight_type: GgmlType::Q5_1, seed: 5, ..Default::default() });
+    // K-quant rows hold 256 values.
+    let wide = TinyModel { hidden: 256, ffn_hidden: 512, n_heads: 4, seed: 6, ..Default::default() };
+    check_against_reference(TinyModel { weight_type: GgmlType::Q4K, ..wide.clone() });
+    check_against_reference(TinyModel { weight_type: GgmlType::Q6K, tied_embeddings: false, ..wide });
 }
 
 #[test]
@@ -276,8 +281,11 @@ fn quantized_matmul_matches_dequantized_reference() {
 
     let device = wgpu_device().unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
-        for (rows, cols) in [(1, 32), (37, 96), (130, 608)] {
+    let formats = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K];
+    for ty in formats {
+        // Rows of 1, 3 and 19 blocks (K-quant blocks hold 256 values, the others 32).
+        let block = ty.block_elements();
+        for (rows, cols) in [(1, block), (37, 3 * block), (130, 19 * block)] {
             let values: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
             let blocks = cinder_gguf::quantize(ty, &values).unwrap();
             let weights = cinder_gguf::dequantize(ty, &blocks).unwrap();
