@@ -1,10 +1,10 @@
 //! The WGSL kernels on this machine's adapter, at the default model's shapes: the quantized
-//! matrix kernel at batch 1 and 8 (weight GB/s), prompt-sized products through the
-//! dequantized matrix, and the fused RMSNorm.
+//! matrix kernel (the subgroup one where the adapter has subgroups) at 1 to 64 tokens
+//! (weight GB/s), and the fused RMSNorm.
 //!
-//! `cargo bench -p cinder-model --bench kernels --profile dev` (the dev profile already
+//! `cargo bench --workspace --bench kernels --profile dev` (the dev profile already
 //! optimises dependencies; the kernels' time is spent on the device, and sharing the profile
-//! avoids a second build of Burn).
+//! and the workspace's features avoids a second build of Burn).
 
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use cinder_gguf::GgmlType;
@@ -30,6 +30,10 @@ fn benches(c: &mut Criterion) {
         ("ffn_up", GgmlType::Q4_1, 1536, 576),
         ("ffn_down", GgmlType::Q4_1, 576, 1536),
         ("lm_head", GgmlType::Q8_0, 49152, 576),
+        // The same shapes in the formats of a Q4_K_M file.
+        ("ffn_up", GgmlType::Q5_0, 1536, 576),
+        ("ffn_down", GgmlType::Q4K, 576, 1536),
+        ("ffn_down", GgmlType::Q6K, 576, 1536),
     ];
     let mut group = c.benchmark_group("matmul_quant");
     group.sample_size(10);
@@ -38,8 +42,9 @@ fn benches(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(m.device_bytes() as u64));
         for tokens in [1, 4, 8, 16, 64] {
             let x = Tensor::<2>::random([tokens, cols], Distribution::Default, &device);
-            m.forward(x.clone());
-            sync(&device);
+            // Reading the result surfaces a kernel that failed to compile or run; a sync alone
+            // would time nothing.
+            m.forward(x.clone()).try_into_vec_as::<f32>().expect("the kernel runs");
             group.bench_with_input(BenchmarkId::new(format!("{name} {ty:?} {rows}x{cols}"), tokens), &x, |b, x| {
                 b.iter(|| {
                     let y = m.forward(x.clone());

@@ -4,6 +4,8 @@ use std::sync::OnceLock;
 
 use burn::tensor::Device;
 
+use burn_cubecl::cubecl::wgpu::wgpu;
+
 use crate::ModelError;
 
 struct Opened {
@@ -21,6 +23,9 @@ pub struct AdapterInfo {
     /// `DiscreteGpu`, `IntegratedGpu`, `Cpu`, …
     pub device_type: String,
     pub driver: String,
+    /// The largest subgroup size, when the device offers subgroup operations to the
+    /// kernels (native adapters; WGSL in the browser would need `enable subgroups`).
+    pub subgroup_max_size: Option<u32>,
 }
 
 static WGPU: OnceLock<Result<Opened, String>> = OnceLock::new();
@@ -43,6 +48,9 @@ fn opened(
         backend: format!("{:?}", setup.backend),
         device_type: format!("{:?}", info.device_type),
         driver: format!("{} {}", info.driver, info.driver_info).trim().to_owned(),
+        subgroup_max_size: (setup.device.features().contains(wgpu::Features::SUBGROUP)
+            && info.backend != wgpu::Backend::BrowserWebGpu)
+            .then_some(info.subgroup_max_size),
     };
     Ok(Opened { device, adapter })
 }

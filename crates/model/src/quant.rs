@@ -215,12 +215,17 @@ pub struct QuantMatrix {
     scales: Handle,
     device: CubeDevice,
     bytes: usize,
+    /// Set where the adapter has subgroups (of at most this size): the product then runs on
+    /// matmul_quant_subgroup.wgsl.
+    subgroup_max_size: Option<usize>,
 }
 
 /// Most tokens one invocation of the quantized kernel multiplies at once.
 const MAX_TOKEN_TILE: usize = 8;
-/// Above this many tokens, the matrix is expanded to f32 and multiplied by Burn's tiled
-/// matmul, which reuses each weight across many more tokens than the quantized kernel.
+/// Above this many tokens, the portable kernel's matrix is expanded to f32 and multiplied by
+/// Burn's tiled matmul, which reuses each weight across many more tokens. The subgroup
+/// kernel stays on quantized weights at every size: on lavapipe a 512-token prompt runs
+/// 1.19x faster on it than through the expanded matrix (measured with `cinder bench`).
 const MAX_QUANTIZED_TOKENS: usize = 16;
 
 /// The kernel's per-token lines for a tile of `tile` tokens (see matmul_quant.wgsl).
@@ -241,12 +246,47 @@ fn tile_code(tile: usize) -> Vec<(&'static str, String)> {
         ),
     ]
 }
+/// The subgroup kernel's lines for `rows` rows per subgroup and a tile of `tile` tokens
+/// (see matmul_quant_subgroup.wgsl).
+fn subgroup_tile_code(rows: usize, tile: usize) -> Vec<(&'static str, String)> {
+    let each = |n: usize, f: &dyn Fn(usize) -> String| (0..n).map(f).collect::<Vec<_>>().join("\n");
+    let pairs = |f: &dyn Fn(usize, usize) -> String| {
+        (0..rows).flat_map(|r| (0..tile).map(move |t| (r, t))).map(|(r, t)| f(r, t)).collect::<Vec<_>>().join("\n")
+    };
+    vec![
+        ("TILE", tile.to_string()),
+        ("ROWS", rows.to_string()),
+        ("TOKEN_ROWS", each(tile, &|t| format!("    let x{t} = min(first_token + {t}u, last) * x_row;"))),
+        ("ROW_STARTS", each(rows, &|r| format!("        let block{r} = min(first_row + {r}u, last_row) * blocks;"))),
+        ("ACCUMULATORS", pairs(&|r, t| format!("        var acc{r}_{t} = vec4<f32>(0.0);"))),
+        ("INPUTS", each(tile, &|t| format!("            let lo{t} = x[x{t} + xi];\n            let hi{t} = x[x{t} + xi + 4u];"))),
+        (
+            "ACCUMULATE",
+            each(rows, &|r| {
+                let mut code = format!("            unpack(block{r} + b, k, &lo, &hi);");
+                for t in 0..tile {
+                    code += &format!("\n            acc{r}_{t} += lo * lo{t} + hi * hi{t};");
+                }
+                code
+            }),
+        ),
+        (
+            "STORE",
+            pairs(&|r, t| {
+                format!(
+                    "        let sum{r}_{t} = subgroupAdd(dot(acc{r}_{t}, vec4<f32>(1.0)));\n        if (lane == 0u && first_row + {r}u < info.rows && first_token + {t}u < info.tokens) {{ y[(first_token + {t}u) * info.rows + first_row + {r}u] = sum{r}_{t}; }}"
+                )
+            }),
+        ),
+    ]
+}
+
 const WORKGROUP: usize = 64;
 
 impl QuantMatrix {
     /// Uploads GGUF blocks of a `rows x cols` matrix (row-major, whole blocks per row).
-    pub fn upload(device: &Device, format: QuantFormat, data: &[u8], rows: usize, cols: usize) -> Result<Self, ModelError> {
-        let device = cube_device(device).ok_or_else(|| ModelError::Device("quantized weights need a wgpu device".into()))?;
+    pub fn upload(burn_device: &Device, format: QuantFormat, data: &[u8], rows: usize, cols: usize) -> Result<Self, ModelError> {
+        let device = cube_device(burn_device).ok_or_else(|| ModelError::Device("quantized weights need a wgpu device".into()))?;
         let ty = format.ggml_type();
         if cols % ty.block_elements() != 0 || data.len() != rows * cols / ty.block_elements() * ty.block_bytes() {
             return Err(ModelError::InvalidConfig(format!(
@@ -256,19 +296,46 @@ impl QuantMatrix {
         }
         let (quants, scales) = format.repack(data);
         let bytes = (quants.len() + scales.len()) * 4;
-        Ok(Self { format, rows, cols, quants: upload(&device, &quants), scales: upload(&device, &scales), device, bytes })
+        let subgroup_max_size = crate::adapter_info(burn_device)
+            .and_then(|a| a.subgroup_max_size)
+            .map(|size| size as usize)
+            .filter(|size| size.is_power_of_two() && *size <= WORKGROUP);
+        let (quants, scales) = (upload(&device, &quants), upload(&device, &scales));
+        Ok(Self { format, rows, cols, quants, scales, device, bytes, subgroup_max_size })
     }
 
     /// `x` (`[tokens, cols]`) times the transposed matrix: `[tokens, rows]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let [tokens, cols] = x.dims();
         assert_eq!(cols, self.cols, "input width does not match the matrix");
-        if tokens > MAX_QUANTIZED_TOKENS {
+        if tokens > MAX_QUANTIZED_TOKENS && self.subgroup_max_size.is_none() {
             return x.matmul(self.dequantize().transpose());
         }
         let x = cube(x);
         let y = empty(&x.device, [tokens, self.rows]);
         let tile = tokens.next_power_of_two().min(MAX_TOKEN_TILE);
+        let args = [Arg::Read(&self.quants), Arg::Read(&self.scales), Arg::Read(&x.handle), Arg::Write(&y.handle)];
+        let info = [self.rows as u32, self.cols as u32, tokens as u32];
+        if let Some(width) = self.subgroup_max_size {
+            // Rows per subgroup, measured on lavapipe: more rows share each input load, at the
+            // cost of accumulators (rows x tile of them).
+            let rows_per_subgroup = (8 * tile).clamp(8, 32);
+            let template = Template {
+                name: "matmul_quant_subgroup",
+                source: include_str!("../../../shaders/matmul_quant_subgroup.wgsl"),
+                variant: (self.format.name(), tile as u32),
+                values: &|| {
+                    let mut values = subgroup_tile_code(rows_per_subgroup, tile);
+                    values.push(("UNPACK", self.format.unpack_source()));
+                    values
+                },
+                workgroup: WORKGROUP as u32,
+            };
+            let rows_per_workgroup = rows_per_subgroup * WORKGROUP / width;
+            let workgroups = [self.rows.div_ceil(rows_per_workgroup) as u32, tokens.div_ceil(tile) as u32, 1];
+            launch(&self.device, &template, workgroups, &args, &info);
+            return from_cube(y);
+        }
         let template = Template {
             name: "matmul_quant",
             source: include_str!("../../../shaders/matmul_quant.wgsl"),
@@ -281,9 +348,19 @@ impl QuantMatrix {
             workgroup: WORKGROUP as u32,
         };
         let workgroups = [self.rows.div_ceil(WORKGROUP) as u32, tokens.div_ceil(tile) as u32, 1];
-        let args = [Arg::Read(&self.quants), Arg::Read(&self.scales), Arg::Read(&x.handle), Arg::Write(&y.handle)];
-        launch(&self.device, &template, workgroups, &args, &[self.rows as u32, self.cols as u32, tokens as u32]);
+        launch(&self.device, &template, workgroups, &args, &info);
         from_cube(y)
+    }
+
+    /// The same matrix multiplied by the kernel for adapters without subgroups.
+    #[cfg(test)]
+    pub(crate) fn without_subgroups(mut self) -> Self {
+        self.subgroup_max_size = None;
+        self
+    }
+
+    pub fn uses_subgroups(&self) -> bool {
+        self.subgroup_max_size.is_some()
     }
 
     /// The matrix expanded to f32 `[rows, cols]` on the device.

@@ -293,7 +293,8 @@ fn quantized_matmul_matches_dequantized_reference() {
             let short = QuantMatrix::upload(&device, format, &blocks[1..], rows, cols).err().expect("truncated blocks are refused");
             assert!(short.to_string().contains(&format!("do not hold a {rows} x {cols}")), "{short}");
             let matrix = QuantMatrix::upload(&device, format, &blocks, rows, cols).unwrap();
-            for tokens in [1, 2, 8, 9, 17] {
+            let portable = QuantMatrix::upload(&device, format, &blocks, rows, cols).unwrap().without_subgroups();
+            for (matrix, tokens) in [&matrix, &portable].into_iter().flat_map(|m| [1, 2, 5, 8, 9, 17].map(|t| (m, t))) {
                 let x: Vec<f32> = (0..tokens * cols).map(|_| rng.random_range(-2.0..2.0)).collect();
                 let expected: Vec<f32> = x
                     .chunks(cols)
@@ -301,7 +302,8 @@ fn quantized_matmul_matches_dequantized_reference() {
                     .collect();
                 let input = Tensor::<2>::from_data(TensorData::new(x, [tokens, cols]), &device);
                 let got = matrix.forward(input).try_into_vec_as::<f32>().unwrap();
-                assert_close(&got, &expected, &format!("{ty:?} {rows}x{cols}, {tokens} tokens"));
+                let kernel = if matrix.uses_subgroups() { "subgroup" } else { "portable" };
+                assert_close(&got, &expected, &format!("{ty:?} {rows}x{cols}, {tokens} tokens, {kernel} kernel"));
             }
         }
     }

@@ -1,0 +1,63 @@
+// y[t, r] = sum_c W[r, c] * x[t, c] for a quantized W (layout as in matmul_quant.wgsl), with
+// the lanes of a subgroup splitting each row's columns.
+//
+// Each subgroup takes ROWS consecutive rows; lane l reads the 8-value groups l, l + width,
+// ... of them, loads the matching inputs once and uses them for all ROWS rows, and a
+// subgroupAdd sums the lanes' parts. Where every lane owns a row (matmul_quant.wgsl), every
+// lane loads the same inputs: CPU-backed adapters (lavapipe) gather them lane by lane, so
+// sharing the inputs across rows cuts the loads per weight by ROWS.
+
+// Subgroup builtins need the adapter's subgroup feature (wgpu's native extension; naga takes
+// them without an `enable` directive).
+
+struct Info {
+    rows: u32,
+    cols: u32,
+    tokens: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> quants: array<u32>;
+@group(0) @binding(1) var<storage, read_write> scales: array<u32>;
+@group(0) @binding(2) var<storage, read_write> x: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<uniform> info: Info;
+
+const TILE: u32 = {{TILE}}u;
+const ROWS: u32 = {{ROWS}}u;
+const WORKGROUP: u32 = 64u;
+
+{{UNPACK}}
+
+@compute @workgroup_size(WORKGROUP)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+    @builtin(subgroup_size) width: u32,
+) {
+    let subgroups = WORKGROUP / width;
+    let first_token = wg.y * TILE;
+    let blocks = info.cols / 32u;
+    let x_row = info.cols / 4u;
+    // Tokens and rows past the end compute on the last ones and are not written.
+    let last = info.tokens - 1u;
+    let last_row = info.rows - 1u;
+{{TOKEN_ROWS}}
+    // The dispatch assumes the largest subgroup size; smaller subgroups loop.
+    for (var first_row = (wg.x * subgroups + lid / width) * ROWS; first_row < info.rows; first_row += groups.x * subgroups * ROWS) {
+{{ROW_STARTS}}
+{{ACCUMULATORS}}
+        for (var g = lane; g < blocks * 4u; g += width) {
+            let b = g >> 2u;
+            let k = g & 3u;
+            let xi = b * 8u + k;
+{{INPUTS}}
+            var lo: vec4<f32>;
+            var hi: vec4<f32>;
+{{ACCUMULATE}}
+        }
+{{STORE}}
+    }
+}
