@@ -68,6 +68,8 @@ struct BenchResult {
     backend: String,
     device_type: String,
     driver: String,
+    /// The largest subgroup size when the quantized kernels use subgroups, else null.
+    subgroup_max_size: Option<u32>,
     device_weight_bytes: usize,
     load_s: f64,
     decode_tokens: usize,
@@ -177,6 +179,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         backend: adapter.backend,
         device_type: adapter.device_type,
         driver: adapter.driver,
+        subgroup_max_size: adapter.subgroup_max_size,
         device_weight_bytes: model.device_weight_bytes(),
         load_s,
         decode_tokens: args.decode_tokens,
