@@ -169,8 +169,15 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
     error(&post(&format!(r#"{{"prompt": "{}"}}"#, "a".repeat(3000))), 413);
 
     // Unknown fields are ignored; the server still answers after all of the above.
+    // `created` is the request's time, not the server's start (the model's `created`).
+    let started = server.request("GET", "/v1/models", &auth, "").json()["data"][0]["created"].as_u64().unwrap();
+    let unix_now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    while unix_now() <= started {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let ok = post(r#"{"prompt": "hello", "max_tokens": 4, "temperature": 0, "some_extension": {"x": 1}, "return_token_ids": true}"#);
     assert_eq!(ok.status, 200, "{}", ok.body);
+    assert!(ok.json()["created"].as_u64().unwrap() > started, "{}", ok.body);
     let choice = &ok.json()["choices"][0];
     assert_eq!(choice["token_ids"].as_array().unwrap().len(), ok.json()["usage"]["completion_tokens"].as_u64().unwrap() as usize);
     assert!(choice["prompt_token_ids"].as_array().is_some_and(|ids| !ids.is_empty()));

@@ -204,6 +204,9 @@ struct Sequence {
     table: BlockTable,
     /// Leading full blocks registered in the prefix cache.
     registered: usize,
+    /// Hash of the prompt's first cacheable block, while the prompt is being computed:
+    /// waiting prompts that start with the same block wait for it (see `admission_waits`).
+    prefilling_first_block: Option<u64>,
     arrival: Time,
     first_token: Option<Time>,
     preemptions: u32,
@@ -222,6 +225,7 @@ impl Sequence {
             computed: 0,
             table: BlockTable::default(),
             registered: 0,
+            prefilling_first_block: None,
             arrival: waiting.arrival,
             first_token: progress.first_token,
             preemptions: progress.preemptions,
@@ -590,7 +594,7 @@ impl Scheduler {
         while budget > 0 && self.running.len() < max_running {
             let Some(id) = self.queue.peek(now).map(|w| w.id) else { break };
             // A sequence preempted for memory in this step does not come straight back.
-            if plan.preempted.contains(&id) || !self.admit(id, budget.min(chunk_size)) {
+            if plan.preempted.contains(&id) || self.admission_waits(id) || !self.admit(id, budget.min(chunk_size)) {
                 break;
             }
             let s = &self.seqs[&id];
@@ -598,6 +602,27 @@ impl Scheduler {
             self.schedule(id, n, plan, work);
             budget -= n;
         }
+    }
+
+    /// The hash of the first block of `prompt` that the prefix cache may serve, if any.
+    fn first_cacheable_block(&self, prompt: &[u32]) -> Option<u64> {
+        let bs = self.config.block_size;
+        // The last token is always computed: its logits give the next token.
+        (self.config.prefix_caching && prompt.len() > bs).then(|| prefix_hashes(&prompt[..bs], bs)[0])
+    }
+
+    /// True if the waiting sequence `id` starts with a block that a running prompt is
+    /// computing right now: it waits until those blocks are in the prefix cache instead of
+    /// computing them a second time. This is how the `n` choices of one request (and
+    /// requests sharing a system prompt) share their prompt's blocks. A running prompt
+    /// always progresses or is preempted, so the wait ends.
+    fn admission_waits(&self, id: SeqId) -> bool {
+        let request = &self.queue.get(id).expect("queued sequence exists").request;
+        if !request.use_prefix_cache {
+            return false;
+        }
+        let Some(first) = self.first_cacheable_block(&request.prompt) else { return false };
+        self.running.iter().any(|(_, running)| self.seqs[running].prefilling_first_block == Some(first))
     }
 
     /// Takes a waiting sequence into the running set with blocks for its first `chunk`
@@ -622,6 +647,7 @@ impl Scheduler {
         table.reserve(&self.blocks, n).expect("checked available");
         let waiting = self.queue.remove(id, true).expect("peeked");
         let mut seq = Sequence::start(*waiting);
+        seq.prefilling_first_block = self.first_cacheable_block(&seq.tokens).filter(|_| computed < seq.tokens.len() - 1);
         seq.table = table;
         seq.computed = computed;
         seq.registered = computed / bs;
@@ -719,6 +745,9 @@ impl Scheduler {
                 continue;
             }
             seq.computed += n;
+            if seq.computed + 1 >= seq.tokens.len() {
+                seq.prefilling_first_block = None;
+            }
             *self.tenant_tokens.entry(seq.request.tenant.0).or_default() += n as u64;
             if let Some(token) = token.filter(|_| samples) {
                 seq.tokens.push(token);

@@ -84,6 +84,47 @@ fn prefix_cache_skips_computed_blocks() {
     assert_eq!(plan.prefill.iter().find(|p| p.seq == c).unwrap().start, 0);
 }
 
+/// Requests that start with the blocks of a prompt being computed (the `n` choices of one
+/// request) wait for them and then read them from the cache instead of computing them again.
+#[test]
+fn prompts_in_flight_are_shared_not_recomputed() {
+    let mut s = Scheduler::new(config(continuous(64, 8, 8), 64));
+    let mut now = Time::ZERO;
+    let shared = prompt(14, 4);
+    let choices: Vec<SeqId> = (0..3).map(|_| s.submit(Request::new(shared.clone(), 2), now).unwrap()).collect();
+    let other = s.submit(Request::new(prompt(14, 5), 2), now).unwrap();
+    // The first choice computes the prompt in chunks of 8; the others (and, behind them in
+    // the queue, the unrelated prompt) wait.
+    let mut starts = std::collections::HashMap::new();
+    let mut computed = 0;
+    while starts.len() < 4 {
+        let plan = s.plan(now);
+        for chunk in &plan.prefill {
+            starts.entry(chunk.seq).or_insert(chunk.start);
+            if choices.contains(&chunk.seq) {
+                computed += chunk.tokens.len();
+            }
+        }
+        now = now + Duration::from_millis(10);
+        s.complete(StepResult::sampled(&plan, |_| 5), now);
+    }
+    assert_eq!(starts[&choices[0]], 0);
+    assert_eq!(starts[&choices[1]], 12, "three cached blocks of four tokens are skipped");
+    assert_eq!(starts[&choices[2]], 12);
+    assert_eq!(starts[&other], 0);
+    assert_eq!(computed, 14 + 2 + 2, "the shared prompt is computed once");
+    run(&mut s, &mut now, 100);
+    assert_eq!(s.take_finished().len(), 4);
+    assert_eq!(s.blocks().in_use(), 0);
+
+    // A choice that opts out of the cache neither waits nor shares.
+    let first = s.submit(Request::new(prompt(14, 6), 2), now).unwrap();
+    let opted_out = s.submit(Request { use_prefix_cache: false, ..Request::new(prompt(14, 6), 2) }, now).unwrap();
+    let plan = s.plan(now);
+    let seqs: Vec<SeqId> = plan.prefill.iter().map(|c| c.seq).collect();
+    assert_eq!(seqs, [first, opted_out]);
+}
+
 #[test]
 fn preemption_recomputes_and_resumes() {
     // 6 blocks of 4 tokens; two sequences of 8-token prompts generating 8 each cannot both fit.

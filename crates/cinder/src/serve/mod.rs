@@ -130,7 +130,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let model_name = args.served_model_name.clone().unwrap_or_else(|| {
         path.file_name().map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_owned()).unwrap_or_default()
     });
-    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let started = routes::unix_seconds();
     let state = Arc::new(AppState {
         worker,
         tokenizer,

@@ -104,6 +104,8 @@ async fn generate(s: Shared, kind: Kind, body: Result<Bytes, BytesRejection>) ->
 struct Run {
     kind: Kind,
     id: String,
+    /// When the request arrived, in Unix seconds (OpenAI's `created`).
+    created: u64,
     stream: bool,
     include_usage: bool,
     logprobs: bool,
@@ -149,6 +151,7 @@ async fn start(s: &Shared, kind: Kind, body: Result<Bytes, BytesRejection>) -> R
     Ok(Run {
         kind,
         id: format!("{prefix}-{:x}{id:08x}", s.started),
+        created: unix_seconds(),
         stream: body.stream.unwrap_or(false),
         include_usage: body.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false),
         logprobs: logprobs.is_some(),
@@ -282,7 +285,7 @@ async fn collect(s: &Shared, mut run: Run) -> Result<Value, ApiError> {
     let mut response = json!({
         "id": run.id,
         "object": object,
-        "created": s.started,
+        "created": run.created,
         "model": s.model_name,
         "choices": out,
         "usage": usage(prompt_tokens, completion_tokens),
@@ -337,7 +340,7 @@ impl ChunkStream {
     /// A chunk's JSON around `choices`.
     fn chunk_json(&self, choices: Value) -> Value {
         let object = if self.run.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
-        json!({"id": self.run.id, "object": object, "created": self.s.started, "model": self.s.model_name, "choices": choices})
+        json!({"id": self.run.id, "object": object, "created": self.run.created, "model": self.s.model_name, "choices": choices})
     }
 
     fn chunk(&self, choices: Value) -> SseEvent {
@@ -422,6 +425,11 @@ impl Stream for ChunkStream {
             }
         }
     }
+}
+
+/// Now, in seconds since the Unix epoch.
+pub fn unix_seconds() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 pub async fn models(State(s): State<Shared>) -> Json<Value> {
