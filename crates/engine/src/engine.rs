@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 
-use cinder_model::{Llama, LlamaConfig, ModelError, PagedKvCache, PendingLogits, Sampler, SeqChunk, log_softmax, top_logprobs};
+use cinder_model::{
+    Llama, LlamaConfig, LogitRows, ModelError, PagedKvCache, PendingLogits, Sampler, SeqChunk, log_softmax, top_logprobs,
+};
 use cinder_scheduler::{
     FinishReason, FinishedSequence, Metrics, Request, Scheduler, SchedulerConfig, SeqId, StepPlan, StepResult, Time,
 };
@@ -204,7 +206,16 @@ impl Engine {
             return Ok(None);
         }
         match self.run(&plan) {
-            Ok(logits) => Ok(Some(Launched { plan, logits })),
+            Ok(logits) => {
+                // When every row is a plain greedy pick without logprobs, the device picks the
+                // tokens and the step reads back one number per row instead of the logits.
+                let argmax_only = plan.sampling().all(|id| {
+                    self.active.get(&id).is_some_and(|a| a.logprobs.is_none() && a.sampler.params().is_plain_argmax())
+                });
+                let vocab = self.tokenizer.vocab_size();
+                let logits = if argmax_only { logits.argmax(vocab) } else { logits };
+                Ok(Some(Launched { plan, logits }))
+            }
             Err(e) => {
                 self.scheduler.complete(StepResult::failed(&plan), clock());
                 Err(e)
@@ -216,11 +227,11 @@ impl Engine {
     pub fn land(
         &mut self,
         plan: StepPlan,
-        logits: Result<Vec<Vec<f32>>, ModelError>,
+        rows: Result<LogitRows, ModelError>,
         clock: &dyn Fn() -> Time,
     ) -> Result<StepOutcome, ModelError> {
-        let logits = match logits {
-            Ok(logits) => logits,
+        let rows = match rows {
+            Ok(rows) => rows,
             Err(e) => {
                 self.scheduler.complete(StepResult::failed(&plan), clock());
                 return Err(e);
@@ -229,13 +240,22 @@ impl Engine {
         let mut result = StepResult { step: plan.step, success: true, ..Default::default() };
         // Models may pad their embedding past the tokenizer's vocabulary: never pick those rows.
         let vocab = self.tokenizer.vocab_size();
-        for (id, mut logits) in plan.sampling().zip(logits) {
+        let (logits, picked) = match rows {
+            LogitRows::Full(logits) => (logits, Vec::new()),
+            LogitRows::Argmax(ids) => (Vec::new(), ids),
+        };
+        for (row, id) in plan.sampling().enumerate() {
             let Some(active) = self.active.get_mut(&id) else { continue };
-            logits.truncate(vocab);
-            let token = active.sampler.sample(&logits, &active.history);
+            let logits = logits.get(row).map(|l| &l[..vocab.min(l.len())]);
+            let token = match (picked.get(row), logits) {
+                (Some(&token), _) => token,
+                (None, Some(logits)) => active.sampler.sample(logits, &active.history),
+                (None, None) => continue,
+            };
+            let logits = logits.unwrap_or_default();
             active.history.push(token);
             result.sampled.push((id, token));
-            if Self::emit(active, &self.tokenizer, token, &logits) {
+            if Self::emit(active, &self.tokenizer, token, logits) {
                 active.stopped = true;
                 result.stopped.push(id);
             }

@@ -90,9 +90,15 @@ fn greedy_tokens_do_not_depend_on_the_rest_of_the_batch() {
     let probes: Vec<GenerationRequest> =
         [5, 17, 40].iter().enumerate().map(|(s, &n)| GenerationRequest { ignore_eos: true, ..GenerationRequest::new(prompt(s, n), 12) }).collect();
     let alone: Vec<Vec<u32>> = probes.iter().map(|p| run(&mut engine, vec![p.clone()]).remove(0).tokens).collect();
-    // The probes among 15 others of different lengths, with chunked prefill.
+    // The probes among 15 others of different lengths, with chunked prefill. Alone, the
+    // device picks the probes' greedy tokens (PendingLogits::argmax); some of the others
+    // sample, so in the crowd most steps read whole logits and pick on the CPU.
     let mut crowd: Vec<GenerationRequest> = (0..15)
-        .map(|s| GenerationRequest { ignore_eos: true, ..GenerationRequest::new(prompt(s + 10, 3 + s * 7), 4 + s) })
+        .map(|s| {
+            let temperature = if s % 3 == 0 { 0.8 } else { 0.0 };
+            let sampling = SamplingParams { temperature, seed: s as u64, ..Default::default() };
+            GenerationRequest { ignore_eos: true, sampling, ..GenerationRequest::new(prompt(s + 10, 3 + s * 7), 4 + s) }
+        })
         .collect();
     crowd.splice(3..3, probes.clone());
     let mut chunked = engine_with(SchedulerConfig {

@@ -7,7 +7,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use cinder_gguf::{GgufFile, TensorInfo};
 
 use crate::fused::{rms_norm, rope, silu_gate};
-use crate::kernel::cube_device;
+use crate::kernel::{Arg, Template, cube, cube_device, empty, from_cube, launch};
 use crate::paged::{BatchBuffer, PagedKvCache, SeqChunk};
 use crate::quant::Linear;
 use crate::{LlamaConfig, ModelError};
@@ -198,7 +198,10 @@ impl Llama {
     /// `cache` through their block tables and returns, for each chunk that asks, the logits
     /// of its last token, in order.
     pub fn forward_batch(&self, chunks: &[SeqChunk], cache: &mut PagedKvCache) -> Result<Vec<Vec<f32>>, ModelError> {
-        self.launch_batch(chunks, cache)?.read()
+        match self.launch_batch(chunks, cache)?.read()? {
+            LogitRows::Full(rows) => Ok(rows),
+            LogitRows::Argmax(_) => unreachable!("launch_batch reads whole rows unless asked for argmax"),
+        }
     }
 
     /// [`Llama::forward_batch`] without waiting: the work is queued on the device and the
@@ -227,7 +230,7 @@ impl Llama {
             let batch = BatchBuffer::new(&self.cube_device(), &laid_out, cache.block_size());
             // Without logits to read, the queued work runs ahead of the next step's.
             let logits = self.forward_rows(x, &batch, cache, &rows);
-            Ok(PendingLogits { logits, vocab })
+            Ok(PendingLogits { logits, vocab, argmax: false })
         })
     }
 
@@ -384,28 +387,59 @@ fn rope_tables(config: &LlamaConfig, device: &Device) -> (Tensor<2>, Tensor<2>) 
 /// Logits queued on the device by [`Llama::launch_batch`], one row per chunk that asked.
 #[must_use = "the logits are only computed once read"]
 pub struct PendingLogits {
-    logits: Option<Tensor<2>>,
-    vocab: usize,
+    /// `[rows, vocab]`, or `[rows, 1]` token ids once [`PendingLogits::argmax`] has run.
+    pub(crate) logits: Option<Tensor<2>>,
+    pub(crate) vocab: usize,
+    pub(crate) argmax: bool,
+}
+
+/// What a step reads back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogitRows {
+    /// Each row's logits.
+    Full(Vec<Vec<f32>>),
+    /// Each row's greedy token, picked on the device ([`PendingLogits::argmax`]).
+    Argmax(Vec<u32>),
 }
 
 impl PendingLogits {
-    /// Waits for the device and returns one vector of logits per row.
-    pub fn read(self) -> Result<Vec<Vec<f32>>, ModelError> {
-        let vocab = self.vocab;
-        let Some(logits) = self.logits else { return Ok(Vec::new()) };
-        guard(|| Ok(split(logits.try_into_vec_as::<f32>().map_err(|e| ModelError::Backend(format!("{e:?}")))?, vocab)))
+    /// Picks each row's greedy token on the device: the index of its largest logit among
+    /// the first `limit` (the lowest among equals, as a CPU argmax over the row). A read
+    /// then moves one number per row instead of the whole vocabulary.
+    pub fn argmax(mut self, limit: usize) -> Self {
+        if let Some(logits) = self.logits.take() {
+            let [rows, _] = logits.dims();
+            let logits = cube(logits);
+            let ids = empty(&logits.device, [rows, 1]);
+            let template = Template::plain("argmax", include_str!("../../../shaders/argmax.wgsl"));
+            let info = [self.vocab as u32, limit.min(self.vocab) as u32];
+            launch(&logits.device, &template, [rows as u32, 1, 1], &[Arg::Read(&logits.handle), Arg::Write(&ids.handle)], &info);
+            self.logits = Some(from_cube(ids));
+        }
+        self.argmax = true;
+        self
+    }
+
+    /// Waits for the device and returns the rows.
+    pub fn read(mut self) -> Result<LogitRows, ModelError> {
+        let Some(logits) = self.logits.take() else { return Ok(self.rows(Vec::new())) };
+        guard(|| Ok(self.rows(logits.try_into_vec_as::<f32>().map_err(|e| ModelError::Backend(format!("{e:?}")))?)))
     }
 
     /// [`PendingLogits::read`] without blocking the thread.
-    pub async fn read_async(self) -> Result<Vec<Vec<f32>>, ModelError> {
-        let Some(logits) = self.logits else { return Ok(Vec::new()) };
+    pub async fn read_async(mut self) -> Result<LogitRows, ModelError> {
+        let Some(logits) = self.logits.take() else { return Ok(self.rows(Vec::new())) };
         let data = logits.into_data_async().await.map_err(|e| ModelError::Backend(format!("{e:?}")))?;
-        Ok(split(data.try_into_vec::<f32>().map_err(|e| ModelError::Backend(format!("{e:?}")))?, self.vocab))
+        Ok(self.rows(data.try_into_vec::<f32>().map_err(|e| ModelError::Backend(format!("{e:?}")))?))
     }
-}
 
-fn split(flat: Vec<f32>, vocab: usize) -> Vec<Vec<f32>> {
-    flat.chunks(vocab).map(<[f32]>::to_vec).collect()
+    fn rows(&self, flat: Vec<f32>) -> LogitRows {
+        if self.argmax {
+            LogitRows::Argmax(flat.into_iter().map(|id| id as u32).collect())
+        } else {
+            LogitRows::Full(flat.chunks(self.vocab).map(<[f32]>::to_vec).collect())
+        }
+    }
 }
 
 /// Runs `f`, turning a panic inside the backend (an allocation failure, a lost device) into

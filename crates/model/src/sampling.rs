@@ -71,6 +71,16 @@ impl SamplingParams {
     pub fn is_greedy(&self) -> bool {
         self.temperature == 0.0
     }
+
+    /// Greedy without penalties: the token is the logits' argmax, which the device can pick
+    /// ([`crate::PendingLogits::argmax`]).
+    pub fn is_plain_argmax(&self) -> bool {
+        self.is_greedy() && !self.is_penalised()
+    }
+
+    fn is_penalised(&self) -> bool {
+        self.repetition_penalty != 1.0 || self.frequency_penalty != 0.0 || self.presence_penalty != 0.0
+    }
 }
 
 /// A sampler with its own random stream: the same seed and logits give the same tokens.
@@ -95,8 +105,7 @@ impl Sampler {
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let p = &self.params;
         let mut candidates: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
-        let penalised = p.repetition_penalty != 1.0 || p.frequency_penalty != 0.0 || p.presence_penalty != 0.0;
-        if penalised {
+        if p.is_penalised() {
             let recent = &history[history.len().saturating_sub(p.repeat_last_n)..];
             let mut counts = std::collections::HashMap::<u32, u32>::new();
             for &id in recent {

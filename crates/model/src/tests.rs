@@ -309,6 +309,44 @@ fn quantized_matmul_matches_dequantized_reference() {
     }
 }
 
+/// The device's greedy pick against a CPU argmax: the first of equal maxima, nothing past
+/// the limit, NaN never, and 0 for a row without a finite value.
+#[test]
+fn device_argmax_matches_cpu() {
+    use burn::tensor::{Tensor, TensorData};
+    use rand::{Rng, SeedableRng};
+
+    use crate::{LogitRows, PendingLogits};
+
+    let device = wgpu_device().unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let (vocab, limit) = (1003, 990);
+    let mut rows: Vec<Vec<f32>> = (0..6).map(|_| (0..vocab).map(|_| rng.random_range(-5.0..5.0)).collect()).collect();
+    rows[1][10] = 9.0;
+    rows[1][900] = 9.0;
+    rows[2][995] = 50.0;
+    rows[3] = vec![0.5; vocab];
+    rows[4][7] = f32::NAN;
+    rows[4][8] = 20.0;
+    rows[5] = vec![f32::NEG_INFINITY; vocab];
+    let expected: Vec<u32> = rows
+        .iter()
+        .map(|row| {
+            let best = row[..limit].iter().enumerate().fold(None, |best: Option<(usize, f32)>, (i, &v)| match best {
+                Some((_, b)) if !(v > b) => best,
+                _ if v.is_nan() || v == f32::NEG_INFINITY => best,
+                _ => Some((i, v)),
+            });
+            best.map_or(0, |(i, _)| i as u32)
+        })
+        .collect();
+    assert_eq!(&expected[1..5], [10, expected[2], 0, 8]);
+    let flat: Vec<f32> = rows.concat();
+    let logits = Tensor::<2>::from_data(TensorData::new(flat, [6, vocab]), &device);
+    let pending = PendingLogits { logits: Some(logits), vocab, argmax: false }.argmax(limit);
+    assert_eq!(pending.read().unwrap(), LogitRows::Argmax(expected));
+}
+
 /// The fused RMSNorm, SiLU-gate and RoPE kernels against plain CPU loops, on odd shapes.
 #[test]
 fn fused_kernels_match_cpu() {
