@@ -10,18 +10,7 @@
 // Subgroup builtins need the adapter's subgroup feature (wgpu's native extension; naga takes
 // them without an `enable` directive).
 
-struct Info {
-    rows: u32,
-    cols: u32,
-    tokens: u32,
-    _pad: u32,
-}
-
-@group(0) @binding(0) var<storage, read_write> quants: array<u32>;
-@group(0) @binding(1) var<storage, read_write> scales: array<u32>;
-@group(0) @binding(2) var<storage, read_write> x: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-@group(0) @binding(4) var<uniform> info: Info;
+{{BINDINGS}}
 
 const TILE: u32 = {{TILE}}u;
 const ROWS: u32 = {{ROWS}}u;

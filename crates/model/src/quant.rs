@@ -282,6 +282,7 @@ fn subgroup_tile_code(rows: usize, tile: usize) -> Vec<(&'static str, String)> {
 }
 
 const WORKGROUP: usize = 64;
+const MATMUL_BINDINGS: &str = include_str!("../../../shaders/matmul_bindings.wgsl");
 
 impl QuantMatrix {
     /// Uploads GGUF blocks of a `rows x cols` matrix (row-major, whole blocks per row).
@@ -327,6 +328,7 @@ impl QuantMatrix {
                 values: &|| {
                     let mut values = subgroup_tile_code(rows_per_subgroup, tile);
                     values.push(("UNPACK", self.format.unpack_source()));
+                    values.push(("BINDINGS", MATMUL_BINDINGS.to_owned()));
                     values
                 },
                 workgroup: WORKGROUP as u32,
@@ -343,6 +345,7 @@ impl QuantMatrix {
             values: &|| {
                 let mut values = tile_code(tile);
                 values.push(("UNPACK", self.format.unpack_source()));
+                values.push(("BINDINGS", MATMUL_BINDINGS.to_owned()));
                 values
             },
             workgroup: WORKGROUP as u32,
