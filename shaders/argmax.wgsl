@@ -1,7 +1,8 @@
 // The greedy token of each row of logits: the index of the largest of the row's first
 // `limit` values, the lowest index among equals, as an f32 (exact below 2^24). One workgroup
 // per row: each lane scans a strided share of the row, then a tree over workgroup memory
-// picks the winner. NaN never wins; a row of -inf or NaN gives 0.
+// picks the winner. NaN never wins; a row of NaN gives 0. (No infinity literal: WGSL
+// refuses constant expressions that evaluate to one, so "nothing yet" is an index.)
 //
 // A decode step then reads back one number per sequence instead of the vocabulary's logits.
 
@@ -23,11 +24,12 @@ var<workgroup> best_index: array<u32, WORKGROUP>;
 @compute @workgroup_size(WORKGROUP)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
     let base = wg.x * info.cols;
-    var value = bitcast<f32>(0xff800000u);
+    var value = 0.0;
     var index = NONE;
     for (var c = lane; c < info.limit; c += WORKGROUP) {
         let v = logits[base + c];
-        if (v > value) {
+        // `v == v` is false for NaN.
+        if ((index == NONE && v == v) || v > value) {
             value = v;
             index = c;
         }
@@ -39,7 +41,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         if (lane < stride) {
             let v = best_value[lane + stride];
             let i = best_index[lane + stride];
-            if (v > best_value[lane] || (v == best_value[lane] && i < best_index[lane])) {
+            let mine = best_index[lane];
+            if (i != NONE && (mine == NONE || v > best_value[lane] || (v == best_value[lane] && i < mine))) {
                 best_value[lane] = v;
                 best_index[lane] = i;
             }
