@@ -207,13 +207,18 @@ impl Engine {
         }
         match self.run(&plan) {
             Ok(logits) => {
-                // When every row is a plain greedy pick without logprobs, the device picks the
-                // tokens and the step reads back one number per row instead of the logits.
-                let argmax_only = plan.sampling().all(|id| {
-                    self.active.get(&id).is_some_and(|a| a.logprobs.is_none() && a.sampler.params().is_plain_argmax())
+                // When every row's token is decided by its few best logits (greedy, or sampling
+                // among a small top-k, without penalties or logprobs), the device picks those
+                // and the step reads back a few numbers per row instead of the vocabulary.
+                let deciding = plan.sampling().try_fold(1, |k, id| {
+                    let active = self.active.get(&id).filter(|a| a.logprobs.is_none())?;
+                    Some(active.sampler.params().deciding_candidates()?.max(k))
                 });
                 let vocab = self.tokenizer.vocab_size();
-                let logits = if argmax_only { logits.argmax(vocab) } else { logits };
+                let logits = match deciding {
+                    Some(k) => logits.top_k(k, vocab),
+                    None => logits,
+                };
                 Ok(Some(Launched { plan, logits }))
             }
             Err(e) => {
@@ -240,15 +245,15 @@ impl Engine {
         let mut result = StepResult { step: plan.step, success: true, ..Default::default() };
         // Models may pad their embedding past the tokenizer's vocabulary: never pick those rows.
         let vocab = self.tokenizer.vocab_size();
-        let (logits, picked) = match rows {
+        let (logits, mut candidates) = match rows {
             LogitRows::Full(logits) => (logits, Vec::new()),
-            LogitRows::Argmax(ids) => (Vec::new(), ids),
+            LogitRows::TopK(candidates) => (Vec::new(), candidates),
         };
         for (row, id) in plan.sampling().enumerate() {
             let Some(active) = self.active.get_mut(&id) else { continue };
             let logits = logits.get(row).map(|l| &l[..vocab.min(l.len())]);
-            let token = match (picked.get(row), logits) {
-                (Some(&token), _) => token,
+            let token = match (candidates.get_mut(row), logits) {
+                (Some(best), _) => active.sampler.sample_candidates(std::mem::take(best)),
                 (None, Some(logits)) => active.sampler.sample(logits, &active.history),
                 (None, None) => continue,
             };

@@ -91,7 +91,7 @@ fn greedy_tokens_do_not_depend_on_the_rest_of_the_batch() {
         [5, 17, 40].iter().enumerate().map(|(s, &n)| GenerationRequest { ignore_eos: true, ..GenerationRequest::new(prompt(s, n), 12) }).collect();
     let alone: Vec<Vec<u32>> = probes.iter().map(|p| run(&mut engine, vec![p.clone()]).remove(0).tokens).collect();
     // The probes among 15 others of different lengths, with chunked prefill. Alone, the
-    // device picks the probes' greedy tokens (PendingLogits::argmax); some of the others
+    // device picks the probes' greedy tokens (PendingLogits::top_k, k = 1); some of the others
     // sample, so in the crowd most steps read whole logits and pick on the CPU.
     let mut crowd: Vec<GenerationRequest> = (0..15)
         .map(|s| {
@@ -123,8 +123,14 @@ fn a_seed_gives_the_same_text_alone_or_batched() {
         ignore_eos: true,
         ..GenerationRequest::new(prompt(1, 9), 16)
     };
+    // Alone, the device keeps each step's 64 best logits and the sampler draws among them;
+    // beside a request that samples from the whole vocabulary every step reads whole logits.
     let alone = run(&mut engine, vec![sampled(7)]).remove(0).tokens;
-    let batched = run(&mut engine, vec![sampled(3), sampled(7), sampled(7)]);
+    let unrestricted = GenerationRequest {
+        sampling: SamplingParams { temperature: 1.0, seed: 5, ..Default::default() },
+        ..sampled(5)
+    };
+    let batched = run(&mut engine, vec![sampled(3), sampled(7), sampled(7), unrestricted]);
     assert_eq!(batched[1].tokens, alone);
     assert_eq!(batched[2].tokens, alone);
     assert_ne!(batched[0].tokens, alone, "another seed draws other tokens");

@@ -34,6 +34,6 @@ pub use device::wgpu_device;
 pub use device::{AdapterInfo, adapter_info, adapter_name, wgpu_device_async};
 pub use error::ModelError;
 pub use generate::{FinishReason, GenerateRequest, Generation, GenerationStats, generate};
-pub use llama::{KvCache, Llama, LogitRows, PendingLogits};
+pub use llama::{KvCache, Llama, LogitRows, MAX_DEVICE_TOP_K, PendingLogits};
 pub use paged::{PagedKvCache, SeqChunk};
 pub use sampling::{Sampler, SamplingParams, log_softmax, top_logprobs};

@@ -200,7 +200,7 @@ impl Llama {
     pub fn forward_batch(&self, chunks: &[SeqChunk], cache: &mut PagedKvCache) -> Result<Vec<Vec<f32>>, ModelError> {
         match self.launch_batch(chunks, cache)?.read()? {
             LogitRows::Full(rows) => Ok(rows),
-            LogitRows::Argmax(_) => unreachable!("launch_batch reads whole rows unless asked for argmax"),
+            LogitRows::TopK(_) => unreachable!("launch_batch reads whole rows unless asked for top-k"),
         }
     }
 
@@ -230,7 +230,7 @@ impl Llama {
             let batch = BatchBuffer::new(&self.cube_device(), &laid_out, cache.block_size());
             // Without logits to read, the queued work runs ahead of the next step's.
             let logits = self.forward_rows(x, &batch, cache, &rows);
-            Ok(PendingLogits { logits, vocab, argmax: false })
+            Ok(PendingLogits { logits, vocab, top_k: None })
         })
     }
 
@@ -387,36 +387,50 @@ fn rope_tables(config: &LlamaConfig, device: &Device) -> (Tensor<2>, Tensor<2>) 
 /// Logits queued on the device by [`Llama::launch_batch`], one row per chunk that asked.
 #[must_use = "the logits are only computed once read"]
 pub struct PendingLogits {
-    /// `[rows, vocab]`, or `[rows, 1]` token ids once [`PendingLogits::argmax`] has run.
+    /// `[rows, vocab]`, or `[rows, 2k]` candidates once [`PendingLogits::top_k`] has run.
     pub(crate) logits: Option<Tensor<2>>,
     pub(crate) vocab: usize,
-    pub(crate) argmax: bool,
+    /// The `k` of [`PendingLogits::top_k`], once it has run.
+    pub(crate) top_k: Option<usize>,
 }
+
+/// The most candidates [`PendingLogits::top_k`] keeps per row.
+pub const MAX_DEVICE_TOP_K: usize = 64;
 
 /// What a step reads back.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LogitRows {
     /// Each row's logits.
     Full(Vec<Vec<f32>>),
-    /// Each row's greedy token, picked on the device ([`PendingLogits::argmax`]).
-    Argmax(Vec<u32>),
+    /// Each row's best `(token, logit)` pairs, best first, picked on the device
+    /// ([`PendingLogits::top_k`]).
+    TopK(Vec<Vec<(u32, f32)>>),
 }
 
 impl PendingLogits {
-    /// Picks each row's greedy token on the device: the index of its largest logit among
-    /// the first `limit` (the lowest among equals, as a CPU argmax over the row). A read
-    /// then moves one number per row instead of the whole vocabulary.
-    pub fn argmax(mut self, limit: usize) -> Self {
+    /// Keeps each row's `k` best logits among the first `limit` on the device, best first,
+    /// equal logits in token order (as a CPU sort ranks them), NaN dropped: `k = 1` is the
+    /// greedy token. A read then moves `2k` numbers per row instead of the vocabulary.
+    /// `k` is rounded up to a power of two (fewer kernel variants) and at most
+    /// [`MAX_DEVICE_TOP_K`].
+    pub fn top_k(mut self, k: usize, limit: usize) -> Self {
+        let k = k.clamp(1, MAX_DEVICE_TOP_K).next_power_of_two();
         if let Some(logits) = self.logits.take() {
             let [rows, _] = logits.dims();
             let logits = cube(logits);
-            let ids = empty(&logits.device, [rows, 1]);
-            let template = Template::plain("argmax", include_str!("../../../shaders/argmax.wgsl"));
+            let best = empty(&logits.device, [rows, 2 * k]);
+            let template = Template {
+                name: "top_k",
+                source: include_str!("../../../shaders/top_k.wgsl"),
+                variant: ("", k as u32),
+                values: &|| vec![("K", k.to_string())],
+                workgroup: 64,
+            };
             let info = [self.vocab as u32, limit.min(self.vocab) as u32];
-            launch(&logits.device, &template, [rows as u32, 1, 1], &[Arg::Read(&logits.handle), Arg::Write(&ids.handle)], &info);
-            self.logits = Some(from_cube(ids));
+            launch(&logits.device, &template, [rows as u32, 1, 1], &[Arg::Read(&logits.handle), Arg::Write(&best.handle)], &info);
+            self.logits = Some(from_cube(best));
         }
-        self.argmax = true;
+        self.top_k = Some(k);
         self
     }
 
@@ -434,10 +448,13 @@ impl PendingLogits {
     }
 
     fn rows(&self, flat: Vec<f32>) -> LogitRows {
-        if self.argmax {
-            LogitRows::Argmax(flat.into_iter().map(|id| id as u32).collect())
-        } else {
-            LogitRows::Full(flat.chunks(self.vocab).map(<[f32]>::to_vec).collect())
+        match self.top_k {
+            Some(k) => LogitRows::TopK(
+                flat.chunks(2 * k)
+                    .map(|row| row.chunks(2).filter(|pair| pair[0] >= 0.0).map(|pair| (pair[0] as u32, pair[1])).collect())
+                    .collect(),
+            ),
+            None => LogitRows::Full(flat.chunks(self.vocab).map(<[f32]>::to_vec).collect()),
         }
     }
 }

@@ -5,6 +5,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::ModelError;
+use crate::llama::MAX_DEVICE_TOP_K;
 
 /// How to pick tokens. The defaults are greedy decoding.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,10 +73,19 @@ impl SamplingParams {
         self.temperature == 0.0
     }
 
-    /// Greedy without penalties: the token is the logits' argmax, which the device can pick
-    /// ([`crate::PendingLogits::argmax`]).
-    pub fn is_plain_argmax(&self) -> bool {
-        self.is_greedy() && !self.is_penalised()
+    /// How many of the best logits decide the token, when that is a few: 1 for greedy, `top_k`
+    /// for sampling among the top `top_k` (at most [`MAX_DEVICE_TOP_K`]); `None` with
+    /// penalties (they change logits first) or without a small `top_k`. The device can then
+    /// pick the candidates ([`crate::PendingLogits::top_k`]) and
+    /// [`Sampler::sample_candidates`] draws the same token as [`Sampler::sample`] would.
+    pub fn deciding_candidates(&self) -> Option<usize> {
+        if self.is_penalised() {
+            None
+        } else if self.is_greedy() {
+            Some(1)
+        } else {
+            Some(self.top_k).filter(|&k| (1..=MAX_DEVICE_TOP_K).contains(&k))
+        }
     }
 
     fn is_penalised(&self) -> bool {
@@ -103,8 +113,8 @@ impl Sampler {
 
     /// Picks the next token given the logits and the tokens so far (prompt and output).
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
-        let p = &self.params;
         let mut candidates: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+        let p = &self.params;
         if p.is_penalised() {
             let recent = &history[history.len().saturating_sub(p.repeat_last_n)..];
             let mut counts = std::collections::HashMap::<u32, u32>::new();
@@ -120,10 +130,22 @@ impl Sampler {
                 }
             }
         }
+        self.sample_candidates(candidates)
+    }
+
+    /// Picks the next token among `(token, logit)` candidates: all of a row's logits after
+    /// penalties, or, when [`SamplingParams::deciding_candidates`] is `Some(k)`, at least the
+    /// `k` best ones best first (ties in token order), which gives the same token. A row
+    /// without a number (all NaN) gives token 0.
+    pub fn sample_candidates(&mut self, mut candidates: Vec<(u32, f32)>) -> u32 {
+        let p = &self.params;
+        candidates.retain(|c| !c.1.is_nan());
+        if candidates.is_empty() {
+            return 0;
+        }
         if p.is_greedy() {
             return argmax(&candidates);
         }
-        candidates.retain(|c| !c.1.is_nan());
         candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if p.top_k > 0 {
             candidates.truncate(p.top_k);
@@ -232,6 +254,35 @@ mod tests {
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
+    }
+
+    #[test]
+    fn the_deciding_candidates_draw_what_the_whole_row_draws() {
+        let row: Vec<f32> = (0..300).map(|i| ((i * 7919) % 97) as f32 / 10.0).collect();
+        let cases = [
+            SamplingParams::default(),
+            SamplingParams { temperature: 0.9, top_k: 5, ..Default::default() },
+            SamplingParams { temperature: 1.5, top_k: 40, top_p: 0.8, min_p: 0.05, ..Default::default() },
+        ];
+        for params in cases {
+            let k = params.deciding_candidates().expect("decided by a few candidates");
+            let mut best: Vec<(u32, f32)> = row.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+            best.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            best.truncate(k.next_power_of_two());
+            for seed in 0..20 {
+                let params = SamplingParams { seed, ..params.clone() };
+                let (mut whole, mut few) = (sampler(params.clone()), sampler(params.clone()));
+                let drawn: Vec<u32> = (0..10).map(|_| whole.sample(&row, &[])).collect();
+                let from_few: Vec<u32> = (0..10).map(|_| few.sample_candidates(best.clone())).collect();
+                assert_eq!(drawn, from_few, "{params:?}");
+            }
+        }
+        let undecided = [
+            SamplingParams { temperature: 1.0, ..Default::default() },
+            SamplingParams { top_k: 5, repetition_penalty: 1.1, ..Default::default() },
+            SamplingParams { temperature: 1.0, top_k: MAX_DEVICE_TOP_K + 1, ..Default::default() },
+        ];
+        assert!(undecided.iter().all(|p| p.deciding_candidates().is_none()));
     }
 
     #[test]

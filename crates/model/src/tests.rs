@@ -309,19 +309,20 @@ fn quantized_matmul_matches_dequantized_reference() {
     }
 }
 
-/// The device's greedy pick against a CPU argmax: the first of equal maxima, nothing past
-/// the limit, NaN never, and 0 for a row without a finite value.
+/// The device's top-k against a CPU sort of each row: largest first, equal values in index
+/// order, nothing past the limit, NaN never (a row of NaN has no candidates), for k = 1
+/// (greedy), a k that rounds up, and the largest.
 #[test]
-fn device_argmax_matches_cpu() {
+fn device_top_k_matches_a_cpu_sort() {
     use burn::tensor::{Tensor, TensorData};
     use rand::{Rng, SeedableRng};
 
-    use crate::{LogitRows, PendingLogits};
+    use crate::{LogitRows, MAX_DEVICE_TOP_K, PendingLogits};
 
     let device = wgpu_device().unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
     let (vocab, limit) = (1003, 990);
-    let mut rows: Vec<Vec<f32>> = (0..6).map(|_| (0..vocab).map(|_| rng.random_range(-5.0..5.0)).collect()).collect();
+    let mut rows: Vec<Vec<f32>> = (0..7).map(|_| (0..vocab).map(|_| rng.random_range(-5.0..5.0)).collect()).collect();
     rows[1][10] = 9.0;
     rows[1][900] = 9.0;
     rows[2][995] = 50.0;
@@ -329,22 +330,31 @@ fn device_argmax_matches_cpu() {
     rows[4][7] = f32::NAN;
     rows[4][8] = 20.0;
     rows[5] = vec![f32::NEG_INFINITY; vocab];
-    let expected: Vec<u32> = rows
-        .iter()
-        .map(|row| {
-            let best = row[..limit].iter().enumerate().fold(None, |best: Option<(usize, f32)>, (i, &v)| match best {
-                Some((_, b)) if !(v > b) => best,
-                _ if v.is_nan() || v == f32::NEG_INFINITY => best,
-                _ => Some((i, v)),
-            });
-            best.map_or(0, |(i, _)| i as u32)
-        })
-        .collect();
-    assert_eq!(&expected[1..5], [10, expected[2], 0, 8]);
+    rows[6] = vec![f32::NAN; vocab];
+    // Many equal values spread over every lane's share.
+    for i in (0..vocab).step_by(3) {
+        rows[0][i] = 4.5;
+    }
     let flat: Vec<f32> = rows.concat();
-    let logits = Tensor::<2>::from_data(TensorData::new(flat, [6, vocab]), &device);
-    let pending = PendingLogits { logits: Some(logits), vocab, argmax: false }.argmax(limit);
-    assert_eq!(pending.read().unwrap(), LogitRows::Argmax(expected));
+    for k in [1, 5, MAX_DEVICE_TOP_K] {
+        let kept = k.next_power_of_two();
+        let expected: Vec<Vec<(u32, f32)>> = rows
+            .iter()
+            .map(|row| {
+                let mut all: Vec<(u32, f32)> =
+                    row[..limit].iter().enumerate().filter(|(_, v)| !v.is_nan()).map(|(i, &v)| (i as u32, v)).collect();
+                all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                all.truncate(kept);
+                all
+            })
+            .collect();
+        assert_eq!(expected[1][..2.min(kept)], [(10, 9.0), (900, 9.0)][..2.min(kept)]);
+        assert_eq!(expected[4][0], (8, 20.0));
+        assert!(expected[6].is_empty());
+        let logits = Tensor::<2>::from_data(TensorData::new(flat.clone(), [rows.len(), vocab]), &device);
+        let pending = PendingLogits { logits: Some(logits), vocab, top_k: None }.top_k(k, limit);
+        assert_eq!(pending.read().unwrap(), LogitRows::TopK(expected), "k = {k}");
+    }
 }
 
 /// The fused RMSNorm, SiLU-gate and RoPE kernels against plain CPU loops, on odd shapes.
