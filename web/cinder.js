@@ -19,8 +19,6 @@ export class CinderError extends Error {
 }
 
 const MODEL_CACHE = 'cinder-models-v1';
-// Consecutive failed steps after which every request in flight is failed, not retried.
-const MAX_STEP_FAILURES = 3;
 
 const message = (e) => (e && e.message) || String(e);
 
@@ -297,7 +295,11 @@ export class Engine {
     try {
       id = this.#core.submit(JSON.stringify(body), chat, (json) => {
         const event = JSON.parse(json);
-        if (event.type === 'finished') this.#requests.delete(event.id);
+        if (event.type === 'finished') {
+          this.#requests.delete(event.id);
+          // The engine ends a request whose steps kept failing, with the device's error.
+          if (event.error) return fail(new CinderError(event.error));
+        }
         onEvent(event);
       });
     } catch (e) {
@@ -313,13 +315,11 @@ export class Engine {
   async #run() {
     if (this.#looping) return;
     this.#looping = true;
-    let failures = 0;
     try {
       for (;;) {
         try {
           if (this.#broken || !this.#core.hasWork()) break;
           const ran = await this.#core.step();
-          failures = 0;
           // Nothing fit this step (waiting on memory): give the page a moment.
           if (!ran) await new Promise((resolve) => setTimeout(resolve, 5));
         } catch (e) {
@@ -327,11 +327,8 @@ export class Engine {
             this.#fatal(e);
             break;
           }
-          failures += 1;
-          if (failures >= MAX_STEP_FAILURES) {
-            this.#failAll(new CinderError(`the device failed ${failures} steps in a row: ${message(e)}`));
-            break;
-          }
+          // A failed step is retried; the engine ends requests that fail three in a row.
+          console.warn(`cinder: engine step failed: ${message(e)}`);
         }
         await yieldToBrowser();
       }

@@ -62,6 +62,8 @@ pub struct Engine {
     active: HashMap<SeqId, Active>,
     prompt_tokens_total: u64,
     generation_tokens_total: u64,
+    /// Why the last failed step failed: the error of requests that end as failed.
+    last_step_error: String,
 }
 
 impl Engine {
@@ -85,6 +87,7 @@ impl Engine {
             active: HashMap::new(),
             prompt_tokens_total: 0,
             generation_tokens_total: 0,
+            last_step_error: String::new(),
         })
     }
 
@@ -221,10 +224,7 @@ impl Engine {
                 };
                 Ok(Some(Launched { plan, logits }))
             }
-            Err(e) => {
-                self.scheduler.complete(StepResult::failed(&plan), clock());
-                Err(e)
-            }
+            Err(e) => Err(self.fail_step(&plan, e, clock)),
         }
     }
 
@@ -237,10 +237,7 @@ impl Engine {
     ) -> Result<StepOutcome, ModelError> {
         let rows = match rows {
             Ok(rows) => rows,
-            Err(e) => {
-                self.scheduler.complete(StepResult::failed(&plan), clock());
-                return Err(e);
-            }
+            Err(e) => return Err(self.fail_step(&plan, e, clock)),
         };
         let mut result = StepResult { step: plan.step, success: true, ..Default::default() };
         // Models may pad their embedding past the tokenizer's vocabulary: never pick those rows.
@@ -270,6 +267,15 @@ impl Engine {
         self.scheduler.complete(result, clock());
         self.send_finished();
         Ok(outcome)
+    }
+
+    /// Reports a failed step: its sequences run again next step, or end as failed (with
+    /// this error) once they have failed too often in a row.
+    fn fail_step(&mut self, plan: &StepPlan, error: ModelError, clock: &dyn Fn() -> Time) -> ModelError {
+        self.last_step_error = error.to_string();
+        self.scheduler.complete(StepResult::failed(plan), clock());
+        self.send_finished();
+        error
     }
 
     /// Copies shared blocks written to, then queues the plan's chunks and decodes as one batch.
@@ -317,7 +323,11 @@ impl Engine {
             let Some(mut active) = self.active.remove(&done.id) else { continue };
             let reason = if active.stopped { FinishReason::Stop } else { done.reason };
             let text = active.stops.push(&active.decoder.finish()).text + &active.stops.finish();
-            let _ = active.events.send(Event::Finished(finished(done, reason, text)));
+            let error = (reason == FinishReason::Failed).then(|| {
+                let attempts = self.scheduler.config().max_step_attempts;
+                format!("the step running this request failed {attempts} times in a row: {}", self.last_step_error)
+            });
+            let _ = active.events.send(Event::Finished(finished(done, reason, text, error)));
         }
     }
 
@@ -336,9 +346,10 @@ impl Engine {
     }
 }
 
-fn finished(done: FinishedSequence, reason: FinishReason, text: String) -> Finished {
+fn finished(done: FinishedSequence, reason: FinishReason, text: String, error: Option<String>) -> Finished {
     Finished {
         reason,
+        error,
         text,
         prompt_tokens: done.prompt_tokens,
         completion_tokens: done.generated.len(),

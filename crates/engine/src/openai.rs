@@ -331,5 +331,6 @@ pub fn finish_reason(reason: FinishReason) -> &'static str {
         FinishReason::Stop => "stop",
         FinishReason::Length => "length",
         FinishReason::Cancelled => "abort",
+        FinishReason::Failed => "error",
     }
 }

@@ -62,6 +62,8 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finished {
     pub reason: FinishReason,
+    /// Why, when the request failed ([`FinishReason::Failed`]).
+    pub error: Option<String>,
     /// Text held back until the end (an incomplete character, a partial stop string that
     /// never completed).
     pub text: String,

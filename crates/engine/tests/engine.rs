@@ -310,3 +310,33 @@ fn a_step_cut_around_an_awaited_read_gives_the_same_tokens() {
     let metrics = engine.metrics(clock.now()).scheduler;
     assert_eq!((metrics.running, metrics.waiting, metrics.kv_blocks_in_use), (0, 0, 0), "{metrics:?}");
 }
+
+/// A step whose read fails (what a lost device or exhausted memory gives) is retried; a
+/// request whose steps fail three times in a row ends as failed with the device's error and
+/// frees its blocks, and the engine goes on serving.
+#[test]
+fn requests_whose_steps_keep_failing_end_with_the_error() {
+    let mut engine = engine();
+    let clock = Clock(Cell::new(0));
+    let request = GenerationRequest { ignore_eos: true, ..GenerationRequest::new(prompt(4, 12), 6) };
+    let (tx, mut events) = unbounded_channel();
+    engine.submit(request.clone(), tx, clock.now()).unwrap();
+    let mut out = Output::default();
+    for attempt in 1..=3 {
+        let launched = engine.launch(&|| clock.now()).unwrap().expect("the request is planned again");
+        drop(launched.logits);
+        let lost = Err(cinder_model::ModelError::Backend("device lost".into()));
+        assert!(engine.land(launched.plan, lost, &|| clock.now()).is_err());
+        engine.check_invariants();
+        collect(&mut events, &mut out);
+        assert_eq!(out.finished.is_some(), attempt == 3, "attempt {attempt}");
+    }
+    let failed = out.finished.unwrap();
+    assert_eq!(failed.reason, FinishReason::Failed);
+    let error = failed.error.unwrap();
+    assert!(error.contains("3 times in a row") && error.contains("device lost"), "{error}");
+    assert!(out.tokens.is_empty());
+    assert_eq!(engine.metrics(clock.now()).scheduler.kv_blocks_in_use, 0);
+    let after = run(&mut engine, vec![request]).remove(0);
+    assert_eq!((after.tokens.len(), after.finished.unwrap().reason), (6, FinishReason::Length));
+}

@@ -26,6 +26,9 @@ pub struct SchedulerConfig {
     pub rate_limits: BTreeMap<u32, RateLimit>,
     pub default_rate_limit: RateLimit,
     pub breaker: BreakerConfig,
+    /// Failed steps in a row after which a sequence they ran ends with
+    /// [`crate::FinishReason::Failed`] instead of being retried.
+    pub max_step_attempts: u32,
     /// Reuse KV blocks of identical prompt prefixes.
     pub prefix_caching: bool,
     /// Blocks kept free when admitting new sequences, so running ones can keep decoding.
@@ -47,6 +50,7 @@ impl Default for SchedulerConfig {
             rate_limits: BTreeMap::new(),
             default_rate_limit: RateLimit::default(),
             breaker: BreakerConfig::default(),
+            max_step_attempts: 3,
             prefix_caching: true,
             watermark_blocks: 4,
             seed: 0,

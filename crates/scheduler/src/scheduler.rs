@@ -107,6 +107,9 @@ pub enum FinishReason {
     Length,
     /// Aborted by the caller.
     Cancelled,
+    /// Every step that ran it failed, [`SchedulerConfig::max_step_attempts`] times in a row
+    /// (a lost device, memory exhausted): it ends instead of being retried forever.
+    Failed,
 }
 
 /// A sequence that has ended, with its timeline.
@@ -210,6 +213,8 @@ struct Sequence {
     arrival: Time,
     first_token: Option<Time>,
     preemptions: u32,
+    /// Failed steps that ran this sequence since its last successful one.
+    failed_attempts: u32,
 }
 
 impl Sequence {
@@ -229,6 +234,7 @@ impl Sequence {
             arrival: waiting.arrival,
             first_token: progress.first_token,
             preemptions: progress.preemptions,
+            failed_attempts: 0,
         }
     }
 
@@ -731,14 +737,22 @@ impl Scheduler {
         self.breaker.record(result.success, now);
         if !result.success {
             // Nothing advances: the reserved blocks stay, and the next plan runs the same
-            // tokens again.
+            // tokens again, unless a sequence has failed too often.
             self.failed_steps += 1;
+            for (id, ..) in flight.work {
+                let Some(seq) = self.seqs.get_mut(&id) else { continue };
+                seq.failed_attempts += 1;
+                if seq.failed_attempts >= self.config.max_step_attempts {
+                    self.finish(id, FinishReason::Failed, now);
+                }
+            }
             return;
         }
         let sampled: IdMap<SeqId, u32> = result.sampled.into_iter().collect();
         let mut generated = 0usize;
         for (id, n, samples) in flight.work {
             let Some(seq) = self.seqs.get_mut(&id) else { continue };
+            seq.failed_attempts = 0;
             let token = sampled.get(&id).copied();
             if samples && token.is_none() {
                 // The engine produced nothing for this sequence: run the same tokens again.

@@ -239,6 +239,37 @@ fn circuit_breaker_trips_on_failed_steps_and_recovers() {
     assert_eq!(s.metrics(later).failed_steps, 2);
 }
 
+/// A sequence whose steps keep failing ends as `Failed` after `max_step_attempts` in a row,
+/// frees its blocks, and leaves the others running; a success in between starts the count
+/// again.
+#[test]
+fn sequences_that_keep_failing_end_as_failed() {
+    let mut cfg = config(continuous(64, 8, 64), 16);
+    cfg.breaker = BreakerConfig { threshold: 100, cooldown: Duration::from_millis(100) };
+    cfg.max_step_attempts = 3;
+    let mut s = Scheduler::new(cfg);
+    let now = Time::ZERO;
+    let a = s.submit(Request::new(prompt(4, 1), 8), now).unwrap();
+    // a: fails twice, succeeds (the count starts again), then fails twice more.
+    for success in [false, false, true, false, false] {
+        let plan = s.plan(now);
+        s.complete(if success { StepResult::sampled(&plan, |_| 5) } else { StepResult::failed(&plan) }, now);
+    }
+    assert!(s.take_finished().is_empty(), "never three failures in a row yet");
+    let b = s.submit(Request::new(prompt(4, 2), 8), now).unwrap();
+    let plan = s.plan(now);
+    assert_eq!(plan.sampling().collect::<std::collections::BTreeSet<_>>(), [a, b].into());
+    s.complete(StepResult::failed(&plan), now);
+    let finished = s.take_finished();
+    assert_eq!(finished.iter().map(|f| (f.id, f.reason)).collect::<Vec<_>>(), [(a, FinishReason::Failed)]);
+    assert_eq!(finished[0].generated.len(), 1, "the token of its successful step stays");
+    s.check_invariants();
+    let plan = s.plan(now);
+    assert_eq!(plan.sampling().collect::<Vec<_>>(), [b], "b failed once: retried");
+    s.complete(StepResult::sampled(&plan, |_| 5), now);
+    assert_eq!(s.blocks().in_use(), 1, "only b holds blocks");
+}
+
 #[test]
 fn fixed_batches_wait_to_fill_and_admit_nobody_midway() {
     let policy = BatchPolicy::Fixed { batch_size: 2, max_wait: Duration::from_millis(50) };

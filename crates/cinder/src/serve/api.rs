@@ -49,6 +49,13 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }
 
+    /// OpenAI's error object: `{"error": {"message", "type", "param", "code"}}`.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}
+        })
+    }
+
     /// The reason label of `cinder:request_rejected_total`.
     pub fn reason(&self) -> &str {
         self.code.as_deref().unwrap_or(self.kind)
@@ -83,10 +90,7 @@ impl From<SubmitError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}
-        });
-        let mut response = (self.status, axum::Json(body)).into_response();
+        let mut response = (self.status, axum::Json(self.body())).into_response();
         if let Some(seconds) = self.retry_after_s {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }

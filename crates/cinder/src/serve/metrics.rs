@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 
+use cinder_engine::openai::finish_reason;
 use cinder_engine::{EngineMetrics, Finished};
 
 /// Cumulative-bucket histogram.
@@ -46,6 +47,8 @@ struct Recorded {
     tpot: Histogram,
     e2e: Histogram,
     rejected: BTreeMap<String, u64>,
+    /// Requests that ended, by OpenAI finish reason.
+    ended: BTreeMap<&'static str, u64>,
 }
 
 /// What the HTTP layer records; the engine's own state comes in at render time.
@@ -61,6 +64,7 @@ impl Default for ServerMetrics {
                 tpot: Histogram::new(PER_TOKEN_BUCKETS),
                 e2e: Histogram::new(LATENCY_BUCKETS),
                 rejected: BTreeMap::new(),
+                ended: BTreeMap::new(),
             }),
         }
     }
@@ -73,6 +77,7 @@ impl ServerMetrics {
 
     pub fn finished(&self, f: &Finished) {
         let mut r = self.lock();
+        *r.ended.entry(finish_reason(f.reason)).or_default() += 1;
         if let Some(first) = f.first_token {
             r.ttft.observe(first.since(f.arrival).as_secs_f64());
             if f.completion_tokens > 1 {
@@ -104,6 +109,10 @@ impl ServerMetrics {
         for (reason, count) in &r.rejected {
             let _ = writeln!(out, "cinder:request_rejected_total{{reason=\"{reason}\"}} {count}");
         }
+        let _ = writeln!(out, "# HELP cinder:request_success_total Requests that ended, by finish reason (error: the device kept failing).\n# TYPE cinder:request_success_total counter");
+        for (reason, count) in &r.ended {
+            let _ = writeln!(out, "cinder:request_success_total{{finished_reason=\"{reason}\"}} {count}");
+        }
         r.ttft.render(&mut out, "cinder:time_to_first_token_seconds", "Time from arrival to the first token.");
         r.tpot.render(&mut out, "cinder:time_per_output_token_seconds", "Mean time between output tokens of a request.");
         r.e2e.render(&mut out, "cinder:e2e_request_latency_seconds", "Time from arrival to the end of a request.");
@@ -124,6 +133,18 @@ mod tests {
         assert_eq!(h.counts, vec![1, 2]);
         let m = ServerMetrics::default();
         m.rejected("overloaded");
+        let failed = Finished {
+            reason: cinder_scheduler::FinishReason::Failed,
+            error: Some("device lost".into()),
+            text: String::new(),
+            prompt_tokens: 3,
+            completion_tokens: 0,
+            arrival: cinder_scheduler::Time(0),
+            first_token: None,
+            finished: cinder_scheduler::Time(5),
+            preemptions: 0,
+        };
+        m.finished(&failed);
         let text = m.render(&EngineMetrics::default());
         for name in ["num_requests_running", "num_requests_waiting", "kv_cache_usage_perc", "prefix_cache_hit_rate",
             "num_preemptions_total", "prompt_tokens_total", "generation_tokens_total", "time_to_first_token_seconds_count",
@@ -131,5 +152,6 @@ mod tests {
             assert!(text.contains(&format!("cinder:{name}")), "{name} missing");
         }
         assert!(text.contains("cinder:request_rejected_total{reason=\"overloaded\"} 1"));
+        assert!(text.contains("cinder:request_success_total{finished_reason=\"error\"} 1"));
     }
 }

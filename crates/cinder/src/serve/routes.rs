@@ -252,7 +252,11 @@ async fn collect(s: &Shared, mut run: Run) -> Result<Value, ApiError> {
             let event = rx.recv().await.ok_or_else(|| ApiError::internal("the engine stopped before the request ended"))?;
             choice.add(event);
         }
-        s.metrics.finished(choice.finished.as_ref().expect("finished"));
+        let finished = choice.finished.as_ref().expect("finished");
+        s.metrics.finished(finished);
+        if let Some(error) = &finished.error {
+            return Err(ApiError::internal(error.clone()));
+        }
         choices.push(choice);
     }
     let (mut prompt_tokens, mut completion_tokens) = (0, 0);
@@ -353,6 +357,10 @@ impl ChunkStream {
             Event::Token { token, text, logprob } => (text, Some(token), logprob, None),
             Event::Finished(f) => {
                 self.s.metrics.finished(&f);
+                if let Some(error) = f.error {
+                    // Mid-stream there is no status to set: the error object is the event.
+                    return Some(SseEvent::default().data(ApiError::internal(error).body().to_string()));
+                }
                 self.completion_tokens += f.completion_tokens;
                 if index % self.run.n == 0 {
                     self.prompt_tokens += f.prompt_tokens;
