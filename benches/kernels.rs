@@ -1,6 +1,10 @@
 //! The WGSL kernels on this machine's adapter, at the default model's shapes: the quantized
-//! matrix kernel (the subgroup one where the adapter has subgroups) at 1 to 64 tokens
-//! (weight GB/s), and the fused RMSNorm.
+//! matrix kernel (the subgroup one where the adapter has subgroups) at 1 to 64 tokens, and
+//! the fused RMSNorm. One token reads each weight once, so it is reported in weight bytes
+//! per second; more tokens reuse each weight, so they are reported in FLOP/s (criterion's
+//! "elem/s": 2 x rows x cols x tokens per run). Next to them, the adapter's limit for a
+//! kernel that streams memory: `stream` reads and writes a 64 MiB tensor (bytes moved per
+//! second), the most a memory-bound kernel can reach on this adapter.
 //!
 //! `cargo bench --workspace --bench kernels --profile dev` (the dev profile already
 //! optimises dependencies; the kernels' time is spent on the device, and sharing the profile
@@ -39,8 +43,11 @@ fn benches(c: &mut Criterion) {
     group.sample_size(10);
     for (name, ty, rows, cols) in shapes {
         let m = matrix(&device, ty, rows, cols);
-        group.throughput(Throughput::Bytes(m.device_bytes() as u64));
         for tokens in [1, 4, 8, 16, 64] {
+            group.throughput(match tokens {
+                1 => Throughput::Bytes(m.device_bytes() as u64),
+                _ => Throughput::Elements((2 * rows * cols * tokens) as u64),
+            });
             let x = Tensor::<2>::random([tokens, cols], Distribution::Default, &device);
             // Reading the result surfaces a kernel that failed to compile or run; a sync alone
             // would time nothing.
@@ -54,6 +61,20 @@ fn benches(c: &mut Criterion) {
             });
         }
     }
+    group.finish();
+
+    let mut group = c.benchmark_group("limits");
+    group.sample_size(10);
+    let values = 16 << 20;
+    let x = Tensor::<1>::random([values], Distribution::Default, &device);
+    group.throughput(Throughput::Bytes((2 * 4 * values) as u64));
+    group.bench_function("stream 64 MiB", |b| {
+        b.iter(|| {
+            let y = x.clone().add_scalar(1.0);
+            sync(&device);
+            y
+        })
+    });
     group.finish();
 
     let mut group = c.benchmark_group("rms_norm");
