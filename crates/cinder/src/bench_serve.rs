@@ -39,6 +39,8 @@ pub struct ServeBenchArgs {
     /// Prompt token ids are drawn from 100..VOCAB.
     #[arg(long, default_value_t = 49_152)]
     vocab: u32,
+    /// Seeds the prompts: level i draws from seed + i. A server loaded again by a later run
+    /// with the same seed finds those prompts in its prefix cache: restart it or change the seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Give up on a request after this many seconds.
