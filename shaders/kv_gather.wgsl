@@ -1,12 +1,13 @@
-// Gathers one sequence's keys and values, positions 0..len, out of the paged cache into
-// contiguous [len, kv_dim] buffers, for prompt chunks that attend with dense matmuls. Its
-// block table starts at word `table` of the batch buffer.
+// Gathers one sequence's keys and values, positions first..first + len, out of the paged
+// cache into contiguous [len, kv_dim] buffers, for prompt chunks that attend with dense
+// matmuls. Its block table starts at word `table` of the batch buffer.
 
 struct Info {
     len: u32,
     kv_dim: u32,
     block_size: u32,
     table: u32,
+    first: u32,
 }
 
 @group(0) @binding(0) var<storage, read_write> k_cache: array<f32>;
@@ -20,7 +21,7 @@ struct Info {
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let total = info.len * info.kv_dim;
     for (var e = gid.x; e < total; e += groups.x * 64u) {
-        let t = e / info.kv_dim;
+        let t = info.first + e / info.kv_dim;
         let slot = batch[info.table + t / info.block_size] * info.block_size + t % info.block_size;
         let src = slot * info.kv_dim + e % info.kv_dim;
         k[e] = k_cache[src];

@@ -4,7 +4,8 @@
 // block table. Keys are scored 64 at a time (one per invocation), then each invocation
 // folds the tile into the output dimensions it owns with an online softmax, so one pass
 // over the cache suffices and nothing of size `context` is stored. head_dim is a multiple
-// of 4 (keys are read as vec4).
+// of 4 (keys are read as vec4). With a `window`, a row attends to its last `window`
+// positions only; with a `softcap`, scores become softcap * tanh(score / softcap).
 //
 // The batch buffer holds [positions; total_rows][slots; total_rows][table starts;
 // total_rows][block tables]; this kernel reads the first `rows` rows.
@@ -17,6 +18,8 @@ struct Info {
     head_dim: u32,
     block_size: u32,
     scale: f32,
+    window: u32,
+    softcap: f32,
 }
 
 @group(0) @binding(0) var<storage, read_write> q: array<f32>;
@@ -59,11 +62,15 @@ fn main(
         // A uniform copy, so the tile loop's barriers are reached by every invocation.
         let context = workgroupUniformLoad(&context_len);
         let table = batch[2u * info.total_rows + row];
+        var first = 0u;
+        if info.window > 0u && context > info.window {
+            first = context - info.window;
+        }
 
         var m = LOWEST;
         var l = 0.0;
         var acc: array<f32, DIMS>;
-        for (var t0 = 0u; t0 < context; t0 += TILE) {
+        for (var t0 = first; t0 < context; t0 += TILE) {
             let t = t0 + lid;
             var s = LOWEST;
             if t < context {
@@ -75,6 +82,10 @@ fn main(
                     dot4 += q_tile[d] * k_cache[k_base + d];
                 }
                 s = dot4.x + dot4.y + dot4.z + dot4.w;
+                if info.softcap > 0.0 {
+                    // tanh saturates long before 15; clamping keeps drivers' tanh finite.
+                    s = info.softcap * tanh(clamp(s / info.softcap, -15.0, 15.0));
+                }
             }
             scores[lid] = s;
             workgroupBarrier();

@@ -1,91 +1,134 @@
-//! Hyperparameters of a Llama-architecture model, read and checked from GGUF metadata.
+//! A model's shape and block variant, read and checked once from its GGUF file through its
+//! architecture's description ([`crate::arch`]).
 
-use cinder_gguf::{GgufFile, Metadata};
+use cinder_gguf::{GgufFile, Metadata, MetadataValue};
 
 use crate::ModelError;
+use crate::arch::{
+    Architecture, FfnLayout, FinalSoftcap, GlobalWeight, LayerWeight, QueryScale, WindowRule,
+};
+use crate::rope::Rope;
 
-/// Architectures whose forward pass this crate implements.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
+/// How one layer attends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerAttention {
+    /// The layer attends to its last `window` positions only (itself included).
+    pub window: Option<usize>,
+    /// Index of its RoPE in [`ModelConfig::ropes`].
+    pub rope: usize,
+}
 
-/// Everything the forward pass needs to know about the model's shape.
+/// Everything the forward pass needs to know about a model.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LlamaConfig {
-    pub architecture: String,
+pub struct ModelConfig {
+    pub arch: &'static Architecture,
     pub n_layers: usize,
     pub hidden: usize,
     pub ffn_hidden: usize,
     pub n_heads: usize,
     pub n_kv_heads: usize,
+    /// Width of one attention head (`attention.key_length`; not always hidden / heads).
     pub head_dim: usize,
     pub vocab_size: usize,
     pub context_length: usize,
     pub rms_eps: f32,
-    pub rope_base: f32,
+    /// The tensors of every block, with their shapes in ggml order (`[inputs, outputs]`).
+    pub layer_weights: Vec<(LayerWeight, Vec<u64>)>,
     /// Whether the LM head reuses the token embedding (no `output.weight` tensor).
     pub tied_embeddings: bool,
+    pub output_bias: bool,
+    pub layers: Vec<LayerAttention>,
+    /// The distinct RoPEs of the layers: the global one first.
+    pub ropes: Vec<Rope>,
+    pub embedding_scale: f32,
+    /// Scale of the query-key products.
+    pub query_scale: f32,
+    pub attention_softcap: Option<f32>,
+    pub final_softcap: Option<f32>,
 }
 
 /// Upper bound on any single dimension; larger values in a file are treated as corrupt.
 const MAX_DIM: u64 = 1 << 20;
 
-impl LlamaConfig {
+impl ModelConfig {
+    /// The model in `file`, its tensors checked against the description.
     pub fn from_gguf(file: &GgufFile) -> Result<Self, ModelError> {
-        let m = file.metadata();
-        let architecture = m.get_str("general.architecture")?.to_owned();
-        if !SUPPORTED_ARCHITECTURES.contains(&architecture.as_str()) {
-            return Err(ModelError::UnsupportedArchitecture {
-                name: architecture,
-                supported: SUPPORTED_ARCHITECTURES.join(", "),
-            });
-        }
-        let key = |k: &str| format!("{architecture}.{k}");
+        // A missing embedding is reported by the shape check, after the metadata's problems.
+        let vocab_size = file.tensor(GlobalWeight::TokenEmbedding.name()).map_or(0, |t| t.rows() as usize);
+        let config = Self::from_metadata(file.metadata(), vocab_size, |name| file.tensor(name).is_ok())?;
+        config.check_tensor_shapes(file)?;
+        Ok(config)
+    }
+
+    /// The model that `m` describes, with `vocab_size` tokens; `present` says which of the
+    /// optional tensors (fused projections, biases, a separate LM head, RoPE factors) the
+    /// model has.
+    pub fn from_metadata(m: &Metadata, vocab_size: usize, present: impl Fn(&str) -> bool) -> Result<Self, ModelError> {
+        let name = m.get_str("general.architecture")?;
+        let arch = Architecture::named(name)
+            .ok_or_else(|| ModelError::UnsupportedArchitecture { name: name.to_owned(), supported: Architecture::supported() })?;
+        let key = |k: &str| format!("{}.{k}", arch.name);
         let dim = |m: &Metadata, k: &str| m.get_usize_at_most(&key(k), MAX_DIM);
+        let optional_dim = |k: &str| m.optional(&key(k), |m, k| m.get_usize_at_most(k, MAX_DIM));
+        let optional_float = |k: &str| m.optional(&key(k), Metadata::get_f64).map(|v| v.map(|v| v as f32));
 
         let n_layers = dim(m, "block_count")?;
         let hidden = dim(m, "embedding_length")?;
         let ffn_hidden = dim(m, "feed_forward_length")?;
         let n_heads = dim(m, "attention.head_count")?;
-        let n_kv_heads = m.optional(&key("attention.head_count_kv"), |m, k| m.get_usize_at_most(k, MAX_DIM))?.unwrap_or(n_heads);
+        let n_kv_heads = optional_dim("attention.head_count_kv")?.unwrap_or(n_heads);
         let context_length = dim(m, "context_length")?;
         let rms_eps = m.get_f64(&key("attention.layer_norm_rms_epsilon"))? as f32;
-        let rope_base = m.optional(&key("rope.freq_base"), Metadata::get_f64)?.unwrap_or(10_000.0) as f32;
 
         let invalid = |reason: String| Err(ModelError::InvalidConfig(reason));
         if n_layers == 0 || hidden == 0 || ffn_hidden == 0 || n_heads == 0 || n_kv_heads == 0 || context_length == 0 {
             return invalid("layer count, widths, head counts and context length must be positive".into());
         }
-        if hidden % n_heads != 0 {
-            return invalid(format!("embedding length {hidden} is not divisible by {n_heads} heads"));
-        }
         if n_heads % n_kv_heads != 0 {
             return invalid(format!("{n_heads} heads cannot be grouped over {n_kv_heads} KV heads"));
         }
-        let head_dim = hidden / n_heads;
-        if head_dim % 2 != 0 {
-            return invalid(format!("head dimension {head_dim} is odd; RoPE rotates pairs"));
+        let head_dim = match optional_dim("attention.key_length")? {
+            Some(d) => d,
+            None if hidden % n_heads == 0 => hidden / n_heads,
+            None => return invalid(format!("embedding length {hidden} is not divisible by {n_heads} heads")),
+        };
+        if let Some(v) = optional_dim("attention.value_length")?.filter(|&v| v != head_dim) {
+            return Err(ModelError::Unsupported(format!("value heads of {v} dimensions beside key heads of {head_dim}")));
+        }
+        if head_dim == 0 || head_dim % 2 != 0 {
+            return invalid(format!("head dimension {head_dim} is not a positive even number; RoPE rotates pairs"));
         }
         if head_dim % 4 != 0 {
             return Err(ModelError::Unsupported(format!("head dimension {head_dim} (attention reads keys in fours)")));
         }
-        if let Some(rot) = m.optional(&key("rope.dimension_count"), Metadata::get_u64)? {
-            if rot != head_dim as u64 {
-                return Err(ModelError::Unsupported(format!("partial RoPE over {rot} of {head_dim} dimensions")));
-            }
+        if let Some(rot) = optional_dim("rope.dimension_count")?.filter(|&r| r != head_dim) {
+            return Err(ModelError::Unsupported(format!("partial RoPE over {rot} of {head_dim} dimensions")));
         }
-        if let Some(scaling) = m.optional(&key("rope.scaling.type"), |m, k| m.get_str(k))? {
-            if scaling != "none" {
-                return Err(ModelError::Unsupported(format!("RoPE scaling {scaling:?}")));
-            }
-        }
-        if !(rms_eps > 0.0 && rms_eps.is_finite() && rope_base > 0.0 && rope_base.is_finite()) {
-            return invalid(format!("rms epsilon {rms_eps} and rope base {rope_base} must be positive"));
+        if !(rms_eps > 0.0 && rms_eps.is_finite()) {
+            return invalid(format!("rms epsilon {rms_eps} must be positive"));
         }
 
-        let embd = file.tensor("token_embd.weight")?;
-        let vocab_size = embd.rows() as usize;
-        let tied_embeddings = file.tensor("output.weight").is_err();
-        let config = Self {
-            architecture,
+        let global_rope = Rope::from_metadata(m, arch.name, arch.rope, context_length, &present)?;
+        let (layers, ropes) = layer_attention(m, arch, n_layers, global_rope, optional_dim("attention.sliding_window")?, optional_float("rope.freq_base_swa")?)?;
+
+        let query_scale = match arch.query_scale {
+            QueryScale::HiddenPerHeadAtLayerCounts(counts) if counts.contains(&n_layers) => (hidden / n_heads) as f32,
+            _ => head_dim as f32,
+        }
+        .sqrt()
+        .recip();
+        let attention_softcap = arch.attention_softcap.map(|cap| Ok::<_, ModelError>(optional_float("attn_logit_softcapping")?.unwrap_or(cap))).transpose()?;
+        let final_softcap = match arch.final_softcap {
+            FinalSoftcap::Never => None,
+            FinalSoftcap::FromFile(default) => optional_float("final_logit_softcapping")?.or(default).filter(|&c| c != 0.0),
+        };
+        if let Some(cap) = attention_softcap.into_iter().chain(final_softcap).find(|c| !(*c > 0.0 && c.is_finite())) {
+            return invalid(format!("soft-capping value {cap} must be positive"));
+        }
+
+        let has = |name: &str| present(name);
+        let mut config = Self {
+            arch,
             n_layers,
             hidden,
             ffn_hidden,
@@ -95,11 +138,24 @@ impl LlamaConfig {
             vocab_size,
             context_length,
             rms_eps,
-            rope_base,
-            tied_embeddings,
+            layer_weights: Vec::new(),
+            tied_embeddings: !has(GlobalWeight::Output.name()),
+            output_bias: has(GlobalWeight::OutputBias.name()),
+            layers,
+            ropes,
+            embedding_scale: if arch.scale_embeddings { (hidden as f32).sqrt() } else { 1.0 },
+            query_scale,
+            attention_softcap,
+            final_softcap,
         };
-        config.check_tensor_shapes(file)?;
+        // Layer 0 decides which optional tensors the blocks have; every layer must match.
+        config.layer_weights = config.block_weights(has(&LayerWeight::Qkv.name(0)), |w| has(&w.name(0)));
         Ok(config)
+    }
+
+    /// Width of the query projection.
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
     }
 
     /// Width of the K and V projections.
@@ -107,27 +163,66 @@ impl LlamaConfig {
         self.n_kv_heads * self.head_dim
     }
 
-    /// Every tensor the forward pass reads, with the shape it must have (ggml order:
-    /// `[inputs, outputs]` for a weight matrix).
+    /// The tensors of one block: fused or separate query/key/value projections, the biases
+    /// `present` says the file has (among those the architecture reads), and the norms and
+    /// feed-forward matrices of the architecture's variant.
+    pub fn block_weights(&self, fused_qkv: bool, present: impl Fn(LayerWeight) -> bool) -> Vec<(LayerWeight, Vec<u64>)> {
+        use LayerWeight::*;
+        let (h, f, q, kv) = (self.hidden as u64, self.ffn_hidden as u64, self.q_dim() as u64, self.kv_dim() as u64);
+        let hd = self.head_dim as u64;
+        let mut out = vec![(AttnNorm, vec![h])];
+        let projections: &[(LayerWeight, u64)] = if fused_qkv { &[(Qkv, q + 2 * kv)] } else { &[(Q, q), (K, kv), (V, kv)] };
+        for &(w, width) in projections {
+            out.push((w, vec![h, width]));
+        }
+        if self.arch.qk_norm {
+            out.extend([(QNorm, vec![hd]), (KNorm, vec![hd])]);
+        }
+        out.push((AttnOut, vec![q, h]));
+        if self.arch.post_norms {
+            out.push((PostAttnNorm, vec![h]));
+        }
+        out.push((FfnNorm, vec![h]));
+        match self.arch.ffn {
+            FfnLayout::Separate => out.extend([(Gate, vec![h, f]), (Up, vec![h, f])]),
+            FfnLayout::FusedGateUp => out.push((Up, vec![h, 2 * f])),
+        }
+        out.push((Down, vec![f, h]));
+        if self.arch.post_norms {
+            out.push((PostFfnNorm, vec![h]));
+        }
+        let biases: Vec<(LayerWeight, Vec<u64>)> = out
+            .iter()
+            .filter_map(|(w, shape)| w.bias().map(|b| (b, vec![shape[1]])))
+            .filter(|(b, _)| self.arch.optional_biases.contains(b) && present(*b))
+            .collect();
+        out.extend(biases);
+        out
+    }
+
+    /// Whether the blocks have `weight`.
+    pub fn has(&self, weight: LayerWeight) -> bool {
+        self.layer_weights.iter().any(|(w, _)| *w == weight)
+    }
+
+    /// Every tensor the forward pass reads, with the shape it must have (ggml order).
     pub fn expected_tensors(&self) -> Vec<(String, Vec<u64>)> {
-        let (h, f, kv, v) = (self.hidden as u64, self.ffn_hidden as u64, self.kv_dim() as u64, self.vocab_size as u64);
-        let mut out = vec![("token_embd.weight".to_owned(), vec![h, v]), ("output_norm.weight".to_owned(), vec![h])];
+        let (h, v) = (self.hidden as u64, self.vocab_size as u64);
+        let mut out = vec![
+            (GlobalWeight::TokenEmbedding.name().to_owned(), vec![h, v]),
+            (GlobalWeight::OutputNorm.name().to_owned(), vec![h]),
+        ];
         if !self.tied_embeddings {
-            out.push(("output.weight".to_owned(), vec![h, v]));
+            out.push((GlobalWeight::Output.name().to_owned(), vec![h, v]));
+        }
+        if self.output_bias {
+            out.push((GlobalWeight::OutputBias.name().to_owned(), vec![v]));
+        }
+        for factors in self.ropes.iter().filter_map(|r| r.factors) {
+            out.push((factors.name().to_owned(), vec![self.head_dim as u64 / 2]));
         }
         for l in 0..self.n_layers {
-            let t = |name: &str, shape: Vec<u64>| (format!("blk.{l}.{name}.weight"), shape);
-            out.extend([
-                t("attn_norm", vec![h]),
-                t("attn_q", vec![h, h]),
-                t("attn_k", vec![h, kv]),
-                t("attn_v", vec![h, kv]),
-                t("attn_output", vec![h, h]),
-                t("ffn_norm", vec![h]),
-                t("ffn_gate", vec![h, f]),
-                t("ffn_up", vec![h, f]),
-                t("ffn_down", vec![f, h]),
-            ]);
+            out.extend(self.layer_weights.iter().map(|(w, shape)| (w.name(l), shape.clone())));
         }
         out
     }
@@ -144,4 +239,54 @@ impl LlamaConfig {
         }
         Ok(())
     }
+}
+
+/// Each layer's window and RoPE under the architecture's [`WindowRule`].
+fn layer_attention(
+    m: &Metadata,
+    arch: &Architecture,
+    n_layers: usize,
+    global: Rope,
+    file_window: Option<usize>,
+    local_base: Option<f32>,
+) -> Result<(Vec<LayerAttention>, Vec<Rope>), ModelError> {
+    let global_only = |n| (vec![LayerAttention { window: None, rope: 0 }; n], vec![global.clone()]);
+    let window = |default: Option<usize>| file_window.or(default).filter(|&w| w > 0);
+    match arch.window {
+        WindowRule::Never => Ok(global_only(n_layers)),
+        WindowRule::AllLayersIfSet => {
+            let (mut layers, ropes) = global_only(n_layers);
+            layers.iter_mut().for_each(|l| l.window = window(None));
+            Ok((layers, ropes))
+        }
+        WindowRule::Periodic { period, default_window, local_rope_base } => {
+            let Some(size) = window(default_window) else { return Ok(global_only(n_layers)) };
+            let local = local_layers(m, arch, n_layers, period)?;
+            let base = local_base.or(local_rope_base).unwrap_or(global.base);
+            let local_rope = Rope::plain(global.layout, base);
+            let layers = local
+                .iter()
+                .map(|&is_local| if is_local { LayerAttention { window: Some(size), rope: 1 } } else { LayerAttention { window: None, rope: 0 } })
+                .collect();
+            Ok((layers, vec![global, local_rope]))
+        }
+    }
+}
+
+/// Which layers are local: the file's `attention.sliding_window_pattern` (a period, or one
+/// bool per layer), else every layer but the last of each `period`.
+fn local_layers(m: &Metadata, arch: &Architecture, n_layers: usize, period: usize) -> Result<Vec<bool>, ModelError> {
+    let key = format!("{}.attention.sliding_window_pattern", arch.name);
+    let period = match m.get(&key) {
+        None => period,
+        Some(MetadataValue::Array(_, values)) => {
+            let flags: Option<Vec<bool>> = values.iter().map(MetadataValue::as_bool).collect();
+            return match flags {
+                Some(flags) if flags.len() == n_layers => Ok(flags),
+                _ => Err(ModelError::InvalidConfig(format!("{key} must hold one bool per layer ({n_layers})"))),
+            };
+        }
+        Some(_) => m.get_usize_at_most(&key, MAX_DIM)?,
+    };
+    Ok((0..n_layers).map(|l| period == 0 || l % period < period - 1).collect())
 }

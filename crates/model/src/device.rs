@@ -70,7 +70,7 @@ pub fn wgpu_device() -> Result<Device, ModelError> {
         // wgpu reports some failures (no driver, no adapter) by panicking.
         match std::panic::catch_unwind(|| options().init_with_setup()) {
             Ok(init) => opened(init),
-            Err(panic) => Err(crate::llama::panic_message(panic.as_ref())),
+            Err(panic) => Err(crate::model::panic_message(panic.as_ref())),
         }
     }))
 }

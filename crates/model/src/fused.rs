@@ -4,6 +4,7 @@
 
 use burn::tensor::Tensor;
 
+use crate::arch::{Activation, RopeLayout};
 use crate::kernel::{Arg, MAX_WORKGROUPS, Template, cube, empty, from_cube, launch};
 use crate::paged::BatchBuffer;
 
@@ -18,23 +19,34 @@ pub fn rms_norm(x: Tensor<2>, weight: &Tensor<2>, eps: f32) -> Tensor<2> {
     from_cube(y)
 }
 
-/// `silu(gate) * up`, elementwise.
-pub fn silu_gate(gate: Tensor<2>, up: Tensor<2>) -> Tensor<2> {
+/// `act(gate) * up`, elementwise.
+pub fn gated(gate: Tensor<2>, up: Tensor<2>, activation: Activation) -> Tensor<2> {
     let dims = gate.dims();
     assert_eq!(dims, up.dims(), "gate and up differ in shape");
     let (gate, up) = (cube(gate), cube(up));
     let y = empty(&gate.device, dims);
     let len = dims[0] * dims[1];
-    let kernel = Template::plain("silu_gate", include_str!("../../../shaders/silu_gate.wgsl"));
+    let name = match activation {
+        Activation::Silu => "silu",
+        Activation::GeluTanh => "gelu_tanh",
+    };
+    let values = move || vec![("ACTIVATION", name.to_owned())];
+    let kernel = Template {
+        name: "gated",
+        source: include_str!("../../../shaders/gated.wgsl"),
+        variant: (name, 0),
+        values: &values,
+        workgroup: 64,
+    };
     let args = [Arg::Read(&gate.handle), Arg::Read(&up.handle), Arg::Write(&y.handle)];
     let groups = len.div_ceil(64).min(MAX_WORKGROUPS) as u32;
     launch(&gate.device, &kernel, [groups, 1, 1], &args, &[len as u32]);
     from_cube(y)
 }
 
-/// RoPE on adjacent pairs of `x` (`[tokens, heads, head_dim]`) at the batch's positions,
-/// with angles from `cos` / `sin` (`[context, head_dim / 2]`).
-pub fn rope(x: Tensor<3>, cos: &Tensor<2>, sin: &Tensor<2>, batch: &BatchBuffer) -> Tensor<3> {
+/// RoPE on the pairs `layout` makes of `x` (`[tokens, heads, head_dim]`) at the batch's
+/// positions, with angles from `cos` / `sin` (`[context, head_dim / 2]`).
+pub fn rope(x: Tensor<3>, cos: &Tensor<2>, sin: &Tensor<2>, layout: RopeLayout, batch: &BatchBuffer) -> Tensor<3> {
     let [tokens, heads, head_dim] = x.dims();
     let x = cube(x);
     let (cos, sin) = (cube(cos.clone()), cube(sin.clone()));
@@ -48,6 +60,7 @@ pub fn rope(x: Tensor<3>, cos: &Tensor<2>, sin: &Tensor<2>, batch: &BatchBuffer)
         Arg::Write(&y.handle),
     ];
     let groups = (tokens * heads * head_dim / 2).div_ceil(64).min(MAX_WORKGROUPS) as u32;
-    launch(&x.device, &kernel, [groups, 1, 1], &args, &[tokens as u32, heads as u32, head_dim as u32]);
+    let halves = u32::from(layout == RopeLayout::Halves);
+    launch(&x.device, &kernel, [groups, 1, 1], &args, &[tokens as u32, heads as u32, head_dim as u32, halves]);
     from_cube::<2>(y).reshape([tokens, heads, head_dim])
 }

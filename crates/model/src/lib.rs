@@ -1,39 +1,40 @@
-//! A Llama-architecture language model on Burn, with sampling and generation.
+//! Language models on Burn: the families of [`arch`] (Llama, Qwen 2/3, Gemma 2/3, Phi-3),
+//! with sampling.
 //!
-//! [`Llama::load`] reads a GGUF file (see `cinder-gguf`), checks that its tensors match the
-//! hyperparameters in its metadata ([`LlamaConfig`]), and uploads the weights to a Burn
-//! [`Device`](burn::tensor::Device) — on this crate's default path, wgpu ([`wgpu_device`]), which
-//! runs on Vulkan, Metal, DX12 and WebGPU. [`Llama::forward`] runs a chunk of tokens through
-//! the model against a [`KvCache`] and returns the logits of the last one; [`generate`] loops
-//! that with a [`Sampler`] and streams text.
-//!
-//! The forward pass follows llama.cpp for the `llama` architecture: RMSNorm, RoPE on adjacent
-//! pairs ("NORM" rope; GGUF converters permute Q/K rows for it), grouped-query attention,
-//! a SwiGLU feed-forward block, and an LM head tied to the token embedding when the file has
-//! no `output.weight`.
+//! [`Model::load`] reads a GGUF file (see `cinder-gguf`), describes it through its
+//! architecture ([`ModelConfig`], checked against the file's tensors), and uploads the
+//! weights to a Burn [`Device`](burn::tensor::Device) — on this crate's default path, wgpu
+//! ([`wgpu_device`]), which runs on Vulkan, Metal, DX12 and WebGPU.
+//! [`Model::forward_batch`] runs chunks of many sequences as one batch against a
+//! [`PagedKvCache`]; [`Model::forward`] is the one-sequence case. The forward pass follows
+//! llama.cpp's graph for each architecture.
 
+pub mod arch;
+mod attention;
 mod config;
 mod device;
 mod error;
 pub mod fused;
-mod generate;
 mod kernel;
-mod llama;
+mod logits;
+mod model;
 pub mod paged;
 pub mod quant;
 pub mod reference;
+pub mod rope;
 mod sampling;
 #[cfg(test)]
 mod tests;
 pub mod tiny;
 
+pub use arch::Architecture;
 pub use burn::tensor::Device;
-pub use config::{LlamaConfig, SUPPORTED_ARCHITECTURES};
+pub use config::{LayerAttention, ModelConfig};
 #[cfg(not(target_family = "wasm"))]
 pub use device::wgpu_device;
 pub use device::{AdapterInfo, adapter_info, adapter_name, wgpu_device_async};
 pub use error::ModelError;
-pub use generate::{FinishReason, GenerateRequest, Generation, GenerationStats, generate};
-pub use llama::{KvCache, Llama, LogitRows, MAX_DEVICE_TOP_K, PendingLogits};
+pub use logits::{LogitRows, MAX_DEVICE_TOP_K, PendingLogits};
+pub use model::{KvCache, Model};
 pub use paged::{PagedKvCache, SeqChunk};
 pub use sampling::{Sampler, SamplingParams, log_softmax, top_logprobs};

@@ -78,7 +78,15 @@ impl PagedKvCache {
 
     /// Attention of the batch's first `paged_rows` rows of `q` (`[rows, heads * head_dim]`,
     /// RoPE applied) over the cache of `layer`.
-    pub(crate) fn attend(&self, layer: usize, q: Tensor<2>, heads: usize, head_dim: usize, batch: &BatchBuffer) -> Tensor<2> {
+    pub(crate) fn attend(
+        &self,
+        layer: usize,
+        q: Tensor<2>,
+        heads: usize,
+        head_dim: usize,
+        batch: &BatchBuffer,
+        scores: &ScoreRule,
+    ) -> Tensor<2> {
         let q = cube(q);
         let out = empty(&self.device, [batch.paged_rows, heads * head_dim]);
         let dims = head_dim.div_ceil(64);
@@ -97,7 +105,6 @@ impl PagedKvCache {
             Arg::Read(&batch.handle),
             Arg::Write(&out.handle),
         ];
-        let scale = 1.0 / (head_dim as f32).sqrt();
         let info = [
             batch.paged_rows as u32,
             batch.rows as u32,
@@ -105,17 +112,19 @@ impl PagedKvCache {
             (self.kv_dim / head_dim) as u32,
             head_dim as u32,
             self.block_size as u32,
-            scale.to_bits(),
+            scores.scale.to_bits(),
+            scores.window.unwrap_or(0) as u32,
+            scores.softcap.unwrap_or(0.0).to_bits(),
         ];
         let rows = batch.paged_rows.min(MAX_WORKGROUPS) as u32;
         launch(&self.device, &kernel, [heads as u32, rows, 1], &args, &info);
         from_cube(out)
     }
 
-    /// Keys and values of positions `0..chunk.context()` of a dense chunk's sequence,
-    /// `[context, kv_dim]` each.
-    pub(crate) fn gather(&self, layer: usize, batch: &BatchBuffer, chunk: &DenseChunk) -> (Tensor<2>, Tensor<2>) {
-        let len = chunk.context();
+    /// Keys and values of positions `first..chunk.context()` of a dense chunk's sequence,
+    /// `[context - first, kv_dim]` each.
+    pub(crate) fn gather(&self, layer: usize, batch: &BatchBuffer, chunk: &DenseChunk, first: usize) -> (Tensor<2>, Tensor<2>) {
+        let len = chunk.context() - first;
         let (k, v) = (empty(&self.device, [len, self.kv_dim]), empty(&self.device, [len, self.kv_dim]));
         let kernel = Template::plain("kv_gather", include_str!("../../../shaders/kv_gather.wgsl"));
         let args = [
@@ -126,7 +135,7 @@ impl PagedKvCache {
             Arg::Write(&v.handle),
         ];
         let groups = (len * self.kv_dim).div_ceil(64).min(MAX_WORKGROUPS) as u32;
-        let info = [len as u32, self.kv_dim as u32, self.block_size as u32, chunk.table as u32];
+        let info = [len as u32, self.kv_dim as u32, self.block_size as u32, chunk.table as u32, first as u32];
         launch(&self.device, &kernel, [groups, 1, 1], &args, &info);
         (from_cube(k), from_cube(v))
     }
@@ -145,6 +154,24 @@ impl PagedKvCache {
             let args = [Arg::Read(&pairs_handle), Arg::Write(keys), Arg::Write(values)];
             launch(&self.device, &kernel, [groups, 1, 1], &args, &[pairs.len() as u32, block_len as u32]);
         }
+    }
+}
+
+/// How a layer turns query-key products into attention weights.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ScoreRule {
+    /// Multiplies each query-key product.
+    pub scale: f32,
+    /// Each query sees its last `window` positions only (itself included).
+    pub window: Option<usize>,
+    /// Scores become `softcap * tanh(score / softcap)`.
+    pub softcap: Option<f32>,
+}
+
+impl ScoreRule {
+    /// The first position a query at `position` sees.
+    pub fn first_visible(&self, position: usize) -> usize {
+        self.window.map_or(0, |w| (position + 1).saturating_sub(w))
     }
 }
 

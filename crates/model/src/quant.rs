@@ -12,6 +12,8 @@
 //! would cost byte-by-byte extraction. The kernels see every format as 32-value blocks;
 //! the K-quants' unpack functions find their sub-block's scales in the super-block's words.
 
+use std::ops::Range;
+
 use burn::tensor::{Device, Tensor, TensorData};
 use burn_cubecl::CubeDevice;
 use burn_cubecl::cubecl::server::Handle;
@@ -398,11 +400,22 @@ pub enum Linear {
 
 impl Linear {
     pub fn load(file: &GgufFile, info: &TensorInfo, device: &Device) -> Result<Self, ModelError> {
-        let (inputs, outputs) = (info.row_len() as usize, info.rows() as usize);
-        if let Some(format) = QuantFormat::of(info.ty).filter(|f| inputs % f.block_elements() == 0) {
-            return Ok(Self::Quantized(QuantMatrix::upload(device, format, file.tensor_data(info), outputs, inputs)?));
+        Self::load_rows(file, info, 0..info.rows() as usize, device)
+    }
+
+    /// The matrix of rows `rows` of `info` (one part of a fused projection).
+    pub fn load_rows(file: &GgufFile, info: &TensorInfo, rows: Range<usize>, device: &Device) -> Result<Self, ModelError> {
+        let inputs = info.row_len() as usize;
+        let outputs = rows.len();
+        if rows.end > info.rows() as usize {
+            return Err(ModelError::InvalidConfig(format!("tensor {:?} has no rows {rows:?}", info.name)));
         }
-        let values = file.dequantize(info)?;
+        if let Some(format) = QuantFormat::of(info.ty).filter(|f| inputs % f.block_elements() == 0) {
+            let row_bytes = info.ty.bytes_for(inputs as u64).expect("validated at parse") as usize;
+            let data = &file.tensor_data(info)[rows.start * row_bytes..rows.end * row_bytes];
+            return Ok(Self::Quantized(QuantMatrix::upload(device, format, data, outputs, inputs)?));
+        }
+        let values = info.dequantize_rows(file.tensor_data(info), rows.start as u64..rows.end as u64)?;
         let mut transposed = vec![0f32; values.len()];
         for (o, row) in values.chunks_exact(inputs).enumerate() {
             for (i, &v) in row.iter().enumerate() {

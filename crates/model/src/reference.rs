@@ -1,14 +1,21 @@
 //! A plain CPU forward pass in f32, written for clarity rather than speed. Device code is
-//! tested against it: same weights (dequantized), same math, loops instead of kernels.
+//! tested against it: same weights (dequantized), same description ([`ModelConfig`]), loops
+//! instead of kernels.
+
+use std::collections::HashMap;
 
 use cinder_gguf::GgufFile;
 
-use crate::{LlamaConfig, ModelError};
+use crate::arch::{Activation, FfnLayout, GlobalWeight, LayerWeight, RopeLayout};
+use crate::model::rope_factors;
+use crate::{ModelConfig, ModelError};
 
 /// The reference model: dequantized weights in GGUF layout (`rows = outputs`).
-pub struct ReferenceLlama {
-    config: LlamaConfig,
-    tensors: std::collections::HashMap<String, Vec<f32>>,
+pub struct ReferenceModel {
+    config: ModelConfig,
+    tensors: HashMap<String, Vec<f32>>,
+    /// Each RoPE's frequency divisors, if it has them.
+    rope_factors: Vec<Option<Vec<f32>>>,
 }
 
 /// Keys and values per layer, position-major: `[position][kv_heads * head_dim]`.
@@ -18,18 +25,29 @@ pub struct ReferenceCache {
     values: Vec<Vec<Vec<f32>>>,
 }
 
-impl ReferenceLlama {
+impl ReferenceModel {
     pub fn load(file: &GgufFile) -> Result<Self, ModelError> {
-        let config = LlamaConfig::from_gguf(file)?;
-        let mut tensors = std::collections::HashMap::new();
+        let config = ModelConfig::from_gguf(file)?;
+        let mut tensors = HashMap::new();
         for (name, _) in config.expected_tensors() {
             tensors.insert(name.clone(), file.dequantize(file.tensor(&name)?)?);
         }
-        Ok(Self { config, tensors })
+        let rope_factors = config.ropes.iter().map(|r| rope_factors(file, r.factors)).collect::<Result<_, _>>()?;
+        Ok(Self { config, tensors, rope_factors })
     }
 
     fn t(&self, name: &str) -> &[f32] {
         &self.tensors[name]
+    }
+
+    /// `W x (+ b)` for a block's projection, or for rows `rows` of a fused one.
+    fn project(&self, layer: usize, weight: LayerWeight, rows: std::ops::Range<usize>, x: &[f32]) -> Vec<f32> {
+        let w = &self.t(&weight.name(layer))[rows.start * x.len()..rows.end * x.len()];
+        let mut y = matvec(w, x);
+        if let Some(bias) = weight.bias().filter(|&b| self.config.has(b)) {
+            add(&mut y, &self.t(&bias.name(layer))[rows]);
+        }
+        y
     }
 
     /// Logits of the last of `tokens`, continuing from `cache`.
@@ -39,34 +57,100 @@ impl ReferenceLlama {
             cache.keys = vec![Vec::new(); c.n_layers];
             cache.values = vec![Vec::new(); c.n_layers];
         }
+        let (q_dim, kv_dim, f) = (c.q_dim(), c.kv_dim(), c.ffn_hidden);
         let mut last = Vec::new();
         for &token in tokens {
             let h = c.hidden;
-            let mut x = self.t("token_embd.weight")[token as usize * h..(token as usize + 1) * h].to_vec();
+            let embedding = &self.t(GlobalWeight::TokenEmbedding.name())[token as usize * h..(token as usize + 1) * h];
+            let mut x: Vec<f32> = embedding.iter().map(|v| v * c.embedding_scale).collect();
             for l in 0..c.n_layers {
-                let w = |name: &str| self.t(&format!("blk.{l}.{name}.weight"));
+                let norm = |w: LayerWeight, v: &[f32]| rms_norm(v, self.t(&w.name(l)), c.rms_eps);
                 let pos = cache.keys[l].len();
-                let normed = rms_norm(&x, w("attn_norm"), c.rms_eps);
-                let mut q = matvec(w("attn_q"), &normed);
-                let mut k = matvec(w("attn_k"), &normed);
-                let v = matvec(w("attn_v"), &normed);
-                rope(&mut q, pos, c);
-                rope(&mut k, pos, c);
+                let normed = norm(LayerWeight::AttnNorm, &x);
+                let (mut q, mut k, v) = if c.has(LayerWeight::Qkv) {
+                    let all = self.project(l, LayerWeight::Qkv, 0..q_dim + 2 * kv_dim, &normed);
+                    (all[..q_dim].to_vec(), all[q_dim..q_dim + kv_dim].to_vec(), all[q_dim + kv_dim..].to_vec())
+                } else {
+                    (
+                        self.project(l, LayerWeight::Q, 0..q_dim, &normed),
+                        self.project(l, LayerWeight::K, 0..kv_dim, &normed),
+                        self.project(l, LayerWeight::V, 0..kv_dim, &normed),
+                    )
+                };
+                if c.arch.qk_norm {
+                    q = q.chunks(c.head_dim).flat_map(|head| norm(LayerWeight::QNorm, head)).collect();
+                    k = k.chunks(c.head_dim).flat_map(|head| norm(LayerWeight::KNorm, head)).collect();
+                }
+                let layer = c.layers[l];
+                self.rope(&mut q, pos, layer.rope);
+                self.rope(&mut k, pos, layer.rope);
                 cache.keys[l].push(k);
                 cache.values[l].push(v);
-                let attn = attention(&q, &cache.keys[l], &cache.values[l], c);
-                add(&mut x, &matvec(w("attn_output"), &attn));
-                let normed = rms_norm(&x, w("ffn_norm"), c.rms_eps);
-                let gate = matvec(w("ffn_gate"), &normed);
-                let up = matvec(w("ffn_up"), &normed);
-                let act: Vec<f32> = gate.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
-                add(&mut x, &matvec(w("ffn_down"), &act));
+                let first = layer.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                let attn = attention(&q, &cache.keys[l][first..], &cache.values[l][first..], c);
+                let mut out = self.project(l, LayerWeight::AttnOut, 0..h, &attn);
+                if c.arch.post_norms {
+                    out = norm(LayerWeight::PostAttnNorm, &out);
+                }
+                add(&mut x, &out);
+
+                let normed = norm(LayerWeight::FfnNorm, &x);
+                let (gate, up) = match c.arch.ffn {
+                    FfnLayout::Separate => (
+                        self.project(l, LayerWeight::Gate, 0..f, &normed),
+                        self.project(l, LayerWeight::Up, 0..f, &normed),
+                    ),
+                    FfnLayout::FusedGateUp => {
+                        let both = self.project(l, LayerWeight::Up, 0..2 * f, &normed);
+                        (both[..f].to_vec(), both[f..].to_vec())
+                    }
+                };
+                let act: Vec<f32> = gate.iter().zip(&up).map(|(&g, u)| activate(c.arch.activation, g) * u).collect();
+                let mut down = self.project(l, LayerWeight::Down, 0..h, &act);
+                if c.arch.post_norms {
+                    down = norm(LayerWeight::PostFfnNorm, &down);
+                }
+                add(&mut x, &down);
             }
             last = x;
         }
-        let normed = rms_norm(&last, self.t("output_norm.weight"), c.rms_eps);
-        let head = if c.tied_embeddings { "token_embd.weight" } else { "output.weight" };
-        matvec(self.t(head), &normed)
+        let normed = rms_norm(&last, self.t(GlobalWeight::OutputNorm.name()), c.rms_eps);
+        let head = if c.tied_embeddings { GlobalWeight::TokenEmbedding } else { GlobalWeight::Output };
+        let mut logits = matvec(self.t(head.name()), &normed);
+        if c.output_bias {
+            add(&mut logits, self.t(GlobalWeight::OutputBias.name()));
+        }
+        if let Some(cap) = c.final_softcap {
+            logits.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+        }
+        logits
+    }
+
+    fn rope(&self, x: &mut [f32], pos: usize, rope: usize) {
+        let c = &self.config;
+        let spec = &c.ropes[rope];
+        // One position's row of the same tables the device reads.
+        let (cos, sin) = spec.tables(c.head_dim, pos + 1, self.rope_factors[rope].as_deref());
+        let half = c.head_dim / 2;
+        let (cos, sin) = (&cos[pos * half..], &sin[pos * half..]);
+        for head in x.chunks_exact_mut(c.head_dim) {
+            for i in 0..half {
+                let (a, b) = match spec.layout {
+                    RopeLayout::Adjacent => (2 * i, 2 * i + 1),
+                    RopeLayout::Halves => (i, i + half),
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * cos[i] - x1 * sin[i];
+                head[b] = x0 * sin[i] + x1 * cos[i];
+            }
+        }
+    }
+}
+
+fn activate(activation: Activation, g: f32) -> f32 {
+    match activation {
+        Activation::Silu => g / (1.0 + (-g).exp()),
+        Activation::GeluTanh => 0.5 * g * (1.0 + (0.797_884_6 * (g + 0.044_715 * g * g * g)).tanh()),
     }
 }
 
@@ -84,19 +168,7 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     x.iter().zip(w).map(|(v, w)| v * scale * w).collect()
 }
 
-fn rope(x: &mut [f32], pos: usize, c: &LlamaConfig) {
-    for head in x.chunks_exact_mut(c.head_dim) {
-        for i in 0..c.head_dim / 2 {
-            let theta = (c.rope_base as f64).powf(-2.0 * i as f64 / c.head_dim as f64);
-            let (sin, cos) = (pos as f64 * theta).sin_cos();
-            let (a, b) = (head[2 * i], head[2 * i + 1]);
-            head[2 * i] = a * cos as f32 - b * sin as f32;
-            head[2 * i + 1] = a * sin as f32 + b * cos as f32;
-        }
-    }
-}
-
-fn attention(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>], c: &LlamaConfig) -> Vec<f32> {
+fn attention(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>], c: &ModelConfig) -> Vec<f32> {
     let d = c.head_dim;
     let group = c.n_heads / c.n_kv_heads;
     let mut out = vec![0f32; c.n_heads * d];
@@ -105,7 +177,10 @@ fn attention(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>], c: &LlamaConfig)
         let qh = &q[head * d..(head + 1) * d];
         let scores: Vec<f32> = keys
             .iter()
-            .map(|k| qh.iter().zip(&k[kv * d..(kv + 1) * d]).map(|(a, b)| a * b).sum::<f32>() / (d as f32).sqrt())
+            .map(|k| {
+                let s = qh.iter().zip(&k[kv * d..(kv + 1) * d]).map(|(a, b)| a * b).sum::<f32>() * c.query_scale;
+                c.attention_softcap.map_or(s, |cap| cap * (s / cap).tanh())
+            })
             .collect();
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let exp: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();

@@ -5,7 +5,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::ModelError;
-use crate::llama::MAX_DEVICE_TOP_K;
+use crate::logits::MAX_DEVICE_TOP_K;
 
 /// How to pick tokens. The defaults are greedy decoding.
 #[derive(Debug, Clone, PartialEq)]

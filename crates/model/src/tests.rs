@@ -1,15 +1,15 @@
 //! Tests of loading and running models on the wgpu device against the CPU reference.
 
 use cinder_gguf::{GgmlType, GgufFile, GgufWriter, MetadataValue};
-use cinder_tokenizer::Tokenizer;
 
-use crate::reference::{ReferenceCache, ReferenceLlama};
-use crate::tiny::TinyModel;
-use crate::{GenerateRequest, Llama, ModelError, SamplingParams, generate, wgpu_device};
+use crate::arch::{GEMMA2, GEMMA3, PHI3, QWEN2, QWEN3};
+use crate::reference::{ReferenceCache, ReferenceModel};
+use crate::tiny::{TinyModel, TinyRopeScaling};
+use crate::{Model, ModelError, wgpu_device};
 
-fn load(bytes: Vec<u8>) -> (GgufFile, Llama) {
+fn load(bytes: Vec<u8>) -> (GgufFile, Model) {
     let file = GgufFile::from_bytes(bytes).unwrap();
-    let model = Llama::load(&file, &wgpu_device().unwrap()).unwrap();
+    let model = Model::load(&file, &wgpu_device().unwrap()).unwrap();
     (file, model)
 }
 
@@ -27,8 +27,8 @@ fn assert_close(device: &[f32], reference: &[f32], what: &str) {
 /// Prefill, then decode steps, comparing every step's logits with the reference.
 fn check_against_reference(spec: TinyModel) {
     let (file, model) = load(spec.to_gguf());
-    let reference = ReferenceLlama::load(&file).unwrap();
-    let mut cache = model.new_cache(32).unwrap();
+    let reference = ReferenceModel::load(&file).unwrap();
+    let mut cache = model.new_cache(64).unwrap();
     let mut ref_cache = ReferenceCache::default();
     let prompt = [1, 40, 77, 200, 5, 9, 260];
     let what = format!("{spec:?}");
@@ -37,7 +37,33 @@ fn check_against_reference(spec: TinyModel) {
         let device = model.forward(&[token], &mut cache).unwrap();
         assert_close(&device, &reference.forward(&[token], &mut ref_cache), &what);
     }
-    assert_eq!(cache.len(), prompt.len() + 3);
+    // A long chunk (dense attention) after the decodes, past any window of the layers.
+    let long: Vec<u32> = (0..40).map(|i| (i * 37 % 250) as u32 + 3).collect();
+    assert_close(&model.forward(&long, &mut cache).unwrap(), &reference.forward(&long, &mut ref_cache), &what);
+    assert_eq!(cache.len(), prompt.len() + 3 + long.len());
+}
+
+/// Every architecture's block variant, with the options its real files use.
+#[test]
+fn every_architecture_matches_the_reference() {
+    let small = TinyModel { n_layers: 3, ..Default::default() };
+    // Qwen 2: query, key and value biases.
+    check_against_reference(TinyModel { arch: &QWEN2, biases: true, ..small.clone() });
+    // Qwen 3: QK-norm and a head size other than hidden / heads.
+    check_against_reference(TinyModel { arch: &QWEN3, head_dim: Some(32), seed: 8, ..small.clone() });
+    // Gemma 2: soft-capping, GELU, post-norms, embedding scale, alternating windows.
+    check_against_reference(TinyModel { arch: &GEMMA2, sliding_window: Some(6), seed: 9, ..small.clone() });
+    // Gemma 3: QK-norm, 256-wide heads, one global layer in six, local RoPE base.
+    let gemma3 = TinyModel { arch: &GEMMA3, n_layers: 7, head_dim: Some(256), n_kv_heads: 1, sliding_window: Some(8), seed: 10, ..small.clone() };
+    check_against_reference(gemma3);
+    // Phi-3: fused QKV and fused gate-up.
+    check_against_reference(TinyModel { arch: &PHI3, fused_qkv: true, tied_embeddings: false, seed: 11, ..small.clone() });
+    // Llama with every bias, a fused QKV, a sliding window and each RoPE scaling.
+    check_against_reference(TinyModel { biases: true, fused_qkv: true, sliding_window: Some(5), seed: 12, ..small.clone() });
+    check_against_reference(TinyModel { rope_scaling: TinyRopeScaling::FreqFactors, seed: 13, ..small.clone() });
+    check_against_reference(TinyModel { rope_scaling: TinyRopeScaling::Linear(4.0), seed: 14, ..small.clone() });
+    let yarn = TinyRopeScaling::Yarn { factor: 4.0, original_context: 128 };
+    check_against_reference(TinyModel { arch: &QWEN2, rope_scaling: yarn, seed: 15, ..small });
 }
 
 #[test]
@@ -78,7 +104,7 @@ fn batched_paged_forward_matches_each_sequence_alone() {
 
     for spec in [TinyModel::default(), TinyModel { hidden: 256, n_heads: 2, n_kv_heads: 1, seed: 7, ..Default::default() }] {
         let (file, model) = load(spec.to_gguf());
-        let reference = ReferenceLlama::load(&file).unwrap();
+        let reference = ReferenceModel::load(&file).unwrap();
         let block_size = 4;
         let mut cache = model.new_paged_cache(64, block_size).unwrap();
         // Interleaved tables, so that neighbouring slots belong to different sequences.
@@ -160,55 +186,12 @@ fn bad_inputs_are_errors() {
     assert_eq!(cache.len(), 2);
 }
 
-fn generate_ids(model: &Llama, tokenizer: &Tokenizer, prompt: &[u32], sampling: SamplingParams, max_tokens: usize) -> Vec<u32> {
-    let request = GenerateRequest { prompt_ids: prompt, max_tokens, sampling, ignore_eos: true };
-    generate(model, tokenizer, &request, |_| {}).unwrap().ids
-}
-
-#[test]
-fn generation_is_greedy_by_default_and_seeded_otherwise() {
-    let file = GgufFile::from_bytes(TinyModel::default().to_gguf()).unwrap();
-    let model = Llama::load(&file, &wgpu_device().unwrap()).unwrap();
-    let reference = ReferenceLlama::load(&file).unwrap();
-    let tokenizer = Tokenizer::from_gguf(file.metadata()).unwrap();
-    let prompt = tokenizer.encode("the cat sat on", true, true).unwrap();
-
-    let greedy = generate_ids(&model, &tokenizer, &prompt, SamplingParams::default(), 6);
-    let mut ref_cache = ReferenceCache::default();
-    let mut input = prompt.clone();
-    let mut expected = Vec::new();
-    for _ in 0..6 {
-        let logits = reference.forward(&input, &mut ref_cache);
-        let best = (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a))).unwrap() as u32;
-        expected.push(best);
-        input = vec![best];
-    }
-    assert_eq!(greedy, expected);
-
-    let hot = |seed| SamplingParams { temperature: 1.0, top_k: 40, seed, ..Default::default() };
-    let a = generate_ids(&model, &tokenizer, &prompt, hot(5), 8);
-    assert_eq!(a, generate_ids(&model, &tokenizer, &prompt, hot(5), 8));
-    assert_ne!(a, generate_ids(&model, &tokenizer, &prompt, hot(6), 8));
-}
-
-#[test]
-fn generation_refuses_prompts_beyond_the_context() {
-    let (file, model) = load(TinyModel { context_length: 16, ..Default::default() }.to_gguf());
-    let tokenizer = Tokenizer::from_gguf(file.metadata()).unwrap();
-    let prompt = vec![5; 10];
-    let request = GenerateRequest { prompt_ids: &prompt, max_tokens: 7, sampling: SamplingParams::default(), ignore_eos: false };
-    let e = generate(&model, &tokenizer, &request, |_| {}).unwrap_err().to_string();
-    assert_eq!(e, "prompt of 10 tokens plus max_tokens 7 exceeds the context of 16 tokens");
-    let request = GenerateRequest { prompt_ids: &[], ..request };
-    assert!(generate(&model, &tokenizer, &request, |_| {}).unwrap_err().to_string().contains("empty"));
-}
-
 fn edited(edit: impl FnOnce(&mut GgufWriter)) -> String {
     let file = GgufFile::from_bytes(TinyModel::default().to_gguf()).unwrap();
     let mut writer = GgufWriter::from_file(&file);
     edit(&mut writer);
     let file = GgufFile::from_bytes(writer.to_bytes()).unwrap();
-    match Llama::load(&file, &wgpu_device().unwrap()) {
+    match Model::load(&file, &wgpu_device().unwrap()) {
         Ok(_) => panic!("edited model loaded"),
         Err(e) => e.to_string(),
     }
@@ -219,15 +202,19 @@ fn malformed_models_are_refused_with_the_reason() {
     let e = edited(|w| {
         w.set_metadata("general.architecture", MetadataValue::String("gptneox".into()));
     });
-    assert_eq!(e, "unsupported architecture \"gptneox\" (supported: llama)");
+    assert_eq!(e, "unsupported architecture \"gptneox\" (supported: llama, qwen2, qwen3, gemma2, gemma3, phi3)");
     let e = edited(|w| {
         w.remove_metadata("llama.block_count");
     });
     assert_eq!(e, "required metadata key \"llama.block_count\" is missing");
     let e = edited(|w| {
+        w.set_metadata("llama.attention.head_count", MetadataValue::U32(6));
+    });
+    assert!(e.contains("not divisible by 6 heads"), "{e}");
+    let e = edited(|w| {
         w.set_metadata("llama.attention.head_count", MetadataValue::U32(3));
     });
-    assert!(e.contains("not divisible by 3 heads"), "{e}");
+    assert!(e.contains("3 heads cannot be grouped over 2 KV heads"), "{e}");
     let e = edited(|w| {
         w.remove_tensor("blk.1.ffn_up.weight");
     });
@@ -241,33 +228,9 @@ fn malformed_models_are_refused_with_the_reason() {
     });
     assert!(e.contains("llama.embedding_length") && e.contains("at most"), "{e}");
     let e = edited(|w| {
-        w.set_metadata("llama.rope.scaling.type", MetadataValue::String("yarn".into()));
+        w.set_metadata("llama.rope.scaling.type", MetadataValue::String("dynamic".into()));
     });
-    assert!(e.contains("RoPE scaling \"yarn\""), "{e}");
-}
-
-#[test]
-fn generation_stops_at_end_of_generation_unless_ignored() {
-    let file = GgufFile::from_bytes(TinyModel::default().to_gguf()).unwrap();
-    let device = wgpu_device().unwrap();
-    let model = Llama::load(&file, &device).unwrap();
-    let tokenizer = Tokenizer::from_gguf(file.metadata()).unwrap();
-    let prompt = tokenizer.encode("the cat", true, true).unwrap();
-    let free_run = generate_ids(&model, &tokenizer, &prompt, SamplingParams::default(), 6);
-    // Declare a greedy token that first appears at step `k` the end-of-sequence token:
-    // generation must stop right there.
-    let k = (1..free_run.len()).find(|&i| !free_run[..i].contains(&free_run[i])).unwrap_or(0);
-    let mut writer = GgufWriter::from_file(&file);
-    writer.set_metadata("tokenizer.ggml.eos_token_id", MetadataValue::U32(free_run[k]));
-    let eos_file = GgufFile::from_bytes(writer.to_bytes()).unwrap();
-    let eos_tokenizer = Tokenizer::from_gguf(eos_file.metadata()).unwrap();
-    let request = GenerateRequest { prompt_ids: &prompt, max_tokens: 6, sampling: SamplingParams::default(), ignore_eos: false };
-    let stopped = generate(&model, &eos_tokenizer, &request, |_| {}).unwrap();
-    assert_eq!(stopped.ids, free_run[..=k]);
-    assert_eq!(stopped.finish_reason, crate::FinishReason::Stop);
-    assert_eq!(stopped.text, eos_tokenizer.decode(&free_run[..k], true).unwrap(), "the end token is not part of the text");
-    let ignored = generate(&model, &eos_tokenizer, &GenerateRequest { ignore_eos: true, ..request }, |_| {}).unwrap();
-    assert_eq!((ignored.ids, ignored.finish_reason), (free_run, crate::FinishReason::Length));
+    assert!(e.contains("RoPE scaling \"dynamic\" (supported: none, linear, yarn, longrope)"), "{e}");
 }
 
 /// The quantized matrix kernel against the dequantized matrix multiplied on the CPU, for
@@ -363,7 +326,8 @@ fn fused_kernels_match_cpu() {
     use burn::tensor::{Tensor, TensorData};
     use rand::{Rng, SeedableRng};
 
-    use crate::fused::{rms_norm, rope, silu_gate};
+    use crate::arch::{Activation, RopeLayout};
+    use crate::fused::{gated, rms_norm, rope};
 
     let device = wgpu_device().unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
@@ -382,27 +346,43 @@ fn fused_kernels_match_cpu() {
         assert_close(&got.try_into_vec_as::<f32>().unwrap(), &expected, &format!("rms_norm {rows}x{cols}"));
 
         let expected: Vec<f32> = x.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
-        let got = silu_gate(tensor(x, [rows, cols]), tensor(up, [rows, cols]));
-        assert_close(&got.try_into_vec_as::<f32>().unwrap(), &expected, &format!("silu_gate {rows}x{cols}"));
+        let got = gated(tensor(x.clone(), [rows, cols]), tensor(up.clone(), [rows, cols]), Activation::Silu);
+        assert_close(&got.try_into_vec_as::<f32>().unwrap(), &expected, &format!("silu gate {rows}x{cols}"));
+        // GELU (tanh approximation) as the formula gives it, and as x and 0 beyond |x| = 10.
+        let big: Vec<f32> = x.iter().enumerate().map(|(i, v)| if i % 7 == 3 { v * 8.0 } else { *v }).collect();
+        let gelu = |g: f32| match g {
+            g if g >= 10.0 => g,
+            g if g <= -10.0 => 0.0,
+            g => 0.5 * g * (1.0 + (0.797_884_6 * (g + 0.044_715 * g * g * g)).tanh()),
+        };
+        let expected: Vec<f32> = big.iter().zip(&up).map(|(&g, u)| gelu(g) * u).collect();
+        let got = gated(tensor(big, [rows, cols]), tensor(up, [rows, cols]), Activation::GeluTanh);
+        assert_close(&got.try_into_vec_as::<f32>().unwrap(), &expected, &format!("gelu gate {rows}x{cols}"));
     }
-    for (tokens, heads, head_dim, start) in [(1, 1, 2, 0), (3, 9, 64, 5), (7, 3, 18, 40)] {
-        let context = 64;
-        let angles: Vec<f32> = random(context * head_dim / 2);
-        let (cos, sin): (Vec<f32>, Vec<f32>) = angles.iter().map(|a| (a.cos(), a.sin())).unzip();
-        let x = random(tokens * heads * head_dim);
-        let mut expected = x.clone();
-        for (p, pair) in expected.chunks_mut(2).enumerate() {
-            let (i, token) = (p % (head_dim / 2), p / (heads * head_dim / 2));
-            let a = (start + token) * head_dim / 2 + i;
-            let (x0, x1) = (pair[0], pair[1]);
-            pair[0] = x0 * cos[a] - x1 * sin[a];
-            pair[1] = x0 * sin[a] + x1 * cos[a];
+    for layout in [RopeLayout::Adjacent, RopeLayout::Halves] {
+        for (tokens, heads, head_dim, start) in [(1, 1, 2, 0), (3, 9, 64, 5), (7, 3, 18, 40)] {
+            let context = 64;
+            let half = head_dim / 2;
+            let angles: Vec<f32> = random(context * half);
+            let (cos, sin): (Vec<f32>, Vec<f32>) = angles.iter().map(|a| (a.cos(), a.sin())).unzip();
+            let x = random(tokens * heads * head_dim);
+            let mut expected = x.clone();
+            for (h, head) in expected.chunks_mut(head_dim).enumerate() {
+                let token = h / heads;
+                for i in 0..half {
+                    let (a, b) = if layout == RopeLayout::Halves { (i, i + half) } else { (2 * i, 2 * i + 1) };
+                    let angle = (start + token) * half + i;
+                    let (x0, x1) = (head[a], head[b]);
+                    head[a] = x0 * cos[angle] - x1 * sin[angle];
+                    head[b] = x0 * sin[angle] + x1 * cos[angle];
+                }
+            }
+            let input = Tensor::<3>::from_data(TensorData::new(x, [tokens, heads, head_dim]), &device);
+            let (cos, sin) = (tensor(cos, [context, half]), tensor(sin, [context, half]));
+            let positions: Vec<u32> = (start as u32..).take(tokens).collect();
+            let batch = crate::paged::BatchBuffer::positions(&device, &positions);
+            let got = rope(input, &cos, &sin, layout, &batch).try_into_vec_as::<f32>().unwrap();
+            assert_close(&got, &expected, &format!("{layout:?} rope {tokens}x{heads}x{head_dim} from {start}"));
         }
-        let input = Tensor::<3>::from_data(TensorData::new(x, [tokens, heads, head_dim]), &device);
-        let (cos, sin) = (tensor(cos, [context, head_dim / 2]), tensor(sin, [context, head_dim / 2]));
-        let positions: Vec<u32> = (start as u32..).take(tokens).collect();
-        let batch = crate::paged::BatchBuffer::positions(&device, &positions);
-        let got = rope(input, &cos, &sin, &batch).try_into_vec_as::<f32>().unwrap();
-        assert_close(&got, &expected, &format!("rope {tokens}x{heads}x{head_dim} from {start}"));
     }
 }

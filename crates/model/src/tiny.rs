@@ -1,35 +1,65 @@
 //! Tiny random-weight models written as real GGUF files, for fast tests of everything that
-//! loads a model: the same metadata keys, tokenizer and tensor layout as the default model,
-//! with a few layers and a byte-level vocabulary.
+//! loads a model: any supported architecture, its metadata keys and its tensors as the
+//! architecture's description lists them ([`ModelConfig::expected_tensors`]), with a few
+//! layers and a byte-level vocabulary.
 
-use cinder_gguf::{GgmlType, GgufWriter, MetadataValue, quantize};
+use cinder_gguf::{GgmlType, GgufWriter, Metadata, MetadataValue, quantize};
+
+use crate::ModelConfig;
+use crate::arch::{Architecture, LLAMA, LayerWeight};
+
+/// RoPE scaling of a tiny model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TinyRopeScaling {
+    None,
+    Linear(f32),
+    Yarn { factor: f32, original_context: usize },
+    /// Llama 3.1-style frequency divisors in `rope_freqs.weight`.
+    FreqFactors,
+}
 
 /// Shape and encoding of a tiny model.
 #[derive(Debug, Clone)]
 pub struct TinyModel {
+    pub arch: &'static Architecture,
     pub n_layers: usize,
     pub hidden: usize,
     pub ffn_hidden: usize,
     pub n_heads: usize,
     pub n_kv_heads: usize,
+    /// Written as `attention.key_length` when set (a head size other than hidden / heads).
+    pub head_dim: Option<usize>,
     pub context_length: usize,
     /// Encoding of the linear weights (the embedding is Q8_0, norms F32, like the default model).
     pub weight_type: GgmlType,
     pub tied_embeddings: bool,
+    /// Query, key and value rows in one `attn_qkv` matrix.
+    pub fused_qkv: bool,
+    /// Every bias the architecture reads.
+    pub biases: bool,
+    /// `attention.sliding_window`, when set.
+    pub sliding_window: Option<usize>,
+    pub rope_scaling: TinyRopeScaling,
     pub seed: u64,
 }
 
 impl Default for TinyModel {
     fn default() -> Self {
         Self {
+            arch: &LLAMA,
             n_layers: 2,
             hidden: 64,
             ffn_hidden: 96,
             n_heads: 4,
             n_kv_heads: 2,
+            head_dim: None,
             context_length: 512,
             weight_type: GgmlType::Q4_1,
             tied_embeddings: true,
+            fused_qkv: false,
+            biases: false,
+            sliding_window: None,
+            rope_scaling: TinyRopeScaling::None,
             seed: 1,
         }
     }
@@ -69,60 +99,103 @@ impl TinyModel {
         (tokens, types, merges)
     }
 
+    /// The architecture's metadata for this shape.
+    fn model_metadata(&self) -> Vec<(String, MetadataValue)> {
+        let arch = self.arch.name;
+        let key = |k: &str| format!("{arch}.{k}");
+        let u32v = |v: usize| MetadataValue::U32(v as u32);
+        let mut out = vec![
+            ("general.architecture".to_owned(), MetadataValue::String(arch.into())),
+            ("general.name".to_owned(), MetadataValue::String(format!("tiny random {arch}"))),
+            (key("block_count"), u32v(self.n_layers)),
+            (key("context_length"), u32v(self.context_length)),
+            (key("embedding_length"), u32v(self.hidden)),
+            (key("feed_forward_length"), u32v(self.ffn_hidden)),
+            (key("attention.head_count"), u32v(self.n_heads)),
+            (key("attention.head_count_kv"), u32v(self.n_kv_heads)),
+            (key("rope.freq_base"), MetadataValue::F32(10_000.0)),
+            (key("attention.layer_norm_rms_epsilon"), MetadataValue::F32(1e-5)),
+        ];
+        if let Some(d) = self.head_dim {
+            out.extend([(key("attention.key_length"), u32v(d)), (key("attention.value_length"), u32v(d))]);
+        }
+        if let Some(w) = self.sliding_window {
+            out.push((key("attention.sliding_window"), u32v(w)));
+        }
+        match self.rope_scaling {
+            TinyRopeScaling::None | TinyRopeScaling::FreqFactors => {}
+            TinyRopeScaling::Linear(factor) => out.extend([
+                (key("rope.scaling.type"), MetadataValue::String("linear".into())),
+                (key("rope.scaling.factor"), MetadataValue::F32(factor)),
+            ]),
+            TinyRopeScaling::Yarn { factor, original_context } => out.extend([
+                (key("rope.scaling.type"), MetadataValue::String("yarn".into())),
+                (key("rope.scaling.factor"), MetadataValue::F32(factor)),
+                (key("rope.scaling.original_context_length"), u32v(original_context)),
+            ]),
+        }
+        out
+    }
+
+    /// Whether the model has the optional tensor `name`.
+    fn has_optional(&self, name: &str) -> bool {
+        let in_layer0 = |w: LayerWeight| name == w.name(0);
+        if in_layer0(LayerWeight::Qkv) {
+            return self.fused_qkv;
+        }
+        if self.arch.optional_biases.iter().any(|&b| in_layer0(b)) {
+            return self.biases;
+        }
+        match name {
+            "output.weight" => !self.tied_embeddings,
+            "rope_freqs.weight" => self.rope_scaling == TinyRopeScaling::FreqFactors,
+            _ => false,
+        }
+    }
+
+    /// The model's description, as the loader will read it.
+    pub fn config(&self) -> ModelConfig {
+        let mut metadata = Metadata::default();
+        for (k, v) in self.model_metadata() {
+            metadata.insert(k, v).expect("distinct keys");
+        }
+        ModelConfig::from_metadata(&metadata, Self::vocabulary().0.len(), |name| self.has_optional(name))
+            .expect("a valid tiny model")
+    }
+
     /// The model as GGUF bytes.
     pub fn to_gguf(&self) -> Vec<u8> {
         let (tokens, types, merges) = Self::vocabulary();
-        let vocab = tokens.len();
-        let (h, f) = (self.hidden, self.ffn_hidden);
-        let kv = self.n_kv_heads * (h / self.n_heads);
         let mut rng = Rng(self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut norm_rng = Rng(self.seed.wrapping_add(17));
         let mut w = GgufWriter::new();
-        let u32v = |v: usize| MetadataValue::U32(v as u32);
-        w.metadata("general.architecture", MetadataValue::String("llama".into()))
-            .metadata("general.name", MetadataValue::String("tiny random llama".into()))
-            .metadata("llama.block_count", u32v(self.n_layers))
-            .metadata("llama.context_length", u32v(self.context_length))
-            .metadata("llama.embedding_length", u32v(h))
-            .metadata("llama.feed_forward_length", u32v(f))
-            .metadata("llama.attention.head_count", u32v(self.n_heads))
-            .metadata("llama.attention.head_count_kv", u32v(self.n_kv_heads))
-            .metadata("llama.rope.freq_base", MetadataValue::F32(10_000.0))
-            .metadata("llama.attention.layer_norm_rms_epsilon", MetadataValue::F32(1e-5))
-            .metadata("tokenizer.ggml.model", MetadataValue::String("gpt2".into()))
+        for (k, v) in self.model_metadata() {
+            w.metadata(k, v);
+        }
+        w.metadata("tokenizer.ggml.model", MetadataValue::String("gpt2".into()))
             .metadata("tokenizer.ggml.pre", MetadataValue::String("smollm".into()))
             .metadata("tokenizer.ggml.tokens", MetadataValue::strings(tokens))
             .metadata("tokenizer.ggml.token_type", MetadataValue::i32s(types))
             .metadata("tokenizer.ggml.merges", MetadataValue::strings(merges))
-            .metadata("tokenizer.ggml.bos_token_id", u32v(1))
-            .metadata("tokenizer.ggml.eos_token_id", u32v(2))
+            .metadata("tokenizer.ggml.bos_token_id", MetadataValue::U32(1))
+            .metadata("tokenizer.ggml.eos_token_id", MetadataValue::U32(2))
             .metadata("tokenizer.ggml.add_bos_token", MetadataValue::Bool(false))
             .metadata("tokenizer.chat_template", MetadataValue::String(CHATML_TEMPLATE.into()));
 
-        let mut matrix = |w: &mut GgufWriter, name: &str, inputs: usize, outputs: usize, ty: GgmlType| {
-            let values = rng.values(inputs * outputs, 1.5 / (inputs as f32).sqrt());
-            w.tensor(name, &[inputs as u64, outputs as u64], ty, quantize(ty, &values).expect("whole blocks"));
-        };
-        matrix(&mut w, "token_embd.weight", h, vocab, GgmlType::Q8_0);
-        let norm = |w: &mut GgufWriter, name: &str, rng: &mut Rng| {
-            let values: Vec<f32> = rng.values(h, 0.2).into_iter().map(|v| 1.0 + v).collect();
-            w.tensor(name, &[h as u64], GgmlType::F32, quantize(GgmlType::F32, &values).expect("f32"));
-        };
-        let mut norm_rng = Rng(self.seed.wrapping_add(17));
-        norm(&mut w, "output_norm.weight", &mut norm_rng);
-        if !self.tied_embeddings {
-            matrix(&mut w, "output.weight", h, vocab, self.weight_type);
-        }
-        for l in 0..self.n_layers {
-            let name = |t: &str| format!("blk.{l}.{t}.weight");
-            norm(&mut w, &name("attn_norm"), &mut norm_rng);
-            matrix(&mut w, &name("attn_q"), h, h, self.weight_type);
-            matrix(&mut w, &name("attn_k"), h, kv, self.weight_type);
-            matrix(&mut w, &name("attn_v"), h, kv, self.weight_type);
-            matrix(&mut w, &name("attn_output"), h, h, self.weight_type);
-            norm(&mut w, &name("ffn_norm"), &mut norm_rng);
-            matrix(&mut w, &name("ffn_gate"), h, f, self.weight_type);
-            matrix(&mut w, &name("ffn_up"), h, f, self.weight_type);
-            matrix(&mut w, &name("ffn_down"), f, h, self.weight_type);
+        for (name, shape) in self.config().expected_tensors() {
+            let n: usize = shape.iter().product::<u64>() as usize;
+            let (values, ty) = if shape.len() == 2 {
+                let ty = if name == "token_embd.weight" { GgmlType::Q8_0 } else { self.weight_type };
+                (rng.values(n, 1.5 / (shape[0] as f32).sqrt()), ty)
+            } else if name.ends_with(".bias") {
+                (rng.values(n, 0.5), GgmlType::F32)
+            } else if name == "rope_freqs.weight" {
+                // Divisors between 1 and 8, as Llama 3.1's are.
+                (norm_rng.values(n, 1.0).into_iter().map(|v| 4.5 + 3.5 * v).collect(), GgmlType::F32)
+            } else {
+                (norm_rng.values(n, 0.2).into_iter().map(|v| 1.0 + v).collect(), GgmlType::F32)
+            };
+            w.tensor(&name, &shape, ty, quantize(ty, &values).expect("whole blocks"));
         }
         w.to_bytes()
     }
