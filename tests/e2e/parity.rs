@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use cinder_gguf::GgufFile;
-use cinder_model::{Llama, log_softmax, wgpu_device};
+use cinder_model::{Model, log_softmax, wgpu_device};
 
 struct Bounds {
     /// A divergence is accepted where llama.cpp's top-2 gap is below this.
@@ -21,13 +21,13 @@ struct Bounds {
     logprob: f32,
 }
 
-fn model() -> &'static Llama {
-    static MODEL: OnceLock<Llama> = OnceLock::new();
+fn model() -> &'static Model {
+    static MODEL: OnceLock<Model> = OnceLock::new();
     MODEL.get_or_init(|| {
         let file = GgufFile::open(crate::real_model_path()).unwrap();
         let device = wgpu_device().unwrap();
         let start = Instant::now();
-        let model = Llama::load(&file, &device).unwrap();
+        let model = Model::load(&file, &device).unwrap();
         eprintln!("adapter {}; loaded in {:.1} s", cinder_model::adapter_name(&device), start.elapsed().as_secs_f64());
         model
     })

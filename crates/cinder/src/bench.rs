@@ -6,7 +6,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use cinder_model::{KvCache, Llama, Sampler, SamplingParams};
+use cinder_engine::{Engine, Generation, GenerationRequest};
+use cinder_model::Model;
+use cinder_scheduler::Time;
 use serde::Serialize;
 
 use crate::model_path::ModelArg;
@@ -85,25 +87,29 @@ fn prompt(len: usize, vocab: usize) -> Vec<u32> {
     (0..len).map(|i| (100 + (i * 7919) % (vocab - 100)) as u32).collect()
 }
 
-/// Seconds to run `tokens` as one prompt.
-fn time_prefill(model: &Llama, tokens: &[u32]) -> anyhow::Result<f64> {
-    let mut cache: KvCache = model.new_cache(tokens.len())?;
-    let start = Instant::now();
-    model.forward(tokens, &mut cache)?;
-    Ok(start.elapsed().as_secs_f64())
+/// Runs one request of `prompt` for `max_tokens` greedy tokens (end-of-generation
+/// ignored) alone through the engine.
+fn run_alone(engine: &mut Engine, prompt: Vec<u32>, max_tokens: usize) -> anyhow::Result<Generation> {
+    let request = GenerationRequest { ignore_eos: true, use_prefix_cache: false, ..GenerationRequest::new(prompt, max_tokens) };
+    let origin = Instant::now();
+    let clock = move || Time(origin.elapsed().as_micros() as u64);
+    let generation = engine.generate(request, &clock, |_| {})?;
+    if let Some(error) = &generation.finished.error {
+        bail!("the benchmark request failed: {error}");
+    }
+    Ok(generation)
 }
 
-/// Seconds to generate `n` tokens greedily, one forward pass each, after a short prompt.
-fn time_decode(model: &Llama, n: usize) -> anyhow::Result<f64> {
-    let prompt = prompt(16, model.config().vocab_size);
-    let mut cache = model.new_cache(prompt.len() + n)?;
-    let mut greedy = Sampler::new(SamplingParams::default())?;
-    let mut token = greedy.sample(&model.forward(&prompt, &mut cache)?, &[]);
-    let start = Instant::now();
-    for _ in 0..n {
-        token = greedy.sample(&model.forward(&[token], &mut cache)?, &[]);
-    }
-    Ok(start.elapsed().as_secs_f64())
+/// Seconds to run `tokens` as one prompt (to its first token).
+fn time_prefill(engine: &mut Engine, tokens: &[u32]) -> anyhow::Result<f64> {
+    let f = run_alone(engine, tokens.to_vec(), 1)?.finished;
+    Ok(f.first_token.unwrap_or(f.finished).since(f.arrival).0 as f64 / 1e6)
+}
+
+/// Seconds to generate `n` tokens after the first, one step each, after a short prompt.
+fn time_decode(engine: &mut Engine, n: usize) -> anyhow::Result<f64> {
+    let f = run_alone(engine, prompt(16, engine.model().config().vocab_size), n + 1)?.finished;
+    Ok(f.finished.since(f.first_token.unwrap_or(f.arrival)).0 as f64 / 1e6)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -145,19 +151,23 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let adapter = cinder_model::adapter_info(&device).context("the adapter did not describe itself")?;
     eprintln!("adapter: {}", cinder_model::adapter_name(&device));
     let load_start = Instant::now();
-    let model = Llama::load(&file, &device).with_context(|| format!("loading {}", path.display()))?;
+    let model = Model::load(&file, &device).with_context(|| format!("loading {}", path.display()))?;
     let load_s = load_start.elapsed().as_secs_f64();
     let context = model.config().context_length;
-    if args.prefill_tokens > context || 16 + args.decode_tokens > context {
+    let longest = args.prefill_tokens.max(16 + args.decode_tokens + 1);
+    if longest > context {
         bail!("the model's context is {context} tokens: lower --prefill-tokens or --decode-tokens");
     }
+    let long_prompt = prompt(args.prefill_tokens, model.config().vocab_size);
+    let device_weight_bytes = model.device_weight_bytes();
+    let tokenizer = cinder_tokenizer::Tokenizer::from_gguf(file.metadata())?;
+    let mut engine = Engine::new(model, tokenizer, Engine::single_request_config(longest))?;
 
     // Warm-up: the first launch of every kernel compiles it.
-    let long_prompt = prompt(args.prefill_tokens, model.config().vocab_size);
-    time_prefill(&model, &long_prompt)?;
-    time_decode(&model, 2)?;
-    let prefill_s = median((0..args.repeats).map(|_| time_prefill(&model, &long_prompt)).collect::<Result<_, _>>()?);
-    let decode_s = median((0..args.repeats).map(|_| time_decode(&model, args.decode_tokens)).collect::<Result<_, _>>()?);
+    time_prefill(&mut engine, &long_prompt)?;
+    time_decode(&mut engine, 2)?;
+    let prefill_s = median((0..args.repeats).map(|_| time_prefill(&mut engine, &long_prompt)).collect::<Result<_, _>>()?);
+    let decode_s = median((0..args.repeats).map(|_| time_decode(&mut engine, args.decode_tokens)).collect::<Result<_, _>>()?);
     let decode_tok_s = args.decode_tokens as f64 / decode_s;
     let prefill_tok_s = args.prefill_tokens as f64 / prefill_s;
 
@@ -180,7 +190,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         device_type: adapter.device_type,
         driver: adapter.driver,
         subgroup_max_size: adapter.subgroup_max_size,
-        device_weight_bytes: model.device_weight_bytes(),
+        device_weight_bytes,
         load_s,
         decode_tokens: args.decode_tokens,
         decode_tok_s,

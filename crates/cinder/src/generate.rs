@@ -4,7 +4,9 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::Context;
-use cinder_model::{GenerateRequest, Llama, SamplingParams, generate};
+use cinder_engine::{Engine, GenerationRequest};
+use cinder_model::{Model, SamplingParams};
+use cinder_scheduler::{FinishReason, Time};
 use cinder_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 use clap::ArgGroup;
 use serde::Serialize;
@@ -49,6 +51,9 @@ pub struct GenerateArgs {
     /// Keep generating past end-of-generation tokens.
     #[arg(long)]
     ignore_eos: bool,
+    /// End generation at this text (not part of the output); repeatable.
+    #[arg(long, allow_hyphen_values = true)]
+    stop: Vec<String>,
     /// After the text, print a JSON object with the ids and text on the last line.
     #[arg(long)]
     json: bool,
@@ -98,37 +103,48 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let device = cinder_model::wgpu_device().context("no usable GPU adapter")?;
     eprintln!("adapter: {}", cinder_model::adapter_name(&device));
     let load_start = Instant::now();
-    let model = Llama::load(&file, &device).with_context(|| format!("loading {}", path.display()))?;
+    let model = Model::load(&file, &device).with_context(|| format!("loading {}", path.display()))?;
     eprintln!("model: {} loaded in {:.2} s", path.display(), load_start.elapsed().as_secs_f64());
 
-    let request = GenerateRequest {
-        prompt_ids: &prompt_ids,
-        max_tokens: args.max_tokens,
+    let context = model.config().context_length;
+    let needed = prompt_ids.len().saturating_add(args.max_tokens);
+    if needed > context {
+        anyhow::bail!(cinder_model::ModelError::ContextOverflow { prompt: prompt_ids.len(), max_tokens: args.max_tokens, context });
+    }
+    let mut engine = Engine::new(model, tokenizer, Engine::single_request_config(needed))?;
+    let request = GenerationRequest {
         sampling,
+        stop: args.stop.clone(),
         ignore_eos: args.ignore_eos,
+        ..GenerationRequest::new(prompt_ids.clone(), args.max_tokens)
     };
+    let origin = Instant::now();
+    let clock = move || Time(origin.elapsed().as_micros() as u64);
     let mut stdout = std::io::stdout().lock();
-    let generation = generate(&model, &tokenizer, &request, |piece| {
+    let generation = engine.generate(request, &clock, |piece| {
         // A closed pipe (e.g. `| head`) is not worth failing the generation over.
         let _ = stdout.write_all(piece.as_bytes()).and_then(|()| stdout.flush());
     })?;
-    let stats = &generation.stats;
+    let finish_reason = match generation.finished.reason {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        _ => anyhow::bail!("generation failed: {}", generation.finished.error.as_deref().unwrap_or("unknown error")),
+    };
     eprintln!(
-        "\nprompt: {} tokens, {:.2} tok/s; generated: {} tokens, {:.2} tok/s; finish: {}",
+        "\nprompt: {} tokens, {:.2} tok/s; generated: {} tokens, {:.2} tok/s; finish: {finish_reason}",
         prompt_ids.len(),
-        stats.prompt_tokens_per_s(),
-        generation.ids.len(),
-        stats.decode_tokens_per_s(),
-        generation.finish_reason.as_str(),
+        generation.prompt_tokens_per_s(),
+        generation.tokens.len(),
+        generation.decode_tokens_per_s(),
     );
     if args.json {
         let json = JsonOutput {
             prompt_ids: &prompt_ids,
-            ids: &generation.ids,
+            ids: &generation.tokens,
             text: &generation.text,
-            finish_reason: generation.finish_reason.as_str(),
-            prompt_tokens_per_s: stats.prompt_tokens_per_s(),
-            decode_tokens_per_s: stats.decode_tokens_per_s(),
+            finish_reason,
+            prompt_tokens_per_s: generation.prompt_tokens_per_s(),
+            decode_tokens_per_s: generation.decode_tokens_per_s(),
         };
         writeln!(stdout)?;
         writeln!(stdout, "{}", serde_json::to_string(&json)?)?;

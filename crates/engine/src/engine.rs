@@ -3,16 +3,16 @@
 use std::collections::HashMap;
 
 use cinder_model::{
-    Llama, LlamaConfig, LogitRows, ModelError, PagedKvCache, PendingLogits, Sampler, SeqChunk, log_softmax, top_logprobs,
+    Model, ModelConfig, LogitRows, ModelError, PagedKvCache, PendingLogits, Sampler, SeqChunk, log_softmax, top_logprobs,
 };
 use cinder_scheduler::{
-    FinishReason, FinishedSequence, Metrics, Request, Scheduler, SchedulerConfig, SeqId, StepPlan, StepResult, Time,
+    BatchPolicy, FinishReason, FinishedSequence, Metrics, Request, Scheduler, SchedulerConfig, SeqId, StepPlan, StepResult, Time,
 };
 use cinder_tokenizer::{StreamDecoder, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::stop::StopMatcher;
-use crate::{Event, Finished, GenerationRequest, SubmitError, TokenLogprob};
+use crate::{Event, Finished, Generation, GenerationRequest, SubmitError, TokenLogprob};
 
 /// A request being served.
 struct Active {
@@ -55,7 +55,7 @@ pub struct Launched {
 
 /// See the crate documentation.
 pub struct Engine {
-    model: Llama,
+    model: Model,
     tokenizer: Tokenizer,
     cache: PagedKvCache,
     scheduler: Scheduler,
@@ -69,7 +69,7 @@ pub struct Engine {
 impl Engine {
     /// An engine with a KV pool of `config.num_blocks` blocks of `config.block_size` slots.
     /// Sequences are capped at the model's context length.
-    pub fn new(model: Llama, tokenizer: Tokenizer, mut config: SchedulerConfig) -> Result<Self, ModelError> {
+    pub fn new(model: Model, tokenizer: Tokenizer, mut config: SchedulerConfig) -> Result<Self, ModelError> {
         if tokenizer.vocab_size() > model.config().vocab_size {
             return Err(ModelError::InvalidConfig(format!(
                 "the tokenizer has {} tokens, the model's embedding {}",
@@ -93,7 +93,7 @@ impl Engine {
 
     /// `base` with a KV pool of as many blocks as fit in `kv_bytes` of device memory, and
     /// sequences capped at what one request can hold in that pool (at most the context).
-    pub fn sized_config(model: &LlamaConfig, kv_bytes: usize, base: SchedulerConfig) -> Result<SchedulerConfig, String> {
+    pub fn sized_config(model: &ModelConfig, kv_bytes: usize, base: SchedulerConfig) -> Result<SchedulerConfig, String> {
         let bytes_per_token = PagedKvCache::bytes_per_token(model.n_layers, model.n_kv_heads * model.head_dim);
         let block_size = base.block_size.max(1);
         let num_blocks = kv_bytes / (bytes_per_token * block_size);
@@ -104,7 +104,23 @@ impl Engine {
         Ok(SchedulerConfig { block_size, num_blocks, max_seq_len, ..base })
     }
 
-    pub fn model(&self) -> &Llama {
+    /// A configuration for one request of up to `tokens` tokens (prompt and generated): a
+    /// KV pool that holds exactly it, its whole prompt in one forward pass.
+    pub fn single_request_config(tokens: usize) -> SchedulerConfig {
+        const BLOCK: usize = 16;
+        let tokens = tokens.max(1);
+        SchedulerConfig {
+            block_size: BLOCK,
+            num_blocks: tokens.div_ceil(BLOCK),
+            max_seq_len: tokens,
+            policy: BatchPolicy::Continuous { max_batch_tokens: tokens, max_running: 1, chunk_size: tokens },
+            watermark_blocks: 0,
+            prefix_caching: false,
+            ..SchedulerConfig::default()
+        }
+    }
+
+    pub fn model(&self) -> &Model {
         &self.model
     }
 
@@ -328,6 +344,39 @@ impl Engine {
                 format!("the step running this request failed {attempts} times in a row: {}", self.last_step_error)
             });
             let _ = active.events.send(Event::Finished(finished(done, reason, text, error)));
+        }
+    }
+
+    /// Runs `request` alone to its end, stepping the engine; `on_text` gets the text as it
+    /// is released. The one-request path of `cinder generate` and
+    /// `cinder bench`, through the same steps as a server's requests.
+    pub fn generate(
+        &mut self,
+        request: GenerationRequest,
+        clock: &dyn Fn() -> Time,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<Generation, SubmitError> {
+        let (events, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+        self.submit(request, events, clock())?;
+        let mut tokens = Vec::new();
+        let mut text = String::new();
+        loop {
+            while let Ok(event) = receiver.try_recv() {
+                match event {
+                    Event::Token { token, text: piece, .. } => {
+                        tokens.push(token);
+                        text.push_str(&piece);
+                        on_text(&piece);
+                    }
+                    Event::Finished(finished) => {
+                        text.push_str(&finished.text);
+                        on_text(&finished.text);
+                        return Ok(Generation { tokens, text, finished });
+                    }
+                }
+            }
+            // A failed step is retried; the scheduler ends the request once it keeps failing.
+            let _ = self.step(clock);
         }
     }
 

@@ -8,7 +8,7 @@
 //! 2. asks the scheduler for a plan: prompt chunks of new or resumed sequences and one token
 //!    of every decoding sequence, under a token budget, with KV blocks assigned;
 //! 3. copies shared blocks that are about to be written (copy-on-write), then runs every
-//!    chunk and decode as one batch ([`Llama::forward_batch`](cinder_model::Llama::forward_batch));
+//!    chunk and decode as one batch ([`Model::forward_batch`](cinder_model::Model::forward_batch));
 //! 4. samples one token for each sequence that finished its prompt or decoded, with that
 //!    request's own sampler (so a seed gives the same text alone or batched), and streams
 //!    the text it completes, holding back incomplete UTF-8 and possible stop strings;
@@ -28,4 +28,4 @@ mod request;
 pub mod stop;
 
 pub use engine::{Engine, EngineMetrics, Launched, StepOutcome};
-pub use request::{Event, Finished, GenerationRequest, SubmitError, TokenLogprob};
+pub use request::{Event, Finished, Generation, GenerationRequest, SubmitError, TokenLogprob};

@@ -75,6 +75,36 @@ pub struct Finished {
     pub preemptions: u32,
 }
 
+/// A request run alone to its end ([`Engine::generate`](crate::Engine::generate)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// Every sampled token, including one that ended generation.
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub finished: Finished,
+}
+
+impl Generation {
+    /// Prompt tokens per second: the prompt's tokens over the time to the first token.
+    pub fn prompt_tokens_per_s(&self) -> f64 {
+        let f = &self.finished;
+        rate(f.prompt_tokens, f.first_token.map(|t| t.since(f.arrival)))
+    }
+
+    /// Tokens per second after the first (which the prompt's pass produces).
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        let f = &self.finished;
+        rate(self.tokens.len().saturating_sub(1), f.first_token.map(|t| f.finished.since(t)))
+    }
+}
+
+fn rate(count: usize, time: Option<cinder_scheduler::Duration>) -> f64 {
+    match time {
+        Some(t) if t.0 > 0 && count > 0 => count as f64 / (t.0 as f64 / 1e6),
+        _ => 0.0,
+    }
+}
+
 /// Why a request was not accepted.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SubmitError {

@@ -6,14 +6,14 @@ use std::cell::Cell;
 use cinder_engine::{Engine, Event, Finished, GenerationRequest, StepOutcome, SubmitError};
 use cinder_gguf::GgufFile;
 use cinder_model::tiny::TinyModel;
-use cinder_model::{Llama, SamplingParams, wgpu_device};
+use cinder_model::{Model, SamplingParams, wgpu_device};
 use cinder_scheduler::{BatchPolicy, FinishReason, SchedulerConfig, Time};
 use cinder_tokenizer::Tokenizer;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 fn engine_with(config: SchedulerConfig) -> Engine {
     let file = GgufFile::from_bytes(TinyModel::default().to_gguf()).unwrap();
-    let model = Llama::load(&file, &wgpu_device().unwrap()).unwrap();
+    let model = Model::load(&file, &wgpu_device().unwrap()).unwrap();
     let tokenizer = Tokenizer::from_gguf(file.metadata()).unwrap();
     Engine::new(model, tokenizer, config).unwrap()
 }

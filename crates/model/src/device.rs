@@ -26,6 +26,9 @@ pub struct AdapterInfo {
     /// The largest subgroup size, when the device offers subgroup operations to the
     /// kernels (native adapters; WGSL in the browser would need `enable subgroups`).
     pub subgroup_max_size: Option<u32>,
+    /// The largest buffer a kernel may bind (the device's storage-binding and buffer-size
+    /// limits): bigger weight matrices are split into parts.
+    pub max_binding_bytes: u64,
 }
 
 static WGPU: OnceLock<Result<Opened, String>> = OnceLock::new();
@@ -51,6 +54,10 @@ fn opened(
         subgroup_max_size: (setup.device.features().contains(wgpu::Features::SUBGROUP)
             && info.backend != wgpu::Backend::BrowserWebGpu)
             .then_some(info.subgroup_max_size),
+        max_binding_bytes: {
+            let limits = setup.device.limits();
+            u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size)
+        },
     };
     Ok(Opened { device, adapter })
 }

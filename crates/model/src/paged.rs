@@ -8,7 +8,7 @@
 //! (`shaders/kv_write.wgsl`) and every query row attends through its own table
 //! (`shaders/paged_attention.wgsl`), so prompt chunks and decode tokens run in one forward
 //! pass without padding, and blocks can be shared between sequences (a cached prompt
-//! prefix) or copied on write ([`Llama::copy_blocks`](crate::Llama::copy_blocks)).
+//! prefix) or copied on write ([`Model::copy_blocks`](crate::Model::copy_blocks)).
 
 use burn::tensor::Tensor;
 use burn_cubecl::CubeDevice;

@@ -220,6 +220,7 @@ pub struct QuantMatrix {
     /// Set where the adapter has subgroups (of at most this size): the product then runs on
     /// matmul_quant_subgroup.wgsl.
     subgroup_max_size: Option<usize>,
+    max_binding: usize,
 }
 
 /// Most tokens one invocation of the quantized kernel multiplies at once.
@@ -305,14 +306,16 @@ impl QuantMatrix {
             .map(|size| size as usize)
             .filter(|size| size.is_power_of_two() && *size <= WORKGROUP);
         let (quants, scales) = (upload(&device, &quants), upload(&device, &scales));
-        Ok(Self { format, rows, cols, quants, scales, device, bytes, subgroup_max_size })
+        let max_binding = max_binding_bytes(burn_device);
+        Ok(Self { format, rows, cols, quants, scales, device, bytes, subgroup_max_size, max_binding })
     }
 
     /// `x` (`[tokens, cols]`) times the transposed matrix: `[tokens, rows]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let [tokens, cols] = x.dims();
         assert_eq!(cols, self.cols, "input width does not match the matrix");
-        if tokens > MAX_QUANTIZED_TOKENS && self.subgroup_max_size.is_none() {
+        // The expanded matrix must fit in one binding (a large LM head's does not).
+        if tokens > MAX_QUANTIZED_TOKENS && self.subgroup_max_size.is_none() && self.rows * self.cols * 4 <= self.max_binding {
             return x.matmul(self.dequantize().transpose());
         }
         let x = cube(x);
@@ -396,6 +399,15 @@ pub enum Linear {
     Quantized(QuantMatrix),
     /// `[inputs, outputs]` f32, for formats without a kernel.
     Dense(Tensor<2>),
+    /// Consecutive row ranges of a matrix too big for one buffer binding (a large
+    /// vocabulary's LM head), their outputs concatenated.
+    Parts(Vec<Linear>),
+}
+
+/// The largest buffer a kernel binds on `device`: WebGPU's default (and lavapipe's limit)
+/// where the adapter is unknown.
+pub(crate) fn max_binding_bytes(device: &Device) -> usize {
+    crate::adapter_info(device).map_or(128 << 20, |a| a.max_binding_bytes.min(usize::MAX as u64) as usize)
 }
 
 impl Linear {
@@ -403,15 +415,30 @@ impl Linear {
         Self::load_rows(file, info, 0..info.rows() as usize, device)
     }
 
-    /// The matrix of rows `rows` of `info` (one part of a fused projection).
+    /// The matrix of rows `rows` of `info` (one part of a fused projection), in parts if
+    /// it does not fit in one buffer binding.
     pub fn load_rows(file: &GgufFile, info: &TensorInfo, rows: Range<usize>, device: &Device) -> Result<Self, ModelError> {
         let inputs = info.row_len() as usize;
         let outputs = rows.len();
         if rows.end > info.rows() as usize {
             return Err(ModelError::InvalidConfig(format!("tensor {:?} has no rows {rows:?}", info.name)));
         }
-        if let Some(format) = QuantFormat::of(info.ty).filter(|f| inputs % f.block_elements() == 0) {
-            let row_bytes = info.ty.bytes_for(inputs as u64).expect("validated at parse") as usize;
+        let format = QuantFormat::of(info.ty).filter(|f| inputs % f.block_elements() == 0);
+        let row_bytes = info.ty.bytes_for(inputs as u64).expect("validated at parse") as usize;
+        // Bytes a row takes on the device: repacked blocks (a little more than the file's),
+        // or f32 values.
+        let device_row_bytes = if format.is_some() { row_bytes + row_bytes / 8 } else { inputs * 4 };
+        let limit = max_binding_bytes(device);
+        if outputs * device_row_bytes > limit && outputs > 1 {
+            let per_part = (limit / device_row_bytes).max(1);
+            let parts = rows
+                .clone()
+                .step_by(per_part)
+                .map(|start| Self::load_rows(file, info, start..(start + per_part).min(rows.end), device))
+                .collect::<Result<_, _>>()?;
+            return Ok(Self::Parts(parts));
+        }
+        if let Some(format) = format {
             let data = &file.tensor_data(info)[rows.start * row_bytes..rows.end * row_bytes];
             return Ok(Self::Quantized(QuantMatrix::upload(device, format, data, outputs, inputs)?));
         }
@@ -430,6 +457,7 @@ impl Linear {
         match self {
             Self::Quantized(m) => m.forward(x),
             Self::Dense(w) => x.matmul(w.clone()),
+            Self::Parts(parts) => Tensor::cat(parts.iter().map(|p| p.forward(x.clone())).collect(), 1),
         }
     }
 
@@ -438,6 +466,7 @@ impl Linear {
         match self {
             Self::Quantized(m) => m.device_bytes(),
             Self::Dense(w) => w.shape().num_elements() * 4,
+            Self::Parts(parts) => parts.iter().map(Linear::device_bytes).sum(),
         }
     }
 }

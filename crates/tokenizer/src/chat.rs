@@ -35,6 +35,9 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// The tokenizer adds BOS itself: a BOS the template writes first is removed from the
+    /// rendered text (as llama.cpp does), so the prompt does not start with two.
+    strip_bos: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -57,7 +60,7 @@ impl ChatTemplate {
         });
         env.add_template_owned(TEMPLATE_NAME, source.to_owned())
             .map_err(|e| TemplateError::Syntax(describe(&e)))?;
-        Ok(Self { env, bos_token: bos_token.to_owned(), eos_token: eos_token.to_owned() })
+        Ok(Self { env, bos_token: bos_token.to_owned(), eos_token: eos_token.to_owned(), strip_bos: false })
     }
 
     /// The template a model ships in its GGUF metadata, with its tokenizer's BOS and EOS texts.
@@ -65,21 +68,28 @@ impl ChatTemplate {
         let source = metadata.optional("tokenizer.chat_template", |m, k| m.get_str(k))?.ok_or(TemplateError::Missing)?;
         let text_of = |id: Option<u32>| id.and_then(|id| tokenizer.token_text(id)).unwrap_or_default().to_owned();
         let special = tokenizer.special_tokens();
-        Self::new(source, &text_of(special.bos), &text_of(special.eos))
+        let mut template = Self::new(source, &text_of(special.bos), &text_of(special.eos))?;
+        template.strip_bos = tokenizer.add_bos() && !template.bos_token.is_empty();
+        Ok(template)
     }
 
     /// Renders `messages`; with `add_generation_prompt` the text ends where the assistant's
-    /// answer begins.
+    /// answer begins. Tokenize the result with `add_special` on: a BOS the tokenizer adds is
+    /// not in the text.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, TemplateError> {
         let template = self.env.get_template(TEMPLATE_NAME).map_err(|e| TemplateError::Syntax(describe(&e)))?;
-        template
+        let text = template
             .render(context! {
                 messages => messages,
                 add_generation_prompt => add_generation_prompt,
                 bos_token => self.bos_token,
                 eos_token => self.eos_token,
             })
-            .map_err(|e| TemplateError::Render(describe(&e)))
+            .map_err(|e| TemplateError::Render(describe(&e)))?;
+        Ok(match text.strip_prefix(&self.bos_token) {
+            Some(rest) if self.strip_bos => rest.to_owned(),
+            _ => text,
+        })
     }
 }
 

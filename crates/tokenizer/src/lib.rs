@@ -1,8 +1,9 @@
 //! The tokenizer and chat template of a model, built from its GGUF metadata alone.
 //!
 //! GGUF files carry their vocabulary under `tokenizer.ggml.*`: the tokens, their types
-//! (normal, control, user-defined…), BPE merges, the special token ids, and the name of the
-//! pre-tokenizer (`tokenizer.ggml.pre`) that splits text into words before BPE runs.
+//! (normal, control, user-defined…), the special token ids, and either BPE merges and the
+//! name of the pre-tokenizer (`tokenizer.ggml.pre`) that splits text into words before BPE
+//! runs (`gpt2` vocabularies), or SentencePiece scores (`llama` vocabularies).
 //! [`Tokenizer::from_gguf`] turns these into a Hugging Face [`tokenizers::Tokenizer`] that
 //! splits and merges exactly as llama.cpp does for the same file.
 //!
@@ -19,4 +20,4 @@ mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate, TemplateError};
 pub use stream::StreamDecoder;
-pub use tokenizer::{SpecialTokens, TokenType, Tokenizer, TokenizerError, byte_level_alphabet};
+pub use tokenizer::{SpecialTokens, TokenType, Tokenizer, TokenizerError, VocabKind, byte_level_alphabet};

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use cinder_gguf::{GgufError, Metadata};
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{BPE, Vocab};
+use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::AddedToken;
 
@@ -14,7 +15,7 @@ use crate::pretokenizer;
 pub enum TokenizerError {
     #[error(transparent)]
     Metadata(#[from] GgufError),
-    #[error("tokenizer model {0:?} is not supported (supported: gpt2, byte-level BPE)")]
+    #[error("tokenizer model {0:?} is not supported (supported: gpt2 (byte-level BPE), llama (SentencePiece))")]
     UnsupportedModel(String),
     #[error("pre-tokenizer {name:?} is not supported (supported: {supported})")]
     UnsupportedPreTokenizer { name: String, supported: String },
@@ -53,6 +54,16 @@ impl TokenType {
     }
 }
 
+/// The two vocabulary families of GGUF files (`tokenizer.ggml.model`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VocabKind {
+    /// `gpt2`: byte-level BPE with merges and a pre-tokenizer (Llama 3, Qwen, SmolLM).
+    BytePairs,
+    /// `llama`: SentencePiece pieces with scores, `▁` for spaces and `<0xNN>` byte
+    /// fallback (Llama 2, Mistral, Gemma, Phi-3).
+    SentencePiece,
+}
+
 /// Ids of the special tokens the metadata names, and the set that ends generation.
 #[derive(Debug, Clone, Default)]
 pub struct SpecialTokens {
@@ -87,6 +98,7 @@ pub struct Tokenizer {
     plain: tokenizers::Tokenizer,
     tokens: Vec<String>,
     types: Vec<TokenType>,
+    kind: VocabKind,
     token_bytes: Vec<Vec<u8>>,
     special: SpecialTokens,
     add_bos: bool,
@@ -105,13 +117,11 @@ impl std::fmt::Debug for Tokenizer {
 impl Tokenizer {
     /// Builds the tokenizer described by a GGUF file's metadata.
     pub fn from_gguf(metadata: &Metadata) -> Result<Self, TokenizerError> {
-        let model = metadata.get_str("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(TokenizerError::UnsupportedModel(model.to_owned()));
-        }
-        let pre_name = metadata.optional("tokenizer.ggml.pre", |m, k| m.get_str(k))?.unwrap_or("default");
-        let pre = pretokenizer::spec(pre_name)?;
-
+        let kind = match metadata.get_str("tokenizer.ggml.model")? {
+            "gpt2" => VocabKind::BytePairs,
+            "llama" => VocabKind::SentencePiece,
+            other => return Err(TokenizerError::UnsupportedModel(other.to_owned())),
+        };
         let tokens: Vec<String> =
             metadata.get_str_array("tokenizer.ggml.tokens")?.into_iter().map(str::to_owned).collect();
         if tokens.is_empty() || tokens.len() > u32::MAX as usize {
@@ -135,21 +145,17 @@ impl Tokenizer {
                     .collect::<Result<_, _>>()?
             }
         };
-        let merges = metadata
-            .get_str_array("tokenizer.ggml.merges")?
-            .into_iter()
-            .map(|m| {
-                // Byte-level tokens never contain a space, so the space separates the pair.
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_owned(), b.to_owned()))
-                    .ok_or_else(|| TokenizerError::Malformed(format!("merge {m:?} has no space")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-
+        let mut vocab = Vocab::default();
+        for (id, token) in tokens.iter().enumerate() {
+            // On duplicates the first id wins, as in llama.cpp's text-to-token map.
+            vocab.entry(token.clone()).or_insert(id as u32);
+        }
         let special = special_tokens(metadata, &tokens)?;
-        let add_bos = metadata
-            .optional("tokenizer.ggml.add_bos_token", |m, k| m.get_bool(k))?
-            .unwrap_or(pre.default_add_bos);
+        let (mut tokenizer, default_add_bos) = match kind {
+            VocabKind::BytePairs => byte_pair_tokenizer(metadata, vocab)?,
+            VocabKind::SentencePiece => (sentence_piece_tokenizer(metadata, &tokens, &types, vocab, &special)?, true),
+        };
+        let add_bos = metadata.optional("tokenizer.ggml.add_bos_token", |m, k| m.get_bool(k))?.unwrap_or(default_add_bos);
         let add_eos = metadata.optional("tokenizer.ggml.add_eos_token", |m, k| m.get_bool(k))?.unwrap_or(false);
         if add_bos && special.bos.is_none() {
             return Err(TokenizerError::Malformed("add_bos_token is set but there is no bos_token_id".into()));
@@ -157,24 +163,11 @@ impl Tokenizer {
         if add_eos && special.eos.is_none() {
             return Err(TokenizerError::Malformed("add_eos_token is set but there is no eos_token_id".into()));
         }
-
-        let mut vocab = Vocab::default();
-        for (id, token) in tokens.iter().enumerate() {
-            // On duplicates the first id wins, as in llama.cpp's text-to-token map.
-            vocab.entry(token.clone()).or_insert(id as u32);
-        }
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .ignore_merges(pre.ignore_merges)
-            .build()
-            .map_err(|e| TokenizerError::Build(e.to_string()))?;
-
-        let mut tokenizer = tokenizers::Tokenizer::new(bpe);
-        tokenizer.with_pre_tokenizer(Some(pretokenizer::build(&pre)?));
-        tokenizer.with_decoder(Some(ByteLevelDecoder::new(false, false, false)));
         if let Some(processor) = post_processor(&tokens, &special, add_bos, add_eos)? {
             tokenizer.with_post_processor(Some(processor));
         }
+        // Control and user-defined tokens are matched in the text before the model runs;
+        // user-defined ones always, control ones only when special tokens are parsed.
         let added: Vec<AddedToken> = tokens
             .iter()
             .zip(&types)
@@ -185,8 +178,8 @@ impl Tokenizer {
         let mut plain = tokenizer.clone();
         plain.set_encode_special_tokens(true);
 
-        let token_bytes = tokens.iter().zip(&types).map(|(t, ty)| token_to_bytes(t, *ty)).collect();
-        Ok(Self { parsing_special: tokenizer, plain, tokens, types, token_bytes, special, add_bos, add_eos })
+        let token_bytes = tokens.iter().zip(&types).map(|(t, ty)| token_to_bytes(t, *ty, kind)).collect();
+        Ok(Self { parsing_special: tokenizer, plain, tokens, types, kind, token_bytes, special, add_bos, add_eos })
     }
 
     /// Token ids for `text`. `add_special` adds BOS/EOS as the model's metadata asks;
@@ -242,6 +235,10 @@ impl Tokenizer {
         self.tokens.len()
     }
 
+    pub fn kind(&self) -> VocabKind {
+        self.kind
+    }
+
     pub fn special_tokens(&self) -> &SpecialTokens {
         &self.special
     }
@@ -259,6 +256,85 @@ impl Tokenizer {
         &self.parsing_special
     }
 }
+
+/// A byte-level BPE tokenizer: the merges, and the pre-tokenizer `tokenizer.ggml.pre`
+/// names. Also returns whether BOS is added when the file does not say.
+fn byte_pair_tokenizer(metadata: &Metadata, vocab: Vocab) -> Result<(tokenizers::Tokenizer, bool), TokenizerError> {
+    let pre_name = metadata.optional("tokenizer.ggml.pre", |m, k| m.get_str(k))?.unwrap_or("default");
+    let pre = pretokenizer::spec(pre_name)?;
+    let merges = metadata
+        .get_str_array("tokenizer.ggml.merges")?
+        .into_iter()
+        .map(|m| {
+            // Byte-level tokens never contain a space, so the space separates the pair.
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                .ok_or_else(|| TokenizerError::Malformed(format!("merge {m:?} has no space")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .ignore_merges(pre.ignore_merges)
+        .build()
+        .map_err(|e| TokenizerError::Build(e.to_string()))?;
+    let mut tokenizer = tokenizers::Tokenizer::new(bpe);
+    tokenizer.with_pre_tokenizer(Some(pretokenizer::build(&pre)?));
+    tokenizer.with_decoder(Some(ByteLevelDecoder::new(false, false, false)));
+    Ok((tokenizer, pre.default_add_bos))
+}
+
+/// llama.cpp's SentencePiece tokenizer as a BPE model: spaces become `▁` (and one is
+/// prepended to every text between special tokens when `add_space_prefix` is set, its
+/// default), then adjacent pieces merge while their concatenation is a token, the
+/// highest-scoring first, and characters that form no token fall back to their `<0xNN>`
+/// byte tokens. The merges are every split of every token into two tokens, ranked by the
+/// token's score, which is what SentencePiece's BPE does with the scores.
+fn sentence_piece_tokenizer(
+    metadata: &Metadata,
+    tokens: &[String],
+    types: &[TokenType],
+    vocab: Vocab,
+    special: &SpecialTokens,
+) -> Result<tokenizers::Tokenizer, TokenizerError> {
+    let scores = metadata.get_array("tokenizer.ggml.scores")?;
+    if scores.len() != tokens.len() {
+        return Err(TokenizerError::Malformed(format!("{} scores for {} tokens", scores.len(), tokens.len())));
+    }
+    let scores: Vec<f32> = scores
+        .iter()
+        .map(|v| v.as_f64().map(|f| f as f32).ok_or_else(|| TokenizerError::Malformed("a score is not a number".into())))
+        .collect::<Result<_, _>>()?;
+    let mut ranked: Vec<(f32, u32, u32, u32)> = Vec::new();
+    for (text, &id) in &vocab {
+        if types[id as usize] == TokenType::Byte {
+            continue;
+        }
+        for (split, _) in text.char_indices().skip(1) {
+            if let (Some(&left), Some(&right)) = (vocab.get(&text[..split]), vocab.get(&text[split..])) {
+                ranked.push((scores[id as usize], id, left, right));
+            }
+        }
+    }
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2, a.3).cmp(&(b.1, b.2, b.3))));
+    let merges = ranked.into_iter().map(|(_, _, l, r)| (tokens[l as usize].clone(), tokens[r as usize].clone())).collect();
+    let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true);
+    if let Some(unk) = special.unk {
+        builder = builder.unk_token(tokens[unk as usize].clone());
+    }
+    let bpe = builder.build().map_err(|e| TokenizerError::Build(e.to_string()))?;
+    let add_space_prefix = metadata.optional("tokenizer.ggml.add_space_prefix", |m, k| m.get_bool(k))?.unwrap_or(true);
+    let mut steps = Vec::new();
+    if add_space_prefix {
+        steps.push(Prepend::new(SPACE_MARK.into()).into());
+    }
+    steps.push(Replace::new(" ", SPACE_MARK).map_err(|e| TokenizerError::Build(e.to_string()))?.into());
+    let mut tokenizer = tokenizers::Tokenizer::new(bpe);
+    tokenizer.with_normalizer(Some(NormalizerSequence::new(steps)));
+    Ok(tokenizer)
+}
+
+/// SentencePiece's stand-in for a space.
+const SPACE_MARK: &str = "\u{2581}";
 
 fn special_tokens(metadata: &Metadata, tokens: &[String]) -> Result<SpecialTokens, TokenizerError> {
     let id = |key: &str| -> Result<Option<u32>, TokenizerError> {
@@ -338,22 +414,34 @@ fn byte_decoder() -> HashMap<char, u8> {
     byte_level_alphabet().into_iter().enumerate().map(|(b, c)| (c, b as u8)).collect()
 }
 
-fn token_to_bytes(token: &str, ty: TokenType) -> Vec<u8> {
+/// The bytes a token stands for, as llama.cpp's `token_to_piece` gives them: control,
+/// unknown and user-defined tokens as their text, byte tokens as their byte, unused tokens
+/// as nothing, and normal ones decoded from the vocabulary's encoding (GPT-2's byte
+/// alphabet, or `▁` for a space).
+fn token_to_bytes(token: &str, ty: TokenType, kind: VocabKind) -> Vec<u8> {
     thread_local! {
         static DECODER: HashMap<char, u8> = byte_decoder();
     }
     match ty {
         TokenType::Control | TokenType::UserDefined | TokenType::Unknown => token.as_bytes().to_vec(),
-        _ => DECODER.with(|decoder| {
-            let mut out = Vec::with_capacity(token.len());
-            for c in token.chars() {
-                match decoder.get(&c) {
-                    Some(&b) => out.push(b),
-                    None => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+        TokenType::Unused => Vec::new(),
+        TokenType::Byte => match token.strip_prefix("<0x").and_then(|t| t.strip_suffix('>')).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            Some(byte) => vec![byte],
+            None => token.as_bytes().to_vec(),
+        },
+        TokenType::Normal => match kind {
+            VocabKind::SentencePiece => token.replace(SPACE_MARK, " ").into_bytes(),
+            VocabKind::BytePairs => DECODER.with(|decoder| {
+                let mut out = Vec::with_capacity(token.len());
+                for c in token.chars() {
+                    match decoder.get(&c) {
+                        Some(&b) => out.push(b),
+                        None => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+                    }
                 }
-            }
-            out
-        }),
+                out
+            }),
+        },
     }
 }
 
@@ -432,13 +520,13 @@ pub(crate) mod tests {
         let err = Tokenizer::from_gguf(&tiny_metadata("mystery", false)).unwrap_err().to_string();
         assert!(err.contains("\"mystery\"") && err.contains("smollm"), "{err}");
         let mut m = tiny_metadata("gpt-2", false);
-        let mut spm = Metadata::default();
+        let mut other = Metadata::default();
         for (k, v) in m.iter() {
-            let v = if k == "tokenizer.ggml.model" { MetadataValue::String("llama".into()) } else { v.clone() };
-            spm.insert(k.to_owned(), v).unwrap();
+            let v = if k == "tokenizer.ggml.model" { MetadataValue::String("bert".into()) } else { v.clone() };
+            other.insert(k.to_owned(), v).unwrap();
         }
-        let err = Tokenizer::from_gguf(&spm).unwrap_err().to_string();
-        assert!(err.contains("\"llama\" is not supported"), "{err}");
+        let err = Tokenizer::from_gguf(&other).unwrap_err().to_string();
+        assert!(err.contains("\"bert\" is not supported") && err.contains("llama (SentencePiece)"), "{err}");
         m = Metadata::default();
         let err = Tokenizer::from_gguf(&m).unwrap_err().to_string();
         assert!(err.contains("tokenizer.ggml.model"), "{err}");

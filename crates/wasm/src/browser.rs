@@ -12,7 +12,7 @@ use std::rc::Rc;
 use cinder_engine::openai::{GenerationBody, parse};
 use cinder_engine::{Engine, Event, Launched};
 use cinder_gguf::GgufFile;
-use cinder_model::{Llama, adapter_name, wgpu_device_async};
+use cinder_model::{Model, adapter_name, wgpu_device_async};
 use cinder_scheduler::{SeqId, Time};
 use cinder_tokenizer::{ChatTemplate, Tokenizer};
 use js_sys::Function;
@@ -85,7 +85,7 @@ impl WasmEngine {
         let tokenizer = Tokenizer::from_gguf(file.metadata()).map_err(|e| error(format!("the model's tokenizer: {e}")))?;
         let template = ChatTemplate::from_gguf(file.metadata(), &tokenizer).ok();
         let device = wgpu_device_async().await.map_err(|e| error(format!("WebGPU: {e}")))?;
-        let model = Llama::load(&file, &device).map_err(|e| error(format!("loading the model: {e}")))?;
+        let model = Model::load(&file, &device).map_err(|e| error(format!("loading the model: {e}")))?;
         drop(file);
         let config = model.config().clone();
         let scheduler = options.scheduler(&config).map_err(error)?;

@@ -1,7 +1,7 @@
 //! The options of `WasmEngine.load`: the KV pool and the batching limits.
 
 use cinder_engine::Engine;
-use cinder_model::LlamaConfig;
+use cinder_model::ModelConfig;
 use cinder_scheduler::{BatchPolicy, SchedulerConfig};
 use serde::Deserialize;
 
@@ -37,7 +37,7 @@ impl EngineOptions {
         serde_json::from_str(json).map_err(|e| format!("engine options: {e}"))
     }
 
-    pub fn scheduler(&self, model: &LlamaConfig) -> Result<SchedulerConfig, String> {
+    pub fn scheduler(&self, model: &ModelConfig) -> Result<SchedulerConfig, String> {
         if self.block_size == 0 || self.max_batch_tokens == 0 || self.max_running == 0 || self.chunk_size == 0 {
             return Err("engine options: block_size, max_batch_tokens, max_running and chunk_size must be at least 1".into());
         }
@@ -71,7 +71,7 @@ mod tests {
     #[test]
     fn the_pool_is_sized_from_the_budget_and_caps_the_context() {
         let file = cinder_gguf::GgufFile::from_bytes(cinder_model::tiny::TinyModel::default().to_gguf()).unwrap();
-        let model = LlamaConfig::from_gguf(&file).unwrap();
+        let model = ModelConfig::from_gguf(&file).unwrap();
         let options = EngineOptions { kv_cache_mb: 1, ..EngineOptions::default() };
         let config = options.scheduler(&model).unwrap();
         assert!(config.num_blocks > 0);

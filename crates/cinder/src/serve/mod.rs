@@ -24,7 +24,7 @@ use axum::handler::HandlerWithoutStateExt;
 use axum::http::HeaderValue;
 use axum::routing::{get, post};
 use cinder_engine::Engine;
-use cinder_model::Llama;
+use cinder_model::Model;
 use cinder_scheduler::{BatchPolicy, SchedulerConfig};
 use cinder_tokenizer::Tokenizer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -153,15 +153,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Loads the model, with a progress bar when standard error is a terminal.
-fn load_with_progress_bar(file: &cinder_gguf::GgufFile, device: &cinder_model::Device) -> Result<Llama, cinder_model::ModelError> {
+fn load_with_progress_bar(file: &cinder_gguf::GgufFile, device: &cinder_model::Device) -> Result<Model, cinder_model::ModelError> {
     if !std::io::stderr().is_terminal() {
-        return Llama::load(file, device);
+        return Model::load(file, device);
     }
     let bar = indicatif::ProgressBar::new(0).with_message("loading layers");
     bar.set_style(
         indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} [{elapsed}]").expect("a valid template"),
     );
-    let model = Llama::load_with_progress(file, device, &mut |done, total| {
+    let model = Model::load_with_progress(file, device, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     });
