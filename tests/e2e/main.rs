@@ -4,6 +4,7 @@
 //! Fixtures live in `tests/fixtures/` and are made by `scripts/make_reference_fixtures.py`.
 //! The real model is the one `scripts/setup.sh` installs (or `$CINDER_MODEL`).
 
+mod architectures;
 mod browser;
 mod cli;
 mod dequant;
@@ -13,22 +14,37 @@ mod tokenizer;
 
 use std::path::PathBuf;
 
-/// The default model. Tests that need it fail with instructions when it is missing.
+/// The default model (or `$CINDER_MODEL`). Tests that need it fail with instructions when
+/// it is missing.
 pub fn real_model_path() -> PathBuf {
-    let path = std::env::var_os("CINDER_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("CINDER_HOME").map(PathBuf::from).unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/cinder")
-        });
-        home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
-    assert!(path.exists(), "{} is missing: run scripts/setup.sh first", path.display());
-    path
+    match std::env::var_os("CINDER_MODEL") {
+        Some(path) => PathBuf::from(path),
+        None => installed("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    }
 }
 
 pub fn fixture(name: &str) -> serde_json::Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
+}
+
+/// The SHA-256 of `bytes`, in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A file `scripts/setup.sh` installs under `$CINDER_HOME` (`~/.cache/cinder`), e.g.
+/// `models/gemma-3-270m-q4_k_m.gguf` or `vocab/ggml-vocab-llama-spm.gguf`. Tests that need
+/// it fail with instructions when it is missing.
+pub fn installed(relative: &str) -> PathBuf {
+    let home = std::env::var_os("CINDER_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/cinder"));
+    let path = home.join(relative);
+    assert!(path.exists(), "{} is missing: run scripts/setup.sh first", path.display());
+    path
 }
 
 /// A fresh directory for one test's files.

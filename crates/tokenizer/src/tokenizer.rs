@@ -77,16 +77,73 @@ pub struct SpecialTokens {
     pub end_of_generation: Vec<u32>,
 }
 
-/// End-of-turn texts llama.cpp also treats as end of generation.
-const END_OF_TURN_TEXTS: &[&str] = &[
+/// Texts llama.cpp treats as end of generation, whatever the metadata says: end-of-turn
+/// and end-of-message markers, and the fill-in-the-middle padding, repository and file
+/// separators.
+const END_OF_GENERATION_TEXTS: &[&str] = &[
     "<|eot_id|>",
     "<|im_end|>",
     "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
     "<end_of_turn>",
     "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
     "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
     "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
     "<｜end▁of▁sentence｜>",
+    "[e~[",
+    "<|fim_pad|>",
+    "<fim-pad>",
+    "<fim_pad>",
+    "<PAD>",
+    "[PAD]",
+    "<|fim_repo|>",
+    "<|repo_name|>",
+    "<fim-repo>",
+    "<REPO>",
+    "<reponame>",
+    "<|file_sep|>",
+];
+
+/// Texts llama.cpp makes control tokens whatever their type in the file (so they are
+/// matched only when special tokens are parsed, and left out of decoded text): those that
+/// end generation and the fill-in-the-middle markers.
+const CONTROL_LOOKING_TEXTS: &[&str] = &[
+    "<|fim_prefix|>",
+    "<fim-prefix>",
+    "<fim_prefix>",
+    "<｜fim▁begin｜>",
+    "<PRE>",
+    "▁<PRE>",
+    "<|code_prefix|>",
+    "<|prefix|>",
+    "<|fim_suffix|>",
+    "<fim-suffix>",
+    "<fim_suffix>",
+    "<｜fim▁hole｜>",
+    "<SUF>",
+    "▁<SUF>",
+    "<|code_suffix|>",
+    "<|suffix|>",
+    "<|fim_middle|>",
+    "<fim-middle>",
+    "<fim_middle>",
+    "<｜fim▁end｜>",
+    "<MID>",
+    "▁<MID>",
+    "<|code_middle|>",
+    "<|middle|>",
 ];
 
 /// A model's tokenizer.
@@ -145,6 +202,14 @@ impl Tokenizer {
                     .collect::<Result<_, _>>()?
             }
         };
+        let types: Vec<TokenType> = tokens
+            .iter()
+            .zip(types)
+            .map(|(text, ty)| {
+                let looks_control = END_OF_GENERATION_TEXTS.contains(&text.as_str()) || CONTROL_LOOKING_TEXTS.contains(&text.as_str());
+                if looks_control { TokenType::Control } else { ty }
+            })
+            .collect();
         let mut vocab = Vocab::default();
         for (id, token) in tokens.iter().enumerate() {
             // On duplicates the first id wins, as in llama.cpp's text-to-token map.
@@ -166,13 +231,18 @@ impl Tokenizer {
         if let Some(processor) = post_processor(&tokens, &special, add_bos, add_eos)? {
             tokenizer.with_post_processor(Some(processor));
         }
-        // Control and user-defined tokens are matched in the text before the model runs;
-        // user-defined ones always, control ones only when special tokens are parsed.
+        // Control, unknown and user-defined tokens are matched in the text before the model
+        // runs; user-defined ones always, the others only when special tokens are parsed.
+        let rstrip = strips_after_special_tokens(metadata)?;
         let added: Vec<AddedToken> = tokens
             .iter()
             .zip(&types)
-            .filter(|(_, ty)| matches!(ty, TokenType::Control | TokenType::UserDefined))
-            .map(|(text, ty)| AddedToken::from(text.clone(), *ty == TokenType::Control).normalized(false))
+            .filter(|(_, ty)| matches!(ty, TokenType::Control | TokenType::Unknown | TokenType::UserDefined))
+            .map(|(text, ty)| {
+                AddedToken::from(text.clone(), *ty != TokenType::UserDefined)
+                    .normalized(false)
+                    .rstrip(rstrip && !["<unk>", "<s>", "<|endoftext|>"].contains(&text.as_str()))
+            })
             .collect();
         tokenizer.add_tokens(&added);
         let mut plain = tokenizer.clone();
@@ -255,6 +325,14 @@ impl Tokenizer {
     pub fn hf(&self) -> &tokenizers::Tokenizer {
         &self.parsing_special
     }
+}
+
+/// Whether special tokens swallow the whitespace after them: llama.cpp does so for models
+/// named Phi-3 (as their Hugging Face tokenizers do), but for `<unk>`, `<s>` and
+/// `<|endoftext|>`.
+fn strips_after_special_tokens(metadata: &Metadata) -> Result<bool, TokenizerError> {
+    let name = metadata.optional("general.name", |m, k| m.get_str(k))?.unwrap_or_default().to_lowercase();
+    Ok(name.contains("phi-3") || name.contains("phi3"))
 }
 
 /// A byte-level BPE tokenizer: the merges, and the pre-tokenizer `tokenizer.ggml.pre`
@@ -358,7 +436,7 @@ fn special_tokens(metadata: &Metadata, tokens: &[String]) -> Result<SpecialToken
     let eom = id("tokenizer.ggml.eom_token_id")?;
     let mut eog: HashSet<u32> = [special.eos, special.eot, eom].into_iter().flatten().collect();
     eog.extend(
-        tokens.iter().enumerate().filter(|(_, t)| END_OF_TURN_TEXTS.contains(&t.as_str())).map(|(i, _)| i as u32),
+        tokens.iter().enumerate().filter(|(_, t)| END_OF_GENERATION_TEXTS.contains(&t.as_str())).map(|(i, _)| i as u32),
     );
     special.end_of_generation = eog.into_iter().collect();
     special.end_of_generation.sort_unstable();
