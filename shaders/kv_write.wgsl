@@ -1,9 +1,10 @@
 // Writes a batch's new keys and values ([rows, kv_dim] each) into their cache slots, read
-// from the batch buffer ([positions; rows][slots; rows]...).
+// from the batch buffer from word `slots` (the slots of this layer's group).
 
 struct Info {
     rows: u32,
     kv_dim: u32,
+    slots: u32,
 }
 
 @group(0) @binding(0) var<storage, read_write> k: array<f32>;
@@ -18,7 +19,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let len = info.rows * info.kv_dim;
     for (var e = gid.x; e < len; e += groups.x * 64u) {
         let row = e / info.kv_dim;
-        let dst = batch[info.rows + row] * info.kv_dim + e % info.kv_dim;
+        let dst = batch[info.slots + row] * info.kv_dim + e % info.kv_dim;
         k_cache[dst] = k[e];
         v_cache[dst] = v[e];
     }

@@ -7,12 +7,13 @@
 // of 4 (keys are read as vec4). With a `window`, a row attends to its last `window`
 // positions only; with a `softcap`, scores become softcap * tanh(score / softcap).
 //
-// The batch buffer holds [positions; total_rows][slots; total_rows][table starts;
-// total_rows][block tables]; this kernel reads the first `rows` rows.
+// The batch buffer holds each row's position in its first words and, from word
+// `table_starts`, where in the buffer the row's block table of this layer's group starts;
+// this kernel reads the first `rows` rows.
 
 struct Info {
     rows: u32,
-    total_rows: u32,
+    table_starts: u32,
     heads: u32,
     kv_heads: u32,
     head_dim: u32,
@@ -61,7 +62,7 @@ fn main(
         }
         // A uniform copy, so the tile loop's barriers are reached by every invocation.
         let context = workgroupUniformLoad(&context_len);
-        let table = batch[2u * info.total_rows + row];
+        let table = batch[info.table_starts + row];
         var first = 0u;
         if info.window > 0u && context > info.window {
             first = context - info.window;

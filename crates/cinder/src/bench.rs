@@ -161,7 +161,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let long_prompt = prompt(args.prefill_tokens, model.config().vocab_size);
     let device_weight_bytes = model.device_weight_bytes();
     let tokenizer = cinder_tokenizer::Tokenizer::from_gguf(file.metadata())?;
-    let mut engine = Engine::new(model, tokenizer, Engine::single_request_config(longest))?;
+    let config = Engine::single_request_config(model.config(), longest);
+    let mut engine = Engine::new(model, tokenizer, config)?;
 
     // Warm-up: the first launch of every kernel compiles it.
     time_prefill(&mut engine, &long_prompt)?;

@@ -111,7 +111,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     if needed > context {
         anyhow::bail!(cinder_model::ModelError::ContextOverflow { prompt: prompt_ids.len(), max_tokens: args.max_tokens, context });
     }
-    let mut engine = Engine::new(model, tokenizer, Engine::single_request_config(needed))?;
+    let config = Engine::single_request_config(model.config(), needed);
+    let mut engine = Engine::new(model, tokenizer, config)?;
     let request = GenerationRequest {
         sampling,
         stop: args.stop.clone(),

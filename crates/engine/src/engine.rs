@@ -68,7 +68,8 @@ pub struct Engine {
 
 impl Engine {
     /// An engine with a KV pool of `config.num_blocks` blocks of `config.block_size` slots.
-    /// Sequences are capped at the model's context length.
+    /// Sequences are capped at the model's context length; the scheduler tracks a block
+    /// table per group of the model's layers ([`ModelConfig::kv_layout`]).
     pub fn new(model: Model, tokenizer: Tokenizer, mut config: SchedulerConfig) -> Result<Self, ModelError> {
         if tokenizer.vocab_size() > model.config().vocab_size {
             return Err(ModelError::InvalidConfig(format!(
@@ -78,6 +79,7 @@ impl Engine {
             )));
         }
         config.max_seq_len = config.max_seq_len.min(model.config().context_length);
+        config.kv_groups = model.config().kv_layout().groups;
         let cache = model.new_paged_cache(config.num_blocks, config.block_size)?;
         Ok(Self {
             model,
@@ -92,26 +94,36 @@ impl Engine {
     }
 
     /// `base` with a KV pool of as many blocks as fit in `kv_bytes` of device memory, and
-    /// sequences capped at what one request can hold in that pool (at most the context).
+    /// sequences capped at what one request can hold in that pool (at most the context):
+    /// layers with a sliding window hold only their window, so a windowed model's requests
+    /// can be longer than the pool's blocks times their size.
     pub fn sized_config(model: &ModelConfig, kv_bytes: usize, base: SchedulerConfig) -> Result<SchedulerConfig, String> {
-        let bytes_per_token = PagedKvCache::bytes_per_token(model.n_layers, model.n_kv_heads * model.head_dim);
+        let layout = model.kv_layout();
         let block_size = base.block_size.max(1);
-        let num_blocks = kv_bytes / (bytes_per_token * block_size);
-        let max_seq_len = model.context_length.min(num_blocks.saturating_sub(base.watermark_blocks) * block_size);
-        if max_seq_len == 0 {
+        let num_blocks = kv_bytes / PagedKvCache::bytes_per_block(&layout, model.kv_dim(), block_size);
+        let config = SchedulerConfig { block_size, num_blocks, kv_groups: layout.groups, ..base };
+        let usable = num_blocks.saturating_sub(config.watermark_blocks);
+        // The longest sequence whose blocks fit: blocks_for grows with the length.
+        let (mut fits, mut too_long) = (0, model.context_length + 1);
+        while too_long - fits > 1 {
+            let mid = (fits + too_long) / 2;
+            if config.blocks_for(mid) <= usable { fits = mid } else { too_long = mid }
+        }
+        if fits == 0 {
             return Err(format!("{} MiB of KV cache holds no usable KV block for this model", kv_bytes >> 20));
         }
-        Ok(SchedulerConfig { block_size, num_blocks, max_seq_len, ..base })
+        Ok(SchedulerConfig { max_seq_len: fits, ..config })
     }
 
-    /// A configuration for one request of up to `tokens` tokens (prompt and generated): a
-    /// KV pool that holds exactly it, its whole prompt in one forward pass.
-    pub fn single_request_config(tokens: usize) -> SchedulerConfig {
+    /// A configuration for one request of up to `tokens` tokens (prompt and generated) on
+    /// `model`: a KV pool that holds it in every layer group, its whole prompt in one
+    /// forward pass.
+    pub fn single_request_config(model: &ModelConfig, tokens: usize) -> SchedulerConfig {
         const BLOCK: usize = 16;
         let tokens = tokens.max(1);
         SchedulerConfig {
             block_size: BLOCK,
-            num_blocks: tokens.div_ceil(BLOCK),
+            num_blocks: tokens.div_ceil(BLOCK) * model.kv_layout().groups.len(),
             max_seq_len: tokens,
             policy: BatchPolicy::Continuous { max_batch_tokens: tokens, max_running: 1, chunk_size: tokens },
             watermark_blocks: 0,
@@ -304,11 +316,11 @@ impl Engine {
         let chunks: Vec<SeqChunk> = plan
             .prefill
             .iter()
-            .map(|c| SeqChunk { tokens: &c.tokens, start: c.start, blocks: &c.block_table, logits: c.samples })
+            .map(|c| SeqChunk { tokens: &c.tokens, start: c.start, tables: &c.block_tables, logits: c.samples })
             .chain(plan.decode.iter().zip(&decode_tokens).map(|(d, token)| SeqChunk {
                 tokens: token,
                 start: d.position,
-                blocks: &d.block_table,
+                tables: &d.block_tables,
                 logits: true,
             }))
             .collect();

@@ -12,7 +12,11 @@ use cinder_tokenizer::Tokenizer;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 fn engine_with(config: SchedulerConfig) -> Engine {
-    let file = GgufFile::from_bytes(TinyModel::default().to_gguf()).unwrap();
+    engine_of(TinyModel::default(), config)
+}
+
+fn engine_of(spec: TinyModel, config: SchedulerConfig) -> Engine {
+    let file = GgufFile::from_bytes(spec.to_gguf()).unwrap();
     let model = Model::load(&file, &wgpu_device().unwrap()).unwrap();
     let tokenizer = Tokenizer::from_gguf(file.metadata()).unwrap();
     Engine::new(model, tokenizer, config).unwrap()
@@ -263,6 +267,71 @@ fn prefix_cache_hits_and_preemption_leave_greedy_tokens_unchanged() {
     let preempted: u32 = together.iter().map(|o| o.finished.as_ref().unwrap().preemptions).sum();
     assert!(preempted > 0, "the small pool forced no preemption");
     assert_eq!(small.metrics(Time(0)).scheduler.kv_blocks_in_use, 0);
+}
+
+/// A Gemma 3 model with a 12-position window on five layers in six: its windowed layers
+/// give back the blocks behind the window while a request runs, so a long request holds
+/// about a third of the blocks a full-attention model would; greedy tokens are those of the
+/// model run alone, batched or not, with prefix-cache hits (a prompt's windowed blocks are
+/// served from the cache where the window needs them) and with chunked prefill.
+#[test]
+fn windowed_layers_release_blocks_and_keep_tokens_unchanged() {
+    use cinder_model::arch::GEMMA3;
+
+    let spec = TinyModel { arch: &GEMMA3, n_layers: 6, head_dim: Some(32), sliding_window: Some(12), seed: 21, ..Default::default() };
+    let config = || SchedulerConfig {
+        num_blocks: 400,
+        block_size: 4,
+        policy: BatchPolicy::Continuous { max_batch_tokens: 64, max_running: 8, chunk_size: 16 },
+        ..Default::default()
+    };
+    let mut engine = engine_of(spec.clone(), config());
+    let groups = engine.model().config().kv_layout().groups;
+    assert_eq!(groups, [None, Some(12), Some(12), Some(12), Some(12), Some(12)]);
+    let request = |seed: usize, len: usize| GenerationRequest { ignore_eos: true, ..GenerationRequest::new(prompt(seed, len), 40) };
+
+    // The model alone, one position at a time, with no paging or scheduler in the way.
+    let file = GgufFile::from_bytes(spec.to_gguf()).unwrap();
+    let model = Model::load(&file, &wgpu_device().unwrap()).unwrap();
+    let greedy = |prompt: &[u32], n: usize| -> Vec<u32> {
+        let mut cache = model.new_cache(prompt.len() + n).unwrap();
+        let mut input = prompt.to_vec();
+        (0..n)
+            .map(|_| {
+                let logits = model.forward(&input, &mut cache).unwrap();
+                let best = (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a))).unwrap() as u32;
+                input = vec![best];
+                best
+            })
+            .collect()
+    };
+
+    // One long request: 60 prompt tokens and 40 generated, the peak of blocks held watched.
+    let clock = Clock(Cell::new(0));
+    let (tx, mut rx) = unbounded_channel();
+    engine.submit(request(1, 60), tx, clock.now()).unwrap();
+    let (mut out, mut peak) = (Output::default(), 0);
+    while engine.has_work() {
+        engine.step(&|| clock.now()).unwrap();
+        engine.check_invariants();
+        peak = peak.max(engine.metrics(Time(0)).scheduler.kv_blocks_in_use);
+        collect(&mut rx, &mut out);
+    }
+    assert_eq!(out.tokens, greedy(&prompt(1, 60), 40));
+    eprintln!("a 100-position request held at most {peak} blocks (full attention: {})", 6 * 25);
+    // Full attention: 6 groups x 25 blocks; here the global group's 25, and per windowed
+    // group at most the window and a prompt chunk (16 + 12 positions: 8 blocks).
+    assert!(peak <= 25 + 5 * 8, "{peak} blocks held");
+    assert!(peak * 2 < 6 * 25, "{peak} blocks held is not under half of full attention");
+
+    // The same prompt again (prefix-cache hit), and three others beside it.
+    let together = run(&mut engine, vec![request(1, 60), request(2, 33), request(3, 7), request(4, 45)]);
+    assert_eq!(together[0].tokens, out.tokens);
+    assert!(engine.metrics(Time(0)).scheduler.prefix_cache.hit_blocks > 0);
+    for (out, (seed, len)) in together.iter().zip([(1, 60), (2, 33), (3, 7), (4, 45)]).skip(1) {
+        assert_eq!(out.tokens, greedy(&prompt(seed, len), 40), "seed {seed}");
+    }
+    assert_eq!(engine.metrics(Time(0)).scheduler.kv_blocks_in_use, 0);
 }
 
 /// The browser's way of stepping: launch, await the logits, land; a request submitted while

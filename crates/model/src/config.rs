@@ -18,6 +18,21 @@ pub struct LayerAttention {
     pub rope: usize,
 }
 
+/// How the layers' keys and values share the paged KV pool: layers are split into groups of
+/// `group_size`, each group with one block table per sequence (all layers of a group share
+/// a window or the lack of one); a block of the pool holds `group_size` layers' keys and
+/// values for `block_size` positions, whichever group it serves. Windowed groups can then
+/// let go of blocks behind their window while full-attention groups keep theirs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvLayout {
+    /// Each group's sliding window (`None`: the whole sequence); full-attention groups first.
+    pub groups: Vec<Option<usize>>,
+    /// Each layer's group and its place in the group (which of the pool's `group_size`
+    /// per-layer buffers it uses).
+    pub layer_slots: Vec<(usize, usize)>,
+    pub group_size: usize,
+}
+
 /// Everything the forward pass needs to know about a model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
@@ -161,6 +176,36 @@ impl ModelConfig {
     /// Width of the K and V projections.
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
+    }
+
+    /// The layers grouped by window into groups of equal size (the greatest common divisor
+    /// of the counts of each window's layers).
+    pub fn kv_layout(&self) -> KvLayout {
+        let mut kinds: Vec<(Option<usize>, Vec<usize>)> = Vec::new();
+        for (l, layer) in self.layers.iter().enumerate() {
+            match kinds.iter_mut().find(|(w, _)| *w == layer.window) {
+                Some((_, layers)) => layers.push(l),
+                None => kinds.push((layer.window, vec![l])),
+            }
+        }
+        kinds.sort_by_key(|(w, _)| *w);
+        let gcd = |mut a: usize, mut b: usize| {
+            while b != 0 {
+                (a, b) = (b, a % b);
+            }
+            a
+        };
+        let group_size = kinds.iter().fold(0, |g, (_, layers)| gcd(g, layers.len()));
+        let mut layout = KvLayout { groups: Vec::new(), layer_slots: vec![(0, 0); self.n_layers], group_size };
+        for (window, layers) in kinds {
+            for members in layers.chunks(group_size) {
+                for (slot, &l) in members.iter().enumerate() {
+                    layout.layer_slots[l] = (layout.groups.len(), slot);
+                }
+                layout.groups.push(window);
+            }
+        }
+        layout
     }
 
     /// The tensors of one block: fused or separate query/key/value projections, the biases

@@ -29,7 +29,7 @@ pub mod tiny;
 
 pub use arch::Architecture;
 pub use burn::tensor::Device;
-pub use config::{LayerAttention, ModelConfig};
+pub use config::{KvLayout, LayerAttention, ModelConfig};
 #[cfg(not(target_family = "wasm"))]
 pub use device::wgpu_device;
 pub use device::{AdapterInfo, adapter_info, adapter_name, wgpu_device_async};

@@ -183,11 +183,11 @@ pub struct Model {
     ropes: Vec<DeviceRope>,
 }
 
-/// One sequence's cache: a [`PagedKvCache`] of its own with the identity block table, for
-/// callers that run a single sequence (benchmarks, tests).
+/// One sequence's cache: a [`PagedKvCache`] of its own, each layer group with its own
+/// consecutive blocks, for callers that run a single sequence (tests, parity checks).
 pub struct KvCache {
     paged: PagedKvCache,
-    table: Vec<u32>,
+    tables: Vec<Vec<u32>>,
     len: usize,
     capacity: usize,
 }
@@ -292,15 +292,17 @@ impl Model {
             return Err(ModelError::CacheFull { needed: capacity, capacity: self.config.context_length });
         }
         let blocks = capacity.div_ceil(SINGLE_BLOCK).max(1);
-        let paged = self.new_paged_cache(blocks, SINGLE_BLOCK)?;
-        Ok(KvCache { paged, table: (0..blocks as u32).collect(), len: 0, capacity })
+        let groups = self.config.kv_layout().groups.len();
+        let paged = self.new_paged_cache(blocks * groups, SINGLE_BLOCK)?;
+        let tables = (0..groups).map(|g| (0..blocks as u32).map(|b| (g * blocks) as u32 + b).collect()).collect();
+        Ok(KvCache { paged, tables, len: 0, capacity })
     }
 
     /// A KV pool of `num_blocks` blocks of `block_size` token slots, shared by the sequences
     /// of [`Model::forward_batch`].
     pub fn new_paged_cache(&self, num_blocks: usize, block_size: usize) -> Result<PagedKvCache, ModelError> {
         let c = &self.config;
-        guard(|| PagedKvCache::new(&self.cube_device(), c.n_layers, c.kv_dim(), num_blocks, block_size))
+        guard(|| PagedKvCache::new(&self.cube_device(), c.kv_layout(), c.kv_dim(), num_blocks, block_size))
     }
 
     /// Runs `tokens` (the positions after those already in `cache`) through the model,
@@ -310,7 +312,7 @@ impl Model {
         if needed > cache.capacity {
             return Err(ModelError::CacheFull { needed, capacity: cache.capacity });
         }
-        let chunk = SeqChunk { tokens, start: cache.len, blocks: &cache.table, logits: true };
+        let chunk = SeqChunk { tokens, start: cache.len, tables: &cache.tables, logits: true };
         let logits = self.forward_batch(&[chunk], &mut cache.paged)?.pop().expect("one chunk asks for logits");
         cache.len = needed;
         Ok(logits)
@@ -349,7 +351,7 @@ impl Model {
         let vocab = self.config.vocab_size;
         guard(|| {
             let x = Tensor::<2>::from_data(TensorData::new(embedded, [tokens.len(), self.config.hidden]), &self.device);
-            let batch = BatchBuffer::new(&self.cube_device(), &laid_out, cache.block_size());
+            let batch = BatchBuffer::new(&self.cube_device(), &laid_out, cache.block_size(), cache.layout().groups.len());
             // Without logits to read, the queued work runs ahead of the next step's.
             let logits = self.forward_rows(x, &batch, cache, &rows);
             Ok(PendingLogits { logits, vocab, top_k: None })
@@ -384,12 +386,18 @@ impl Model {
             if end > self.config.context_length {
                 return Err(ModelError::CacheFull { needed: end, capacity: self.config.context_length });
             }
-            let covered = chunk.blocks.len() * cache.block_size();
-            if end > covered {
-                return Err(ModelError::CacheFull { needed: end, capacity: covered });
+            let groups = cache.layout().groups.len();
+            if chunk.tables.len() != groups {
+                return invalid(format!("{} block tables for a cache of {groups} layer groups", chunk.tables.len()));
             }
-            if let Some(bad) = chunk.blocks.iter().find(|&&b| b as usize >= cache.num_blocks()) {
-                return invalid(format!("block {bad} is outside the pool of {} blocks", cache.num_blocks()));
+            for table in chunk.tables {
+                let covered = table.len() * cache.block_size();
+                if end > covered {
+                    return Err(ModelError::CacheFull { needed: end, capacity: covered });
+                }
+                if let Some(bad) = table.iter().find(|&&b| b as usize >= cache.num_blocks()) {
+                    return invalid(format!("block {bad} is outside the pool of {} blocks", cache.num_blocks()));
+                }
             }
         }
         Ok(())

@@ -9,19 +9,27 @@
 //! (`shaders/paged_attention.wgsl`), so prompt chunks and decode tokens run in one forward
 //! pass without padding, and blocks can be shared between sequences (a cached prompt
 //! prefix) or copied on write ([`Model::copy_blocks`](crate::Model::copy_blocks)).
+//!
+//! The layers are split into groups of equal size ([`KvLayout`]): a sequence has one block
+//! table per group, and a block of the pool holds one group's layers, so a group whose
+//! layers attend through a sliding window can give back the blocks behind it while the
+//! others keep theirs. The pool is `group_size` per-layer buffers; layer `l` uses the buffer
+//! of its place in its group and its group's block table.
 
 use burn::tensor::Tensor;
 use burn_cubecl::CubeDevice;
 use burn_cubecl::cubecl::server::Handle;
 
-use crate::ModelError;
 use crate::kernel::{Arg, MAX_WORKGROUPS, Template, cube, empty, from_cube, launch, upload};
+use crate::{KvLayout, ModelError};
 
-/// The KV pool of every layer, on the device.
+/// The KV pool, on the device.
 pub struct PagedKvCache {
     device: CubeDevice,
+    /// One buffer per place in a layer group (`group_size` of them).
     keys: Vec<Handle>,
     values: Vec<Handle>,
+    layout: KvLayout,
     num_blocks: usize,
     block_size: usize,
     kv_dim: usize,
@@ -30,7 +38,7 @@ pub struct PagedKvCache {
 impl PagedKvCache {
     pub(crate) fn new(
         device: &CubeDevice,
-        layers: usize,
+        layout: KvLayout,
         kv_dim: usize,
         num_blocks: usize,
         block_size: usize,
@@ -40,8 +48,12 @@ impl PagedKvCache {
         }
         let bytes = num_blocks * block_size * kv_dim * 4;
         let client = device.client();
-        let buffers = || (0..layers).map(|_| client.empty(bytes)).collect::<Vec<_>>();
-        Ok(Self { device: device.clone(), keys: buffers(), values: buffers(), num_blocks, block_size, kv_dim })
+        let buffers = || (0..layout.group_size).map(|_| client.empty(bytes)).collect::<Vec<_>>();
+        Ok(Self { device: device.clone(), keys: buffers(), values: buffers(), layout, num_blocks, block_size, kv_dim })
+    }
+
+    pub fn layout(&self) -> &KvLayout {
+        &self.layout
     }
 
     pub fn num_blocks(&self) -> usize {
@@ -54,26 +66,28 @@ impl PagedKvCache {
 
     /// Device bytes of keys and values over all layers.
     pub fn device_bytes(&self) -> usize {
-        2 * self.keys.len() * self.num_blocks * self.block_size * self.kv_dim * 4
+        self.num_blocks * Self::bytes_per_block(&self.layout, self.kv_dim, self.block_size)
     }
 
-    /// Bytes one token occupies over all layers.
-    pub fn bytes_per_token(layers: usize, kv_dim: usize) -> usize {
-        2 * layers * kv_dim * 4
+    /// Bytes one block takes: `block_size` positions of a group's layers.
+    pub fn bytes_per_block(layout: &KvLayout, kv_dim: usize, block_size: usize) -> usize {
+        2 * layout.group_size * block_size * kv_dim * 4
     }
 
     pub(crate) fn write(&self, layer: usize, k: Tensor<2>, v: Tensor<2>, batch: &BatchBuffer) {
         let (k, v) = (cube(k), cube(v));
+        let (group, slot) = self.layout.layer_slots[layer];
         let kernel = Template::plain("kv_write", include_str!("../../../shaders/kv_write.wgsl"));
         let args = [
             Arg::Read(&k.handle),
             Arg::Read(&v.handle),
             Arg::Read(&batch.handle),
-            Arg::Write(&self.keys[layer]),
-            Arg::Write(&self.values[layer]),
+            Arg::Write(&self.keys[slot]),
+            Arg::Write(&self.values[slot]),
         ];
-        let groups = (batch.rows * self.kv_dim).div_ceil(64).min(MAX_WORKGROUPS) as u32;
-        launch(&self.device, &kernel, [groups, 1, 1], &args, &[batch.rows as u32, self.kv_dim as u32]);
+        let workgroups = (batch.rows * self.kv_dim).div_ceil(64).min(MAX_WORKGROUPS) as u32;
+        let info = [batch.rows as u32, self.kv_dim as u32, batch.slots_at(group) as u32];
+        launch(&self.device, &kernel, [workgroups, 1, 1], &args, &info);
     }
 
     /// Attention of the batch's first `paged_rows` rows of `q` (`[rows, heads * head_dim]`,
@@ -88,6 +102,7 @@ impl PagedKvCache {
         scores: &ScoreRule,
     ) -> Tensor<2> {
         let q = cube(q);
+        let (group, slot) = self.layout.layer_slots[layer];
         let out = empty(&self.device, [batch.paged_rows, heads * head_dim]);
         let dims = head_dim.div_ceil(64);
         let values = move || vec![("DIMS", dims.to_string()), ("MAX_HEAD_DIM", (dims * 64).to_string())];
@@ -100,14 +115,14 @@ impl PagedKvCache {
         };
         let args = [
             Arg::Read(&q.handle),
-            Arg::Read(&self.keys[layer]),
-            Arg::Read(&self.values[layer]),
+            Arg::Read(&self.keys[slot]),
+            Arg::Read(&self.values[slot]),
             Arg::Read(&batch.handle),
             Arg::Write(&out.handle),
         ];
         let info = [
             batch.paged_rows as u32,
-            batch.rows as u32,
+            batch.table_starts_at(group) as u32,
             heads as u32,
             (self.kv_dim / head_dim) as u32,
             head_dim as u32,
@@ -125,22 +140,24 @@ impl PagedKvCache {
     /// `[context - first, kv_dim]` each.
     pub(crate) fn gather(&self, layer: usize, batch: &BatchBuffer, chunk: &DenseChunk, first: usize) -> (Tensor<2>, Tensor<2>) {
         let len = chunk.context() - first;
+        let (group, slot) = self.layout.layer_slots[layer];
         let (k, v) = (empty(&self.device, [len, self.kv_dim]), empty(&self.device, [len, self.kv_dim]));
         let kernel = Template::plain("kv_gather", include_str!("../../../shaders/kv_gather.wgsl"));
         let args = [
-            Arg::Read(&self.keys[layer]),
-            Arg::Read(&self.values[layer]),
+            Arg::Read(&self.keys[slot]),
+            Arg::Read(&self.values[slot]),
             Arg::Read(&batch.handle),
             Arg::Write(&k.handle),
             Arg::Write(&v.handle),
         ];
         let groups = (len * self.kv_dim).div_ceil(64).min(MAX_WORKGROUPS) as u32;
-        let info = [len as u32, self.kv_dim as u32, self.block_size as u32, chunk.table as u32, first as u32];
+        let info = [len as u32, self.kv_dim as u32, self.block_size as u32, chunk.tables[group] as u32, first as u32];
         launch(&self.device, &kernel, [groups, 1, 1], &args, &info);
         (from_cube(k), from_cube(v))
     }
 
-    /// Copies blocks `(source, destination)` in every layer.
+    /// Copies blocks `(source, destination)` in every buffer (a block holds one group's
+    /// layers, whichever group it serves).
     pub(crate) fn copy(&self, pairs: &[(u32, u32)]) {
         if pairs.is_empty() {
             return;
@@ -181,8 +198,10 @@ pub struct SeqChunk<'a> {
     /// The tokens to run, at positions `start..start + tokens.len()`.
     pub tokens: &'a [u32],
     pub start: usize,
-    /// The sequence's blocks, covering at least `start + tokens.len()` positions.
-    pub blocks: &'a [u32],
+    /// The sequence's blocks, a table per group of [`KvLayout`], each covering at least
+    /// `start + tokens.len()` positions (a windowed group's entries behind its window may
+    /// name any block: they are not read).
+    pub tables: &'a [Vec<u32>],
     /// Whether to return the logits of the chunk's last token.
     pub logits: bool,
 }
@@ -192,14 +211,14 @@ pub struct SeqChunk<'a> {
 /// decodes go through the paged-attention kernel.
 pub const DENSE_MIN_TOKENS: usize = 32;
 
-/// A chunk that attends densely: its rows, first position and block table.
-#[derive(Debug, Clone, Copy)]
+/// A chunk that attends densely: its rows, first position and block tables.
+#[derive(Debug, Clone)]
 pub(crate) struct DenseChunk {
     pub first_row: usize,
     pub len: usize,
     pub start: usize,
-    /// Word offset of its block table in the batch buffer.
-    pub table: usize,
+    /// Word offset of its block table in the batch buffer, per group.
+    pub tables: Vec<usize>,
 }
 
 impl DenseChunk {
@@ -209,9 +228,9 @@ impl DenseChunk {
 }
 
 /// Where each row of a batch sits, uploaded once per step and read by RoPE, the KV write and
-/// attention: `[positions; rows][slots; rows][table starts; rows][block tables]`. Rows of
-/// chunks that attend through the paged kernel come first (`paged_rows` of them), then the
-/// dense chunks; [`BatchBuffer::order`] gives that order.
+/// attention: `[positions; rows]`, then per layer group `[slots; rows][table starts; rows]`,
+/// then the block tables. Rows of chunks that attend through the paged kernel come first
+/// (`paged_rows` of them), then the dense chunks; [`BatchBuffer::order`] gives that order.
 pub struct BatchBuffer {
     pub(crate) handle: Handle,
     pub(crate) rows: usize,
@@ -229,29 +248,47 @@ impl BatchBuffer {
         paged
     }
 
-    /// Lays out `chunks`, which must be in [`BatchBuffer::order`].
-    pub(crate) fn new(device: &CubeDevice, chunks: &[&SeqChunk], block_size: usize) -> Self {
+    /// Word offset of group `g`'s slots (its table starts follow them).
+    pub(crate) fn slots_at(&self, group: usize) -> usize {
+        self.rows * (1 + 2 * group)
+    }
+
+    pub(crate) fn table_starts_at(&self, group: usize) -> usize {
+        self.slots_at(group) + self.rows
+    }
+
+    /// Lays out `chunks`, which must be in [`BatchBuffer::order`], with `groups` block
+    /// tables each.
+    pub(crate) fn new(device: &CubeDevice, chunks: &[&SeqChunk], block_size: usize, groups: usize) -> Self {
         let rows: usize = chunks.iter().map(|c| c.tokens.len()).sum();
-        let tables: usize = chunks.iter().map(|c| c.blocks.len()).sum();
-        let mut words = vec![0u32; 3 * rows + tables];
-        let (mut row, mut table) = (0, 3 * rows);
+        let tables: usize = chunks.iter().flat_map(|c| c.tables.iter().map(Vec::len)).sum();
+        let header = rows * (1 + 2 * groups);
+        let mut words = vec![0u32; header + tables];
+        let (mut row, mut table) = (0, header);
         let mut paged_rows = 0;
         let mut dense = Vec::new();
         for chunk in chunks {
+            let mut starts = Vec::with_capacity(groups);
+            for blocks in chunk.tables {
+                words[table..table + blocks.len()].copy_from_slice(blocks);
+                starts.push(table);
+                table += blocks.len();
+            }
             if chunk.tokens.len() >= DENSE_MIN_TOKENS {
-                dense.push(DenseChunk { first_row: row, len: chunk.tokens.len(), start: chunk.start, table });
+                dense.push(DenseChunk { first_row: row, len: chunk.tokens.len(), start: chunk.start, tables: starts.clone() });
             } else {
                 debug_assert!(dense.is_empty(), "paged chunks come first");
                 paged_rows += chunk.tokens.len();
             }
-            words[table..table + chunk.blocks.len()].copy_from_slice(chunk.blocks);
             for position in chunk.start..chunk.start + chunk.tokens.len() {
                 words[row] = position as u32;
-                words[rows + row] = chunk.blocks[position / block_size] * block_size as u32 + (position % block_size) as u32;
-                words[2 * rows + row] = table as u32;
+                for (g, blocks) in chunk.tables.iter().enumerate() {
+                    let slots = rows * (1 + 2 * g);
+                    words[slots + row] = blocks[position / block_size] * block_size as u32 + (position % block_size) as u32;
+                    words[slots + rows + row] = starts[g] as u32;
+                }
                 row += 1;
             }
-            table += chunk.blocks.len();
         }
         Self { handle: upload(device, &words), rows, paged_rows, dense }
     }

@@ -102,13 +102,17 @@ fn chunked_prefill_equals_one_pass() {
 fn batched_paged_forward_matches_each_sequence_alone() {
     use crate::SeqChunk;
 
-    for spec in [TinyModel::default(), TinyModel { hidden: 256, n_heads: 2, n_kv_heads: 1, seed: 7, ..Default::default() }] {
+    let gemma3 = TinyModel { arch: &GEMMA3, n_layers: 6, head_dim: Some(32), sliding_window: Some(9), seed: 8, ..Default::default() };
+    for spec in [TinyModel::default(), TinyModel { hidden: 256, n_heads: 2, n_kv_heads: 1, seed: 7, ..Default::default() }, gemma3] {
         let (file, model) = load(spec.to_gguf());
         let reference = ReferenceModel::load(&file).unwrap();
+        let layout = model.config().kv_layout();
         let block_size = 4;
-        let mut cache = model.new_paged_cache(64, block_size).unwrap();
-        // Interleaved tables, so that neighbouring slots belong to different sequences.
-        let tables: Vec<Vec<u32>> = (0..3).map(|s| (0..20).map(|i| i * 3 + s).collect()).collect();
+        let mut cache = model.new_paged_cache(64 * layout.groups.len(), block_size).unwrap();
+        // Interleaved tables, so that neighbouring slots belong to different sequences; each
+        // layer group its own range of the pool.
+        let table = |s: u32, g: usize| -> Vec<u32> { (0..20).map(|i| 64 * g as u32 + i * 3 + s).collect() };
+        let tables: Vec<Vec<Vec<u32>>> = (0..3).map(|s| (0..layout.groups.len()).map(|g| table(s, g)).collect()).collect();
         let prompts: Vec<Vec<u32>> =
             [70usize, 5, 23].iter().enumerate().map(|(s, &n)| (0..n).map(|i| ((i * 31 + s * 7) % 250) as u32).collect()).collect();
         let mut refs: Vec<ReferenceCache> = (0..3).map(|_| ReferenceCache::default()).collect();
@@ -116,39 +120,73 @@ fn batched_paged_forward_matches_each_sequence_alone() {
 
         // Step 1: the first 30 tokens of sequence 0 (no logits), whole prompts of 1 and 2.
         let step1 = [
-            SeqChunk { tokens: &prompts[0][..30], start: 0, blocks: &tables[0], logits: false },
-            SeqChunk { tokens: &prompts[1], start: 0, blocks: &tables[1], logits: true },
-            SeqChunk { tokens: &prompts[2], start: 0, blocks: &tables[2], logits: true },
+            SeqChunk { tokens: &prompts[0][..30], start: 0, tables: &tables[0], logits: false },
+            SeqChunk { tokens: &prompts[1], start: 0, tables: &tables[1], logits: true },
+            SeqChunk { tokens: &prompts[2], start: 0, tables: &tables[2], logits: true },
         ];
         let got = model.forward_batch(&step1, &mut cache).unwrap();
         reference.forward(&prompts[0][..30], &mut refs[0]);
         assert_close(&got[0], &reference.forward(&prompts[1], &mut refs[1]), &what);
         assert_close(&got[1], &reference.forward(&prompts[2], &mut refs[2]), &what);
 
-        // Step 2: the rest of prompt 0 (crossing a 64-key tile) beside two decodes.
+        // Step 2: the rest of prompt 0 (crossing a 64-key tile) beside two decodes. Entries
+        // of windowed groups behind every query's window name blocks sequence 1 is writing:
+        // attention must not read them.
+        let behind_window = |own: &[Vec<u32>], first_query: usize| -> Vec<Vec<u32>> {
+            own.iter()
+                .zip(&layout.groups)
+                .enumerate()
+                .map(|(g, (t, window))| {
+                    let mut t = t.clone();
+                    if let Some(w) = window {
+                        let gone = (first_query + 1).saturating_sub(*w) as usize / block_size;
+                        t[..gone].fill(tables[1][g][1]);
+                    }
+                    t
+                })
+                .collect()
+        };
+        let seq0 = behind_window(&tables[0], 30);
+        let seq2 = behind_window(&tables[2], 23);
         let step2 = [
-            SeqChunk { tokens: &prompts[0][30..], start: 30, blocks: &tables[0], logits: true },
-            SeqChunk { tokens: &[17], start: 5, blocks: &tables[1], logits: true },
-            SeqChunk { tokens: &[99], start: 23, blocks: &tables[2], logits: true },
+            SeqChunk { tokens: &prompts[0][30..], start: 30, tables: &seq0, logits: true },
+            SeqChunk { tokens: &[17], start: 5, tables: &tables[1], logits: true },
+            SeqChunk { tokens: &[99], start: 23, tables: &seq2, logits: true },
         ];
         let got = model.forward_batch(&step2, &mut cache).unwrap();
         assert_close(&got[0], &reference.forward(&prompts[0][30..], &mut refs[0]), &what);
         assert_close(&got[1], &reference.forward(&[17], &mut refs[1]), &what);
         assert_close(&got[2], &reference.forward(&[99], &mut refs[2]), &what);
 
-        // Fork sequence 0: copy its 18 filled blocks to free ones and decode both copies.
-        let fork: Vec<u32> = (60..64).chain((0..20).map(|i| i * 3 + 2).skip(6)).take(20).collect();
-        let pairs: Vec<(u32, u32)> = tables[0][..18].iter().zip(&fork).map(|(&s, &d)| (s, d)).collect();
+        // Fork sequence 0: copy its 18 filled blocks of every group to free ones and decode
+        // both copies.
+        let free: Vec<u32> = (60..64).chain((0..20).map(|i| i * 3 + 2).skip(6)).take(20).collect();
+        let fork: Vec<Vec<u32>> = (0..layout.groups.len()).map(|g| free.iter().map(|b| b + 64 * g as u32).collect()).collect();
+        let pairs: Vec<(u32, u32)> =
+            tables[0].iter().zip(&fork).flat_map(|(from, to)| from[..18].iter().zip(to).map(|(&s, &d)| (s, d))).collect();
         model.copy_blocks(&mut cache, &pairs).unwrap();
         let step3 = [
-            SeqChunk { tokens: &[5], start: 70, blocks: &tables[0], logits: true },
-            SeqChunk { tokens: &[5], start: 70, blocks: &fork, logits: true },
+            SeqChunk { tokens: &[5], start: 70, tables: &tables[0], logits: true },
+            SeqChunk { tokens: &[5], start: 70, tables: &fork, logits: true },
         ];
         let got = model.forward_batch(&step3, &mut cache).unwrap();
         let expected = reference.forward(&[5], &mut refs[0]);
         assert_close(&got[0], &expected, &what);
         assert_close(&got[1], &expected, &what);
     }
+}
+
+/// Gemma 3's one global layer in six: six groups of one layer, the global one first.
+#[test]
+fn windowed_layers_get_their_own_block_tables() {
+    let config = TinyModel { arch: &GEMMA3, n_layers: 12, sliding_window: Some(8), ..Default::default() }.config();
+    let layout = config.kv_layout();
+    assert_eq!(layout.group_size, 2, "2 global and 10 local layers");
+    assert_eq!(layout.groups, [None, Some(8), Some(8), Some(8), Some(8), Some(8)]);
+    assert_eq!((layout.layer_slots[5], layout.layer_slots[11]), ((0, 0), (0, 1)));
+    assert_eq!((layout.layer_slots[0], layout.layer_slots[1], layout.layer_slots[6]), ((1, 0), (1, 1), (3, 1)));
+    let plain = TinyModel::default().config().kv_layout();
+    assert_eq!((plain.groups, plain.group_size), (vec![None], 2));
 }
 
 #[test]
@@ -158,16 +196,18 @@ fn bad_batches_are_errors() {
     let (_, model) = load(TinyModel::default().to_gguf());
     let mut cache = model.new_paged_cache(4, 4).unwrap();
     let run = |chunks: &[SeqChunk], cache: &mut crate::PagedKvCache| model.forward_batch(chunks, cache).unwrap_err().to_string();
-    let e = run(&[SeqChunk { tokens: &[1; 9], start: 0, blocks: &[0, 1], logits: true }], &mut cache);
+    let e = run(&[SeqChunk { tokens: &[1; 9], start: 0, tables: &[vec![0, 1]], logits: true }], &mut cache);
     assert!(e.contains("9 positions needed, 8 allocated"), "{e}");
-    let e = run(&[SeqChunk { tokens: &[1], start: 0, blocks: &[7], logits: true }], &mut cache);
+    let e = run(&[SeqChunk { tokens: &[1], start: 0, tables: &[vec![7]], logits: true }], &mut cache);
     assert!(e.contains("block 7 is outside the pool of 4 blocks"), "{e}");
-    let e = run(&[SeqChunk { tokens: &[], start: 0, blocks: &[0], logits: true }], &mut cache);
+    let e = run(&[SeqChunk { tokens: &[1], start: 0, tables: &[vec![0], vec![1]], logits: true }], &mut cache);
+    assert!(e.contains("2 block tables for a cache of 1 layer groups"), "{e}");
+    let e = run(&[SeqChunk { tokens: &[], start: 0, tables: &[vec![0]], logits: true }], &mut cache);
     assert!(e.contains("no tokens"), "{e}");
     assert!(model.copy_blocks(&mut cache, &[(0, 4)]).is_err());
     assert!(model.new_paged_cache(0, 16).is_err());
     // Nothing was written by the refused batches; the pool still serves.
-    let ok = model.forward_batch(&[SeqChunk { tokens: &[1, 2], start: 0, blocks: &[3], logits: true }], &mut cache).unwrap();
+    let ok = model.forward_batch(&[SeqChunk { tokens: &[1, 2], start: 0, tables: &[vec![3]], logits: true }], &mut cache).unwrap();
     assert_eq!(ok.len(), 1);
 }
 

@@ -35,6 +35,12 @@ pub struct SchedulerConfig {
     pub watermark_blocks: usize,
     /// Seed for the policies that draw random numbers (the bandit).
     pub seed: u64,
+    /// The groups of model layers whose KV blocks are tracked by a table of their own:
+    /// `None` for layers that attend to the whole sequence, `Some(w)` for layers with a
+    /// sliding window of `w` positions, whose blocks that fall wholly outside the window
+    /// go back to the pool while the sequence runs. Every group takes blocks from the one
+    /// pool. The engine sets this from the model.
+    pub kv_groups: Vec<Option<usize>>,
 }
 
 impl Default for SchedulerConfig {
@@ -54,6 +60,27 @@ impl Default for SchedulerConfig {
             prefix_caching: true,
             watermark_blocks: 4,
             seed: 0,
+            kv_groups: vec![None],
         }
+    }
+}
+
+impl SchedulerConfig {
+    /// Blocks one sequence of `len` positions holds at most, over every KV group: a
+    /// windowed group holds its window and the prompt chunk being computed, under policies
+    /// that grow sequences step by step (static ones reserve every position up front).
+    pub fn blocks_for(&self, len: usize) -> usize {
+        let bs = self.block_size;
+        let chunk = match self.policy {
+            BatchPolicy::Continuous { chunk_size, .. } | BatchPolicy::Adaptive { chunk_size, .. } => Some(chunk_size),
+            _ => None,
+        };
+        self.kv_groups
+            .iter()
+            .map(|window| match (window, chunk) {
+                (Some(w), Some(chunk)) => len.div_ceil(bs).min((w + chunk).div_ceil(bs) + 1),
+                _ => len.div_ceil(bs),
+            })
+            .sum()
     }
 }

@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::admission::{BreakerState, CircuitBreaker, TokenBucket};
-use crate::blocks::{BlockCopy, BlockId, BlockManager, BlockTable, CacheStats, prefix_hashes};
+use crate::blocks::{BlockCopy, BlockId, BlockManager, CacheStats, SequenceBlocks, group_hash, prefix_hashes};
 use crate::policy::Bandit;
 use crate::queue::{Queued, WaitingQueue};
 use crate::request::{IdMap, deadline};
@@ -25,8 +25,9 @@ pub struct PrefillChunk {
     /// Position of the chunk's first token.
     pub start: usize,
     pub tokens: Vec<u32>,
-    /// The sequence's blocks; position `p` lives in block `block_table[p / block_size]`.
-    pub block_table: Vec<BlockId>,
+    /// The sequence's blocks, one table per KV group ([`SchedulerConfig::kv_groups`]):
+    /// position `p` of group `g` lives in block `block_tables[g][p / block_size]`.
+    pub block_tables: Vec<Vec<BlockId>>,
     /// Whether the chunk ends the prompt, so a token is sampled from its last position.
     pub samples: bool,
 }
@@ -37,7 +38,8 @@ pub struct DecodeItem {
     pub seq: SeqId,
     pub position: usize,
     pub token: u32,
-    pub block_table: Vec<BlockId>,
+    /// As [`PrefillChunk::block_tables`].
+    pub block_tables: Vec<Vec<BlockId>>,
 }
 
 /// What the engine runs in one step.
@@ -204,7 +206,7 @@ struct Sequence {
     tokens: Vec<u32>,
     /// Positions whose keys and values are computed.
     computed: usize,
-    table: BlockTable,
+    blocks: SequenceBlocks,
     /// Leading full blocks registered in the prefix cache.
     registered: usize,
     /// Hash of the prompt's first cacheable block, while the prompt is being computed:
@@ -228,7 +230,7 @@ impl Sequence {
             request: waiting.request,
             prompt_len: progress.prompt_len,
             computed: 0,
-            table: BlockTable::default(),
+            blocks: SequenceBlocks::default(),
             registered: 0,
             prefilling_first_block: None,
             arrival: waiting.arrival,
@@ -263,7 +265,7 @@ impl Sequence {
             deadline: deadline(&self.request, self.arrival),
             preemptions: self.preemptions,
         }
-        // Dropping the sequence drops its block table: blocks go back to the pool or the cache.
+        // Dropping the sequence drops its block tables: blocks go back to the pool or the cache.
     }
 }
 
@@ -382,7 +384,7 @@ impl Scheduler {
             );
             return Err(self.reject(RejectionReason::TooLong, message, None));
         }
-        let blocks_needed = max_len.div_ceil(self.config.block_size);
+        let blocks_needed = self.config.blocks_for(max_len);
         if blocks_needed + self.config.watermark_blocks > self.config.num_blocks {
             let message = format!("{max_len} tokens need {blocks_needed} KV blocks; the pool has {}", self.config.num_blocks);
             return Err(self.reject(RejectionReason::TooLong, message, None));
@@ -500,10 +502,11 @@ impl Scheduler {
         self.seqs.insert(id, seq);
     }
 
-    /// Grows `id`'s table to hold positions up to `end`.
+    /// Grows `id`'s tables to hold positions up to `end` (its next positions from
+    /// `computed`), letting windowed groups go of blocks no query sees any more.
     fn ensure(&mut self, id: SeqId, end: usize, plan: &mut StepPlan) -> bool {
         let seq = self.seqs.get_mut(&id).expect("sequence exists");
-        seq.table.ensure(&self.blocks, end).map(|copy| plan.copies.extend(copy)).is_ok()
+        seq.blocks.ensure(&self.blocks, &self.config.kv_groups, seq.computed, end).map(|copies| plan.copies.extend(copies)).is_ok()
     }
 
     fn schedule(&self, id: SeqId, n: usize, plan: &mut StepPlan, work: &mut Vec<(SeqId, usize, bool)>) {
@@ -511,13 +514,13 @@ impl Scheduler {
         let start = seq.computed;
         let samples = start + n == seq.tokens.len();
         if n == 1 && seq.generated() > 0 && samples {
-            plan.decode.push(DecodeItem { seq: id, position: start, token: seq.tokens[start], block_table: seq.table.ids() });
+            plan.decode.push(DecodeItem { seq: id, position: start, token: seq.tokens[start], block_tables: seq.blocks.ids() });
         } else {
             plan.prefill.push(PrefillChunk {
                 seq: id,
                 start,
                 tokens: seq.tokens[start..start + n].to_vec(),
-                block_table: seq.table.ids(),
+                block_tables: seq.blocks.ids(),
                 samples,
             });
         }
@@ -553,12 +556,16 @@ impl Scheduler {
                 i += 1;
                 continue;
             }
-            let room = seq.table.ensure(&self.blocks, seq.tokens.len()).map(|copy| plan.copies.extend(copy)).is_ok();
+            let room = seq
+                .blocks
+                .ensure(&self.blocks, &self.config.kv_groups, seq.computed, seq.tokens.len())
+                .map(|copies| plan.copies.extend(copies))
+                .is_ok();
             if room {
                 // `schedule` in place, without looking the sequence up again (the hot path).
                 if seq.generated() > 0 {
                     let position = seq.computed;
-                    plan.decode.push(DecodeItem { seq: id, position, token: seq.tokens[position], block_table: seq.table.ids() });
+                    plan.decode.push(DecodeItem { seq: id, position, token: seq.tokens[position], block_tables: seq.blocks.ids() });
                     work.push((id, 1, true));
                 } else {
                     self.schedule(id, 1, plan, work);
@@ -637,24 +644,25 @@ impl Scheduler {
         let bs = self.config.block_size;
         let waiting = self.queue.get(id).expect("queued sequence exists");
         let tokens = &waiting.request.prompt;
-        let mut table = BlockTable::default();
+        let groups = &self.config.kv_groups;
+        let mut blocks = SequenceBlocks::new(groups.len());
         if self.config.prefix_caching && waiting.request.use_prefix_cache {
             // The last token is always computed: its logits give the next token.
             let cacheable = (tokens.len() - 1) / bs * bs;
             let hashes = prefix_hashes(&tokens[..cacheable], bs);
-            table = BlockTable::from_prefix(self.blocks.lookup(&hashes), bs);
+            blocks = SequenceBlocks::from_prefix(self.blocks.lookup_groups(&hashes, groups), bs);
         }
-        let computed = table.len();
+        let computed = blocks.len();
         let n = (tokens.len() - computed).min(chunk.max(1));
-        let needed = table.blocks_needed(n, bs) + self.config.watermark_blocks;
+        let needed = blocks.blocks_needed(n, bs) + self.config.watermark_blocks;
         if needed > self.blocks.available() {
             return false;
         }
-        table.reserve(&self.blocks, n).expect("checked available");
+        blocks.ensure(&self.blocks, groups, computed, computed + n).expect("checked available");
         let waiting = self.queue.remove(id, true).expect("peeked");
         let mut seq = Sequence::start(*waiting);
         seq.prefilling_first_block = self.first_cacheable_block(&seq.tokens).filter(|_| computed < seq.tokens.len() - 1);
-        seq.table = table;
+        seq.blocks = blocks;
         seq.computed = computed;
         seq.registered = computed / bs;
         self.add_running(id, seq);
@@ -711,12 +719,13 @@ impl Scheduler {
             if reserved + max_len > token_budget && !self.running.is_empty() {
                 break;
             }
-            let needed = max_len.div_ceil(self.config.block_size) + self.config.watermark_blocks;
+            let needed = self.config.blocks_for(max_len) + self.config.watermark_blocks;
             if needed > self.blocks.available() {
                 break;
             }
             let mut seq = Sequence::start(*self.queue.remove(id, true).expect("peeked"));
-            seq.table.reserve(&self.blocks, max_len).expect("checked available");
+            seq.blocks = SequenceBlocks::new(self.config.kv_groups.len());
+            seq.blocks.ensure(&self.blocks, &self.config.kv_groups, 0, max_len).expect("checked available");
             self.add_running(id, seq);
             reserved += max_len;
         }
@@ -800,8 +809,13 @@ impl Scheduler {
             return;
         }
         let hashes = prefix_hashes(&seq.tokens[..full * bs], bs);
-        for (block, hash) in seq.table.blocks()[seq.registered..full].iter().zip(&hashes[seq.registered..]) {
-            self.blocks.register(block, *hash);
+        for (g, table) in seq.blocks.tables().iter().enumerate() {
+            // A windowed group's blocks may be gone already; the cache serves the rest.
+            for (index, hash) in hashes.iter().enumerate().skip(seq.registered) {
+                if let Some(block) = table.block(index) {
+                    self.blocks.register(block, group_hash(*hash, g));
+                }
+            }
         }
         seq.registered = full;
     }
@@ -811,7 +825,7 @@ impl Scheduler {
         let bs = self.config.block_size;
         let (used, allocated) = self.running.iter().fold((0usize, 0usize), |(u, a), (_, id)| {
             let s = &self.seqs[id];
-            (u + s.computed, a + s.table.capacity(bs))
+            (u + s.blocks.used(s.computed, bs), a + s.blocks.capacity(bs))
         });
         if allocated == 0 { 0.0 } else { 1.0 - used as f64 / allocated as f64 }
     }
@@ -842,7 +856,8 @@ impl Scheduler {
         for (_, id) in &self.running {
             let s = &self.seqs[id];
             assert!(!self.queue.contains(*id), "{id:?} is running and waiting");
-            assert!(s.computed <= s.table.len() && s.computed <= s.tokens.len());
+            assert!(s.computed <= s.blocks.len() && s.computed <= s.tokens.len());
+            assert_eq!(s.blocks.tables().len(), self.config.kv_groups.len(), "a table per KV group");
         }
         assert_eq!(self.running.len(), self.seqs.len(), "every running sequence is in the running order");
     }

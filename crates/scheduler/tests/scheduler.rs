@@ -379,11 +379,13 @@ proptest! {
 
     /// Random submissions, steps (some failing, some stopping sequences) and aborts never
     /// leak or double-free a block, never exceed the token budget or the pool, and every
-    /// block is free once every sequence is gone.
+    /// block is free once every sequence is gone; also with layer groups of which some have
+    /// a sliding window (their blocks behind it released while sequences run).
     #[test]
     fn invariants_hold_under_random_operations(
         ops in prop::collection::vec((0u8..6, 0u32..4, 1usize..40, 1usize..12, 0usize..5), 1..120),
         static_policy in any::<bool>(),
+        windowed in any::<bool>(),
     ) {
         let budget = 24;
         let policy = if static_policy {
@@ -391,7 +393,8 @@ proptest! {
         } else {
             continuous(budget, 6, 8)
         };
-        let mut s = Scheduler::new(SchedulerConfig { max_waiting: 50, ..config(policy, 40) });
+        let kv_groups = if windowed { vec![None, Some(6), Some(6)] } else { vec![None] };
+        let mut s = Scheduler::new(SchedulerConfig { max_waiting: 50, kv_groups, ..config(policy, 40) });
         let mut now = Time::ZERO;
         let mut ids = Vec::new();
         for (op, tenant, len, new, prio) in ops {
@@ -407,6 +410,9 @@ proptest! {
                 2 | 3 | 4 => {
                     let plan = s.plan(now);
                     prop_assert!(static_policy || plan.num_tokens() <= budget);
+                    let groups = if windowed { 3 } else { 1 };
+                    prop_assert!(plan.prefill.iter().all(|c| c.block_tables.len() == groups));
+                    prop_assert!(plan.decode.iter().all(|d| d.block_tables.len() == groups));
                     prop_assert!(s.blocks().in_use() <= 40);
                     let result = match op {
                         2 => StepResult::failed(&plan),
