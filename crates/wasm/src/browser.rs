@@ -91,7 +91,7 @@ impl WasmEngine {
         let scheduler = options.scheduler(&config).map_err(error)?;
         let info = json!({
             "adapter": adapter_name(&device),
-            "architecture": config.architecture,
+            "architecture": config.arch.name,
             "context_length": scheduler.max_seq_len,
             "vocab_size": tokenizer.vocab_size(),
             "device_weight_bytes": model.device_weight_bytes(),
