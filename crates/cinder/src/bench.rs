@@ -154,7 +154,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let model = Model::load(&file, &device).with_context(|| format!("loading {}", path.display()))?;
     let load_s = load_start.elapsed().as_secs_f64();
     let context = model.config().context_length;
-    let longest = args.prefill_tokens.max(16 + args.decode_tokens + 1);
+    // The prefill run samples one token after its prompt; the decode run's first token comes
+    // from its 16-token prompt.
+    let longest = (args.prefill_tokens + 1).max(16 + args.decode_tokens + 1);
     if longest > context {
         bail!("the model's context is {context} tokens: lower --prefill-tokens or --decode-tokens");
     }
