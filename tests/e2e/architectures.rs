@@ -35,6 +35,16 @@ fn variants() -> Vec<(&'static str, TinyModel)> {
             },
         ),
         ("phi3", TinyModel { arch: &PHI3, fused_qkv: true, seed: 9, ..base.clone() }),
+        (
+            "phi3_longrope",
+            TinyModel {
+                arch: &PHI3,
+                fused_qkv: true,
+                rope_scaling: TinyRopeScaling::LongRope { original_context: 128, attn_factor: 1.19 },
+                seed: 12,
+                ..base.clone()
+            },
+        ),
         ("llama_q8_0", TinyModel { weight_type: GgmlType::Q8_0, seed: 10, ..base.clone() }),
         ("gemma3_q5_0", TinyModel { arch: &GEMMA3, weight_type: GgmlType::Q5_0, sliding_window: Some(8), n_layers: 7, tied_embeddings: true, seed: 11, ..base }),
     ]

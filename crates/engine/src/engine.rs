@@ -93,14 +93,22 @@ impl Engine {
         })
     }
 
-    /// `base` with a KV pool of as many blocks as fit in `kv_bytes` of device memory, and
-    /// sequences capped at what one request can hold in that pool (at most the context):
-    /// layers with a sliding window hold only their window, so a windowed model's requests
-    /// can be longer than the pool's blocks times their size.
-    pub fn sized_config(model: &ModelConfig, kv_bytes: usize, base: SchedulerConfig) -> Result<SchedulerConfig, String> {
+    /// `base` with a KV pool of as many blocks as fit in `kv_bytes` of device memory (and
+    /// in per-layer buffers of at most `max_buffer_bytes`, what the device binds:
+    /// [`cinder_model::max_binding_bytes`]), and sequences capped at what one request can
+    /// hold in that pool (at most the context): layers with a sliding window hold only their
+    /// window, so a windowed model's requests can be longer than the pool's blocks times
+    /// their size.
+    pub fn sized_config(
+        model: &ModelConfig,
+        kv_bytes: usize,
+        max_buffer_bytes: usize,
+        base: SchedulerConfig,
+    ) -> Result<SchedulerConfig, String> {
         let layout = model.kv_layout();
         let block_size = base.block_size.max(1);
-        let num_blocks = kv_bytes / PagedKvCache::bytes_per_block(&layout, model.kv_dim(), block_size);
+        let num_blocks = (kv_bytes / PagedKvCache::bytes_per_block(&layout, model.kv_dim(), block_size))
+            .min(max_buffer_bytes / (block_size * model.kv_dim() * 4));
         let config = SchedulerConfig { block_size, num_blocks, kv_groups: layout.groups, ..base };
         let usable = num_blocks.saturating_sub(config.watermark_blocks);
         // The longest sequence whose blocks fit: blocks_for grows with the length.

@@ -37,4 +37,5 @@ pub use error::ModelError;
 pub use logits::{LogitRows, MAX_DEVICE_TOP_K, PendingLogits};
 pub use model::{KvCache, Model};
 pub use paged::{PagedKvCache, SeqChunk};
+pub use quant::max_binding_bytes;
 pub use sampling::{Sampler, SamplingParams, log_softmax, top_logprobs};

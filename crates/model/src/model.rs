@@ -302,6 +302,16 @@ impl Model {
     /// of [`Model::forward_batch`].
     pub fn new_paged_cache(&self, num_blocks: usize, block_size: usize) -> Result<PagedKvCache, ModelError> {
         let c = &self.config;
+        // Each layer's keys (and values) are one buffer, which kernels must be able to bind.
+        let buffer = num_blocks.saturating_mul(block_size).saturating_mul(c.kv_dim() * 4);
+        let limit = crate::max_binding_bytes(&self.device);
+        if buffer > limit {
+            return Err(ModelError::InvalidParameter(format!(
+                "a KV pool of {num_blocks} blocks of {block_size} needs per-layer buffers of {} MiB; the device binds at most {} MiB",
+                buffer >> 20,
+                limit >> 20
+            )));
+        }
         guard(|| PagedKvCache::new(&self.cube_device(), c.kv_layout(), c.kv_dim(), num_blocks, block_size))
     }
 

@@ -406,7 +406,7 @@ pub enum Linear {
 
 /// The largest buffer a kernel binds on `device`: WebGPU's default (and lavapipe's limit)
 /// where the adapter is unknown.
-pub(crate) fn max_binding_bytes(device: &Device) -> usize {
+pub fn max_binding_bytes(device: &Device) -> usize {
     crate::adapter_info(device).map_or(128 << 20, |a| a.max_binding_bytes.min(usize::MAX as u64) as usize)
 }
 

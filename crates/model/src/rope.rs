@@ -62,16 +62,13 @@ impl Rope {
             .optional(&key("rope.scaling.original_context_length"), |m, k| m.get_usize_at_most(k, 1 << 24))?
             .unwrap_or(context);
         let has = |w: GlobalWeight| present(w.name());
-        let mut rope = Self { layout, base, freq_scale: 1.0, yarn: None, attn_factor, factors: None };
+        // A factor of 0 (or none) is no scaling; the "none" type ignores any factor.
+        let freq_scale = if factor == 0.0 || scaling == "none" { 1.0 } else { 1.0 / factor };
+        let mut rope = Self { layout, base, freq_scale, yarn: None, attn_factor, factors: None };
         match scaling {
-            "none" => {}
-            "linear" => rope.freq_scale = if factor == 0.0 { 1.0 } else { 1.0 / factor },
-            "yarn" => {
-                rope.freq_scale = if factor == 0.0 { 1.0 } else { 1.0 / factor };
-                rope.yarn = Some(Yarn { original_context, beta_fast: 32.0, beta_slow: 1.0 });
-            }
+            "none" | "linear" => {}
+            "yarn" => rope.yarn = Some(Yarn { original_context, beta_fast: 32.0, beta_slow: 1.0 }),
             "longrope" => {
-                rope.freq_scale = if factor == 0.0 { 1.0 } else { 1.0 / factor };
                 let long = context > original_context;
                 rope.factors = Some(if long { GlobalWeight::RopeFactorsLong } else { GlobalWeight::RopeFactorsShort })
                     .filter(|&w| has(w));

@@ -63,7 +63,9 @@ fn every_architecture_matches_the_reference() {
     check_against_reference(TinyModel { rope_scaling: TinyRopeScaling::FreqFactors, seed: 13, ..small.clone() });
     check_against_reference(TinyModel { rope_scaling: TinyRopeScaling::Linear(4.0), seed: 14, ..small.clone() });
     let yarn = TinyRopeScaling::Yarn { factor: 4.0, original_context: 128 };
-    check_against_reference(TinyModel { arch: &QWEN2, rope_scaling: yarn, seed: 15, ..small });
+    check_against_reference(TinyModel { arch: &QWEN2, rope_scaling: yarn, seed: 15, ..small.clone() });
+    let longrope = TinyRopeScaling::LongRope { original_context: 128, attn_factor: 1.19 };
+    check_against_reference(TinyModel { arch: &PHI3, fused_qkv: true, rope_scaling: longrope, seed: 16, ..small });
 }
 
 #[test]
@@ -176,7 +178,7 @@ fn batched_paged_forward_matches_each_sequence_alone() {
     }
 }
 
-/// Gemma 3's one global layer in six: six groups of one layer, the global one first.
+/// Gemma 3's one global layer in six: 12 layers make six groups of two, the global one first.
 #[test]
 fn windowed_layers_get_their_own_block_tables() {
     let config = TinyModel { arch: &GEMMA3, n_layers: 12, sliding_window: Some(8), ..Default::default() }.config();

@@ -16,6 +16,9 @@ pub enum TinyRopeScaling {
     Yarn { factor: f32, original_context: usize },
     /// Llama 3.1-style frequency divisors in `rope_freqs.weight`.
     FreqFactors,
+    /// Phi-3's LongRoPE: divisors in `rope_factors_long.weight` (the context is longer than
+    /// the original one) and a magnitude scale.
+    LongRope { original_context: usize, attn_factor: f32 },
 }
 
 /// Shape and encoding of a tiny model.
@@ -134,6 +137,11 @@ impl TinyModel {
                 (key("rope.scaling.factor"), MetadataValue::F32(factor)),
                 (key("rope.scaling.original_context_length"), u32v(original_context)),
             ]),
+            TinyRopeScaling::LongRope { original_context, attn_factor } => out.extend([
+                (key("rope.scaling.type"), MetadataValue::String("longrope".into())),
+                (key("rope.scaling.original_context_length"), u32v(original_context)),
+                (key("rope.scaling.attn_factor"), MetadataValue::F32(attn_factor)),
+            ]),
         }
         out
     }
@@ -150,6 +158,7 @@ impl TinyModel {
         match name {
             "output.weight" => !self.tied_embeddings,
             "rope_freqs.weight" => self.rope_scaling == TinyRopeScaling::FreqFactors,
+            "rope_factors_long.weight" => matches!(self.rope_scaling, TinyRopeScaling::LongRope { .. }),
             _ => false,
         }
     }
@@ -190,8 +199,8 @@ impl TinyModel {
                 (rng.values(n, 1.5 / (shape[0] as f32).sqrt()), ty)
             } else if name.ends_with(".bias") {
                 (rng.values(n, 0.5), GgmlType::F32)
-            } else if name == "rope_freqs.weight" {
-                // Divisors between 1 and 8, as Llama 3.1's are.
+            } else if name.starts_with("rope_f") {
+                // Divisors between 1 and 8, as Llama 3.1's and Phi-3's are.
                 (norm_rng.values(n, 1.0).into_iter().map(|v| 4.5 + 3.5 * v).collect(), GgmlType::F32)
             } else {
                 (norm_rng.values(n, 0.2).into_iter().map(|v| 1.0 + v).collect(), GgmlType::F32)

@@ -192,7 +192,7 @@ impl BlockManager {
             .map(|g| hashes.iter().map(|&h| pool.cached.contains_key(&group_hash(h, g))).collect())
             .collect();
         // Blocks a group needs for a prefix of k blocks: its window's from position k * bs.
-        let first_needed = |window: &Option<usize>, k: usize| window.map_or(0, |w| ((k * bs + 1).saturating_sub(w)) / bs);
+        let first_needed = |window: &Option<usize>, k: usize| window.map_or(0, |w| first_visible(k * bs, w) / bs);
         let fits = |k: usize| windows.iter().zip(&present).all(|(w, p)| p[first_needed(w, k)..k].iter().all(|&x| x));
         let k = (0..=hashes.len()).rev().find(|&k| fits(k)).unwrap_or(0);
         pool.stats.hit_blocks += k as u64;
@@ -414,6 +414,11 @@ impl BlockTable {
     }
 }
 
+/// The first position a query at `position` sees through a window of `window` positions.
+pub fn first_visible(position: usize, window: usize) -> usize {
+    (position + 1).saturating_sub(window)
+}
+
 /// Salts a prefix hash with the layer group whose blocks it names (group 0 keeps it).
 pub fn group_hash(hash: u64, group: usize) -> u64 {
     hash ^ (group as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -491,7 +496,7 @@ impl SequenceBlocks {
         let bs = manager.block_size();
         for (table, window) in self.tables.iter_mut().zip(windows) {
             if let Some(w) = window {
-                table.release_before((first_query + 1).saturating_sub(*w), bs);
+                table.release_before(first_visible(first_query, *w), bs);
             }
         }
         let needed: usize = self.tables.iter().map(|t| t.blocks_to_grow(end.saturating_sub(t.len()), bs)).sum();

@@ -78,7 +78,7 @@ impl SchedulerConfig {
         self.kv_groups
             .iter()
             .map(|window| match (window, chunk) {
-                (Some(w), Some(chunk)) => len.div_ceil(bs).min((w + chunk).div_ceil(bs) + 1),
+                (Some(w), Some(chunk)) => len.div_ceil(bs).min(w.saturating_add(chunk).div_ceil(bs) + 1),
                 _ => len.div_ceil(bs),
             })
             .sum()

@@ -658,6 +658,10 @@ pub(crate) mod tests {
         assert_eq!(t.encode("x<tag>x", false, false).unwrap(), [id("▁x"), id("<tag>"), id("▁x")]);
         let ids = t.encode("hello wé", false, false).unwrap();
         assert_eq!(t.decode(&ids, false).unwrap(), " hello wé");
+        // Streaming holds back the first byte token of "é" until the second completes it.
+        let mut decoder = crate::StreamDecoder::new();
+        let pieces: Vec<String> = t.encode("hé", false, false).unwrap().iter().map(|&id| decoder.push(&t, id, false)).collect();
+        assert_eq!(pieces, [" ", "h", "", "é"]);
         assert_eq!(t.decode(&[1, id("▁hello"), 2], true).unwrap(), " hello");
 
         let no_prefix = Tokenizer::from_gguf(&sentence_piece_metadata(false)).unwrap();

@@ -88,7 +88,7 @@ impl WasmEngine {
         let model = Model::load(&file, &device).map_err(|e| error(format!("loading the model: {e}")))?;
         drop(file);
         let config = model.config().clone();
-        let scheduler = options.scheduler(&config).map_err(error)?;
+        let scheduler = options.scheduler(&config, cinder_model::max_binding_bytes(&device)).map_err(error)?;
         let info = json!({
             "adapter": adapter_name(&device),
             "architecture": config.arch.name,

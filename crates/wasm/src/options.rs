@@ -37,7 +37,9 @@ impl EngineOptions {
         serde_json::from_str(json).map_err(|e| format!("engine options: {e}"))
     }
 
-    pub fn scheduler(&self, model: &ModelConfig) -> Result<SchedulerConfig, String> {
+    /// The scheduler's configuration for `model` on a device that binds buffers of at most
+    /// `max_buffer_bytes`.
+    pub fn scheduler(&self, model: &ModelConfig, max_buffer_bytes: usize) -> Result<SchedulerConfig, String> {
         if self.block_size == 0 || self.max_batch_tokens == 0 || self.max_running == 0 || self.chunk_size == 0 {
             return Err("engine options: block_size, max_batch_tokens, max_running and chunk_size must be at least 1".into());
         }
@@ -50,7 +52,8 @@ impl EngineOptions {
             },
             ..SchedulerConfig::default()
         };
-        Engine::sized_config(model, self.kv_cache_mb << 20, base).map_err(|e| format!("engine options: kv_cache_mb: {e}"))
+        Engine::sized_config(model, self.kv_cache_mb << 20, max_buffer_bytes, base)
+            .map_err(|e| format!("engine options: kv_cache_mb: {e}"))
     }
 }
 
@@ -73,13 +76,18 @@ mod tests {
         let file = cinder_gguf::GgufFile::from_bytes(cinder_model::tiny::TinyModel::default().to_gguf()).unwrap();
         let model = ModelConfig::from_gguf(&file).unwrap();
         let options = EngineOptions { kv_cache_mb: 1, ..EngineOptions::default() };
-        let config = options.scheduler(&model).unwrap();
+        let unbounded = usize::MAX;
+        let config = options.scheduler(&model, unbounded).unwrap();
         assert!(config.num_blocks > 0);
         assert!(config.max_seq_len <= model.context_length);
         assert!(config.max_seq_len <= config.num_blocks * config.block_size);
-        let none = EngineOptions { kv_cache_mb: 0, ..EngineOptions::default() }.scheduler(&model).unwrap_err();
+        // Each layer's share of the pool stays within what the device binds.
+        let per_block = config.block_size * model.kv_dim() * 4;
+        let capped = options.scheduler(&model, 10 * per_block).unwrap();
+        assert_eq!(capped.num_blocks, 10);
+        let none = EngineOptions { kv_cache_mb: 0, ..EngineOptions::default() }.scheduler(&model, unbounded).unwrap_err();
         assert!(none.contains("kv_cache_mb"), "{none}");
-        let zero = EngineOptions { max_running: 0, ..EngineOptions::default() }.scheduler(&model).unwrap_err();
+        let zero = EngineOptions { max_running: 0, ..EngineOptions::default() }.scheduler(&model, unbounded).unwrap_err();
         assert!(zero.contains("at least 1"), "{zero}");
     }
 }

@@ -115,7 +115,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         ..SchedulerConfig::default()
     };
     let scheduler =
-        Engine::sized_config(&config, args.kv_cache_mb << 20, base).map_err(|e| anyhow::anyhow!("--kv-cache-mb: {e}"))?;
+        Engine::sized_config(&config, args.kv_cache_mb << 20, cinder_model::max_binding_bytes(&device), base)
+            .map_err(|e| anyhow::anyhow!("--kv-cache-mb: {e}"))?;
     let (num_blocks, context_length) = (scheduler.num_blocks, scheduler.max_seq_len);
     let engine = Engine::new(model, tokenizer.clone(), scheduler).context("allocating the KV cache")?;
     eprintln!(
