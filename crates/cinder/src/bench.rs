@@ -8,7 +8,6 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use cinder_engine::{Engine, Generation, GenerationRequest};
 use cinder_model::Model;
-use cinder_scheduler::Time;
 use serde::Serialize;
 
 use crate::model_path::ModelArg;
@@ -91,8 +90,7 @@ fn prompt(len: usize, vocab: usize) -> Vec<u32> {
 /// ignored) alone through the engine.
 fn run_alone(engine: &mut Engine, prompt: Vec<u32>, max_tokens: usize) -> anyhow::Result<Generation> {
     let request = GenerationRequest { ignore_eos: true, use_prefix_cache: false, ..GenerationRequest::new(prompt, max_tokens) };
-    let origin = Instant::now();
-    let clock = move || Time(origin.elapsed().as_micros() as u64);
+    let clock = crate::wall_clock();
     let generation = engine.generate(request, &clock, |_| {})?;
     if let Some(error) = &generation.finished.error {
         bail!("the benchmark request failed: {error}");

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Context;
 use cinder_engine::{Engine, GenerationRequest};
 use cinder_model::{Model, SamplingParams};
-use cinder_scheduler::{FinishReason, Time};
+use cinder_scheduler::FinishReason;
 use cinder_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 use clap::ArgGroup;
 use serde::Serialize;
@@ -119,8 +119,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         ignore_eos: args.ignore_eos,
         ..GenerationRequest::new(prompt_ids.clone(), args.max_tokens)
     };
-    let origin = Instant::now();
-    let clock = move || Time(origin.elapsed().as_micros() as u64);
+    let clock = crate::wall_clock();
     let mut stdout = std::io::stdout().lock();
     let generation = engine.generate(request, &clock, |piece| {
         // A closed pipe (e.g. `| head`) is not worth failing the generation over.

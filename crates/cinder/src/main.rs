@@ -31,6 +31,12 @@ enum Command {
     Simulate(simulate::SimulateArgs),
 }
 
+/// The engine's clock for this process: microseconds since the call.
+fn wall_clock() -> impl Fn() -> cinder_scheduler::Time + Copy {
+    let origin = std::time::Instant::now();
+    move || cinder_scheduler::Time(origin.elapsed().as_micros() as u64)
+}
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

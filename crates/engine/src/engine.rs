@@ -108,7 +108,7 @@ impl Engine {
         let layout = model.kv_layout();
         let block_size = base.block_size.max(1);
         let num_blocks = (kv_bytes / PagedKvCache::bytes_per_block(&layout, model.kv_dim(), block_size))
-            .min(max_buffer_bytes / (block_size * model.kv_dim() * 4));
+            .min(max_buffer_bytes / PagedKvCache::layer_buffer_bytes(1, block_size, model.kv_dim()));
         let config = SchedulerConfig { block_size, num_blocks, kv_groups: layout.groups, ..base };
         let usable = num_blocks.saturating_sub(config.watermark_blocks);
         // The longest sequence whose blocks fit: blocks_for grows with the length.

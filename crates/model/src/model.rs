@@ -302,8 +302,7 @@ impl Model {
     /// of [`Model::forward_batch`].
     pub fn new_paged_cache(&self, num_blocks: usize, block_size: usize) -> Result<PagedKvCache, ModelError> {
         let c = &self.config;
-        // Each layer's keys (and values) are one buffer, which kernels must be able to bind.
-        let buffer = num_blocks.saturating_mul(block_size).saturating_mul(c.kv_dim() * 4);
+        let buffer = PagedKvCache::layer_buffer_bytes(num_blocks, block_size, c.kv_dim());
         let limit = crate::max_binding_bytes(&self.device);
         if buffer > limit {
             return Err(ModelError::InvalidParameter(format!(

@@ -46,7 +46,7 @@ impl PagedKvCache {
         if num_blocks == 0 || block_size == 0 {
             return Err(ModelError::InvalidParameter("a KV cache needs at least one block of one slot".into()));
         }
-        let bytes = num_blocks * block_size * kv_dim * 4;
+        let bytes = Self::layer_buffer_bytes(num_blocks, block_size, kv_dim);
         let client = device.client();
         let buffers = || (0..layout.group_size).map(|_| client.empty(bytes)).collect::<Vec<_>>();
         Ok(Self { device: device.clone(), keys: buffers(), values: buffers(), layout, num_blocks, block_size, kv_dim })
@@ -71,7 +71,13 @@ impl PagedKvCache {
 
     /// Bytes one block takes: `block_size` positions of a group's layers.
     pub fn bytes_per_block(layout: &KvLayout, kv_dim: usize, block_size: usize) -> usize {
-        2 * layout.group_size * block_size * kv_dim * 4
+        2 * layout.group_size * Self::layer_buffer_bytes(1, block_size, kv_dim)
+    }
+
+    /// Bytes of one layer's keys (or values) in a pool of `num_blocks`: each such buffer is
+    /// bound whole by the kernels, so it must stay within the device's binding limit.
+    pub fn layer_buffer_bytes(num_blocks: usize, block_size: usize, kv_dim: usize) -> usize {
+        num_blocks.saturating_mul(block_size).saturating_mul(kv_dim * 4)
     }
 
     pub(crate) fn write(&self, layer: usize, k: Tensor<2>, v: Tensor<2>, batch: &BatchBuffer) {

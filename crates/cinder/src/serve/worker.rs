@@ -7,10 +7,10 @@
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cinder_engine::{Engine, EngineMetrics, Event, GenerationRequest, StepOutcome, SubmitError};
-use cinder_scheduler::{SeqId, Time};
+use cinder_scheduler::SeqId;
 use tokio::sync::{mpsc, oneshot};
 
 /// What handlers ask of the worker.
@@ -60,8 +60,7 @@ pub fn spawn(engine: Engine) -> (WorkerHandle, JoinHandle<()>) {
 }
 
 fn run(mut engine: Engine, commands: Receiver<Command>, metrics: Arc<Mutex<EngineMetrics>>) {
-    let origin = Instant::now();
-    let clock = move || Time(origin.elapsed().as_micros() as u64);
+    let clock = crate::wall_clock();
     let mut connected = true;
     let mut failures = 0u32;
     loop {
