@@ -1,7 +1,7 @@
 //! Tokenizer parity with llama.cpp on the default model's vocabulary.
 
 use cinder_gguf::GgufFile;
-use cinder_tokenizer::Tokenizer;
+use cinder_tokenizer::{Segment, Tokenizer};
 
 #[test]
 fn token_ids_match_llama_cpp() {
@@ -51,6 +51,10 @@ fn family_vocabularies_match_llama_cpp() {
                 if ours != ids(&case[key]) {
                     mismatches += 1;
                     failures.push(format!("{family} {key} {text:?}: {ours:?} != llama.cpp {:?}", ids(&case[key])));
+                }
+                // The chat path's splitter finds the same control tokens as the tokenizer.
+                if special && tokenizer.encode_segments(&[Segment::Markup(text)], add).unwrap() != ours {
+                    failures.push(format!("{family} {key} {text:?}: encode_segments differs from encode"));
                 }
             }
             // Text comes back from its tokens (SentencePiece adds the leading space where

@@ -80,8 +80,7 @@ fn prompt_ids(args: &GenerateArgs, file: &cinder_gguf::GgufFile, tokenizer: &Tok
         return Ok(tokenizer.encode(text, true, true)?);
     }
     let message = args.chat.as_deref().expect("clap requires one input");
-    let rendered = ChatTemplate::from_gguf(file.metadata(), tokenizer)?.render(&[ChatMessage::new("user", message)], true)?;
-    Ok(tokenizer.encode(&rendered, true, true)?)
+    Ok(ChatTemplate::from_gguf(file.metadata(), tokenizer)?.encode(tokenizer, &[ChatMessage::new("user", message)], true)?)
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {

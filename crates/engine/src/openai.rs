@@ -157,6 +157,18 @@ pub struct GenerationBody {
     pub return_token_ids: Option<bool>,
     pub user: Option<String>,
     pub echo: Option<bool>,
+    /// Completions: whether control-token text in `prompt` becomes control tokens (default
+    /// true, as llama.cpp and vLLM do). Chat contents never do.
+    pub parse_special: Option<bool>,
+}
+
+/// What the server allows a request: the context, and the `max_tokens` of requests that
+/// give none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub context_length: usize,
+    /// `None`: 16 for a completion (OpenAI's default), the rest of the context for a chat.
+    pub default_max_tokens: Option<usize>,
 }
 
 /// Most alternatives per choice and most choices per request.
@@ -237,10 +249,14 @@ impl GenerationBody {
         }
     }
 
-    /// The prompts of a completion: `prompt` as text (tokenized with special tokens) or ids.
+    /// The prompts of a completion: `prompt` as text (control-token text parsed unless
+    /// `parse_special` is false) or ids.
     pub fn completion_prompts(&self, tokenizer: &Tokenizer) -> Result<Vec<Vec<u32>>, InvalidRequest> {
+        let parse_special = self.parse_special.unwrap_or(true);
         let encode = |text: &str| {
-            tokenizer.encode(text, true, true).map_err(|e| InvalidRequest::new(format!("cannot tokenize the prompt: {e}"), Some("prompt")))
+            tokenizer
+                .encode(text, true, parse_special)
+                .map_err(|e| InvalidRequest::new(format!("cannot tokenize the prompt: {e}"), Some("prompt")))
         };
         let prompts = match &self.prompt {
             None => return Err(InvalidRequest::new("`prompt` is required", Some("prompt"))),
@@ -255,27 +271,25 @@ impl GenerationBody {
         Ok(prompts)
     }
 
-    /// The prompt of a chat completion: `messages` rendered by the model's chat template.
+    /// The prompt of a chat completion: `messages` rendered by the model's chat template,
+    /// what they say tokenized as text (a `<|im_end|>` in a content is never the token).
     pub fn chat_prompt(&self, tokenizer: &Tokenizer, template: Option<&ChatTemplate>) -> Result<Vec<u32>, InvalidRequest> {
+        if self.parse_special.is_some() {
+            let message = "`parse_special` applies to completions; chat messages are always tokenized as text";
+            return Err(InvalidRequest::new(message, Some("parse_special")));
+        }
         let messages = self.messages.as_ref().filter(|m| !m.is_empty());
         let messages = messages.ok_or_else(|| InvalidRequest::new("`messages` must be a non-empty list", Some("messages")))?;
         let template = template.ok_or_else(|| InvalidRequest::new("this model has no chat template; use a completion", None))?;
         let messages: Vec<ChatMessage> =
             messages.iter().map(|m| Ok(ChatMessage::new(m.role.clone(), m.text()?))).collect::<Result<_, InvalidRequest>>()?;
-        let text = template.render(&messages, true).map_err(|e| InvalidRequest::new(format!("chat template: {e}"), Some("messages")))?;
-        tokenizer.encode(&text, true, true).map_err(|e| InvalidRequest::new(format!("cannot tokenize the messages: {e}"), Some("messages")))
+        template.encode(tokenizer, &messages, true).map_err(|e| InvalidRequest::new(format!("chat template: {e}"), Some("messages")))
     }
 
     /// The engine requests for one of the body's prompts: `n` choices whose seeds differ by
-    /// their index, each capped so the prompt and its answer fit in `context_length`.
-    pub fn requests(
-        &self,
-        prompt: &[u32],
-        chat: bool,
-        context_length: usize,
-        seed: u64,
-    ) -> Result<Vec<GenerationRequest>, InvalidRequest> {
-        let max_tokens = self.max_tokens(chat, prompt.len(), context_length)?;
+    /// their index, each capped so the prompt and its answer fit in the context.
+    pub fn requests(&self, prompt: &[u32], chat: bool, limits: Limits, seed: u64) -> Result<Vec<GenerationRequest>, InvalidRequest> {
+        let max_tokens = self.max_tokens(chat, prompt.len(), limits)?;
         let (logprobs, stop, priority) = (self.logprobs(chat)?, self.stop(), self.priority()?);
         let tenant = TenantId(self.user.as_deref().map_or(0, tenant_of));
         (0..self.n()?)
@@ -296,19 +310,22 @@ impl GenerationBody {
             .collect()
     }
 
-    /// `max_completion_tokens` or `max_tokens`; without either, 16 for a completion (OpenAI's
-    /// default) and the rest of the context for a chat.
-    fn max_tokens(&self, chat: bool, prompt: usize, context_length: usize) -> Result<usize, InvalidRequest> {
+    /// `max_completion_tokens` or `max_tokens`; without either, the server's default (cut
+    /// to the room left), else 16 for a completion (OpenAI's default) and the rest of the
+    /// context for a chat.
+    fn max_tokens(&self, chat: bool, prompt: usize, limits: Limits) -> Result<usize, InvalidRequest> {
+        let context_length = limits.context_length;
         let room = context_length.saturating_sub(prompt);
         let (asked, param) = match (self.max_completion_tokens, self.max_tokens) {
             (Some(m), _) => (Some(m), "max_completion_tokens"),
             (None, m) => (m, "max_tokens"),
         };
-        let max = match (asked, chat) {
-            (Some(0), _) => return Err(InvalidRequest::new(format!("`{param}` must be at least 1"), Some(param))),
-            (Some(m), _) => usize::try_from(m).unwrap_or(usize::MAX),
-            (None, false) => 16.min(room.max(1)),
-            (None, true) => room.max(1),
+        let max = match (asked, limits.default_max_tokens, chat) {
+            (Some(0), ..) => return Err(InvalidRequest::new(format!("`{param}` must be at least 1"), Some(param))),
+            (Some(m), ..) => usize::try_from(m).unwrap_or(usize::MAX),
+            (None, Some(default), _) => default.min(room.max(1)),
+            (None, None, false) => 16.min(room.max(1)),
+            (None, None, true) => room.max(1),
         };
         if max > room {
             let message =

@@ -20,4 +20,4 @@ mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate, TemplateError};
 pub use stream::StreamDecoder;
-pub use tokenizer::{SpecialTokens, TokenType, Tokenizer, TokenizerError, VocabKind, byte_level_alphabet};
+pub use tokenizer::{Segment, SpecialTokens, TokenType, Tokenizer, TokenizerError, VocabKind, byte_level_alphabet};

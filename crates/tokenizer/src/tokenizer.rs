@@ -1,6 +1,9 @@
 //! Building a byte-level BPE tokenizer from `tokenizer.ggml.*` metadata.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+
+use aho_corasick::{AhoCorasick, MatchKind};
 
 use cinder_gguf::{GgufError, Metadata};
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
@@ -146,6 +149,34 @@ const CONTROL_LOOKING_TEXTS: &[&str] = &[
     "<|middle|>",
 ];
 
+/// A piece of text to tokenize: markup, whose control-token text becomes those tokens, or
+/// literal text (what a user wrote), which never does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Segment<'a> {
+    Markup(&'a str),
+    Literal(&'a str),
+}
+
+/// The control tokens matched in text when special tokens are parsed, as the Hugging Face
+/// tokenizer matches them (leftmost-longest; some swallow the whitespace after them), for
+/// splitting text into control tokens and plain pieces as llama.cpp's fragments do.
+#[derive(Debug, Clone)]
+struct ControlTokens {
+    matcher: AhoCorasick,
+    ids: Vec<u32>,
+    rstrip: Vec<bool>,
+}
+
+impl ControlTokens {
+    fn new(tokens: &[(&str, u32, bool)]) -> Result<Self, TokenizerError> {
+        let matcher = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(tokens.iter().map(|t| t.0))
+            .map_err(|e| TokenizerError::Build(e.to_string()))?;
+        Ok(Self { matcher, ids: tokens.iter().map(|t| t.1).collect(), rstrip: tokens.iter().map(|t| t.2).collect() })
+    }
+}
+
 /// A model's tokenizer.
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -153,6 +184,7 @@ pub struct Tokenizer {
     parsing_special: tokenizers::Tokenizer,
     /// Treats control-token text as plain text.
     plain: tokenizers::Tokenizer,
+    control: ControlTokens,
     tokens: Vec<String>,
     types: Vec<TokenType>,
     kind: VocabKind,
@@ -234,22 +266,28 @@ impl Tokenizer {
         // Control, unknown and user-defined tokens are matched in the text before the model
         // runs; user-defined ones always, the others only when special tokens are parsed.
         let rstrip = strips_after_special_tokens(metadata)?;
-        let added: Vec<AddedToken> = tokens
-            .iter()
-            .zip(&types)
-            .filter(|(_, ty)| matches!(ty, TokenType::Control | TokenType::Unknown | TokenType::UserDefined))
-            .map(|(text, ty)| {
-                AddedToken::from(text.clone(), *ty != TokenType::UserDefined)
-                    .normalized(false)
-                    .rstrip(rstrip && !["<unk>", "<s>", "<|endoftext|>"].contains(&text.as_str()))
-            })
-            .collect();
+        let mut added: Vec<AddedToken> = Vec::new();
+        let mut control: Vec<(&str, u32, bool)> = Vec::new();
+        let mut seen = HashSet::new();
+        for (id, (text, ty)) in tokens.iter().zip(&types).enumerate() {
+            if !matches!(ty, TokenType::Control | TokenType::Unknown | TokenType::UserDefined) {
+                continue;
+            }
+            let is_control = *ty != TokenType::UserDefined;
+            let strips = rstrip && !["<unk>", "<s>", "<|endoftext|>"].contains(&text.as_str());
+            added.push(AddedToken::from(text.clone(), is_control).normalized(false).rstrip(strips));
+            // On duplicate texts the first id wins, as in the vocabulary.
+            if seen.insert(text.as_str()) && is_control {
+                control.push((text, id as u32, strips));
+            }
+        }
+        let control = ControlTokens::new(&control)?;
         tokenizer.add_tokens(&added);
         let mut plain = tokenizer.clone();
         plain.set_encode_special_tokens(true);
 
         let token_bytes = tokens.iter().zip(&types).map(|(t, ty)| token_to_bytes(t, *ty, kind)).collect();
-        Ok(Self { parsing_special: tokenizer, plain, tokens, types, kind, token_bytes, special, add_bos, add_eos })
+        Ok(Self { parsing_special: tokenizer, plain, control, tokens, types, kind, token_bytes, special, add_bos, add_eos })
     }
 
     /// Token ids for `text`. `add_special` adds BOS/EOS as the model's metadata asks;
@@ -259,6 +297,60 @@ impl Tokenizer {
         let tokenizer = if parse_special { &self.parsing_special } else { &self.plain };
         let encoding = tokenizer.encode_fast(text, add_special).map_err(|e| TokenizerError::Encode(e.to_string()))?;
         Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Token ids for `segments` as one text, where only the markup's control-token text
+    /// becomes control tokens: the same ids as [`Tokenizer::encode`] with `parse_special`
+    /// when the literal text holds none, and that text tokenized as characters when it does.
+    pub fn encode_segments(&self, segments: &[Segment], add_special: bool) -> Result<Vec<u32>, TokenizerError> {
+        let mut ids = Vec::new();
+        if add_special && self.add_bos {
+            ids.extend(self.special.bos);
+        }
+        // Plain text since the last control token: literal text joins the markup around it,
+        // so the words at a boundary split as they would in one text.
+        let mut plain = String::new();
+        let mut flush = |plain: &mut String, ids: &mut Vec<u32>| -> Result<(), TokenizerError> {
+            if !plain.is_empty() {
+                ids.extend(self.encode(plain, false, false)?);
+                plain.clear();
+            }
+            Ok(())
+        };
+        for segment in segments {
+            let markup = match segment {
+                Segment::Literal(text) => {
+                    plain.push_str(text);
+                    continue;
+                }
+                Segment::Markup(markup) => markup,
+            };
+            let mut rest = 0;
+            for found in self.control.matcher.find_iter(*markup) {
+                if found.start() < rest {
+                    continue; // inside whitespace the previous control token swallowed
+                }
+                plain.push_str(&markup[rest..found.start()]);
+                flush(&mut plain, &mut ids)?;
+                ids.push(self.control.ids[found.pattern()]);
+                rest = found.end();
+                if self.control.rstrip[found.pattern()] {
+                    let after = &markup[rest..];
+                    rest += after.len() - after.trim_start().len();
+                }
+            }
+            plain.push_str(&markup[rest..]);
+        }
+        flush(&mut plain, &mut ids)?;
+        if add_special && self.add_eos {
+            ids.extend(self.special.eos);
+        }
+        Ok(ids)
+    }
+
+    /// Where control-token text occurs in `text` (leftmost-longest, without overlaps).
+    pub fn find_control_tokens(&self, text: &str) -> Vec<Range<usize>> {
+        self.control.matcher.find_iter(text).map(|m| m.range()).collect()
     }
 
     /// Text of `ids`; control tokens are left out when `skip_special` is set.
@@ -584,6 +676,30 @@ pub(crate) mod tests {
         assert_eq!(t.decode(&[0, id_of(&t, "hello")], true).unwrap(), "hello");
         assert_eq!(t.decode(&[0, id_of(&t, "hello")], false).unwrap(), "<s>hello");
         assert!(t.is_end_of_generation(1));
+    }
+
+    #[test]
+    fn segments_split_control_tokens_only_in_markup() {
+        for t in [Tokenizer::from_gguf(&tiny_metadata("gpt-2", true)).unwrap(), Tokenizer::from_gguf(&sentence_piece_metadata(true)).unwrap()] {
+            for text in ["<s>hello</s> world", "hello world", "</s></s>x<s>", ""] {
+                let whole = t.encode(text, true, true).unwrap();
+                assert_eq!(t.encode_segments(&[Segment::Markup(text)], true).unwrap(), whole, "{text:?}");
+                // Split anywhere between characters into markup and literal pieces without
+                // control-token text, the ids stay the same.
+                for cut in (0..=text.len()).filter(|&i| text.is_char_boundary(i)) {
+                    let (a, b) = text.split_at(cut);
+                    let inside_control = t.find_control_tokens(text).iter().any(|r| r.start < cut && cut < r.end);
+                    if t.find_control_tokens(b).is_empty() && !inside_control {
+                        let ids = t.encode_segments(&[Segment::Markup(a), Segment::Literal(b)], true).unwrap();
+                        assert_eq!(ids, whole, "{a:?} + literal {b:?}");
+                    }
+                }
+            }
+            let literal = t.encode_segments(&[Segment::Markup("<s>"), Segment::Literal("hello</s>")], false).unwrap();
+            let bos = t.special_tokens().bos.unwrap();
+            let expected: Vec<u32> = std::iter::once(bos).chain(t.encode("hello</s>", false, false).unwrap()).collect();
+            assert_eq!(literal, expected);
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use cinder_engine::openai::{GenerationBody, parse};
+use cinder_engine::openai::{GenerationBody, Limits, parse};
 use cinder_engine::{Engine, Event, Launched};
 use cinder_gguf::GgufFile;
 use cinder_model::{Model, adapter_name, wgpu_device_async};
@@ -133,7 +133,7 @@ impl WasmEngine {
             prompts.remove(0)
         };
         let seed = body.seed.unwrap_or_else(|| (js_sys::Math::random() * 2f64.powi(53)) as u64);
-        let request = body.requests(&prompt, chat, state.context_length, seed).map_err(error)?.remove(0);
+        let request = body.requests(&prompt, chat, Limits { context_length: state.context_length, default_max_tokens: None }, seed).map_err(error)?.remove(0);
         let (sender, events) = unbounded_channel();
         let id = state.engine.submit(request, sender, now()).map_err(error)?;
         state.streams.insert(id, Stream { events, on_event });
