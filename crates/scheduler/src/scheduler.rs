@@ -155,6 +155,9 @@ pub struct Metrics {
 #[derive(Debug)]
 struct Waiting {
     id: SeqId,
+    /// The first sequence of the request this one belongs to (choices of one request are
+    /// admitted together and count as one waiting request).
+    request_of: SeqId,
     arrival: Time,
     /// The request; a preempted one's prompt is followed by what it generated so far.
     request: Request,
@@ -201,6 +204,7 @@ impl Queued for Box<Waiting> {
 struct Sequence {
     /// The request, its prompt moved into `tokens`.
     request: Request,
+    request_of: SeqId,
     prompt_len: usize,
     /// Prompt followed by the generated tokens.
     tokens: Vec<u32>,
@@ -228,6 +232,7 @@ impl Sequence {
         Sequence {
             tokens: std::mem::take(&mut waiting.request.prompt),
             request: waiting.request,
+            request_of: waiting.request_of,
             prompt_len: progress.prompt_len,
             computed: 0,
             blocks: SequenceBlocks::default(),
@@ -244,7 +249,7 @@ impl Sequence {
     fn into_waiting(mut self, id: SeqId) -> Waiting {
         self.request.prompt = self.tokens;
         let progress = Progress { prompt_len: self.prompt_len, first_token: self.first_token, preemptions: self.preemptions };
-        Waiting { id, arrival: self.arrival, request: self.request, progress: Some(Box::new(progress)) }
+        Waiting { id, request_of: self.request_of, arrival: self.arrival, request: self.request, progress: Some(Box::new(progress)) }
     }
 
     fn generated(&self) -> usize {
@@ -287,6 +292,9 @@ pub struct Scheduler {
     config: SchedulerConfig,
     blocks: BlockManager,
     queue: WaitingQueue<Box<Waiting>>,
+    /// Sequences waiting per request (keyed by its first sequence): the queue's length in
+    /// requests.
+    waiting_requests: IdMap<SeqId, usize>,
     /// The running sequences.
     seqs: IdMap<SeqId, Sequence>,
     /// Running sequences, most important first: `(priority, id)` (ids grow with arrival).
@@ -316,6 +324,7 @@ impl Scheduler {
         Self {
             blocks: BlockManager::new(config.num_blocks, config.block_size),
             queue: WaitingQueue::new(config.queue.clone()),
+            waiting_requests: IdMap::default(),
             seqs: IdMap::default(),
             running: Vec::new(),
             next_id: 0,
@@ -348,8 +357,41 @@ impl Scheduler {
         self.seqs.is_empty() && self.queue.is_empty()
     }
 
+    /// Waiting sequences (each choice of a request is one).
     pub fn num_waiting(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Requests with a sequence waiting: what `max_waiting` limits.
+    pub fn num_waiting_requests(&self) -> usize {
+        self.waiting_requests.len()
+    }
+
+    fn enqueue(&mut self, waiting: Box<Waiting>) {
+        *self.waiting_requests.entry(waiting.request_of).or_default() += 1;
+        self.queue.push(waiting);
+    }
+
+    fn dequeue(&mut self, id: SeqId, admitted: bool) -> Option<Box<Waiting>> {
+        let waiting = self.queue.remove(id, admitted)?;
+        if let std::collections::hash_map::Entry::Occupied(mut count) = self.waiting_requests.entry(waiting.request_of) {
+            *count.get_mut() -= 1;
+            if *count.get() == 0 {
+                count.remove();
+            }
+        }
+        Some(waiting)
+    }
+
+    /// Sequences the running set can still take under the policy's cap (static policies
+    /// form their batches themselves: none).
+    fn free_running_slots(&self) -> usize {
+        match self.config.policy {
+            BatchPolicy::Continuous { max_running, .. } | BatchPolicy::Adaptive { max_running, .. } => {
+                max_running.saturating_sub(self.running.len())
+            }
+            _ => 0,
+        }
     }
 
     pub fn num_running(&self) -> usize {
@@ -361,9 +403,11 @@ impl Scheduler {
         Rejection { reason, message, retry_after }
     }
 
-    /// The load level now, from queue depth, KV pressure and the oldest wait.
+    /// The load level now, from the backlog (waiting requests beyond what the running set
+    /// can take at the next step), KV pressure and the oldest wait.
     pub fn load_level(&self, now: Time) -> LoadLevel {
-        let queue_frac = self.queue.len() as f64 / self.config.max_waiting.max(1) as f64;
+        let backlog = self.num_waiting_requests().saturating_sub(self.free_running_slots());
+        let queue_frac = backlog as f64 / self.config.max_waiting.max(1) as f64;
         let kv_frac = self.blocks.in_use() as f64 / self.config.num_blocks.max(1) as f64;
         let oldest = self.queue.oldest_arrival().map_or(Duration::ZERO, |a| now.since(a));
         self.config.load.level(queue_frac, kv_frac, oldest)
@@ -371,6 +415,67 @@ impl Scheduler {
 
     /// Admits a request to the waiting queue, or says why not.
     pub fn submit(&mut self, request: Request, now: Time) -> Result<SeqId, Rejection> {
+        Ok(self.submit_all(vec![request], now)?[0])
+    }
+
+    /// Admits the sequences of one request (the choices of `n`, the prompts of a list)
+    /// together, or none of them: they count as one request against `max_waiting` and the
+    /// tenant's request rate, and as the sum of their tokens against its token rate.
+    pub fn submit_all(&mut self, requests: Vec<Request>, now: Time) -> Result<Vec<SeqId>, Rejection> {
+        if requests.is_empty() {
+            return Err(self.reject(RejectionReason::TooLong, "the request has no prompt".into(), None));
+        }
+        for request in &requests {
+            self.check_fits(request)?;
+        }
+        if let BreakerState::Open { until } = self.breaker.state(now) {
+            let message = "the engine is failing; not accepting requests for now".to_owned();
+            return Err(self.reject(RejectionReason::CircuitOpen, message, Some(until.since(now))));
+        }
+        let level = self.load_level(now);
+        if let Some(shed) = requests.iter().map(|r| r.priority).filter(|p| !level.admits(*p)).max() {
+            let message = format!("overloaded ({level:?}): {} priority requests are shed", shed.name());
+            let retry = Duration::from_millis(500 << (level as u32).min(5));
+            return Err(self.reject(RejectionReason::Overloaded, message, Some(retry)));
+        }
+        if self.num_waiting_requests() >= self.config.max_waiting {
+            let message = format!("the queue is full ({} requests waiting)", self.num_waiting_requests());
+            return Err(self.reject(RejectionReason::QueueFull, message, Some(Duration::from_millis(1_000))));
+        }
+        let tenant = requests[0].tenant;
+        let limit = self.config.rate_limits.get(&tenant.0).unwrap_or(&self.config.default_rate_limit).clone();
+        let (request_bucket, token_bucket) = self.buckets.entry(tenant).or_insert_with(|| {
+            (TokenBucket::new(limit.requests_per_s, limit.request_burst), TokenBucket::new(limit.tokens_per_s, limit.token_burst))
+        });
+        let tokens: usize = requests.iter().map(Request::max_len).sum();
+        let limited = match request_bucket.try_take(1.0, now) {
+            Err(wait) => Some(("request", wait)),
+            Ok(()) => token_bucket.try_take(tokens as f64, now).err().map(|wait| {
+                request_bucket.give_back(1.0);
+                ("token", wait)
+            }),
+        };
+        if let Some((what, wait)) = limited {
+            let message = format!("tenant {} exceeds its {what} rate", tenant.0);
+            return Err(self.reject(RejectionReason::RateLimited, message, Some(wait)));
+        }
+
+        let request_of = SeqId(self.next_id);
+        let ids: Vec<SeqId> = requests
+            .into_iter()
+            .map(|request| {
+                let id = SeqId(self.next_id);
+                self.next_id += 1;
+                self.enqueue(Box::new(Waiting { id, request_of, arrival: now, request, progress: None }));
+                id
+            })
+            .collect();
+        Ok(ids)
+    }
+
+    /// Refuses a request that can never run: empty, longer than a sequence may be, or
+    /// needing more blocks than the pool has.
+    fn check_fits(&mut self, request: &Request) -> Result<(), Rejection> {
         if request.prompt.is_empty() {
             return Err(self.reject(RejectionReason::TooLong, "the prompt is empty".into(), None));
         }
@@ -389,45 +494,12 @@ impl Scheduler {
             let message = format!("{max_len} tokens need {blocks_needed} KV blocks; the pool has {}", self.config.num_blocks);
             return Err(self.reject(RejectionReason::TooLong, message, None));
         }
-        if let BreakerState::Open { until } = self.breaker.state(now) {
-            let message = "the engine is failing; not accepting requests for now".to_owned();
-            return Err(self.reject(RejectionReason::CircuitOpen, message, Some(until.since(now))));
-        }
-        let level = self.load_level(now);
-        if !level.admits(request.priority) {
-            let message = format!("overloaded ({level:?}): {} priority requests are shed", request.priority.name());
-            let retry = Duration::from_millis(500 << (level as u32).min(5));
-            return Err(self.reject(RejectionReason::Overloaded, message, Some(retry)));
-        }
-        if self.queue.len() >= self.config.max_waiting {
-            let message = format!("the queue is full ({} waiting)", self.queue.len());
-            return Err(self.reject(RejectionReason::QueueFull, message, Some(Duration::from_millis(1_000))));
-        }
-        let limit = self.config.rate_limits.get(&request.tenant.0).unwrap_or(&self.config.default_rate_limit).clone();
-        let (requests, tokens) = self.buckets.entry(request.tenant).or_insert_with(|| {
-            (TokenBucket::new(limit.requests_per_s, limit.request_burst), TokenBucket::new(limit.tokens_per_s, limit.token_burst))
-        });
-        let limited = match requests.try_take(1.0, now) {
-            Err(wait) => Some(("request", wait)),
-            Ok(()) => tokens.try_take(max_len as f64, now).err().map(|wait| {
-                requests.give_back(1.0);
-                ("token", wait)
-            }),
-        };
-        if let Some((what, wait)) = limited {
-            let message = format!("tenant {} exceeds its {what} rate", request.tenant.0);
-            return Err(self.reject(RejectionReason::RateLimited, message, Some(wait)));
-        }
-
-        let id = SeqId(self.next_id);
-        self.next_id += 1;
-        self.queue.push(Box::new(Waiting { id, arrival: now, request, progress: None }));
-        Ok(id)
+        Ok(())
     }
 
     /// Ends a sequence now, waiting or running; its blocks are freed. Unknown ids are ignored.
     pub fn abort(&mut self, id: SeqId, now: Time) -> bool {
-        if let Some(waiting) = self.queue.remove(id, false) {
+        if let Some(waiting) = self.dequeue(id, false) {
             self.finished.push(Sequence::start(*waiting).into_finished(id, FinishReason::Cancelled, now));
             return true;
         }
@@ -452,7 +524,7 @@ impl Scheduler {
         self.running.retain(|r| r.1 != id);
         let mut seq = self.seqs.remove(&id).expect("running sequence exists");
         seq.preemptions += 1;
-        self.queue.push(Box::new(seq.into_waiting(id)));
+        self.enqueue(Box::new(seq.into_waiting(id)));
         self.preemptions += 1;
         plan.preempted.push(id);
     }
@@ -659,7 +731,7 @@ impl Scheduler {
             return false;
         }
         blocks.ensure(&self.blocks, groups, computed, computed + n).expect("checked available");
-        let waiting = self.queue.remove(id, true).expect("peeked");
+        let waiting = self.dequeue(id, true).expect("peeked");
         let mut seq = Sequence::start(*waiting);
         seq.prefilling_first_block = self.first_cacheable_block(&seq.tokens).filter(|_| computed < seq.tokens.len() - 1);
         seq.blocks = blocks;
@@ -712,7 +784,7 @@ impl Scheduler {
             if let (Some(bucket), BatchPolicy::Bucketed { bucket_edges, .. }) = (head_bucket, &self.config.policy) {
                 if bucket_of(waiting.prompt_len(), bucket_edges) != bucket {
                     // Another bucket's request: set aside for a later batch.
-                    skipped.push(self.queue.remove(id, false).expect("peeked"));
+                    skipped.push(self.dequeue(id, false).expect("peeked"));
                     continue;
                 }
             }
@@ -723,14 +795,14 @@ impl Scheduler {
             if needed > self.blocks.available() {
                 break;
             }
-            let mut seq = Sequence::start(*self.queue.remove(id, true).expect("peeked"));
+            let mut seq = Sequence::start(*self.dequeue(id, true).expect("peeked"));
             seq.blocks = SequenceBlocks::new(self.config.kv_groups.len());
             seq.blocks.ensure(&self.blocks, &self.config.kv_groups, 0, max_len).expect("checked available");
             self.add_running(id, seq);
             reserved += max_len;
         }
         for waiting in skipped {
-            self.queue.push(waiting);
+            self.enqueue(waiting);
         }
         self.batch_closed = !self.running.is_empty();
     }
@@ -860,5 +932,6 @@ impl Scheduler {
             assert_eq!(s.blocks.tables().len(), self.config.kv_groups.len(), "a table per KV group");
         }
         assert_eq!(self.running.len(), self.seqs.len(), "every running sequence is in the running order");
+        assert_eq!(self.waiting_requests.values().sum::<usize>(), self.queue.len(), "waiting sequences counted by request");
     }
 }

@@ -4,7 +4,7 @@
 use cinder_scheduler::admission::{BreakerConfig, RateLimit};
 use cinder_scheduler::sim::{CostModel, Simulation, Workload};
 use cinder_scheduler::{
-    BatchPolicy, Duration, FinishReason, Priority, Rejection, RejectionReason, Request, Scheduler, SchedulerConfig, SeqId,
+    BatchPolicy, Duration, FinishReason, LoadLevel, Priority, Rejection, RejectionReason, Request, Scheduler, SchedulerConfig, SeqId,
     StepPlan, StepResult, TenantId, Time,
 };
 use proptest::prelude::*;
@@ -187,9 +187,10 @@ fn rejection(r: Result<SeqId, Rejection>) -> Rejection {
 
 #[test]
 fn admission_rejects_with_reasons_and_retry_hints() {
-    let mut cfg = config(continuous(64, 8, 64), 16);
+    // One sequence runs at a time: the backlog is what waits beyond it.
+    let mut cfg = config(continuous(64, 1, 64), 16);
     cfg.max_seq_len = 40;
-    cfg.max_waiting = 3;
+    cfg.max_waiting = 4;
     cfg.rate_limits.insert(7, RateLimit { requests_per_s: 1.0, request_burst: 1.0, ..Default::default() });
     let mut s = Scheduler::new(cfg);
     let now = Time::ZERO;
@@ -203,8 +204,10 @@ fn admission_rejects_with_reasons_and_retry_hints() {
     assert_eq!(r.reason, RejectionReason::RateLimited);
     assert_eq!(r.retry_after, Some(Duration::from_millis(1000)));
     s.submit(Request::new(prompt(4, 1), 1).with_tenant(TenantId(7)), Time::from_secs_f64(1.0)).unwrap();
+    s.submit(Request::new(prompt(4, 4), 1), now).unwrap();
 
-    // Two waiting of three allowed is 67 %: Elevated sheds the batch priority first.
+    // Three waiting, one of which the free running slot takes: a backlog of two in four
+    // allowed is 50 %, and Elevated sheds the batch priority first.
     let r = rejection(s.submit(Request::new(prompt(4, 1), 1).with_priority(Priority::Batch), now));
     assert_eq!(r.reason, RejectionReason::Overloaded);
     assert!(r.retry_after.is_some());
@@ -213,7 +216,32 @@ fn admission_rejects_with_reasons_and_retry_hints() {
     assert_eq!(r.reason, RejectionReason::QueueFull);
     let m = s.metrics(now);
     assert_eq!(m.rejections[&RejectionReason::TooLong], 2);
-    assert_eq!(m.waiting, 3);
+    assert_eq!(m.waiting, 4);
+}
+
+#[test]
+fn the_choices_of_a_request_are_admitted_or_refused_together() {
+    let mut cfg = config(continuous(64, 64, 64), 256);
+    cfg.max_seq_len = 40;
+    cfg.max_waiting = 2;
+    let mut s = Scheduler::new(cfg);
+    let now = Time::ZERO;
+    // Sixteen choices on an idle engine are one waiting request and no backlog.
+    let ids = s.submit_all(vec![Request::new(prompt(4, 1), 2); 16], now).unwrap();
+    assert_eq!((ids.len(), s.num_waiting(), s.num_waiting_requests()), (16, 16, 1));
+    assert_eq!(s.load_level(now), LoadLevel::Normal);
+    // One choice that can never run refuses the whole request.
+    let mut request = vec![Request::new(prompt(4, 2), 2); 3];
+    request.push(Request::new(prompt(30, 2), 20));
+    assert_eq!(s.submit_all(request, now).unwrap_err().reason, RejectionReason::TooLong);
+    assert_eq!(s.num_waiting(), 16);
+    s.submit_all(vec![Request::new(prompt(4, 3), 2); 4], now).unwrap();
+    assert_eq!(rejection(s.submit(Request::new(prompt(4, 4), 2), now)).reason, RejectionReason::QueueFull);
+    let mut t = now;
+    run(&mut s, &mut t, 100);
+    assert!(s.is_idle());
+    assert_eq!(s.num_waiting_requests(), 0);
+    assert_eq!(s.take_finished().len(), 20);
 }
 
 #[test]
