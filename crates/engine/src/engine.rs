@@ -27,6 +27,8 @@ struct Active {
     events: UnboundedSender<Event>,
     /// Set once the engine ended it (its reason beats the scheduler's length check).
     stopped: bool,
+    /// Why the engine ended it as failed, when it did (non-finite logits).
+    error: Option<String>,
 }
 
 /// Counters since the engine started.
@@ -159,12 +161,52 @@ impl Engine {
 
     /// Queues `request`; its tokens and its end go to `events`. Dropping the receiver
     /// cancels it at the next step.
-    pub fn submit(
+    pub fn submit(&mut self, request: GenerationRequest, events: UnboundedSender<Event>, now: Time) -> Result<SeqId, SubmitError> {
+        Ok(self.submit_all(vec![(request, events)], now)?[0])
+    }
+
+    /// Queues the sequences of one client request (the choices of `n`, the prompts of a
+    /// list) together, or none of them: the scheduler admits them as one request.
+    pub fn submit_all(
         &mut self,
-        request: GenerationRequest,
-        events: UnboundedSender<Event>,
+        requests: Vec<(GenerationRequest, UnboundedSender<Event>)>,
         now: Time,
-    ) -> Result<SeqId, SubmitError> {
+    ) -> Result<Vec<SeqId>, SubmitError> {
+        let samplers = requests.iter().map(|(r, _)| self.check(r)).collect::<Result<Vec<_>, _>>()?;
+        let scheduled = requests
+            .iter()
+            .map(|(r, _)| Request {
+                prompt: r.prompt.clone(),
+                max_new_tokens: r.max_tokens,
+                priority: r.priority,
+                tenant: r.tenant,
+                max_wait: None,
+                use_prefix_cache: r.use_prefix_cache,
+            })
+            .collect();
+        let ids = self.scheduler.submit_all(scheduled, now).map_err(SubmitError::Rejected)?;
+        for ((id, (request, events)), sampler) in ids.iter().zip(requests).zip(samplers) {
+            self.prompt_tokens_total += request.prompt.len() as u64;
+            let active = Active {
+                sampler,
+                history: request.prompt,
+                decoder: StreamDecoder::new(),
+                stops: StopMatcher::new(request.stop),
+                stop_token_ids: request.stop_token_ids,
+                ignore_eos: request.ignore_eos,
+                logprobs: request.logprobs,
+                events,
+                stopped: false,
+                error: None,
+            };
+            self.active.insert(*id, active);
+        }
+        Ok(ids)
+    }
+
+    /// Checks what the scheduler does not know about (the vocabulary, the context, the
+    /// sampling parameters) and builds the request's sampler.
+    fn check(&self, request: &GenerationRequest) -> Result<Sampler, SubmitError> {
         let invalid = |message: String| Err(SubmitError::Invalid(message));
         if request.prompt.is_empty() {
             return invalid("the prompt is empty".into());
@@ -181,32 +223,7 @@ impl Engine {
             let e = ModelError::ContextOverflow { prompt: request.prompt.len(), max_tokens: request.max_tokens, context };
             return invalid(e.to_string());
         }
-        let sampler = Sampler::new(request.sampling.clone()).map_err(|e| SubmitError::Invalid(e.to_string()))?;
-        let scheduled = Request {
-            prompt: request.prompt.clone(),
-            max_new_tokens: request.max_tokens,
-            priority: request.priority,
-            tenant: request.tenant,
-            max_wait: None,
-            use_prefix_cache: request.use_prefix_cache,
-        };
-        let id = self.scheduler.submit(scheduled, now).map_err(SubmitError::Rejected)?;
-        self.prompt_tokens_total += request.prompt.len() as u64;
-        self.active.insert(
-            id,
-            Active {
-                sampler,
-                history: request.prompt,
-                decoder: StreamDecoder::new(),
-                stops: StopMatcher::new(request.stop),
-                stop_token_ids: request.stop_token_ids,
-                ignore_eos: request.ignore_eos,
-                logprobs: request.logprobs,
-                events,
-                stopped: false,
-            },
-        );
-        Ok(id)
+        Sampler::new(request.sampling.clone()).map_err(|e| SubmitError::Invalid(e.to_string()))
     }
 
     /// Ends a request now; its blocks are freed and it gets a `Cancelled` end.
@@ -282,9 +299,21 @@ impl Engine {
             LogitRows::Full(logits) => (logits, Vec::new()),
             LogitRows::TopK(candidates) => (Vec::new(), candidates),
         };
+        let mut broken = Vec::new();
         for (row, id) in plan.sampling().enumerate() {
             let Some(active) = self.active.get_mut(&id) else { continue };
             let logits = logits.get(row).map(|l| &l[..vocab.min(l.len())]);
+            let non_finite = match (candidates.get(row), logits) {
+                (Some(best), _) => best.iter().any(|(_, l)| !l.is_finite()),
+                (None, Some(logits)) => logits.iter().any(|l| !l.is_finite()),
+                (None, None) => false,
+            };
+            if non_finite {
+                // NaN weights or an overflow: nothing sampled from these logits means anything.
+                active.error = Some("the model produced NaN or infinite logits (corrupt weights or a numeric overflow)".into());
+                broken.push(id);
+                continue;
+            }
             let token = match (candidates.get_mut(row), logits) {
                 (Some(best), _) => active.sampler.sample_candidates(std::mem::take(best)),
                 (None, Some(logits)) => active.sampler.sample(logits, &active.history),
@@ -300,6 +329,9 @@ impl Engine {
         }
         let outcome = StepOutcome::Ran { tokens: plan.num_tokens(), sampled: result.sampled.len() };
         self.generation_tokens_total += result.sampled.len() as u64;
+        for id in broken {
+            self.scheduler.fail(id, clock());
+        }
         self.scheduler.complete(result, clock());
         self.send_finished();
         Ok(outcome)
@@ -360,8 +392,10 @@ impl Engine {
             let reason = if active.stopped { FinishReason::Stop } else { done.reason };
             let text = active.stops.push(&active.decoder.finish()).text + &active.stops.finish();
             let error = (reason == FinishReason::Failed).then(|| {
-                let attempts = self.scheduler.config().max_step_attempts;
-                format!("the step running this request failed {attempts} times in a row: {}", self.last_step_error)
+                active.error.take().unwrap_or_else(|| {
+                    let attempts = self.scheduler.config().max_step_attempts;
+                    format!("the step running this request failed {attempts} times in a row: {}", self.last_step_error)
+                })
             });
             let _ = active.events.send(Event::Finished(finished(done, reason, text, error)));
         }

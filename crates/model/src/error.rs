@@ -11,6 +11,8 @@ pub enum ModelError {
     Unsupported(String),
     #[error("inconsistent model: {0}")]
     InvalidConfig(String),
+    #[error("tensor {0} holds NaN or infinite values: the file is corrupt")]
+    NonFinite(String),
     #[error("invalid parameter: {0}")]
     InvalidParameter(String),
     #[error(

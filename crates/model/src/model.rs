@@ -74,6 +74,11 @@ impl Loader<'_> {
     /// A vector (norm weight or bias) as `[1, len]`, rows `range` of it if given.
     fn vector(&self, name: &str, range: Option<std::ops::Range<usize>>) -> Result<Tensor<2>, ModelError> {
         let mut values = self.file.dequantize(self.file.tensor(name)?)?;
+        // Norms and biases are small and scale everything after them: a broken one would
+        // only show as garbage output, so it is refused here.
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(ModelError::NonFinite(name.to_owned()));
+        }
         if let Some(range) = range {
             values = values[range].to_vec();
         }

@@ -506,6 +506,12 @@ impl Scheduler {
         self.finish(id, FinishReason::Cancelled, now)
     }
 
+    /// Ends a running sequence as failed (its output cannot be trusted); its blocks are
+    /// freed. False if `id` is not running.
+    pub fn fail(&mut self, id: SeqId, now: Time) -> bool {
+        self.finish(id, FinishReason::Failed, now)
+    }
+
     /// Ends a running sequence; false if `id` is not running.
     fn finish(&mut self, id: SeqId, reason: FinishReason, now: Time) -> bool {
         let Some(seq) = self.seqs.remove(&id) else { return false };

@@ -310,7 +310,7 @@ impl Tokenizer {
         // Plain text since the last control token: literal text joins the markup around it,
         // so the words at a boundary split as they would in one text.
         let mut plain = String::new();
-        let mut flush = |plain: &mut String, ids: &mut Vec<u32>| -> Result<(), TokenizerError> {
+        let flush = |plain: &mut String, ids: &mut Vec<u32>| -> Result<(), TokenizerError> {
             if !plain.is_empty() {
                 ids.extend(self.encode(plain, false, false)?);
                 plain.clear();
