@@ -442,9 +442,11 @@ def summarize(results, samples, duration, t0):
             "warm_up": warm_up}
 
 
-def checks(report, started):
+def checks(report, started, p99_limit_s):
     final, w, shut = report["final"], report["warm_up"], report["shutdown"]
+    p99s = [lat["total"]["p99"] for lat in report["latency_s"].values() if lat["total"]]
     result = {"no failures": report["failures"]["count"] == 0,
+              f"p99 latency of admitted requests <= {p99_limit_s:g} s": bool(p99s) and max(p99s) <= p99_limit_s,
               "engine idle at the end": all(final[k] == 0 for k in final)}
     if w:
         result["RSS flat after warm-up"] = w["rss_kib_end"] <= 1.25 * w["rss_kib_25"] + 64 * 1024
@@ -509,7 +511,7 @@ async def soak_server(args, server):
               **summarize(run.results, samples, args.duration_s, start), "final": final,
               "shutdown": {"exit_code": code, "seconds": None if seconds is None else round(seconds, 2)},
               "samples": samples, "server_output_tail": list(server.tail) if server else []}
-    report["checks"] = checks(report, server is not None)
+    report["checks"] = checks(report, server is not None, args.p99_limit_s)
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)
     print_report(report)
@@ -529,6 +531,7 @@ def parse_args():
     p.add_argument("--duration-s", type=float, default=600)
     p.add_argument("--load", type=float, default=2.0, help="offered load as a multiple of capacity")
     p.add_argument("--request-timeout-s", type=float, default=120)
+    p.add_argument("--p99-limit-s", type=float, default=60, help="bound on the p99 latency of admitted requests")
     p.add_argument("--startup-timeout-s", type=float, default=300)
     p.add_argument("--seed", type=int, help="random seed, for a repeatable mix")
     p.add_argument("--json", default="soak.json")

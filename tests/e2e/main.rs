@@ -8,6 +8,8 @@ mod architectures;
 mod browser;
 mod cli;
 mod dequant;
+mod fuzz;
+mod hardening;
 mod parity;
 mod serve;
 mod tokenizer;

@@ -12,7 +12,7 @@ use cinder_model::tiny::TinyModel;
 
 /// A running server, killed when dropped.
 pub(crate) struct Server {
-    child: Child,
+    pub(crate) child: Child,
     pub(crate) address: String,
 }
 
@@ -71,7 +71,7 @@ impl Response {
     }
 }
 
-fn http(address: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Response {
+pub(crate) fn http(address: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Response {
     let mut stream = TcpStream::connect(address).expect("connecting");
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {
@@ -185,7 +185,7 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
     let tokens = server.request("POST", "/tokenize", &auth, r#"{"content": "hello"}"#).json()["tokens"].clone();
     let text = server.request("POST", "/detokenize", &auth, &format!(r#"{{"tokens": {tokens}}}"#)).json()["content"].clone();
     assert_eq!(text, "hello");
-    assert!(server.request("GET", "/metrics", &[], "").body.contains("cinder:request_rejected_total{reason=\"invalid_request_error\"}"));
+    assert!(server.request("GET", "/metrics", &auth, "").body.contains("cinder:request_rejected_total{reason=\"invalid_request_error\"}"));
 }
 
 /// Opens a streaming request, reads its first event, and hangs up.

@@ -159,6 +159,12 @@ impl Engine {
         !self.scheduler.is_idle()
     }
 
+    /// Gives back the memory the backend pooled for the largest steps so far; for an
+    /// idle engine, so a long prompt's activations are not held until the next one.
+    pub fn release_pooled_memory(&self) -> Result<(), ModelError> {
+        self.model.release_pooled_memory()
+    }
+
     /// Queues `request`; its tokens and its end go to `events`. Dropping the receiver
     /// cancels it at the next step.
     pub fn submit(&mut self, request: GenerationRequest, events: UnboundedSender<Event>, now: Time) -> Result<SeqId, SubmitError> {

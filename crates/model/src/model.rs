@@ -285,6 +285,14 @@ impl Model {
         &self.device
     }
 
+    /// Gives the device memory Burn keeps pooled for reuse (the activations of the largest
+    /// step so far, which grow with the longest sequence) back to the driver; the weights
+    /// and the KV cache stay.
+    pub fn release_pooled_memory(&self) -> Result<(), ModelError> {
+        let Some(device) = crate::kernel::cube_device(&self.device) else { return Ok(()) };
+        device.client().memory_cleanup().map_err(|e| ModelError::Backend(format!("{e:?}")))
+    }
+
     /// Bytes of weights on the device (the token embedding stays on the host).
     pub fn device_weight_bytes(&self) -> usize {
         let blocks: usize = self.blocks.iter().map(Block::device_bytes).sum();

@@ -42,7 +42,33 @@ impl ApiError {
     }
 
     pub fn shutting_down() -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "the server is shutting down")
+        Self::unavailable("the server is shutting down")
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", message)
+    }
+
+    /// The body did not arrive in time.
+    pub fn body_timeout(seconds: u64) -> Self {
+        Self {
+            code: Some("request_timeout".into()),
+            ..Self::new(StatusCode::REQUEST_TIMEOUT, "invalid_request_error", format!("the request body did not arrive within {seconds} s"))
+        }
+    }
+
+    /// The error a response with `status` and no body stands for (the router's own 405,
+    /// the static files' 416).
+    pub fn for_status(status: StatusCode, message: impl Into<String>) -> Self {
+        let kind = match status.as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            429 => "rate_limit_error",
+            500.. => "server_error",
+            _ => "invalid_request_error",
+        };
+        Self::new(status, kind, message)
     }
 
     pub fn internal(message: impl Into<String>) -> Self {

@@ -3,9 +3,11 @@
 //! The model runs on one worker thread ([`worker`]) that owns the device and the engine;
 //! the HTTP handlers ([`routes`]) run on tokio, parse and check requests ([`api`]), submit
 //! them to the worker and stream the events back. `/metrics` ([`metrics`]) reads a snapshot
-//! the worker publishes after every step.
+//! the worker publishes after every step. [`connections`] accepts the connections and
+//! holds slow clients to their time limits.
 
 mod api;
+mod connections;
 mod metrics;
 mod routes;
 mod worker;
@@ -14,8 +16,9 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::Router;
@@ -43,9 +46,20 @@ pub struct ServeArgs {
     /// Port to listen on (0: any free port; the address is printed).
     #[arg(long, env = "CINDER_PORT", default_value_t = 8080)]
     port: u16,
-    /// Require `Authorization: Bearer KEY` on the API routes.
+    /// Require `Authorization: Bearer KEY` on every route but /health (and /metrics and
+    /// /model.gguf when made public). An empty key is refused.
     #[arg(long, env = "CINDER_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// With --api-key: serve /metrics without the key.
+    #[arg(long)]
+    public_metrics: bool,
+    /// With --api-key and --web: serve the model file at /model.gguf without the key.
+    #[arg(long)]
+    public_model: bool,
+    /// `max_tokens` of requests that give none [default: 16 for a completion, the rest of
+    /// the context for a chat].
+    #[arg(long, env = "CINDER_DEFAULT_MAX_TOKENS")]
+    default_max_tokens: Option<NonZeroUsize>,
     /// Name the model is served under [default: the file name without .gguf].
     #[arg(long, env = "CINDER_SERVED_MODEL_NAME")]
     served_model_name: Option<String>,
@@ -70,6 +84,24 @@ pub struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_body_bytes: usize,
+    /// Seconds a client may take to send a request's head, and to start its next request
+    /// on a kept-alive connection; then the connection is closed.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout_s: u64,
+    /// Seconds a client may take to send a request's body; then it gets a 408.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout_s: u64,
+    /// Seconds a response may wait for the client to read it; then the connection is
+    /// closed (and its requests cancelled).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    send_timeout_s: u64,
+    /// Most connections open at once; more get a 503 [default: 4096, less if the
+    /// descriptor limit is lower].
+    #[arg(long)]
+    max_connections: Option<NonZeroUsize>,
+    /// Seconds shutdown waits for requests in flight before closing their connections.
+    #[arg(long, default_value_t = 30)]
+    shutdown_timeout_s: u64,
     /// Longest prompt in tokens [default: the model's context].
     #[arg(long)]
     max_prompt_tokens: Option<usize>,
@@ -83,7 +115,13 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    if args.api_key.as_deref().is_some_and(|key| key.trim().is_empty()) {
+        anyhow::bail!("--api-key (or CINDER_API_KEY) is empty: give a key, or unset it to serve without authentication");
+    }
     let path = args.model.path();
+    if args.web.is_some() && args.api_key.is_some() && !args.public_model {
+        tracing::warn!("--web with --api-key: the demo page cannot fetch /model.gguf without the key; add --public-model to open it");
+    }
     if let Some(dir) = &args.web
         && !dir.join("index.html").is_file()
     {
@@ -138,7 +176,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         template,
         model_name,
         context_length,
+        default_max_tokens: args.default_max_tokens.map(NonZeroUsize::get),
         max_prompt_tokens: args.max_prompt_tokens.unwrap_or(context_length),
+        body_timeout: Duration::from_secs(args.body_timeout_s),
         api_key: args.api_key.clone(),
         shutting_down: AtomicBool::new(false),
         metrics: Default::default(),
@@ -147,7 +187,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(serve(&args, state, &path))?;
-    // The handles are gone: the worker finishes what is left and stops.
+    // Connections still open after the drain are dropped with their tasks, and with them
+    // the last worker handles: the worker cancels what is left and stops.
+    runtime.shutdown_timeout(Duration::from_secs(1));
     worker_thread.join().map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
     eprintln!("stopped");
     Ok(())
@@ -171,23 +213,36 @@ fn load_with_progress_bar(file: &cinder_gguf::GgufFile, device: &cinder_model::D
 }
 
 fn router(args: &ServeArgs, state: Arc<AppState>, model_path: &Path) -> anyhow::Result<Router> {
-    let api = Router::new()
+    // Behind the key when one is set; /metrics and the model file only if not made public.
+    let mut private = Router::new()
         .route("/v1/completions", post(routes::completions))
         .route("/v1/chat/completions", post(routes::chat_completions))
         .route("/v1/models", get(routes::models))
         .route("/tokenize", post(routes::tokenize))
-        .route("/detokenize", post(routes::detokenize))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), routes::require_api_key));
-    let app = api
-        .route("/health", get(routes::health))
-        .route("/metrics", get(routes::metrics));
+        .route("/detokenize", post(routes::detokenize));
+    let mut public = Router::new().route("/health", get(routes::health));
+    if args.public_metrics {
+        public = public.route("/metrics", get(routes::metrics));
+    } else {
+        private = private.route("/metrics", get(routes::metrics));
+    }
+    if args.web.is_some() {
+        let model = ServeFile::new(model_path);
+        if args.public_model {
+            public = public.route_service("/model.gguf", model);
+        } else {
+            private = private.route_service("/model.gguf", model);
+        }
+    }
+    let app = public.merge(private.route_layer(axum::middleware::from_fn_with_state(state.clone(), routes::require_api_key)));
     let app = match &args.web {
-        Some(dir) => app.route_service("/model.gguf", ServeFile::new(model_path)).fallback_service(
+        Some(dir) => app.fallback_service(
             ServeDir::new(dir).not_found_service(HandlerWithoutStateExt::into_service(routes::not_found)),
         ),
         None => app.fallback(routes::not_found),
     };
     let mut app = app
+        .layer(axum::middleware::from_fn(routes::error_bodies))
         .layer(DefaultBodyLimit::max(args.max_body_bytes))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             routes::internal_error("the request handler panicked")
@@ -218,8 +273,30 @@ async fn serve(args: &ServeArgs, state: Arc<AppState>, model_path: &Path) -> any
         eprintln!("shutting down: finishing requests in flight");
         state.shutting_down.store(true, Ordering::Relaxed);
     };
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    let limits = connections::ConnectionLimits {
+        header_timeout: Duration::from_secs(args.header_timeout_s),
+        send_timeout: Duration::from_secs(args.send_timeout_s),
+        max_connections: max_connections(args.max_connections),
+    };
+    connections::serve(listener, app, limits, shutdown, Duration::from_secs(args.shutdown_timeout_s)).await;
     Ok(())
+}
+
+/// The connection limit: as asked, else 4096; within the descriptor limit either way
+/// (raised to its hard limit first), keeping some for the model, the device and the logs.
+fn max_connections(asked: Option<NonZeroUsize>) -> usize {
+    const DEFAULT: usize = 4096;
+    const RESERVED: u64 = 64;
+    let wanted = asked.map_or(DEFAULT, NonZeroUsize::get);
+    let Some(descriptors) = connections::raise_descriptor_limit() else { return wanted };
+    let room = descriptors.saturating_sub(RESERVED).max(1);
+    if wanted as u64 > room {
+        if asked.is_some() {
+            tracing::warn!("--max-connections {wanted}: the descriptor limit ({descriptors}) allows {room}");
+        }
+        return room as usize;
+    }
+    wanted
 }
 
 async fn shutdown_signal() {

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use std::time::Duration;
+
+use axum::body::{Bytes, HttpBody};
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
@@ -23,7 +24,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::{Stream, StreamMap};
 
-use cinder_engine::openai::{GenerationBody, finish_reason, parse};
+use cinder_engine::openai::{GenerationBody, Limits, finish_reason, parse};
 
 use super::api::ApiError;
 use super::metrics::ServerMetrics;
@@ -36,7 +37,11 @@ pub struct AppState {
     pub template: Option<ChatTemplate>,
     pub model_name: String,
     pub context_length: usize,
+    /// `max_tokens` of requests that give none (`--default-max-tokens`).
+    pub default_max_tokens: Option<usize>,
     pub max_prompt_tokens: usize,
+    /// Longest wait for a request's whole body.
+    pub body_timeout: Duration,
     pub api_key: Option<String>,
     pub shutting_down: AtomicBool,
     pub metrics: ServerMetrics,
@@ -70,6 +75,47 @@ pub async fn require_api_key(State(s): State<Shared>, request: Request, next: Ne
     next.run(request).await
 }
 
+/// A request's body, read within the server's time limit (the size limit is the router's
+/// `DefaultBodyLimit`): a client that sends its body slowly or never gets a 408.
+pub struct RequestBody(Bytes);
+
+impl FromRequest<Shared> for RequestBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, s: &Shared) -> Result<Self, ApiError> {
+        match tokio::time::timeout(s.body_timeout, Bytes::from_request(request, s)).await {
+            Err(_) => Err(ApiError::body_timeout(s.body_timeout.as_secs())),
+            Ok(Ok(bytes)) => Ok(Self(bytes)),
+            // Too large (413) or the connection failed mid-body (400).
+            Ok(Err(e)) => Err(ApiError { status: e.status(), ..ApiError::invalid(e.body_text(), None) }),
+        }
+    }
+}
+
+/// Every error answer carries OpenAI's error JSON, also those made without a body (the
+/// router's 405, the static files' errors).
+pub async fn error_bodies(request: Request, next: Next) -> Response {
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_error = status.is_client_error() || status.is_server_error();
+    if !is_error || method == Method::HEAD || response.body().size_hint().exact() != Some(0) {
+        return response;
+    }
+    let message = match status {
+        StatusCode::METHOD_NOT_ALLOWED => format!("{method} is not allowed on {path}"),
+        _ => format!("{path}: {}", status.canonical_reason().unwrap_or("error")),
+    };
+    let (parts, _) = response.into_parts();
+    let mut answer = ApiError::for_status(status, message).into_response();
+    for name in [header::ALLOW, header::CONTENT_RANGE, header::RETRY_AFTER] {
+        if let Some(value) = parts.headers.get(&name) {
+            answer.headers_mut().insert(name, value.clone());
+        }
+    }
+    answer
+}
+
 /// Records a refused request and turns the error into its response.
 fn refuse(s: &AppState, e: ApiError) -> Response {
     s.metrics.rejected(e.reason());
@@ -84,15 +130,15 @@ fn reply(s: &AppState, result: Result<Value, ApiError>) -> Response {
     }
 }
 
-pub async fn completions(State(s): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn completions(State(s): State<Shared>, body: Result<RequestBody, ApiError>) -> Response {
     generate(s, Kind::Completion, body).await
 }
 
-pub async fn chat_completions(State(s): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn chat_completions(State(s): State<Shared>, body: Result<RequestBody, ApiError>) -> Response {
     generate(s, Kind::Chat, body).await
 }
 
-async fn generate(s: Shared, kind: Kind, body: Result<Bytes, BytesRejection>) -> Response {
+async fn generate(s: Shared, kind: Kind, body: Result<RequestBody, ApiError>) -> Response {
     match start(&s, kind, body).await {
         Ok(run) if run.stream => stream(s, run).into_response(),
         Ok(run) => reply(&s, collect(&s, run).await),
@@ -115,12 +161,11 @@ struct Run {
     receivers: Vec<UnboundedReceiver<Event>>,
 }
 
-async fn start(s: &Shared, kind: Kind, body: Result<Bytes, BytesRejection>) -> Result<Run, ApiError> {
+async fn start(s: &Shared, kind: Kind, body: Result<RequestBody, ApiError>) -> Result<Run, ApiError> {
     if s.shutting_down.load(Ordering::Relaxed) {
         return Err(ApiError::shutting_down());
     }
-    let body = body_bytes(body)?;
-    let body: GenerationBody = parse(&body)?;
+    let body: GenerationBody = parse(&body?.0)?;
     if let Some(model) = body.model.as_deref().filter(|m| *m != s.model_name) {
         return Err(ApiError::model_not_found(model));
     }
@@ -136,17 +181,17 @@ async fn start(s: &Shared, kind: Kind, body: Result<Bytes, BytesRejection>) -> R
     let id = s.next_id.fetch_add(1, Ordering::Relaxed);
     // Without a seed, each request draws its own; choices of one request differ by index.
     let seed = body.seed.unwrap_or_else(|| random_seed(id));
-    let mut receivers = Vec::with_capacity(prompts.len() * n);
+    let limits = Limits { context_length: s.context_length, default_max_tokens: s.default_max_tokens };
+    let mut requests = Vec::with_capacity(prompts.len() * n);
     for prompt in &prompts {
         if prompt.len() > s.max_prompt_tokens {
             let message = format!("the prompt has {} tokens; this server takes at most {}", prompt.len(), s.max_prompt_tokens);
             return Err(ApiError::invalid(message, Some(if kind == Kind::Chat { "messages" } else { "prompt" })));
         }
-        for request in body.requests(prompt, kind == Kind::Chat, s.context_length, seed)? {
-            // On an error the receivers already made are dropped, which cancels them.
-            receivers.push(s.worker.submit(request).await?);
-        }
+        requests.extend(body.requests(prompt, kind == Kind::Chat, limits, seed)?);
     }
+    // Every choice of every prompt is admitted together, or the request is refused.
+    let receivers = s.worker.submit(requests).await?;
     let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
     Ok(Run {
         kind,
@@ -160,11 +205,6 @@ async fn start(s: &Shared, kind: Kind, body: Result<Bytes, BytesRejection>) -> R
         n,
         receivers,
     })
-}
-
-/// The body, or why it could not be read (too large: 413).
-fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|e| ApiError { status: e.status(), ..ApiError::invalid(e.body_text(), None) })
 }
 
 fn random_seed(id: u64) -> u64 {
@@ -471,16 +511,17 @@ struct TokenizeBody {
     content: Option<String>,
     prompt: Option<String>,
     add_special: Option<bool>,
+    /// Whether control-token text becomes control tokens (default true, as for completions).
+    parse_special: Option<bool>,
 }
 
-pub async fn tokenize(State(s): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn tokenize(State(s): State<Shared>, body: Result<RequestBody, ApiError>) -> Response {
     let result = (|| {
-        let body = body_bytes(body)?;
-        let body: TokenizeBody = parse(&body)?;
+        let body: TokenizeBody = parse(&body?.0)?;
         let text = body.content.or(body.prompt).ok_or_else(|| ApiError::invalid("`content` (or `prompt`) is required", Some("content")))?;
         let tokens = s
             .tokenizer
-            .encode(&text, body.add_special.unwrap_or(true), true)
+            .encode(&text, body.add_special.unwrap_or(true), body.parse_special.unwrap_or(true))
             .map_err(|e| ApiError::invalid(format!("cannot tokenize: {e}"), Some("content")))?;
         Ok(json!({"tokens": tokens, "count": tokens.len(), "max_model_len": s.context_length}))
     })();
@@ -492,10 +533,9 @@ struct DetokenizeBody {
     tokens: Vec<u32>,
 }
 
-pub async fn detokenize(State(s): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn detokenize(State(s): State<Shared>, body: Result<RequestBody, ApiError>) -> Response {
     let result = (|| {
-        let body = body_bytes(body)?;
-        let body: DetokenizeBody = parse(&body)?;
+        let body: DetokenizeBody = parse(&body?.0)?;
         let text = s.tokenizer.decode(&body.tokens, false).map_err(|e| ApiError::invalid(e.to_string(), Some("tokens")))?;
         Ok(json!({"content": text, "prompt": text}))
     })();

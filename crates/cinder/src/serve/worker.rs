@@ -15,10 +15,10 @@ use tokio::sync::{mpsc, oneshot};
 
 /// What handlers ask of the worker.
 pub enum Command {
+    /// The sequences of one client request, queued together or not at all.
     Submit {
-        request: GenerationRequest,
-        events: mpsc::UnboundedSender<Event>,
-        reply: oneshot::Sender<Result<SeqId, SubmitError>>,
+        requests: Vec<(GenerationRequest, mpsc::UnboundedSender<Event>)>,
+        reply: oneshot::Sender<Result<Vec<SeqId>, SubmitError>>,
     },
 }
 
@@ -30,15 +30,16 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
-    /// Queues a request; its events arrive on the returned receiver. Dropping the receiver
-    /// cancels the request.
-    pub async fn submit(&self, request: GenerationRequest) -> Result<mpsc::UnboundedReceiver<Event>, SubmitError> {
-        let (events, receiver) = mpsc::unbounded_channel();
+    /// Queues the sequences of one client request, all or none; each one's events arrive
+    /// on its receiver. Dropping a receiver cancels its sequence.
+    pub async fn submit(&self, requests: Vec<GenerationRequest>) -> Result<Vec<mpsc::UnboundedReceiver<Event>>, SubmitError> {
+        let (senders, receivers): (Vec<_>, Vec<_>) = requests.iter().map(|_| mpsc::unbounded_channel()).unzip();
+        let requests = requests.into_iter().zip(senders).collect();
         let (reply, answer) = oneshot::channel();
         let gone = || SubmitError::Invalid("the engine has stopped".into());
-        self.commands.send(Command::Submit { request, events, reply }).map_err(|_| gone())?;
+        self.commands.send(Command::Submit { requests, reply }).map_err(|_| gone())?;
         answer.await.map_err(|_| gone())??;
-        Ok(receiver)
+        Ok(receivers)
     }
 
     pub fn metrics(&self) -> EngineMetrics {
@@ -59,10 +60,16 @@ pub fn spawn(engine: Engine) -> (WorkerHandle, JoinHandle<()>) {
     (WorkerHandle { commands, metrics }, thread)
 }
 
+/// How long the engine stays idle before it gives back the memory pooled for its steps:
+/// long enough that back-to-back requests reuse it.
+const RELEASE_AFTER_IDLE: Duration = Duration::from_secs(2);
+
 fn run(mut engine: Engine, commands: Receiver<Command>, metrics: Arc<Mutex<EngineMetrics>>) {
     let clock = crate::wall_clock();
     let mut connected = true;
     let mut failures = 0u32;
+    // When the engine last ran a step, while its pooled memory is not yet released.
+    let mut pooled_since: Option<std::time::Instant> = None;
     loop {
         // With work, take what has arrived and step; without, sleep until a command comes.
         let wait = if engine.has_work() { Duration::ZERO } else { Duration::from_millis(100) };
@@ -72,8 +79,8 @@ fn run(mut engine: Engine, commands: Receiver<Command>, metrics: Arc<Mutex<Engin
         } else {
             Err(true)
         };
-        while let Ok(Command::Submit { request, events, reply }) = received {
-            let _ = reply.send(engine.submit(request, events, clock()));
+        while let Ok(Command::Submit { requests, reply }) = received {
+            let _ = reply.send(engine.submit_all(requests, clock()));
             received = commands.try_recv().map_err(|e| e == TryRecvError::Disconnected);
         }
         connected &= !matches!(received, Err(true));
@@ -81,7 +88,10 @@ fn run(mut engine: Engine, commands: Receiver<Command>, metrics: Arc<Mutex<Engin
             return;
         }
         match engine.step(&clock) {
-            Ok(StepOutcome::Ran { .. }) => failures = 0,
+            Ok(StepOutcome::Ran { .. }) => {
+                failures = 0;
+                pooled_since = Some(std::time::Instant::now());
+            }
             // Waiting work that does not fit yet: let running requests' receivers drop or
             // new commands arrive instead of spinning.
             Ok(StepOutcome::Idle) if engine.has_work() => std::thread::sleep(Duration::from_millis(2)),
@@ -91,6 +101,12 @@ fn run(mut engine: Engine, commands: Receiver<Command>, metrics: Arc<Mutex<Engin
                 tracing::error!("engine step failed ({failures} in a row): {e}");
                 std::thread::sleep(Duration::from_millis(10 * u64::from(failures.min(100))));
             }
+        }
+        if !engine.has_work() && pooled_since.is_some_and(|t| t.elapsed() >= RELEASE_AFTER_IDLE) {
+            if let Err(e) = engine.release_pooled_memory() {
+                tracing::warn!("releasing pooled device memory: {e}");
+            }
+            pooled_since = None;
         }
         *metrics.lock().unwrap_or_else(|e| e.into_inner()) = engine.metrics(clock());
     }
