@@ -14,6 +14,8 @@ use cinder_model::tiny::TinyModel;
 pub(crate) struct Server {
     pub(crate) child: Child,
     pub(crate) address: String,
+    /// The `--api-key` it was started with; `/metrics` needs it.
+    api_key: Option<String>,
 }
 
 impl Server {
@@ -34,7 +36,8 @@ impl Server {
         };
         // Keep draining its log so it never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        Server { child, address }
+        let api_key = extra.iter().position(|a| *a == "--api-key").and_then(|i| extra.get(i + 1)).map(|k| k.to_string());
+        Server { child, address, api_key }
     }
 
     pub(crate) fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Response {
@@ -46,7 +49,9 @@ impl Server {
     }
 
     fn metric(&self, name: &str) -> f64 {
-        let text = self.request("GET", "/metrics", &[], "").body;
+        let bearer = self.api_key.as_ref().map(|k| format!("Bearer {k}"));
+        let auth: Vec<(&str, &str)> = bearer.iter().map(|b| ("Authorization", b.as_str())).collect();
+        let text = self.request("GET", "/metrics", &auth, "").body;
         let line = text.lines().find(|l| l.starts_with(&format!("cinder:{name} "))).unwrap_or_else(|| panic!("{name} in {text}"));
         line.rsplit(' ').next().unwrap().parse().unwrap()
     }
