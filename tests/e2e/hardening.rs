@@ -297,3 +297,43 @@ fn the_default_max_tokens_caps_requests_that_give_none() {
     let r = server.post("/v1/completions", r#"{"prompt": "hi", "max_tokens": 7, "ignore_eos": true}"#);
     assert_eq!(r.json()["usage"]["completion_tokens"], 7, "{}", r.body);
 }
+
+#[test]
+fn requests_that_cannot_start_before_their_deadline_get_408_and_free_their_place() {
+    // One slot; normal requests may wait 1 ms to start, unless they say otherwise.
+    let server = Server::start(&tiny_model("deadlines"), &["--max-running", "1", "--default-deadline-ms", "normal=1"]);
+    let address = server.address.clone();
+    let long = r#"{"prompt": "hi", "max_tokens": 500, "ignore_eos": true, "priority": "high"}"#;
+    let first = std::thread::spawn(move || crate::serve::http(&address, "POST", "/v1/completions", &[], long));
+    std::thread::sleep(Duration::from_millis(300));
+
+    let expired = server.post("/v1/completions", r#"{"prompt": "hi", "max_tokens": 2}"#);
+    assert_eq!(expired.status, 408, "{}", expired.body);
+    assert_eq!(expired.json()["error"]["code"], "deadline_exceeded", "{}", expired.body);
+    let own = server.post("/v1/completions", r#"{"prompt": "hi", "max_tokens": 2, "deadline_ms": 1, "priority": "low", "n": 3}"#);
+    assert_eq!(own.status, 408, "{}", own.body);
+    let streamed = server.post("/v1/chat/completions", r#"{"messages": [{"role": "user", "content": "hi"}], "deadline_ms": 1, "stream": true}"#);
+    assert!(streamed.body.contains(r#""finish_reason":"deadline""#), "{}", streamed.body);
+    // Low priority has no default deadline: it waits for the slot.
+    let patient = server.post("/v1/completions", r#"{"prompt": "hi", "max_tokens": 2, "priority": "low"}"#);
+    assert_eq!(patient.status, 200, "{}", patient.body);
+    assert_eq!(first.join().unwrap().status, 200);
+
+    let bad = server.post("/v1/completions", r#"{"prompt": "hi", "deadline_ms": 0}"#);
+    assert_eq!((bad.status, &bad.json()["error"]["param"]), (400, &serde_json::json!("deadline_ms")), "{}", bad.body);
+    assert_eq!(server.metric("request_rejected_total{reason=\"deadline_exceeded\"}"), 2.0);
+    assert_eq!(server.metric("num_requests_waiting"), 0.0);
+}
+
+#[test]
+fn a_bad_default_deadline_is_refused_at_start() {
+    for value in ["0", "urgent=100", "normal=soon"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_cinder"))
+            .args(["serve", "--port", "0", "--default-deadline-ms", value, "--model"])
+            .arg(tiny_model("bad-deadline"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains("--default-deadline-ms"), "{value}: {stderr}");
+    }
+}

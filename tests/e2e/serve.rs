@@ -48,7 +48,7 @@ impl Server {
         self.request("POST", path, &[], body)
     }
 
-    fn metric(&self, name: &str) -> f64 {
+    pub(crate) fn metric(&self, name: &str) -> f64 {
         let bearer = self.api_key.as_ref().map(|k| format!("Bearer {k}"));
         let auth: Vec<(&str, &str)> = bearer.iter().map(|b| ("Authorization", b.as_str())).collect();
         let text = self.request("GET", "/metrics", &auth, "").body;

@@ -186,7 +186,7 @@ impl Engine {
                 max_new_tokens: r.max_tokens,
                 priority: r.priority,
                 tenant: r.tenant,
-                max_wait: None,
+                max_wait: r.deadline,
                 use_prefix_cache: r.use_prefix_cache,
             })
             .collect();

@@ -2,7 +2,7 @@
 //! way wherever they arrive: over HTTP (`cinder serve`) or from a web page (`cinder-wasm`).
 
 use cinder_model::SamplingParams;
-use cinder_scheduler::{FinishReason, Priority, TenantId};
+use cinder_scheduler::{Duration, FinishReason, Priority, TenantId};
 use cinder_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -153,6 +153,8 @@ pub struct GenerationBody {
     pub repetition_penalty: Option<f32>,
     pub ignore_eos: Option<bool>,
     pub priority: Option<PriorityField>,
+    /// Milliseconds the request may wait to start; past them it ends unstarted.
+    pub deadline_ms: Option<u64>,
     pub cache_prompt: Option<bool>,
     pub return_token_ids: Option<bool>,
     pub user: Option<String>,
@@ -174,6 +176,8 @@ pub struct Limits {
 /// Most alternatives per choice and most choices per request.
 pub const MAX_LOGPROBS: u32 = 20;
 pub const MAX_N: u32 = 16;
+/// Longest `deadline_ms`: a day.
+pub const MAX_DEADLINE_MS: u64 = 86_400_000;
 
 impl GenerationBody {
     /// The sampling parameters, checked; `seed` is used when the body has none.
@@ -244,7 +248,18 @@ impl GenerationBody {
             Some(PriorityField::Level(l)) if (0..=4).contains(l) => Ok(Priority::from_level(*l as usize)),
             Some(PriorityField::Level(l)) => Err(bad(l.to_string())),
             Some(PriorityField::Name(name)) => {
-                Priority::ALL.into_iter().find(|p| p.name() == name).ok_or_else(|| bad(format!("{name:?}")))
+                Priority::from_name(name).ok_or_else(|| bad(format!("{name:?}")))
+            }
+        }
+    }
+
+    pub fn deadline(&self) -> Result<Option<Duration>, InvalidRequest> {
+        match self.deadline_ms {
+            None => Ok(None),
+            Some(ms @ 1..=MAX_DEADLINE_MS) => Ok(Some(Duration::from_millis(ms))),
+            Some(ms) => {
+                let message = format!("`deadline_ms` must be in [1, {MAX_DEADLINE_MS}] milliseconds; got {ms}");
+                Err(InvalidRequest::new(message, Some("deadline_ms")))
             }
         }
     }
@@ -290,7 +305,7 @@ impl GenerationBody {
     /// their index, each capped so the prompt and its answer fit in the context.
     pub fn requests(&self, prompt: &[u32], chat: bool, limits: Limits, seed: u64) -> Result<Vec<GenerationRequest>, InvalidRequest> {
         let max_tokens = self.max_tokens(chat, prompt.len(), limits)?;
-        let (logprobs, stop, priority) = (self.logprobs(chat)?, self.stop(), self.priority()?);
+        let (logprobs, stop, priority, deadline) = (self.logprobs(chat)?, self.stop(), self.priority()?, self.deadline()?);
         let tenant = TenantId(self.user.as_deref().map_or(0, tenant_of));
         (0..self.n()?)
             .map(|choice| {
@@ -304,6 +319,7 @@ impl GenerationBody {
                     logprobs,
                     priority,
                     tenant,
+                    deadline,
                     use_prefix_cache: self.cache_prompt.unwrap_or(true),
                 })
             })
@@ -349,5 +365,6 @@ pub fn finish_reason(reason: FinishReason) -> &'static str {
         FinishReason::Length => "length",
         FinishReason::Cancelled => "abort",
         FinishReason::Failed => "error",
+        FinishReason::Deadline => "deadline",
     }
 }

@@ -1,7 +1,7 @@
 //! What callers submit to the engine and what it streams back.
 
 use cinder_model::SamplingParams;
-use cinder_scheduler::{FinishReason, Priority, Rejection, TenantId, Time};
+use cinder_scheduler::{Duration, FinishReason, Priority, Rejection, TenantId, Time};
 
 /// One generation request.
 #[derive(Debug, Clone)]
@@ -20,6 +20,9 @@ pub struct GenerationRequest {
     pub logprobs: Option<usize>,
     pub priority: Priority,
     pub tenant: TenantId,
+    /// Longest wait to start; past it, a request still waiting ends with
+    /// [`FinishReason::Deadline`]. `None`: the scheduler's default for its priority.
+    pub deadline: Option<Duration>,
     /// Whether cached prompt-prefix blocks may be reused.
     pub use_prefix_cache: bool,
 }
@@ -36,6 +39,7 @@ impl GenerationRequest {
             logprobs: None,
             priority: Priority::Normal,
             tenant: TenantId(0),
+            deadline: None,
             use_prefix_cache: true,
         }
     }
@@ -98,7 +102,7 @@ impl Generation {
     }
 }
 
-fn rate(count: usize, time: Option<cinder_scheduler::Duration>) -> f64 {
+fn rate(count: usize, time: Option<Duration>) -> f64 {
     match time {
         Some(t) if t.0 > 0 && count > 0 => count as f64 / (t.0 as f64 / 1e6),
         _ => 0.0,

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::BatchPolicy;
+use crate::{BatchPolicy, Duration, Priority};
 use crate::admission::{BreakerConfig, LoadConfig, RateLimit};
 use crate::queue::QueueConfig;
 
@@ -41,6 +41,9 @@ pub struct SchedulerConfig {
     /// go back to the pool while the sequence runs. Every group takes blocks from the one
     /// pool. The engine sets this from the model.
     pub kv_groups: Vec<Option<usize>>,
+    /// The deadline to start ([`Request::max_wait`](crate::Request::max_wait)) of requests
+    /// that carry none, by priority; priorities not listed wait as long as it takes.
+    pub default_deadlines: BTreeMap<Priority, Duration>,
 }
 
 impl Default for SchedulerConfig {
@@ -61,6 +64,7 @@ impl Default for SchedulerConfig {
             watermark_blocks: 4,
             seed: 0,
             kv_groups: vec![None],
+            default_deadlines: BTreeMap::new(),
         }
     }
 }

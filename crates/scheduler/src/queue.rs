@@ -164,8 +164,8 @@ impl<T: Queued> WaitingQueue<T> {
 
     /// The request that should run next.
     pub fn peek(&self, now: Time) -> Option<&T> {
-        // Requests that already missed their deadline lose the urgency: under overload,
-        // serving them first would make every later request miss too.
+        // Requests that already missed their deadline lose the urgency (the scheduler ends
+        // them): under overload, serving them first would make every later request miss too.
         if let Some(&(deadline, id)) = self.deadlines.range((now, SeqId(0))..).next() {
             if deadline <= now + self.config.deadline_urgency {
                 return Some(self.get(id).expect("deadline index is in sync"));
@@ -234,6 +234,11 @@ impl<T: Queued> WaitingQueue<T> {
             *self.served.entry(tenant).or_insert(0.0) += charge;
         }
         Some(item)
+    }
+
+    /// Requests whose deadline has passed, earliest first.
+    pub fn expired(&self, now: Time) -> Vec<SeqId> {
+        self.deadlines.range(..(now, SeqId(0))).map(|&(_, id)| id).collect()
     }
 
     /// Arrival time of the longest-waiting request. Lanes are in arrival order, so only

@@ -38,6 +38,11 @@ impl Priority {
     pub fn name(self) -> &'static str {
         ["critical", "high", "normal", "low", "batch"][self.level()]
     }
+
+    /// The level [`name`](Self::name) calls `name`.
+    pub fn from_name(name: &str) -> Option<Priority> {
+        Priority::ALL.into_iter().find(|p| p.name() == name)
+    }
 }
 
 /// A generation request.
@@ -49,8 +54,9 @@ pub struct Request {
     pub max_new_tokens: usize,
     pub priority: Priority,
     pub tenant: TenantId,
-    /// Longest acceptable wait before the first token (an SLA); requests with one are
-    /// served earliest-deadline-first when their deadline nears.
+    /// Longest wait to start (a deadline): a request still waiting for its first token when
+    /// it passes ends with [`FinishReason::Deadline`](crate::FinishReason::Deadline).
+    /// Requests with one are served earliest-deadline-first when their deadline nears.
     pub max_wait: Option<Duration>,
     /// Whether cached prefix blocks may be reused for this request.
     pub use_prefix_cache: bool,

@@ -112,6 +112,8 @@ pub enum FinishReason {
     /// Every step that ran it failed, [`SchedulerConfig::max_step_attempts`] times in a row
     /// (a lost device, memory exhausted): it ends instead of being retried forever.
     Failed,
+    /// Its deadline passed while it waited to start (see [`Request::max_wait`]).
+    Deadline,
 }
 
 /// A sequence that has ended, with its timeline.
@@ -134,7 +136,10 @@ pub struct FinishedSequence {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Metrics {
     pub waiting_by_priority: [usize; 5],
+    /// Waiting sequences (each choice of a request is one).
     pub waiting: usize,
+    /// Requests with a sequence waiting.
+    pub waiting_requests: usize,
     pub running: usize,
     pub kv_blocks_total: usize,
     /// Blocks held by live sequences.
@@ -191,8 +196,10 @@ impl Queued for Box<Waiting> {
     fn arrival(&self) -> Time {
         self.arrival
     }
+    /// A preempted sequence that already produced a token has met its deadline.
     fn deadline(&self) -> Option<Time> {
-        deadline(&self.request, self.arrival)
+        let started = self.progress.as_ref().is_some_and(|p| p.first_token.is_some());
+        if started { None } else { deadline(&self.request, self.arrival) }
     }
     fn cost(&self) -> usize {
         self.prompt_len() + self.request.max_new_tokens
@@ -404,11 +411,14 @@ impl Scheduler {
     }
 
     /// The load level now, from the backlog (waiting requests beyond what the running set
-    /// can take at the next step), KV pressure and the oldest wait.
+    /// can take at the next step), KV pressure and the oldest wait. KV pressure counts only
+    /// under contention (work waiting, or too few free blocks to start another request): a
+    /// busy cache with an empty queue is no reason to shed.
     pub fn load_level(&self, now: Time) -> LoadLevel {
         let backlog = self.num_waiting_requests().saturating_sub(self.free_running_slots());
         let queue_frac = backlog as f64 / self.config.max_waiting.max(1) as f64;
-        let kv_frac = self.blocks.in_use() as f64 / self.config.num_blocks.max(1) as f64;
+        let contended = !self.queue.is_empty() || self.blocks.available() <= self.config.watermark_blocks;
+        let kv_frac = if contended { self.blocks.in_use() as f64 / self.config.num_blocks.max(1) as f64 } else { 0.0 };
         let oldest = self.queue.oldest_arrival().map_or(Duration::ZERO, |a| now.since(a));
         self.config.load.level(queue_frac, kv_frac, oldest)
     }
@@ -443,6 +453,10 @@ impl Scheduler {
             return Err(self.reject(RejectionReason::QueueFull, message, Some(Duration::from_millis(1_000))));
         }
         let tenant = requests[0].tenant;
+        let mut requests = requests;
+        for request in &mut requests {
+            request.max_wait = request.max_wait.or_else(|| self.config.default_deadlines.get(&request.priority).copied());
+        }
         let limit = self.config.rate_limits.get(&tenant.0).unwrap_or(&self.config.default_rate_limit).clone();
         let (request_bucket, token_bucket) = self.buckets.entry(tenant).or_insert_with(|| {
             (TokenBucket::new(limit.requests_per_s, limit.request_burst), TokenBucket::new(limit.tokens_per_s, limit.token_burst))
@@ -520,6 +534,14 @@ impl Scheduler {
         true
     }
 
+    /// Ends the waiting sequences whose deadline to start has passed.
+    fn expire(&mut self, now: Time) {
+        for id in self.queue.expired(now) {
+            let waiting = self.dequeue(id, false).expect("expired sequences are waiting");
+            self.finished.push(Sequence::start(*waiting).into_finished(id, FinishReason::Deadline, now));
+        }
+    }
+
     /// Sequences that ended since the last call.
     pub fn take_finished(&mut self) -> Vec<FinishedSequence> {
         std::mem::take(&mut self.finished)
@@ -538,6 +560,7 @@ impl Scheduler {
     /// Plans the next step. Returns an empty plan while a step is in flight or when there is
     /// nothing to run.
     pub fn plan(&mut self, now: Time) -> StepPlan {
+        self.expire(now);
         let mut plan = StepPlan { step: self.step, ..Default::default() };
         if self.in_flight.is_some() || matches!(self.breaker.state(now), BreakerState::Open { .. }) {
             return plan;
@@ -913,6 +936,7 @@ impl Scheduler {
         Metrics {
             waiting_by_priority: self.queue.depth_by_priority(),
             waiting: self.queue.len(),
+            waiting_requests: self.num_waiting_requests(),
             running: self.running.len(),
             kv_blocks_total: self.config.num_blocks,
             kv_blocks_in_use: in_use,

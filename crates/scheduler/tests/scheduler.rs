@@ -245,6 +245,50 @@ fn the_choices_of_a_request_are_admitted_or_refused_together() {
 }
 
 #[test]
+fn requests_that_cannot_start_before_their_deadline_end_and_free_their_place() {
+    // One sequence runs at a time; normal requests get a 50 ms default deadline.
+    let mut cfg = config(continuous(64, 1, 64), 32);
+    cfg.default_deadlines.insert(Priority::Normal, Duration::from_millis(50));
+    let mut s = Scheduler::new(cfg);
+    let now = Time::ZERO;
+    let long = s.submit(Request::new(prompt(4, 1), 20), now).unwrap();
+    let first = s.plan(now);
+    s.complete(StepResult::sampled(&first, |_| 5), now);
+    let defaulted = s.submit(Request::new(prompt(4, 2), 2), now).unwrap();
+    let own = s.submit(Request::new(prompt(4, 3), 2).with_max_wait(Duration::from_millis(30)), now).unwrap();
+    let patient = s.submit(Request::new(prompt(4, 4), 2).with_priority(Priority::Low), now).unwrap();
+    let mut t = now;
+    run(&mut s, &mut t, 200);
+    assert!(s.is_idle());
+    let finished = s.take_finished();
+    let reason = |id| finished.iter().find(|f| f.id == id).map(|f| (f.reason, f.generated.len())).unwrap();
+    assert_eq!(reason(long), (FinishReason::Length, 20), "running requests are never cut short");
+    assert_eq!(reason(own), (FinishReason::Deadline, 0), "its own deadline, 30 ms");
+    assert_eq!(reason(defaulted), (FinishReason::Deadline, 0), "the default for its priority, 50 ms");
+    assert_eq!(reason(patient), (FinishReason::Length, 2), "no default deadline for low priority");
+    let expired = finished.iter().find(|f| f.id == own).unwrap();
+    assert!(expired.finished.since(expired.arrival) >= Duration::from_millis(30));
+    assert_eq!(s.blocks().in_use(), 0);
+    assert_eq!(s.num_waiting_requests(), 0);
+}
+
+#[test]
+fn a_full_cache_with_nothing_waiting_sheds_nobody() {
+    // Two long requests hold most of the pool; the queue is empty.
+    let mut s = Scheduler::new(config(continuous(64, 8, 64), 20));
+    let mut now = Time::ZERO;
+    for seed in 0..2 {
+        s.submit(Request::new(prompt(28, seed), 8), now).unwrap();
+    }
+    let plan = s.plan(now);
+    now = now + Duration::from_millis(10);
+    s.complete(StepResult::sampled(&plan, |_| 5), now);
+    assert!(s.blocks().in_use() >= 14, "70 % of the cache is held, the High level's threshold");
+    assert_eq!(s.load_level(now), LoadLevel::Normal, "no contention: nothing waits and blocks are free");
+    s.submit(Request::new(prompt(4, 9), 2).with_priority(Priority::Batch), now).unwrap();
+}
+
+#[test]
 fn circuit_breaker_trips_on_failed_steps_and_recovers() {
     let mut cfg = config(continuous(64, 8, 64), 16);
     cfg.breaker = BreakerConfig { threshold: 2, cooldown: Duration::from_millis(100) };

@@ -57,6 +57,18 @@ impl ApiError {
         }
     }
 
+    /// The request's deadline to start passed while it waited.
+    pub fn deadline_exceeded(waited_s: f64) -> Self {
+        Self {
+            code: Some("deadline_exceeded".into()),
+            ..Self::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout_error",
+                format!("the request waited {waited_s:.1} s and could not start before its deadline"),
+            )
+        }
+    }
+
     /// The error a response with `status` and no body stands for (the router's own 405,
     /// the static files' 416).
     pub fn for_status(status: StatusCode, message: impl Into<String>) -> Self {

@@ -98,7 +98,7 @@ impl ServerMetrics {
             let _ = writeln!(out, "# HELP cinder:{name} {help}\n# TYPE cinder:{name} {kind}\ncinder:{name} {value}");
         };
         metric("num_requests_running", "gauge", "Requests on the engine now.", s.running as f64);
-        metric("num_requests_waiting", "gauge", "Requests waiting to be scheduled.", s.waiting as f64);
+        metric("num_requests_waiting", "gauge", "Requests waiting to be scheduled.", s.waiting_requests as f64);
         metric("kv_cache_usage_perc", "gauge", "Fraction of KV blocks held by live requests (1 is full).", s.kv_usage);
         metric("prefix_cache_hit_rate", "gauge", "Fraction of looked-up prompt blocks found in the prefix cache.", s.prefix_cache.hit_rate());
         metric("num_preemptions_total", "counter", "Requests preempted (to be recomputed).", s.preemptions as f64);

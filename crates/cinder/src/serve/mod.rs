@@ -12,6 +12,7 @@ mod metrics;
 mod routes;
 mod worker;
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,7 +29,8 @@ use axum::http::HeaderValue;
 use axum::routing::{get, post};
 use cinder_engine::Engine;
 use cinder_model::Model;
-use cinder_scheduler::{BatchPolicy, SchedulerConfig};
+use cinder_engine::openai::MAX_DEADLINE_MS;
+use cinder_scheduler::{BatchPolicy, Priority, SchedulerConfig};
 use cinder_tokenizer::Tokenizer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::{ServeDir, ServeFile};
@@ -81,6 +83,11 @@ pub struct ServeArgs {
     /// Most requests waiting; more get 429.
     #[arg(long, env = "CINDER_MAX_WAITING", default_value_t = 1024)]
     max_waiting: usize,
+    /// Longest wait to start for requests without `deadline_ms`: `MS` for every priority,
+    /// or `PRIORITY=MS` pairs (`normal=20000,batch=120000`). A request still waiting then
+    /// ends: 408, or `finish_reason` "deadline" on a stream [default: none].
+    #[arg(long, env = "CINDER_DEFAULT_DEADLINE_MS", value_parser = parse_deadlines)]
+    default_deadline_ms: Option<BTreeMap<Priority, cinder_scheduler::Duration>>,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_body_bytes: usize,
@@ -112,6 +119,27 @@ pub struct ServeArgs {
     /// at `/`, and the loaded model file at `/model.gguf` for the page to fetch.
     #[arg(long, env = "CINDER_WEB")]
     web: Option<PathBuf>,
+}
+
+/// `--default-deadline-ms`: `MS`, or `PRIORITY=MS[,PRIORITY=MS...]`.
+fn parse_deadlines(value: &str) -> Result<BTreeMap<Priority, cinder_scheduler::Duration>, String> {
+    let millis = |ms: &str| match ms.trim().parse::<u64>() {
+        Ok(ms @ 1..=MAX_DEADLINE_MS) => Ok(cinder_scheduler::Duration::from_millis(ms)),
+        _ => Err(format!("`{ms}` is not a number of milliseconds in [1, {MAX_DEADLINE_MS}]")),
+    };
+    if !value.contains('=') {
+        let deadline = millis(value)?;
+        return Ok(Priority::ALL.into_iter().map(|p| (p, deadline)).collect());
+    }
+    value
+        .split(',')
+        .map(|pair| {
+            let (name, ms) = pair.split_once('=').ok_or_else(|| format!("`{pair}` is not PRIORITY=MS"))?;
+            let priority = Priority::from_name(name.trim())
+                .ok_or_else(|| format!("unknown priority `{name}` (critical, high, normal, low, batch)"))?;
+            Ok((priority, millis(ms)?))
+        })
+        .collect()
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -150,6 +178,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             chunk_size: args.chunk_size,
         },
         max_waiting: args.max_waiting,
+        default_deadlines: args.default_deadline_ms.clone().unwrap_or_default(),
         ..SchedulerConfig::default()
     };
     let scheduler =

@@ -25,6 +25,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::{Stream, StreamMap};
 
 use cinder_engine::openai::{GenerationBody, Limits, finish_reason, parse};
+use cinder_scheduler::FinishReason;
 
 use super::api::ApiError;
 use super::metrics::ServerMetrics;
@@ -296,6 +297,9 @@ async fn collect(s: &Shared, mut run: Run) -> Result<Value, ApiError> {
         s.metrics.finished(finished);
         if let Some(error) = &finished.error {
             return Err(ApiError::internal(error.clone()));
+        }
+        if finished.reason == FinishReason::Deadline {
+            return Err(ApiError::deadline_exceeded(finished.finished.since(finished.arrival).as_secs_f64()));
         }
         choices.push(choice);
     }
