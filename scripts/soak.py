@@ -142,8 +142,13 @@ class Result:
     error: str | None = None
 
     @property
+    def refused(self):
+        """Turned away under load: a 429, or a deadline to start that passed while it waited."""
+        return self.status == 429 or self.code in ("deadline_exceeded", "deadline")
+
+    @property
     def failed(self):
-        return self.error is not None or (not self.aborted and self.status not in (200, 429))
+        return self.error is not None or (not self.aborted and self.status != 200 and not self.refused)
 
     @property
     def outcome(self):
@@ -158,22 +163,27 @@ def prompt():
     return " ".join(random.choices(WORDS, k=random.randint(3, 12)))
 
 
+# Fields every soak request carries (`deadline_ms` with --deadline-ms).
+COMMON_FIELDS = {}
+
+
 def chat_body(**extra):
-    return {"messages": [{"role": "user", "content": prompt()}], "max_tokens": random.randint(8, 64), **extra}
+    return {"messages": [{"role": "user", "content": prompt()}], "max_tokens": random.randint(8, 64), **COMMON_FIELDS, **extra}
 
 
 def completion_body(**extra):
-    return {"prompt": prompt(), "max_tokens": random.randint(8, 64), **extra}
+    return {"prompt": prompt(), "max_tokens": random.randint(8, 64), **COMMON_FIELDS, **extra}
 
 
 async def note_refusal(r, resp):
-    """A non-200 answer: 429 is fair under overload, anything else is a failure."""
+    """A non-200 answer: a 429 or a passed deadline is fair under overload, anything else
+    is a failure."""
     body = await resp.read_body()
     try:
         r.code = json.loads(body)["error"].get("code")
     except (ValueError, KeyError, TypeError, AttributeError):
         pass
-    if resp.status != 429:
+    if not r.refused:
         r.error = f"HTTP {resp.status}: {body[:200].decode(errors='replace')}"
 
 
@@ -211,6 +221,8 @@ async def streaming(addr, r, path, body, stop_after=None):
             if '"error"' in data and "error" in json.loads(data):
                 r.error = f"{path}: error event {data[:200]}"
                 return
+            if '"finish_reason":"deadline"' in data:
+                r.code = "deadline"
             events += 1
             if stop_after is not None and events >= stop_after:
                 r.aborted = True
@@ -425,7 +437,7 @@ def summarize(results, samples, duration, t0):
     for r in results:
         counts[r.kind][r.outcome] += 1
     for kind in counts:
-        ok = [r for r in results if r.kind == kind and r.status == 200 and not r.aborted and r.error is None]
+        ok = [r for r in results if r.kind == kind and r.status == 200 and not r.refused and not r.aborted and r.error is None]
         latency[kind] = {"total": percentiles([r.latency for r in ok]),
                          "ttft": percentiles([r.ttft for r in ok if r.ttft is not None])}
     failures = [r for r in results if r.failed]
@@ -531,6 +543,7 @@ def parse_args():
     p.add_argument("--duration-s", type=float, default=600)
     p.add_argument("--load", type=float, default=2.0, help="offered load as a multiple of capacity")
     p.add_argument("--request-timeout-s", type=float, default=120)
+    p.add_argument("--deadline-ms", type=int, help="every soak request's `deadline_ms` (how long it may wait to start)")
     p.add_argument("--p99-limit-s", type=float, default=60, help="bound on the p99 latency of admitted requests")
     p.add_argument("--startup-timeout-s", type=float, default=300)
     p.add_argument("--seed", type=int, help="random seed, for a repeatable mix")
@@ -540,6 +553,8 @@ def parse_args():
     if args.quick:
         args.calibrate_s, args.duration_s = 10, 60
     random.seed(args.seed)
+    if args.deadline_ms:
+        COMMON_FIELDS["deadline_ms"] = args.deadline_ms
     return args
 
 
