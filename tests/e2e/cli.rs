@@ -216,3 +216,77 @@ fn serve_and_bench_serve_refuse_bad_arguments() {
     assert!(table.contains("| gone | 1 | 0.0 |") && table.contains("| 2/2 |"), "{table}");
     assert!(stderr(&out).contains("connecting to 127.0.0.1:1"), "{}", stderr(&out));
 }
+
+#[test]
+fn synth_writes_real_shapes_that_load_and_generate_the_same_for_a_seed() {
+    let dir = crate::scratch_dir("synth");
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let vocabulary = crate::real_model_path();
+    let synth = |out: &str, seed: &str| {
+        let from = vocabulary.to_str().unwrap();
+        succeed(&["synth", "--like", "smollm2-135m", "--type", "q4_0", "--seed", seed, "--out", out, "--vocabulary-from", from])
+    };
+    synth(&path("a.gguf"), "3");
+    synth(&path("b.gguf"), "3");
+    synth(&path("c.gguf"), "4");
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    assert!(read("a.gguf") == read("b.gguf"), "one seed, one file");
+    assert!(read("a.gguf") != read("c.gguf"), "another seed, other weights");
+
+    let file = GgufFile::open(dir.join("a.gguf")).unwrap();
+    assert_eq!(file.metadata().get_u64("llama.block_count").unwrap(), 30);
+    assert_eq!(file.tensor("token_embd.weight").unwrap().shape, [576, 49152]);
+    assert_eq!(file.tensor("blk.29.ffn_down.weight").unwrap().ty, cinder_gguf::GgmlType::Q4_0);
+    let real = GgufFile::open(&vocabulary).unwrap();
+    let tokens = |f: &GgufFile| f.metadata().get_str_array("tokenizer.ggml.tokens").unwrap().len();
+    assert_eq!(tokens(&file), tokens(&real), "the real vocabulary, from the default model");
+    let out = succeed(&["generate", "--model", &path("a.gguf"), "--prompt", "Once upon", "--max-tokens", "3", "--ignore-eos", "--json"]);
+    assert_eq!(ids(&last_json_line(&out)["ids"]).len(), 3, "{out}");
+
+    for (args, listed) in [
+        (["synth", "--like", "gpt-5", "--type", "q4_0", "--out", "x.gguf"], "llama-3.1-8b"),
+        (["synth", "--like", "llama-3.2-1b", "--type", "q3_k", "--out", "x.gguf"], "q4_k"),
+    ] {
+        let out = cinder(&args);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains("possible values") && stderr(&out).contains(listed), "{}", stderr(&out));
+    }
+}
+
+
+#[test]
+fn the_bench_kit_packs_and_runs_end_to_end() {
+    let dir = crate::scratch_dir("bench-kit");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let pack = Command::new("bash")
+        .arg(root.join("scripts/bench-kit.sh"))
+        .env("CINDER_BIN", env!("CARGO_BIN_EXE_cinder"))
+        .output()
+        .unwrap();
+    assert!(pack.status.success(), "{}", stderr(&pack));
+    let tarball = root.join("dist/cinder-bench-linux-x86_64.tar.xz");
+    let unpack = Command::new("tar").arg("-xJf").arg(&tarball).arg("-C").arg(&dir).output().unwrap();
+    assert!(unpack.status.success(), "{}", stderr(&unpack));
+    let kit = dir.join("cinder-bench");
+    assert!(kit.join("lib/libvulkan.so.1").is_file());
+
+    let results = dir.join("results");
+    let run = Command::new(kit.join("run.sh"))
+        .args(["--models", "smollm2-135m", "--quick", "--out"])
+        .arg(&results)
+        // A bare host: nothing but the kit on the path's side.
+        .env_remove("CINDER_MODEL")
+        .env("HOME", &dir)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}\n{}", stdout(&run), stderr(&run));
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(results.join("results.json")).unwrap()).unwrap();
+    let only = &json["runs"][0];
+    assert_eq!((&only["model"], &only["type"]), (&Value::from("smollm2-135m"), &Value::from("q4_0")));
+    assert!(only["bench"]["decode_tok_s"].as_f64().unwrap() > 0.0, "{json}");
+    assert_eq!(only["bench"]["decode_batches"].as_array().unwrap().len(), 2, "{json}");
+    assert!(only["serve"].is_object(), "{json}");
+    let table = std::fs::read_to_string(results.join("results.md")).unwrap();
+    assert!(table.contains("## smollm2-135m (q4_0)") && table.contains("| cinder |"), "{table}");
+    assert!(results.join("batch-smollm2-135m-q4_0.svg").is_file());
+}

@@ -6,7 +6,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use cinder_engine::{Engine, Generation, GenerationRequest};
+use cinder_engine::{Engine, Event, Generation, GenerationRequest};
+use cinder_scheduler::BatchPolicy;
 use cinder_model::Model;
 use serde::Serialize;
 
@@ -25,9 +26,16 @@ pub struct BenchArgs {
     /// Tokens generated one at a time (batch 1) after a 16-token prompt.
     #[arg(long, default_value_t = 128)]
     decode_tokens: usize,
-    /// Length of the prompt run in one forward pass.
-    #[arg(long, default_value_t = 512)]
-    prefill_tokens: usize,
+    /// Prompt lengths, each run in one forward pass (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "512")]
+    prefill_tokens: Vec<usize>,
+    /// Decode with this many sequences generating together through the engine (after
+    /// 16-token prompts), reporting aggregate tok/s per size (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    batch: Vec<usize>,
+    /// Write an SVG plot of decode tok/s against batch size.
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// Runs of each test after a warm-up run; the median is reported.
     #[arg(long, default_value_t = 1)]
     repeats: usize,
@@ -56,10 +64,28 @@ fn parse_peer(s: &str) -> Result<(String, PathBuf), String> {
 struct PeerResult {
     name: String,
     decode_tok_s: f64,
+    /// At the first prompt length.
     prefill_tok_s: f64,
     /// cinder's speed divided by the peer's.
     decode_ratio: f64,
     prefill_ratio: f64,
+    prefill: Vec<PrefillResult>,
+}
+
+#[derive(Serialize)]
+struct PrefillResult {
+    tokens: usize,
+    tok_s: f64,
+    /// With a peer: cinder's speed divided by the peer's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ratio: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct BatchResult {
+    batch: usize,
+    /// Tokens per second of all sequences together.
+    tok_s: f64,
 }
 
 #[derive(Serialize)]
@@ -72,11 +98,15 @@ struct BenchResult {
     /// The largest subgroup size when the quantized kernels use subgroups, else null.
     subgroup_max_size: Option<u32>,
     device_weight_bytes: usize,
+    vocab_size: usize,
     load_s: f64,
     decode_tokens: usize,
     decode_tok_s: f64,
+    /// The first prompt length and its speed; every length is in `prefill`.
     prefill_tokens: usize,
     prefill_tok_s: f64,
+    prefill: Vec<PrefillResult>,
+    decode_batches: Vec<BatchResult>,
     repeats: usize,
     peers: Vec<PeerResult>,
 }
@@ -110,16 +140,53 @@ fn time_decode(engine: &mut Engine, n: usize) -> anyhow::Result<f64> {
     Ok(f.finished.since(f.first_token.unwrap_or(f.arrival)).0 as f64 / 1e6)
 }
 
+/// Aggregate decode tokens per second of `batch` sequences generating `n` tokens each
+/// together: all tokens after the last sequence's first, over the time they took.
+fn time_batch(engine: &mut Engine, batch: usize, n: usize) -> anyhow::Result<f64> {
+    let vocab = engine.model().config().vocab_size;
+    let clock = crate::wall_clock();
+    let (requests, mut receivers): (Vec<_>, Vec<_>) = (0..batch)
+        .map(|i| {
+            let prompt = prompt(16 + i, vocab)[i..].to_vec();
+            let request = GenerationRequest { ignore_eos: true, use_prefix_cache: false, ..GenerationRequest::new(prompt, n + 1) };
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            ((request, tx), rx)
+        })
+        .unzip();
+    engine.submit_all(requests, clock())?;
+    let mut ends = Vec::with_capacity(batch);
+    while ends.len() < batch {
+        engine.step(&clock)?;
+        for rx in &mut receivers {
+            while let Ok(event) = rx.try_recv() {
+                if let Event::Finished(f) = event {
+                    if let Some(error) = f.error {
+                        bail!("a batch-{batch} request failed: {error}");
+                    }
+                    ends.push((f.first_token.unwrap_or(f.arrival), f.finished));
+                }
+            }
+        }
+    }
+    let last_first = ends.iter().map(|e| e.0).max().expect("a batch of at least one");
+    let last_end = ends.iter().map(|e| e.1).max().expect("a batch of at least one");
+    // Every sequence decodes n tokens after its first; those after the last first token are
+    // the steps where all of them ran together.
+    Ok((batch * n) as f64 / (last_end.since(last_first).0 as f64 / 1e6))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-/// Runs `llama-bench -o json` and returns (decode, prefill) tokens per second.
-fn run_peer(path: &PathBuf, model: &std::path::Path, args: &BenchArgs) -> anyhow::Result<(f64, f64)> {
+/// Runs `llama-bench -o json` with the same lengths and returns decode tokens per second
+/// and prefill tokens per second per prompt length.
+fn run_peer(path: &PathBuf, model: &std::path::Path, args: &BenchArgs) -> anyhow::Result<(f64, Vec<f64>)> {
     let mut command = Command::new(path);
     command.arg("-m").arg(model);
-    command.args(["-p", &args.prefill_tokens.to_string(), "-n", &args.decode_tokens.to_string()]);
+    let lengths: Vec<String> = args.prefill_tokens.iter().map(usize::to_string).collect();
+    command.args(["-p", &lengths.join(","), "-n", &args.decode_tokens.to_string()]);
     command.args(["-r", &args.repeats.max(1).to_string(), "-o", "json"]);
     command.args(args.peer_args.as_deref().unwrap_or("").split_whitespace());
     let output = command.output().with_context(|| format!("running {}", path.display()))?;
@@ -133,15 +200,16 @@ fn run_peer(path: &PathBuf, model: &std::path::Path, args: &BenchArgs) -> anyhow
             .and_then(|r| r["avg_ts"].as_f64())
             .with_context(|| format!("llama-bench printed no run with {prompt} prompt and {generated} generated tokens"))
     };
-    Ok((speed(0, args.decode_tokens)?, speed(args.prefill_tokens, 0)?))
+    let prefill = args.prefill_tokens.iter().map(|&p| speed(p, 0)).collect::<anyhow::Result<_>>()?;
+    Ok((speed(0, args.decode_tokens)?, prefill))
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(LoadBench::Serve(load)) = args.load {
         return crate::bench_serve::run(load);
     }
-    if args.decode_tokens == 0 || args.prefill_tokens == 0 || args.repeats == 0 {
-        bail!("--decode-tokens, --prefill-tokens and --repeats must be at least 1");
+    if args.decode_tokens == 0 || args.repeats == 0 || args.prefill_tokens.contains(&0) || args.batch.contains(&0) {
+        bail!("--decode-tokens, --prefill-tokens, --batch and --repeats must be at least 1");
     }
     let path = args.model.path();
     let file = args.model.open()?;
@@ -154,35 +222,68 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let context = model.config().context_length;
     // The prefill run samples one token after its prompt; the decode run's first token comes
     // from its 16-token prompt.
-    let longest = (args.prefill_tokens + 1).max(16 + args.decode_tokens + 1);
+    let max_prefill = args.prefill_tokens.iter().copied().max().unwrap_or(1);
+    // A batch's sequences have prompts of up to 16 + batch tokens.
+    let max_batch = args.batch.iter().copied().max().unwrap_or(1);
+    let decode_len = 16 + max_batch + args.decode_tokens + 1;
+    let longest = (max_prefill + 1).max(decode_len);
     if longest > context {
         bail!("the model's context is {context} tokens: lower --prefill-tokens or --decode-tokens");
     }
-    let long_prompt = prompt(args.prefill_tokens, model.config().vocab_size);
+    let vocab = model.config().vocab_size;
     let device_weight_bytes = model.device_weight_bytes();
     let tokenizer = cinder_tokenizer::Tokenizer::from_gguf(file.metadata())?;
-    let config = Engine::single_request_config(model.config(), longest);
+    // Room for the longest prompt alone, or for the largest batch of decoding sequences.
+    let mut config = Engine::fixed_config(model.config(), decode_len, max_batch);
+    let single = Engine::fixed_config(model.config(), longest, 1);
+    config.num_blocks = config.num_blocks.max(single.num_blocks);
+    config.max_seq_len = longest;
+    config.policy = BatchPolicy::Continuous { max_batch_tokens: longest.max(max_batch), max_running: max_batch, chunk_size: longest };
     let mut engine = Engine::new(model, tokenizer, config)?;
 
     // Warm-up: the first launch of every kernel compiles it.
-    time_prefill(&mut engine, &long_prompt)?;
+    time_prefill(&mut engine, &prompt(max_prefill, vocab))?;
     time_decode(&mut engine, 2)?;
-    let prefill_s = median((0..args.repeats).map(|_| time_prefill(&mut engine, &long_prompt)).collect::<Result<_, _>>()?);
-    let decode_s = median((0..args.repeats).map(|_| time_decode(&mut engine, args.decode_tokens)).collect::<Result<_, _>>()?);
+    let repeat = |engine: &mut Engine, f: &mut dyn FnMut(&mut Engine) -> anyhow::Result<f64>| -> anyhow::Result<f64> {
+        Ok(median((0..args.repeats).map(|_| f(engine)).collect::<Result<_, _>>()?))
+    };
+    let mut prefill = Vec::new();
+    for &tokens in &args.prefill_tokens {
+        let long_prompt = prompt(tokens, vocab);
+        let seconds = repeat(&mut engine, &mut |e| time_prefill(e, &long_prompt))?;
+        prefill.push(PrefillResult { tokens, tok_s: tokens as f64 / seconds, ratio: None });
+    }
+    let decode_s = repeat(&mut engine, &mut |e| time_decode(e, args.decode_tokens))?;
     let decode_tok_s = args.decode_tokens as f64 / decode_s;
-    let prefill_tok_s = args.prefill_tokens as f64 / prefill_s;
+    let mut decode_batches = Vec::new();
+    for &batch in &args.batch {
+        let tok_s = repeat(&mut engine, &mut |e| time_batch(e, batch, args.decode_tokens))?;
+        eprintln!("decode batch {batch}: {tok_s:.2} tok/s");
+        decode_batches.push(BatchResult { batch, tok_s });
+    }
 
     let mut peers = Vec::new();
     for (name, binary) in &args.peers {
         eprintln!("running peer {name}: {}", binary.display());
         let (peer_decode, peer_prefill) = run_peer(binary, &path, &args)?;
+        let prefill: Vec<PrefillResult> = prefill
+            .iter()
+            .zip(&peer_prefill)
+            .map(|(ours, &theirs)| PrefillResult { tokens: ours.tokens, tok_s: theirs, ratio: Some(ours.tok_s / theirs) })
+            .collect();
         peers.push(PeerResult {
             name: name.clone(),
             decode_tok_s: peer_decode,
-            prefill_tok_s: peer_prefill,
+            prefill_tok_s: prefill[0].tok_s,
             decode_ratio: decode_tok_s / peer_decode,
-            prefill_ratio: prefill_tok_s / peer_prefill,
+            prefill_ratio: prefill[0].ratio.expect("set above"),
+            prefill,
         });
+    }
+    if let Some(plot) = &args.plot {
+        let points = decode_batches.iter().map(|b| (b.batch as f64, b.tok_s)).collect();
+        let title = format!("Decode tok/s by batch size ({})", adapter.name);
+        crate::plot::line_chart(plot, &title, "sequences decoding together", "output tokens/s", &vec![("cinder".to_owned(), points)])?;
     }
     let result = BenchResult {
         model: path.display().to_string(),
@@ -192,11 +293,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         driver: adapter.driver,
         subgroup_max_size: adapter.subgroup_max_size,
         device_weight_bytes,
+        vocab_size: vocab,
         load_s,
         decode_tokens: args.decode_tokens,
         decode_tok_s,
-        prefill_tokens: args.prefill_tokens,
-        prefill_tok_s,
+        prefill_tokens: prefill[0].tokens,
+        prefill_tok_s: prefill[0].tok_s,
+        prefill,
+        decode_batches,
         repeats: args.repeats,
         peers,
     };
@@ -209,10 +313,20 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 fn print_table(r: &BenchResult) {
     println!("adapter: {} ({}, {}); device weights {:.1} MB; load {:.2} s", r.adapter, r.backend, r.device_type, r.device_weight_bytes as f64 / 1e6, r.load_s);
-    println!("| engine | decode tok/s (batch 1, {} tokens) | prefill tok/s ({} tokens) | decode ratio | prefill ratio |", r.decode_tokens, r.prefill_tokens);
-    println!("|---|---|---|---|---|");
-    println!("| cinder | {:.2} | {:.2} | | |", r.decode_tok_s, r.prefill_tok_s);
+    let lengths: String = r.prefill.iter().map(|p| format!(" prefill tok/s ({} tokens) |", p.tokens)).collect();
+    println!("| engine | decode tok/s (batch 1, {} tokens) |{lengths}", r.decode_tokens);
+    println!("|---|---|{}", "---|".repeat(r.prefill.len()));
+    let speeds = |prefill: &[PrefillResult]| -> String {
+        prefill.iter().map(|p| format!(" {:.2}{} |", p.tok_s, p.ratio.map_or(String::new(), |x| format!(" ({x:.3}x)")))).collect()
+    };
+    println!("| cinder | {:.2} |{}", r.decode_tok_s, speeds(&r.prefill));
     for p in &r.peers {
-        println!("| {} | {:.2} | {:.2} | {:.3}x | {:.3}x |", p.name, p.decode_tok_s, p.prefill_tok_s, p.decode_ratio, p.prefill_ratio);
+        println!("| {} | {:.2} ({:.3}x) |{}", p.name, p.decode_tok_s, p.decode_ratio, speeds(&p.prefill));
+    }
+    if r.decode_batches.iter().any(|b| b.batch > 1) {
+        println!("\n| sequences | decode tok/s (all together) |\n|---|---|");
+        for b in &r.decode_batches {
+            println!("| {} | {:.2} |", b.batch, b.tok_s);
+        }
     }
 }

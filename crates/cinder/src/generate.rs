@@ -110,7 +110,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     if needed > context {
         anyhow::bail!(cinder_model::ModelError::ContextOverflow { prompt: prompt_ids.len(), max_tokens: args.max_tokens, context });
     }
-    let config = Engine::single_request_config(model.config(), needed);
+    let config = Engine::fixed_config(model.config(), needed, 1);
     let mut engine = Engine::new(model, tokenizer, config)?;
     let request = GenerationRequest {
         sampling,

@@ -4,8 +4,10 @@ mod bench;
 mod bench_serve;
 mod generate;
 mod model_path;
+mod plot;
 mod serve;
 mod simulate;
+mod synth;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +31,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Compare batching strategies in the scheduler's simulator; write JSON and SVG plots.
     Simulate(simulate::SimulateArgs),
+    /// Write a random-weight GGUF with the shapes and metadata of a known model.
+    Synth(synth::SynthArgs),
 }
 
 /// The engine's clock for this process: microseconds since the call.
@@ -54,6 +58,7 @@ fn main() -> std::process::ExitCode {
         Command::Tokenize(args) => tokenize::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Simulate(args) => simulate::run(args),
+        Command::Synth(args) => synth::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -125,17 +125,17 @@ impl Engine {
         Ok(SchedulerConfig { max_seq_len: fits, ..config })
     }
 
-    /// A configuration for one request of up to `tokens` tokens (prompt and generated) on
-    /// `model`: a KV pool that holds it in every layer group, its whole prompt in one
-    /// forward pass.
-    pub fn single_request_config(model: &ModelConfig, tokens: usize) -> SchedulerConfig {
+    /// A configuration for `sequences` requests of up to `tokens` tokens each (prompt and
+    /// generated) on `model`, all running at once: a KV pool that holds them in every layer
+    /// group, a whole prompt of `tokens` in one forward pass.
+    pub fn fixed_config(model: &ModelConfig, tokens: usize, sequences: usize) -> SchedulerConfig {
         const BLOCK: usize = 16;
-        let tokens = tokens.max(1);
+        let (tokens, sequences) = (tokens.max(1), sequences.max(1));
         SchedulerConfig {
             block_size: BLOCK,
-            num_blocks: tokens.div_ceil(BLOCK) * model.kv_layout().groups.len(),
+            num_blocks: tokens.div_ceil(BLOCK) * model.kv_layout().groups.len() * sequences,
             max_seq_len: tokens,
-            policy: BatchPolicy::Continuous { max_batch_tokens: tokens, max_running: 1, chunk_size: tokens },
+            policy: BatchPolicy::Continuous { max_batch_tokens: tokens.max(sequences), max_running: sequences, chunk_size: tokens },
             watermark_blocks: 0,
             prefix_caching: false,
             ..SchedulerConfig::default()

@@ -25,6 +25,7 @@ mod ggml_type;
 mod metadata;
 mod quantize;
 mod reader;
+pub mod synth;
 mod writer;
 
 pub use dequant::dequantize;

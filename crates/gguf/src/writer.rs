@@ -66,17 +66,22 @@ impl GgufWriter {
         self
     }
 
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let alignment = self
-            .metadata
+    fn alignment(&self) -> u64 {
+        self.metadata
             .iter()
             .find(|(k, _)| k == "general.alignment")
             .and_then(|(_, v)| v.as_i64())
-            .map_or(DEFAULT_ALIGNMENT, |a| a as u64);
+            .map_or(DEFAULT_ALIGNMENT, |a| a as u64)
+    }
+
+    /// Everything before the tensor data: header, metadata and the table of `tensors`
+    /// (name, shape, type, data length), padded to the alignment.
+    fn head<'a>(&self, tensors: impl ExactSizeIterator<Item = (&'a str, &'a [u64], GgmlType, u64)>) -> Vec<u8> {
+        let alignment = self.alignment();
         let mut out = Vec::new();
         out.extend(GGUF_MAGIC);
         out.extend(3u32.to_le_bytes());
-        out.extend((self.tensors.len() as u64).to_le_bytes());
+        out.extend((tensors.len() as u64).to_le_bytes());
         out.extend((self.metadata.len() as u64).to_le_bytes());
         for (key, value) in &self.metadata {
             write_string(&mut out, key);
@@ -84,15 +89,21 @@ impl GgufWriter {
             write_value(&mut out, value);
         }
         let mut offset = 0u64;
-        for (name, shape, ty, data) in &self.tensors {
+        for (name, shape, ty, len) in tensors {
             write_string(&mut out, name);
             out.extend((shape.len() as u32).to_le_bytes());
             shape.iter().for_each(|d| out.extend(d.to_le_bytes()));
             out.extend(ty.id().to_le_bytes());
             out.extend(offset.to_le_bytes());
-            offset = align_up(offset + data.len() as u64, alignment);
+            offset = align_up(offset + len, alignment);
         }
         out.resize(align_up(out.len() as u64, alignment) as usize, 0);
+        out
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let alignment = self.alignment();
+        let mut out = self.head(self.tensors.iter().map(|(n, s, t, d)| (n.as_str(), s.as_slice(), *t, d.len() as u64)));
         for (_, _, _, data) in &self.tensors {
             out.extend(data);
             out.resize(align_up(out.len() as u64, alignment) as usize, 0);
@@ -100,8 +111,65 @@ impl GgufWriter {
         out
     }
 
+    /// Writes the metadata and `tensors` (name, shape, type) without holding their data:
+    /// `data(i, out)` writes tensor `i`'s encoded bytes when its turn comes, so files larger
+    /// than memory can be written. Tensors added with [`tensor`](Self::tensor) are not
+    /// written. Fails if `data` writes a length other than the shape and type call for.
+    pub fn write_streaming(
+        &self,
+        out: &mut impl std::io::Write,
+        tensors: &[(String, Vec<u64>, GgmlType)],
+        mut data: impl FnMut(usize, &mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let invalid = |message: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, message);
+        let lengths = tensors
+            .iter()
+            .map(|(name, shape, ty)| {
+                shape
+                    .iter()
+                    .try_fold(1u64, |n, &d| n.checked_mul(d))
+                    .and_then(|n| ty.bytes_for(n))
+                    .ok_or_else(|| invalid(format!("{name}: shape {shape:?} is not whole {} blocks", ty.name())))
+            })
+            .collect::<std::io::Result<Vec<u64>>>()?;
+        let table = tensors.iter().zip(&lengths).map(|((n, s, t), len)| (n.as_str(), s.as_slice(), *t, *len));
+        let head = self.head(table);
+        out.write_all(&head)?;
+        let alignment = self.alignment();
+        let mut position = head.len() as u64;
+        for (i, len) in lengths.into_iter().enumerate() {
+            let mut counted = Counted { inner: &mut *out, written: 0 };
+            data(i, &mut counted)?;
+            if counted.written != len {
+                return Err(invalid(format!("{}: {} bytes written, {len} expected", tensors[i].0, counted.written)));
+            }
+            let padding = align_up(position + len, alignment) - (position + len);
+            out.write_all(&vec![0; padding as usize])?;
+            position += len + padding;
+        }
+        out.flush()
+    }
+
     pub fn write(&self, path: impl AsRef<std::path::Path>) -> std::io::Result<()> {
         std::fs::write(path, self.to_bytes())
+    }
+}
+
+/// A writer that counts what passes through it.
+struct Counted<'a, W: std::io::Write> {
+    inner: &'a mut W,
+    written: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for Counted<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 

@@ -22,6 +22,7 @@ pub mod paged;
 pub mod quant;
 pub mod reference;
 pub mod rope;
+pub mod synthetic;
 mod sampling;
 #[cfg(test)]
 mod tests;

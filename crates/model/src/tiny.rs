@@ -43,6 +43,7 @@ pub struct TinyModel {
     /// `attention.sliding_window`, when set.
     pub sliding_window: Option<usize>,
     pub rope_scaling: TinyRopeScaling,
+    pub rope_freq_base: f32,
     pub seed: u64,
 }
 
@@ -63,6 +64,7 @@ impl Default for TinyModel {
             biases: false,
             sliding_window: None,
             rope_scaling: TinyRopeScaling::None,
+            rope_freq_base: 10_000.0,
             seed: 1,
         }
     }
@@ -103,7 +105,7 @@ impl TinyModel {
     }
 
     /// The architecture's metadata for this shape.
-    fn model_metadata(&self) -> Vec<(String, MetadataValue)> {
+    pub(crate) fn model_metadata(&self) -> Vec<(String, MetadataValue)> {
         let arch = self.arch.name;
         let key = |k: &str| format!("{arch}.{k}");
         let u32v = |v: usize| MetadataValue::U32(v as u32);
@@ -117,7 +119,7 @@ impl TinyModel {
             (key("feed_forward_length"), u32v(self.ffn_hidden)),
             (key("attention.head_count"), u32v(self.n_heads)),
             (key("attention.head_count_kv"), u32v(self.n_kv_heads)),
-            (key("rope.freq_base"), MetadataValue::F32(10_000.0)),
+            (key("rope.freq_base"), MetadataValue::F32(self.rope_freq_base)),
             (key("attention.layer_norm_rms_epsilon"), MetadataValue::F32(1e-5)),
         ];
         if let Some(d) = self.head_dim {
@@ -165,12 +167,16 @@ impl TinyModel {
 
     /// The model's description, as the loader will read it.
     pub fn config(&self) -> ModelConfig {
+        self.config_with_vocabulary(Self::vocabulary().0.len())
+    }
+
+    /// The description of this shape with a vocabulary of `vocab_size` tokens.
+    pub(crate) fn config_with_vocabulary(&self, vocab_size: usize) -> ModelConfig {
         let mut metadata = Metadata::default();
         for (k, v) in self.model_metadata() {
             metadata.insert(k, v).expect("distinct keys");
         }
-        ModelConfig::from_metadata(&metadata, Self::vocabulary().0.len(), |name| self.has_optional(name))
-            .expect("a valid tiny model")
+        ModelConfig::from_metadata(&metadata, vocab_size, |name| self.has_optional(name)).expect("a valid model shape")
     }
 
     /// The model as GGUF bytes.
