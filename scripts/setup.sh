@@ -20,8 +20,7 @@ GEMMA_VERSION="1.0.0"
 # SentencePiece vocabulary, Qwen 2's and Llama 3's byte-level BPE ones) and the families'
 # chat templates, from the llama-cpp-python source package.
 VOCAB_DIR="${CINDER_HOME:-$HOME/.cache/cinder}/vocab"
-VOCAB_SDIST_URL="https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58c1258a8f6521aae45ca773a59fe7cf3/llama_cpp_python-0.3.36.tar.gz"
-VOCAB_SDIST_SHA256="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+source scripts/llama-cpp-sdist.sh
 VOCABS=(
     "ggml-vocab-llama-spm.gguf 16c3724582d59aa8bf84711894e833f916ee46a31d80e21312759c48bf8d0e69"
     "ggml-vocab-phi-3.gguf 967d7190d11c4842eab697079d98d56c2116e10eb617be355a2733bfc132e326"
@@ -115,10 +114,10 @@ fetch_vocabularies() {
     [ "$missing" = 0 ] && return
     log "fetching the test vocabularies from llama-cpp-python 0.3.36's source package"
     mkdir -p "$VOCAB_DIR/templates"
-    local tmp models="llama_cpp_python-0.3.36/vendor/llama.cpp/models"
+    local tmp models="$LLAMA_CPP_SDIST_DIR/vendor/llama.cpp/models"
     tmp="$(mktemp -d)"
-    curl -fsSL -o "$tmp/sdist.tar.gz" "$VOCAB_SDIST_URL"
-    checked "$tmp/sdist.tar.gz" "$VOCAB_SDIST_SHA256" || { log "sha256 mismatch for the llama-cpp-python source package"; exit 1; }
+    curl -fsSL -o "$tmp/sdist.tar.gz" "$LLAMA_CPP_SDIST_URL"
+    checked "$tmp/sdist.tar.gz" "$LLAMA_CPP_SDIST_SHA256" || { log "sha256 mismatch for the llama-cpp-python source package"; exit 1; }
     for entry in "${VOCABS[@]}"; do
         read -r name sum <<<"$entry"
         tar -xzf "$tmp/sdist.tar.gz" -C "$tmp" "$models/$name"

@@ -236,6 +236,13 @@ impl<T: Queued> WaitingQueue<T> {
         Some(item)
     }
 
+    /// Takes `id` out of deadline ordering: from now on it waits like a request without one.
+    pub fn clear_deadline(&mut self, id: SeqId) {
+        if let Some(deadline) = self.get(id).and_then(Queued::deadline) {
+            self.deadlines.remove(&(deadline, id));
+        }
+    }
+
     /// Requests whose deadline has passed, earliest first.
     pub fn expired(&self, now: Time) -> Vec<SeqId> {
         self.deadlines.range(..(now, SeqId(0))).map(|&(_, id)| id).collect()

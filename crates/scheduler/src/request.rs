@@ -54,8 +54,8 @@ pub struct Request {
     pub max_new_tokens: usize,
     pub priority: Priority,
     pub tenant: TenantId,
-    /// Longest wait to start (a deadline): a request still waiting for its first token when
-    /// it passes ends with [`FinishReason::Deadline`](crate::FinishReason::Deadline).
+    /// Longest wait to start (a deadline): a request none of whose sequences has started
+    /// when it passes ends with [`FinishReason::Deadline`](crate::FinishReason::Deadline).
     /// Requests with one are served earliest-deadline-first when their deadline nears.
     pub max_wait: Option<Duration>,
     /// Whether cached prefix blocks may be reused for this request.

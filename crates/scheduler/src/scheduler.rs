@@ -196,10 +196,9 @@ impl Queued for Box<Waiting> {
     fn arrival(&self) -> Time {
         self.arrival
     }
-    /// A preempted sequence that already produced a token has met its deadline.
+    /// A preempted sequence has started: it met its deadline.
     fn deadline(&self) -> Option<Time> {
-        let started = self.progress.as_ref().is_some_and(|p| p.first_token.is_some());
-        if started { None } else { deadline(&self.request, self.arrival) }
+        if self.progress.is_some() { None } else { deadline(&self.request, self.arrival) }
     }
     fn cost(&self) -> usize {
         self.prompt_len() + self.request.max_new_tokens
@@ -302,6 +301,8 @@ pub struct Scheduler {
     /// Sequences waiting per request (keyed by its first sequence): the queue's length in
     /// requests.
     waiting_requests: IdMap<SeqId, usize>,
+    /// Requests with a sequence started and others still waiting: those met their deadline.
+    started_requests: IdMap<SeqId, ()>,
     /// The running sequences.
     seqs: IdMap<SeqId, Sequence>,
     /// Running sequences, most important first: `(priority, id)` (ids grow with arrival).
@@ -332,6 +333,7 @@ impl Scheduler {
             blocks: BlockManager::new(config.num_blocks, config.block_size),
             queue: WaitingQueue::new(config.queue.clone()),
             waiting_requests: IdMap::default(),
+            started_requests: IdMap::default(),
             seqs: IdMap::default(),
             running: Vec::new(),
             next_id: 0,
@@ -385,6 +387,9 @@ impl Scheduler {
             *count.get_mut() -= 1;
             if *count.get() == 0 {
                 count.remove();
+                self.started_requests.remove(&waiting.request_of);
+            } else if admitted {
+                self.started_requests.insert(waiting.request_of, ());
             }
         }
         Some(waiting)
@@ -534,9 +539,15 @@ impl Scheduler {
         true
     }
 
-    /// Ends the waiting sequences whose deadline to start has passed.
+    /// Ends the waiting sequences whose deadline to start has passed, unless a sequence of
+    /// their request (another choice, another prompt of a list) has started.
     fn expire(&mut self, now: Time) {
         for id in self.queue.expired(now) {
+            let request_of = self.queue.get(id).expect("expired sequences are waiting").request_of;
+            if self.started_requests.contains_key(&request_of) {
+                self.queue.clear_deadline(id);
+                continue;
+            }
             let waiting = self.dequeue(id, false).expect("expired sequences are waiting");
             self.finished.push(Sequence::start(*waiting).into_finished(id, FinishReason::Deadline, now));
         }
@@ -955,6 +966,7 @@ impl Scheduler {
     pub fn check_invariants(&self) {
         self.blocks.check_invariants();
         assert!(self.running.is_sorted(), "running sequences are kept in importance order");
+        assert!(self.started_requests.keys().all(|r| self.waiting_requests.contains_key(r)), "started requests still wait");
         for (_, id) in &self.running {
             let s = &self.seqs[id];
             assert!(!self.queue.contains(*id), "{id:?} is running and waiting");

@@ -270,6 +270,14 @@ fn requests_that_cannot_start_before_their_deadline_end_and_free_their_place() {
     assert!(expired.finished.since(expired.arrival) >= Duration::from_millis(30));
     assert_eq!(s.blocks().in_use(), 0);
     assert_eq!(s.num_waiting_requests(), 0);
+
+    // Choices start one at a time: once one has started, the request met its deadline.
+    let choices = s.submit_all(vec![Request::new(prompt(4, 5), 3).with_max_wait(Duration::from_millis(20)); 3], t).unwrap();
+    run(&mut s, &mut t, 200);
+    let finished = s.take_finished();
+    for id in choices {
+        assert_eq!(finished.iter().find(|f| f.id == id).map(|f| f.reason), Some(FinishReason::Length));
+    }
 }
 
 #[test]
