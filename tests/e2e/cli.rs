@@ -126,6 +126,26 @@ fn bench_reports_speeds_and_peer_ratios() {
     assert!((p["decode_ratio"].as_f64().unwrap() - json["decode_tok_s"].as_f64().unwrap() / 50.0).abs() < 1e-9);
     assert!((p["prefill_ratio"].as_f64().unwrap() - json["prefill_tok_s"].as_f64().unwrap() / 200.0).abs() < 1e-9);
 
+    // Several prompt lengths (each compared with the peer's), batched decode and its plot.
+    let runs = r#"[{"n_prompt": 16, "n_gen": 0, "avg_ts": 100.0}, {"n_prompt": 32, "n_gen": 0, "avg_ts": 200.0}, {"n_prompt": 0, "n_gen": 4, "avg_ts": 50.0}]"#;
+    let peer = printing_script(&dir, "llama-bench-lengths", runs);
+    let plot = dir.join("batch.svg");
+    let wide = ["--prefill-tokens", "16,32", "--batch", "1,3", "--plot", plot.to_str().unwrap(), "--json", out.to_str().unwrap()];
+    let peer_arg = format!("cpu={}", peer.display());
+    let table = succeed(&[&args[..5], &wide[..], &["--peer", &peer_arg]].concat());
+    assert!(table.contains("| sequences | decode tok/s (all together) |"), "{table}");
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let lengths: Vec<u64> = json["prefill"].as_array().unwrap().iter().map(|p| p["tokens"].as_u64().unwrap()).collect();
+    assert_eq!((lengths, json["prefill_tokens"].as_u64()), (vec![16, 32], Some(16)), "{json}");
+    let batches = json["decode_batches"].as_array().unwrap();
+    assert_eq!(batches.iter().map(|b| b["batch"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 3]);
+    assert!(batches.iter().all(|b| b["tok_s"].as_f64().unwrap() > 0.0), "{json}");
+    let peer_prefill = &json["peers"][0]["prefill"];
+    assert_eq!((peer_prefill[0]["tok_s"].as_f64(), peer_prefill[1]["tok_s"].as_f64()), (Some(100.0), Some(200.0)));
+    let ratio = json["prefill"][1]["tok_s"].as_f64().unwrap() / 200.0;
+    assert!((peer_prefill[1]["ratio"].as_f64().unwrap() - ratio).abs() < 1e-9, "{json}");
+    assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
+
     fail_with(&[&args[..], &["--peer", "vulkan=/nonexistent/llama-bench"]].concat(), "running /nonexistent/llama-bench");
     let silent = printing_script(&dir, "silent-bench", "[]");
     fail_with(&[&args[..], &["--peer", &format!("x={}", silent.display())]].concat(), "llama-bench printed no run with 0 prompt and 4 generated tokens");

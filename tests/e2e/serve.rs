@@ -173,14 +173,26 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
     error(&wrong, 401);
     error(&post(&format!(r#"{{"prompt": "{}"}}"#, "a".repeat(3000))), 413);
 
-    // Unknown fields are ignored; the server still answers after all of the above.
+    // A field cinder does not implement is refused, naming it, never dropped.
+    for (field, body) in [
+        ("logit_bias", r#"{"prompt": "hi", "logit_bias": {"5": 10}}"#),
+        ("some_extension", r#"{"prompt": "hi", "some_extension": {"x": 1}}"#),
+        ("stream_options.include_obfuscation", r#"{"prompt": "hi", "stream": true, "stream_options": {"include_obfuscation": true}}"#),
+        ("messages[0].name", r#"{"messages": [{"role": "user", "content": "hi", "name": "bob"}]}"#),
+    ] {
+        let e = error(&post(body), 400);
+        assert_eq!(e["param"], field, "{e}");
+        assert!(e["message"].as_str().unwrap().contains("does not implement"), "{e}");
+    }
+
+    // The server still answers after all of the above.
     // `created` is the request's time, not the server's start (the model's `created`).
     let started = server.request("GET", "/v1/models", &auth, "").json()["data"][0]["created"].as_u64().unwrap();
     let unix_now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     while unix_now() <= started {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let ok = post(r#"{"prompt": "hello", "max_tokens": 4, "temperature": 0, "some_extension": {"x": 1}, "return_token_ids": true}"#);
+    let ok = post(r#"{"prompt": "hello", "max_tokens": 4, "temperature": 0, "return_token_ids": true}"#);
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert!(ok.json()["created"].as_u64().unwrap() > started, "{}", ok.body);
     let choice = &ok.json()["choices"][0];

@@ -200,8 +200,9 @@ fn run_peer(path: &PathBuf, model: &std::path::Path, args: &BenchArgs) -> anyhow
             .and_then(|r| r["avg_ts"].as_f64())
             .with_context(|| format!("llama-bench printed no run with {prompt} prompt and {generated} generated tokens"))
     };
+    let decode = speed(0, args.decode_tokens)?;
     let prefill = args.prefill_tokens.iter().map(|&p| speed(p, 0)).collect::<anyhow::Result<_>>()?;
-    Ok((speed(0, args.decode_tokens)?, prefill))
+    Ok((decode, prefill))
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {

@@ -23,14 +23,15 @@ impl InvalidRequest {
     }
 }
 
-/// Parses a JSON body; a wrong type names the field, unknown fields are logged and ignored.
+/// Parses a JSON body; a wrong type names the field, and so does a field cinder does not
+/// implement (`logit_bias`, `tools`, a typo…), which is refused rather than dropped.
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, InvalidRequest> {
     if body.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|&b| b != b'{') {
         return Err(InvalidRequest::new("the request body must be a JSON object", None));
     }
     let mut json = serde_json::Deserializer::from_slice(body);
     let mut unknown = Vec::new();
-    let mut note_unknown = |path: serde_ignored::Path| unknown.push(path.to_string());
+    let mut note_unknown = |path: serde_ignored::Path| unknown.push(field_name(&path));
     let ignored = serde_ignored::Deserializer::new(&mut json, &mut note_unknown);
     let parsed = serde_path_to_error::deserialize(ignored).map_err(|e| {
         let path = e.path().to_string();
@@ -44,10 +45,24 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, InvalidRequest> {
         }
     })?;
     json.end().map_err(|e| InvalidRequest::new(format!("the body is not valid JSON: {e}"), None))?;
-    if !unknown.is_empty() {
-        tracing::debug!("ignored unknown fields: {}", unknown.join(", "));
+    if let Some(field) = unknown.first() {
+        return Err(InvalidRequest::new(format!("`{field}`: cinder does not implement this field"), Some(field)));
     }
     Ok(parsed)
+}
+
+/// A field's path as a client writes it: `stream_options.x`, `messages[0].name`.
+fn field_name(path: &serde_ignored::Path) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_name(parent)),
+        Path::Map { parent, key } => match field_name(parent) {
+            p if p.is_empty() => key.clone(),
+            p => format!("{p}.{key}"),
+        },
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => field_name(parent),
+    }
 }
 
 /// `prompt`: one text, one list of token ids, or a list of either.
