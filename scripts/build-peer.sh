@@ -11,7 +11,7 @@ source scripts/llama-cpp-sdist.sh
 
 backend=${1:-}
 case "$backend" in
-    vulkan) packages=(cmake g++ libvulkan-dev glslc); flags=(-DGGML_VULKAN=ON) ;;
+    vulkan) packages=(cmake g++ libvulkan-dev glslc spirv-headers); flags=(-DGGML_VULKAN=ON) ;;
     cpu) packages=(cmake g++); flags=() ;;
     *) echo "usage: bash scripts/build-peer.sh vulkan|cpu" >&2; exit 2 ;;
 esac

@@ -8,7 +8,7 @@ use cinder_gguf::synth::{SynthRng, write_random};
 use cinder_gguf::{GgmlType, GgufWriter, Metadata, MetadataValue};
 
 use crate::arch::{GEMMA2, GEMMA3, LLAMA, PHI3, QWEN2, QWEN3};
-use crate::tiny::{CHATML_TEMPLATE, TinyModel, TinyRopeScaling};
+use crate::tiny::{TinyModel, TinyRopeScaling, write_byte_level_vocabulary};
 
 /// A known model's shape.
 #[derive(Debug, Clone)]
@@ -114,15 +114,7 @@ impl SyntheticModel {
             }
             None => {
                 let (tokens, types, merges) = generated_vocabulary(self.vocab_size);
-                w.metadata("tokenizer.ggml.model", MetadataValue::String("gpt2".into()))
-                    .metadata("tokenizer.ggml.pre", MetadataValue::String("smollm".into()))
-                    .metadata("tokenizer.ggml.tokens", MetadataValue::strings(tokens))
-                    .metadata("tokenizer.ggml.token_type", MetadataValue::i32s(types))
-                    .metadata("tokenizer.ggml.merges", MetadataValue::strings(merges))
-                    .metadata("tokenizer.ggml.bos_token_id", MetadataValue::U32(1))
-                    .metadata("tokenizer.ggml.eos_token_id", MetadataValue::U32(2))
-                    .metadata("tokenizer.ggml.add_bos_token", MetadataValue::Bool(false))
-                    .metadata("tokenizer.chat_template", MetadataValue::String(CHATML_TEMPLATE.into()));
+                write_byte_level_vocabulary(&mut w, tokens, types, merges);
             }
         }
         let tensors = self.tensors(ty);

@@ -73,6 +73,20 @@ impl Default for TinyModel {
 /// ChatML, as the default model uses.
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
+/// A byte-level BPE vocabulary (`gpt2`, SmolLM2's pre-tokenizer, ids 1 and 2 as BOS and
+/// EOS) and the ChatML template, as `tokenizer.*` metadata.
+pub(crate) fn write_byte_level_vocabulary(w: &mut GgufWriter, tokens: Vec<String>, types: Vec<i32>, merges: Vec<String>) {
+    w.metadata("tokenizer.ggml.model", MetadataValue::String("gpt2".into()))
+        .metadata("tokenizer.ggml.pre", MetadataValue::String("smollm".into()))
+        .metadata("tokenizer.ggml.tokens", MetadataValue::strings(tokens))
+        .metadata("tokenizer.ggml.token_type", MetadataValue::i32s(types))
+        .metadata("tokenizer.ggml.merges", MetadataValue::strings(merges))
+        .metadata("tokenizer.ggml.bos_token_id", MetadataValue::U32(1))
+        .metadata("tokenizer.ggml.eos_token_id", MetadataValue::U32(2))
+        .metadata("tokenizer.ggml.add_bos_token", MetadataValue::Bool(false))
+        .metadata("tokenizer.chat_template", MetadataValue::String(CHATML_TEMPLATE.into()));
+}
+
 /// A tiny deterministic generator (xorshift64*), so weights depend only on the seed.
 struct Rng(u64);
 
@@ -188,15 +202,7 @@ impl TinyModel {
         for (k, v) in self.model_metadata() {
             w.metadata(k, v);
         }
-        w.metadata("tokenizer.ggml.model", MetadataValue::String("gpt2".into()))
-            .metadata("tokenizer.ggml.pre", MetadataValue::String("smollm".into()))
-            .metadata("tokenizer.ggml.tokens", MetadataValue::strings(tokens))
-            .metadata("tokenizer.ggml.token_type", MetadataValue::i32s(types))
-            .metadata("tokenizer.ggml.merges", MetadataValue::strings(merges))
-            .metadata("tokenizer.ggml.bos_token_id", MetadataValue::U32(1))
-            .metadata("tokenizer.ggml.eos_token_id", MetadataValue::U32(2))
-            .metadata("tokenizer.ggml.add_bos_token", MetadataValue::Bool(false))
-            .metadata("tokenizer.chat_template", MetadataValue::String(CHATML_TEMPLATE.into()));
+        write_byte_level_vocabulary(&mut w, tokens, types, merges);
 
         for (name, shape) in self.config().expected_tensors() {
             let n: usize = shape.iter().product::<u64>() as usize;
