@@ -29,6 +29,13 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# This llama.cpp's Vulkan backend uses VK_EXT_layer_settings (Vulkan headers 1.3.261 and
+# later); Debian 12's libvulkan-dev has 1.3.239.
+if [ "$backend" = vulkan ] && ! grep -q VK_EXT_layer_settings /usr/include/vulkan/vulkan_core.h; then
+    log "the Vulkan headers in /usr/include/vulkan are older than 1.3.261 (VK_EXT_layer_settings): build on Debian 13, or install newer Vulkan-Headers"
+    exit 1
+fi
+
 work="${CINDER_HOME:-$HOME/.cache/cinder}/peer-build"
 mkdir -p "$work"
 sdist="$work/$LLAMA_CPP_SDIST_DIR.tar.gz"
