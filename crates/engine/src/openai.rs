@@ -194,6 +194,11 @@ pub const MAX_N: u32 = 16;
 /// Longest `deadline_ms`: a day.
 pub const MAX_DEADLINE_MS: u64 = 86_400_000;
 
+/// A deadline of `ms` milliseconds, if in [1, MAX_DEADLINE_MS].
+pub fn deadline_from_ms(ms: u64) -> Option<Duration> {
+    (1..=MAX_DEADLINE_MS).contains(&ms).then(|| Duration::from_millis(ms))
+}
+
 impl GenerationBody {
     /// The sampling parameters, checked; `seed` is used when the body has none.
     pub fn sampling(&self, seed: u64) -> Result<SamplingParams, InvalidRequest> {
@@ -269,14 +274,9 @@ impl GenerationBody {
     }
 
     pub fn deadline(&self) -> Result<Option<Duration>, InvalidRequest> {
-        match self.deadline_ms {
-            None => Ok(None),
-            Some(ms @ 1..=MAX_DEADLINE_MS) => Ok(Some(Duration::from_millis(ms))),
-            Some(ms) => {
-                let message = format!("`deadline_ms` must be in [1, {MAX_DEADLINE_MS}] milliseconds; got {ms}");
-                Err(InvalidRequest::new(message, Some("deadline_ms")))
-            }
-        }
+        let Some(ms) = self.deadline_ms else { return Ok(None) };
+        let message = || format!("`deadline_ms` must be in [1, {MAX_DEADLINE_MS}] milliseconds; got {ms}");
+        deadline_from_ms(ms).map(Some).ok_or_else(|| InvalidRequest::new(message(), Some("deadline_ms")))
     }
 
     /// The prompts of a completion: `prompt` as text (control-token text parsed unless

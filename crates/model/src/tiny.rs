@@ -3,6 +3,7 @@
 //! architecture's description lists them ([`ModelConfig::expected_tensors`]), with a few
 //! layers and a byte-level vocabulary.
 
+use cinder_gguf::synth::SynthRng;
 use cinder_gguf::{GgmlType, GgufWriter, Metadata, MetadataValue, quantize};
 
 use crate::ModelConfig;
@@ -87,21 +88,9 @@ pub(crate) fn write_byte_level_vocabulary(w: &mut GgufWriter, tokens: Vec<String
         .metadata("tokenizer.chat_template", MetadataValue::String(CHATML_TEMPLATE.into()));
 }
 
-/// A tiny deterministic generator (xorshift64*), so weights depend only on the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn uniform(&mut self) -> f32 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let bits = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
-        bits as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-
-    fn values(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.uniform() * scale).collect()
-    }
+/// `n` uniform values in [-scale, scale).
+fn values(rng: &mut SynthRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.uniform() * scale).collect()
 }
 
 impl TinyModel {
@@ -196,8 +185,8 @@ impl TinyModel {
     /// The model as GGUF bytes.
     pub fn to_gguf(&self) -> Vec<u8> {
         let (tokens, types, merges) = Self::vocabulary();
-        let mut rng = Rng(self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-        let mut norm_rng = Rng(self.seed.wrapping_add(17));
+        let mut rng = SynthRng::new(self.seed);
+        let mut norm_rng = SynthRng::from_state(self.seed.wrapping_add(17));
         let mut w = GgufWriter::new();
         for (k, v) in self.model_metadata() {
             w.metadata(k, v);
@@ -208,14 +197,14 @@ impl TinyModel {
             let n: usize = shape.iter().product::<u64>() as usize;
             let (values, ty) = if shape.len() == 2 {
                 let ty = if name == "token_embd.weight" { GgmlType::Q8_0 } else { self.weight_type };
-                (rng.values(n, 1.5 / (shape[0] as f32).sqrt()), ty)
+                (values(&mut rng, n, 1.5 / (shape[0] as f32).sqrt()), ty)
             } else if name.ends_with(".bias") {
-                (rng.values(n, 0.5), GgmlType::F32)
+                (values(&mut rng, n, 0.5), GgmlType::F32)
             } else if name.starts_with("rope_f") {
                 // Divisors between 1 and 8, as Llama 3.1's and Phi-3's are.
-                (norm_rng.values(n, 1.0).into_iter().map(|v| 4.5 + 3.5 * v).collect(), GgmlType::F32)
+                (values(&mut norm_rng, n, 1.0).into_iter().map(|v| 4.5 + 3.5 * v).collect(), GgmlType::F32)
             } else {
-                (norm_rng.values(n, 0.2).into_iter().map(|v| 1.0 + v).collect(), GgmlType::F32)
+                (values(&mut norm_rng, n, 0.2).into_iter().map(|v| 1.0 + v).collect(), GgmlType::F32)
             };
             w.tensor(&name, &shape, ty, quantize(ty, &values).expect("whole blocks"));
         }

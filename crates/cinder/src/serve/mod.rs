@@ -29,7 +29,7 @@ use axum::http::HeaderValue;
 use axum::routing::{get, post};
 use cinder_engine::Engine;
 use cinder_model::Model;
-use cinder_engine::openai::MAX_DEADLINE_MS;
+use cinder_engine::openai::{MAX_DEADLINE_MS, deadline_from_ms};
 use cinder_scheduler::{BatchPolicy, Priority, SchedulerConfig};
 use cinder_tokenizer::Tokenizer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -123,9 +123,12 @@ pub struct ServeArgs {
 
 /// `--default-deadline-ms`: `MS`, or `PRIORITY=MS[,PRIORITY=MS...]`.
 fn parse_deadlines(value: &str) -> Result<BTreeMap<Priority, cinder_scheduler::Duration>, String> {
-    let millis = |ms: &str| match ms.trim().parse::<u64>() {
-        Ok(ms @ 1..=MAX_DEADLINE_MS) => Ok(cinder_scheduler::Duration::from_millis(ms)),
-        _ => Err(format!("`{ms}` is not a number of milliseconds in [1, {MAX_DEADLINE_MS}]")),
+    let millis = |ms: &str| {
+        ms.trim()
+            .parse()
+            .ok()
+            .and_then(deadline_from_ms)
+            .ok_or_else(|| format!("`{ms}` is not a number of milliseconds in [1, {MAX_DEADLINE_MS}]"))
     };
     if !value.contains('=') {
         let deadline = millis(value)?;
