@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # cinder's GPU benchmark kit. On a Linux x86-64 host with a GPU driver (no Rust, no network,
 # no model needed): prints the adapter, writes synthetic models, runs `cinder bench` on each
-# and `cinder bench serve` against a `cinder serve` it starts, and the same against
-# llama.cpp's llama-bench / llama-server when --peer DIR holds them. Writes results.json
-# and results.md in --out.
+# (with --profile: per-kernel device time) and `cinder bench serve` against a `cinder serve`
+# it starts, and the same against llama.cpp's llama-bench / llama-server when --peer DIR
+# holds them. Writes results.json and results.md in --out.
 #
 #   ./run.sh [--peer DIR] [--models NAME[:TYPE],...] [--quick] [--out DIR]
 #
@@ -94,7 +94,7 @@ for entry in "${entries[@]}"; do
     {
         echo "## $name ($type)"
         echo
-        "$cinder" bench --model "$model" "${bench_args[@]}" "${peer_bench[@]}" \
+        "$cinder" bench --model "$model" --profile "${bench_args[@]}" "${peer_bench[@]}" \
             --json "$out/bench-$name-$type.json" --plot "$out/batch-$name-$type.svg"
         echo
     } | tee -a "$md"

@@ -306,7 +306,20 @@ fn the_bench_kit_packs_and_runs_end_to_end() {
     assert!(only["bench"]["decode_tok_s"].as_f64().unwrap() > 0.0, "{json}");
     assert_eq!(only["bench"]["decode_batches"].as_array().unwrap().len(), 2, "{json}");
     assert!(only["serve"].is_object(), "{json}");
+    // --profile: every kernel of a decode step and of the 64-token prompt's step, with
+    // shares of the step's device time that add up.
+    let profile = &only["bench"]["profile"];
+    assert!(["device", "host"].contains(&profile["timing"].as_str().unwrap()), "{profile}");
+    for (step, expected) in [("decode", "matmul_quant"), ("prefill", "flash_attention")] {
+        let kernels = profile[step]["kernels"].as_array().unwrap();
+        let names: Vec<&str> = kernels.iter().map(|k| k["kernel"].as_str().unwrap()).collect();
+        assert!(names.iter().any(|n| n.starts_with(expected)), "{step}: {names:?}");
+        assert!(kernels.iter().all(|k| k["dispatches_per_step"].as_f64().unwrap() > 0.0), "{profile}");
+        let shares: f64 = kernels.iter().map(|k| k["share"].as_f64().unwrap()).sum();
+        assert!((shares - 1.0).abs() < 1e-6, "{step}: shares sum to {shares}");
+    }
     let table = std::fs::read_to_string(results.join("results.md")).unwrap();
     assert!(table.contains("## smollm2-135m (q4_0)") && table.contains("| cinder |"), "{table}");
+    assert!(table.contains("| kernel | dispatches per token | share of step time |"), "{table}");
     assert!(results.join("batch-smollm2-135m-q4_0.svg").is_file());
 }

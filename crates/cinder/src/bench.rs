@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use cinder_engine::{Engine, Event, Generation, GenerationRequest};
 use cinder_scheduler::BatchPolicy;
 use cinder_model::Model;
+use cinder_model::profile::{Profile, Profiler};
 use serde::Serialize;
 
 use crate::model_path::ModelArg;
@@ -46,6 +47,11 @@ pub struct BenchArgs {
     /// Extra arguments for every peer, e.g. `--peer-args="-t 2"`.
     #[arg(long, allow_hyphen_values = true)]
     peer_args: Option<String>,
+    /// Time every kernel of 16 decode steps and of a prompt of the first prefill length
+    /// (with the adapter's timestamp queries where it has them) and print each kernel's
+    /// dispatches per token and share of the step's device time.
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -89,6 +95,53 @@ struct BatchResult {
 }
 
 #[derive(Serialize)]
+struct KernelShare {
+    kernel: String,
+    /// Decode: per generated token; prefill: per prompt (one step).
+    dispatches_per_step: f64,
+    /// Of the summed device time of the step's kernels.
+    share: f64,
+    ms_per_step: f64,
+}
+
+#[derive(Serialize)]
+struct StepProfile {
+    /// Tokens per step: 1 for decode, the prompt length for prefill.
+    tokens: usize,
+    steps: usize,
+    kernels: Vec<KernelShare>,
+}
+
+#[derive(Serialize)]
+struct ProfileResult {
+    /// "device" (timestamp queries) or "host" (the host's clock around each launch, which
+    /// also counts submission: shares only).
+    timing: &'static str,
+    decode: StepProfile,
+    prefill: StepProfile,
+}
+
+impl StepProfile {
+    fn new(profile: &Profile, tokens: usize, steps: usize) -> Self {
+        let total = profile.seconds().max(f64::MIN_POSITIVE);
+        let kernels = profile
+            .kernels
+            .iter()
+            .map(|k| KernelShare {
+                kernel: k.kernel.clone(),
+                dispatches_per_step: k.dispatches as f64 / steps as f64,
+                share: k.seconds / total,
+                ms_per_step: k.seconds * 1e3 / steps as f64,
+            })
+            .collect();
+        Self { tokens, steps, kernels }
+    }
+}
+
+/// Decode steps timed kernel by kernel under `--profile`.
+const PROFILE_DECODE_STEPS: usize = 16;
+
+#[derive(Serialize)]
 struct BenchResult {
     model: String,
     adapter: String,
@@ -109,6 +162,8 @@ struct BenchResult {
     decode_batches: Vec<BatchResult>,
     repeats: usize,
     peers: Vec<PeerResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<ProfileResult>,
 }
 
 /// Token ids for a synthetic prompt: spread over the vocabulary, past the control tokens.
@@ -263,6 +318,28 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         decode_batches.push(BatchResult { batch, tok_s });
     }
 
+    let profile = if args.profile {
+        // Decode steps only: the profile starts once the prompt's step has given a token.
+        let prompt16 = prompt(16, vocab);
+        let request = GenerationRequest { ignore_eos: true, use_prefix_cache: false, ..GenerationRequest::new(prompt16, PROFILE_DECODE_STEPS + 1) };
+        let mut profiler = None;
+        engine.generate(request, &crate::wall_clock(), |_| {
+            profiler.get_or_insert_with(Profiler::start);
+        })?;
+        let decode = profiler.context("the profiled decode gave no token")?.finish();
+        let first = prompt(args.prefill_tokens[0], vocab);
+        let profiler = Profiler::start();
+        time_prefill(&mut engine, &first)?;
+        let prefill = profiler.finish();
+        Some(ProfileResult {
+            timing: if decode.device_timestamps && prefill.device_timestamps { "device" } else { "host" },
+            decode: StepProfile::new(&decode, 1, PROFILE_DECODE_STEPS),
+            prefill: StepProfile::new(&prefill, first.len(), 1),
+        })
+    } else {
+        None
+    };
+
     let mut peers = Vec::new();
     for (name, binary) in &args.peers {
         eprintln!("running peer {name}: {}", binary.display());
@@ -304,6 +381,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         decode_batches,
         repeats: args.repeats,
         peers,
+        profile,
     };
     print_table(&result);
     if let Some(out) = &args.json {
@@ -323,6 +401,19 @@ fn print_table(r: &BenchResult) {
     println!("| cinder | {:.2} |{}", r.decode_tok_s, speeds(&r.prefill));
     for p in &r.peers {
         println!("| {} | {:.2} ({:.3}x) |{}", p.name, p.decode_tok_s, p.decode_ratio, speeds(&p.prefill));
+    }
+    if let Some(profile) = &r.profile {
+        let timing = match profile.timing {
+            "device" => "device timestamps",
+            _ => "the host's clock around each launch (no timestamp queries): shares only",
+        };
+        for (name, step, per) in [("decode", &profile.decode, "token"), ("prefill", &profile.prefill, "prompt")] {
+            println!("\n{name} profile ({} tokens per step, {} steps; {timing})", step.tokens, step.steps);
+            println!("| kernel | dispatches per {per} | share of step time | ms per {per} |\n|---|---|---|---|");
+            for k in &step.kernels {
+                println!("| {} | {:.1} | {:.1}% | {:.3} |", k.kernel, k.dispatches_per_step, 100.0 * k.share, k.ms_per_step);
+            }
+        }
     }
     if r.decode_batches.iter().any(|b| b.batch > 1) {
         println!("\n| sequences | decode tok/s (all together) |\n|---|---|");

@@ -26,6 +26,9 @@ pub struct AdapterInfo {
     /// The largest subgroup size, when the device offers subgroup operations to the
     /// kernels (native adapters; WGSL in the browser would need `enable subgroups`).
     pub subgroup_max_size: Option<u32>,
+    /// The smallest subgroup size, beside `subgroup_max_size`: kernels that split work by
+    /// the subgroup's width need it fixed (equal to the largest).
+    pub subgroup_min_size: Option<u32>,
     /// The largest buffer a kernel may bind (the device's storage-binding and buffer-size
     /// limits): bigger weight matrices are split into parts.
     pub max_binding_bytes: u64,
@@ -46,14 +49,14 @@ fn opened(
 ) -> Result<Opened, String> {
     let (device, setup) = init.map_err(|e| e.to_string())?;
     let info = setup.adapter.get_info();
+    let subgroups = setup.device.features().contains(wgpu::Features::SUBGROUP) && info.backend != wgpu::Backend::BrowserWebGpu;
     let adapter = AdapterInfo {
         name: info.name,
         backend: format!("{:?}", setup.backend),
         device_type: format!("{:?}", info.device_type),
         driver: format!("{} {}", info.driver, info.driver_info).trim().to_owned(),
-        subgroup_max_size: (setup.device.features().contains(wgpu::Features::SUBGROUP)
-            && info.backend != wgpu::Backend::BrowserWebGpu)
-            .then_some(info.subgroup_max_size),
+        subgroup_max_size: subgroups.then_some(info.subgroup_max_size),
+        subgroup_min_size: subgroups.then_some(info.subgroup_min_size),
         max_binding_bytes: {
             let limits = setup.device.limits();
             u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size)

@@ -3,10 +3,37 @@
 //! dispatch moves little data.
 
 use burn::tensor::Tensor;
+use bytemuck::{Pod, Zeroable};
 
 use crate::arch::{Activation, RopeLayout};
 use crate::kernel::{Arg, MAX_WORKGROUPS, Template, cube, empty, from_cube, launch};
 use crate::paged::BatchBuffer;
+
+/// rms_norm.wgsl's `Info`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct RmsNormInfo {
+    cols: u32,
+    eps: f32,
+}
+
+/// gated.wgsl's `Info`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct GatedInfo {
+    len: u32,
+}
+
+/// rope.wgsl's `Info`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct RopeInfo {
+    tokens: u32,
+    heads: u32,
+    head_dim: u32,
+    /// 1 for half-split pairs (NEOX), 0 for adjacent ones.
+    halves: u32,
+}
 
 /// RMSNorm of every row of `x` (`[tokens, cols]`), scaled by `weight` (`[1, cols]`).
 pub fn rms_norm(x: Tensor<2>, weight: &Tensor<2>, eps: f32) -> Tensor<2> {
@@ -15,7 +42,7 @@ pub fn rms_norm(x: Tensor<2>, weight: &Tensor<2>, eps: f32) -> Tensor<2> {
     let y = empty(&x.device, [tokens, cols]);
     let kernel = Template::plain("rms_norm", include_str!("../../../shaders/rms_norm.wgsl"));
     let args = [Arg::Read(&x.handle), Arg::Read(&weight.handle), Arg::Write(&y.handle)];
-    launch(&x.device, &kernel, [tokens as u32, 1, 1], &args, &[cols as u32, eps.to_bits()]);
+    launch(&x.device, &kernel, [tokens as u32, 1, 1], &args, &RmsNormInfo { cols: cols as u32, eps });
     from_cube(y)
 }
 
@@ -40,7 +67,7 @@ pub fn gated(gate: Tensor<2>, up: Tensor<2>, activation: Activation) -> Tensor<2
     };
     let args = [Arg::Read(&gate.handle), Arg::Read(&up.handle), Arg::Write(&y.handle)];
     let groups = len.div_ceil(64).min(MAX_WORKGROUPS) as u32;
-    launch(&gate.device, &kernel, [groups, 1, 1], &args, &[len as u32]);
+    launch(&gate.device, &kernel, [groups, 1, 1], &args, &GatedInfo { len: len as u32 });
     from_cube(y)
 }
 
@@ -60,7 +87,7 @@ pub fn rope(x: Tensor<3>, cos: &Tensor<2>, sin: &Tensor<2>, layout: RopeLayout, 
         Arg::Write(&y.handle),
     ];
     let groups = (tokens * heads * head_dim / 2).div_ceil(64).min(MAX_WORKGROUPS) as u32;
-    let halves = u32::from(layout == RopeLayout::Halves);
-    launch(&x.device, &kernel, [groups, 1, 1], &args, &[tokens as u32, heads as u32, head_dim as u32, halves]);
+    let info = RopeInfo { tokens: tokens as u32, heads: heads as u32, head_dim: head_dim as u32, halves: u32::from(layout == RopeLayout::Halves) };
+    launch(&x.device, &kernel, [groups, 1, 1], &args, &info);
     from_cube::<2>(y).reshape([tokens, heads, head_dim])
 }

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use burn::tensor::{DType, Shape, Tensor};
+use bytemuck::Pod;
 use burn_cubecl::cubecl::prelude::{
     AddressType, BufferIOAttr, CubeDim, ExecutionMode, KernelDefinition, KernelId, KernelMetadata, KernelSettings, Scope,
 };
@@ -110,8 +111,9 @@ pub(crate) enum Arg<'a> {
 }
 
 /// Launches `template` over `workgroups` with `args` bound in order and `info` as the
-/// uniform after them.
-pub(crate) fn launch(device: &CubeDevice, template: &Template, workgroups: [u32; 3], args: &[Arg], info: &[u32]) {
+/// uniform after them. `info` is the kernel's own `#[repr(C)]` struct of 32-bit fields, in
+/// the order of the WGSL `Info` struct it mirrors.
+pub(crate) fn launch<I: Pod>(device: &CubeDevice, template: &Template, workgroups: [u32; 3], args: &[Arg], info: &I) {
     let client = device.client();
     let mut arguments = KernelArguments::new();
     for arg in args {
@@ -121,7 +123,8 @@ pub(crate) fn launch(device: &CubeDevice, template: &Template, workgroups: [u32;
         };
     }
     // The uniform is read as 16-byte rows: pad, and pack two u32 per word, low half first.
-    let mut words = info.to_vec();
+    const { assert!(align_of::<I>() == 4, "info fields are 32-bit") };
+    let mut words: Vec<u32> = bytemuck::bytes_of(info).chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect();
     words.resize(words.len().next_multiple_of(4).max(4), 0);
     let packed = words.chunks(2).map(|c| u64::from(c[0]) | u64::from(c[1]) << 32).collect();
     arguments = arguments.with_info(MetadataBindingInfo::custom(packed));

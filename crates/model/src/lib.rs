@@ -18,6 +18,7 @@ pub mod fused;
 mod kernel;
 mod logits;
 mod model;
+pub mod profile;
 pub mod paged;
 pub mod quant;
 pub mod reference;

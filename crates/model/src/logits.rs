@@ -2,6 +2,7 @@
 //! few candidates picked on the device.
 
 use burn::tensor::Tensor;
+use bytemuck::{Pod, Zeroable};
 
 use crate::ModelError;
 use crate::kernel::{Arg, Template, cube, empty, from_cube, launch};
@@ -15,6 +16,14 @@ pub struct PendingLogits {
     pub(crate) vocab: usize,
     /// The `k` of [`PendingLogits::top_k`], once it has run.
     pub(crate) top_k: Option<usize>,
+}
+
+/// top_k.wgsl's `Info`: the row width and how many of its first columns compete.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct TopKInfo {
+    cols: u32,
+    limit: u32,
 }
 
 /// The most candidates [`PendingLogits::top_k`] keeps per row.
@@ -49,7 +58,7 @@ impl PendingLogits {
                 values: &|| vec![("K", k.to_string())],
                 workgroup: 64,
             };
-            let info = [self.vocab as u32, limit.min(self.vocab) as u32];
+            let info = TopKInfo { cols: self.vocab as u32, limit: limit.min(self.vocab) as u32 };
             launch(&logits.device, &template, [rows as u32, 1, 1], &[Arg::Read(&logits.handle), Arg::Write(&best.handle)], &info);
             self.logits = Some(from_cube(best));
         }

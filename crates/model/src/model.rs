@@ -324,7 +324,8 @@ impl Model {
                 limit >> 20
             )));
         }
-        guard(|| PagedKvCache::new(&self.cube_device(), c.kv_layout(), c.kv_dim(), num_blocks, block_size))
+        let subgroup_width = fixed_subgroup_width(&self.device);
+        guard(|| PagedKvCache::new(&self.cube_device(), c.kv_layout(), c.kv_dim(), num_blocks, block_size, subgroup_width))
     }
 
     /// Runs `tokens` (the positions after those already in `cache`) through the model,
@@ -446,7 +447,7 @@ impl Model {
     ) -> Option<Tensor<2>> {
         let c = &self.config;
         let n = x.dims()[0];
-        let attention = Attention::new(c, batch, cache, &self.device);
+        let attention = Attention::new(c, batch, cache);
         let post_norm = |y: Tensor<2>, norm: &Option<Tensor<2>>| match norm {
             Some(w) => rms_norm(y, w, c.rms_eps),
             None => y,
@@ -490,6 +491,13 @@ impl Model {
             None => logits,
         })
     }
+}
+
+/// The adapter's subgroup width, where every subgroup has it.
+pub(crate) fn fixed_subgroup_width(device: &Device) -> Option<usize> {
+    let adapter = crate::adapter_info(device)?;
+    let width = adapter.subgroup_max_size?;
+    (adapter.subgroup_min_size == Some(width)).then_some(width as usize)
 }
 
 /// Runs `f`, turning a panic inside the backend (an allocation failure, a lost device) into

@@ -6,7 +6,7 @@
 //! `table[p / block_size] * block_size + p % block_size`. Sequences of any lengths then share
 //! one batch: each step's new keys and values are scattered into their slots
 //! (`shaders/kv_write.wgsl`) and every query row attends through its own table
-//! (`shaders/paged_attention.wgsl`), so prompt chunks and decode tokens run in one forward
+//! (`shaders/paged_attention.wgsl`; long prompt chunks `shaders/flash_attention.wgsl`), so prompt chunks and decode tokens run in one forward
 //! pass without padding, and blocks can be shared between sequences (a cached prompt
 //! prefix) or copied on write ([`Model::copy_blocks`](crate::Model::copy_blocks)).
 //!
@@ -19,8 +19,10 @@
 use burn::tensor::Tensor;
 use burn_cubecl::CubeDevice;
 use burn_cubecl::cubecl::server::Handle;
+use burn_cubecl::tensor::CubeTensor;
+use bytemuck::{Pod, Zeroable};
 
-use crate::kernel::{Arg, MAX_WORKGROUPS, Template, cube, empty, from_cube, launch, upload};
+use crate::kernel::{Arg, MAX_WORKGROUPS, Template, cube, launch, upload};
 use crate::{KvLayout, ModelError};
 
 /// The KV pool, on the device.
@@ -33,6 +35,9 @@ pub struct PagedKvCache {
     num_blocks: usize,
     block_size: usize,
     kv_dim: usize,
+    /// The adapter's subgroup width where it is fixed: long chunks then attend through
+    /// flash_attention_subgroup.wgsl.
+    subgroup_width: Option<usize>,
 }
 
 impl PagedKvCache {
@@ -42,6 +47,7 @@ impl PagedKvCache {
         kv_dim: usize,
         num_blocks: usize,
         block_size: usize,
+        subgroup_width: Option<usize>,
     ) -> Result<Self, ModelError> {
         if num_blocks == 0 || block_size == 0 {
             return Err(ModelError::InvalidParameter("a KV cache needs at least one block of one slot".into()));
@@ -49,7 +55,8 @@ impl PagedKvCache {
         let bytes = Self::layer_buffer_bytes(num_blocks, block_size, kv_dim);
         let client = device.client();
         let buffers = || (0..layout.group_size).map(|_| client.empty(bytes)).collect::<Vec<_>>();
-        Ok(Self { device: device.clone(), keys: buffers(), values: buffers(), layout, num_blocks, block_size, kv_dim })
+        let subgroup_width = subgroup_width.filter(|w| w.is_power_of_two() && (4..=64).contains(w));
+        Ok(Self { device: device.clone(), keys: buffers(), values: buffers(), layout, num_blocks, block_size, kv_dim, subgroup_width })
     }
 
     pub fn layout(&self) -> &KvLayout {
@@ -92,24 +99,14 @@ impl PagedKvCache {
             Arg::Write(&self.values[slot]),
         ];
         let workgroups = (batch.rows * self.kv_dim).div_ceil(64).min(MAX_WORKGROUPS) as u32;
-        let info = [batch.rows as u32, self.kv_dim as u32, batch.slots_at(group) as u32];
+        let info = KvWriteInfo { rows: batch.rows as u32, kv_dim: self.kv_dim as u32, slots: batch.slots_at(group) as u32 };
         launch(&self.device, &kernel, [workgroups, 1, 1], &args, &info);
     }
 
     /// Attention of the batch's first `paged_rows` rows of `q` (`[rows, heads * head_dim]`,
-    /// RoPE applied) over the cache of `layer`.
-    pub(crate) fn attend(
-        &self,
-        layer: usize,
-        q: Tensor<2>,
-        heads: usize,
-        head_dim: usize,
-        batch: &BatchBuffer,
-        scores: &ScoreRule,
-    ) -> Tensor<2> {
-        let q = cube(q);
+    /// RoPE applied) over the cache of `layer`, into the same rows of `out`.
+    pub(crate) fn attend(&self, layer: usize, q: &CubeTensor, out: &CubeTensor, (heads, head_dim): (usize, usize), batch: &BatchBuffer, rule: &ScoreRule) {
         let (group, slot) = self.layout.layer_slots[layer];
-        let out = empty(&self.device, [batch.paged_rows, heads * head_dim]);
         let dims = head_dim.div_ceil(64);
         let values = move || vec![("DIMS", dims.to_string()), ("MAX_HEAD_DIM", (dims * 64).to_string())];
         let kernel = Template {
@@ -126,40 +123,84 @@ impl PagedKvCache {
             Arg::Read(&batch.handle),
             Arg::Write(&out.handle),
         ];
-        let info = [
-            batch.paged_rows as u32,
-            batch.table_starts_at(group) as u32,
-            heads as u32,
-            (self.kv_dim / head_dim) as u32,
-            head_dim as u32,
-            self.block_size as u32,
-            scores.scale.to_bits(),
-            scores.window.unwrap_or(0) as u32,
-            scores.softcap.unwrap_or(0.0).to_bits(),
-        ];
+        let info = PagedAttentionInfo {
+            rows: batch.paged_rows as u32,
+            table_starts: batch.table_starts_at(group) as u32,
+            heads: heads as u32,
+            kv_heads: (self.kv_dim / head_dim) as u32,
+            head_dim: head_dim as u32,
+            block_size: self.block_size as u32,
+            scale: rule.scale,
+            window: rule.window.unwrap_or(0) as u32,
+            softcap: rule.softcap.unwrap_or(0.0),
+        };
         let rows = batch.paged_rows.min(MAX_WORKGROUPS) as u32;
         launch(&self.device, &kernel, [heads as u32, rows, 1], &args, &info);
-        from_cube(out)
     }
 
-    /// Keys and values of positions `first..chunk.context()` of a dense chunk's sequence,
-    /// `[context - first, kv_dim]` each.
-    pub(crate) fn gather(&self, layer: usize, batch: &BatchBuffer, chunk: &DenseChunk, first: usize) -> (Tensor<2>, Tensor<2>) {
-        let len = chunk.context() - first;
+    /// Attention of a long chunk's rows of `q` over the cache of `layer` (the chunk's own
+    /// keys included: they are written first), into the same rows of `out`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn flash_attend(
+        &self,
+        layer: usize,
+        q: &CubeTensor,
+        out: &CubeTensor,
+        (heads, head_dim): (usize, usize),
+        batch: &BatchBuffer,
+        chunk: &LongChunk,
+        rule: &ScoreRule,
+    ) {
         let (group, slot) = self.layout.layer_slots[layer];
-        let (k, v) = (empty(&self.device, [len, self.kv_dim]), empty(&self.device, [len, self.kv_dim]));
-        let kernel = Template::plain("kv_gather", include_str!("../../../shaders/kv_gather.wgsl"));
+        let hd4 = head_dim / 4;
+        let (subgroup_values, values);
+        let (kernel, queries_per_workgroup) = match self.subgroup_width {
+            Some(width) => {
+                subgroup_values = move || flash_subgroup_code(hd4, width);
+                let kernel = Template {
+                    name: "flash_attention_subgroup",
+                    source: include_str!("../../../shaders/flash_attention_subgroup.wgsl"),
+                    variant: ("", (head_dim * 100 + width) as u32),
+                    values: &subgroup_values,
+                    workgroup: 64,
+                };
+                (kernel, 64 / width * flash_subgroup_queries(hd4))
+            }
+            None => {
+                // The K and V tiles fill WebGPU's default 16 KiB of workgroup memory.
+                let keys = (16_384 / (2 * 4 * head_dim)).max(1);
+                values = move || vec![("HD4", hd4.to_string()), ("KEYS", keys.to_string())];
+                let kernel = Template {
+                    name: "flash_attention",
+                    source: include_str!("../../../shaders/flash_attention.wgsl"),
+                    variant: ("", head_dim as u32),
+                    values: &values,
+                    workgroup: 64,
+                };
+                (kernel, FLASH_QUERIES)
+            }
+        };
         let args = [
+            Arg::Read(&q.handle),
             Arg::Read(&self.keys[slot]),
             Arg::Read(&self.values[slot]),
             Arg::Read(&batch.handle),
-            Arg::Write(&k.handle),
-            Arg::Write(&v.handle),
+            Arg::Write(&out.handle),
         ];
-        let groups = (len * self.kv_dim).div_ceil(64).min(MAX_WORKGROUPS) as u32;
-        let info = [len as u32, self.kv_dim as u32, self.block_size as u32, chunk.tables[group] as u32, first as u32];
-        launch(&self.device, &kernel, [groups, 1, 1], &args, &info);
-        (from_cube(k), from_cube(v))
+        let info = FlashAttentionInfo {
+            first_row: chunk.first_row as u32,
+            len: chunk.len as u32,
+            start: chunk.start as u32,
+            table: chunk.tables[group] as u32,
+            heads: heads as u32,
+            kv_heads: (self.kv_dim / head_dim) as u32,
+            block_size: self.block_size as u32,
+            window: rule.window.unwrap_or(0) as u32,
+            scale: rule.scale,
+            softcap: rule.softcap.unwrap_or(0.0),
+        };
+        let query_tiles = chunk.len.div_ceil(queries_per_workgroup) as u32;
+        launch(&self.device, &kernel, [heads as u32, query_tiles, 1], &args, &info);
     }
 
     /// Copies blocks `(source, destination)` in every buffer (a block holds one group's
@@ -173,11 +214,136 @@ impl PagedKvCache {
         let block_len = self.block_size * self.kv_dim;
         let kernel = Template::plain("kv_copy", include_str!("../../../shaders/kv_copy.wgsl"));
         let groups = (pairs.len() * block_len).div_ceil(64).min(MAX_WORKGROUPS) as u32;
+        let info = KvCopyInfo { pairs: pairs.len() as u32, block_len: block_len as u32 };
         for (keys, values) in self.keys.iter().zip(&self.values) {
             let args = [Arg::Read(&pairs_handle), Arg::Write(keys), Arg::Write(values)];
-            launch(&self.device, &kernel, [groups, 1, 1], &args, &[pairs.len() as u32, block_len as u32]);
+            launch(&self.device, &kernel, [groups, 1, 1], &args, &info);
         }
     }
+}
+
+/// kv_write.wgsl's `Info`: rows to scatter, their width, where their slots start in the batch buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct KvWriteInfo {
+    rows: u32,
+    kv_dim: u32,
+    slots: u32,
+}
+
+/// paged_attention.wgsl's `Info`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct PagedAttentionInfo {
+    rows: u32,
+    table_starts: u32,
+    heads: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    block_size: u32,
+    scale: f32,
+    /// 0: no window.
+    window: u32,
+    /// 0: no soft-cap.
+    softcap: f32,
+}
+
+/// The `Info` of flash_attention.wgsl and flash_attention_subgroup.wgsl: the chunk's rows,
+/// first position and block table.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct FlashAttentionInfo {
+    first_row: u32,
+    len: u32,
+    start: u32,
+    table: u32,
+    heads: u32,
+    kv_heads: u32,
+    block_size: u32,
+    window: u32,
+    scale: f32,
+    softcap: f32,
+}
+
+/// Queries per workgroup of flash_attention.wgsl.
+const FLASH_QUERIES: usize = 64;
+
+/// Query vec4 slots each lane of flash_attention_subgroup.wgsl holds (its queries' outputs
+/// are as many again): 16 queries of 64-wide heads. On lavapipe a 512-token prompt's
+/// attention took 0.55 s at 256 and at 512, 0.57 s at 128, 0.84 s at 64.
+const FLASH_SUBGROUP_SLOTS: usize = 256;
+
+/// Queries per subgroup of flash_attention_subgroup.wgsl for heads of `hd4` vec4s.
+fn flash_subgroup_queries(hd4: usize) -> usize {
+    (FLASH_SUBGROUP_SLOTS / hd4).max(1)
+}
+
+/// flash_attention_subgroup.wgsl's per-query and per-slot lines for heads of `hd4` vec4s
+/// and subgroups of `width` lanes.
+fn flash_subgroup_code(hd4: usize, width: usize) -> Vec<(&'static str, String)> {
+    let queries = flash_subgroup_queries(hd4);
+    let lines = |n: usize, f: &dyn Fn(usize) -> String| (0..n).map(f).collect::<Vec<_>>().join("\n");
+    let query_setup = |s: usize| {
+        let mut code = format!(
+            "    let pos{s} = info.start + min(first_query + {s}u, last_query);
+    let first{s} = first_visible(pos{s});
+    let row{s} = (info.first_row + min(first_query + {s}u, last_query)) * row_width4 + head * HD4;
+    var m{s} = LOWEST;
+    var l{s} = 0.0;"
+        );
+        for d in 0..hd4 {
+            code += &format!("\n    let q{s}_{d} = q[row{s} + {d}u] * info.scale;\n    var acc{s}_{d} = vec4<f32>(0.0);");
+        }
+        code
+    };
+    let scores = |s: usize| {
+        let dot = (0..hd4).map(|d| format!("dot(q{s}_{d}, k{d})")).collect::<Vec<_>>().join(" + ");
+        format!(
+            "        let s{s} = soft_cap({dot});
+        let seen{s} = p >= first{s} && p <= pos{s};
+        let top{s} = select(m{s}, max(m{s}, s{s}), seen{s});
+        let c{s} = exp(m{s} - top{s});
+        let w{s} = select(0.0, exp(s{s} - top{s}), seen{s});
+        m{s} = top{s};
+        l{s} = l{s} * c{s} + w{s};"
+        )
+    };
+    let values = |d: usize| {
+        let mut code = format!("        let v{d} = v_cache[base + {d}u];");
+        for s in 0..queries {
+            code += &format!("\n        acc{s}_{d} = acc{s}_{d} * c{s} + w{s} * v{d};");
+        }
+        code
+    };
+    // A lane that saw none of a query's keys has m = LOWEST: its part weighs 0.
+    let merge = |s: usize| {
+        let mut code = format!("    let f{s} = exp(m{s} - subgroupMax(m{s}));\n    let total{s} = subgroupAdd(l{s} * f{s});");
+        for d in 0..hd4 {
+            code += &format!(
+                "\n    let o{s}_{d} = subgroupAdd(acc{s}_{d} * f{s}) / total{s};\n    if lane == {d}u % width && first_query + {s}u <= last_query {{ out[row{s} + {d}u] = o{s}_{d}; }}"
+            );
+        }
+        code
+    };
+    vec![
+        ("HD4", hd4.to_string()),
+        ("QUERIES", queries.to_string()),
+        ("SUBGROUPS", (64 / width).to_string()),
+        ("QUERY_SETUP", lines(queries, &query_setup)),
+        ("KEYS", lines(hd4, &|d| format!("        let k{d} = k_cache[base + {d}u];"))),
+        ("SCORES", lines(queries, &scores)),
+        ("VALUES", lines(hd4, &values)),
+        ("MERGE", lines(queries, &merge)),
+    ]
+}
+
+/// kv_copy.wgsl's `Info`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct KvCopyInfo {
+    pairs: u32,
+    /// Floats per block: block_size * kv_dim.
+    block_len: u32,
 }
 
 /// How a layer turns query-key products into attention weights.
@@ -192,7 +358,8 @@ pub(crate) struct ScoreRule {
 }
 
 impl ScoreRule {
-    /// The first position a query at `position` sees.
+    /// The first position a query at `position` sees (the kernels compute it themselves).
+    #[cfg(test)]
     pub fn first_visible(&self, position: usize) -> usize {
         self.window.map_or(0, |w| (position + 1).saturating_sub(w))
     }
@@ -212,14 +379,14 @@ pub struct SeqChunk<'a> {
     pub logits: bool,
 }
 
-/// Prompt chunks at least this long attend with dense matmuls over their gathered keys
-/// (Burn's tiled matmul reuses each key across the chunk's queries); shorter ones and
-/// decodes go through the paged-attention kernel.
-pub const DENSE_MIN_TOKENS: usize = 32;
+/// Prompt chunks at least this long attend through the flash-attention kernel (each key
+/// tile serves 64 queries); shorter ones and decodes through the paged-attention kernel.
+pub const FLASH_MIN_TOKENS: usize = 32;
 
-/// A chunk that attends densely: its rows, first position and block tables.
+/// A chunk that attends through the flash-attention kernel: its rows, first position and
+/// block tables.
 #[derive(Debug, Clone)]
-pub(crate) struct DenseChunk {
+pub(crate) struct LongChunk {
     pub first_row: usize,
     pub len: usize,
     pub start: usize,
@@ -227,30 +394,24 @@ pub(crate) struct DenseChunk {
     pub tables: Vec<usize>,
 }
 
-impl DenseChunk {
-    pub fn context(&self) -> usize {
-        self.start + self.len
-    }
-}
-
 /// Where each row of a batch sits, uploaded once per step and read by RoPE, the KV write and
 /// attention: `[positions; rows]`, then per layer group `[slots; rows][table starts; rows]`,
 /// then the block tables. Rows of chunks that attend through the paged kernel come first
-/// (`paged_rows` of them), then the dense chunks; [`BatchBuffer::order`] gives that order.
+/// (`paged_rows` of them), then the long chunks; [`BatchBuffer::order`] gives that order.
 pub struct BatchBuffer {
     pub(crate) handle: Handle,
     pub(crate) rows: usize,
     pub(crate) paged_rows: usize,
-    pub(crate) dense: Vec<DenseChunk>,
+    pub(crate) long: Vec<LongChunk>,
 }
 
 impl BatchBuffer {
     /// The order in which a batch's chunks are laid out: paged ones first, each group in
     /// the given order.
     pub(crate) fn order(chunks: &[SeqChunk]) -> Vec<usize> {
-        let dense = |c: &SeqChunk| c.tokens.len() >= DENSE_MIN_TOKENS;
-        let (mut paged, dense): (Vec<usize>, Vec<usize>) = (0..chunks.len()).partition(|&i| !dense(&chunks[i]));
-        paged.extend(dense);
+        let long = |c: &SeqChunk| c.tokens.len() >= FLASH_MIN_TOKENS;
+        let (mut paged, long): (Vec<usize>, Vec<usize>) = (0..chunks.len()).partition(|&i| !long(&chunks[i]));
+        paged.extend(long);
         paged
     }
 
@@ -272,7 +433,7 @@ impl BatchBuffer {
         let mut words = vec![0u32; header + tables];
         let (mut row, mut table) = (0, header);
         let mut paged_rows = 0;
-        let mut dense = Vec::new();
+        let mut long = Vec::new();
         for chunk in chunks {
             let mut starts = Vec::with_capacity(groups);
             for blocks in chunk.tables {
@@ -280,10 +441,10 @@ impl BatchBuffer {
                 starts.push(table);
                 table += blocks.len();
             }
-            if chunk.tokens.len() >= DENSE_MIN_TOKENS {
-                dense.push(DenseChunk { first_row: row, len: chunk.tokens.len(), start: chunk.start, tables: starts.clone() });
+            if chunk.tokens.len() >= FLASH_MIN_TOKENS {
+                long.push(LongChunk { first_row: row, len: chunk.tokens.len(), start: chunk.start, tables: starts.clone() });
             } else {
-                debug_assert!(dense.is_empty(), "paged chunks come first");
+                debug_assert!(long.is_empty(), "paged chunks come first");
                 paged_rows += chunk.tokens.len();
             }
             for position in chunk.start..chunk.start + chunk.tokens.len() {
@@ -296,13 +457,13 @@ impl BatchBuffer {
                 row += 1;
             }
         }
-        Self { handle: upload(device, &words), rows, paged_rows, dense }
+        Self { handle: upload(device, &words), rows, paged_rows, long }
     }
 
     /// A batch of `positions` only, for RoPE alone.
     #[cfg(test)]
     pub(crate) fn positions(device: &burn::tensor::Device, positions: &[u32]) -> Self {
         let device = crate::kernel::cube_device(device).expect("a wgpu device");
-        Self { handle: upload(&device, positions), rows: positions.len(), paged_rows: 0, dense: Vec::new() }
+        Self { handle: upload(&device, positions), rows: positions.len(), paged_rows: 0, long: Vec::new() }
     }
 }

@@ -5,7 +5,7 @@ use cinder_gguf::{GgmlType, GgufFile, GgufWriter, MetadataValue};
 use crate::arch::{GEMMA2, GEMMA3, PHI3, QWEN2, QWEN3};
 use crate::reference::{ReferenceCache, ReferenceModel};
 use crate::tiny::{TinyModel, TinyRopeScaling};
-use crate::{Model, ModelError, wgpu_device};
+use crate::{KvLayout, Model, ModelConfig, ModelError, SeqChunk, wgpu_device};
 
 fn load(bytes: Vec<u8>) -> (GgufFile, Model) {
     let file = GgufFile::from_bytes(bytes).unwrap();
@@ -37,7 +37,7 @@ fn check_against_reference(spec: TinyModel) {
         let device = model.forward(&[token], &mut cache).unwrap();
         assert_close(&device, &reference.forward(&[token], &mut ref_cache), &what);
     }
-    // A long chunk (dense attention) after the decodes, past any window of the layers.
+    // A long chunk (flash attention) after the decodes, past any window of the layers.
     let long: Vec<u32> = (0..40).map(|i| (i * 37 % 250) as u32 + 3).collect();
     assert_close(&model.forward(&long, &mut cache).unwrap(), &reference.forward(&long, &mut ref_cache), &what);
     assert_eq!(cache.len(), prompt.len() + 3 + long.len());
@@ -102,8 +102,6 @@ fn chunked_prefill_equals_one_pass() {
 /// equals the reference run of that sequence alone.
 #[test]
 fn batched_paged_forward_matches_each_sequence_alone() {
-    use crate::SeqChunk;
-
     let gemma3 = TinyModel { arch: &GEMMA3, n_layers: 6, head_dim: Some(32), sliding_window: Some(9), seed: 8, ..Default::default() };
     for spec in [TinyModel::default(), TinyModel { hidden: 256, n_heads: 2, n_kv_heads: 1, seed: 7, ..Default::default() }, gemma3] {
         let (file, model) = load(spec.to_gguf());
@@ -330,7 +328,7 @@ fn quantized_matmul_matches_dequantized_reference() {
             assert!(short.to_string().contains(&format!("do not hold a {rows} x {cols}")), "{short}");
             let matrix = QuantMatrix::upload(&device, format, &blocks, rows, cols).unwrap();
             let portable = QuantMatrix::upload(&device, format, &blocks, rows, cols).unwrap().without_subgroups();
-            for (matrix, tokens) in [&matrix, &portable].into_iter().flat_map(|m| [1, 2, 5, 8, 9, 17].map(|t| (m, t))) {
+            for (matrix, tokens) in [&matrix, &portable].into_iter().flat_map(|m| [1, 2, 5, 8, 9, 17, 70, 131].map(|t| (m, t))) {
                 let x: Vec<f32> = (0..tokens * cols).map(|_| rng.random_range(-2.0..2.0)).collect();
                 let expected: Vec<f32> = x
                     .chunks(cols)
@@ -456,6 +454,118 @@ fn fused_kernels_match_cpu() {
             let batch = crate::paged::BatchBuffer::positions(&device, &positions);
             let got = rope(input, &cos, &sin, layout, &batch).try_into_vec_as::<f32>().unwrap();
             assert_close(&got, &expected, &format!("{layout:?} rope {tokens}x{heads}x{head_dim} from {start}"));
+        }
+    }
+}
+
+/// Attention of `q` rows at `positions` of one sequence over its `keys` / `values`
+/// (`[position][kv_dim]`), as a plain loop: what both attention kernels compute.
+fn attention_loop(q: &[f32], positions: &[usize], keys: &[Vec<f32>], values: &[Vec<f32>], shape: (usize, usize, usize), rule: &crate::paged::ScoreRule) -> Vec<f32> {
+    let (heads, kv_heads, hd) = shape;
+    let mut out = vec![0f32; positions.len() * heads * hd];
+    for (i, &position) in positions.iter().enumerate() {
+        for h in 0..heads {
+            let kv = h / (heads / kv_heads) * hd;
+            let query = &q[(i * heads + h) * hd..][..hd];
+            let visible = rule.first_visible(position)..=position;
+            let scores: Vec<f32> = visible
+                .clone()
+                .map(|p| {
+                    let s = rule.scale * query.iter().zip(&keys[p][kv..kv + hd]).map(|(a, b)| a * b).sum::<f32>();
+                    rule.softcap.map_or(s, |cap| cap * (s / cap).tanh())
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f32::MIN, f32::max);
+            let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+            let total: f32 = weights.iter().sum();
+            for (w, p) in weights.iter().zip(visible) {
+                for d in 0..hd {
+                    out[(i * heads + h) * hd + d] += w / total * values[p][kv + d];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The paged and flash-attention kernels (portable, and subgroup where the adapter has a
+/// fixed subgroup size) against a plain loop, in one batch: a decode and chunks of odd
+/// lengths (past query-tile and key-tile edges) after cached positions, blocks of 5 slots
+/// scattered through the pool, windows, soft-caps, grouped queries, head sizes 32 to 256.
+#[test]
+fn attention_kernels_match_a_loop() {
+    use crate::attention::Attention;
+    use crate::kernel::cube_device;
+    use crate::paged::{BatchBuffer, PagedKvCache, ScoreRule};
+    use burn::tensor::{Tensor, TensorData};
+
+    let device = wgpu_device().unwrap();
+    let cube = cube_device(&device).unwrap();
+    let mut seed = 1u32;
+    let mut random = move |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (seed >> 8) as f32 / (1 << 24) as f32 * 2.0 - 1.0
+            })
+            .collect()
+    };
+    let cases = [
+        (4, 2, 32, ScoreRule { scale: 0.2, window: None, softcap: None }),
+        (3, 1, 64, ScoreRule { scale: 0.125, window: Some(37), softcap: None }),
+        (2, 2, 256, ScoreRule { scale: 0.0625, window: None, softcap: Some(2.0) }),
+        (6, 3, 64, ScoreRule { scale: 0.3, window: Some(70), softcap: Some(1.5) }),
+    ];
+    let widths = [None, crate::model::fixed_subgroup_width(&device)];
+    for ((heads, kv_heads, hd, rule), subgroup_width) in cases.into_iter().flat_map(|c| widths.iter().map(move |&w| (c, w))) {
+        let kv_dim = kv_heads * hd;
+        let block_size = 5;
+        let layout = KvLayout { groups: vec![rule.window], layer_slots: vec![(0, 0)], group_size: 1 };
+        let cache = PagedKvCache::new(&cube, layout, kv_dim, 400, block_size, subgroup_width).unwrap();
+        // (cached positions, new tokens) per sequence: a decode, then long chunks.
+        let sequences = [(9, 1), (0, 33), (40, 65), (7, 130)];
+        let tables: Vec<Vec<Vec<u32>>> =
+            (0..sequences.len() as u32).map(|s| vec![(0..60).map(|b| b * sequences.len() as u32 + s).collect()]).collect();
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        for &(cached, new) in &sequences {
+            keys.push((0..cached + new).map(|_| random(kv_dim)).collect::<Vec<_>>());
+            values.push((0..cached + new).map(|_| random(kv_dim)).collect::<Vec<_>>());
+        }
+        // Every position's keys and values written in one batch.
+        let tokens: Vec<Vec<u32>> = sequences.iter().map(|&(c, n)| vec![0; c + n]).collect();
+        let writes: Vec<SeqChunk> = (0..sequences.len()).map(|s| SeqChunk { tokens: &tokens[s], start: 0, tables: &tables[s], logits: false }).collect();
+        let order = BatchBuffer::order(&writes);
+        let laid_out: Vec<&SeqChunk> = order.iter().map(|&i| &writes[i]).collect();
+        let batch = BatchBuffer::new(&cube, &laid_out, block_size, 1);
+        let flat = |rows: Vec<&Vec<Vec<f32>>>| -> Vec<f32> { rows.into_iter().flat_map(|r| r.iter().flatten().copied()).collect() };
+        let tensor = |data: Vec<f32>| Tensor::<2>::from_data(TensorData::new(data, [batch.rows, kv_dim]), &device);
+        let (k, v) = (flat(order.iter().map(|&i| &keys[i]).collect()), flat(order.iter().map(|&i| &values[i]).collect()));
+        cache.write(0, tensor(k), tensor(v), &batch);
+
+        // The new tokens of every sequence attend in one batch.
+        let steps: Vec<SeqChunk> = sequences
+            .iter()
+            .enumerate()
+            .map(|(s, &(cached, new))| SeqChunk { tokens: &tokens[s][cached..cached + new], start: cached, tables: &tables[s], logits: false })
+            .collect();
+        let order = BatchBuffer::order(&steps);
+        let laid_out: Vec<&SeqChunk> = order.iter().map(|&i| &steps[i]).collect();
+        let batch = BatchBuffer::new(&cube, &laid_out, block_size, 1);
+        assert_eq!((batch.paged_rows, batch.long.len()), (1, 3));
+        let width = heads * hd;
+        let q = random(batch.rows * width);
+        let config = ModelConfig { n_heads: heads, n_kv_heads: kv_heads, head_dim: hd, ..TinyModel::default().config() };
+        let attention = Attention::new(&config, &batch, &cache);
+        let input = Tensor::<2>::from_data(TensorData::new(q.clone(), [batch.rows, width]), &device);
+        let got = attention.attend(0, input, &rule).try_into_vec_as::<f32>().unwrap();
+        let mut row = 0;
+        for &s in &order {
+            let (cached, new) = sequences[s];
+            let positions: Vec<usize> = (cached..cached + new).collect();
+            let expected = attention_loop(&q[row * width..(row + new) * width], &positions, &keys[s], &values[s], (heads, kv_heads, hd), &rule);
+            let what = format!("sequence {s}, heads {heads}/{kv_heads} x {hd}, {rule:?}, subgroups {subgroup_width:?}");
+            assert_close(&got[row * width..(row + new) * width], &expected, &what);
+            row += new;
         }
     }
 }
