@@ -10,6 +10,11 @@
 // The batch buffer holds each row's position in its first words and, from word
 // `table_starts`, where in the buffer the row's block table of this layer's group starts;
 // this kernel reads the first `rows` rows.
+//
+// Long contexts with few rows can be split over the keys (workgroup z of `splits` takes
+// `split_keys` of a row's visible positions): each split then writes its unnormalised
+// output, maximum and sum, and attention_merge.wgsl combines them; otherwise the output is
+// written here. The launcher fills in the output's binding and store for either case.
 
 struct Info {
     rows: u32,
@@ -21,14 +26,15 @@ struct Info {
     scale: f32,
     window: u32,
     softcap: f32,
+    splits: u32,
+    split_keys: u32,
 }
 
 @group(0) @binding(0) var<storage, read_write> q: array<f32>;
 @group(0) @binding(1) var<storage, read_write> k_cache: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> v_cache: array<f32>;
 @group(0) @binding(3) var<storage, read_write> batch: array<u32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
-@group(0) @binding(5) var<uniform> info: Info;
+{{OUTPUT}}
 
 const TILE: u32 = 64u;
 // Output dimensions per invocation: ceil(head_dim / TILE).
@@ -67,14 +73,17 @@ fn main(
         if info.window > 0u && context > info.window {
             first = context - info.window;
         }
+        // This workgroup's split of the visible positions (empty past the row's context).
+        let begin = min(first + wid.z * info.split_keys, context);
+        let end = min(begin + info.split_keys, context);
 
         var m = LOWEST;
         var l = 0.0;
         var acc: array<f32, DIMS>;
-        for (var t0 = first; t0 < context; t0 += TILE) {
+        for (var t0 = begin; t0 < end; t0 += TILE) {
             let t = t0 + lid;
             var s = LOWEST;
-            if t < context {
+            if t < end {
                 let slot = batch[table + t / info.block_size] * info.block_size + t % info.block_size;
                 slot_tile[lid] = slot;
                 let k_base = (slot * kv_dim + kv_offset) / 4u;
@@ -91,7 +100,7 @@ fn main(
             scores[lid] = s;
             workgroupBarrier();
 
-            let n = min(TILE, context - t0);
+            let n = min(TILE, end - t0);
             var tile_max = LOWEST;
             for (var j = 0u; j < n; j++) {
                 tile_max = max(tile_max, scores[j]);
@@ -121,11 +130,6 @@ fn main(
             // The next tile overwrites the scores.
             workgroupBarrier();
         }
-        for (var i = 0u; i < DIMS; i++) {
-            let d = lid + i * TILE;
-            if d < hd {
-                out[q_base + d] = acc[i] / l;
-            }
-        }
+{{STORE}}
     }
 }

@@ -31,6 +31,14 @@ impl Projection {
         }
     }
 
+    /// `forward(x) + residual`: one dispatch where there is no bias.
+    fn forward_add(&self, x: Tensor<2>, residual: Tensor<2>) -> Tensor<2> {
+        match &self.bias {
+            Some(_) => self.forward(x) + residual,
+            None => self.weight.forward_add(x, residual),
+        }
+    }
+
     fn device_bytes(&self) -> usize {
         self.weight.device_bytes() + self.bias.as_ref().map_or(0, |b| b.shape().num_elements() * 4)
     }
@@ -448,9 +456,10 @@ impl Model {
         let c = &self.config;
         let n = x.dims()[0];
         let attention = Attention::new(c, batch, cache);
-        let post_norm = |y: Tensor<2>, norm: &Option<Tensor<2>>| match norm {
-            Some(w) => rms_norm(y, w, c.rms_eps),
-            None => y,
+        // x + norm(out(input)), or x + out(input) added by the matrix kernel.
+        let add_to = |x: Tensor<2>, out: &Projection, input: Tensor<2>, norm: &Option<Tensor<2>>| match norm {
+            Some(w) => x + rms_norm(out.forward(input), w, c.rms_eps),
+            None => out.forward_add(input, x),
         };
         for (l, block) in self.blocks.iter().enumerate() {
             let layer = c.layers[l];
@@ -469,11 +478,11 @@ impl Model {
             cache.write(l, k, v, batch);
             let rule = ScoreRule { scale: c.query_scale, window: layer.window, softcap: c.attention_softcap };
             let attn = attention.attend(l, q, &rule);
-            x = x + post_norm(block.out.forward(attn), &block.post_attn_norm);
+            x = add_to(x, &block.out, attn, &block.post_attn_norm);
 
             let h = rms_norm(x.clone(), &block.ffn_norm, c.rms_eps);
             let act = gated(block.gate.forward(h.clone()), block.up.forward(h), c.arch.activation);
-            x = x + post_norm(block.down.forward(act), &block.post_ffn_norm);
+            x = add_to(x, &block.down, act, &block.post_ffn_norm);
         }
         let last = if logit_rows.is_empty() {
             return None;

@@ -22,7 +22,7 @@ use burn_cubecl::cubecl::server::Handle;
 use burn_cubecl::tensor::CubeTensor;
 use bytemuck::{Pod, Zeroable};
 
-use crate::kernel::{Arg, MAX_WORKGROUPS, Template, cube, launch, upload};
+use crate::kernel::{Arg, MAX_WORKGROUPS, Template, cube, empty, launch, upload};
 use crate::{KvLayout, ModelError};
 
 /// The KV pool, on the device.
@@ -108,20 +108,32 @@ impl PagedKvCache {
     pub(crate) fn attend(&self, layer: usize, q: &CubeTensor, out: &CubeTensor, (heads, head_dim): (usize, usize), batch: &BatchBuffer, rule: &ScoreRule) {
         let (group, slot) = self.layout.layer_slots[layer];
         let dims = head_dim.div_ceil(64);
-        let values = move || vec![("DIMS", dims.to_string()), ("MAX_HEAD_DIM", (dims * 64).to_string())];
+        let visible = rule.window.map_or(batch.paged_context, |w| w.min(batch.paged_context));
+        let splits = key_splits(heads * batch.paged_rows, visible);
+        let split = splits > 1;
+        let values = move || {
+            let (output, store) = if split { PAGED_SPLIT_STORE } else { PAGED_STORE };
+            vec![
+                ("DIMS", dims.to_string()),
+                ("MAX_HEAD_DIM", (dims * 64).to_string()),
+                ("OUTPUT", output.to_owned()),
+                ("STORE", store.to_owned()),
+            ]
+        };
         let kernel = Template {
             name: "paged_attention",
             source: include_str!("../../../shaders/paged_attention.wgsl"),
-            variant: ("", dims as u32),
+            variant: (if split { "split" } else { "" }, dims as u32),
             values: &values,
             workgroup: 64,
         };
+        let partials = split.then(|| empty(&self.device, [batch.paged_rows * heads * splits, head_dim + 2]));
         let args = [
             Arg::Read(&q.handle),
             Arg::Read(&self.keys[slot]),
             Arg::Read(&self.values[slot]),
             Arg::Read(&batch.handle),
-            Arg::Write(&out.handle),
+            Arg::Write(&partials.as_ref().unwrap_or(out).handle),
         ];
         let info = PagedAttentionInfo {
             rows: batch.paged_rows as u32,
@@ -133,9 +145,17 @@ impl PagedKvCache {
             scale: rule.scale,
             window: rule.window.unwrap_or(0) as u32,
             softcap: rule.softcap.unwrap_or(0.0),
+            splits: splits as u32,
+            split_keys: visible.div_ceil(splits).next_multiple_of(64).max(64) as u32,
         };
         let rows = batch.paged_rows.min(MAX_WORKGROUPS) as u32;
-        launch(&self.device, &kernel, [heads as u32, rows, 1], &args, &info);
+        launch(&self.device, &kernel, [heads as u32, rows, splits as u32], &args, &info);
+        if let Some(partials) = partials {
+            let merge = Template::plain("attention_merge", include_str!("../../../shaders/attention_merge.wgsl"));
+            let info = AttentionMergeInfo { rows: batch.paged_rows as u32, heads: heads as u32, head_dim: head_dim as u32, splits: splits as u32 };
+            let workgroups = (batch.paged_rows * heads * head_dim).div_ceil(64).min(MAX_WORKGROUPS) as u32;
+            launch(&self.device, &merge, [workgroups, 1, 1], &[Arg::Read(&partials.handle), Arg::Write(&out.handle)], &info);
+        }
     }
 
     /// Attention of a long chunk's rows of `q` over the cache of `layer` (the chunk's own
@@ -246,6 +266,62 @@ struct PagedAttentionInfo {
     window: u32,
     /// 0: no soft-cap.
     softcap: f32,
+    /// Workgroups per (head, row) over the keys, and positions each takes.
+    splits: u32,
+    split_keys: u32,
+}
+
+/// paged_attention.wgsl's output binding and store when each workgroup writes its rows'
+/// output itself.
+const PAGED_STORE: (&str, &str) = (
+    "@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<uniform> info: Info;",
+    "        for (var i = 0u; i < DIMS; i++) {
+            let d = lid + i * TILE;
+            if d < hd {
+                out[q_base + d] = acc[i] / l;
+            }
+        }",
+);
+
+/// The same when it writes a split's record for attention_merge.wgsl: `head_dim`
+/// unnormalised outputs, the maximum score, the sum of weights.
+const PAGED_SPLIT_STORE: (&str, &str) = (
+    "@group(0) @binding(4) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(5) var<uniform> info: Info;",
+    "        let record = ((row * info.heads + head) * info.splits + wid.z) * (hd + 2u);
+        for (var i = 0u; i < DIMS; i++) {
+            let d = lid + i * TILE;
+            if d < hd {
+                partials[record + d] = acc[i];
+            }
+        }
+        if lid == 0u {
+            partials[record + hd] = m;
+            partials[record + hd + 1u] = l;
+        }",
+);
+
+/// Paged attention is split over the keys when its (row, head) pairs are too few to keep a
+/// GPU busy (a decode at batch 1): into up to this many workgroups in all, each taking at
+/// least `SPLIT_MIN_KEYS` positions, at most `MAX_SPLITS` per pair.
+const SPLIT_WORKGROUPS: usize = 128;
+const SPLIT_MIN_KEYS: usize = 256;
+const MAX_SPLITS: usize = 16;
+
+/// Splits over the keys for `pairs` (row, head) pairs that see up to `visible` positions.
+pub(crate) fn key_splits(pairs: usize, visible: usize) -> usize {
+    (SPLIT_WORKGROUPS / pairs.max(1)).min(visible / SPLIT_MIN_KEYS).clamp(1, MAX_SPLITS)
+}
+
+/// attention_merge.wgsl's `Info`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct AttentionMergeInfo {
+    rows: u32,
+    heads: u32,
+    head_dim: u32,
+    splits: u32,
 }
 
 /// The `Info` of flash_attention.wgsl and flash_attention_subgroup.wgsl: the chunk's rows,
@@ -402,6 +478,8 @@ pub struct BatchBuffer {
     pub(crate) handle: Handle,
     pub(crate) rows: usize,
     pub(crate) paged_rows: usize,
+    /// The most positions a paged row's sequence holds (its context with this step).
+    pub(crate) paged_context: usize,
     pub(crate) long: Vec<LongChunk>,
 }
 
@@ -433,6 +511,7 @@ impl BatchBuffer {
         let mut words = vec![0u32; header + tables];
         let (mut row, mut table) = (0, header);
         let mut paged_rows = 0;
+        let mut paged_context = 0;
         let mut long = Vec::new();
         for chunk in chunks {
             let mut starts = Vec::with_capacity(groups);
@@ -446,6 +525,7 @@ impl BatchBuffer {
             } else {
                 debug_assert!(long.is_empty(), "paged chunks come first");
                 paged_rows += chunk.tokens.len();
+                paged_context = paged_context.max(chunk.start + chunk.tokens.len());
             }
             for position in chunk.start..chunk.start + chunk.tokens.len() {
                 words[row] = position as u32;
@@ -457,13 +537,13 @@ impl BatchBuffer {
                 row += 1;
             }
         }
-        Self { handle: upload(device, &words), rows, paged_rows, long }
+        Self { handle: upload(device, &words), rows, paged_rows, paged_context, long }
     }
 
     /// A batch of `positions` only, for RoPE alone.
     #[cfg(test)]
     pub(crate) fn positions(device: &burn::tensor::Device, positions: &[u32]) -> Self {
         let device = crate::kernel::cube_device(device).expect("a wgpu device");
-        Self { handle: upload(&device, positions), rows: positions.len(), paged_rows: 0, long: Vec::new() }
+        Self { handle: upload(&device, positions), rows: positions.len(), paged_rows: 0, paged_context: 0, long: Vec::new() }
     }
 }

@@ -251,7 +251,7 @@ fn tile_code(tile: usize) -> Vec<(&'static str, String)> {
             "STORE",
             lines(&|t| {
                 format!(
-                    "    if (first_token + {t}u < info.tokens) {{ y[(first_token + {t}u) * info.rows + row] = dot(acc{t}, vec4<f32>(1.0)); }}"
+                    "    if (first_token + {t}u < info.tokens) {{ store((first_token + {t}u) * info.rows + row, dot(acc{t}, vec4<f32>(1.0))); }}"
                 )
             }),
         ),
@@ -286,7 +286,7 @@ fn subgroup_tile_code(rows: usize, tile: usize) -> Vec<(&'static str, String)> {
             "STORE",
             pairs(&|r, t| {
                 format!(
-                    "        let sum{r}_{t} = subgroupAdd(acc{r}_{t});\n        if (lane == 0u && first_row + {r}u < info.rows && first_token + {t}u < info.tokens) {{ y[(first_token + {t}u) * info.rows + first_row + {r}u] = sum{r}_{t}; }}"
+                    "        let sum{r}_{t} = subgroupAdd(acc{r}_{t});\n        if (lane == 0u && first_row + {r}u < info.rows && first_token + {t}u < info.tokens) {{ store((first_token + {t}u) * info.rows + first_row + {r}u, sum{r}_{t}); }}"
                 )
             }),
         ),
@@ -311,7 +311,21 @@ struct MatmulInfo {
 struct DequantizeInfo {
     groups: u32,
 }
-const MATMUL_BINDINGS: &str = include_str!("../../../shaders/matmul_bindings.wgsl");
+
+/// matmul_bindings.wgsl for a launch with or without a residual to add.
+fn matmul_bindings(residual: bool) -> String {
+    let (binding, info, add) = match residual {
+        true => ("@group(0) @binding(4) var<storage, read_write> residual: array<f32>;", "5", " + residual[i]"),
+        false => ("", "4", ""),
+    };
+    include_str!("../../../shaders/matmul_bindings.wgsl")
+        .replace("{{RESIDUAL_BINDING}}", binding)
+        .replace("{{INFO_BINDING}}", info)
+        .replace("{{RESIDUAL_ADD}}", add)
+}
+
+/// Added to a matrix kernel's variant number when it adds a residual.
+const RESIDUAL_VARIANT: u32 = 1 << 24;
 
 impl QuantMatrix {
     /// Uploads GGUF blocks of a `rows x cols` matrix (row-major, whole blocks per row).
@@ -337,17 +351,35 @@ impl QuantMatrix {
 
     /// `x` (`[tokens, cols]`) times the transposed matrix: `[tokens, rows]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.multiply(x, None)
+    }
+
+    /// `x` times the transposed matrix plus `residual` (`[tokens, rows]`), added by the
+    /// kernel as it writes.
+    pub fn forward_add(&self, x: Tensor<2>, residual: Tensor<2>) -> Tensor<2> {
+        assert_eq!(residual.dims(), [x.dims()[0], self.rows], "the residual's shape does not match the product's");
+        self.multiply(x, Some(residual))
+    }
+
+    fn multiply(&self, x: Tensor<2>, residual: Option<Tensor<2>>) -> Tensor<2> {
         let [tokens, cols] = x.dims();
         assert_eq!(cols, self.cols, "input width does not match the matrix");
         // The expanded matrix must fit in one binding (a large LM head's does not).
         if tokens > MAX_QUANTIZED_TOKENS && self.subgroup_max_size.is_none() && self.rows * self.cols * 4 <= self.max_binding {
-            return x.matmul(self.dequantize().transpose());
+            let y = x.matmul(self.dequantize().transpose());
+            return match residual {
+                Some(r) => y + r,
+                None => y,
+            };
         }
         let x = cube(x);
         let y = empty(&x.device, [tokens, self.rows]);
         let prompt_sized = tokens >= PROMPT_TOKENS && self.subgroup_max_size.is_some();
         let tile = if prompt_sized { PROMPT_TOKEN_TILE } else { tokens.next_power_of_two().min(MAX_TOKEN_TILE) };
-        let args = [Arg::Read(&self.quants), Arg::Read(&self.scales), Arg::Read(&x.handle), Arg::Write(&y.handle)];
+        let residual = residual.map(cube);
+        let mut args = vec![Arg::Read(&self.quants), Arg::Read(&self.scales), Arg::Read(&x.handle), Arg::Write(&y.handle)];
+        args.extend(residual.as_ref().map(|r| Arg::Read(&r.handle)));
+        let adds = if residual.is_some() { RESIDUAL_VARIANT } else { 0 };
         let info = MatmulInfo { rows: self.rows as u32, cols: self.cols as u32, tokens: tokens as u32, _pad: 0 };
         if let Some(width) = self.subgroup_max_size {
             // Rows per subgroup, measured on lavapipe: more rows share each input load, at the
@@ -356,11 +388,11 @@ impl QuantMatrix {
             let template = Template {
                 name: "matmul_quant_subgroup",
                 source: include_str!("../../../shaders/matmul_quant_subgroup.wgsl"),
-                variant: (self.format.name(), (tile * 1000 + rows_per_subgroup) as u32),
+                variant: (self.format.name(), (tile * 1000 + rows_per_subgroup) as u32 + adds),
                 values: &|| {
                     let mut values = subgroup_tile_code(rows_per_subgroup, tile);
                     values.push(("UNPACK", self.format.unpack_source()));
-                    values.push(("BINDINGS", MATMUL_BINDINGS.to_owned()));
+                    values.push(("BINDINGS", matmul_bindings(adds != 0)));
                     values
                 },
                 workgroup: WORKGROUP as u32,
@@ -373,11 +405,11 @@ impl QuantMatrix {
         let template = Template {
             name: "matmul_quant",
             source: include_str!("../../../shaders/matmul_quant.wgsl"),
-            variant: (self.format.name(), tile as u32),
+            variant: (self.format.name(), tile as u32 + adds),
             values: &|| {
                 let mut values = tile_code(tile);
                 values.push(("UNPACK", self.format.unpack_source()));
-                values.push(("BINDINGS", MATMUL_BINDINGS.to_owned()));
+                values.push(("BINDINGS", matmul_bindings(adds != 0)));
                 values
             },
             workgroup: WORKGROUP as u32,
@@ -484,6 +516,14 @@ impl Linear {
             Self::Quantized(m) => m.forward(x),
             Self::Dense(w) => x.matmul(w.clone()),
             Self::Parts(parts) => Tensor::cat(parts.iter().map(|p| p.forward(x.clone())).collect(), 1),
+        }
+    }
+
+    /// `forward(x) + residual`, the add folded into the matrix kernel where there is one.
+    pub fn forward_add(&self, x: Tensor<2>, residual: Tensor<2>) -> Tensor<2> {
+        match self {
+            Self::Quantized(m) => m.forward_add(x, residual),
+            _ => self.forward(x) + residual,
         }
     }
 

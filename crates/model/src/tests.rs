@@ -305,7 +305,8 @@ fn malformed_models_are_refused_with_the_reason() {
 }
 
 /// The quantized matrix kernel against the dequantized matrix multiplied on the CPU, for
-/// every format it reads, over odd row counts and token counts around the kernel's tiling.
+/// every format it reads, over odd row counts and token counts around the kernel's tilings
+/// (decode, batches, prompts), with and without a residual added as it writes.
 #[test]
 fn quantized_matmul_matches_dequantized_reference() {
     use burn::tensor::{Tensor, TensorData};
@@ -335,9 +336,15 @@ fn quantized_matmul_matches_dequantized_reference() {
                     .flat_map(|xt| weights.chunks(cols).map(move |w| w.iter().zip(xt).map(|(a, b)| a * b).sum::<f32>()))
                     .collect();
                 let input = Tensor::<2>::from_data(TensorData::new(x, [tokens, cols]), &device);
-                let got = matrix.forward(input).try_into_vec_as::<f32>().unwrap();
+                let got = matrix.forward(input.clone()).try_into_vec_as::<f32>().unwrap();
                 let kernel = if matrix.uses_subgroups() { "subgroup" } else { "portable" };
                 assert_close(&got, &expected, &format!("{ty:?} {rows}x{cols}, {tokens} tokens, {kernel} kernel"));
+                // The same product with a residual added as it is written.
+                let residual: Vec<f32> = (0..tokens * rows).map(|_| rng.random_range(-2.0..2.0)).collect();
+                let expected: Vec<f32> = expected.iter().zip(&residual).map(|(y, r)| y + r).collect();
+                let residual = Tensor::<2>::from_data(TensorData::new(residual, [tokens, rows]), &device);
+                let got = matrix.forward_add(input, residual).try_into_vec_as::<f32>().unwrap();
+                assert_close(&got, &expected, &format!("{ty:?} {rows}x{cols}, {tokens} tokens, {kernel} kernel, residual"));
             }
         }
     }
@@ -489,9 +496,10 @@ fn attention_loop(q: &[f32], positions: &[usize], keys: &[Vec<f32>], values: &[V
 }
 
 /// The paged and flash-attention kernels (portable, and subgroup where the adapter has a
-/// fixed subgroup size) against a plain loop, in one batch: a decode and chunks of odd
-/// lengths (past query-tile and key-tile edges) after cached positions, blocks of 5 slots
-/// scattered through the pool, windows, soft-caps, grouped queries, head sizes 32 to 256.
+/// fixed subgroup size) against a plain loop, in one batch: decodes (one over 601 positions,
+/// split over its keys), chunks of odd lengths (past query-tile and key-tile edges) after
+/// cached positions, blocks of 5 slots scattered through the pool, windows, soft-caps,
+/// grouped queries, head sizes 32 to 256.
 #[test]
 fn attention_kernels_match_a_loop() {
     use crate::attention::Attention;
@@ -521,11 +529,12 @@ fn attention_kernels_match_a_loop() {
         let kv_dim = kv_heads * hd;
         let block_size = 5;
         let layout = KvLayout { groups: vec![rule.window], layer_slots: vec![(0, 0)], group_size: 1 };
-        let cache = PagedKvCache::new(&cube, layout, kv_dim, 400, block_size, subgroup_width).unwrap();
-        // (cached positions, new tokens) per sequence: a decode, then long chunks.
-        let sequences = [(9, 1), (0, 33), (40, 65), (7, 130)];
+        let cache = PagedKvCache::new(&cube, layout, kv_dim, 700, block_size, subgroup_width).unwrap();
+        // (cached positions, new tokens) per sequence: decodes (the long one's attention split
+        // over its keys where the window allows), then long chunks.
+        let sequences = [(9, 1), (600, 1), (0, 33), (40, 65), (7, 130)];
         let tables: Vec<Vec<Vec<u32>>> =
-            (0..sequences.len() as u32).map(|s| vec![(0..60).map(|b| b * sequences.len() as u32 + s).collect()]).collect();
+            (0..sequences.len() as u32).map(|s| vec![(0..130).map(|b| b * sequences.len() as u32 + s).collect()]).collect();
         let (mut keys, mut values) = (Vec::new(), Vec::new());
         for &(cached, new) in &sequences {
             keys.push((0..cached + new).map(|_| random(kv_dim)).collect::<Vec<_>>());
@@ -551,7 +560,10 @@ fn attention_kernels_match_a_loop() {
         let order = BatchBuffer::order(&steps);
         let laid_out: Vec<&SeqChunk> = order.iter().map(|&i| &steps[i]).collect();
         let batch = BatchBuffer::new(&cube, &laid_out, block_size, 1);
-        assert_eq!((batch.paged_rows, batch.long.len()), (1, 3));
+        assert_eq!((batch.paged_rows, batch.long.len()), (2, 3));
+        if rule.window.is_none() {
+            assert!(crate::paged::key_splits(batch.paged_rows * heads, 601) > 1, "the long decode is split");
+        }
         let width = heads * hd;
         let q = random(batch.rows * width);
         let config = ModelConfig { n_heads: heads, n_kv_heads: kv_heads, head_dim: hd, ..TinyModel::default().config() };
