@@ -176,7 +176,11 @@ impl PagedKvCache {
         let (subgroup_values, values);
         let (kernel, queries_per_workgroup) = match self.subgroup_width {
             Some(width) => {
-                subgroup_values = move || flash_subgroup_code(hd4, width);
+                subgroup_values = move || {
+                    let mut values = flash_subgroup_code(hd4, width);
+                    values.push(("BINDINGS", FLASH_BINDINGS.to_owned()));
+                    values
+                };
                 let kernel = Template {
                     name: "flash_attention_subgroup",
                     source: include_str!("../../../shaders/flash_attention_subgroup.wgsl"),
@@ -189,7 +193,7 @@ impl PagedKvCache {
             None => {
                 // The K and V tiles fill WebGPU's default 16 KiB of workgroup memory.
                 let keys = (16_384 / (2 * 4 * head_dim)).max(1);
-                values = move || vec![("HD4", hd4.to_string()), ("KEYS", keys.to_string())];
+                values = move || vec![("HD4", hd4.to_string()), ("KEYS", keys.to_string()), ("BINDINGS", FLASH_BINDINGS.to_owned())];
                 let kernel = Template {
                     name: "flash_attention",
                     source: include_str!("../../../shaders/flash_attention.wgsl"),
@@ -340,6 +344,8 @@ struct FlashAttentionInfo {
     scale: f32,
     softcap: f32,
 }
+
+const FLASH_BINDINGS: &str = include_str!("../../../shaders/flash_bindings.wgsl");
 
 /// Queries per workgroup of flash_attention.wgsl.
 const FLASH_QUERIES: usize = 64;

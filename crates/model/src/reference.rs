@@ -168,7 +168,8 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     x.iter().zip(w).map(|(v, w)| v * scale * w).collect()
 }
 
-fn attention(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>], c: &ModelConfig) -> Vec<f32> {
+/// One query row's attention (all heads) over the keys and values it sees.
+pub(crate) fn attention(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>], c: &ModelConfig) -> Vec<f32> {
     let d = c.head_dim;
     let group = c.n_heads / c.n_kv_heads;
     let mut out = vec![0f32; c.n_heads * d];

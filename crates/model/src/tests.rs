@@ -465,36 +465,6 @@ fn fused_kernels_match_cpu() {
     }
 }
 
-/// Attention of `q` rows at `positions` of one sequence over its `keys` / `values`
-/// (`[position][kv_dim]`), as a plain loop: what both attention kernels compute.
-fn attention_loop(q: &[f32], positions: &[usize], keys: &[Vec<f32>], values: &[Vec<f32>], shape: (usize, usize, usize), rule: &crate::paged::ScoreRule) -> Vec<f32> {
-    let (heads, kv_heads, hd) = shape;
-    let mut out = vec![0f32; positions.len() * heads * hd];
-    for (i, &position) in positions.iter().enumerate() {
-        for h in 0..heads {
-            let kv = h / (heads / kv_heads) * hd;
-            let query = &q[(i * heads + h) * hd..][..hd];
-            let visible = rule.first_visible(position)..=position;
-            let scores: Vec<f32> = visible
-                .clone()
-                .map(|p| {
-                    let s = rule.scale * query.iter().zip(&keys[p][kv..kv + hd]).map(|(a, b)| a * b).sum::<f32>();
-                    rule.softcap.map_or(s, |cap| cap * (s / cap).tanh())
-                })
-                .collect();
-            let max = scores.iter().copied().fold(f32::MIN, f32::max);
-            let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
-            let total: f32 = weights.iter().sum();
-            for (w, p) in weights.iter().zip(visible) {
-                for d in 0..hd {
-                    out[(i * heads + h) * hd + d] += w / total * values[p][kv + d];
-                }
-            }
-        }
-    }
-    out
-}
-
 /// The paged and flash-attention kernels (portable, and subgroup where the adapter has a
 /// fixed subgroup size) against a plain loop, in one batch: decodes (one over 601 positions,
 /// split over its keys), chunks of odd lengths (past query-tile and key-tile edges) after
@@ -566,15 +536,28 @@ fn attention_kernels_match_a_loop() {
         }
         let width = heads * hd;
         let q = random(batch.rows * width);
-        let config = ModelConfig { n_heads: heads, n_kv_heads: kv_heads, head_dim: hd, ..TinyModel::default().config() };
+        let config = ModelConfig {
+            n_heads: heads,
+            n_kv_heads: kv_heads,
+            head_dim: hd,
+            query_scale: rule.scale,
+            attention_softcap: rule.softcap,
+            ..TinyModel::default().config()
+        };
         let attention = Attention::new(&config, &batch, &cache);
         let input = Tensor::<2>::from_data(TensorData::new(q.clone(), [batch.rows, width]), &device);
         let got = attention.attend(0, input, &rule).try_into_vec_as::<f32>().unwrap();
         let mut row = 0;
         for &s in &order {
             let (cached, new) = sequences[s];
-            let positions: Vec<usize> = (cached..cached + new).collect();
-            let expected = attention_loop(&q[row * width..(row + new) * width], &positions, &keys[s], &values[s], (heads, kv_heads, hd), &rule);
+            // The reference model's attention of each query over the positions it sees.
+            let expected: Vec<f32> = (cached..cached + new)
+                .zip(q[row * width..].chunks(width))
+                .flat_map(|(p, query)| {
+                    let seen = rule.first_visible(p)..p + 1;
+                    crate::reference::attention(query, &keys[s][seen.clone()], &values[s][seen], &config)
+                })
+                .collect();
             let what = format!("sequence {s}, heads {heads}/{kv_heads} x {hd}, {rule:?}, subgroups {subgroup_width:?}");
             assert_close(&got[row * width..(row + new) * width], &expected, &what);
             row += new;

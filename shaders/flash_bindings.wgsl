@@ -1,0 +1,23 @@
+// The bindings of the flash-attention kernels (flash_attention.wgsl and its subgroup
+// variant): one long chunk's queries `q` (rows first_row.., RoPE applied), the layer's
+// paged keys and values, the batch buffer, and `out` (same layout as `q`).
+
+struct Info {
+    first_row: u32,
+    len: u32,
+    start: u32,
+    table: u32,
+    heads: u32,
+    kv_heads: u32,
+    block_size: u32,
+    window: u32,
+    scale: f32,
+    softcap: f32,
+}
+
+@group(0) @binding(0) var<storage, read_write> q: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> k_cache: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> v_cache: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> batch: array<u32>;
+@group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(5) var<uniform> info: Info;
