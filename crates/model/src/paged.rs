@@ -6,9 +6,10 @@
 //! `table[p / block_size] * block_size + p % block_size`. Sequences of any lengths then share
 //! one batch: each step's new keys and values are scattered into their slots
 //! (`shaders/kv_write.wgsl`) and every query row attends through its own table
-//! (`shaders/paged_attention.wgsl`; long prompt chunks `shaders/flash_attention.wgsl`), so prompt chunks and decode tokens run in one forward
-//! pass without padding, and blocks can be shared between sequences (a cached prompt
-//! prefix) or copied on write ([`Model::copy_blocks`](crate::Model::copy_blocks)).
+//! (`shaders/paged_attention.wgsl`; long prompt chunks `shaders/flash_attention.wgsl`), so
+//! prompt chunks and decode tokens run in one forward pass without padding, and blocks can
+//! be shared between sequences (a cached prompt prefix) or copied on write
+//! ([`Model::copy_blocks`](crate::Model::copy_blocks)).
 //!
 //! The layers are split into groups of equal size ([`KvLayout`]): a sequence has one block
 //! table per group, and a block of the pool holds one group's layers, so a group whose
@@ -105,7 +106,15 @@ impl PagedKvCache {
 
     /// Attention of the batch's first `paged_rows` rows of `q` (`[rows, heads * head_dim]`,
     /// RoPE applied) over the cache of `layer`, into the same rows of `out`.
-    pub(crate) fn attend(&self, layer: usize, q: &CubeTensor, out: &CubeTensor, (heads, head_dim): (usize, usize), batch: &BatchBuffer, rule: &ScoreRule) {
+    pub(crate) fn attend(
+        &self,
+        layer: usize,
+        q: &CubeTensor,
+        out: &CubeTensor,
+        (heads, head_dim): (usize, usize),
+        batch: &BatchBuffer,
+        rule: &ScoreRule,
+    ) {
         let (group, slot) = self.layout.layer_slots[layer];
         let dims = head_dim.div_ceil(64);
         let visible = rule.window.map_or(batch.paged_context, |w| w.min(batch.paged_context));
