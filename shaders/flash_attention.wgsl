@@ -3,8 +3,9 @@
 // per invocation. Keys and values stream through workgroup memory KEYS at a time, each tile
 // loaded once for the workgroup's 64 queries; every invocation scores the tile against its
 // own query and folds it into its output with an online softmax. Reads of the tile are the
-// same address for every invocation (a broadcast on GPUs, a scalar load on CPU-backed
-// adapters), its own query and accumulator stay in registers.
+// same address for every invocation (a broadcast on GPUs; lavapipe still loads them lane by
+// lane, which is why it has the subgroup variant), its own query and accumulator stay in
+// registers.
 //
 // Query i of the chunk is batch row first_row + i at position start + i; it sees positions
 // up to its own, and with a `window` only its last `window` ones. Keys live in slot
@@ -31,16 +32,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     // Invocations past the chunk's end compute its last query and write nothing.
     let i = min(first_query + lid, last_query);
     let position = info.start + i;
-    var first_visible = 0u;
-    if info.window > 0u && position + 1u > info.window {
-        first_visible = position + 1u - info.window;
-    }
+    let first_seen = first_visible(position);
     // The workgroup's keys: from the first its first query sees to its last query's own.
-    var first_key = 0u;
-    let top = info.start + first_query;
-    if info.window > 0u && top + 1u > info.window {
-        first_key = top + 1u - info.window;
-    }
+    let first_key = first_visible(info.start + first_query);
     let end_key = info.start + last_query + 1u;
 
     let kv_dim4 = info.kv_heads * HD4;
@@ -70,7 +64,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         for (var j = 0u; j < KEYS; j++) {
             let p = t0 + j;
             var s = LOWEST;
-            if p >= first_visible && p <= position {
+            if p >= first_seen && p <= position {
                 var dot4 = vec4<f32>(0.0);
                 for (var d = 0u; d < HD4; d++) {
                     dot4 += query[d] * k_tile[j * HD4 + d];
@@ -93,7 +87,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         for (var j = 0u; j < KEYS; j++) {
             let p = t0 + j;
             // Hidden keys weigh nothing, even while the row has seen no key (m_new LOWEST).
-            if p >= first_visible && p <= position {
+            if p >= first_seen && p <= position {
                 let w = exp(scores[j] - m_new);
                 l += w;
                 for (var d = 0u; d < HD4; d++) {

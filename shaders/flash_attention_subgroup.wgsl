@@ -18,13 +18,6 @@ const QUERIES: u32 = {{QUERIES}}u;
 const SUBGROUPS: u32 = {{SUBGROUPS}}u;
 const LOWEST: f32 = -3.0e38;
 
-fn first_visible(position: u32) -> u32 {
-    if info.window > 0u && position + 1u > info.window {
-        return position + 1u - info.window;
-    }
-    return 0u;
-}
-
 // Where position `p`'s keys (and values) of this head start, in vec4s.
 fn kv_base(p: u32, kv_offset4: u32) -> u32 {
     let slot = batch[info.table + p / info.block_size] * info.block_size + p % info.block_size;

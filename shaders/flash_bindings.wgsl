@@ -1,6 +1,7 @@
 // The bindings of the flash-attention kernels (flash_attention.wgsl and its subgroup
 // variant): one long chunk's queries `q` (rows first_row.., RoPE applied), the layer's
-// paged keys and values, the batch buffer, and `out` (same layout as `q`).
+// paged keys and values, the batch buffer, and `out` (same layout as `q`); and the window
+// rule both apply.
 
 struct Info {
     first_row: u32,
@@ -21,3 +22,11 @@ struct Info {
 @group(0) @binding(3) var<storage, read_write> batch: array<u32>;
 @group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
 @group(0) @binding(5) var<uniform> info: Info;
+
+// The first position a query at `position` sees: with a window, only its last `window`.
+fn first_visible(position: u32) -> u32 {
+    if info.window > 0u && position + 1u > info.window {
+        return position + 1u - info.window;
+    }
+    return 0u;
+}

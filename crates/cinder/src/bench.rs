@@ -172,11 +172,11 @@ fn prompt(len: usize, vocab: usize) -> Vec<u32> {
 }
 
 /// Runs one request of `prompt` for `max_tokens` greedy tokens (end-of-generation
-/// ignored) alone through the engine.
-fn run_alone(engine: &mut Engine, prompt: Vec<u32>, max_tokens: usize) -> anyhow::Result<Generation> {
+/// ignored) alone through the engine, calling `on_token` as each token arrives.
+fn run_alone(engine: &mut Engine, prompt: Vec<u32>, max_tokens: usize, on_token: impl FnMut(&str)) -> anyhow::Result<Generation> {
     let request = GenerationRequest { ignore_eos: true, use_prefix_cache: false, ..GenerationRequest::new(prompt, max_tokens) };
     let clock = crate::wall_clock();
-    let generation = engine.generate(request, &clock, |_| {})?;
+    let generation = engine.generate(request, &clock, on_token)?;
     if let Some(error) = &generation.finished.error {
         bail!("the benchmark request failed: {error}");
     }
@@ -185,13 +185,13 @@ fn run_alone(engine: &mut Engine, prompt: Vec<u32>, max_tokens: usize) -> anyhow
 
 /// Seconds to run `tokens` as one prompt (to its first token).
 fn time_prefill(engine: &mut Engine, tokens: &[u32]) -> anyhow::Result<f64> {
-    let f = run_alone(engine, tokens.to_vec(), 1)?.finished;
+    let f = run_alone(engine, tokens.to_vec(), 1, |_| {})?.finished;
     Ok(f.first_token.unwrap_or(f.finished).since(f.arrival).0 as f64 / 1e6)
 }
 
 /// Seconds to generate `n` tokens after the first, one step each, after a short prompt.
 fn time_decode(engine: &mut Engine, n: usize) -> anyhow::Result<f64> {
-    let f = run_alone(engine, prompt(16, engine.model().config().vocab_size), n + 1)?.finished;
+    let f = run_alone(engine, prompt(16, engine.model().config().vocab_size), n + 1, |_| {})?.finished;
     Ok(f.finished.since(f.first_token.unwrap_or(f.arrival)).0 as f64 / 1e6)
 }
 
@@ -320,10 +320,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let profile = if args.profile {
         // Decode steps only: the profile starts once the prompt's step has given a token.
-        let prompt16 = prompt(16, vocab);
-        let request = GenerationRequest { ignore_eos: true, use_prefix_cache: false, ..GenerationRequest::new(prompt16, PROFILE_DECODE_STEPS + 1) };
         let mut profiler = None;
-        engine.generate(request, &crate::wall_clock(), |_| {
+        run_alone(&mut engine, prompt(16, vocab), PROFILE_DECODE_STEPS + 1, |_| {
             profiler.get_or_insert_with(Profiler::start);
         })?;
         let decode = profiler.context("the profiled decode gave no token")?.finish();

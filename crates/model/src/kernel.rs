@@ -124,7 +124,7 @@ pub(crate) fn launch<I: Pod>(device: &CubeDevice, template: &Template, workgroup
     }
     // The uniform is read as 16-byte rows: pad, and pack two u32 per word, low half first.
     const { assert!(align_of::<I>() == 4, "info fields are 32-bit") };
-    let mut words: Vec<u32> = bytemuck::bytes_of(info).chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect();
+    let mut words: Vec<u32> = bytemuck::cast_slice(std::slice::from_ref(info)).to_vec();
     words.resize(words.len().next_multiple_of(4).max(4), 0);
     let packed = words.chunks(2).map(|c| u64::from(c[0]) | u64::from(c[1]) << 32).collect();
     arguments = arguments.with_info(MetadataBindingInfo::custom(packed));

@@ -137,13 +137,7 @@ impl PagedKvCache {
             workgroup: 64,
         };
         let partials = split.then(|| empty(&self.device, [batch.paged_rows * heads * splits, head_dim + 2]));
-        let args = [
-            Arg::Read(&q.handle),
-            Arg::Read(&self.keys[slot]),
-            Arg::Read(&self.values[slot]),
-            Arg::Read(&batch.handle),
-            Arg::Write(&partials.as_ref().unwrap_or(out).handle),
-        ];
+        let args = self.attention_args(slot, q, batch, partials.as_ref().unwrap_or(out));
         let info = PagedAttentionInfo {
             rows: batch.paged_rows as u32,
             table_starts: batch.table_starts_at(group) as u32,
@@ -213,13 +207,7 @@ impl PagedKvCache {
                 (kernel, FLASH_QUERIES)
             }
         };
-        let args = [
-            Arg::Read(&q.handle),
-            Arg::Read(&self.keys[slot]),
-            Arg::Read(&self.values[slot]),
-            Arg::Read(&batch.handle),
-            Arg::Write(&out.handle),
-        ];
+        let args = self.attention_args(slot, q, batch, out);
         let info = FlashAttentionInfo {
             first_row: chunk.first_row as u32,
             len: chunk.len as u32,
@@ -234,6 +222,18 @@ impl PagedKvCache {
         };
         let query_tiles = chunk.len.div_ceil(queries_per_workgroup) as u32;
         launch(&self.device, &kernel, [heads as u32, query_tiles, 1], &args, &info);
+    }
+
+    /// The bindings the attention kernels share: queries, the keys and values of the pool's
+    /// buffer `slot`, the batch buffer, and where the kernel writes.
+    fn attention_args<'a>(&'a self, slot: usize, q: &'a CubeTensor, batch: &'a BatchBuffer, output: &'a CubeTensor) -> [Arg<'a>; 5] {
+        [
+            Arg::Read(&q.handle),
+            Arg::Read(&self.keys[slot]),
+            Arg::Read(&self.values[slot]),
+            Arg::Read(&batch.handle),
+            Arg::Write(&output.handle),
+        ]
     }
 
     /// Copies blocks `(source, destination)` in every buffer (a block holds one group's

@@ -365,19 +365,17 @@ impl QuantMatrix {
         let [tokens, cols] = x.dims();
         assert_eq!(cols, self.cols, "input width does not match the matrix");
         // The expanded matrix must fit in one binding (a large LM head's does not).
-        if tokens > MAX_QUANTIZED_TOKENS && self.subgroup_max_size.is_none() && self.rows * self.cols * 4 <= self.max_binding {
-            let y = x.matmul(self.dequantize().transpose());
-            return match residual {
-                Some(r) => y + r,
-                None => y,
-            };
-        }
+        let expanded = tokens > MAX_QUANTIZED_TOKENS && self.subgroup_max_size.is_none() && self.rows * self.cols * 4 <= self.max_binding;
         let prompt_sized = tokens >= PROMPT_TOKENS && self.subgroup_max_size.is_some();
-        // A prompt's tiles store 512 outputs per subgroup: reading the residual there cost
-        // more on lavapipe (a 512-token prompt's products took 4.48 s instead of 4.05) than
-        // the separate add it saves (28 ms). Decode steps, where dispatches count, fold it.
-        if prompt_sized && let Some(residual) = residual {
+        // Only the quantized kernels fold the residual, and not into a prompt's tiles: those
+        // store 512 outputs per subgroup, and reading the residual there cost more on
+        // lavapipe (a 512-token prompt's products took 4.48 s instead of 4.05) than the
+        // separate add it saves (28 ms). Decode steps, where dispatches count, fold it.
+        if (expanded || prompt_sized) && let Some(residual) = residual {
             return self.multiply(x, None) + residual;
+        }
+        if expanded {
+            return x.matmul(self.dequantize().transpose());
         }
         let x = cube(x);
         let y = empty(&x.device, [tokens, self.rows]);
