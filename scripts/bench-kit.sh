@@ -11,7 +11,9 @@ if [ -z "$bin" ]; then
     cargo build --release -p cinder
     bin=target/release/cinder
 fi
-loader=$(/sbin/ldconfig -p | awk '$1 == "libvulkan.so.1" && /x86-64/ { print $NF; exit }')
+# awk reads to the end: exiting at the first match could cut ldconfig off with SIGPIPE,
+# which pipefail turns into a silent exit of this script.
+loader=$(/sbin/ldconfig -p | awk '$1 == "libvulkan.so.1" && /x86-64/ && !found { found = $NF } END { print found }')
 [ -n "$loader" ] || { echo "bench-kit: libvulkan.so.1 not found (apt-get install libvulkan1)" >&2; exit 1; }
 
 stage=$(mktemp -d)
