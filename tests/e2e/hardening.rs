@@ -321,7 +321,7 @@ fn requests_that_cannot_start_before_their_deadline_get_408_and_free_their_place
 
     let bad = server.post("/v1/completions", r#"{"prompt": "hi", "deadline_ms": 0}"#);
     assert_eq!((bad.status, &bad.json()["error"]["param"]), (400, &serde_json::json!("deadline_ms")), "{}", bad.body);
-    assert_eq!(server.metric("request_rejected_total{reason=\"deadline_exceeded\"}"), 2.0);
+    assert_eq!(server.metric("request_rejected_total{reason=\"deadline_exceeded\",tenant=\"default\"}"), 2.0);
     assert_eq!(server.metric("num_requests_waiting"), 0.0);
 }
 

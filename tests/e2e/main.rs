@@ -7,6 +7,7 @@
 mod architectures;
 mod browser;
 mod cli;
+mod control;
 mod dequant;
 mod fuzz;
 mod hardening;

@@ -165,6 +165,12 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         let e = error(&post(&format!(r#"{{"prompt": "hi", "{field}": {value}}}"#)), 400);
         assert_eq!(e["param"], field, "{e}");
     }
+    for (param, bias) in [("logit_bias.x", r#"{"x": 1}"#), ("logit_bias.5", r#"{"5": 101}"#)] {
+        let e = error(&post(&format!(r#"{{"prompt": "hi", "logit_bias": {bias}}}"#)), 400);
+        assert_eq!(e["param"], param, "{e}");
+    }
+    let e = error(&post(r#"{"prompt": "hi", "logit_bias": {"70000": 5}}"#), 400);
+    assert!(e["message"].as_str().unwrap().contains("70000 is outside the vocabulary"), "{e}");
     let e = error(&server.request("POST", "/v1/chat/completions", &auth, r#"{"messages": []}"#), 400);
     assert_eq!(e["param"], "messages");
     let e = error(&server.post("/v1/completions", r#"{"prompt": "hi"}"#), 401);
@@ -175,7 +181,7 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
 
     // A field cinder does not implement is refused, naming it, never dropped.
     for (field, body) in [
-        ("logit_bias", r#"{"prompt": "hi", "logit_bias": {"5": 10}}"#),
+        ("suffix", r#"{"prompt": "hi", "suffix": "!"}"#),
         ("some_extension", r#"{"prompt": "hi", "some_extension": {"x": 1}}"#),
         ("stream_options.include_obfuscation", r#"{"prompt": "hi", "stream": true, "stream_options": {"include_obfuscation": true}}"#),
         ("messages[0].name", r#"{"messages": [{"role": "user", "content": "hi", "name": "bob"}]}"#),
@@ -202,7 +208,7 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
     let tokens = server.request("POST", "/tokenize", &auth, r#"{"content": "hello"}"#).json()["tokens"].clone();
     let text = server.request("POST", "/detokenize", &auth, &format!(r#"{{"tokens": {tokens}}}"#)).json()["content"].clone();
     assert_eq!(text, "hello");
-    assert!(server.request("GET", "/metrics", &auth, "").body.contains("cinder:request_rejected_total{reason=\"invalid_request_error\"}"));
+    assert!(server.request("GET", "/metrics", &auth, "").body.contains("cinder:request_rejected_total{reason=\"invalid_request_error\",tenant=\"default\"}"));
 }
 
 /// Opens a streaming request, reads its first event, and hangs up.

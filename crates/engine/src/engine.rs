@@ -221,7 +221,8 @@ impl Engine {
             return invalid("max_tokens must be at least 1".into());
         }
         let vocab = self.model.config().vocab_size;
-        if let Some(&bad) = request.prompt.iter().chain(&request.stop_token_ids).find(|&&t| t as usize >= vocab) {
+        let biased = request.sampling.logit_bias.iter().map(|(token, _)| token);
+        if let Some(&bad) = request.prompt.iter().chain(&request.stop_token_ids).chain(biased).find(|&&t| t as usize >= vocab) {
             return invalid(format!("token id {bad} is outside the vocabulary of {vocab} tokens"));
         }
         let context = self.model.config().context_length;
@@ -463,6 +464,7 @@ fn finished(done: FinishedSequence, reason: FinishReason, text: String, error: O
         prompt_tokens: done.prompt_tokens,
         completion_tokens: done.generated.len(),
         arrival: done.arrival,
+        scheduled: done.scheduled,
         first_token: done.first_token,
         finished: done.finished,
         preemptions: done.preemptions,

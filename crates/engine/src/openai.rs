@@ -1,6 +1,8 @@
 //! OpenAI's request bodies for completions and chat completions, parsed and checked the same
 //! way wherever they arrive: over HTTP (`cinder serve`) or from a web page (`cinder-wasm`).
 
+use std::collections::BTreeMap;
+
 use cinder_model::SamplingParams;
 use cinder_scheduler::{Duration, FinishReason, Priority, TenantId};
 use cinder_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
@@ -24,7 +26,7 @@ impl InvalidRequest {
 }
 
 /// Parses a JSON body; a wrong type names the field, and so does a field cinder does not
-/// implement (`logit_bias`, `tools`, a typo…), which is refused rather than dropped.
+/// implement (`tools`, a typo…), which is refused rather than dropped.
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, InvalidRequest> {
     if body.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|&b| b != b'{') {
         return Err(InvalidRequest::new("the request body must be a JSON object", None));
@@ -166,12 +168,15 @@ pub struct GenerationBody {
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     pub repetition_penalty: Option<f32>,
+    /// Token id (as a string, OpenAI's form) to a bias in [-100, 100] added to its logit.
+    pub logit_bias: Option<BTreeMap<String, f32>>,
     pub ignore_eos: Option<bool>,
     pub priority: Option<PriorityField>,
     /// Milliseconds the request may wait to start; past them it ends unstarted.
     pub deadline_ms: Option<u64>,
     pub cache_prompt: Option<bool>,
     pub return_token_ids: Option<bool>,
+    /// A label for the end user; the tenant comes from the API key, never from here.
     pub user: Option<String>,
     pub echo: Option<bool>,
     /// Completions: whether control-token text in `prompt` becomes control tokens (default
@@ -212,6 +217,21 @@ impl GenerationBody {
         range("presence_penalty", self.presence_penalty, &|v| (-2.0..=2.0).contains(&v), "in [-2, 2]")?;
         range("frequency_penalty", self.frequency_penalty, &|v| (-2.0..=2.0).contains(&v), "in [-2, 2]")?;
         range("repetition_penalty", self.repetition_penalty, &|v| v > 0.0 && v <= 10.0, "in (0, 10]")?;
+        let logit_bias = self
+            .logit_bias
+            .iter()
+            .flatten()
+            .map(|(token, &bias)| {
+                let param = format!("logit_bias.{token}");
+                let id = token.trim().parse::<u32>().map_err(|_| {
+                    InvalidRequest::new(format!("`logit_bias` keys are token ids; got {token:?}"), Some(&param))
+                })?;
+                if !(-100.0..=100.0).contains(&bias) {
+                    return Err(InvalidRequest::new(format!("`{param}` must be in [-100, 100]; got {bias}"), Some(&param)));
+                }
+                Ok((id, bias))
+            })
+            .collect::<Result<_, _>>()?;
         let top_k = match self.top_k {
             None | Some(-1) | Some(0) => 0,
             Some(k) if k > 0 => k as usize,
@@ -225,6 +245,7 @@ impl GenerationBody {
             repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
             frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
             presence_penalty: self.presence_penalty.unwrap_or(0.0),
+            logit_bias,
             seed: self.seed.unwrap_or(seed),
             ..SamplingParams::default()
         })
@@ -317,11 +338,11 @@ impl GenerationBody {
     }
 
     /// The engine requests for one of the body's prompts: `n` choices whose seeds differ by
-    /// their index, each capped so the prompt and its answer fit in the context.
+    /// their index, each capped so the prompt and its answer fit in the context. Their
+    /// tenant is the default one; a server sets the tenant its API key stands for.
     pub fn requests(&self, prompt: &[u32], chat: bool, limits: Limits, seed: u64) -> Result<Vec<GenerationRequest>, InvalidRequest> {
         let max_tokens = self.max_tokens(chat, prompt.len(), limits)?;
         let (logprobs, stop, priority, deadline) = (self.logprobs(chat)?, self.stop(), self.priority()?, self.deadline()?);
-        let tenant = TenantId(self.user.as_deref().map_or(0, tenant_of));
         (0..self.n()?)
             .map(|choice| {
                 Ok(GenerationRequest {
@@ -333,7 +354,7 @@ impl GenerationBody {
                     ignore_eos: self.ignore_eos.unwrap_or(false),
                     logprobs,
                     priority,
-                    tenant,
+                    tenant: TenantId::default(),
                     deadline,
                     use_prefix_cache: self.cache_prompt.unwrap_or(true),
                 })
@@ -365,12 +386,6 @@ impl GenerationBody {
         }
         Ok(max)
     }
-}
-
-/// The tenant a `user` string stands for. FNV-1a: stable across runs, unlike the standard
-/// library's hasher.
-fn tenant_of(user: &str) -> u32 {
-    user.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }
 
 /// OpenAI's name for why a choice ended.

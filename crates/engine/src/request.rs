@@ -74,6 +74,8 @@ pub struct Finished {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub arrival: Time,
+    /// When it started running (`None`: it never did).
+    pub scheduled: Option<Time>,
     pub first_token: Option<Time>,
     pub finished: Time,
     pub preemptions: u32,

@@ -26,6 +26,9 @@ pub struct SamplingParams {
     pub frequency_penalty: f32,
     /// Subtracted from the logit of any recent token (OpenAI's); 0 is off.
     pub presence_penalty: f32,
+    /// Added to the logits of these tokens before anything else (OpenAI's `logit_bias`):
+    /// -100 bans a token, 100 all but forces it.
+    pub logit_bias: Vec<(u32, f32)>,
     pub seed: u64,
 }
 
@@ -40,6 +43,7 @@ impl Default for SamplingParams {
             repeat_last_n: 64,
             frequency_penalty: 0.0,
             presence_penalty: 0.0,
+            logit_bias: Vec::new(),
             seed: 0,
         }
     }
@@ -66,6 +70,9 @@ impl SamplingParams {
         if !(-2.0..=2.0).contains(&self.presence_penalty) {
             return bad("presence_penalty must be in [-2, 2]; presence_penalty", self.presence_penalty);
         }
+        if let Some(&(token, bias)) = self.logit_bias.iter().find(|(_, bias)| !(-100.0..=100.0).contains(bias)) {
+            return bad(&format!("logit_bias must be in [-100, 100]; logit_bias[{token}]"), bias);
+        }
         Ok(())
     }
 
@@ -75,11 +82,11 @@ impl SamplingParams {
 
     /// How many of the best logits decide the token, when that is a few: 1 for greedy, `top_k`
     /// for sampling among the top `top_k` (at most [`MAX_DEVICE_TOP_K`]); `None` with
-    /// penalties (they change logits first) or without a small `top_k`. The device can then
+    /// penalties or a logit bias (they change logits first) or without a small `top_k`. The device can then
     /// pick the candidates ([`crate::PendingLogits::top_k`]) and
     /// [`Sampler::sample_candidates`] draws the same token as [`Sampler::sample`] would.
     pub fn deciding_candidates(&self) -> Option<usize> {
-        if self.is_penalised() {
+        if self.changes_logits() {
             None
         } else if self.is_greedy() {
             Some(1)
@@ -90,6 +97,10 @@ impl SamplingParams {
 
     fn is_penalised(&self) -> bool {
         self.repetition_penalty != 1.0 || self.frequency_penalty != 0.0 || self.presence_penalty != 0.0
+    }
+
+    fn changes_logits(&self) -> bool {
+        self.is_penalised() || !self.logit_bias.is_empty()
     }
 }
 
@@ -115,6 +126,11 @@ impl Sampler {
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let mut candidates: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
         let p = &self.params;
+        for &(id, bias) in &p.logit_bias {
+            if let Some(c) = candidates.get_mut(id as usize) {
+                c.1 += bias;
+            }
+        }
         if p.is_penalised() {
             let recent = &history[history.len().saturating_sub(p.repeat_last_n)..];
             let mut counts = std::collections::HashMap::<u32, u32>::new();
@@ -247,6 +263,17 @@ mod tests {
     }
 
     #[test]
+    fn logit_bias_bans_and_forces_tokens_and_reads_the_whole_row() {
+        let ban = SamplingParams { logit_bias: vec![(1, -100.0)], ..Default::default() };
+        assert_eq!(ban.deciding_candidates(), None, "a bias changes which logits decide");
+        assert_eq!(sampler(ban).sample(&LOGITS, &[]), 4);
+        let force = SamplingParams { temperature: 1.0, logit_bias: vec![(3, 100.0)], ..Default::default() };
+        let mut s = sampler(force);
+        assert!((0..50).all(|_| s.sample(&LOGITS, &[]) == 3));
+        assert!(Sampler::new(SamplingParams { logit_bias: vec![(0, 101.0)], ..Default::default() }).is_err());
+    }
+
+    #[test]
     fn same_seed_same_tokens_and_different_seeds_differ() {
         let run = |seed| {
             let mut s = sampler(SamplingParams { temperature: 1.5, seed, ..Default::default() });
@@ -280,6 +307,7 @@ mod tests {
         let undecided = [
             SamplingParams { temperature: 1.0, ..Default::default() },
             SamplingParams { top_k: 5, repetition_penalty: 1.1, ..Default::default() },
+            SamplingParams { logit_bias: vec![(3, 5.0)], ..Default::default() },
             SamplingParams { temperature: 1.0, top_k: MAX_DEVICE_TOP_K + 1, ..Default::default() },
         ];
         assert!(undecided.iter().all(|p| p.deciding_candidates().is_none()));

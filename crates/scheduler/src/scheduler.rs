@@ -126,6 +126,8 @@ pub struct FinishedSequence {
     pub prompt_tokens: usize,
     pub generated: Vec<u32>,
     pub arrival: Time,
+    /// When it first joined the running set (`None`: it never started).
+    pub scheduled: Option<Time>,
     pub first_token: Option<Time>,
     pub finished: Time,
     pub deadline: Option<Time>,
@@ -173,6 +175,7 @@ struct Waiting {
 #[derive(Debug)]
 struct Progress {
     prompt_len: usize,
+    scheduled: Option<Time>,
     first_token: Option<Time>,
     preemptions: u32,
 }
@@ -223,6 +226,7 @@ struct Sequence {
     /// waiting prompts that start with the same block wait for it (see `admission_waits`).
     prefilling_first_block: Option<u64>,
     arrival: Time,
+    scheduled: Option<Time>,
     first_token: Option<Time>,
     preemptions: u32,
     /// Failed steps that ran this sequence since its last successful one.
@@ -230,9 +234,11 @@ struct Sequence {
 }
 
 impl Sequence {
-    fn start(mut waiting: Waiting) -> Self {
+    /// The running form of `waiting`; `now` is when it starts running (`None`: it ends
+    /// without running).
+    fn start(mut waiting: Waiting, now: Option<Time>) -> Self {
         let progress = waiting.progress.map_or(
-            Progress { prompt_len: waiting.request.prompt.len(), first_token: None, preemptions: 0 },
+            Progress { prompt_len: waiting.request.prompt.len(), scheduled: None, first_token: None, preemptions: 0 },
             |p| *p,
         );
         Sequence {
@@ -245,6 +251,7 @@ impl Sequence {
             registered: 0,
             prefilling_first_block: None,
             arrival: waiting.arrival,
+            scheduled: progress.scheduled.or(now),
             first_token: progress.first_token,
             preemptions: progress.preemptions,
             failed_attempts: 0,
@@ -254,7 +261,12 @@ impl Sequence {
     /// Back to waiting, keeping the tokens so far; the blocks go back to the pool.
     fn into_waiting(mut self, id: SeqId) -> Waiting {
         self.request.prompt = self.tokens;
-        let progress = Progress { prompt_len: self.prompt_len, first_token: self.first_token, preemptions: self.preemptions };
+        let progress = Progress {
+            prompt_len: self.prompt_len,
+            scheduled: self.scheduled,
+            first_token: self.first_token,
+            preemptions: self.preemptions,
+        };
         Waiting { id, request_of: self.request_of, arrival: self.arrival, request: self.request, progress: Some(Box::new(progress)) }
     }
 
@@ -271,6 +283,7 @@ impl Sequence {
             prompt_tokens: self.prompt_len,
             generated: self.tokens[self.prompt_len..].to_vec(),
             arrival: self.arrival,
+            scheduled: self.scheduled,
             first_token: self.first_token,
             finished: now,
             deadline: deadline(&self.request, self.arrival),
@@ -519,7 +532,7 @@ impl Scheduler {
     /// Ends a sequence now, waiting or running; its blocks are freed. Unknown ids are ignored.
     pub fn abort(&mut self, id: SeqId, now: Time) -> bool {
         if let Some(waiting) = self.dequeue(id, false) {
-            self.finished.push(Sequence::start(*waiting).into_finished(id, FinishReason::Cancelled, now));
+            self.finished.push(Sequence::start(*waiting, None).into_finished(id, FinishReason::Cancelled, now));
             return true;
         }
         self.finish(id, FinishReason::Cancelled, now)
@@ -549,7 +562,7 @@ impl Scheduler {
                 continue;
             }
             let waiting = self.dequeue(id, false).expect("expired sequences are waiting");
-            self.finished.push(Sequence::start(*waiting).into_finished(id, FinishReason::Deadline, now));
+            self.finished.push(Sequence::start(*waiting, None).into_finished(id, FinishReason::Deadline, now));
         }
     }
 
@@ -719,7 +732,7 @@ impl Scheduler {
         while budget > 0 && self.running.len() < max_running {
             let Some(id) = self.queue.peek(now).map(|w| w.id) else { break };
             // A sequence preempted for memory in this step does not come straight back.
-            if plan.preempted.contains(&id) || self.admission_waits(id) || !self.admit(id, budget.min(chunk_size)) {
+            if plan.preempted.contains(&id) || self.admission_waits(id) || !self.admit(id, budget.min(chunk_size), now) {
                 break;
             }
             let s = &self.seqs[&id];
@@ -752,7 +765,7 @@ impl Scheduler {
 
     /// Takes a waiting sequence into the running set with blocks for its first `chunk`
     /// tokens (after prefix-cache hits); false if the pool cannot hold that and the watermark.
-    fn admit(&mut self, id: SeqId, chunk: usize) -> bool {
+    fn admit(&mut self, id: SeqId, chunk: usize, now: Time) -> bool {
         let bs = self.config.block_size;
         let waiting = self.queue.get(id).expect("queued sequence exists");
         let tokens = &waiting.request.prompt;
@@ -772,7 +785,7 @@ impl Scheduler {
         }
         blocks.ensure(&self.blocks, groups, computed, computed + n).expect("checked available");
         let waiting = self.dequeue(id, true).expect("peeked");
-        let mut seq = Sequence::start(*waiting);
+        let mut seq = Sequence::start(*waiting, Some(now));
         seq.prefilling_first_block = self.first_cacheable_block(&seq.tokens).filter(|_| computed < seq.tokens.len() - 1);
         seq.blocks = blocks;
         seq.computed = computed;
@@ -835,7 +848,7 @@ impl Scheduler {
             if needed > self.blocks.available() {
                 break;
             }
-            let mut seq = Sequence::start(*self.dequeue(id, true).expect("peeked"));
+            let mut seq = Sequence::start(*self.dequeue(id, true).expect("peeked"), Some(now));
             seq.blocks = SequenceBlocks::new(self.config.kv_groups.len());
             seq.blocks.ensure(&self.blocks, &self.config.kv_groups, 0, max_len).expect("checked available");
             self.add_running(id, seq);

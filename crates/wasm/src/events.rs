@@ -51,6 +51,7 @@ mod tests {
             prompt_tokens: 5,
             completion_tokens: 7,
             arrival: Time(0),
+            scheduled: Some(Time(0)),
             first_token: Some(Time(1)),
             finished: Time(2),
             preemptions: 0,

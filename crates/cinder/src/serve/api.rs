@@ -41,6 +41,28 @@ impl ApiError {
         }
     }
 
+    /// The tenant may not ask for this priority (`above_max_priority = "refuse"`).
+    pub fn priority_not_allowed(asked: &str, highest: &str) -> Self {
+        Self {
+            param: Some("priority".into()),
+            code: Some("priority_not_allowed".into()),
+            ..Self::new(StatusCode::FORBIDDEN, "permission_error", format!("`priority` {asked} is above this key's highest, {highest}"))
+        }
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "permission_error", message)
+    }
+
+    /// The tenant has `cap` requests in flight already.
+    pub fn too_many_concurrent(cap: usize) -> Self {
+        Self {
+            code: Some("too_many_concurrent_requests".into()),
+            retry_after_s: Some(1),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", format!("this key has {cap} requests in flight, its limit"))
+        }
+    }
+
     pub fn shutting_down() -> Self {
         Self::unavailable("the server is shutting down")
     }

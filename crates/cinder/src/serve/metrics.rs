@@ -31,12 +31,26 @@ impl Histogram {
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (bound, count) in self.bounds.iter().zip(&self.counts) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}", self.count, self.sum, self.count);
+        header(out, name, "histogram", help);
+        self.samples(out, name, "");
     }
+
+    /// The samples, with `labels` (`tenant="a",`) before `le`.
+    fn samples(&self, out: &mut String, name: &str, labels: &str) {
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {count}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {}", self.count);
+        let plain = match labels.trim_end_matches(',') {
+            "" => String::new(),
+            labels => format!("{{{labels}}}"),
+        };
+        let _ = writeln!(out, "{name}_sum{plain} {}\n{name}_count{plain} {}", self.sum, self.count);
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 const LATENCY_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0];
@@ -46,9 +60,25 @@ struct Recorded {
     ttft: Histogram,
     tpot: Histogram,
     e2e: Histogram,
-    rejected: BTreeMap<String, u64>,
-    /// Requests that ended, by OpenAI finish reason.
-    ended: BTreeMap<&'static str, u64>,
+    /// Refused requests by (reason, tenant); the tenant is empty when the key was wrong.
+    rejected: BTreeMap<(String, String), u64>,
+    /// Requests that ended, by (OpenAI finish reason, tenant).
+    ended: BTreeMap<(&'static str, String), u64>,
+    /// Per tenant: the wait to start of requests that started, and prompt and generated
+    /// tokens of requests that ended.
+    tenants: BTreeMap<String, TenantRecord>,
+}
+
+struct TenantRecord {
+    queue_time: Histogram,
+    prompt_tokens: u64,
+    generation_tokens: u64,
+}
+
+impl Default for TenantRecord {
+    fn default() -> Self {
+        Self { queue_time: Histogram::new(LATENCY_BUCKETS), prompt_tokens: 0, generation_tokens: 0 }
+    }
 }
 
 /// What the HTTP layer records; the engine's own state comes in at render time.
@@ -65,6 +95,7 @@ impl Default for ServerMetrics {
                 e2e: Histogram::new(LATENCY_BUCKETS),
                 rejected: BTreeMap::new(),
                 ended: BTreeMap::new(),
+                tenants: BTreeMap::new(),
             }),
         }
     }
@@ -75,9 +106,15 @@ impl ServerMetrics {
         self.recorded.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn finished(&self, f: &Finished) {
+    pub fn finished(&self, tenant: &str, f: &Finished) {
         let mut r = self.lock();
-        *r.ended.entry(finish_reason(f.reason)).or_default() += 1;
+        *r.ended.entry((finish_reason(f.reason), tenant.to_owned())).or_default() += 1;
+        let record = r.tenants.entry(tenant.to_owned()).or_default();
+        record.prompt_tokens += f.prompt_tokens as u64;
+        record.generation_tokens += f.completion_tokens as u64;
+        if let Some(scheduled) = f.scheduled {
+            record.queue_time.observe(scheduled.since(f.arrival).as_secs_f64());
+        }
         if let Some(first) = f.first_token {
             r.ttft.observe(first.since(f.arrival).as_secs_f64());
             if f.completion_tokens > 1 {
@@ -87,8 +124,8 @@ impl ServerMetrics {
         r.e2e.observe(f.finished.since(f.arrival).as_secs_f64());
     }
 
-    pub fn rejected(&self, reason: &str) {
-        *self.lock().rejected.entry(reason.to_owned()).or_default() += 1;
+    pub fn rejected(&self, tenant: &str, reason: &str) {
+        *self.lock().rejected.entry((reason.to_owned(), tenant.to_owned())).or_default() += 1;
     }
 
     pub fn render(&self, engine: &EngineMetrics) -> String {
@@ -105,13 +142,28 @@ impl ServerMetrics {
         metric("prompt_tokens_total", "counter", "Prompt tokens accepted.", engine.prompt_tokens_total as f64);
         metric("generation_tokens_total", "counter", "Tokens generated.", engine.generation_tokens_total as f64);
         let r = self.lock();
-        let _ = writeln!(out, "# HELP cinder:request_rejected_total Requests refused, by reason.\n# TYPE cinder:request_rejected_total counter");
-        for (reason, count) in &r.rejected {
-            let _ = writeln!(out, "cinder:request_rejected_total{{reason=\"{reason}\"}} {count}");
+        header(&mut out, "cinder:request_rejected_total", "counter", "Requests refused, by reason and tenant.");
+        for ((reason, tenant), count) in &r.rejected {
+            let _ = writeln!(out, "cinder:request_rejected_total{{reason=\"{reason}\",tenant=\"{tenant}\"}} {count}");
         }
-        let _ = writeln!(out, "# HELP cinder:request_success_total Requests that ended, by finish reason (error: the device kept failing).\n# TYPE cinder:request_success_total counter");
-        for (reason, count) in &r.ended {
-            let _ = writeln!(out, "cinder:request_success_total{{finished_reason=\"{reason}\"}} {count}");
+        let help = "Requests that ended, by finish reason (error: the device kept failing) and tenant.";
+        header(&mut out, "cinder:request_success_total", "counter", help);
+        for ((reason, tenant), count) in &r.ended {
+            let _ = writeln!(out, "cinder:request_success_total{{finished_reason=\"{reason}\",tenant=\"{tenant}\"}} {count}");
+        }
+        for (name, help, value) in [
+            ("cinder:tenant_prompt_tokens_total", "Prompt tokens of ended requests, by tenant.", (|t: &TenantRecord| t.prompt_tokens) as fn(&TenantRecord) -> u64),
+            ("cinder:tenant_generation_tokens_total", "Tokens generated for ended requests, by tenant.", |t| t.generation_tokens),
+        ] {
+            header(&mut out, name, "counter", help);
+            for (tenant, record) in &r.tenants {
+                let _ = writeln!(out, "{name}{{tenant=\"{tenant}\"}} {}", value(record));
+            }
+        }
+        let queue_time = "cinder:request_queue_time_seconds";
+        header(&mut out, queue_time, "histogram", "Time from arrival to joining the running batch, by tenant.");
+        for (tenant, record) in &r.tenants {
+            record.queue_time.samples(&mut out, queue_time, &format!("tenant=\"{tenant}\","));
         }
         r.ttft.render(&mut out, "cinder:time_to_first_token_seconds", "Time from arrival to the first token.");
         r.tpot.render(&mut out, "cinder:time_per_output_token_seconds", "Mean time between output tokens of a request.");
@@ -132,7 +184,7 @@ mod tests {
         }
         assert_eq!(h.counts, vec![1, 2]);
         let m = ServerMetrics::default();
-        m.rejected("overloaded");
+        m.rejected("alice", "overloaded");
         let failed = Finished {
             reason: cinder_scheduler::FinishReason::Failed,
             error: Some("device lost".into()),
@@ -140,18 +192,23 @@ mod tests {
             prompt_tokens: 3,
             completion_tokens: 0,
             arrival: cinder_scheduler::Time(0),
+            scheduled: None,
             first_token: None,
             finished: cinder_scheduler::Time(5),
             preemptions: 0,
         };
-        m.finished(&failed);
+        m.finished("alice", &failed);
+        m.finished("bob", &Finished { scheduled: Some(cinder_scheduler::Time(2_000_000)), ..failed.clone() });
         let text = m.render(&EngineMetrics::default());
         for name in ["num_requests_running", "num_requests_waiting", "kv_cache_usage_perc", "prefix_cache_hit_rate",
             "num_preemptions_total", "prompt_tokens_total", "generation_tokens_total", "time_to_first_token_seconds_count",
             "time_per_output_token_seconds_bucket", "e2e_request_latency_seconds_sum"] {
             assert!(text.contains(&format!("cinder:{name}")), "{name} missing");
         }
-        assert!(text.contains("cinder:request_rejected_total{reason=\"overloaded\"} 1"));
-        assert!(text.contains("cinder:request_success_total{finished_reason=\"error\"} 1"));
+        assert!(text.contains("cinder:request_rejected_total{reason=\"overloaded\",tenant=\"alice\"} 1"));
+        assert!(text.contains("cinder:request_success_total{finished_reason=\"error\",tenant=\"alice\"} 1"));
+        assert!(text.contains("cinder:tenant_prompt_tokens_total{tenant=\"bob\"} 3"));
+        assert!(text.contains("cinder:request_queue_time_seconds_bucket{tenant=\"bob\",le=\"2.5\"} 1"), "{text}");
+        assert!(text.contains("cinder:request_queue_time_seconds_count{tenant=\"alice\"} 0"));
     }
 }

@@ -4,12 +4,15 @@
 //! the HTTP handlers ([`routes`]) run on tokio, parse and check requests ([`api`]), submit
 //! them to the worker and stream the events back. `/metrics` ([`metrics`]) reads a snapshot
 //! the worker publishes after every step. [`connections`] accepts the connections and
-//! holds slow clients to their time limits.
+//! holds slow clients to their time limits. [`config`] reads `--config`'s file, and
+//! [`tenants`] maps API keys to tenants.
 
 mod api;
+mod config;
 mod connections;
 mod metrics;
 mod routes;
+mod tenants;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -30,7 +33,7 @@ use axum::routing::{get, post};
 use cinder_engine::Engine;
 use cinder_model::Model;
 use cinder_engine::openai::{MAX_DEADLINE_MS, deadline_from_ms};
-use cinder_scheduler::{BatchPolicy, Priority, SchedulerConfig};
+use cinder_scheduler::Priority;
 use cinder_tokenizer::Tokenizer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::{ServeDir, ServeFile};
@@ -49,7 +52,9 @@ pub struct ServeArgs {
     #[arg(long, env = "CINDER_PORT", default_value_t = 8080)]
     port: u16,
     /// Require `Authorization: Bearer KEY` on every route but /health (and /metrics and
-    /// /model.gguf when made public). An empty key is refused.
+    /// /model.gguf when made public). An empty key is refused. With tenants in the config
+    /// file, their keys are accepted too and this one is the unlimited default tenant's,
+    /// the only one that reads /metrics.
     #[arg(long, env = "CINDER_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// With --api-key: serve /metrics without the key.
@@ -65,29 +70,39 @@ pub struct ServeArgs {
     /// Name the model is served under [default: the file name without .gguf].
     #[arg(long, env = "CINDER_SERVED_MODEL_NAME")]
     served_model_name: Option<String>,
-    /// Device memory for the KV cache, in MiB.
-    #[arg(long, env = "CINDER_KV_CACHE_MB", default_value_t = 512)]
-    kv_cache_mb: usize,
-    /// Token slots per KV block.
-    #[arg(long, default_value_t = 16)]
-    block_size: usize,
-    /// Most tokens (prompt chunks plus decodes) in one step.
-    #[arg(long, env = "CINDER_MAX_BATCH_TOKENS", default_value_t = 512)]
-    max_batch_tokens: usize,
-    /// Most requests running at once.
-    #[arg(long, env = "CINDER_MAX_RUNNING", default_value_t = 64)]
-    max_running: usize,
-    /// Largest piece of one prompt run in one step.
-    #[arg(long, default_value_t = 256)]
-    chunk_size: usize,
-    /// Most requests waiting; more get 429.
-    #[arg(long, env = "CINDER_MAX_WAITING", default_value_t = 1024)]
-    max_waiting: usize,
+    /// A TOML file with the batching policy, queue, KV cache, shedding, breaker and tenants
+    /// (README: "The config file"). The flags below override it.
+    #[arg(long, env = "CINDER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the configuration in force (file, then flags, then defaults) as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Batching policy [default: continuous].
+    #[arg(long, env = "CINDER_POLICY", value_enum)]
+    policy: Option<config::PolicyName>,
+    /// Device memory for the KV cache, in MiB [default: 512].
+    #[arg(long, env = "CINDER_KV_CACHE_MB")]
+    kv_cache_mb: Option<usize>,
+    /// Token slots per KV block [default: 16].
+    #[arg(long)]
+    block_size: Option<usize>,
+    /// Most tokens (prompt chunks plus decodes) in one step [default: 512].
+    #[arg(long, env = "CINDER_MAX_BATCH_TOKENS")]
+    max_batch_tokens: Option<usize>,
+    /// Most requests running at once [default: 64].
+    #[arg(long, env = "CINDER_MAX_RUNNING")]
+    max_running: Option<usize>,
+    /// Largest piece of one prompt run in one step [default: 256].
+    #[arg(long)]
+    chunk_size: Option<usize>,
+    /// Most requests waiting; more get 429 [default: 1024].
+    #[arg(long, env = "CINDER_MAX_WAITING")]
+    max_waiting: Option<usize>,
     /// Longest wait to start for requests without `deadline_ms`: `MS` for every priority,
     /// or `PRIORITY=MS` pairs (`normal=20000,batch=120000`). A request still waiting then
     /// ends: 408, or `finish_reason` "deadline" on a stream [default: none].
     #[arg(long, env = "CINDER_DEFAULT_DEADLINE_MS", value_parser = parse_deadlines)]
-    default_deadline_ms: Option<BTreeMap<Priority, cinder_scheduler::Duration>>,
+    default_deadline_ms: Option<BTreeMap<Priority, u64>>,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_body_bytes: usize,
@@ -122,12 +137,12 @@ pub struct ServeArgs {
 }
 
 /// `--default-deadline-ms`: `MS`, or `PRIORITY=MS[,PRIORITY=MS...]`.
-fn parse_deadlines(value: &str) -> Result<BTreeMap<Priority, cinder_scheduler::Duration>, String> {
+fn parse_deadlines(value: &str) -> Result<BTreeMap<Priority, u64>, String> {
     let millis = |ms: &str| {
         ms.trim()
             .parse()
             .ok()
-            .and_then(deadline_from_ms)
+            .filter(|&ms| deadline_from_ms(ms).is_some())
             .ok_or_else(|| format!("`{ms}` is not a number of milliseconds in [1, {MAX_DEADLINE_MS}]"))
     };
     if !value.contains('=') {
@@ -145,12 +160,42 @@ fn parse_deadlines(value: &str) -> Result<BTreeMap<Priority, cinder_scheduler::D
         .collect()
 }
 
+/// The file's configuration with the flags over it and the policy's defaults filled in.
+fn effective_config(args: &ServeArgs) -> anyhow::Result<config::ServeConfig> {
+    let mut config = match &args.config {
+        Some(path) => config::ServeConfig::load(path)?,
+        None => config::ServeConfig::default(),
+    };
+    let s = &mut config.scheduler;
+    s.policy = args.policy.unwrap_or(s.policy);
+    s.max_running = args.max_running.or(s.max_running);
+    s.max_batch_tokens = args.max_batch_tokens.or(s.max_batch_tokens);
+    s.chunk_size = args.chunk_size.or(s.chunk_size);
+    s.max_waiting = args.max_waiting.unwrap_or(s.max_waiting);
+    if let Some(deadlines) = &args.default_deadline_ms {
+        s.default_deadline_ms = deadlines.clone();
+    }
+    let kv = &mut config.kv_cache;
+    kv.size_mb = args.kv_cache_mb.unwrap_or(kv.size_mb);
+    kv.block_size = args.block_size.unwrap_or(kv.block_size);
+    config.resolve().map_err(|e| match &args.config {
+        Some(path) => anyhow::anyhow!("config file {} (with the flags over it): {e}", path.display()),
+        None => anyhow::anyhow!("{e}"),
+    })?;
+    Ok(config)
+}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.api_key.as_deref().is_some_and(|key| key.trim().is_empty()) {
         anyhow::bail!("--api-key (or CINDER_API_KEY) is empty: give a key, or unset it to serve without authentication");
     }
+    let serve_config = effective_config(&args)?;
+    if args.print_config {
+        println!("{}", serve_config.to_toml().trim_end());
+        return Ok(());
+    }
     let path = args.model.path();
-    if args.web.is_some() && args.api_key.is_some() && !args.public_model {
+    if args.web.is_some() && (args.api_key.is_some() || !serve_config.tenants.is_empty()) && !args.public_model {
         tracing::warn!("--web with --api-key: the demo page cannot fetch /model.gguf without the key; add --public-model to open it");
     }
     if let Some(dir) = &args.web
@@ -173,20 +218,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let model = load_with_progress_bar(&file, &device).with_context(|| format!("loading {}", path.display()))?;
     drop(file);
     let config = model.config().clone();
-    let base = SchedulerConfig {
-        block_size: args.block_size,
-        policy: BatchPolicy::Continuous {
-            max_batch_tokens: args.max_batch_tokens,
-            max_running: args.max_running,
-            chunk_size: args.chunk_size,
-        },
-        max_waiting: args.max_waiting,
-        default_deadlines: args.default_deadline_ms.clone().unwrap_or_default(),
-        ..SchedulerConfig::default()
-    };
-    let scheduler =
-        Engine::sized_config(&config, args.kv_cache_mb << 20, cinder_model::max_binding_bytes(&device), base)
-            .map_err(|e| anyhow::anyhow!("--kv-cache-mb: {e}"))?;
+    let kv_bytes = serve_config.kv_cache.size_mb << 20;
+    let base = serve_config.scheduler_config(config.context_length);
+    let scheduler = Engine::sized_config(&config, kv_bytes, cinder_model::max_binding_bytes(&device), base)
+        .map_err(|e| anyhow::anyhow!("--kv-cache-mb: {e}"))?;
     let (num_blocks, context_length) = (scheduler.num_blocks, scheduler.max_seq_len);
     let engine = Engine::new(model, tokenizer.clone(), scheduler).context("allocating the KV cache")?;
     eprintln!(
@@ -194,7 +229,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         path.display(),
         load_start.elapsed().as_secs_f64(),
         num_blocks,
-        args.block_size,
+        serve_config.kv_cache.block_size,
         engine.kv_cache().device_bytes() >> 20
     );
     let (worker, worker_thread) = worker::spawn(engine);
@@ -211,7 +246,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         default_max_tokens: args.default_max_tokens.map(NonZeroUsize::get),
         max_prompt_tokens: args.max_prompt_tokens.unwrap_or(context_length),
         body_timeout: Duration::from_secs(args.body_timeout_s),
-        api_key: args.api_key.clone(),
+        tenants: tenants::Tenants::new(&serve_config, args.api_key.as_deref()),
         shutting_down: AtomicBool::new(false),
         metrics: Default::default(),
         started,
@@ -266,7 +301,7 @@ fn router(args: &ServeArgs, state: Arc<AppState>, model_path: &Path) -> anyhow::
             private = private.route_service("/model.gguf", model);
         }
     }
-    let app = public.merge(private.route_layer(axum::middleware::from_fn_with_state(state.clone(), routes::require_api_key)));
+    let app = public.merge(private.route_layer(axum::middleware::from_fn_with_state(state.clone(), routes::identify_tenant)));
     let app = match &args.web {
         Some(dir) => app.fallback_service(
             ServeDir::new(dir).not_found_service(HandlerWithoutStateExt::into_service(routes::not_found)),

@@ -14,21 +14,21 @@ use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use cinder_engine::{Event, Finished, TokenLogprob};
 use cinder_tokenizer::{ChatTemplate, Tokenizer};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use subtle::ConstantTimeEq;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::{Stream, StreamMap};
 
 use cinder_engine::openai::{GenerationBody, Limits, finish_reason, parse};
-use cinder_scheduler::FinishReason;
+use cinder_scheduler::{FinishReason, TenantId};
 
 use super::api::ApiError;
 use super::metrics::ServerMetrics;
+use super::tenants::{InFlight, Tenant, Tenants};
 use super::worker::WorkerHandle;
 
 /// Everything the handlers share.
@@ -43,7 +43,7 @@ pub struct AppState {
     pub max_prompt_tokens: usize,
     /// Longest wait for a request's whole body.
     pub body_timeout: Duration,
-    pub api_key: Option<String>,
+    pub tenants: Tenants,
     pub shutting_down: AtomicBool,
     pub metrics: ServerMetrics,
     pub started: u64,
@@ -59,20 +59,19 @@ enum Kind {
     Chat,
 }
 
-/// Bearer-token check for the API routes, comparing in constant time.
-pub async fn require_api_key(State(s): State<Shared>, request: Request, next: Next) -> Response {
-    if let Some(key) = &s.api_key {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
-            s.metrics.rejected("unauthorized");
-            return ApiError::unauthorized().into_response();
-        }
-    }
+/// The API routes' door: the bearer key names the tenant (a missing or unknown key is a
+/// 401 when keys are configured), which the handlers get as an extension.
+pub async fn identify_tenant(State(s): State<Shared>, mut request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(tenant) = s.tenants.identify(given) else {
+        s.metrics.rejected("", "unauthorized");
+        return ApiError::unauthorized().into_response();
+    };
+    request.extensions_mut().insert(tenant);
     next.run(request).await
 }
 
@@ -118,32 +117,40 @@ pub async fn error_bodies(request: Request, next: Next) -> Response {
 }
 
 /// Records a refused request and turns the error into its response.
-fn refuse(s: &AppState, e: ApiError) -> Response {
-    s.metrics.rejected(e.reason());
+fn refuse(s: &AppState, tenant: &Tenant, e: ApiError) -> Response {
+    s.metrics.rejected(&tenant.name, e.reason());
     e.into_response()
 }
 
 /// A JSON answer, or the refusal.
-fn reply(s: &AppState, result: Result<Value, ApiError>) -> Response {
+fn reply(s: &AppState, tenant: &Tenant, result: Result<Value, ApiError>) -> Response {
     match result {
         Ok(json) => Json(json).into_response(),
-        Err(e) => refuse(s, e),
+        Err(e) => refuse(s, tenant, e),
     }
 }
 
-pub async fn completions(State(s): State<Shared>, body: Result<RequestBody, ApiError>) -> Response {
-    generate(s, Kind::Completion, body).await
+pub async fn completions(
+    State(s): State<Shared>,
+    Extension(tenant): Extension<Arc<Tenant>>,
+    body: Result<RequestBody, ApiError>,
+) -> Response {
+    generate(s, tenant, Kind::Completion, body).await
 }
 
-pub async fn chat_completions(State(s): State<Shared>, body: Result<RequestBody, ApiError>) -> Response {
-    generate(s, Kind::Chat, body).await
+pub async fn chat_completions(
+    State(s): State<Shared>,
+    Extension(tenant): Extension<Arc<Tenant>>,
+    body: Result<RequestBody, ApiError>,
+) -> Response {
+    generate(s, tenant, Kind::Chat, body).await
 }
 
-async fn generate(s: Shared, kind: Kind, body: Result<RequestBody, ApiError>) -> Response {
-    match start(&s, kind, body).await {
+async fn generate(s: Shared, tenant: Arc<Tenant>, kind: Kind, body: Result<RequestBody, ApiError>) -> Response {
+    match start(&s, &tenant, kind, body).await {
         Ok(run) if run.stream => stream(s, run).into_response(),
-        Ok(run) => reply(&s, collect(&s, run).await),
-        Err(e) => refuse(&s, e),
+        Ok(run) => reply(&s, &tenant, collect(&s, run).await),
+        Err(e) => refuse(&s, &tenant, e),
     }
 }
 
@@ -160,9 +167,17 @@ struct Run {
     prompts: Vec<Vec<u32>>,
     n: usize,
     receivers: Vec<UnboundedReceiver<Event>>,
+    /// Its place under the tenant's `max_concurrent`, held until the response ends.
+    in_flight: InFlight,
 }
 
-async fn start(s: &Shared, kind: Kind, body: Result<RequestBody, ApiError>) -> Result<Run, ApiError> {
+impl Run {
+    fn tenant(&self) -> &str {
+        &self.in_flight.tenant().name
+    }
+}
+
+async fn start(s: &Shared, tenant: &Arc<Tenant>, kind: Kind, body: Result<RequestBody, ApiError>) -> Result<Run, ApiError> {
     if s.shutting_down.load(Ordering::Relaxed) {
         return Err(ApiError::shutting_down());
     }
@@ -179,6 +194,7 @@ async fn start(s: &Shared, kind: Kind, body: Result<RequestBody, ApiError>) -> R
     }
     let n = body.n()?;
     let logprobs = body.logprobs(kind == Kind::Chat)?;
+    let priority = tenant.priority(body.priority.is_some().then(|| body.priority()).transpose()?)?;
     let id = s.next_id.fetch_add(1, Ordering::Relaxed);
     // Without a seed, each request draws its own; choices of one request differ by index.
     let seed = body.seed.unwrap_or_else(|| random_seed(id));
@@ -191,6 +207,10 @@ async fn start(s: &Shared, kind: Kind, body: Result<RequestBody, ApiError>) -> R
         }
         requests.extend(body.requests(prompt, kind == Kind::Chat, limits, seed)?);
     }
+    for request in &mut requests {
+        (request.tenant, request.priority) = (tenant.id, priority);
+    }
+    let in_flight = tenant.enter()?;
     // Every choice of every prompt is admitted together, or the request is refused.
     let receivers = s.worker.submit(requests).await?;
     let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
@@ -205,6 +225,7 @@ async fn start(s: &Shared, kind: Kind, body: Result<RequestBody, ApiError>) -> R
         prompts,
         n,
         receivers,
+        in_flight,
     })
 }
 
@@ -294,7 +315,7 @@ async fn collect(s: &Shared, mut run: Run) -> Result<Value, ApiError> {
             choice.add(event);
         }
         let finished = choice.finished.as_ref().expect("finished");
-        s.metrics.finished(finished);
+        s.metrics.finished(&run.in_flight.tenant().name, finished);
         if let Some(error) = &finished.error {
             return Err(ApiError::internal(error.clone()));
         }
@@ -400,7 +421,7 @@ impl ChunkStream {
         let (text, token, logprob, reason) = match event {
             Event::Token { token, text, logprob } => (text, Some(token), logprob, None),
             Event::Finished(f) => {
-                self.s.metrics.finished(&f);
+                self.s.metrics.finished(self.run.tenant(), &f);
                 if let Some(error) = f.error {
                     // Mid-stream there is no status to set: the error object is the event.
                     return Some(SseEvent::default().data(ApiError::internal(error).body().to_string()));
@@ -504,7 +525,14 @@ pub async fn health(State(s): State<Shared>) -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
-pub async fn metrics(State(s): State<Shared>) -> Response {
+/// Prometheus metrics. Behind keys, only `--api-key`'s holder (the default tenant) reads
+/// them: they name every tenant.
+pub async fn metrics(State(s): State<Shared>, tenant: Option<Extension<Arc<Tenant>>>) -> Response {
+    if let Some(Extension(tenant)) = tenant
+        && tenant.id != TenantId::default()
+    {
+        return refuse(&s, &tenant, ApiError::forbidden("/metrics needs the server's --api-key, not a tenant's key"));
+    }
     let text = s.metrics.render(&s.worker.metrics());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
@@ -519,7 +547,11 @@ struct TokenizeBody {
     parse_special: Option<bool>,
 }
 
-pub async fn tokenize(State(s): State<Shared>, body: Result<RequestBody, ApiError>) -> Response {
+pub async fn tokenize(
+    State(s): State<Shared>,
+    Extension(tenant): Extension<Arc<Tenant>>,
+    body: Result<RequestBody, ApiError>,
+) -> Response {
     let result = (|| {
         let body: TokenizeBody = parse(&body?.0)?;
         let text = body.content.or(body.prompt).ok_or_else(|| ApiError::invalid("`content` (or `prompt`) is required", Some("content")))?;
@@ -529,7 +561,7 @@ pub async fn tokenize(State(s): State<Shared>, body: Result<RequestBody, ApiErro
             .map_err(|e| ApiError::invalid(format!("cannot tokenize: {e}"), Some("content")))?;
         Ok(json!({"tokens": tokens, "count": tokens.len(), "max_model_len": s.context_length}))
     })();
-    reply(&s, result)
+    reply(&s, &tenant, result)
 }
 
 #[derive(Deserialize)]
@@ -537,13 +569,17 @@ struct DetokenizeBody {
     tokens: Vec<u32>,
 }
 
-pub async fn detokenize(State(s): State<Shared>, body: Result<RequestBody, ApiError>) -> Response {
+pub async fn detokenize(
+    State(s): State<Shared>,
+    Extension(tenant): Extension<Arc<Tenant>>,
+    body: Result<RequestBody, ApiError>,
+) -> Response {
     let result = (|| {
         let body: DetokenizeBody = parse(&body?.0)?;
         let text = s.tokenizer.decode(&body.tokens, false).map_err(|e| ApiError::invalid(e.to_string(), Some("tokens")))?;
         Ok(json!({"content": text, "prompt": text}))
     })();
-    reply(&s, result)
+    reply(&s, &tenant, result)
 }
 
 pub fn internal_error(message: &str) -> Response {
