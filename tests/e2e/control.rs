@@ -1,6 +1,7 @@
 //! The serving control plane through its doors: `--config` files and `--print-config`,
 //! tenants told apart by API key (priority caps, rates with `Retry-After`, concurrent-request
-//! caps, per-tenant metrics), every batching policy serving, and `logit_bias`.
+//! caps, per-tenant metrics), every batching policy serving, `logit_bias`, and structured
+//! output (`response_format`, `tools`) on the tiny model and the real one.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -185,4 +186,255 @@ fn logit_bias_bans_and_forces_tokens() {
     assert!(!banned.contains(&greedy[0]), "{greedy:?} then {banned:?}");
     let forced = tokens(r#", "temperature": 1, "seed": 3, "logit_bias": {"7": 100}"#);
     assert_eq!(forced, vec![7; 5]);
+}
+
+/// Checks `value` against the part of JSON Schema the tests' schemas use (type, properties,
+/// required, additionalProperties, enum, const, items, minItems, maxItems, minimum,
+/// maximum, minLength, maxLength, anyOf); the reason it does not match, if it does not.
+fn violation(schema: &serde_json::Value, value: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    let fail = |why: &str| Some(format!("{value} {why} ({schema})"));
+    if let Some(options) = schema.get("anyOf").and_then(Value::as_array) {
+        return options.iter().all(|o| violation(o, value).is_some()).then(|| format!("{value} matches no option of {schema}"));
+    }
+    if let Some(choices) = schema.get("enum").and_then(Value::as_array)
+        && !choices.contains(value)
+    {
+        return fail("is not one of the enum");
+    }
+    if let Some(constant) = schema.get("const")
+        && constant != value
+    {
+        return fail("is not the const");
+    }
+    let number = |key: &str| schema.get(key).and_then(Value::as_f64);
+    let count = |key: &str| schema.get(key).and_then(Value::as_u64).map(|n| n as usize);
+    match schema.get("type").and_then(Value::as_str) {
+        Some("object") => {
+            let Some(object) = value.as_object() else { return fail("is not an object") };
+            let properties = schema.get("properties").and_then(Value::as_object);
+            for key in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
+                if !object.contains_key(key.as_str().unwrap()) {
+                    return fail(&format!("lacks {key}"));
+                }
+            }
+            for (key, item) in object {
+                match properties.and_then(|p| p.get(key)) {
+                    Some(sub) => {
+                        if let Some(why) = violation(sub, item) {
+                            return Some(why);
+                        }
+                    }
+                    None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => return fail(&format!("has extra key {key}")),
+                    None => {}
+                }
+            }
+        }
+        Some("array") => {
+            let Some(items) = value.as_array() else { return fail("is not an array") };
+            if count("minItems").is_some_and(|n| items.len() < n) || count("maxItems").is_some_and(|n| items.len() > n) {
+                return fail("has the wrong number of items");
+            }
+            if let Some(sub) = schema.get("items") {
+                return items.iter().find_map(|item| violation(sub, item));
+            }
+        }
+        Some("string") => {
+            let Some(text) = value.as_str() else { return fail("is not a string") };
+            let chars = text.chars().count();
+            if count("minLength").is_some_and(|n| chars < n) || count("maxLength").is_some_and(|n| chars > n) {
+                return fail("has the wrong length");
+            }
+        }
+        Some(kind @ ("integer" | "number")) => {
+            let Some(n) = value.as_f64() else { return fail("is not a number") };
+            if kind == "integer" && !(value.is_i64() || value.is_u64()) {
+                return fail("is not an integer");
+            }
+            if number("minimum").is_some_and(|m| n < m) || number("maximum").is_some_and(|m| n > m) {
+                return fail("is out of range");
+            }
+        }
+        Some("boolean") if !value.is_boolean() => return fail("is not a boolean"),
+        _ => {}
+    }
+    None
+}
+
+fn chat(server: &Server, body: serde_json::Value) -> serde_json::Value {
+    let r = server.post("/v1/chat/completions", &body.to_string());
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
+#[test]
+fn response_formats_and_tool_calls_hold_to_their_schemas() {
+    // The tools' description makes prompts longer than the default tiny model's context.
+    let model = crate::scratch_dir("structured").join("tiny-4k.gguf");
+    std::fs::write(&model, cinder_model::tiny::TinyModel { context_length: 4096, ..Default::default() }.to_gguf()).unwrap();
+    let server = Server::start(&model, &[]);
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {"city": {"enum": ["Paris", "Oslo"]}, "days": {"type": "integer", "minimum": 1, "maximum": 14}},
+        "required": ["city", "days"],
+        "additionalProperties": false,
+    });
+    let messages = serde_json::json!([{"role": "user", "content": "plan a trip"}]);
+    for seed in 0..3 {
+        let answer = chat(&server, serde_json::json!({
+            "messages": messages, "max_tokens": 200, "temperature": 1, "seed": seed,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "trip", "schema": schema, "strict": true}},
+        }));
+        let content = answer["choices"][0]["message"]["content"].as_str().unwrap();
+        let value: serde_json::Value = serde_json::from_str(content).unwrap_or_else(|e| panic!("{e}: {content}"));
+        assert_eq!(violation(&schema, &value), None);
+        assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+    }
+
+    let weather = serde_json::json!({"type": "function", "function": {
+        "name": "get_weather", "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"enum": ["Paris", "Oslo"]}}, "required": ["city"], "additionalProperties": false},
+    }});
+    let time = serde_json::json!({"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}, "additionalProperties": false}}});
+    let tools = serde_json::json!([weather, time]);
+    for (choice, names) in [
+        (serde_json::json!("required"), vec!["get_weather", "get_time"]),
+        (serde_json::json!({"type": "function", "function": {"name": "get_time"}}), vec!["get_time"]),
+    ] {
+        // One call: random weights would go on listing calls.
+        let body = serde_json::json!({
+            "messages": messages, "tools": tools, "tool_choice": choice, "parallel_tool_calls": false,
+            "max_tokens": 200, "temperature": 1, "seed": 5,
+        });
+        let answer = chat(&server, body.clone());
+        let choice0 = &answer["choices"][0];
+        assert_eq!(choice0["finish_reason"], "tool_calls", "{answer}");
+        assert!(choice0["message"]["content"].is_null(), "{answer}");
+        let calls = choice0["message"]["tool_calls"].as_array().unwrap();
+        assert_eq!(calls.len(), 1);
+        for call in calls {
+            assert_eq!(call["type"], "function");
+            assert!(call["id"].as_str().unwrap().starts_with("call_"));
+            let name = call["function"]["name"].as_str().unwrap();
+            assert!(names.contains(&name), "{name}");
+            let arguments: serde_json::Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+            let tool = tools.as_array().unwrap().iter().find(|t| t["function"]["name"] == name).unwrap();
+            assert_eq!(violation(&tool["function"]["parameters"], &arguments), None);
+        }
+        // Streamed: the same calls, in one delta, then the finish reason.
+        let mut streamed = body.clone();
+        streamed["stream"] = true.into();
+        let r = server.post("/v1/chat/completions", &streamed.to_string());
+        let chunks: Vec<serde_json::Value> = r
+            .body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        let delta_calls: Vec<&serde_json::Value> = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array()).flatten().collect();
+        assert_eq!(delta_calls.len(), calls.len(), "{}", r.body);
+        for (delta, call) in delta_calls.iter().zip(calls) {
+            assert_eq!(delta["function"], call["function"], "{}", r.body);
+        }
+        assert!(chunks.iter().all(|c| c["choices"][0]["delta"]["content"].as_str().is_none_or(str::is_empty)), "{}", r.body);
+        assert!(r.body.contains(r#""finish_reason":"tool_calls""#), "{}", r.body);
+    }
+    // auto: calls or text, whichever the model starts with; none: text.
+    let auto = chat(&server, serde_json::json!({"messages": messages, "tools": tools, "max_tokens": 20, "seed": 1, "temperature": 1}));
+    let message = &auto["choices"][0]["message"];
+    assert!(message["tool_calls"].is_array() != message["content"].is_string(), "{auto}");
+
+    for (body, param) in [
+        (serde_json::json!({"messages": messages, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}}), "response_format.json_schema.schema"),
+        (serde_json::json!({"messages": messages, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}), "response_format.json_schema.schema"),
+        (serde_json::json!({"messages": messages, "tools": tools, "tool_choice": {"type": "function", "function": {"name": "fly"}}}), "tool_choice"),
+        (serde_json::json!({"messages": messages, "tool_choice": "required"}), "tool_choice"),
+        (serde_json::json!({"messages": messages, "tools": [{"type": "function", "function": {"name": "bad name"}}]}), "tools[0].function.name"),
+        (serde_json::json!({"messages": messages, "tools": tools, "response_format": {"type": "json_object"}}), "response_format"),
+    ] {
+        let r = server.post("/v1/chat/completions", &body.to_string());
+        assert_eq!((r.status, &r.json()["error"]["param"]), (400, &serde_json::json!(param)), "{}", r.body);
+    }
+    let r = server.post("/v1/completions", &serde_json::json!({"prompt": "hi", "tools": tools}).to_string());
+    assert_eq!(r.status, 400, "{}", r.body);
+    // A conversation that carries earlier calls and their results is taken.
+    let history = serde_json::json!([
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]);
+    chat(&server, serde_json::json!({"messages": history, "tools": tools, "max_tokens": 4}));
+}
+
+/// Twenty schemas of nested objects, enums, arrays, numbers and bounded strings, answered
+/// at once by the real model, greedy: every answer parses and matches its schema.
+#[test]
+fn twenty_schemas_hold_on_the_real_model() {
+    let server = Server::start(&crate::real_model_path(), &["--max-running", "20"]);
+    // Plain words: a greedy small model may otherwise fill every string with emoji, a few
+    // tokens each, and run out of tokens before the JSON ends.
+    let string = |max: u64| serde_json::json!({"type": "string", "pattern": format!("^[A-Za-z0-9 ,.'-]{{1,{max}}}$"), "maxLength": max});
+    let int = |min: i64, max: i64| serde_json::json!({"type": "integer", "minimum": min, "maximum": max});
+    let object = |properties: serde_json::Value| {
+        let required: Vec<String> = properties.as_object().unwrap().keys().cloned().collect();
+        serde_json::json!({"type": "object", "properties": properties, "required": required, "additionalProperties": false})
+    };
+    let array = |items: serde_json::Value, max: u64| serde_json::json!({"type": "array", "items": items, "minItems": 1, "maxItems": max});
+    let schemas = [
+        ("a person", object(serde_json::json!({"name": string(30), "age": int(0, 120)}))),
+        ("a color", object(serde_json::json!({"color": {"enum": ["red", "green", "blue"]}}))),
+        ("a city and its country", object(serde_json::json!({"city": string(30), "country": string(30)}))),
+        ("three fruits", object(serde_json::json!({"fruits": array(string(20), 3)}))),
+        ("a yes or no answer: is the sky blue?", object(serde_json::json!({"answer": {"type": "boolean"}}))),
+        ("a temperature in Celsius", object(serde_json::json!({"celsius": {"type": "number", "minimum": -50, "maximum": 60}}))),
+        ("a book", object(serde_json::json!({"title": string(40), "author": object(serde_json::json!({"first": string(20), "last": string(20)})), "year": int(1000, 2030)}))),
+        ("a shopping list", object(serde_json::json!({"items": array(object(serde_json::json!({"name": string(20), "quantity": int(1, 20)})), 4)}))),
+        ("a weekday", object(serde_json::json!({"day": {"enum": ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]}}))),
+        ("a rectangle", object(serde_json::json!({"width": int(1, 100), "height": int(1, 100)}))),
+        ("a point in 3D", object(serde_json::json!({"point": array(serde_json::json!({"type": "number", "minimum": -10, "maximum": 10}), 3)}))),
+        ("a movie rating", object(serde_json::json!({"movie": string(40), "stars": int(1, 5), "liked": {"type": "boolean"}}))),
+        ("an address", object(serde_json::json!({"street": string(40), "number": int(1, 999), "zip": string(10)}))),
+        ("a task", object(serde_json::json!({"task": string(40), "priority": {"enum": ["low", "medium", "high"]}, "done": {"type": "boolean"}}))),
+        ("two numbers and their sum", object(serde_json::json!({"a": int(0, 100), "b": int(0, 100), "sum": int(0, 200)}))),
+        ("a pet", object(serde_json::json!({"kind": {"enum": ["cat", "dog", "fish"]}, "name": string(20), "age": int(0, 30)}))),
+        ("a team", object(serde_json::json!({"team": string(30), "members": array(object(serde_json::json!({"name": string(20), "role": {"enum": ["lead", "member"]}})), 3)}))),
+        ("a recipe", object(serde_json::json!({"dish": string(30), "minutes": int(1, 240), "steps": array(string(40), 3)}))),
+        ("a date", object(serde_json::json!({"year": int(1900, 2100), "month": int(1, 12), "day": int(1, 31)}))),
+        ("a word and its letters", object(serde_json::json!({"word": string(12), "letters": int(1, 12), "vowels": array(serde_json::json!({"enum": ["a", "e", "i", "o", "u"]}), 5)}))),
+    ];
+    let answers: Vec<_> = schemas
+        .iter()
+        .map(|(what, schema)| {
+            let address = server.address.clone();
+            let body = serde_json::json!({
+                "messages": [{"role": "user", "content": format!("Give me {what} as JSON.")}],
+                "max_tokens": 400, "temperature": 0,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}},
+            });
+            std::thread::spawn(move || http(&address, "POST", "/v1/chat/completions", &[], &body.to_string()))
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    for ((what, schema), r) in schemas.iter().zip(answers) {
+        assert_eq!(r.status, 200, "{what}: {}", r.body);
+        let content = r.json()["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
+        let value: serde_json::Value = serde_json::from_str(&content).unwrap_or_else(|e| panic!("{what}: {e}: {content}"));
+        assert_eq!(violation(schema, &value), None, "{what}");
+    }
+    // A tool call on the real model.
+    let tools = serde_json::json!([{"type": "function", "function": {
+        "name": "get_weather", "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}}, "required": ["city"], "additionalProperties": false},
+    }}]);
+    let answer = chat(&server, serde_json::json!({
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": tools, "tool_choice": "required", "max_tokens": 60, "temperature": 0,
+    }));
+    let call = &answer["choices"][0]["message"]["tool_calls"][0]["function"];
+    assert_eq!(call["name"], "get_weather", "{answer}");
+    let arguments: serde_json::Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+    assert!(arguments["city"].is_string(), "{answer}");
 }

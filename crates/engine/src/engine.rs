@@ -12,7 +12,7 @@ use cinder_tokenizer::{StreamDecoder, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::stop::StopMatcher;
-use crate::{Event, Finished, Generation, GenerationRequest, SubmitError, TokenLogprob};
+use crate::{Constraint, Event, Finished, Generation, GenerationRequest, SubmitError, TokenLogprob};
 
 /// A request being served.
 struct Active {
@@ -24,6 +24,7 @@ struct Active {
     stop_token_ids: Vec<u32>,
     ignore_eos: bool,
     logprobs: Option<usize>,
+    constraint: Option<Constraint>,
     events: UnboundedSender<Event>,
     /// Set once the engine ended it (its reason beats the scheduler's length check).
     stopped: bool,
@@ -201,6 +202,7 @@ impl Engine {
                 stop_token_ids: request.stop_token_ids,
                 ignore_eos: request.ignore_eos,
                 logprobs: request.logprobs,
+                constraint: request.constraint,
                 events,
                 stopped: false,
                 error: None,
@@ -271,10 +273,10 @@ impl Engine {
         match self.run(&plan) {
             Ok(logits) => {
                 // When every row's token is decided by its few best logits (greedy, or sampling
-                // among a small top-k, without penalties or logprobs), the device picks those
+                // among a small top-k, without penalties, logprobs or a grammar), the device picks those
                 // and the step reads back a few numbers per row instead of the vocabulary.
                 let deciding = plan.sampling().try_fold(1, |k, id| {
-                    let active = self.active.get(&id).filter(|a| a.logprobs.is_none())?;
+                    let active = self.active.get(&id).filter(|a| a.logprobs.is_none() && a.constraint.is_none())?;
                     Some(active.sampler.params().deciding_candidates()?.max(k))
                 });
                 let vocab = self.tokenizer.vocab_size();
@@ -321,15 +323,27 @@ impl Engine {
                 broken.push(id);
                 continue;
             }
-            let token = match (candidates.get_mut(row), logits) {
-                (Some(best), _) => active.sampler.sample_candidates(std::mem::take(best)),
-                (None, Some(logits)) => active.sampler.sample(logits, &active.history),
+            let sampled = match (candidates.get_mut(row), logits) {
+                (Some(best), _) => Ok(active.sampler.sample_candidates(std::mem::take(best))),
+                (None, Some(logits)) => match &mut active.constraint {
+                    Some(constraint) => Self::sample_constrained(&mut active.sampler, constraint, logits, &active.history),
+                    None => Ok(active.sampler.sample(logits, &active.history)),
+                },
                 (None, None) => continue,
+            };
+            let token = match sampled {
+                Ok(token) => token,
+                Err(e) => {
+                    active.error = Some(e);
+                    broken.push(id);
+                    continue;
+                }
             };
             let logits = logits.unwrap_or_default();
             active.history.push(token);
             result.sampled.push((id, token));
-            if Self::emit(active, &self.tokenizer, token, logits) {
+            let complete = active.constraint.as_ref().is_some_and(Constraint::is_complete);
+            if Self::emit(active, &self.tokenizer, token, logits) || complete {
                 active.stopped = true;
                 result.stopped.push(id);
             }
@@ -372,6 +386,18 @@ impl Engine {
             }))
             .collect();
         self.model.launch_batch(&chunks, &mut self.cache)
+    }
+
+    /// Samples among the tokens the grammar allows, and moves the grammar past the token.
+    fn sample_constrained(sampler: &mut Sampler, constraint: &mut Constraint, logits: &[f32], history: &[u32]) -> Result<u32, String> {
+        let mut allowed = logits.to_vec();
+        constraint.mask(&mut allowed)?;
+        if allowed.iter().all(|l| *l == f32::NEG_INFINITY) {
+            return Err("constrained decoding: the grammar allows no token of this vocabulary here".into());
+        }
+        let token = sampler.sample(&allowed, history);
+        constraint.advance(token)?;
+        Ok(token)
     }
 
     /// Streams a sampled token; true if it ends the request.

@@ -12,6 +12,8 @@
 //! 4. samples one token for each sequence that finished its prompt or decoded, with that
 //!    request's own sampler (so a seed gives the same text alone or batched), and streams
 //!    the text it completes, holding back incomplete UTF-8 and possible stop strings;
+//!    a request with a [`Constraint`] (a JSON schema, a grammar) samples only among the
+//!    tokens its grammar allows;
 //! 5. tells the scheduler what was sampled and what stopped, and sends the end of every
 //!    finished request.
 //!
@@ -22,10 +24,12 @@
 //! when to step, so the same engine runs under the native server's worker thread and in a
 //! browser's event loop.
 
+mod constraint;
 mod engine;
 pub mod openai;
 mod request;
 pub mod stop;
 
+pub use constraint::{Constraint, Grammars, json_layout};
 pub use engine::{Engine, EngineMetrics, Launched, StepOutcome};
 pub use request::{Event, Finished, Generation, GenerationRequest, SubmitError, TokenLogprob};

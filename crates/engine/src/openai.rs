@@ -9,7 +9,7 @@ use cinder_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::GenerationRequest;
+use crate::{Constraint, GenerationRequest, Grammars};
 
 /// Why a request body was refused, and the field at fault (OpenAI's `param`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -98,10 +98,44 @@ pub struct Message {
     pub role: String,
     #[serde(default)]
     pub content: Option<Content>,
+    /// An assistant's earlier calls.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<MessageToolCall>>,
+    /// A `tool` message: the call it answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+}
+
+/// A call in an assistant message of the conversation so far.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MessageToolCall {
+    pub id: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<ToolKind>,
+    pub function: CalledFunction,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CalledFunction {
+    pub name: String,
+    /// The arguments as a JSON text.
+    pub arguments: String,
 }
 
 impl Message {
+    /// What the template sees as the message's content: its text, or an assistant's calls
+    /// written as the model writes them (a JSON list of `{"name", "arguments"}`).
     pub fn text(&self) -> Result<String, InvalidRequest> {
+        if let Some(calls) = self.tool_calls.as_ref().filter(|c| !c.is_empty()) {
+            let calls: Vec<serde_json::Value> = calls
+                .iter()
+                .map(|c| {
+                    let arguments = serde_json::from_str(&c.function.arguments).unwrap_or(serde_json::Value::String(c.function.arguments.clone()));
+                    serde_json::json!({"name": c.function.name, "arguments": arguments})
+                })
+                .collect();
+            return Ok(serde_json::Value::from(calls).to_string());
+        }
         match &self.content {
             None => Ok(String::new()),
             Some(Content::Text(t)) => Ok(t.clone()),
@@ -121,6 +155,97 @@ impl Message {
 pub enum Stop {
     One(String),
     Many(Vec<String>),
+}
+
+/// `response_format`: free text, any JSON object, or JSON matching a schema.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct JsonSchemaFormat {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub schema: Option<serde_json::Value>,
+    /// Output always follows the schema here, strict or not.
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolKind {
+    Function,
+}
+
+/// A tool the model may call.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Tool {
+    #[serde(rename = "type")]
+    pub kind: ToolKind,
+    pub function: FunctionSpec,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FunctionSpec {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// A JSON schema of the arguments object [default: any object].
+    #[serde(default)]
+    pub parameters: Option<serde_json::Value>,
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+/// `tool_choice`: `none`, `auto`, `required`, or one named function.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ToolChoice {
+    Mode(String),
+    Named { #[serde(rename = "type")] kind: ToolKind, function: NamedFunction },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct NamedFunction {
+    pub name: String,
+}
+
+/// How a choice's output is read back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolOutput {
+    /// Text (or JSON text, under `response_format`).
+    Text,
+    /// Calls when the output is a call list, else text (`tool_choice` auto).
+    MaybeCalls,
+    /// Always a call list (`required` or a named function).
+    Calls,
+}
+
+/// A function call the model made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub name: String,
+    /// The arguments object as JSON text (OpenAI's form).
+    pub arguments: String,
+}
+
+/// The calls in a choice's output: a JSON list of `{"name", "arguments"}` as the call
+/// grammar makes the model write; `None` if the output is not one (text, or cut short).
+pub fn parse_tool_calls(output: &str) -> Option<Vec<ToolCall>> {
+    #[derive(Deserialize)]
+    struct Written {
+        name: String,
+        arguments: serde_json::Value,
+    }
+    let written: Vec<Written> = serde_json::from_str(output.trim()).ok()?;
+    (!written.is_empty()).then(|| written.into_iter().map(|c| ToolCall { name: c.name, arguments: c.arguments.to_string() }).collect())
 }
 
 /// Completions take a number of alternatives; chat takes a flag (with `top_logprobs`).
@@ -182,6 +307,11 @@ pub struct GenerationBody {
     /// Completions: whether control-token text in `prompt` becomes control tokens (default
     /// true, as llama.cpp and vLLM do). Chat contents never do.
     pub parse_special: Option<bool>,
+    pub response_format: Option<ResponseFormat>,
+    pub tools: Option<Vec<Tool>>,
+    pub tool_choice: Option<ToolChoice>,
+    /// false: at most one call per answer.
+    pub parallel_tool_calls: Option<bool>,
 }
 
 /// What the server allows a request: the context, and the `max_tokens` of requests that
@@ -300,6 +430,87 @@ impl GenerationBody {
         deadline_from_ms(ms).map(Some).ok_or_else(|| InvalidRequest::new(message(), Some("deadline_ms")))
     }
 
+    /// The grammar the output must follow (`response_format`, or the tool-call list of
+    /// `tools` and `tool_choice`), and how to read the output back. An invalid schema is
+    /// an error naming it.
+    pub fn output_constraint(&self, grammars: &Grammars, chat: bool) -> Result<(Option<Constraint>, ToolOutput), InvalidRequest> {
+        let tools = self.callable_tools(chat)?;
+        let format = match &self.response_format {
+            None | Some(ResponseFormat::Text) => None,
+            Some(ResponseFormat::JsonObject) => Some((serde_json::json!({"type": "object"}), "response_format")),
+            Some(ResponseFormat::JsonSchema { json_schema }) => {
+                let param = "response_format.json_schema.schema";
+                let schema = json_schema.schema.clone().ok_or_else(|| InvalidRequest::new(format!("`{param}` is required"), Some(param)))?;
+                Some((schema, param))
+            }
+        };
+        if let (Some(_), Some(_)) = (&format, &tools) {
+            let message = "`response_format` together with `tools` is not supported; use one or the other";
+            return Err(InvalidRequest::new(message, Some("response_format")));
+        }
+        if let Some((schema, param)) = format {
+            let constraint = grammars.json_schema(schema).map_err(|e| InvalidRequest::new(format!("`{param}`: {e}"), Some(param)))?;
+            return Ok((Some(constraint), ToolOutput::Text));
+        }
+        let Some((tools, required)) = tools else { return Ok((None, ToolOutput::Text)) };
+        let calls = call_list_schema(&tools, self.parallel_tool_calls == Some(false));
+        let bad = |e: String| InvalidRequest::new(format!("`tools`: {e}"), Some("tools"));
+        if required {
+            return Ok((Some(grammars.json_schema(calls).map_err(bad)?), ToolOutput::Calls));
+        }
+        // Text that does not start a call list, or a call list.
+        let grammar = format!("start: TEXT | calls\nTEXT: /[^\\[](.|\\n)*/\ncalls: %json {calls}\n");
+        Ok((Some(grammars.lark(&grammar).map_err(bad)?), ToolOutput::MaybeCalls))
+    }
+
+    /// The tools the model may call under `tool_choice`, and whether it must: `None` with
+    /// no tools or `tool_choice` none.
+    fn callable_tools(&self, chat: bool) -> Result<Option<(Vec<&Tool>, bool)>, InvalidRequest> {
+        let tools = self.tools.as_deref().unwrap_or_default();
+        if !tools.is_empty() && !chat {
+            return Err(InvalidRequest::new("`tools` are for chat completions", Some("tools")));
+        }
+        for (i, tool) in tools.iter().enumerate() {
+            let name = &tool.function.name;
+            let valid = (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !valid {
+                let param = format!("tools[{i}].function.name");
+                return Err(InvalidRequest::new(format!("`{param}` must be 1-64 letters, digits, _ or -; got {name:?}"), Some(&param)));
+            }
+        }
+        let bad_choice = |message: String| Err(InvalidRequest::new(message, Some("tool_choice")));
+        let (chosen, required): (Vec<&Tool>, bool) = match &self.tool_choice {
+            Some(_) if tools.is_empty() => return bad_choice("`tool_choice` needs `tools`".into()),
+            None => (tools.iter().collect(), false),
+            Some(ToolChoice::Mode(mode)) => match mode.as_str() {
+                "none" => return Ok(None),
+                "auto" => (tools.iter().collect(), false),
+                "required" => (tools.iter().collect(), true),
+                other => return bad_choice(format!("`tool_choice` must be none, auto, required or a function; got {other:?}")),
+            },
+            Some(ToolChoice::Named { function, .. }) => match tools.iter().find(|t| t.function.name == function.name) {
+                Some(tool) => (vec![tool], true),
+                None => return bad_choice(format!("`tool_choice` names `{}`, which is not in `tools`", function.name)),
+            },
+        };
+        Ok((!chosen.is_empty()).then_some((chosen, required)))
+    }
+
+    /// A system message that tells the model the tools it may call and how to write a
+    /// call (the chat templates of small models know no tools), when it may call any.
+    pub fn tool_prompt(&self) -> Result<Option<String>, InvalidRequest> {
+        let Some((tools, required)) = self.callable_tools(true)? else { return Ok(None) };
+        let listed: Vec<serde_json::Value> = tools
+            .iter()
+            .map(|t| serde_json::json!({"name": t.function.name, "description": t.function.description, "parameters": t.function.parameters}))
+            .collect();
+        let when = if required { "Answer with" } else { "To call functions, answer with only" };
+        Ok(Some(format!(
+            "You can call these functions:\n{}\n{when} a JSON list of calls: [{{\"name\": \"<function name>\", \"arguments\": {{<arguments>}}}}].",
+            serde_json::Value::from(listed)
+        )))
+    }
+
     /// The prompts of a completion: `prompt` as text (control-token text parsed unless
     /// `parse_special` is false) or ids.
     pub fn completion_prompts(&self, tokenizer: &Tokenizer) -> Result<Vec<Vec<u32>>, InvalidRequest> {
@@ -332,8 +543,14 @@ impl GenerationBody {
         let messages = self.messages.as_ref().filter(|m| !m.is_empty());
         let messages = messages.ok_or_else(|| InvalidRequest::new("`messages` must be a non-empty list", Some("messages")))?;
         let template = template.ok_or_else(|| InvalidRequest::new("this model has no chat template; use a completion", None))?;
-        let messages: Vec<ChatMessage> =
+        let mut messages: Vec<ChatMessage> =
             messages.iter().map(|m| Ok(ChatMessage::new(m.role.clone(), m.text()?))).collect::<Result<_, InvalidRequest>>()?;
+        if let Some(tools) = self.tool_prompt()? {
+            match messages.first_mut().filter(|m| m.role == "system") {
+                Some(system) => system.content = format!("{}\n\n{tools}", system.content),
+                None => messages.insert(0, ChatMessage::new("system", tools)),
+            }
+        }
         template.encode(tokenizer, &messages, true).map_err(|e| InvalidRequest::new(format!("chat template: {e}"), Some("messages")))
     }
 
@@ -357,6 +574,7 @@ impl GenerationBody {
                     tenant: TenantId::default(),
                     deadline,
                     use_prefix_cache: self.cache_prompt.unwrap_or(true),
+                    constraint: None,
                 })
             })
             .collect()
@@ -386,6 +604,28 @@ impl GenerationBody {
         }
         Ok(max)
     }
+}
+
+/// The JSON schema of a call list: calls of the given tools, each `{"name", "arguments"}`
+/// with the tool's argument schema; at least one, at most one if `one`; laid out on one line.
+fn call_list_schema(tools: &[&Tool], one: bool) -> serde_json::Value {
+    let calls: Vec<serde_json::Value> = tools
+        .iter()
+        .map(|t| {
+            let arguments = t.function.parameters.clone().unwrap_or_else(|| serde_json::json!({"type": "object"}));
+            serde_json::json!({
+                "type": "object",
+                "properties": {"name": {"const": t.function.name}, "arguments": arguments},
+                "required": ["name", "arguments"],
+                "additionalProperties": false,
+            })
+        })
+        .collect();
+    let mut schema = serde_json::json!({"type": "array", "items": {"anyOf": calls}, "minItems": 1});
+    if one {
+        schema["maxItems"] = 1.into();
+    }
+    crate::json_layout(schema)
 }
 
 /// OpenAI's name for why a choice ended.

@@ -3,6 +3,8 @@
 use cinder_model::SamplingParams;
 use cinder_scheduler::{Duration, FinishReason, Priority, Rejection, TenantId, Time};
 
+use crate::Constraint;
+
 /// One generation request.
 #[derive(Debug, Clone)]
 pub struct GenerationRequest {
@@ -25,6 +27,8 @@ pub struct GenerationRequest {
     pub deadline: Option<Duration>,
     /// Whether cached prompt-prefix blocks may be reused.
     pub use_prefix_cache: bool,
+    /// Output held to a grammar (a JSON schema, tool calls).
+    pub constraint: Option<Constraint>,
 }
 
 impl GenerationRequest {
@@ -41,6 +45,7 @@ impl GenerationRequest {
             tenant: TenantId(0),
             deadline: None,
             use_prefix_cache: true,
+            constraint: None,
         }
     }
 }

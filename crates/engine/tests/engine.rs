@@ -1,9 +1,9 @@
 //! The engine on a tiny random-weight model: batching invariance, seeds, stops,
-//! cancellation and refused requests.
+//! cancellation, refused requests and constrained decoding.
 
 use std::cell::Cell;
 
-use cinder_engine::{Engine, Event, Finished, GenerationRequest, StepOutcome, SubmitError};
+use cinder_engine::{Engine, Event, Finished, GenerationRequest, Grammars, StepOutcome, SubmitError};
 use cinder_gguf::GgufFile;
 use cinder_model::tiny::TinyModel;
 use cinder_model::{Model, SamplingParams, wgpu_device};
@@ -408,4 +408,42 @@ fn requests_whose_steps_keep_failing_end_with_the_error() {
     assert_eq!(engine.metrics(clock.now()).scheduler.kv_blocks_in_use, 0);
     let after = run(&mut engine, vec![request]).remove(0);
     assert_eq!((after.tokens.len(), after.finished.unwrap().reason), (6, FinishReason::Length));
+}
+
+/// A JSON schema holds even random weights' output to it, and a constrained request in a
+/// batch leaves the others' tokens as they are alone.
+#[test]
+fn constrained_requests_follow_their_schema_and_leave_others_alone() {
+    let mut engine = engine();
+    let grammars = Grammars::new(engine.tokenizer()).unwrap();
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "color": {"enum": ["red", "green"]},
+            "count": {"type": "integer", "minimum": 0, "maximum": 99},
+            "tags": {"type": "array", "items": {"type": "boolean"}, "maxItems": 3},
+        },
+        "required": ["color", "count", "tags"],
+        "additionalProperties": false,
+    });
+    let constrained = |seed| GenerationRequest {
+        sampling: SamplingParams { temperature: 1.0, seed, ..Default::default() },
+        constraint: Some(grammars.json_schema(schema.clone()).unwrap()),
+        ..GenerationRequest::new(prompt(1, 5), 200)
+    };
+    let free = GenerationRequest { ignore_eos: true, ..GenerationRequest::new(prompt(2, 7), 12) };
+    let alone = run(&mut engine, vec![free.clone()]).remove(0);
+    let outputs = run(&mut engine, vec![constrained(1), free, constrained(2)]);
+    for out in [&outputs[0], &outputs[2]] {
+        let value: serde_json::Value = serde_json::from_str(&out.text).unwrap_or_else(|e| panic!("{e}: {:?}", out.text));
+        assert!(matches!(value["color"].as_str(), Some("red" | "green")), "{value}");
+        assert!(value["count"].as_u64().is_some_and(|c| c <= 99), "{value}");
+        assert!(value["tags"].as_array().is_some_and(|t| t.len() <= 3 && t.iter().all(|b| b.is_boolean())), "{value}");
+        assert_eq!(value.as_object().unwrap().len(), 3, "{value}");
+        assert_eq!(out.finished.as_ref().unwrap().reason, FinishReason::Stop);
+    }
+    assert_eq!(outputs[1].tokens, alone.tokens, "the free request is not masked");
+    let error = grammars.json_schema(serde_json::json!({"type": "nonsense"})).unwrap_err();
+    assert!(error.contains("nonsense"), "{error}");
+    assert_eq!(engine.metrics(Time(0)).scheduler.kv_blocks_in_use, 0);
 }

@@ -9,8 +9,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use cinder_engine::openai::{GenerationBody, Limits, parse};
-use cinder_engine::{Engine, Event, Launched};
+use cinder_engine::openai::{GenerationBody, Limits, ToolOutput, parse};
+use cinder_engine::{Engine, Event, Grammars, Launched};
 use cinder_gguf::GgufFile;
 use cinder_model::{Model, adapter_name, wgpu_device_async};
 use cinder_scheduler::{SeqId, Time};
@@ -32,6 +32,7 @@ struct Stream {
 struct State {
     engine: Engine,
     template: Option<ChatTemplate>,
+    grammars: Grammars,
     streams: HashMap<SeqId, Stream>,
     /// A step is on the device: the next may start only once it lands.
     in_flight: bool,
@@ -84,6 +85,7 @@ impl WasmEngine {
         let file = GgufFile::from_bytes(bytes).map_err(|e| error(format!("the model file: {e}")))?;
         let tokenizer = Tokenizer::from_gguf(file.metadata()).map_err(|e| error(format!("the model's tokenizer: {e}")))?;
         let template = ChatTemplate::from_gguf(file.metadata(), &tokenizer).ok();
+        let grammars = Grammars::new(&tokenizer).map_err(error)?;
         let device = wgpu_device_async().await.map_err(|e| error(format!("WebGPU: {e}")))?;
         let model = Model::load(&file, &device).map_err(|e| error(format!("loading the model: {e}")))?;
         drop(file);
@@ -103,7 +105,7 @@ impl WasmEngine {
         let context_length = scheduler.max_seq_len;
         let engine = Engine::new(model, tokenizer, scheduler).map_err(|e| error(format!("the KV cache: {e}")))?;
         let state =
-            State { engine, template, streams: HashMap::new(), in_flight: false, context_length };
+            State { engine, template, grammars, streams: HashMap::new(), in_flight: false, context_length };
         Ok(WasmEngine { state: Rc::new(RefCell::new(state)), info })
     }
 
@@ -133,7 +135,13 @@ impl WasmEngine {
             prompts.remove(0)
         };
         let seed = body.seed.unwrap_or_else(|| (js_sys::Math::random() * 2f64.powi(53)) as u64);
-        let request = body.requests(&prompt, chat, Limits { context_length: state.context_length, default_max_tokens: None }, seed).map_err(error)?.remove(0);
+        let (constraint, tool_output) = body.output_constraint(&state.grammars, chat).map_err(error)?;
+        if tool_output != ToolOutput::Text {
+            return Err(error("`tools` are not supported here yet (`response_format` is)"));
+        }
+        let limits = Limits { context_length: state.context_length, default_max_tokens: None };
+        let mut request = body.requests(&prompt, chat, limits, seed).map_err(error)?.remove(0);
+        request.constraint = constraint;
         let (sender, events) = unbounded_channel();
         let id = state.engine.submit(request, sender, now()).map_err(error)?;
         state.streams.insert(id, Stream { events, on_event });

@@ -212,6 +212,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             None
         }
     };
+    let grammars = cinder_engine::Grammars::new(&tokenizer).map_err(|e| anyhow::anyhow!("{e}"))?;
     let device = cinder_model::wgpu_device().context("no usable GPU adapter")?;
     eprintln!("adapter: {}", cinder_model::adapter_name(&device));
     let load_start = Instant::now();
@@ -241,6 +242,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         worker,
         tokenizer,
         template,
+        grammars,
         model_name,
         context_length,
         default_max_tokens: args.default_max_tokens.map(NonZeroUsize::get),

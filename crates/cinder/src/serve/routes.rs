@@ -15,7 +15,7 @@ use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use cinder_engine::{Event, Finished, TokenLogprob};
+use cinder_engine::{Event, Finished, Grammars, TokenLogprob};
 use cinder_tokenizer::{ChatTemplate, Tokenizer};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -23,7 +23,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::{Stream, StreamMap};
 
-use cinder_engine::openai::{GenerationBody, Limits, finish_reason, parse};
+use cinder_engine::openai::{GenerationBody, Limits, ToolCall, ToolOutput, finish_reason, parse, parse_tool_calls};
 use cinder_scheduler::{FinishReason, TenantId};
 
 use super::api::ApiError;
@@ -36,6 +36,8 @@ pub struct AppState {
     pub worker: WorkerHandle,
     pub tokenizer: Tokenizer,
     pub template: Option<ChatTemplate>,
+    /// Compiles `response_format` schemas and tool-call grammars for the vocabulary.
+    pub grammars: Grammars,
     pub model_name: String,
     pub context_length: usize,
     /// `max_tokens` of requests that give none (`--default-max-tokens`).
@@ -167,6 +169,8 @@ struct Run {
     prompts: Vec<Vec<u32>>,
     n: usize,
     receivers: Vec<UnboundedReceiver<Event>>,
+    /// Whether the output may be tool calls.
+    tool_output: ToolOutput,
     /// Its place under the tenant's `max_concurrent`, held until the response ends.
     in_flight: InFlight,
 }
@@ -174,6 +178,31 @@ struct Run {
 impl Run {
     fn tenant(&self) -> &str {
         &self.in_flight.tenant().name
+    }
+
+    /// A choice's calls, when it may make some and its whole output is a call list.
+    fn read_calls(&self, output: &str) -> Option<Vec<ToolCall>> {
+        (self.tool_output != ToolOutput::Text).then(|| parse_tool_calls(output)).flatten()
+    }
+
+    /// OpenAI's `tool_calls` of choice `choice` (with each call's `index` in a stream).
+    fn tool_calls_json(&self, choice: usize, calls: &[ToolCall], streamed: bool) -> Value {
+        let id = self.id.split_once('-').map_or(self.id.as_str(), |(_, id)| id);
+        calls
+            .iter()
+            .enumerate()
+            .map(|(i, call)| {
+                let mut json = json!({
+                    "id": format!("call_{id}_{choice}_{i}"),
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                });
+                if streamed {
+                    json["index"] = i.into();
+                }
+                json
+            })
+            .collect()
     }
 }
 
@@ -207,8 +236,10 @@ async fn start(s: &Shared, tenant: &Arc<Tenant>, kind: Kind, body: Result<Reques
         }
         requests.extend(body.requests(prompt, kind == Kind::Chat, limits, seed)?);
     }
+    let (constraint, tool_output) = body.output_constraint(&s.grammars, kind == Kind::Chat)?;
     for request in &mut requests {
         (request.tenant, request.priority) = (tenant.id, priority);
+        request.constraint = constraint.clone();
     }
     let in_flight = tenant.enter()?;
     // Every choice of every prompt is admitted together, or the request is refused.
@@ -225,6 +256,7 @@ async fn start(s: &Shared, tenant: &Arc<Tenant>, kind: Kind, body: Result<Reques
         prompts,
         n,
         receivers,
+        tool_output,
         in_flight,
     })
 }
@@ -333,9 +365,16 @@ async fn collect(s: &Shared, mut run: Run) -> Result<Value, ApiError> {
             prompt_tokens += f.prompt_tokens;
         }
         let logprobs = if run.logprobs { logprobs_json(&s.tokenizer, run.kind, &c.logprobs, 0) } else { Value::Null };
-        let mut choice = match run.kind {
-            Kind::Completion => json!({"index": index, "text": c.text, "logprobs": logprobs, "finish_reason": finish_reason(f.reason)}),
-            Kind::Chat => json!({
+        let calls = run.read_calls(&c.text);
+        let mut choice = match (run.kind, calls) {
+            (Kind::Completion, _) => json!({"index": index, "text": c.text, "logprobs": logprobs, "finish_reason": finish_reason(f.reason)}),
+            (Kind::Chat, Some(calls)) => json!({
+                "index": index,
+                "message": {"role": "assistant", "content": null, "tool_calls": run.tool_calls_json(index, &calls, false)},
+                "logprobs": logprobs,
+                "finish_reason": "tool_calls",
+            }),
+            (Kind::Chat, None) => json!({
                 "index": index,
                 "message": {"role": "assistant", "content": c.text},
                 "logprobs": logprobs,
@@ -376,6 +415,7 @@ fn stream(s: Shared, mut run: Run) -> Sse<ChunkStream> {
     Sse::new(ChunkStream {
         s,
         text_offsets: vec![0; receivers.len()],
+        held: vec![(run.tool_output != ToolOutput::Text).then(String::new); receivers.len()],
         run,
         receivers,
         started: HashSet::new(),
@@ -399,6 +439,9 @@ pub struct ChunkStream {
     receivers: StreamMap<usize, UnboundedReceiverStream<Event>>,
     /// Choices whose first chunk (carrying the chat role) went out.
     started: HashSet<usize>,
+    /// Per choice, the text held back while it may be a call list (it goes out as calls at
+    /// the end, or as text once it cannot be one).
+    held: Vec<Option<String>>,
     text_offsets: Vec<usize>,
     prompt_tokens: usize,
     completion_tokens: usize,
@@ -418,7 +461,7 @@ impl ChunkStream {
 
     /// The chunk for one event, or None when it carries nothing to send.
     fn event_chunk(&mut self, index: usize, event: Event) -> Option<SseEvent> {
-        let (text, token, logprob, reason) = match event {
+        let (mut text, token, logprob, reason) = match event {
             Event::Token { token, text, logprob } => (text, Some(token), logprob, None),
             Event::Finished(f) => {
                 self.s.metrics.finished(self.run.tenant(), &f);
@@ -433,6 +476,23 @@ impl ChunkStream {
                 (f.text, None, None, Some(finish_reason(f.reason)))
             }
         };
+        let mut calls = None;
+        if let Some(held) = &mut self.held[index] {
+            held.push_str(&text);
+            let start = held.trim_start();
+            let is_text = self.run.tool_output == ToolOutput::MaybeCalls && !start.is_empty() && !start.starts_with('[');
+            if reason.is_some() || is_text {
+                text = std::mem::take(held);
+                self.held[index] = None;
+                calls = reason.and_then(|_| self.run.read_calls(&text));
+            } else {
+                text.clear();
+            }
+        }
+        if let Some(calls) = calls {
+            let delta = json!({"role": "assistant", "content": null, "tool_calls": self.run.tool_calls_json(index, &calls, true)});
+            return Some(self.chunk(json!([{"index": index, "delta": delta, "logprobs": null, "finish_reason": "tool_calls"}])));
+        }
         let extras = self.run.logprobs || self.run.return_token_ids;
         if text.is_empty() && reason.is_none() && !extras {
             return None;
