@@ -45,7 +45,7 @@ fn config_files_are_checked_and_flags_override_them() {
     let out = cinder(&["serve", "--config", arg(&file), "--max-running", "8", "--print-config"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let printed = String::from_utf8(out.stdout).unwrap();
-    for line in ["policy = \"adaptive\"", "max_running = 8", "min_running = 1", "max_waiting = 100", "prefix_caching = false", "weight = 2.0", "api_keys = [\"***\"]"] {
+    for line in ["policy = \"adaptive\"", "max_running = 8", "min_batch_tokens = 512", "max_batch_tokens = 2048", "max_waiting = 100", "prefix_caching = false", "weight = 2.0", "api_keys = [\"***\"]"] {
         assert!(printed.contains(line), "{line} in {printed}");
     }
     assert!(!printed.contains("sk-alice"), "{printed}");

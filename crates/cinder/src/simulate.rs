@@ -35,8 +35,8 @@ fn strategies() -> Vec<(&'static str, BatchPolicy)> {
         ("bucketed", BatchPolicy::Bucketed { batch_size: 16, max_wait: wait, bucket_edges: vec![128, 512, 1024] }),
         ("memory_aware", BatchPolicy::MemoryAware { max_batch_tokens: 16_384, max_wait: wait }),
         ("continuous", BatchPolicy::default()),
-        ("adaptive", BatchPolicy::Adaptive { max_batch_tokens: 2048, min_running: 8, max_running: 256, chunk_size: 512, bandit: false }),
-        ("adaptive_bandit", BatchPolicy::Adaptive { max_batch_tokens: 2048, min_running: 4, max_running: 256, chunk_size: 512, bandit: true }),
+        ("adaptive", BatchPolicy::Adaptive { min_batch_tokens: 512, max_batch_tokens: 2048, min_chunk_size: 128, chunk_size: 512, max_running: 256 }),
+        ("bandit", BatchPolicy::Bandit { max_batch_tokens: 2048, min_running: 4, max_running: 256, chunk_size: 512 }),
         ("latency_preset", BatchPolicy::latency_optimised()),
         ("throughput_preset", BatchPolicy::throughput_optimised()),
     ]
@@ -51,6 +51,8 @@ struct Summary {
     /// Highest throughput per strategy over the loads where e2e p95 stays within the bound.
     peak_throughput_at_equal_p95: Vec<(String, f64)>,
     continuous_over_fixed: f64,
+    adaptive_over_continuous: f64,
+    bandit_over_continuous: f64,
     /// Mean over loads of the continuous strategy's time-averaged KV waste.
     continuous_kv_waste_frac: f64,
 }
@@ -99,10 +101,12 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let summary: Vec<Summary> = workloads.iter().map(|w| summarize(&runs, w)).collect();
     for s in &summary {
         println!(
-            "{}: peak throughput at e2e p95 <= {:.1} s (fixed's at its peak): continuous / fixed = {:.2}x; continuous KV waste {:.2} %",
+            "{}: peak throughput at e2e p95 <= {:.1} s (fixed's at its peak): continuous / fixed = {:.2}x, adaptive / continuous = {:.2}x, bandit / continuous = {:.2}x; continuous KV waste {:.2} %",
             s.workload,
             s.latency_bound_e2e_p95_s,
             s.continuous_over_fixed,
+            s.adaptive_over_continuous,
+            s.bandit_over_continuous,
             100.0 * s.continuous_kv_waste_frac
         );
     }
@@ -132,6 +136,8 @@ fn summarize(runs: &[RunResult], workload: &Workload) -> Summary {
         workload: workload.name.clone(),
         latency_bound_e2e_p95_s: bound,
         continuous_over_fixed: peak("continuous") / peak("fixed").max(1e-9),
+        adaptive_over_continuous: peak("adaptive") / peak("continuous").max(1e-9),
+        bandit_over_continuous: peak("bandit") / peak("continuous").max(1e-9),
         continuous_kv_waste_frac: waste.iter().sum::<f64>() / waste.len().max(1) as f64,
         peak_throughput_at_equal_p95: peaks,
     }

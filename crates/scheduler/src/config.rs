@@ -75,10 +75,7 @@ impl SchedulerConfig {
     /// that grow sequences step by step (static ones reserve every position up front).
     pub fn blocks_for(&self, len: usize) -> usize {
         let bs = self.block_size;
-        let chunk = match self.policy {
-            BatchPolicy::Continuous { chunk_size, .. } | BatchPolicy::Adaptive { chunk_size, .. } => Some(chunk_size),
-            _ => None,
-        };
+        let chunk = self.policy.max_chunk();
         self.kv_groups
             .iter()
             .map(|window| match (window, chunk) {

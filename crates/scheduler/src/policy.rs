@@ -10,9 +10,13 @@
 //!   blocks allow).
 //! - **Iteration-level** policies let sequences join and leave at every step and reserve
 //!   blocks only as tokens are written: [`BatchPolicy::Continuous`] (chunked prefill mixed
-//!   with decodes under a per-step token budget) and [`BatchPolicy::Adaptive`] (the same,
-//!   with the number of running sequences chosen from the load, or learned by a
-//!   Thompson-sampling bandit from observed step throughput).
+//!   with decodes under a per-step token budget), [`BatchPolicy::Adaptive`] (the same, with
+//!   the step's token budget and prompt chunk sized from the load and the measured step
+//!   time) and [`BatchPolicy::Bandit`] (the same, with the number of running sequences
+//!   learned by a Thompson-sampling bandit from observed step throughput).
+//!
+//! Every policy answers the same question through [`BatchPolicy::shape`]: a
+//! [`Shape::Static`] batch or an iteration-level [`StepShape`] for the next step.
 //!
 //! [`Scheduler::plan`]: crate::Scheduler::plan
 //! [`Scheduler::complete`]: crate::Scheduler::complete
@@ -48,15 +52,66 @@ pub enum BatchPolicy {
         /// Largest prefill chunk of one sequence in one step.
         chunk_size: usize,
     },
+    /// Continuous batching whose steps follow the load: with nothing waiting, small steps
+    /// (`min_batch_tokens`, `min_chunk_size`), so running requests' decodes are never stuck
+    /// behind a long prompt (latency-optimised); as requests wait longer, measured in recent
+    /// step times, the steps grow to `max_batch_tokens` and `chunk_size`, fewer and fuller
+    /// forward passes (throughput-optimised).
     Adaptive {
+        min_batch_tokens: usize,
+        max_batch_tokens: usize,
+        min_chunk_size: usize,
+        chunk_size: usize,
+        max_running: usize,
+    },
+    /// Continuous batching with the running-set size (between `min_running` and
+    /// `max_running`) learned by a Thompson-sampling bandit from step throughput.
+    Bandit {
         max_batch_tokens: usize,
         min_running: usize,
         max_running: usize,
         chunk_size: usize,
-        /// Learn the running-set size from step throughput instead of following the queue.
-        bandit: bool,
     },
 }
+
+/// What a policy runs next.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Shape<'a> {
+    /// A static batch: formed once the previous one drained, whole prompts, every member's
+    /// length reserved up front.
+    Static {
+        /// Most members.
+        capacity: usize,
+        /// Longest a partial batch waits for more members.
+        max_wait: Duration,
+        /// Most tokens (prompt + max new) the members reserve together.
+        token_budget: usize,
+        /// Members share a bucket of prompt lengths with these upper bounds.
+        bucket_edges: Option<&'a [usize]>,
+    },
+    /// An iteration-level step.
+    Step(StepShape),
+}
+
+/// The limits of one iteration-level step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepShape {
+    pub max_batch_tokens: usize,
+    pub max_running: usize,
+    pub chunk_size: usize,
+}
+
+/// What the adaptive policy reads of the load.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Load {
+    /// How long the oldest waiting request has waited (zero with nothing waiting).
+    pub oldest_wait: Duration,
+    /// Recent step time (an exponential average), seconds.
+    pub step_seconds: f64,
+}
+
+/// Steps the oldest request may wait before the adaptive policy runs full-size steps.
+const ADAPTIVE_PATIENCE_STEPS: f64 = 4.0;
 
 impl Default for BatchPolicy {
     fn default() -> Self {
@@ -65,6 +120,63 @@ impl Default for BatchPolicy {
 }
 
 impl BatchPolicy {
+    /// What to run next under `load`; the bandit's current running-set limit is `bandit`.
+    pub fn shape(&self, load: Load, bandit: Option<usize>) -> Shape<'_> {
+        match self {
+            Self::Fixed { batch_size, max_wait } => {
+                Shape::Static { capacity: *batch_size, max_wait: *max_wait, token_budget: usize::MAX, bucket_edges: None }
+            }
+            Self::Bucketed { batch_size, max_wait, bucket_edges } => Shape::Static {
+                capacity: *batch_size,
+                max_wait: *max_wait,
+                token_budget: usize::MAX,
+                bucket_edges: Some(bucket_edges),
+            },
+            Self::MemoryAware { max_batch_tokens, max_wait } => {
+                Shape::Static { capacity: usize::MAX, max_wait: *max_wait, token_budget: *max_batch_tokens, bucket_edges: None }
+            }
+            Self::Continuous { max_batch_tokens, max_running, chunk_size } => {
+                Shape::Step(StepShape { max_batch_tokens: *max_batch_tokens, max_running: *max_running, chunk_size: *chunk_size })
+            }
+            Self::Adaptive { min_batch_tokens, max_batch_tokens, min_chunk_size, chunk_size, max_running } => {
+                // 0 with nothing waiting, 1 once the oldest has waited a few steps.
+                let patience = ADAPTIVE_PATIENCE_STEPS * load.step_seconds.max(1e-3);
+                let pressure = (load.oldest_wait.as_secs_f64() / patience).clamp(0.0, 1.0);
+                let between = |low: usize, high: usize| low.min(high) + ((high.saturating_sub(low)) as f64 * pressure).round() as usize;
+                Shape::Step(StepShape {
+                    max_batch_tokens: between(*min_batch_tokens, *max_batch_tokens),
+                    max_running: *max_running,
+                    chunk_size: between(*min_chunk_size, *chunk_size),
+                })
+            }
+            Self::Bandit { max_batch_tokens, max_running, chunk_size, .. } => Shape::Step(StepShape {
+                max_batch_tokens: *max_batch_tokens,
+                max_running: bandit.unwrap_or(*max_running),
+                chunk_size: *chunk_size,
+            }),
+        }
+    }
+
+    /// The largest prompt chunk a step may run; `None` for static policies (whole prompts).
+    pub fn max_chunk(&self) -> Option<usize> {
+        match self {
+            Self::Fixed { .. } | Self::Bucketed { .. } | Self::MemoryAware { .. } => None,
+            Self::Continuous { chunk_size, .. } | Self::Adaptive { chunk_size, .. } | Self::Bandit { chunk_size, .. } => {
+                Some(*chunk_size)
+            }
+        }
+    }
+
+    /// Most sequences running at once; `None` for static policies (their batch size).
+    pub fn max_running(&self) -> Option<usize> {
+        match self {
+            Self::Fixed { .. } | Self::Bucketed { .. } | Self::MemoryAware { .. } => None,
+            Self::Continuous { max_running, .. } | Self::Adaptive { max_running, .. } | Self::Bandit { max_running, .. } => {
+                Some(*max_running)
+            }
+        }
+    }
+
     /// Small steps: decodes are never stuck behind long prefills.
     pub fn latency_optimised() -> Self {
         Self::Continuous { max_batch_tokens: 512, max_running: 64, chunk_size: 128 }
@@ -82,8 +194,8 @@ impl BatchPolicy {
             Self::Bucketed { .. } => "bucketed",
             Self::MemoryAware { .. } => "memory_aware",
             Self::Continuous { .. } => "continuous",
-            Self::Adaptive { bandit: false, .. } => "adaptive",
-            Self::Adaptive { bandit: true, .. } => "adaptive_bandit",
+            Self::Adaptive { .. } => "adaptive",
+            Self::Bandit { .. } => "bandit",
         }
     }
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::admission::{BreakerState, CircuitBreaker, TokenBucket};
 use crate::blocks::{BlockCopy, BlockId, BlockManager, CacheStats, SequenceBlocks, group_hash, prefix_hashes};
-use crate::policy::Bandit;
+use crate::policy::{Bandit, Load, Shape, StepShape};
 use crate::queue::{Queued, WaitingQueue};
 use crate::request::{IdMap, deadline};
 use crate::{
@@ -328,6 +328,8 @@ pub struct Scheduler {
     buckets: BTreeMap<TenantId, (TokenBucket, TokenBucket)>,
     breaker: CircuitBreaker,
     bandit: Option<Bandit>,
+    /// Recent step time, seconds (an exponential average of planned-to-completed).
+    step_seconds: f64,
     rng: ChaCha8Rng,
     finished: Vec<FinishedSequence>,
     preemptions: u64,
@@ -339,8 +341,12 @@ pub struct Scheduler {
 impl Scheduler {
     pub fn new(config: SchedulerConfig) -> Self {
         let bandit = match config.policy {
-            BatchPolicy::Adaptive { bandit: true, min_running, max_running, .. } => Some(Bandit::new(min_running, max_running)),
-            _ => None,
+            BatchPolicy::Bandit { min_running, max_running, .. } => Some(Bandit::new(min_running, max_running)),
+            BatchPolicy::Fixed { .. }
+            | BatchPolicy::Bucketed { .. }
+            | BatchPolicy::MemoryAware { .. }
+            | BatchPolicy::Continuous { .. }
+            | BatchPolicy::Adaptive { .. } => None,
         };
         Self {
             blocks: BlockManager::new(config.num_blocks, config.block_size),
@@ -356,6 +362,7 @@ impl Scheduler {
             buckets: BTreeMap::new(),
             breaker: CircuitBreaker::new(config.breaker.clone()),
             bandit,
+            step_seconds: 0.0,
             rng: ChaCha8Rng::seed_from_u64(config.seed),
             finished: Vec::new(),
             preemptions: 0,
@@ -411,12 +418,8 @@ impl Scheduler {
     /// Sequences the running set can still take under the policy's cap (static policies
     /// form their batches themselves: none).
     fn free_running_slots(&self) -> usize {
-        match self.config.policy {
-            BatchPolicy::Continuous { max_running, .. } | BatchPolicy::Adaptive { max_running, .. } => {
-                max_running.saturating_sub(self.running.len())
-            }
-            _ => 0,
-        }
+        // Static policies admit only into a new batch: no slot is free while one runs.
+        self.config.policy.max_running().map_or(0, |max| max.saturating_sub(self.running.len()))
     }
 
     pub fn num_running(&self) -> usize {
@@ -591,22 +594,29 @@ impl Scheduler {
         }
         let mut work = Vec::new();
         let mut limit_binding = false;
-        match self.config.policy.clone() {
-            BatchPolicy::Continuous { max_batch_tokens, max_running, chunk_size } => {
-                self.plan_iteration(now, max_batch_tokens, max_running, chunk_size, &mut plan, &mut work)
-            }
-            BatchPolicy::Adaptive { max_batch_tokens, min_running, max_running, chunk_size, .. } => {
-                let limit = match &self.bandit {
-                    Some(b) => b.limit(),
-                    // Follow demand: as many as are waiting or running, within bounds.
-                    None => (self.queue.len() + self.running.len()).clamp(min_running, max_running),
-                };
-                self.plan_iteration(now, max_batch_tokens, limit, chunk_size, &mut plan, &mut work);
-                // Demand exceeded what ran (the limit, or memory under it, held work back),
-                // and the set is not still shrinking from a larger limit.
+        let load = Load { oldest_wait: self.queue.oldest_arrival().map_or(Duration::ZERO, |a| now.since(a)), step_seconds: self.step_seconds };
+        let policy = self.config.policy.clone();
+        match policy.shape(load, self.bandit.as_ref().map(Bandit::limit)) {
+            Shape::Step(shape) => {
+                self.plan_iteration(now, shape, &mut plan, &mut work);
+                // For the bandit: demand exceeded what ran (the limit, or memory under it,
+                // held work back), and the set is not still shrinking from a larger limit.
+                let limit = shape.max_running;
                 limit_binding = self.running.len() <= limit && (self.running.len() == limit || !self.queue.is_empty());
             }
-            _ => self.plan_static(now, &mut plan, &mut work),
+            Shape::Static { capacity, max_wait, token_budget, bucket_edges } => {
+                if self.running.is_empty() {
+                    self.batch_closed = false;
+                }
+                if !self.batch_closed {
+                    self.form_static_batch(now, capacity, max_wait, token_budget, bucket_edges);
+                }
+                for id in self.running_by_importance() {
+                    let s = &self.seqs[&id];
+                    let n = s.tokens.len() - s.computed;
+                    self.schedule(id, n, &mut plan, &mut work);
+                }
+            }
         }
         if !plan.is_empty() {
             self.in_flight = Some(InFlight { step: self.step, planned_at: now, work, limit_binding });
@@ -654,15 +664,8 @@ impl Scheduler {
 
     /// Continuous batching: running sequences first (decodes, then unfinished prefills), then
     /// new ones from the queue, within the token budget and the block pool.
-    fn plan_iteration(
-        &mut self,
-        now: Time,
-        max_batch_tokens: usize,
-        max_running: usize,
-        chunk_size: usize,
-        plan: &mut StepPlan,
-        work: &mut Vec<(SeqId, usize, bool)>,
-    ) {
+    fn plan_iteration(&mut self, now: Time, shape: StepShape, plan: &mut StepPlan, work: &mut Vec<(SeqId, usize, bool)>) {
+        let StepShape { max_batch_tokens, max_running, chunk_size } = shape;
         let mut budget = max_batch_tokens;
         let mut order = self.running_by_importance();
         plan.decode.reserve(order.len());
@@ -795,47 +798,23 @@ impl Scheduler {
     }
 
     /// Static batching: when the previous batch has drained, gather a new one (waiting up to
-    /// `max_wait` for it to fill), reserve every member's full length, then run prompts whole
-    /// and decode until all finish.
-    fn plan_static(&mut self, now: Time, plan: &mut StepPlan, work: &mut Vec<(SeqId, usize, bool)>) {
-        if self.running.is_empty() {
-            self.batch_closed = false;
-        }
-        if !self.batch_closed {
-            self.form_static_batch(now);
-        }
-        for id in self.running_by_importance() {
-            let s = &self.seqs[&id];
-            let n = s.tokens.len() - s.computed;
-            self.schedule(id, n, plan, work);
-        }
-    }
-
-    fn form_static_batch(&mut self, now: Time) {
-        let (capacity, max_wait, token_budget) = match &self.config.policy {
-            BatchPolicy::Fixed { batch_size, max_wait } | BatchPolicy::Bucketed { batch_size, max_wait, .. } => {
-                (*batch_size, *max_wait, usize::MAX)
-            }
-            BatchPolicy::MemoryAware { max_batch_tokens, max_wait } => (usize::MAX, *max_wait, *max_batch_tokens),
-            _ => unreachable!("static policies only"),
-        };
+    /// `max_wait` for it to fill), reserving every member's full length; `plan` then runs
+    /// prompts whole and decodes until all finish.
+    fn form_static_batch(&mut self, now: Time, capacity: usize, max_wait: Duration, token_budget: usize, bucket_edges: Option<&[usize]>) {
         let Some(head) = self.queue.peek(now) else { return };
         let full = self.queue.len() >= capacity.min(self.config.max_waiting);
         if !full && now.since(head.arrival) < max_wait {
             return;
         }
         let bucket_of = |len: usize, edges: &[usize]| edges.iter().position(|e| len <= *e).unwrap_or(edges.len());
-        let head_bucket = match &self.config.policy {
-            BatchPolicy::Bucketed { bucket_edges, .. } => Some(bucket_of(head.prompt_len(), bucket_edges)),
-            _ => None,
-        };
+        let head_bucket = bucket_edges.map(|edges| bucket_of(head.prompt_len(), edges));
         let mut reserved = 0usize;
         let mut skipped = Vec::new();
         while self.running.len() < capacity {
             let Some(waiting) = self.queue.peek(now) else { break };
             let (id, max_len) = (waiting.id, waiting.cost());
-            if let (Some(bucket), BatchPolicy::Bucketed { bucket_edges, .. }) = (head_bucket, &self.config.policy) {
-                if bucket_of(waiting.prompt_len(), bucket_edges) != bucket {
+            if let (Some(bucket), Some(edges)) = (head_bucket, bucket_edges) {
+                if bucket_of(waiting.prompt_len(), edges) != bucket {
                     // Another bucket's request: set aside for a later batch.
                     skipped.push(self.dequeue(id, false).expect("peeked"));
                     continue;
@@ -915,6 +894,7 @@ impl Scheduler {
             }
         }
         let seconds = now.since(flight.planned_at).as_secs_f64();
+        self.step_seconds = if self.step_seconds == 0.0 { seconds } else { 0.8 * self.step_seconds + 0.2 * seconds };
         // Steps with nothing waiting, or with a set still shrinking after a switch to a
         // smaller limit, would credit the arm with throughput it did not cause.
         if let Some(bandit) = self.bandit.as_mut().filter(|_| flight.limit_binding) {

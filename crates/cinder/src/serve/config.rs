@@ -37,7 +37,8 @@ pub enum PolicyName {
     /// Requests join and leave every step; prompts run in chunks next to decodes.
     #[default]
     Continuous,
-    /// Continuous, with the running set sized from the queue within `min_running`..`max_running`.
+    /// Continuous, with small steps while nothing waits and full-size ones as requests wait
+    /// (`min_batch_tokens`..`max_batch_tokens`, `min_chunk_size`..`chunk_size`).
     Adaptive,
     /// Continuous, with the running set size learned from measured throughput.
     Bandit,
@@ -64,7 +65,9 @@ impl PolicyName {
     /// The continuous-style policies' `(max_batch_tokens, max_running, chunk_size)` defaults.
     fn step_defaults(self) -> Option<(usize, usize, usize)> {
         match self {
-            Self::Continuous | Self::Adaptive | Self::Bandit => Some((512, 64, 256)),
+            Self::Continuous | Self::Bandit => Some((512, 64, 256)),
+            // What it grows to under backlog (the simulator's continuous batching steps).
+            Self::Adaptive => Some((2048, 64, 512)),
             // BatchPolicy::latency_optimised's and throughput_optimised's (a test checks).
             Self::Latency => Some((512, 64, 128)),
             Self::Throughput => Some((8192, 512, 4096)),
@@ -82,9 +85,14 @@ pub struct SchedulerSection {
     /// Most requests running at once (continuous, adaptive, bandit, presets).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_running: Option<usize>,
-    /// Fewest the adaptive and bandit policies run when there is demand.
+    /// Fewest the bandit runs when there is demand.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_running: Option<usize>,
+    /// The adaptive policy's step budget and prompt chunk with nothing waiting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_batch_tokens: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_chunk_size: Option<usize>,
     /// Most tokens in one step (continuous-style), or prompt + max tokens of one static
     /// batch (memory_aware).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -121,6 +129,8 @@ impl Default for SchedulerSection {
             policy: PolicyName::default(),
             max_running: None,
             min_running: None,
+            min_batch_tokens: None,
+            min_chunk_size: None,
             max_batch_tokens: None,
             chunk_size: None,
             batch_size: None,
@@ -279,7 +289,8 @@ impl ServeConfig {
         let uses = |key: &str| -> bool {
             match key {
                 "max_running" | "chunk_size" => policy.step_defaults().is_some(),
-                "min_running" => matches!(policy, PolicyName::Adaptive | PolicyName::Bandit),
+                "min_running" => policy == PolicyName::Bandit,
+                "min_batch_tokens" | "min_chunk_size" => policy == PolicyName::Adaptive,
                 "max_batch_tokens" => policy.step_defaults().is_some() || policy == PolicyName::MemoryAware,
                 "batch_size" => matches!(policy, PolicyName::Fixed | PolicyName::Bucketed),
                 "max_wait_ms" => policy.step_defaults().is_none(),
@@ -290,6 +301,8 @@ impl ServeConfig {
         let given = [
             ("max_running", s.max_running.is_some()),
             ("min_running", s.min_running.is_some()),
+            ("min_batch_tokens", s.min_batch_tokens.is_some()),
+            ("min_chunk_size", s.min_chunk_size.is_some()),
             ("max_batch_tokens", s.max_batch_tokens.is_some()),
             ("chunk_size", s.chunk_size.is_some()),
             ("batch_size", s.batch_size.is_some()),
@@ -306,6 +319,10 @@ impl ServeConfig {
         }
         if uses("min_running") {
             s.min_running.get_or_insert(1);
+        }
+        if uses("min_batch_tokens") {
+            s.min_batch_tokens.get_or_insert(ADAPTIVE_MIN_STEP.0);
+            s.min_chunk_size.get_or_insert(ADAPTIVE_MIN_STEP.1);
         }
         if policy == PolicyName::MemoryAware {
             s.max_batch_tokens.get_or_insert(8192);
@@ -327,6 +344,8 @@ impl ServeConfig {
         let positive = [
             ("scheduler.max_running", s.max_running),
             ("scheduler.min_running", s.min_running),
+            ("scheduler.min_batch_tokens", s.min_batch_tokens),
+            ("scheduler.min_chunk_size", s.min_chunk_size),
             ("scheduler.max_batch_tokens", s.max_batch_tokens),
             ("scheduler.chunk_size", s.chunk_size),
             ("scheduler.batch_size", s.batch_size),
@@ -343,6 +362,16 @@ impl ServeConfig {
             && min > max
         {
             return Err(format!("`scheduler.min_running` ({min}) is above `scheduler.max_running` ({max})"));
+        }
+        for (low, high, (low_key, high_key)) in [
+            (s.min_batch_tokens, s.max_batch_tokens, ("min_batch_tokens", "max_batch_tokens")),
+            (s.min_chunk_size, s.chunk_size, ("min_chunk_size", "chunk_size")),
+        ] {
+            if let (Some(low), Some(high)) = (low, high)
+                && low > high
+            {
+                return Err(format!("`scheduler.{low_key}` ({low}) is above `scheduler.{high_key}` ({high})"));
+            }
         }
         if let Some(edges) = &s.bucket_edges
             && (edges.is_empty() || edges.windows(2).any(|w| w[0] >= w[1]))
@@ -426,15 +455,19 @@ impl ServeConfig {
                 let (max_batch_tokens, max_running, chunk_size) = step();
                 BatchPolicy::Continuous { max_batch_tokens, max_running, chunk_size }
             }
-            PolicyName::Adaptive | PolicyName::Bandit => {
+            PolicyName::Adaptive => {
                 let (max_batch_tokens, max_running, chunk_size) = step();
                 BatchPolicy::Adaptive {
+                    min_batch_tokens: s.min_batch_tokens.unwrap_or(ADAPTIVE_MIN_STEP.0),
                     max_batch_tokens,
-                    min_running: s.min_running.unwrap_or(1),
-                    max_running,
+                    min_chunk_size: s.min_chunk_size.unwrap_or(ADAPTIVE_MIN_STEP.1),
                     chunk_size,
-                    bandit: s.policy == PolicyName::Bandit,
+                    max_running,
                 }
+            }
+            PolicyName::Bandit => {
+                let (max_batch_tokens, max_running, chunk_size) = step();
+                BatchPolicy::Bandit { max_batch_tokens, min_running: s.min_running.unwrap_or(1), max_running, chunk_size }
             }
         }
     }
@@ -504,6 +537,10 @@ impl TenantConfig {
     }
 }
 
+/// The adaptive policy's `(min_batch_tokens, min_chunk_size)` defaults: the latency
+/// preset's steps.
+const ADAPTIVE_MIN_STEP: (usize, usize) = (512, 128);
+
 /// The tenant of requests when no tenants are configured, and of `--api-key`'s holder.
 pub const DEFAULT_TENANT: &str = "default";
 
@@ -551,8 +588,8 @@ mod tests {
             ("fixed", BatchPolicy::Fixed { batch_size: 8, max_wait: Duration::from_millis(50) }),
             ("bucketed", BatchPolicy::Bucketed { batch_size: 8, max_wait: Duration::from_millis(50), bucket_edges: vec![128, 512, 2048] }),
             ("memory_aware", BatchPolicy::MemoryAware { max_batch_tokens: 8192, max_wait: Duration::from_millis(50) }),
-            ("adaptive", BatchPolicy::Adaptive { max_batch_tokens: 512, min_running: 1, max_running: 64, chunk_size: 256, bandit: false }),
-            ("bandit", BatchPolicy::Adaptive { max_batch_tokens: 512, min_running: 1, max_running: 64, chunk_size: 256, bandit: true }),
+            ("adaptive", BatchPolicy::Adaptive { min_batch_tokens: 512, max_batch_tokens: 2048, min_chunk_size: 128, chunk_size: 512, max_running: 64 }),
+            ("bandit", BatchPolicy::Bandit { max_batch_tokens: 512, min_running: 1, max_running: 64, chunk_size: 256 }),
             ("latency", BatchPolicy::latency_optimised()),
             ("throughput", BatchPolicy::throughput_optimised()),
         ] {
@@ -573,7 +610,9 @@ mod tests {
             ("[scheduler]\nmax_running = -1", "max_running"),
             ("[scheduler]\nmax_running = 0", "`scheduler.max_running` must be at least 1"),
             ("[scheduler]\npolicy = \"fixed\"\nchunk_size = 64", "`scheduler.chunk_size` does not apply to policy `fixed`"),
-            ("[scheduler]\npolicy = \"adaptive\"\nmin_running = 9\nmax_running = 4", "`scheduler.min_running` (9) is above"),
+            ("[scheduler]\npolicy = \"bandit\"\nmin_running = 9\nmax_running = 4", "`scheduler.min_running` (9) is above"),
+            ("[scheduler]\npolicy = \"adaptive\"\nmin_chunk_size = 900\nchunk_size = 400", "`scheduler.min_chunk_size` (900) is above"),
+            ("[scheduler]\npolicy = \"adaptive\"\nmin_running = 2", "`scheduler.min_running` does not apply to policy `adaptive`"),
             ("[scheduler]\npolicy = \"bucketed\"\nbucket_edges = [512, 128]", "`scheduler.bucket_edges`"),
             ("[scheduler.default_deadline_ms]\nnormal = 0", "`scheduler.default_deadline_ms.normal`"),
             ("[kv_cache]\nblock_size = 12", "`kv_cache.block_size` must be a power of two"),
