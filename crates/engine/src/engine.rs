@@ -275,7 +275,8 @@ impl Engine {
                 // When every row's token is decided by its few best logits (greedy, or sampling
                 // among a small top-k, without penalties, logprobs or a grammar), the device picks those
                 // and the step reads back a few numbers per row instead of the vocabulary.
-                let deciding = plan.sampling().try_fold(1, |k, id| {
+                let forks = plan.forks.iter().map(|f| f.seq);
+                let deciding = plan.sampling().chain(forks).try_fold(1, |k, id| {
                     let active = self.active.get(&id).filter(|a| a.logprobs.is_none() && a.constraint.is_none())?;
                     Some(active.sampler.params().deciding_candidates()?.max(k))
                 });
@@ -309,43 +310,52 @@ impl Engine {
             LogitRows::TopK(candidates) => (Vec::new(), candidates),
         };
         let mut broken = Vec::new();
-        for (row, id) in plan.sampling().enumerate() {
-            let Some(active) = self.active.get_mut(&id) else { continue };
+        // Choices forking from a prompt that ends this step sample from its row too.
+        let mut forks: HashMap<SeqId, Vec<SeqId>> = HashMap::new();
+        for fork in &plan.forks {
+            forks.entry(fork.from).or_default().push(fork.seq);
+        }
+        for (row, from) in plan.sampling().enumerate() {
             let logits = logits.get(row).map(|l| &l[..vocab.min(l.len())]);
-            let non_finite = match (candidates.get(row), logits) {
+            let best = candidates.get_mut(row).map(std::mem::take);
+            let non_finite = match (&best, logits) {
                 (Some(best), _) => best.iter().any(|(_, l)| !l.is_finite()),
                 (None, Some(logits)) => logits.iter().any(|l| !l.is_finite()),
                 (None, None) => false,
             };
-            if non_finite {
-                // NaN weights or an overflow: nothing sampled from these logits means anything.
-                active.error = Some("the model produced NaN or infinite logits (corrupt weights or a numeric overflow)".into());
-                broken.push(id);
-                continue;
-            }
-            let sampled = match (candidates.get_mut(row), logits) {
-                (Some(best), _) => Ok(active.sampler.sample_candidates(std::mem::take(best))),
-                (None, Some(logits)) => match &mut active.constraint {
-                    Some(constraint) => Self::sample_constrained(&mut active.sampler, constraint, logits, &active.history),
-                    None => Ok(active.sampler.sample(logits, &active.history)),
-                },
-                (None, None) => continue,
-            };
-            let token = match sampled {
-                Ok(token) => token,
-                Err(e) => {
-                    active.error = Some(e);
+            let forked = forks.get(&from).map_or(&[][..], Vec::as_slice);
+            for &id in std::iter::once(&from).chain(forked) {
+                let Some(active) = self.active.get_mut(&id) else { continue };
+                if non_finite {
+                    // NaN weights or an overflow: nothing sampled from these logits means anything.
+                    active.error = Some("the model produced NaN or infinite logits (corrupt weights or a numeric overflow)".into());
                     broken.push(id);
                     continue;
                 }
-            };
-            let logits = logits.unwrap_or_default();
-            active.history.push(token);
-            result.sampled.push((id, token));
-            let complete = active.constraint.as_ref().is_some_and(Constraint::is_complete);
-            if Self::emit(active, &self.tokenizer, token, logits) || complete {
-                active.stopped = true;
-                result.stopped.push(id);
+                let sampled = match (best.clone(), logits) {
+                    (Some(best), _) => Ok(active.sampler.sample_candidates(best)),
+                    (None, Some(logits)) => match &mut active.constraint {
+                        Some(constraint) => Self::sample_constrained(&mut active.sampler, constraint, logits, &active.history),
+                        None => Ok(active.sampler.sample(logits, &active.history)),
+                    },
+                    (None, None) => continue,
+                };
+                let token = match sampled {
+                    Ok(token) => token,
+                    Err(e) => {
+                        active.error = Some(e);
+                        broken.push(id);
+                        continue;
+                    }
+                };
+                let logits = logits.unwrap_or_default();
+                active.history.push(token);
+                result.sampled.push((id, token));
+                let complete = active.constraint.as_ref().is_some_and(Constraint::is_complete);
+                if Self::emit(active, &self.tokenizer, token, logits) || complete {
+                    active.stopped = true;
+                    result.stopped.push(id);
+                }
             }
         }
         let outcome = StepOutcome::Ran { tokens: plan.num_tokens(), sampled: result.sampled.len() };

@@ -447,3 +447,39 @@ fn constrained_requests_follow_their_schema_and_leave_others_alone() {
     assert!(error.contains("nonsense"), "{error}");
     assert_eq!(engine.metrics(Time(0)).scheduler.kv_blocks_in_use, 0);
 }
+
+/// The choices of one request fork from one prefill: three choices of a 14-token prompt
+/// compute its 14 tokens once, share its blocks (the partly filled last one copied on
+/// write), give each seed the tokens it gives alone, and free every block at the end.
+#[test]
+fn the_choices_of_one_prompt_share_one_prefill() {
+    let mut engine = engine();
+    let clock = Clock(Cell::new(0));
+    let choice = |seed| GenerationRequest {
+        sampling: SamplingParams { temperature: 1.0, seed, ..Default::default() },
+        ignore_eos: true,
+        use_prefix_cache: false,
+        ..GenerationRequest::new(prompt(7, 14), 6)
+    };
+    let alone: Vec<Vec<u32>> = (0..3).map(|seed| run(&mut engine, vec![choice(seed)]).remove(0).tokens).collect();
+    let (senders, mut receivers): (Vec<_>, Vec<_>) = (0..3).map(|_| unbounded_channel()).unzip();
+    engine.submit_all((0..3).map(|seed| choice(seed)).zip(senders).collect(), clock.now()).unwrap();
+    let mut computed = 0;
+    while engine.has_work() {
+        if let StepOutcome::Ran { tokens, .. } = engine.step(&|| clock.now()).unwrap() {
+            computed += tokens;
+        }
+        engine.check_invariants();
+    }
+    let together: Vec<Vec<u32>> = receivers
+        .iter_mut()
+        .map(|rx| {
+            let mut out = Output::default();
+            collect(rx, &mut out);
+            out.tokens
+        })
+        .collect();
+    assert_eq!(together, alone, "each seed's tokens as alone");
+    assert_eq!(computed, 14 + 3 * 5, "the prompt once, then five decodes per choice");
+    assert_eq!(engine.metrics(clock.now()).scheduler.kv_blocks_in_use, 0);
+}

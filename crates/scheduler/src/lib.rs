@@ -50,6 +50,6 @@ pub use config::SchedulerConfig;
 pub use policy::BatchPolicy;
 pub use request::{Priority, Request, SeqId, TenantId};
 pub use scheduler::{
-    DecodeItem, FinishReason, FinishedSequence, Metrics, PrefillChunk, Scheduler, StepPlan, StepResult,
+    DecodeItem, FinishReason, FinishedSequence, ForkItem, Metrics, PrefillChunk, Scheduler, StepPlan, StepResult,
 };
 pub use time::{Duration, Time};

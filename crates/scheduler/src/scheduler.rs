@@ -42,12 +42,24 @@ pub struct DecodeItem {
     pub block_tables: Vec<Vec<BlockId>>,
 }
 
+/// A choice of a request that starts from another choice's prompt this step: once that
+/// prompt's last chunk runs, it shares every block of it (copy-on-write) and samples its
+/// first token from the same logits row, so the prompt is computed once for all choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ForkItem {
+    pub seq: SeqId,
+    /// The sequence whose prompt ends this step.
+    pub from: SeqId,
+}
+
 /// What the engine runs in one step.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct StepPlan {
     pub step: u64,
     pub prefill: Vec<PrefillChunk>,
     pub decode: Vec<DecodeItem>,
+    /// Sequences that sample from another's row this step (not in [`Self::sampling`]).
+    pub forks: Vec<ForkItem>,
     /// Copies to perform before running (copy-on-write of shared blocks).
     pub copies: Vec<BlockCopy>,
     /// Sequences whose blocks were taken back; they recompute when resumed.
@@ -82,16 +94,18 @@ pub struct StepResult {
     pub step: u64,
     /// False if the step failed; its work is discarded and retried.
     pub success: bool,
-    /// The token sampled for each sequence in [`StepPlan::sampling`].
+    /// The token sampled for each sequence in [`StepPlan::sampling`] and [`StepPlan::forks`].
     pub sampled: Vec<(SeqId, u32)>,
     /// Sequences the engine ended (an end-of-generation token, a stop string).
     pub stopped: Vec<SeqId>,
 }
 
 impl StepResult {
-    /// A successful result sampling `sample(seq)` for every sequence that samples.
+    /// A successful result sampling `sample(seq)` for every sequence that samples (forks
+    /// included).
     pub fn sampled(plan: &StepPlan, mut sample: impl FnMut(SeqId) -> u32) -> Self {
-        Self { step: plan.step, success: true, sampled: plan.sampling().map(|s| (s, sample(s))).collect(), stopped: Vec::new() }
+        let sampling = plan.sampling().chain(plan.forks.iter().map(|f| f.seq));
+        Self { step: plan.step, success: true, sampled: sampling.map(|s| (s, sample(s))).collect(), stopped: Vec::new() }
     }
 
     pub fn failed(plan: &StepPlan) -> Self {
@@ -169,6 +183,9 @@ struct Waiting {
     /// The request; a preempted one's prompt is followed by what it generated so far.
     request: Request,
     progress: Option<Box<Progress>>,
+    /// Another choice of the same request with the same prompt, which this one forks from
+    /// once that prompt is computed.
+    fork_of: Option<SeqId>,
 }
 
 /// What a preempted sequence had achieved, kept while it waits to recompute.
@@ -267,7 +284,9 @@ impl Sequence {
             first_token: self.first_token,
             preemptions: self.preemptions,
         };
-        Waiting { id, request_of: self.request_of, arrival: self.arrival, request: self.request, progress: Some(Box::new(progress)) }
+        // A preempted sequence recomputes its own tokens: it forks from nobody.
+        let progress = Some(Box::new(progress));
+        Waiting { id, request_of: self.request_of, arrival: self.arrival, request: self.request, progress, fork_of: None }
     }
 
     fn generated(&self) -> usize {
@@ -303,6 +322,9 @@ struct InFlight {
     /// The step ran under the bandit's current limit with more work waiting than it ran,
     /// so its throughput says something about that limit.
     limit_binding: bool,
+    /// The choices forking this step ([`StepPlan::forks`]), out of the queue until the step
+    /// lands: they start running if it succeeds and wait again if it does not.
+    forks: Vec<Box<Waiting>>,
 }
 
 /// See the crate documentation.
@@ -386,9 +408,10 @@ impl Scheduler {
         self.seqs.is_empty() && self.queue.is_empty()
     }
 
-    /// Waiting sequences (each choice of a request is one).
+    /// Waiting sequences (each choice of a request is one; choices forking in the step in
+    /// flight count until it lands).
     pub fn num_waiting(&self) -> usize {
-        self.queue.len()
+        self.queue.len() + self.in_flight.as_ref().map_or(0, |f| f.forks.len())
     }
 
     /// Requests with a sequence waiting: what `max_waiting` limits.
@@ -496,12 +519,15 @@ impl Scheduler {
         }
 
         let request_of = SeqId(self.next_id);
+        let first_prompt = requests[0].prompt.clone();
         let ids: Vec<SeqId> = requests
             .into_iter()
             .map(|request| {
                 let id = SeqId(self.next_id);
                 self.next_id += 1;
-                self.enqueue(Box::new(Waiting { id, request_of, arrival: now, request, progress: None }));
+                // The other choices of one prompt fork from the first once it is computed.
+                let fork_of = (id != request_of && request.prompt == first_prompt).then_some(request_of);
+                self.enqueue(Box::new(Waiting { id, request_of, arrival: now, request, progress: None, fork_of }));
                 id
             })
             .collect();
@@ -534,7 +560,8 @@ impl Scheduler {
 
     /// Ends a sequence now, waiting or running; its blocks are freed. Unknown ids are ignored.
     pub fn abort(&mut self, id: SeqId, now: Time) -> bool {
-        if let Some(waiting) = self.dequeue(id, false) {
+        let forking = self.in_flight.as_mut().and_then(|f| Some(f.forks.remove(f.forks.iter().position(|w| w.id == id)?)));
+        if let Some(waiting) = forking.or_else(|| self.dequeue(id, false)) {
             self.finished.push(Sequence::start(*waiting, None).into_finished(id, FinishReason::Cancelled, now));
             return true;
         }
@@ -593,12 +620,13 @@ impl Scheduler {
             return plan;
         }
         let mut work = Vec::new();
+        let mut forks = Vec::new();
         let mut limit_binding = false;
         let load = Load { oldest_wait: self.queue.oldest_arrival().map_or(Duration::ZERO, |a| now.since(a)), step_seconds: self.step_seconds };
         let policy = self.config.policy.clone();
         match policy.shape(load, self.bandit.as_ref().map(Bandit::limit)) {
             Shape::Step(shape) => {
-                self.plan_iteration(now, shape, &mut plan, &mut work);
+                self.plan_iteration(now, shape, &mut plan, &mut work, &mut forks);
                 // For the bandit: demand exceeded what ran (the limit, or memory under it,
                 // held work back), and the set is not still shrinking from a larger limit.
                 let limit = shape.max_running;
@@ -619,7 +647,7 @@ impl Scheduler {
             }
         }
         if !plan.is_empty() {
-            self.in_flight = Some(InFlight { step: self.step, planned_at: now, work, limit_binding });
+            self.in_flight = Some(InFlight { step: self.step, planned_at: now, work, limit_binding, forks });
             self.step += 1;
         }
         plan
@@ -664,7 +692,14 @@ impl Scheduler {
 
     /// Continuous batching: running sequences first (decodes, then unfinished prefills), then
     /// new ones from the queue, within the token budget and the block pool.
-    fn plan_iteration(&mut self, now: Time, shape: StepShape, plan: &mut StepPlan, work: &mut Vec<(SeqId, usize, bool)>) {
+    fn plan_iteration(
+        &mut self,
+        now: Time,
+        shape: StepShape,
+        plan: &mut StepPlan,
+        work: &mut Vec<(SeqId, usize, bool)>,
+        forks: &mut Vec<Box<Waiting>>,
+    ) {
         let StepShape { max_batch_tokens, max_running, chunk_size } = shape;
         let mut budget = max_batch_tokens;
         let mut order = self.running_by_importance();
@@ -731,9 +766,14 @@ impl Scheduler {
             self.preempt(victim, plan);
             return;
         }
-        // New sequences.
-        while budget > 0 && self.running.len() < max_running {
+        // New sequences, and choices that fork from a prompt ending this step.
+        while budget > 0 && self.running.len() + forks.len() < max_running {
             let Some(id) = self.queue.peek(now).map(|w| w.id) else { break };
+            if let Some(from) = self.fork_source(id, work) {
+                plan.forks.push(ForkItem { seq: id, from });
+                forks.push(self.dequeue(id, true).expect("peeked"));
+                continue;
+            }
             // A sequence preempted for memory in this step does not come straight back.
             if plan.preempted.contains(&id) || self.admission_waits(id) || !self.admit(id, budget.min(chunk_size), now) {
                 break;
@@ -758,12 +798,28 @@ impl Scheduler {
     /// requests sharing a system prompt) share their prompt's blocks. A running prompt
     /// always progresses or is preempted, so the wait ends.
     fn admission_waits(&self, id: SeqId) -> bool {
-        let request = &self.queue.get(id).expect("queued sequence exists").request;
+        let waiting = self.queue.get(id).expect("queued sequence exists");
+        // A choice waits for the choice it forks from until that one's prompt is computed
+        // (it waits in the queue ahead of this one, or its prompt is running).
+        if let Some(from) = waiting.fork_of
+            && (self.queue.contains(from) || self.seqs.get(&from).is_some_and(|s| s.generated() == 0))
+        {
+            return true;
+        }
+        let request = &waiting.request;
         if !request.use_prefix_cache {
             return false;
         }
         let Some(first) = self.first_cacheable_block(&request.prompt) else { return false };
         self.running.iter().any(|(_, running)| self.seqs[running].prefilling_first_block == Some(first))
+    }
+
+    /// The sequence the waiting choice `id` forks from this step: the one it was submitted
+    /// with, whose prompt's last chunk is in this step's `work`.
+    fn fork_source(&self, id: SeqId, work: &[(SeqId, usize, bool)]) -> Option<SeqId> {
+        let from = self.queue.get(id)?.fork_of?;
+        let ends_prompt = |&&(seq, _, samples): &&(SeqId, usize, bool)| seq == from && samples;
+        (work.iter().any(|w| ends_prompt(&w)) && self.seqs.get(&from)?.generated() == 0).then_some(from)
     }
 
     /// Takes a waiting sequence into the running set with blocks for its first `chunk`
@@ -852,6 +908,9 @@ impl Scheduler {
             // Nothing advances: the reserved blocks stay, and the next plan runs the same
             // tokens again, unless a sequence has failed too often.
             self.failed_steps += 1;
+            for waiting in flight.forks {
+                self.enqueue(waiting);
+            }
             for (id, ..) in flight.work {
                 let Some(seq) = self.seqs.get_mut(&id) else { continue };
                 seq.failed_attempts += 1;
@@ -863,6 +922,7 @@ impl Scheduler {
         }
         let sampled: IdMap<SeqId, u32> = result.sampled.into_iter().collect();
         let mut generated = 0usize;
+        let mut forks = flight.forks;
         for (id, n, samples) in flight.work {
             let Some(seq) = self.seqs.get_mut(&id) else { continue };
             seq.failed_attempts = 0;
@@ -882,10 +942,17 @@ impl Scheduler {
                 generated += 1;
             }
             self.register_full_blocks(id);
+            if samples && self.seqs[&id].generated() == 1 {
+                generated += self.start_forks(id, &mut forks, &sampled, now);
+            }
             let seq = &self.seqs[&id];
             if seq.generated() >= seq.request.max_new_tokens {
                 self.finish(id, FinishReason::Length, now);
             }
+        }
+        // Forks whose source produced no token this step wait again.
+        for waiting in forks {
+            self.enqueue(waiting);
         }
         for id in result.stopped {
             // Only running sequences have tokens the engine could stop on.
@@ -900,6 +967,34 @@ impl Scheduler {
         if let Some(bandit) = self.bandit.as_mut().filter(|_| flight.limit_binding) {
             bandit.observe(generated, seconds, &mut self.rng);
         }
+    }
+
+    /// Starts the choices forking from `from`, whose prompt just got its first token: each
+    /// shares its blocks and takes its own sampled token. Returns how many started.
+    fn start_forks(&mut self, from: SeqId, forks: &mut Vec<Box<Waiting>>, sampled: &IdMap<SeqId, u32>, now: Time) -> usize {
+        let mut started = 0;
+        let mut i = 0;
+        while i < forks.len() {
+            let Some(&token) = sampled.get(&forks[i].id).filter(|_| forks[i].fork_of == Some(from)) else {
+                i += 1;
+                continue;
+            };
+            let waiting = forks.swap_remove(i);
+            let id = waiting.id;
+            let source = self.seqs.get_mut(&from).expect("the source is running");
+            let (blocks, computed, registered) = (source.blocks.fork(), source.prompt_len, source.registered);
+            let mut seq = Sequence::start(*waiting, Some(now));
+            (seq.blocks, seq.computed, seq.registered) = (blocks, computed, registered);
+            seq.tokens.push(token);
+            seq.first_token = Some(now);
+            let done = seq.generated() >= seq.request.max_new_tokens;
+            self.add_running(id, seq);
+            if done {
+                self.finish(id, FinishReason::Length, now);
+            }
+            started += 1;
+        }
+        started
     }
 
     /// Adds the sequence's newly completed full blocks to the prefix cache.

@@ -474,7 +474,8 @@ fn weighted_fair_sharing_under_backlog() {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
-    /// Random submissions, steps (some failing, some stopping sequences) and aborts never
+    /// Random submissions (some of several choices), steps (some failing, some stopping
+    /// sequences) and aborts never
     /// leak or double-free a block, never exceed the token budget or the pool, and every
     /// block is free once every sequence is gone; also with layer groups of which some have
     /// a sliding window (their blocks behind it released while sequences run).
@@ -499,9 +500,11 @@ proptest! {
             match op {
                 0 | 1 => {
                     // Prompts share prefixes often: lengths vary, content depends on the tenant.
+                    // Op 1 submits several choices of one prompt, which fork from one prefill.
                     let request = Request::new(prompt(len, tenant), new).with_tenant(TenantId(tenant)).with_priority(Priority::from_level(prio));
-                    if let Ok(id) = s.submit(request, now) {
-                        ids.push(id);
+                    let choices = if op == 1 { 1 + prio % 3 } else { 1 };
+                    if let Ok(new_ids) = s.submit_all(vec![request; choices], now) {
+                        ids.extend(new_ids);
                     }
                 }
                 2 | 3 | 4 => {
