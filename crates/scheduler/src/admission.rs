@@ -1,9 +1,11 @@
 //! Who gets in: per-tenant token buckets, load levels that shed the lowest priorities first,
 //! and a circuit breaker that stops admitting work while steps keep failing.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use crate::{Duration, Priority, Time};
+use crate::{Duration, Priority, SchedulerConfig, TenantId, Time};
 
 /// Why a request was turned away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -221,6 +223,105 @@ impl CircuitBreaker {
         if self.state == BreakerState::HalfOpen || self.consecutive_failures >= self.config.threshold {
             self.state = BreakerState::Open { until: now + self.config.cooldown };
         }
+    }
+}
+
+/// Who gets in: the circuit breaker, load shedding, the queue limit and the tenants' token
+/// buckets, checked in that order, with counts of what was refused and why. The scheduler
+/// measures the load; this decides.
+#[derive(Debug)]
+pub struct Admission {
+    load: LoadConfig,
+    max_waiting: usize,
+    rate_limits: BTreeMap<u32, RateLimit>,
+    default_rate_limit: RateLimit,
+    buckets: BTreeMap<TenantId, (TokenBucket, TokenBucket)>,
+    breaker: CircuitBreaker,
+    rejections: BTreeMap<RejectionReason, u64>,
+}
+
+/// A request as admission sees it: all its sequences together.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Applicant {
+    pub tenant: TenantId,
+    /// The least urgent priority among its sequences (the one shedding reaches first).
+    pub priority: Priority,
+    /// Prompt plus most new tokens, over its sequences.
+    pub tokens: usize,
+}
+
+impl Admission {
+    pub fn new(config: &SchedulerConfig) -> Self {
+        Self {
+            load: config.load.clone(),
+            max_waiting: config.max_waiting,
+            rate_limits: config.rate_limits.clone(),
+            default_rate_limit: config.default_rate_limit.clone(),
+            buckets: BTreeMap::new(),
+            breaker: CircuitBreaker::new(config.breaker.clone()),
+            rejections: BTreeMap::new(),
+        }
+    }
+
+    /// A refusal, counted.
+    pub fn reject(&mut self, reason: RejectionReason, message: String, retry_after: Option<Duration>) -> Rejection {
+        *self.rejections.entry(reason).or_default() += 1;
+        Rejection { reason, message, retry_after }
+    }
+
+    /// The load level of these signals (see [`LoadConfig::level`]).
+    pub fn level(&self, queue_frac: f64, kv_frac: f64, oldest_wait: Duration) -> LoadLevel {
+        self.load.level(queue_frac, kv_frac, oldest_wait)
+    }
+
+    /// Whether steps may run now: not while the breaker is open.
+    pub fn steps_allowed(&mut self, now: Time) -> bool {
+        !matches!(self.breaker.state(now), BreakerState::Open { .. })
+    }
+
+    /// Records how a step went, for the breaker.
+    pub fn record_step(&mut self, success: bool, now: Time) {
+        self.breaker.record(success, now);
+    }
+
+    /// Lets `applicant` in at load `level` with `waiting` requests queued, taking its
+    /// request and tokens from its tenant's buckets; or says why not and when to retry.
+    pub fn admit(&mut self, applicant: Applicant, level: LoadLevel, waiting: usize, now: Time) -> Result<(), Rejection> {
+        if let BreakerState::Open { until } = self.breaker.state(now) {
+            let message = "the engine is failing; not accepting requests for now".to_owned();
+            return Err(self.reject(RejectionReason::CircuitOpen, message, Some(until.since(now))));
+        }
+        if !level.admits(applicant.priority) {
+            let message = format!("overloaded ({level:?}): {} priority requests are shed", applicant.priority.name());
+            let retry = Duration::from_millis(500 << (level as u32).min(5));
+            return Err(self.reject(RejectionReason::Overloaded, message, Some(retry)));
+        }
+        if waiting >= self.max_waiting {
+            let message = format!("the queue is full ({waiting} requests waiting)");
+            return Err(self.reject(RejectionReason::QueueFull, message, Some(Duration::from_millis(1_000))));
+        }
+        let tenant = applicant.tenant;
+        let limit = self.rate_limits.get(&tenant.0).unwrap_or(&self.default_rate_limit).clone();
+        let (request_bucket, token_bucket) = self.buckets.entry(tenant).or_insert_with(|| {
+            (TokenBucket::new(limit.requests_per_s, limit.request_burst), TokenBucket::new(limit.tokens_per_s, limit.token_burst))
+        });
+        let limited = match request_bucket.try_take(1.0, now) {
+            Err(wait) => Some(("request", wait)),
+            Ok(()) => token_bucket.try_take(applicant.tokens as f64, now).err().map(|wait| {
+                request_bucket.give_back(1.0);
+                ("token", wait)
+            }),
+        };
+        if let Some((what, wait)) = limited {
+            let message = format!("tenant {} exceeds its {what} rate", tenant.0);
+            return Err(self.reject(RejectionReason::RateLimited, message, Some(wait)));
+        }
+        Ok(())
+    }
+
+    /// Requests refused so far, by reason.
+    pub fn rejections(&self) -> &BTreeMap<RejectionReason, u64> {
+        &self.rejections
     }
 }
 

@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::admission::{BreakerState, CircuitBreaker, TokenBucket};
+use crate::admission::{Admission, Applicant};
 use crate::blocks::{BlockCopy, BlockId, BlockManager, CacheStats, SequenceBlocks, group_hash, prefix_hashes};
 use crate::policy::{Bandit, Load, Shape, StepShape};
 use crate::queue::{Queued, WaitingQueue};
@@ -347,15 +347,13 @@ pub struct Scheduler {
     in_flight: Option<InFlight>,
     /// Static policies: the batch in progress admits nobody until it drains.
     batch_closed: bool,
-    buckets: BTreeMap<TenantId, (TokenBucket, TokenBucket)>,
-    breaker: CircuitBreaker,
+    admission: Admission,
     bandit: Option<Bandit>,
     /// Recent step time, seconds (an exponential average of planned-to-completed).
     step_seconds: f64,
     rng: ChaCha8Rng,
     finished: Vec<FinishedSequence>,
     preemptions: u64,
-    rejections: BTreeMap<RejectionReason, u64>,
     tenant_tokens: BTreeMap<u32, u64>,
     failed_steps: u64,
 }
@@ -381,14 +379,12 @@ impl Scheduler {
             step: 0,
             in_flight: None,
             batch_closed: false,
-            buckets: BTreeMap::new(),
-            breaker: CircuitBreaker::new(config.breaker.clone()),
+            admission: Admission::new(&config),
             bandit,
             step_seconds: 0.0,
             rng: ChaCha8Rng::seed_from_u64(config.seed),
             finished: Vec::new(),
             preemptions: 0,
-            rejections: BTreeMap::new(),
             tenant_tokens: BTreeMap::new(),
             failed_steps: 0,
             config,
@@ -450,8 +446,7 @@ impl Scheduler {
     }
 
     fn reject(&mut self, reason: RejectionReason, message: String, retry_after: Option<Duration>) -> Rejection {
-        *self.rejections.entry(reason).or_default() += 1;
-        Rejection { reason, message, retry_after }
+        self.admission.reject(reason, message, retry_after)
     }
 
     /// The load level now, from the backlog (waiting requests beyond what the running set
@@ -464,7 +459,7 @@ impl Scheduler {
         let contended = !self.queue.is_empty() || self.blocks.available() <= self.config.watermark_blocks;
         let kv_frac = if contended { self.blocks.in_use() as f64 / self.config.num_blocks.max(1) as f64 } else { 0.0 };
         let oldest = self.queue.oldest_arrival().map_or(Duration::ZERO, |a| now.since(a));
-        self.config.load.level(queue_frac, kv_frac, oldest)
+        self.admission.level(queue_frac, kv_frac, oldest)
     }
 
     /// Admits a request to the waiting queue, or says why not.
@@ -482,40 +477,17 @@ impl Scheduler {
         for request in &requests {
             self.check_fits(request)?;
         }
-        if let BreakerState::Open { until } = self.breaker.state(now) {
-            let message = "the engine is failing; not accepting requests for now".to_owned();
-            return Err(self.reject(RejectionReason::CircuitOpen, message, Some(until.since(now))));
-        }
+        let applicant = Applicant {
+            tenant: requests[0].tenant,
+            priority: requests.iter().map(|r| r.priority).max().expect("not empty"),
+            tokens: requests.iter().map(Request::max_len).sum(),
+        };
         let level = self.load_level(now);
-        if let Some(shed) = requests.iter().map(|r| r.priority).filter(|p| !level.admits(*p)).max() {
-            let message = format!("overloaded ({level:?}): {} priority requests are shed", shed.name());
-            let retry = Duration::from_millis(500 << (level as u32).min(5));
-            return Err(self.reject(RejectionReason::Overloaded, message, Some(retry)));
-        }
-        if self.num_waiting_requests() >= self.config.max_waiting {
-            let message = format!("the queue is full ({} requests waiting)", self.num_waiting_requests());
-            return Err(self.reject(RejectionReason::QueueFull, message, Some(Duration::from_millis(1_000))));
-        }
-        let tenant = requests[0].tenant;
+        let waiting = self.num_waiting_requests();
+        self.admission.admit(applicant, level, waiting, now)?;
         let mut requests = requests;
         for request in &mut requests {
             request.max_wait = request.max_wait.or_else(|| self.config.default_deadlines.get(&request.priority).copied());
-        }
-        let limit = self.config.rate_limits.get(&tenant.0).unwrap_or(&self.config.default_rate_limit).clone();
-        let (request_bucket, token_bucket) = self.buckets.entry(tenant).or_insert_with(|| {
-            (TokenBucket::new(limit.requests_per_s, limit.request_burst), TokenBucket::new(limit.tokens_per_s, limit.token_burst))
-        });
-        let tokens: usize = requests.iter().map(Request::max_len).sum();
-        let limited = match request_bucket.try_take(1.0, now) {
-            Err(wait) => Some(("request", wait)),
-            Ok(()) => token_bucket.try_take(tokens as f64, now).err().map(|wait| {
-                request_bucket.give_back(1.0);
-                ("token", wait)
-            }),
-        };
-        if let Some((what, wait)) = limited {
-            let message = format!("tenant {} exceeds its {what} rate", tenant.0);
-            return Err(self.reject(RejectionReason::RateLimited, message, Some(wait)));
         }
 
         let request_of = SeqId(self.next_id);
@@ -616,7 +588,7 @@ impl Scheduler {
     pub fn plan(&mut self, now: Time) -> StepPlan {
         self.expire(now);
         let mut plan = StepPlan { step: self.step, ..Default::default() };
-        if self.in_flight.is_some() || matches!(self.breaker.state(now), BreakerState::Open { .. }) {
+        if self.in_flight.is_some() || !self.admission.steps_allowed(now) {
             return plan;
         }
         let mut work = Vec::new();
@@ -903,7 +875,7 @@ impl Scheduler {
             self.in_flight = Some(flight);
             return;
         }
-        self.breaker.record(result.success, now);
+        self.admission.record_step(result.success, now);
         if !result.success {
             // Nothing advances: the reserved blocks stay, and the next plan runs the same
             // tokens again, unless a sequence has failed too often.
@@ -1042,7 +1014,7 @@ impl Scheduler {
             kv_usage: in_use as f64 / self.config.num_blocks.max(1) as f64,
             prefix_cache: self.blocks.stats(),
             preemptions: self.preemptions,
-            rejections: self.rejections.clone(),
+            rejections: self.admission.rejections().clone(),
             tenant_tokens: self.tenant_tokens.clone(),
             load_level: self.load_level(now),
             steps: self.step,
