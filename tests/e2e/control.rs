@@ -438,3 +438,32 @@ fn twenty_schemas_hold_on_the_real_model() {
     let arguments: serde_json::Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
     assert!(arguments["city"].is_string(), "{answer}");
 }
+
+/// A noisy tenant held to one request at a time sends ten at once next to a quiet tenant
+/// (the real model, the OpenAI Python client): the excess gets 429 and the quiet tenant is
+/// served throughout. Prints the quiet tenant's TTFT p95 alone and under the noise (the
+/// README's number; timing is reported, not asserted).
+#[test]
+fn a_noisy_tenant_is_held_to_its_share() {
+    let file = write_config(
+        "isolation",
+        "[[tenants]]\nname = \"quiet\"\napi_keys = [\"sk-quiet\"]\n\n[[tenants]]\nname = \"noisy\"\napi_keys = [\"sk-noisy\"]\nmax_concurrent = 1\n",
+    );
+    let server = Server::start(&crate::real_model_path(), &["--config", arg(&file), "--served-model-name", "smollm2", "--api-key", "admin"]);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/tenant_isolation.py");
+    let output = Command::new(crate::serve::python())
+        .arg(script)
+        .args([&format!("http://{}/v1", server.address), "smollm2", "sk-quiet", "sk-noisy", "10"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "the isolation client failed:\n{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    for phase in ["quiet_alone_s", "quiet_with_noise_s"] {
+        assert!(report[phase].as_array().unwrap().iter().all(|t| t.as_f64().is_some()), "every quiet request streamed: {report}");
+    }
+    assert!(report["noisy"]["answered"].as_u64().unwrap() >= 1 && report["noisy"]["refused"].as_u64().unwrap() >= 1, "{report}");
+    let (alone, noisy) = (report["p95_alone_s"].as_f64().unwrap(), report["p95_with_noise_s"].as_f64().unwrap());
+    println!("quiet tenant TTFT p95: alone {alone:.3} s, next to the noisy tenant {noisy:.3} s ({:.2}x)", noisy / alone);
+    assert!(server.metric("request_rejected_total{reason=\"too_many_concurrent_requests\",tenant=\"noisy\"}") >= 1.0);
+}

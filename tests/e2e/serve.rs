@@ -113,7 +113,7 @@ pub(crate) fn tiny_model(test: &str) -> PathBuf {
     path
 }
 
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     let home = std::env::var_os("CINDER_HOME").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/cinder")
     });
