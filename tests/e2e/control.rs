@@ -95,7 +95,7 @@ fn tenants_are_told_apart_by_key_and_held_to_their_limits() {
         let bearer = format!("Bearer {key}");
         server.request("POST", "/v1/completions", &[("Authorization", &bearer)], body)
     };
-    let short = r#"{"prompt": "hi", "max_tokens": 2}"#;
+    let short = r#"{"prompt": "hi", "max_tokens": 2, "ignore_eos": true}"#;
 
     assert_eq!(server.post("/v1/completions", short).status, 401, "no key");
     assert_eq!(as_key("sk-carol", short).status, 401, "unknown key");
@@ -103,7 +103,7 @@ fn tenants_are_told_apart_by_key_and_held_to_their_limits() {
 
     // Alice asks for critical and runs at normal; her second request within 5 s is over
     // her rate, and the answer says when to come back.
-    let r = as_key("sk-alice", r#"{"prompt": "hi", "max_tokens": 2, "priority": "critical", "user": "someone"}"#);
+    let r = as_key("sk-alice", r#"{"prompt": "hi", "max_tokens": 2, "ignore_eos": true, "priority": "critical", "user": "someone"}"#);
     assert_eq!(r.status, 200, "{}", r.body);
     let limited = as_key("sk-alice", short);
     assert_eq!(limited.status, 429, "{}", limited.body);

@@ -1,5 +1,6 @@
 //! OpenAI's request bodies for completions and chat completions, parsed and checked the same
-//! way wherever they arrive: over HTTP (`cinder serve`) or from a web page (`cinder-wasm`).
+//! way wherever they arrive: over HTTP (`cinder serve`) or from a web page (`cinder-wasm`);
+//! [`response`] builds what goes back.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +11,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::{Constraint, GenerationRequest, Grammars};
+
+pub mod response;
 
 /// Why a request body was refused, and the field at fault (OpenAI's `param`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

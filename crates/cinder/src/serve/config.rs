@@ -350,7 +350,6 @@ impl ServeConfig {
             ("scheduler.chunk_size", s.chunk_size),
             ("scheduler.batch_size", s.batch_size),
             ("scheduler.max_waiting", Some(s.max_waiting)),
-            ("kv_cache.size_mb", Some(self.kv_cache.size_mb)),
             ("kv_cache.block_size", Some(self.kv_cache.block_size)),
             ("breaker.failures", Some(self.breaker.failures as usize)),
             ("breaker.max_step_attempts", Some(self.breaker.max_step_attempts as usize)),

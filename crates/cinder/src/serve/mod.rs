@@ -222,7 +222,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let kv_bytes = serve_config.kv_cache.size_mb << 20;
     let base = serve_config.scheduler_config(config.context_length);
     let scheduler = Engine::sized_config(&config, kv_bytes, cinder_model::max_binding_bytes(&device), base)
-        .map_err(|e| anyhow::anyhow!("--kv-cache-mb: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("--kv-cache-mb (kv_cache.size_mb): {e}"))?;
     let (num_blocks, context_length) = (scheduler.num_blocks, scheduler.max_seq_len);
     let engine = Engine::new(model, tokenizer.clone(), scheduler).context("allocating the KV cache")?;
     eprintln!(

@@ -23,6 +23,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::{Stream, StreamMap};
 
+use cinder_engine::openai::response::{self, Body, Content, Endpoint, Message, Output, Usage};
 use cinder_engine::openai::{GenerationBody, Limits, ToolCall, ToolOutput, finish_reason, parse, parse_tool_calls};
 use cinder_scheduler::{FinishReason, TenantId};
 
@@ -54,12 +55,6 @@ pub struct AppState {
 
 pub type Shared = Arc<AppState>;
 
-/// Which endpoint a generation came through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Completion,
-    Chat,
-}
 
 /// The API routes' door: the bearer key names the tenant (a missing or unknown key is a
 /// 401 when keys are configured), which the handlers get as an extension.
@@ -137,7 +132,7 @@ pub async fn completions(
     Extension(tenant): Extension<Arc<Tenant>>,
     body: Result<RequestBody, ApiError>,
 ) -> Response {
-    generate(s, tenant, Kind::Completion, body).await
+    generate(s, tenant, Endpoint::Completion, body).await
 }
 
 pub async fn chat_completions(
@@ -145,10 +140,10 @@ pub async fn chat_completions(
     Extension(tenant): Extension<Arc<Tenant>>,
     body: Result<RequestBody, ApiError>,
 ) -> Response {
-    generate(s, tenant, Kind::Chat, body).await
+    generate(s, tenant, Endpoint::Chat, body).await
 }
 
-async fn generate(s: Shared, tenant: Arc<Tenant>, kind: Kind, body: Result<RequestBody, ApiError>) -> Response {
+async fn generate(s: Shared, tenant: Arc<Tenant>, kind: Endpoint, body: Result<RequestBody, ApiError>) -> Response {
     match start(&s, &tenant, kind, body).await {
         Ok(run) if run.stream => stream(s, run).into_response(),
         Ok(run) => reply(&s, &tenant, collect(&s, run).await),
@@ -158,7 +153,7 @@ async fn generate(s: Shared, tenant: Arc<Tenant>, kind: Kind, body: Result<Reque
 
 /// A generation in flight: one receiver per choice.
 struct Run {
-    kind: Kind,
+    kind: Endpoint,
     id: String,
     /// When the request arrived, in Unix seconds (OpenAI's `created`).
     created: u64,
@@ -185,28 +180,19 @@ impl Run {
         (self.tool_output != ToolOutput::Text).then(|| parse_tool_calls(output)).flatten()
     }
 
-    /// OpenAI's `tool_calls` of choice `choice` (with each call's `index` in a stream).
-    fn tool_calls_json(&self, choice: usize, calls: &[ToolCall], streamed: bool) -> Value {
-        let id = self.id.split_once('-').map_or(self.id.as_str(), |(_, id)| id);
-        calls
-            .iter()
-            .enumerate()
-            .map(|(i, call)| {
-                let mut json = json!({
-                    "id": format!("call_{id}_{choice}_{i}"),
-                    "type": "function",
-                    "function": {"name": call.name, "arguments": call.arguments},
-                });
-                if streamed {
-                    json["index"] = i.into();
-                }
-                json
-            })
-            .collect()
+    /// A body around `choices`: a response, or a chunk when `chunk`.
+    fn body<'a>(&'a self, model: &'a str, choices: Vec<response::Choice>, chunk: bool) -> Body<'a> {
+        let object = if chunk { self.kind.chunk_object() } else { self.kind.object() };
+        Body { id: &self.id, object, created: self.created, model, choices, usage: None, prompt_token_ids: None }
+    }
+
+    /// Chat with `return_token_ids` gives the prompt's ids once, at the top.
+    fn chat_prompt_ids(&self) -> Option<&[u32]> {
+        (self.return_token_ids && self.kind == Endpoint::Chat).then(|| self.prompts[0].as_slice())
     }
 }
 
-async fn start(s: &Shared, tenant: &Arc<Tenant>, kind: Kind, body: Result<RequestBody, ApiError>) -> Result<Run, ApiError> {
+async fn start(s: &Shared, tenant: &Arc<Tenant>, kind: Endpoint, body: Result<RequestBody, ApiError>) -> Result<Run, ApiError> {
     if s.shutting_down.load(Ordering::Relaxed) {
         return Err(ApiError::shutting_down());
     }
@@ -215,14 +201,14 @@ async fn start(s: &Shared, tenant: &Arc<Tenant>, kind: Kind, body: Result<Reques
         return Err(ApiError::model_not_found(model));
     }
     let prompts = match kind {
-        Kind::Completion => body.completion_prompts(&s.tokenizer)?,
-        Kind::Chat => vec![body.chat_prompt(&s.tokenizer, s.template.as_ref())?],
+        Endpoint::Completion => body.completion_prompts(&s.tokenizer)?,
+        Endpoint::Chat => vec![body.chat_prompt(&s.tokenizer, s.template.as_ref())?],
     };
     if body.echo == Some(true) {
         return Err(ApiError::invalid("`echo` is not supported", Some("echo")));
     }
     let n = body.n()?;
-    let logprobs = body.logprobs(kind == Kind::Chat)?;
+    let logprobs = body.logprobs(kind == Endpoint::Chat)?;
     let priority = tenant.priority(body.priority.is_some().then(|| body.priority()).transpose()?)?;
     let id = s.next_id.fetch_add(1, Ordering::Relaxed);
     // Without a seed, each request draws its own; choices of one request differ by index.
@@ -232,11 +218,11 @@ async fn start(s: &Shared, tenant: &Arc<Tenant>, kind: Kind, body: Result<Reques
     for prompt in &prompts {
         if prompt.len() > s.max_prompt_tokens {
             let message = format!("the prompt has {} tokens; this server takes at most {}", prompt.len(), s.max_prompt_tokens);
-            return Err(ApiError::invalid(message, Some(if kind == Kind::Chat { "messages" } else { "prompt" })));
+            return Err(ApiError::invalid(message, Some(if kind == Endpoint::Chat { "messages" } else { "prompt" })));
         }
-        requests.extend(body.requests(prompt, kind == Kind::Chat, limits, seed)?);
+        requests.extend(body.requests(prompt, kind == Endpoint::Chat, limits, seed)?);
     }
-    let (constraint, tool_output) = body.output_constraint(&s.grammars, kind == Kind::Chat)?;
+    let (constraint, tool_output) = body.output_constraint(&s.grammars, kind == Endpoint::Chat)?;
     for request in &mut requests {
         (request.tenant, request.priority) = (tenant.id, priority);
         request.constraint = constraint.clone();
@@ -244,7 +230,7 @@ async fn start(s: &Shared, tenant: &Arc<Tenant>, kind: Kind, body: Result<Reques
     let in_flight = tenant.enter()?;
     // Every choice of every prompt is admitted together, or the request is refused.
     let receivers = s.worker.submit(requests).await?;
-    let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
+    let prefix = kind.id_prefix();
     Ok(Run {
         kind,
         id: format!("{prefix}-{:x}{id:08x}", s.started),
@@ -268,14 +254,14 @@ fn random_seed(id: u64) -> u64 {
 
 /// One choice's output so far.
 #[derive(Default)]
-struct Choice {
+struct Collected {
     text: String,
     tokens: Vec<u32>,
     logprobs: Vec<(u32, TokenLogprob)>,
     finished: Option<Finished>,
 }
 
-impl Choice {
+impl Collected {
     fn add(&mut self, event: Event) {
         match event {
             Event::Token { token, text, logprob } => {
@@ -293,55 +279,11 @@ impl Choice {
     }
 }
 
-fn token_text(tokenizer: &Tokenizer, id: u32) -> String {
-    String::from_utf8_lossy(tokenizer.token_bytes(id)).into_owned()
-}
-
-/// Logprobs in the endpoint's format, for `entries` produced after `text_offset` chars.
-fn logprobs_json(tokenizer: &Tokenizer, kind: Kind, entries: &[(u32, TokenLogprob)], mut text_offset: usize) -> Value {
-    match kind {
-        Kind::Chat => {
-            let entry = |id: u32, logprob: f32| {
-                let token = token_text(tokenizer, id);
-                json!({"token": token, "logprob": logprob, "bytes": tokenizer.token_bytes(id)})
-            };
-            let content: Vec<Value> = entries
-                .iter()
-                .map(|(id, lp)| {
-                    let mut e = entry(*id, lp.logprob);
-                    e["top_logprobs"] = lp.top.iter().map(|&(t, l)| entry(t, l)).collect();
-                    e
-                })
-                .collect();
-            json!({ "content": content })
-        }
-        Kind::Completion => {
-            let mut offsets = Vec::new();
-            for (id, _) in entries {
-                offsets.push(text_offset);
-                text_offset += token_text(tokenizer, *id).len();
-            }
-            json!({
-                "tokens": entries.iter().map(|(id, _)| token_text(tokenizer, *id)).collect::<Vec<_>>(),
-                "token_logprobs": entries.iter().map(|(_, lp)| lp.logprob).collect::<Vec<_>>(),
-                "top_logprobs": entries.iter().map(|(_, lp)| {
-                    lp.top.iter().map(|&(t, l)| (token_text(tokenizer, t), json!(l))).collect::<serde_json::Map<_, _>>()
-                }).collect::<Vec<_>>(),
-                "text_offset": offsets,
-            })
-        }
-    }
-}
-
-fn usage(prompt: usize, completion: usize) -> Value {
-    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
-}
-
 /// Waits for every choice and builds the whole response.
 async fn collect(s: &Shared, mut run: Run) -> Result<Value, ApiError> {
-    let mut choices: Vec<Choice> = Vec::with_capacity(run.receivers.len());
+    let mut choices: Vec<Collected> = Vec::with_capacity(run.receivers.len());
     for rx in &mut run.receivers {
-        let mut choice = Choice::default();
+        let mut choice = Collected::default();
         while choice.finished.is_none() {
             let event = rx.recv().await.ok_or_else(|| ApiError::internal("the engine stopped before the request ended"))?;
             choice.add(event);
@@ -364,44 +306,29 @@ async fn collect(s: &Shared, mut run: Run) -> Result<Value, ApiError> {
         if index % run.n == 0 {
             prompt_tokens += f.prompt_tokens;
         }
-        let logprobs = if run.logprobs { logprobs_json(&s.tokenizer, run.kind, &c.logprobs, 0) } else { Value::Null };
+        let logprobs = if run.logprobs { response::logprobs(&s.tokenizer, run.kind, &c.logprobs, 0) } else { Value::Null };
         let calls = run.read_calls(&c.text);
-        let mut choice = match (run.kind, calls) {
-            (Kind::Completion, _) => json!({"index": index, "text": c.text, "logprobs": logprobs, "finish_reason": finish_reason(f.reason)}),
-            (Kind::Chat, Some(calls)) => json!({
-                "index": index,
-                "message": {"role": "assistant", "content": null, "tool_calls": run.tool_calls_json(index, &calls, false)},
-                "logprobs": logprobs,
-                "finish_reason": "tool_calls",
-            }),
-            (Kind::Chat, None) => json!({
-                "index": index,
-                "message": {"role": "assistant", "content": c.text},
-                "logprobs": logprobs,
-                "finish_reason": finish_reason(f.reason),
-            }),
+        let finish_reason = Some(if calls.is_some() { "tool_calls" } else { finish_reason(f.reason) });
+        let output = match run.kind {
+            Endpoint::Completion => Output::Text(c.text),
+            Endpoint::Chat => Output::Message(Message::answer(c.text, calls.map(|calls| response::tool_calls(&run.id, index, &calls, false)))),
         };
-        if run.return_token_ids {
-            choice["token_ids"] = json!(c.tokens);
-            if run.kind == Kind::Completion {
-                choice["prompt_token_ids"] = json!(run.prompts[index / run.n]);
-            }
-        }
-        out.push(choice);
+        let ids = run.return_token_ids;
+        out.push(response::Choice {
+            index,
+            output,
+            logprobs,
+            finish_reason,
+            token_ids: ids.then_some(c.tokens),
+            prompt_token_ids: (ids && run.kind == Endpoint::Completion).then(|| run.prompts[index / run.n].clone()),
+        });
     }
-    let object = if run.kind == Kind::Chat { "chat.completion" } else { "text_completion" };
-    let mut response = json!({
-        "id": run.id,
-        "object": object,
-        "created": run.created,
-        "model": s.model_name,
-        "choices": out,
-        "usage": usage(prompt_tokens, completion_tokens),
-    });
-    if run.return_token_ids && run.kind == Kind::Chat {
-        response["prompt_token_ids"] = json!(run.prompts[0]);
-    }
-    Ok(response)
+    let body = Body {
+        usage: Some(Usage::new(prompt_tokens, completion_tokens)),
+        prompt_token_ids: run.chat_prompt_ids(),
+        ..run.body(&s.model_name, out, false)
+    };
+    Ok(serde_json::to_value(body).expect("a response is plain data"))
 }
 
 /// Server-sent events: a chunk per token (or group of tokens with text), a final chunk per
@@ -449,14 +376,9 @@ pub struct ChunkStream {
 }
 
 impl ChunkStream {
-    /// A chunk's JSON around `choices`.
-    fn chunk_json(&self, choices: Value) -> Value {
-        let object = if self.run.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
-        json!({"id": self.run.id, "object": object, "created": self.run.created, "model": self.s.model_name, "choices": choices})
-    }
-
-    fn chunk(&self, choices: Value) -> SseEvent {
-        SseEvent::default().data(self.chunk_json(choices).to_string())
+    fn chunk(&self, choices: Vec<response::Choice>) -> SseEvent {
+        let body = self.run.body(&self.s.model_name, choices, true);
+        SseEvent::default().data(serde_json::to_string(&body).expect("a chunk is plain data"))
     }
 
     /// The chunk for one event, or None when it carries nothing to send.
@@ -490,37 +412,38 @@ impl ChunkStream {
             }
         }
         if let Some(calls) = calls {
-            let delta = json!({"role": "assistant", "content": null, "tool_calls": self.run.tool_calls_json(index, &calls, true)});
-            return Some(self.chunk(json!([{"index": index, "delta": delta, "logprobs": null, "finish_reason": "tool_calls"}])));
+            let tool_calls = Some(response::tool_calls(&self.run.id, index, &calls, true));
+            let delta = Message { role: Some("assistant"), content: Content::Null, tool_calls };
+            let choice = response::Choice {
+                index,
+                output: Output::Delta(delta),
+                logprobs: Value::Null,
+                finish_reason: Some("tool_calls"),
+                token_ids: None,
+                prompt_token_ids: None,
+            };
+            return Some(self.chunk(vec![choice]));
         }
         let extras = self.run.logprobs || self.run.return_token_ids;
         if text.is_empty() && reason.is_none() && !extras {
             return None;
         }
         let logprobs = match (&logprob, token) {
-            (Some(lp), Some(t)) => {
-                logprobs_json(&self.s.tokenizer, self.run.kind, &[(t, lp.clone())], self.text_offsets[index])
-            }
+            (Some(lp), Some(t)) => response::logprobs(&self.s.tokenizer, self.run.kind, &[(t, lp.clone())], self.text_offsets[index]),
             _ => Value::Null,
         };
         self.text_offsets[index] += text.len();
-        let mut choice = match self.run.kind {
-            Kind::Completion => json!({"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}),
-            Kind::Chat => {
-                let mut delta = json!({});
-                if self.started.insert(index) {
-                    delta["role"] = json!("assistant");
-                }
-                if !text.is_empty() || reason.is_none() {
-                    delta["content"] = json!(text);
-                }
-                json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason})
+        let output = match self.run.kind {
+            Endpoint::Completion => Output::Text(text),
+            Endpoint::Chat => {
+                let role = self.started.insert(index).then_some("assistant");
+                // The last chunk of a choice carries its text only if it has some.
+                let content = if !text.is_empty() || reason.is_none() { Content::Text(text) } else { Content::Absent };
+                Output::Delta(Message { role, content, tool_calls: None })
             }
         };
-        if self.run.return_token_ids {
-            choice["token_ids"] = json!(token.into_iter().collect::<Vec<_>>());
-        }
-        Some(self.chunk(json!([choice])))
+        let token_ids = self.run.return_token_ids.then(|| token.into_iter().collect());
+        Some(self.chunk(vec![response::Choice { index, output, logprobs, finish_reason: reason, token_ids, prompt_token_ids: None }]))
     }
 }
 
@@ -542,12 +465,13 @@ impl Stream for ChunkStream {
                 Phase::Usage => {
                     self.phase = Phase::Done;
                     if self.run.include_usage {
-                        let mut chunk = self.chunk_json(json!([]));
-                        chunk["usage"] = usage(self.prompt_tokens, self.completion_tokens);
-                        if self.run.return_token_ids && self.run.kind == Kind::Chat {
-                            chunk["prompt_token_ids"] = json!(self.run.prompts[0]);
-                        }
-                        return Poll::Ready(Some(Ok(SseEvent::default().data(chunk.to_string()))));
+                        let body = Body {
+                            usage: Some(Usage::new(self.prompt_tokens, self.completion_tokens)),
+                            prompt_token_ids: self.run.chat_prompt_ids(),
+                            ..self.run.body(&self.s.model_name, Vec::new(), true)
+                        };
+                        let data = serde_json::to_string(&body).expect("a chunk is plain data");
+                        return Poll::Ready(Some(Ok(SseEvent::default().data(data))));
                     }
                 }
                 Phase::Done => {
