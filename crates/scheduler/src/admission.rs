@@ -313,7 +313,8 @@ impl Admission {
             }),
         };
         if let Some((what, wait)) = limited {
-            let message = format!("tenant {} exceeds its {what} rate", tenant.0);
+            // The tenant is the caller's own key: no need to name it (or leak its number).
+            let message = format!("over this tenant's {what} rate limit; retry later");
             return Err(self.reject(RejectionReason::RateLimited, message, Some(wait)));
         }
         Ok(())

@@ -55,7 +55,6 @@ pub struct AppState {
 
 pub type Shared = Arc<AppState>;
 
-
 /// The API routes' door: the bearer key names the tenant (a missing or unknown key is a
 /// 401 when keys are configured), which the handlers get as an extension.
 pub async fn identify_tenant(State(s): State<Shared>, mut request: Request, next: Next) -> Response {
