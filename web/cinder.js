@@ -243,40 +243,24 @@ export class Engine {
     }
   }
 
+  // The engine builds the OpenAI objects (the server's typed module): each chat event
+  // carries its `chunk`, and the last one `usage_chunk` and the whole `completion`.
   #createChat(body) {
     const { stream, stream_options: streamOptions, ...rest } = body;
-    const created = Math.floor(Date.now() / 1000);
-    const model = body.model ?? 'cinder';
     if (!stream) {
-      return this.generate(rest.messages, rest).then((r) => ({
-        id: `chatcmpl-${r.id}`,
-        object: 'chat.completion',
-        created,
-        model,
-        choices: [{ index: 0, message: { role: 'assistant', content: r.text }, finish_reason: r.finish_reason }],
-        usage: { prompt_tokens: r.prompt_tokens, completion_tokens: r.completion_tokens, total_tokens: r.prompt_tokens + r.completion_tokens },
-      }));
+      return new Promise((resolve, reject) => {
+        this.#submit(rest, true, reject, (event) => {
+          if (event.type === 'finished') resolve(event.completion);
+        });
+      });
     }
     const queue = new ChunkQueue();
     let id;
-    const chunk = (delta, finishReason) => ({
-      id: `chatcmpl-${id}`,
-      object: 'chat.completion.chunk',
-      created,
-      model,
-      choices: [{ index: 0, delta, finish_reason: finishReason }],
-    });
-    let first = true;
     try {
       id = this.#submit(rest, true, (e) => queue.end(e), (event) => {
-        if (event.text || first) queue.push(chunk(first ? { role: 'assistant', content: event.text } : { content: event.text }, null));
-        first = false;
+        if (event.chunk) queue.push(event.chunk);
         if (event.type !== 'finished') return;
-        queue.push(chunk({}, event.finish_reason));
-        if (streamOptions?.include_usage) {
-          const usage = { prompt_tokens: event.prompt_tokens, completion_tokens: event.completion_tokens };
-          queue.push({ ...chunk({}, null), choices: [], usage: { ...usage, total_tokens: usage.prompt_tokens + usage.completion_tokens } });
-        }
+        if (streamOptions?.include_usage) queue.push(event.usage_chunk);
         queue.end();
       });
     } catch (e) {

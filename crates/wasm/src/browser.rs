@@ -20,13 +20,15 @@ use serde_json::json;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use wasm_bindgen::prelude::*;
 
-use crate::events::event_json;
+use crate::events::{ChatReply, event_json};
 use crate::options::EngineOptions;
 
 /// A request's events and the page's callback for them.
 struct Stream {
     events: UnboundedReceiver<Event>,
     on_event: Function,
+    /// A chat request's OpenAI answer so far.
+    chat: Option<ChatReply>,
 }
 
 struct State {
@@ -144,7 +146,11 @@ impl WasmEngine {
         request.constraint = constraint;
         let (sender, events) = unbounded_channel();
         let id = state.engine.submit(request, sender, now()).map_err(error)?;
-        state.streams.insert(id, Stream { events, on_event });
+        let chat = chat.then(|| {
+            let created = (js_sys::Date::now() / 1000.0) as u64;
+            ChatReply::new(id.0, created, body.model.clone().unwrap_or_else(|| "cinder".into()))
+        });
+        state.streams.insert(id, Stream { events, on_event, chat });
         Ok(id.0 as f64)
     }
 
@@ -202,7 +208,11 @@ impl WasmEngine {
                 let mut open = true;
                 while let Ok(event) = stream.events.try_recv() {
                     open &= !matches!(event, Event::Finished(_));
-                    calls.push((stream.on_event.clone(), event_json(id.0, &event)));
+                    let json = match &mut stream.chat {
+                        Some(reply) => reply.event_json(id.0, &event),
+                        None => event_json(id.0, &event),
+                    };
+                    calls.push((stream.on_event.clone(), json));
                 }
                 open
             });

@@ -6,10 +6,16 @@
 //! "completion_tokens"}`, where `text` is what was held back until the end and
 //! `finish_reason` is OpenAI's (`stop`, `length`, `abort`), or `error` with an `error`
 //! message when the device kept failing the request's steps.
+//!
+//! A chat request's events also carry its OpenAI answer, built by the same typed module as
+//! the server's ([`cinder_engine::openai::response`]): `chunk`, the `chat.completion.chunk`
+//! the event makes (absent when it makes none), and on the end `usage_chunk` and
+//! `completion`, the whole `chat.completion`.
 
 use cinder_engine::Event;
 use cinder_engine::openai::finish_reason;
-use serde_json::json;
+use cinder_engine::openai::response::{self, Body, Content, Endpoint, Message, Output, Usage};
+use serde_json::{Value, json};
 
 pub fn event_json(id: u64, event: &Event) -> String {
     let value = match event {
@@ -30,6 +36,56 @@ pub fn event_json(id: u64, event: &Event) -> String {
         }
     };
     value.to_string()
+}
+
+/// A chat request's answer so far, for the OpenAI objects its events carry.
+pub struct ChatReply {
+    id: String,
+    created: u64,
+    model: String,
+    text: String,
+    started: bool,
+}
+
+impl ChatReply {
+    /// The answer of engine request `id`, made at `created` (Unix seconds) by `model`.
+    pub fn new(id: u64, created: u64, model: String) -> Self {
+        Self { id: format!("{}-{id}", Endpoint::Chat.id_prefix()), created, model, text: String::new(), started: false }
+    }
+
+    fn body(&self, object: &'static str, choices: Vec<response::Choice>, usage: Option<Usage>) -> Value {
+        let body = Body { id: &self.id, object, created: self.created, model: &self.model, choices, usage, prompt_token_ids: None };
+        serde_json::to_value(body).expect("a response is plain data")
+    }
+
+    fn choice(output: Output, finish_reason: Option<&'static str>) -> response::Choice {
+        response::Choice { index: 0, output, logprobs: Value::Null, finish_reason, token_ids: None, prompt_token_ids: None }
+    }
+
+    /// The event's JSON (as [`event_json`]) with the OpenAI objects it makes.
+    pub fn event_json(&mut self, id: u64, event: &Event) -> String {
+        let mut value: Value = serde_json::from_str(&event_json(id, event)).expect("event_json writes JSON");
+        let (text, reason) = match event {
+            Event::Token { text, .. } => (text.as_str(), None),
+            Event::Finished(f) => (f.text.as_str(), Some(finish_reason(f.reason))),
+        };
+        self.text.push_str(text);
+        let role = (!self.started).then_some("assistant");
+        if role.is_some() || !text.is_empty() || reason.is_some() {
+            self.started = true;
+            // The last chunk of a choice carries its text only if it has some.
+            let content = if !text.is_empty() || reason.is_none() { Content::Text(text.to_owned()) } else { Content::Absent };
+            let delta = Output::Delta(Message { role, content, tool_calls: None });
+            value["chunk"] = self.body(Endpoint::Chat.chunk_object(), vec![Self::choice(delta, reason)], None);
+        }
+        if let Event::Finished(f) = event {
+            let usage = Some(Usage::new(f.prompt_tokens, f.completion_tokens));
+            value["usage_chunk"] = self.body(Endpoint::Chat.chunk_object(), Vec::new(), usage);
+            let message = Output::Message(Message::answer(self.text.clone(), None));
+            value["completion"] = self.body(Endpoint::Chat.object(), vec![Self::choice(message, reason)], usage);
+        }
+        value.to_string()
+    }
 }
 
 #[cfg(test)]
@@ -64,5 +120,36 @@ mod tests {
         assert!(end.get("error").is_none());
         let failed: Value = serde_json::from_str(&event_json(3, &Event::Finished(failed))).unwrap();
         assert_eq!((&failed["finish_reason"], &failed["error"]), (&json!("error"), &json!("device lost")));
+    }
+
+    #[test]
+    fn chat_events_carry_openai_chunks_and_the_whole_completion() {
+        let mut reply = ChatReply::new(3, 100, "m".into());
+        let event = |e: &Event, reply: &mut ChatReply| -> Value { serde_json::from_str(&reply.event_json(3, e)).unwrap() };
+        let first = event(&Event::Token { token: 1, text: "Hel".into(), logprob: None }, &mut reply);
+        assert_eq!(first["chunk"]["object"], "chat.completion.chunk");
+        assert_eq!(first["chunk"]["id"], "chatcmpl-3");
+        assert_eq!(first["chunk"]["choices"][0]["delta"], json!({"role": "assistant", "content": "Hel"}));
+        let empty = event(&Event::Token { token: 2, text: String::new(), logprob: None }, &mut reply);
+        assert!(empty.get("chunk").is_none(), "nothing to send: {empty}");
+        let end = Finished {
+            reason: FinishReason::Stop,
+            error: None,
+            text: "lo".into(),
+            prompt_tokens: 5,
+            completion_tokens: 3,
+            arrival: Time(0),
+            scheduled: Some(Time(0)),
+            first_token: Some(Time(1)),
+            finished: Time(2),
+            preemptions: 0,
+        };
+        let last = event(&Event::Finished(end), &mut reply);
+        assert_eq!(last["chunk"]["choices"][0]["delta"], json!({"content": "lo"}));
+        assert_eq!(last["chunk"]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(last["usage_chunk"]["usage"]["total_tokens"], 8);
+        assert_eq!(last["usage_chunk"]["choices"], json!([]));
+        assert_eq!(last["completion"]["object"], "chat.completion");
+        assert_eq!(last["completion"]["choices"][0]["message"], json!({"role": "assistant", "content": "Hello"}));
     }
 }
