@@ -476,7 +476,6 @@ impl ServeConfig {
     pub fn scheduler_config(&self, context_length: usize) -> SchedulerConfig {
         let s = &self.scheduler;
         let aging = (s.aging_interval_ms > 0).then(|| Duration::from_millis(s.aging_interval_ms));
-        let ids = (1..).map(|i: u32| i);
         SchedulerConfig {
             block_size: self.kv_cache.block_size,
             policy: self.policy(),
@@ -484,11 +483,11 @@ impl ServeConfig {
                 aging_interval: aging,
                 deadline_urgency: Duration::from_millis(s.deadline_urgency_ms),
                 short_job_tokens: s.short_job_tokens,
-                tenant_weights: ids.clone().zip(&self.tenants).map(|(id, t)| (id, t.weight)).collect(),
+                tenant_weights: self.tenants.iter().enumerate().map(|(i, t)| (TenantConfig::id(i).0, t.weight)).collect(),
             },
             max_waiting: s.max_waiting,
             load: LoadConfig { thresholds: self.shedding.levels(), wait_limit: Duration::from_millis(self.shedding.wait_limit_ms) },
-            rate_limits: ids.zip(&self.tenants).map(|(id, t)| (id, t.rate_limit(context_length))).collect(),
+            rate_limits: self.tenants.iter().enumerate().map(|(i, t)| (TenantConfig::id(i).0, t.rate_limit(context_length))).collect(),
             breaker: BreakerConfig { threshold: self.breaker.failures, cooldown: Duration::from_millis(self.breaker.cooldown_ms) },
             max_step_attempts: self.breaker.max_step_attempts,
             prefix_caching: self.kv_cache.prefix_caching,
@@ -531,6 +530,7 @@ impl TenantConfig {
         }
     }
 
+    /// The scheduler's id of the file's tenant `index` (id 0 is the default tenant).
     pub fn id(index: usize) -> TenantId {
         TenantId(index as u32 + 1)
     }
