@@ -74,7 +74,8 @@ pub struct ServeArgs {
     /// (README: "The config file"). The flags below override it.
     #[arg(long, env = "CINDER_CONFIG")]
     config: Option<PathBuf>,
-    /// Print the configuration in force (file, then flags, then defaults) as TOML and exit.
+    /// Print the configuration in force (the file, the flags over it, defaults for the rest)
+    /// as TOML and exit.
     #[arg(long)]
     print_config: bool,
     /// Batching policy [default: continuous].
@@ -86,13 +87,14 @@ pub struct ServeArgs {
     /// Token slots per KV block [default: 16].
     #[arg(long)]
     block_size: Option<usize>,
-    /// Most tokens (prompt chunks plus decodes) in one step [default: 512].
+    /// Most tokens (prompt chunks plus decodes) in one step [default: the policy's; 512 for
+    /// continuous].
     #[arg(long, env = "CINDER_MAX_BATCH_TOKENS")]
     max_batch_tokens: Option<usize>,
-    /// Most requests running at once [default: 64].
+    /// Most requests running at once [default: the policy's; 64 for continuous].
     #[arg(long, env = "CINDER_MAX_RUNNING")]
     max_running: Option<usize>,
-    /// Largest piece of one prompt run in one step [default: 256].
+    /// Largest piece of one prompt run in one step [default: the policy's; 256 for continuous].
     #[arg(long)]
     chunk_size: Option<usize>,
     /// Most requests waiting; more get 429 [default: 1024].
