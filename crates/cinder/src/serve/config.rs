@@ -20,6 +20,7 @@ pub struct ServeConfig {
     pub kv_cache: KvCacheSection,
     pub shedding: SheddingSection,
     pub breaker: BreakerSection,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tenants: Vec<TenantConfig>,
 }
 
