@@ -458,8 +458,12 @@ impl Scheduler {
         let queue_frac = backlog as f64 / self.config.max_waiting.max(1) as f64;
         let contended = !self.queue.is_empty() || self.blocks.available() <= self.config.watermark_blocks;
         let kv_frac = if contended { self.blocks.in_use() as f64 / self.config.num_blocks.max(1) as f64 } else { 0.0 };
-        let oldest = self.queue.oldest_arrival().map_or(Duration::ZERO, |a| now.since(a));
-        self.admission.level(queue_frac, kv_frac, oldest)
+        self.admission.level(queue_frac, kv_frac, self.oldest_wait(now))
+    }
+
+    /// How long the oldest waiting request has waited (zero with nothing waiting).
+    fn oldest_wait(&self, now: Time) -> Duration {
+        self.queue.oldest_arrival().map_or(Duration::ZERO, |a| now.since(a))
     }
 
     /// Admits a request to the waiting queue, or says why not.
@@ -594,7 +598,7 @@ impl Scheduler {
         let mut work = Vec::new();
         let mut forks = Vec::new();
         let mut limit_binding = false;
-        let load = Load { oldest_wait: self.queue.oldest_arrival().map_or(Duration::ZERO, |a| now.since(a)), step_seconds: self.step_seconds };
+        let load = Load { oldest_wait: self.oldest_wait(now), step_seconds: self.step_seconds };
         let policy = self.config.policy.clone();
         match policy.shape(load, self.bandit.as_ref().map(Bandit::limit)) {
             Shape::Step(shape) => {
@@ -790,8 +794,8 @@ impl Scheduler {
     /// with, whose prompt's last chunk is in this step's `work`.
     fn fork_source(&self, id: SeqId, work: &[(SeqId, usize, bool)]) -> Option<SeqId> {
         let from = self.queue.get(id)?.fork_of?;
-        let ends_prompt = |&&(seq, _, samples): &&(SeqId, usize, bool)| seq == from && samples;
-        (work.iter().any(|w| ends_prompt(&w)) && self.seqs.get(&from)?.generated() == 0).then_some(from)
+        let ends_prompt = work.iter().any(|&(seq, _, samples)| seq == from && samples);
+        (ends_prompt && self.seqs.get(&from)?.generated() == 0).then_some(from)
     }
 
     /// Takes a waiting sequence into the running set with blocks for its first `chunk`
@@ -944,15 +948,10 @@ impl Scheduler {
     /// Starts the choices forking from `from`, whose prompt just got its first token: each
     /// shares its blocks and takes its own sampled token. Returns how many started.
     fn start_forks(&mut self, from: SeqId, forks: &mut Vec<Box<Waiting>>, sampled: &IdMap<SeqId, u32>, now: Time) -> usize {
-        let mut started = 0;
-        let mut i = 0;
-        while i < forks.len() {
-            let Some(&token) = sampled.get(&forks[i].id).filter(|_| forks[i].fork_of == Some(from)) else {
-                i += 1;
-                continue;
-            };
-            let waiting = forks.swap_remove(i);
-            let id = waiting.id;
+        let ready: Vec<Box<Waiting>> = forks.extract_if(.., |w| w.fork_of == Some(from) && sampled.contains_key(&w.id)).collect();
+        let started = ready.len();
+        for waiting in ready {
+            let (id, token) = (waiting.id, sampled[&waiting.id]);
             let source = self.seqs.get_mut(&from).expect("the source is running");
             let (blocks, computed, registered) = (source.blocks.fork(), source.prompt_len, source.registered);
             let mut seq = Sequence::start(*waiting, Some(now));
@@ -964,7 +963,6 @@ impl Scheduler {
             if done {
                 self.finish(id, FinishReason::Length, now);
             }
-            started += 1;
         }
         started
     }

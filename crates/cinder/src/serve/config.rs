@@ -319,23 +319,23 @@ impl ServeConfig {
             s.chunk_size.get_or_insert(chunk);
         }
         if uses("min_running") {
-            s.min_running.get_or_insert(1);
+            s.min_running.get_or_insert(BANDIT_MIN_RUNNING);
         }
         if uses("min_batch_tokens") {
             s.min_batch_tokens.get_or_insert(ADAPTIVE_MIN_STEP.0);
             s.min_chunk_size.get_or_insert(ADAPTIVE_MIN_STEP.1);
         }
         if policy == PolicyName::MemoryAware {
-            s.max_batch_tokens.get_or_insert(8192);
+            s.max_batch_tokens.get_or_insert(MEMORY_AWARE_BATCH_TOKENS);
         }
         if uses("batch_size") {
-            s.batch_size.get_or_insert(8);
+            s.batch_size.get_or_insert(STATIC_BATCH_SIZE);
         }
         if uses("max_wait_ms") {
-            s.max_wait_ms.get_or_insert(50);
+            s.max_wait_ms.get_or_insert(STATIC_MAX_WAIT_MS);
         }
         if uses("bucket_edges") {
-            s.bucket_edges.get_or_insert_with(|| vec![128, 512, 2048]);
+            s.bucket_edges.get_or_insert_with(|| BUCKET_EDGES.to_vec());
         }
         self.check()
     }
@@ -441,16 +441,21 @@ impl ServeConfig {
     /// The batching policy in force (after [`resolve`](Self::resolve)).
     pub fn policy(&self) -> BatchPolicy {
         let s = &self.scheduler;
-        let max_wait = Duration::from_millis(s.max_wait_ms.unwrap_or(50));
-        let step = || (s.max_batch_tokens.unwrap_or(512), s.max_running.unwrap_or(64), s.chunk_size.unwrap_or(256));
+        let max_wait = Duration::from_millis(s.max_wait_ms.unwrap_or(STATIC_MAX_WAIT_MS));
+        let batch_size = s.batch_size.unwrap_or(STATIC_BATCH_SIZE);
+        // The same defaults `resolve` fills in (none apply to static policies).
+        let (tokens, running, chunk) = s.policy.step_defaults().unwrap_or_default();
+        let step = || (s.max_batch_tokens.unwrap_or(tokens), s.max_running.unwrap_or(running), s.chunk_size.unwrap_or(chunk));
         match s.policy {
-            PolicyName::Fixed => BatchPolicy::Fixed { batch_size: s.batch_size.unwrap_or(8), max_wait },
+            PolicyName::Fixed => BatchPolicy::Fixed { batch_size, max_wait },
             PolicyName::Bucketed => BatchPolicy::Bucketed {
-                batch_size: s.batch_size.unwrap_or(8),
+                batch_size,
                 max_wait,
-                bucket_edges: s.bucket_edges.clone().unwrap_or_default(),
+                bucket_edges: s.bucket_edges.clone().unwrap_or_else(|| BUCKET_EDGES.to_vec()),
             },
-            PolicyName::MemoryAware => BatchPolicy::MemoryAware { max_batch_tokens: s.max_batch_tokens.unwrap_or(8192), max_wait },
+            PolicyName::MemoryAware => {
+                BatchPolicy::MemoryAware { max_batch_tokens: s.max_batch_tokens.unwrap_or(MEMORY_AWARE_BATCH_TOKENS), max_wait }
+            }
             PolicyName::Continuous | PolicyName::Latency | PolicyName::Throughput => {
                 let (max_batch_tokens, max_running, chunk_size) = step();
                 BatchPolicy::Continuous { max_batch_tokens, max_running, chunk_size }
@@ -467,7 +472,7 @@ impl ServeConfig {
             }
             PolicyName::Bandit => {
                 let (max_batch_tokens, max_running, chunk_size) = step();
-                BatchPolicy::Bandit { max_batch_tokens, min_running: s.min_running.unwrap_or(1), max_running, chunk_size }
+                BatchPolicy::Bandit { max_batch_tokens, min_running: s.min_running.unwrap_or(BANDIT_MIN_RUNNING), max_running, chunk_size }
             }
         }
     }
@@ -540,6 +545,14 @@ impl TenantConfig {
 /// The adaptive policy's `(min_batch_tokens, min_chunk_size)` defaults: the latency
 /// preset's steps.
 const ADAPTIVE_MIN_STEP: (usize, usize) = (512, 128);
+/// The static policies' defaults: members per batch, the wait for a partial batch, the
+/// memory-aware token budget and the buckets' prompt-length bounds.
+const STATIC_BATCH_SIZE: usize = 8;
+const STATIC_MAX_WAIT_MS: u64 = 50;
+const MEMORY_AWARE_BATCH_TOKENS: usize = 8192;
+const BUCKET_EDGES: [usize; 3] = [128, 512, 2048];
+/// The bandit's smallest running set.
+const BANDIT_MIN_RUNNING: usize = 1;
 
 /// The tenant of requests when no tenants are configured, and of `--api-key`'s holder.
 pub const DEFAULT_TENANT: &str = "default";
