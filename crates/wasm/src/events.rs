@@ -14,11 +14,15 @@
 
 use cinder_engine::Event;
 use cinder_engine::openai::finish_reason;
-use cinder_engine::openai::response::{self, Body, Content, Endpoint, Message, Output, Usage};
+use cinder_engine::openai::response::{self, Body, Endpoint, Message, Output, Usage};
 use serde_json::{Value, json};
 
 pub fn event_json(id: u64, event: &Event) -> String {
-    let value = match event {
+    event_value(id, event).to_string()
+}
+
+fn event_value(id: u64, event: &Event) -> Value {
+    match event {
         Event::Token { token, text, .. } => json!({"type": "token", "id": id, "token": token, "text": text}),
         Event::Finished(f) => {
             let mut end = json!({
@@ -34,8 +38,7 @@ pub fn event_json(id: u64, event: &Event) -> String {
             }
             end
         }
-    };
-    value.to_string()
+    }
 }
 
 /// A chat request's answer so far, for the OpenAI objects its events carry.
@@ -58,31 +61,25 @@ impl ChatReply {
         serde_json::to_value(body).expect("a response is plain data")
     }
 
-    fn choice(output: Output, finish_reason: Option<&'static str>) -> response::Choice {
-        response::Choice { index: 0, output, logprobs: Value::Null, finish_reason, token_ids: None, prompt_token_ids: None }
-    }
-
     /// The event's JSON (as [`event_json`]) with the OpenAI objects it makes.
     pub fn event_json(&mut self, id: u64, event: &Event) -> String {
-        let mut value: Value = serde_json::from_str(&event_json(id, event)).expect("event_json writes JSON");
+        let mut value = event_value(id, event);
         let (text, reason) = match event {
             Event::Token { text, .. } => (text.as_str(), None),
             Event::Finished(f) => (f.text.as_str(), Some(finish_reason(f.reason))),
         };
         self.text.push_str(text);
-        let role = (!self.started).then_some("assistant");
-        if role.is_some() || !text.is_empty() || reason.is_some() {
+        let first = !self.started;
+        if first || !text.is_empty() || reason.is_some() {
             self.started = true;
-            // The last chunk of a choice carries its text only if it has some.
-            let content = if !text.is_empty() || reason.is_none() { Content::Text(text.to_owned()) } else { Content::Absent };
-            let delta = Output::Delta(Message { role, content, tool_calls: None });
-            value["chunk"] = self.body(Endpoint::Chat.chunk_object(), vec![Self::choice(delta, reason)], None);
+            let delta = Output::Delta(Message::delta(first, text.to_owned(), reason.is_some()));
+            value["chunk"] = self.body(Endpoint::Chat.chunk_object(), vec![response::Choice::new(0, delta, reason)], None);
         }
         if let Event::Finished(f) = event {
             let usage = Some(Usage::new(f.prompt_tokens, f.completion_tokens));
             value["usage_chunk"] = self.body(Endpoint::Chat.chunk_object(), Vec::new(), usage);
             let message = Output::Message(Message::answer(self.text.clone(), None));
-            value["completion"] = self.body(Endpoint::Chat.object(), vec![Self::choice(message, reason)], usage);
+            value["completion"] = self.body(Endpoint::Chat.object(), vec![response::Choice::new(0, message, reason)], usage);
         }
         value.to_string()
     }

@@ -132,7 +132,9 @@ impl ServerMetrics {
         let s = &engine.scheduler;
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-            let _ = writeln!(out, "# HELP cinder:{name} {help}\n# TYPE cinder:{name} {kind}\ncinder:{name} {value}");
+            let name = format!("cinder:{name}");
+            header(&mut out, &name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
         };
         metric("num_requests_running", "gauge", "Requests on the engine now.", s.running as f64);
         metric("num_requests_waiting", "gauge", "Requests waiting to be scheduled.", s.waiting_requests as f64);

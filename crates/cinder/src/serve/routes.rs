@@ -23,7 +23,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::{Stream, StreamMap};
 
-use cinder_engine::openai::response::{self, Body, Content, Endpoint, Message, Output, Usage};
+use cinder_engine::openai::response::{self, Body, Endpoint, Message, Output, Usage};
 use cinder_engine::openai::{GenerationBody, Limits, ToolCall, ToolOutput, finish_reason, parse, parse_tool_calls};
 use cinder_scheduler::{FinishReason, TenantId};
 
@@ -411,17 +411,8 @@ impl ChunkStream {
             }
         }
         if let Some(calls) = calls {
-            let tool_calls = Some(response::tool_calls(&self.run.id, index, &calls, true));
-            let delta = Message { role: Some("assistant"), content: Content::Null, tool_calls };
-            let choice = response::Choice {
-                index,
-                output: Output::Delta(delta),
-                logprobs: Value::Null,
-                finish_reason: Some("tool_calls"),
-                token_ids: None,
-                prompt_token_ids: None,
-            };
-            return Some(self.chunk(vec![choice]));
+            let delta = Message::answer(String::new(), Some(response::tool_calls(&self.run.id, index, &calls, true)));
+            return Some(self.chunk(vec![response::Choice::new(index, Output::Delta(delta), Some("tool_calls"))]));
         }
         let extras = self.run.logprobs || self.run.return_token_ids;
         if text.is_empty() && reason.is_none() && !extras {
@@ -434,15 +425,10 @@ impl ChunkStream {
         self.text_offsets[index] += text.len();
         let output = match self.run.kind {
             Endpoint::Completion => Output::Text(text),
-            Endpoint::Chat => {
-                let role = self.started.insert(index).then_some("assistant");
-                // The last chunk of a choice carries its text only if it has some.
-                let content = if !text.is_empty() || reason.is_none() { Content::Text(text) } else { Content::Absent };
-                Output::Delta(Message { role, content, tool_calls: None })
-            }
+            Endpoint::Chat => Output::Delta(Message::delta(self.started.insert(index), text, reason.is_some())),
         };
         let token_ids = self.run.return_token_ids.then(|| token.into_iter().collect());
-        Some(self.chunk(vec![response::Choice { index, output, logprobs, finish_reason: reason, token_ids, prompt_token_ids: None }]))
+        Some(self.chunk(vec![response::Choice { logprobs, token_ids, ..response::Choice::new(index, output, reason) }]))
     }
 }
 

@@ -87,6 +87,13 @@ pub struct Choice {
     pub prompt_token_ids: Option<Vec<u32>>,
 }
 
+impl Choice {
+    /// Choice `index` with `output`, without logprobs or token ids.
+    pub fn new(index: usize, output: Output, finish_reason: Option<&'static str>) -> Self {
+        Self { index, output, logprobs: Value::Null, finish_reason, token_ids: None, prompt_token_ids: None }
+    }
+}
+
 /// What a choice carries.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -141,6 +148,13 @@ impl Message {
             Some(calls) => Self { role: Some("assistant"), content: Content::Null, tool_calls: Some(calls) },
             None => Self { role: Some("assistant"), content: Content::Text(text), tool_calls: None },
         }
+    }
+
+    /// A chat chunk's change: the role on a choice's first chunk; the text, except on a
+    /// choice's last chunk when it has none.
+    pub fn delta(first: bool, text: String, last: bool) -> Self {
+        let content = if !text.is_empty() || !last { Content::Text(text) } else { Content::Absent };
+        Self { role: first.then_some("assistant"), content, tool_calls: None }
     }
 }
 
@@ -247,7 +261,7 @@ mod tests {
     #[test]
     fn choices_take_each_endpoints_shape() {
         let body = |output: Output| {
-            let choice = Choice { index: 0, output, logprobs: Value::Null, finish_reason: Some("stop"), token_ids: None, prompt_token_ids: None };
+            let choice = Choice::new(0, output, Some("stop"));
             serde_json::to_value(Body { id: "x", object: "o", created: 1, model: "m", choices: vec![choice], usage: None, prompt_token_ids: None })
                 .unwrap()
         };
