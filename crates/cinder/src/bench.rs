@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use cinder_engine::{Engine, Event, Generation, GenerationRequest};
 use cinder_scheduler::BatchPolicy;
 use cinder_model::Model;
+use cinder_model::many_tokens::ManyTokens;
 use cinder_model::profile::{Profile, Profiler};
 use serde::Serialize;
 
@@ -164,6 +165,40 @@ struct BenchResult {
     peers: Vec<PeerResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
     profile: Option<ProfileResult>,
+    /// The prompt kernel timings taken at load: per matrix shape and token count, the
+    /// tiled and the row kernels' milliseconds, and which runs.
+    prompt_kernels: Vec<PromptKernelTiming>,
+}
+
+#[derive(Serialize)]
+struct PromptKernelTiming {
+    format: &'static str,
+    rows: usize,
+    cols: usize,
+    tokens: usize,
+    tiled_ms: f64,
+    rows_ms: f64,
+    kernel: &'static str,
+}
+
+fn prompt_kernels() -> Vec<PromptKernelTiming> {
+    cinder_model::many_tokens::calibrations()
+        .into_iter()
+        .flat_map(|c| {
+            c.timings.into_iter().map(move |t| PromptKernelTiming {
+                format: c.format,
+                rows: c.rows,
+                cols: c.cols,
+                tokens: t.tokens,
+                tiled_ms: t.tiled_seconds * 1e3,
+                rows_ms: t.rows_seconds * 1e3,
+                kernel: match t.faster() {
+                    ManyTokens::Tiled => "tiled",
+                    ManyTokens::Rows => "rows",
+                },
+            })
+        })
+        .collect()
 }
 
 /// Token ids for a synthetic prompt: spread over the vocabulary, past the control tokens.
@@ -380,6 +415,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         repeats: args.repeats,
         peers,
         profile,
+        prompt_kernels: prompt_kernels(),
     };
     print_table(&result);
     if let Some(out) = &args.json {
@@ -411,6 +447,13 @@ fn print_table(r: &BenchResult) {
             for k in &step.kernels {
                 println!("| {} | {:.1} | {:.1}% | {:.3} |", k.kernel, k.dispatches_per_step, 100.0 * k.share, k.ms_per_step);
             }
+        }
+    }
+    if !r.prompt_kernels.is_empty() {
+        println!("\nprompt kernels, timed at load (the faster runs prompts of about that many tokens)");
+        println!("| matrix | tokens | tiled ms | rows ms | kernel |\n|---|---|---|---|---|");
+        for k in &r.prompt_kernels {
+            println!("| {} {}x{} | {} | {:.3} | {:.3} | {} |", k.format, k.rows, k.cols, k.tokens, k.tiled_ms, k.rows_ms, k.kernel);
         }
     }
     if r.decode_batches.iter().any(|b| b.batch > 1) {

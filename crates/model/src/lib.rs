@@ -17,6 +17,7 @@ mod error;
 pub mod fused;
 mod kernel;
 mod logits;
+pub mod many_tokens;
 mod model;
 pub mod profile;
 pub mod paged;

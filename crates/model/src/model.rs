@@ -12,7 +12,7 @@ use crate::fused::{gated, rms_norm, rope};
 use crate::kernel::cube_device;
 use crate::logits::PendingLogits;
 use crate::paged::{BatchBuffer, PagedKvCache, ScoreRule, SeqChunk};
-use crate::quant::Linear;
+use crate::quant::{Linear, QuantMatrix};
 use crate::{LogitRows, ModelConfig, ModelError};
 
 /// A matrix and its optional bias: `y = x W^T + b`.
@@ -282,6 +282,14 @@ impl Model {
         // A browser cannot block on the device; its first read waits for the uploads instead.
         #[cfg(not(target_family = "wasm"))]
         model.device.sync().map_err(|e| ModelError::Backend(e.to_string()))?;
+        // The kernels for prompts' products (not the LM head's, which multiplies the last
+        // tokens only), timed on the largest matrix of each format.
+        let mut matrices: Vec<_> = (model.blocks.iter())
+            .flat_map(|b| [&b.q, &b.k, &b.v, &b.out, &b.gate, &b.up, &b.down])
+            .flat_map(|p| p.weight.quantized())
+            .collect();
+        matrices.sort_by_key(|m| std::cmp::Reverse(m.rows() * m.cols()));
+        matrices.into_iter().for_each(QuantMatrix::calibrate);
         Ok(model)
     }
 

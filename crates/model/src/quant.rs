@@ -21,6 +21,7 @@ use bytemuck::{Pod, Zeroable};
 use cinder_gguf::{GgmlType, GgufFile, TensorInfo};
 
 use crate::ModelError;
+use crate::many_tokens::{self, ManyTokens};
 use crate::kernel::{Arg, MAX_WORKGROUPS, Template, cube, cube_device, empty, from_cube, launch, upload};
 
 /// A block format the matrix kernel reads.
@@ -233,11 +234,16 @@ const MAX_TOKEN_TILE: usize = 8;
 const PROMPT_TOKENS: usize = 64;
 const PROMPT_TOKEN_TILE: usize = 16;
 const PROMPT_ROWS: usize = 32;
-/// Above this many tokens, the portable kernel's matrix is expanded to f32 and multiplied by
-/// Burn's tiled matmul, which reuses each weight across many more tokens. The subgroup
-/// kernel stays on quantized weights at every size: on lavapipe a 512-token prompt runs
-/// 1.19x faster on it than through the expanded matrix (measured with `cinder bench`).
-const MAX_QUANTIZED_TOKENS: usize = 16;
+/// Above this many tokens, a product runs on the kernel [`many_tokens`] picks for the
+/// adapter: the tiled kernel, or the row kernels as above (where the adapter lacks
+/// subgroups, the matrix expanded to f32 and multiplied by Burn's tiled matmul).
+pub(crate) const MAX_QUANTIZED_TOKENS: usize = 16;
+/// The tiled kernel's invocations each own 8 tokens x 8 rows: a workgroup's tile is 64 x 64.
+/// Smaller ones measured slower on lavapipe (a 512-token prompt's products: 7.8 s at 8 x 8,
+/// 9.9 s at 4 x 8, 14.8 s at 4 x 4), and larger ones would not fit WebGPU's default 16 KiB
+/// of workgroup memory.
+const TILED_TOKENS_PER_INVOCATION: usize = 8;
+const TILED_ROWS_PER_INVOCATION: usize = 8;
 
 /// The kernel's per-token lines for a tile of `tile` tokens (see matmul_quant.wgsl).
 fn tile_code(tile: usize) -> Vec<(&'static str, String)> {
@@ -288,6 +294,33 @@ fn subgroup_tile_code(rows: usize, tile: usize) -> Vec<(&'static str, String)> {
                 format!(
                     "        let sum{r}_{t} = subgroupAdd(acc{r}_{t});\n        if (lane == 0u && first_row + {r}u < info.rows && first_token + {t}u < info.tokens) {{ store((first_token + {t}u) * info.rows + first_row + {r}u, sum{r}_{t}); }}"
                 )
+            }),
+        ),
+    ]
+}
+
+/// The tiled kernel's lines for TM tokens x TN rows per invocation (see
+/// matmul_quant_tiled.wgsl).
+fn tiled_code(tm: usize, tn: usize) -> Vec<(&'static str, String)> {
+    let each = |n: usize, f: &dyn Fn(usize) -> String| (0..n).map(f).collect::<Vec<_>>().join("\n");
+    let pairs = |f: &dyn Fn(usize, usize) -> String| {
+        (0..tm).flat_map(|i| (0..tn).map(move |j| (i, j))).map(|(i, j)| f(i, j)).collect::<Vec<_>>().join("\n")
+    };
+    let products = [
+        each(tm, &|i| format!("            let x{i} = x_tile[s * TOKENS + ty + {}u];", 8 * i)),
+        each(tn, &|j| format!("            let w{j} = w_tile[s * ROWS + tx + {}u];", 8 * j)),
+        pairs(&|i, j| format!("            acc{i}_{j} += dot(x{i}, w{j});")),
+    ];
+    vec![
+        ("TM", tm.to_string()),
+        ("TN", tn.to_string()),
+        ("ACCUMULATORS", pairs(&|i, j| format!("    var acc{i}_{j} = 0.0;"))),
+        ("PRODUCTS", products.join("\n")),
+        (
+            "STORE",
+            pairs(&|i, j| {
+                let (t, r) = (format!("first_token + ty + {}u", 8 * i), format!("first_row + tx + {}u", 8 * j));
+                format!("    if ({t} < info.tokens && {r} < info.rows) {{ store(({t}) * info.rows + {r}, acc{i}_{j}); }}")
             }),
         ),
     ]
@@ -362,8 +395,19 @@ impl QuantMatrix {
     }
 
     fn multiply(&self, x: Tensor<2>, residual: Option<Tensor<2>>) -> Tensor<2> {
+        let tokens = x.dims()[0];
+        let kernel = if tokens > MAX_QUANTIZED_TOKENS { many_tokens::choice(self, tokens) } else { ManyTokens::Rows };
+        self.multiply_with(x, residual, kernel)
+    }
+
+    /// The product on the kernel `kernel` names for more than [`MAX_QUANTIZED_TOKENS`]
+    /// tokens (fewer always take the row kernels).
+    pub(crate) fn multiply_with(&self, x: Tensor<2>, residual: Option<Tensor<2>>, kernel: ManyTokens) -> Tensor<2> {
         let [tokens, cols] = x.dims();
         assert_eq!(cols, self.cols, "input width does not match the matrix");
+        if kernel == ManyTokens::Tiled && tokens > MAX_QUANTIZED_TOKENS {
+            return self.tiled(x, residual);
+        }
         // The expanded matrix must fit in one binding (a large LM head's does not).
         let expanded = tokens > MAX_QUANTIZED_TOKENS && self.subgroup_max_size.is_none() && self.rows * self.cols * 4 <= self.max_binding;
         let prompt_sized = tokens >= PROMPT_TOKENS && self.subgroup_max_size.is_some();
@@ -372,7 +416,7 @@ impl QuantMatrix {
         // lavapipe (a 512-token prompt's products took 4.48 s instead of 4.05) than the
         // separate add it saves (28 ms). Decode steps, where dispatches count, fold it.
         if (expanded || prompt_sized) && let Some(residual) = residual {
-            return self.multiply(x, None) + residual;
+            return self.multiply_with(x, None, kernel) + residual;
         }
         if expanded {
             return x.matmul(self.dequantize().transpose());
@@ -423,11 +467,59 @@ impl QuantMatrix {
         from_cube(y)
     }
 
+    /// matmul_quant_tiled.wgsl: tiles of 64 tokens x 64 rows, the residual added as it
+    /// writes (each invocation stores 64 outputs, so the reads are spread thin).
+    fn tiled(&self, x: Tensor<2>, residual: Option<Tensor<2>>) -> Tensor<2> {
+        let tokens = x.dims()[0];
+        let x = cube(x);
+        let y = empty(&x.device, [tokens, self.rows]);
+        let residual = residual.map(cube);
+        let mut args = vec![Arg::Read(&self.quants), Arg::Read(&self.scales), Arg::Read(&x.handle), Arg::Write(&y.handle)];
+        args.extend(residual.as_ref().map(|r| Arg::Read(&r.handle)));
+        let adds = if residual.is_some() { RESIDUAL_VARIANT } else { 0 };
+        let template = Template {
+            name: "matmul_quant_tiled",
+            source: include_str!("../../../shaders/matmul_quant_tiled.wgsl"),
+            variant: (self.format.name(), adds),
+            values: &|| {
+                let mut values = tiled_code(TILED_TOKENS_PER_INVOCATION, TILED_ROWS_PER_INVOCATION);
+                values.push(("UNPACK", self.format.unpack_source()));
+                values.push(("BINDINGS", matmul_bindings(adds != 0)));
+                values
+            },
+            workgroup: WORKGROUP as u32,
+        };
+        let (tile_tokens, tile_rows) = (8 * TILED_TOKENS_PER_INVOCATION, 8 * TILED_ROWS_PER_INVOCATION);
+        let workgroups = [self.rows.div_ceil(tile_rows) as u32, tokens.div_ceil(tile_tokens) as u32, 1];
+        let info = MatmulInfo { rows: self.rows as u32, cols: self.cols as u32, tokens: tokens as u32, _pad: 0 };
+        launch(&self.device, &template, workgroups, &args, &info);
+        from_cube(y)
+    }
+
     /// The same matrix multiplied by the kernel for adapters without subgroups.
     #[cfg(test)]
     pub(crate) fn without_subgroups(mut self) -> Self {
         self.subgroup_max_size = None;
         self
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Picks the kernel for prompt-sized products of this matrix's format now (see
+    /// [`many_tokens`]), timing them on this matrix if the format has no pick yet.
+    pub fn calibrate(&self) {
+        many_tokens::calibrate(self);
+    }
+
+    /// What a kernel choice depends on: the device, the block format and the shape.
+    pub(crate) fn shape_key(&self) -> (&CubeDevice, &'static str, usize, usize) {
+        (&self.device, self.format.name(), self.rows, self.cols)
     }
 
     pub fn uses_subgroups(&self) -> bool {
@@ -528,6 +620,15 @@ impl Linear {
         match self {
             Self::Quantized(m) => m.forward_add(x, residual),
             _ => self.forward(x) + residual,
+        }
+    }
+
+    /// The quantized matrices of this layer.
+    pub fn quantized(&self) -> Vec<&QuantMatrix> {
+        match self {
+            Self::Quantized(m) => vec![m],
+            Self::Dense(_) => Vec::new(),
+            Self::Parts(parts) => parts.iter().flat_map(Linear::quantized).collect(),
         }
     }
 

@@ -304,15 +304,17 @@ fn malformed_models_are_refused_with_the_reason() {
     assert!(e.contains("RoPE scaling \"dynamic\" (supported: none, linear, yarn, longrope)"), "{e}");
 }
 
-/// The quantized matrix kernel against the dequantized matrix multiplied on the CPU, for
-/// every format it reads, over odd row counts and token counts around the kernel's tilings
-/// (decode, batches, prompts), with and without a residual added as it writes.
+/// The quantized matrix kernels against the dequantized matrix multiplied on the CPU, for
+/// every format they read, over odd row counts and token counts around the kernels' tilings
+/// (decode, batches, prompts on the row and the tiled kernels), with and without a residual
+/// added as they write.
 #[test]
 fn quantized_matmul_matches_dequantized_reference() {
     use burn::tensor::{Tensor, TensorData};
     use rand::{Rng, SeedableRng};
 
-    use crate::quant::{QuantFormat, QuantMatrix};
+    use crate::many_tokens::ManyTokens;
+    use crate::quant::{MAX_QUANTIZED_TOKENS, QuantFormat, QuantMatrix};
 
     let device = wgpu_device().unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
@@ -329,22 +331,35 @@ fn quantized_matmul_matches_dequantized_reference() {
             assert!(short.to_string().contains(&format!("do not hold a {rows} x {cols}")), "{short}");
             let matrix = QuantMatrix::upload(&device, format, &blocks, rows, cols).unwrap();
             let portable = QuantMatrix::upload(&device, format, &blocks, rows, cols).unwrap().without_subgroups();
-            for (matrix, tokens) in [&matrix, &portable].into_iter().flat_map(|m| [1, 2, 5, 8, 9, 17, 70, 131].map(|t| (m, t))) {
+            let kernels = [ManyTokens::Rows, ManyTokens::Tiled];
+            let runs = [&matrix, &portable].into_iter().flat_map(|m| [1, 2, 5, 8, 9, 17, 70, 131].map(|t| (m, t)));
+            for (matrix, tokens) in runs {
                 let x: Vec<f32> = (0..tokens * cols).map(|_| rng.random_range(-2.0..2.0)).collect();
                 let expected: Vec<f32> = x
                     .chunks(cols)
                     .flat_map(|xt| weights.chunks(cols).map(move |w| w.iter().zip(xt).map(|(a, b)| a * b).sum::<f32>()))
                     .collect();
                 let input = Tensor::<2>::from_data(TensorData::new(x, [tokens, cols]), &device);
-                let got = matrix.forward(input.clone()).try_into_vec_as::<f32>().unwrap();
-                let kernel = if matrix.uses_subgroups() { "subgroup" } else { "portable" };
-                assert_close(&got, &expected, &format!("{ty:?} {rows}x{cols}, {tokens} tokens, {kernel} kernel"));
-                // The same product with a residual added as it is written.
                 let residual: Vec<f32> = (0..tokens * rows).map(|_| rng.random_range(-2.0..2.0)).collect();
-                let expected: Vec<f32> = expected.iter().zip(&residual).map(|(y, r)| y + r).collect();
+                let with_residual: Vec<f32> = expected.iter().zip(&residual).map(|(y, r)| y + r).collect();
                 let residual = Tensor::<2>::from_data(TensorData::new(residual, [tokens, rows]), &device);
+                // Prompt-sized products on both kernels, whichever the adapter's timing picks.
+                for kernel in if tokens > MAX_QUANTIZED_TOKENS { &kernels[..] } else { &kernels[..1] } {
+                    let name = match (kernel, matrix.uses_subgroups()) {
+                        (ManyTokens::Tiled, _) => "tiled",
+                        (ManyTokens::Rows, true) => "subgroup",
+                        (ManyTokens::Rows, false) => "portable",
+                    };
+                    let what = format!("{ty:?} {rows}x{cols}, {tokens} tokens, {name} kernel");
+                    let got = matrix.multiply_with(input.clone(), None, *kernel).try_into_vec_as::<f32>().unwrap();
+                    assert_close(&got, &expected, &what);
+                    // The same product with a residual added as it is written.
+                    let got = matrix.multiply_with(input.clone(), Some(residual.clone()), *kernel).try_into_vec_as::<f32>().unwrap();
+                    assert_close(&got, &with_residual, &format!("{what}, residual"));
+                }
+                // The public entry takes one of them.
                 let got = matrix.forward_add(input, residual).try_into_vec_as::<f32>().unwrap();
-                assert_close(&got, &expected, &format!("{ty:?} {rows}x{cols}, {tokens} tokens, {kernel} kernel, residual"));
+                assert_close(&got, &with_residual, &format!("{ty:?} {rows}x{cols}, {tokens} tokens, forward_add"));
             }
         }
     }
