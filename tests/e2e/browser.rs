@@ -62,7 +62,9 @@ fn report(name: &str, result: &Value) {
 #[test]
 fn the_browser_gives_the_native_greedy_tokens_and_batches_concurrent_generations() {
     let server = Server::start(&tiny_model("browser"), &["--web", web_dist().to_str().unwrap()]);
-    let prompt = "the quick brown fox";
+    // Over 16 tokens, so the prompt's products run on the prompt kernel (the tiled one in
+    // the browser).
+    let prompt = "the quick brown fox jumps over the lazy dog while five boxing wizards jump quickly";
     let max_tokens = 12;
     let native = native_tokens(&server, prompt, max_tokens);
     let spec = json!({"prompt": prompt, "max_tokens": max_tokens, "concurrent": 4, "api": true, "errors": true, "timeout_s": 600});
