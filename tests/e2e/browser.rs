@@ -121,3 +121,52 @@ fn the_browser_loads_the_default_model_and_produces_its_first_tokens() {
     let file = std::fs::metadata(Path::new(&model)).unwrap().len();
     assert!(weights < file, "weights stay quantized in the browser: {weights} bytes on the device, file {file}");
 }
+
+/// Native `cinder generate` on the default model, run once on `icd`'s Vulkan driver (None:
+/// the machine's, lavapipe): its text, and its peak resident memory in MB, read from
+/// /proc while it runs. A run past 4 GB or 5 minutes is killed and fails.
+fn generate_watched(icd: Option<&Path>) -> (String, u64) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cinder"));
+    command
+        .args(["generate", "--prompt", "The capital of France is", "--max-tokens", "8", "--temperature", "0", "--json"])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if let Some(icd) = icd {
+        command.env("VK_ICD_FILENAMES", icd);
+    }
+    let mut child = command.spawn().expect("cinder runs");
+    let status = format!("/proc/{}/status", child.id());
+    let started = std::time::Instant::now();
+    let mut peak_mb = 0;
+    while child.try_wait().expect("waiting for cinder").is_none() {
+        // VmHWM: the peak resident set so far.
+        let hwm = std::fs::read_to_string(&status).ok().and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        });
+        peak_mb = peak_mb.max(hwm.unwrap_or(0) / 1024);
+        if peak_mb > 4096 || started.elapsed().as_secs() > 300 {
+            child.kill().ok();
+            panic!("cinder on {icd:?} grew to {peak_mb} MB in {:.0?} and was stopped", started.elapsed());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().expect("cinder's output");
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "cinder on {icd:?} failed: {stderr}");
+    let json: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("the --json line");
+    eprintln!("{}: peak {peak_mb} MB, {stderr}", icd.map_or("lavapipe".into(), |p| p.display().to_string()));
+    (json["text"].as_str().expect("text").to_owned(), peak_mb)
+}
+
+/// Native cinder on the very Vulkan device the headless page uses (Chromium's SwiftShader):
+/// the same greedy text as on lavapipe, with memory bounded (it once grew without end there).
+#[test]
+fn native_cinder_on_the_browsers_swiftshader_matches_lavapipe_in_bounded_memory() {
+    let icd = Path::new("/usr/lib/chromium/vk_swiftshader_icd.json");
+    assert!(icd.exists(), "{} is missing: scripts/setup.sh installs Chromium", icd.display());
+    let (lavapipe_text, lavapipe_mb) = generate_watched(None);
+    let (swiftshader_text, swiftshader_mb) = generate_watched(Some(icd));
+    assert_eq!(swiftshader_text, lavapipe_text);
+    assert!(swiftshader_mb <= 2 * lavapipe_mb, "SwiftShader peaked at {swiftshader_mb} MB, lavapipe at {lavapipe_mb} MB");
+}

@@ -34,6 +34,9 @@ pub struct AdapterInfo {
     pub max_binding_bytes: u64,
 }
 
+/// The narrowest subgroups the subgroup kernels run on.
+const MIN_SUBGROUP_SIZE: u32 = 8;
+
 static WGPU: OnceLock<Result<Opened, String>> = OnceLock::new();
 
 /// A decode step is a few hundred small dispatches; submitting them in one go instead of
@@ -49,7 +52,13 @@ fn opened(
 ) -> Result<Opened, String> {
     let (device, setup) = init.map_err(|e| e.to_string())?;
     let info = setup.adapter.get_info();
-    let subgroups = setup.device.features().contains(wgpu::Features::SUBGROUP) && info.backend != wgpu::Backend::BrowserWebGpu;
+    // Subgroups of 4 (SwiftShader's) are left out: the matrix kernel gains little from 4
+    // lanes sharing inputs, and SwiftShader never finished its first dispatch of a 2-token
+    // product (its memory grew by ~100 MB/s until the process was killed), while the
+    // portable kernels run there.
+    let subgroups = setup.device.features().contains(wgpu::Features::SUBGROUP)
+        && info.backend != wgpu::Backend::BrowserWebGpu
+        && info.subgroup_min_size >= MIN_SUBGROUP_SIZE;
     let adapter = AdapterInfo {
         name: info.name,
         backend: format!("{:?}", setup.backend),
