@@ -357,6 +357,16 @@ fn matmul_bindings(residual: bool) -> String {
         .replace("{{RESIDUAL_ADD}}", add)
 }
 
+/// One launch of a matrix kernel: its file, its tiling's variant number and placeholder
+/// values (the block format's unpack and the bindings are added), and its grid.
+struct MatrixKernel<'a> {
+    name: &'static str,
+    source: &'static str,
+    variant: u32,
+    code: &'a dyn Fn() -> Vec<(&'static str, String)>,
+    workgroups: [u32; 3],
+}
+
 /// Added to a matrix kernel's variant number when it adds a residual.
 const RESIDUAL_VARIANT: u32 = 1 << 24;
 
@@ -421,55 +431,47 @@ impl QuantMatrix {
         if expanded {
             return x.matmul(self.dequantize().transpose());
         }
-        let x = cube(x);
-        let y = empty(&x.device, [tokens, self.rows]);
         let tile = if prompt_sized { PROMPT_TOKEN_TILE } else { tokens.next_power_of_two().min(MAX_TOKEN_TILE) };
-        let residual = residual.map(cube);
-        let mut args = vec![Arg::Read(&self.quants), Arg::Read(&self.scales), Arg::Read(&x.handle), Arg::Write(&y.handle)];
-        args.extend(residual.as_ref().map(|r| Arg::Read(&r.handle)));
-        let adds = if residual.is_some() { RESIDUAL_VARIANT } else { 0 };
-        let info = MatmulInfo { rows: self.rows as u32, cols: self.cols as u32, tokens: tokens as u32, _pad: 0 };
-        if let Some(width) = self.subgroup_max_size {
-            // Rows per subgroup, measured on lavapipe: more rows share each input load, at the
-            // cost of accumulators (rows x tile of them).
-            let rows_per_subgroup = if prompt_sized { PROMPT_ROWS } else { (8 * tile).clamp(8, 32) };
-            let template = Template {
-                name: "matmul_quant_subgroup",
-                source: include_str!("../../../shaders/matmul_quant_subgroup.wgsl"),
-                variant: (self.format.name(), (tile * 1000 + rows_per_subgroup) as u32 + adds),
-                values: &|| {
-                    let mut values = subgroup_tile_code(rows_per_subgroup, tile);
-                    values.push(("UNPACK", self.format.unpack_source()));
-                    values.push(("BINDINGS", matmul_bindings(adds != 0)));
-                    values
-                },
-                workgroup: WORKGROUP as u32,
+        let Some(width) = self.subgroup_max_size else {
+            let kernel = MatrixKernel {
+                name: "matmul_quant",
+                source: include_str!("../../../shaders/matmul_quant.wgsl"),
+                variant: tile as u32,
+                code: &|| tile_code(tile),
+                workgroups: [self.rows.div_ceil(WORKGROUP) as u32, tokens.div_ceil(tile) as u32, 1],
             };
-            let rows_per_workgroup = rows_per_subgroup * WORKGROUP / width;
-            let workgroups = [self.rows.div_ceil(rows_per_workgroup) as u32, tokens.div_ceil(tile) as u32, 1];
-            launch(&self.device, &template, workgroups, &args, &info);
-            return from_cube(y);
-        }
-        let template = Template {
-            name: "matmul_quant",
-            source: include_str!("../../../shaders/matmul_quant.wgsl"),
-            variant: (self.format.name(), tile as u32 + adds),
-            values: &|| {
-                let mut values = tile_code(tile);
-                values.push(("UNPACK", self.format.unpack_source()));
-                values.push(("BINDINGS", matmul_bindings(adds != 0)));
-                values
-            },
-            workgroup: WORKGROUP as u32,
+            return self.launch(kernel, x, residual);
         };
-        let workgroups = [self.rows.div_ceil(WORKGROUP) as u32, tokens.div_ceil(tile) as u32, 1];
-        launch(&self.device, &template, workgroups, &args, &info);
-        from_cube(y)
+        // Rows per subgroup, measured on lavapipe: more rows share each input load, at the
+        // cost of accumulators (rows x tile of them).
+        let rows_per_subgroup = if prompt_sized { PROMPT_ROWS } else { (8 * tile).clamp(8, 32) };
+        let rows_per_workgroup = rows_per_subgroup * WORKGROUP / width;
+        let kernel = MatrixKernel {
+            name: "matmul_quant_subgroup",
+            source: include_str!("../../../shaders/matmul_quant_subgroup.wgsl"),
+            variant: (tile * 1000 + rows_per_subgroup) as u32,
+            code: &|| subgroup_tile_code(rows_per_subgroup, tile),
+            workgroups: [self.rows.div_ceil(rows_per_workgroup) as u32, tokens.div_ceil(tile) as u32, 1],
+        };
+        self.launch(kernel, x, residual)
     }
 
     /// matmul_quant_tiled.wgsl: tiles of 64 tokens x 64 rows, the residual added as it
     /// writes (each invocation stores 64 outputs, so the reads are spread thin).
     fn tiled(&self, x: Tensor<2>, residual: Option<Tensor<2>>) -> Tensor<2> {
+        let (tile_tokens, tile_rows) = (8 * TILED_TOKENS_PER_INVOCATION, 8 * TILED_ROWS_PER_INVOCATION);
+        let kernel = MatrixKernel {
+            name: "matmul_quant_tiled",
+            source: include_str!("../../../shaders/matmul_quant_tiled.wgsl"),
+            variant: 0,
+            code: &|| tiled_code(TILED_TOKENS_PER_INVOCATION, TILED_ROWS_PER_INVOCATION),
+            workgroups: [self.rows.div_ceil(tile_rows) as u32, x.dims()[0].div_ceil(tile_tokens) as u32, 1],
+        };
+        self.launch(kernel, x, residual)
+    }
+
+    /// Launches one of the matrix kernels on `x`, adding `residual` as it writes if given.
+    fn launch(&self, kernel: MatrixKernel, x: Tensor<2>, residual: Option<Tensor<2>>) -> Tensor<2> {
         let tokens = x.dims()[0];
         let x = cube(x);
         let y = empty(&x.device, [tokens, self.rows]);
@@ -478,21 +480,19 @@ impl QuantMatrix {
         args.extend(residual.as_ref().map(|r| Arg::Read(&r.handle)));
         let adds = if residual.is_some() { RESIDUAL_VARIANT } else { 0 };
         let template = Template {
-            name: "matmul_quant_tiled",
-            source: include_str!("../../../shaders/matmul_quant_tiled.wgsl"),
-            variant: (self.format.name(), adds),
+            name: kernel.name,
+            source: kernel.source,
+            variant: (self.format.name(), kernel.variant + adds),
             values: &|| {
-                let mut values = tiled_code(TILED_TOKENS_PER_INVOCATION, TILED_ROWS_PER_INVOCATION);
+                let mut values = (kernel.code)();
                 values.push(("UNPACK", self.format.unpack_source()));
                 values.push(("BINDINGS", matmul_bindings(adds != 0)));
                 values
             },
             workgroup: WORKGROUP as u32,
         };
-        let (tile_tokens, tile_rows) = (8 * TILED_TOKENS_PER_INVOCATION, 8 * TILED_ROWS_PER_INVOCATION);
-        let workgroups = [self.rows.div_ceil(tile_rows) as u32, tokens.div_ceil(tile_tokens) as u32, 1];
         let info = MatmulInfo { rows: self.rows as u32, cols: self.cols as u32, tokens: tokens as u32, _pad: 0 };
-        launch(&self.device, &template, workgroups, &args, &info);
+        launch(&self.device, &template, kernel.workgroups, &args, &info);
         from_cube(y)
     }
 
