@@ -21,9 +21,6 @@ pub enum ManyTokens {
     Rows,
 }
 
-/// The token counts each shape is timed at (prompt chunks are at most 512 tokens by default).
-const MEASURED: [usize; 3] = [32, 128, 512];
-
 /// Both kernels' time on one shape at one token count.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Timing {
@@ -47,6 +44,7 @@ pub struct Calibration {
     pub timings: Vec<Timing>,
 }
 
+#[cfg(not(target_family = "wasm"))]
 impl Calibration {
     /// The faster kernel at the measured count nearest to `tokens` on a log scale.
     fn choice(&self, tokens: usize) -> ManyTokens {
@@ -65,9 +63,13 @@ mod native {
     use burn_cubecl::CubeDevice;
     use burn_cubecl::cubecl::future::block_on;
 
-    use super::{Calibration, MEASURED, ManyTokens, Timing};
+    use super::{Calibration, ManyTokens, Timing};
     use crate::kernel::{empty, from_cube};
     use crate::quant::QuantMatrix;
+
+    /// The token counts a format is timed at (prompt chunks are at most 512 tokens by
+    /// default).
+    const MEASURED: [usize; 3] = [32, 128, 512];
 
     type Key = (CubeDevice, &'static str);
 

@@ -517,7 +517,9 @@ impl QuantMatrix {
         many_tokens::calibrate(self);
     }
 
-    /// What a kernel choice depends on: the device, the block format and the shape.
+    /// The device, block format and shape: a kernel choice is kept per device and format,
+    /// and reports the shape it was timed on.
+    #[cfg(not(target_family = "wasm"))]
     pub(crate) fn shape_key(&self) -> (&CubeDevice, &'static str, usize, usize) {
         (&self.device, self.format.name(), self.rows, self.cols)
     }
