@@ -93,22 +93,27 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn tokens_and_ends_become_typed_json_objects() {
-        let token: Value = serde_json::from_str(&event_json(3, &Event::Token { token: 42, text: "é\"".into(), logprob: None })).unwrap();
-        assert_eq!(token, json!({"type": "token", "id": 3, "token": 42, "text": "é\""}));
-        let end = Finished {
-            reason: FinishReason::Length,
+    /// A request's end after `prompt_tokens` and `completion_tokens`, timed 0, 1, 2.
+    fn finished(reason: FinishReason, text: &str, prompt_tokens: usize, completion_tokens: usize) -> Finished {
+        Finished {
+            reason,
             error: None,
-            text: "tail".into(),
-            prompt_tokens: 5,
-            completion_tokens: 7,
+            text: text.into(),
+            prompt_tokens,
+            completion_tokens,
             arrival: Time(0),
             scheduled: Some(Time(0)),
             first_token: Some(Time(1)),
             finished: Time(2),
             preemptions: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn tokens_and_ends_become_typed_json_objects() {
+        let token: Value = serde_json::from_str(&event_json(3, &Event::Token { token: 42, text: "é\"".into(), logprob: None })).unwrap();
+        assert_eq!(token, json!({"type": "token", "id": 3, "token": 42, "text": "é\""}));
+        let end = finished(FinishReason::Length, "tail", 5, 7);
         let failed = Finished { reason: FinishReason::Failed, error: Some("device lost".into()), ..end.clone() };
         let end: Value = serde_json::from_str(&event_json(3, &Event::Finished(end))).unwrap();
         assert_eq!(end["finish_reason"], "length");
@@ -129,18 +134,7 @@ mod tests {
         assert_eq!(first["chunk"]["choices"][0]["delta"], json!({"role": "assistant", "content": "Hel"}));
         let empty = event(&Event::Token { token: 2, text: String::new(), logprob: None }, &mut reply);
         assert!(empty.get("chunk").is_none(), "nothing to send: {empty}");
-        let end = Finished {
-            reason: FinishReason::Stop,
-            error: None,
-            text: "lo".into(),
-            prompt_tokens: 5,
-            completion_tokens: 3,
-            arrival: Time(0),
-            scheduled: Some(Time(0)),
-            first_token: Some(Time(1)),
-            finished: Time(2),
-            preemptions: 0,
-        };
+        let end = finished(FinishReason::Stop, "lo", 5, 3);
         let last = event(&Event::Finished(end), &mut reply);
         assert_eq!(last["chunk"]["choices"][0]["delta"], json!({"content": "lo"}));
         assert_eq!(last["chunk"]["choices"][0]["finish_reason"], "stop");
