@@ -58,7 +58,7 @@ log "wasm-opt"
     --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
     "$OUT/pkg/cinder_wasm_bg.wasm" -o "$OUT/pkg/cinder_wasm_bg.opt.wasm"
 mv "$OUT/pkg/cinder_wasm_bg.opt.wasm" "$OUT/pkg/cinder_wasm_bg.wasm"
-cp web/index.html web/app.js web/cinder.js "$OUT/"
+cp web/index.html web/app.js web/cinder.js web/core.js web/worker.js "$OUT/"
 raw=$(stat -c %s "$OUT/pkg/cinder_wasm_bg.wasm")
 gz=$(gzip -9 -c "$OUT/pkg/cinder_wasm_bg.wasm" | wc -c)
 log "$OUT ready: cinder_wasm_bg.wasm $((raw / 1024)) KiB ($((gz / 1024)) KiB gzip)"

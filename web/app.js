@@ -1,5 +1,7 @@
 // The demo page: loads the model, chats with streaming output, and compares N prompts
-// batched against the same N run one after another.
+// batched against the same N run one after another. `?model=URL` loads another GGUF file;
+// `?worker=0` runs the engine on the page's thread instead of a worker; `?profile=1` times
+// every answer's steps and shows where they went (kernels on the device, the host's parts).
 
 import { Engine } from './cinder.js';
 
@@ -7,6 +9,8 @@ const $ = (id) => document.getElementById(id);
 const status = (text) => ($('status').textContent = text);
 const params = new URLSearchParams(location.search);
 const modelUrl = params.get('model') ?? '/model.gguf';
+const inWorker = params.get('worker') !== '0';
+const profiling = params.get('profile') === '1';
 
 let engine = null;
 let current = null;
@@ -15,6 +19,7 @@ async function load() {
   status(`loading ${modelUrl}…`);
   try {
     engine = await Engine.load(modelUrl, {
+      worker: inWorker,
       onProgress: ({ phase, loaded, total, cached }) => {
         const mb = (n) => (n / 1e6).toFixed(1);
         if (phase === 'download') {
@@ -34,7 +39,8 @@ async function load() {
   $('progress').value = 1;
   const { adapter, context_length: context } = engine.info;
   const { load_s: seconds, cached } = engine.loadStats;
-  status(`ready: ${adapter}; context ${context}; loaded in ${seconds.toFixed(1)} s${cached ? ' (cached)' : ''}`);
+  const where = inWorker ? 'in a worker' : "on the page's thread";
+  status(`ready: ${adapter}; context ${context}; ${where}; loaded in ${seconds.toFixed(1)} s${cached ? ' (cached)' : ''}`);
   for (const id of ['send', 'batch-run']) $(id).disabled = false;
 }
 
@@ -48,8 +54,10 @@ async function send() {
   const options = { max_tokens: Number($('max-tokens').value), temperature: Number($('temperature').value) };
   try {
     const messages = engine.info.chat_template ? [{ role: 'user', content: text }] : text;
+    if (profiling) engine.profileStart();
     current = engine.generate(messages, options, (piece) => ($('output').textContent += piece));
     const result = await current;
+    if (profiling) showProfile(await engine.profileFinish());
     $('speed').textContent =
       `${result.completion_tokens} tokens, ${result.tokens_per_s.toFixed(2)} tokens/s, first token after ${(result.first_token_s ?? 0).toFixed(2)} s (${result.finish_reason})`;
   } catch (e) {
@@ -59,6 +67,25 @@ async function send() {
     $('send').disabled = false;
     $('stop').disabled = true;
   }
+}
+
+/** Where the answer's steps spent their time, per step: the host's parts, then each kernel. */
+function showProfile(profile) {
+  window.cinder.profile = profile;
+  const table = $('profile-table');
+  table.hidden = false;
+  while (table.rows.length > 1) table.deleteRow(1);
+  const steps = Math.max(profile.steps, 1);
+  const stepMs = (profile.host.launch_ms + profile.host.wait_ms + profile.host.land_ms) / steps;
+  const row = (name, dispatches, ms) => {
+    const tr = table.insertRow();
+    for (const cell of [name, dispatches, (ms / steps).toFixed(3), `${((100 * ms) / steps / stepMs).toFixed(1)} %`]) tr.insertCell().textContent = cell;
+  };
+  row('host: plan and launch', '', profile.host.launch_ms);
+  row('host: await the device', '', profile.host.wait_ms);
+  row('host: sample', '', profile.host.land_ms);
+  for (const k of profile.kernels) row(k.kernel, (k.dispatches / steps).toFixed(1), k.ms);
+  $('profile-summary').textContent = `${profile.steps} steps, ${stepMs.toFixed(1)} ms per step; kernels ${(profile.device_ms / steps).toFixed(1)} ms per step on the device (${profile.device_timestamps ? 'timestamp queries' : "the host's clock"})`;
 }
 
 /** N prompts: all at once (one batch per step), then one after another. */

@@ -4,105 +4,19 @@
 //   const result = await engine.generate('Hello', { max_tokens: 32 }, (text) => ...);
 //   for await (const chunk of await engine.chat.completions.create({ messages, stream: true })) ...
 //
-// Every call in flight shares the engine's batches: the step loop below runs one engine
-// step (all waiting and running requests together) and yields to the browser in between,
-// so the page stays responsive.
+// The engine runs in a Web Worker (worker.js) by default, so the page's main thread only
+// renders; `{ worker: false }` runs it on the page's thread instead. Either way every call
+// in flight shares the engine's batches, and the API is the same.
 
-import init, { WasmEngine, lastPanic } from './pkg/cinder_wasm.js';
+import { CinderError, engineHost } from './core.js';
 
-/** Every failure this module reports: no WebGPU, the model fetch, a bad request, the device. */
-export class CinderError extends Error {
-  constructor(message) {
-    super(message);
-    this.name = 'CinderError';
-  }
-}
+export { CinderError };
 
-const MODEL_CACHE = 'cinder-models-v1';
-
-const message = (e) => (e && e.message) || String(e);
-
-/**
- * A WebAssembly trap (a Rust panic, or memory exhausted) stops the engine for good; the
- * error says why when Rust could tell.
- */
-function isTrap(e) {
-  return e instanceof WebAssembly.RuntimeError;
-}
-
-function trapError(e) {
-  let panic = null;
-  try {
-    panic = lastPanic();
-  } catch {
-    // The instance cannot even answer: memory is exhausted.
-  }
-  const why = panic ?? `${message(e)} (out of memory?)`;
-  return new CinderError(`the engine stopped after an internal error: ${why}; reload the page`);
-}
-
-/** Lets the browser render and handle input before the next engine step. */
-function yieldToBrowser() {
-  if (globalThis.scheduler?.yield) return globalThis.scheduler.yield();
-  return new Promise((resolve) => {
-    const channel = new MessageChannel();
-    channel.port1.onmessage = () => resolve();
-    channel.port2.postMessage(null);
-  });
-}
-
-/**
- * The model file's bytes: from the Cache API when an earlier visit stored them, otherwise
- * fetched with progress and stored for the next visit.
- */
-async function fetchModel(url, onProgress) {
-  let cache = null;
-  try {
-    cache = await caches.open(MODEL_CACHE);
-  } catch {
-    // No Cache API (an insecure origin): fetch every time.
-  }
-  let response = cache ? await cache.match(url) : undefined;
-  const cached = Boolean(response);
-  if (!response) {
-    try {
-      response = await fetch(url);
-    } catch (e) {
-      throw new CinderError(`model fetch failed: ${url}: ${message(e)}`);
-    }
-    if (!response.ok) throw new CinderError(`model fetch failed: ${url}: HTTP ${response.status}`);
-  }
-  const total = Number(response.headers.get('content-length')) || 0;
-  const reader = response.body.getReader();
-  const parts = [];
-  let loaded = 0;
-  for (;;) {
-    let chunk;
-    try {
-      chunk = await reader.read();
-    } catch (e) {
-      throw new CinderError(`model fetch failed: ${url}: ${message(e)}`);
-    }
-    if (chunk.done) break;
-    parts.push(chunk.value);
-    loaded += chunk.value.length;
-    onProgress?.({ phase: 'download', loaded, total, cached });
-  }
-  if (total && loaded !== total) throw new CinderError(`model fetch failed: ${url}: got ${loaded} of ${total} bytes`);
-  const bytes = new Uint8Array(loaded);
-  let offset = 0;
-  for (const part of parts) {
-    bytes.set(part, offset);
-    offset += part.length;
-  }
-  if (cache && !cached) {
-    try {
-      await cache.put(url, new Response(bytes, { headers: { 'content-length': String(loaded) } }));
-    } catch (e) {
-      console.warn(`cinder: the model was not cached (${message(e)}); the next visit downloads it again`);
-    }
-  }
-  return { bytes, cached };
+/** Completions logprobs of one more token appended to those so far (null: none yet). */
+function joinLogprobs(sofar, next) {
+  if (!sofar) return next;
+  for (const key of ['tokens', 'token_logprobs', 'top_logprobs', 'text_offset']) sofar[key].push(...next[key]);
+  return sofar;
 }
 
 /** A queue that an async iterator drains: the shape of a streamed chat completion. */
@@ -140,94 +54,161 @@ class ChunkQueue {
 }
 
 export class Engine {
-  #core;
-  #looping = false;
+  /** Sends a message to the engine (engineHost's protocol in core.js). */
+  #send;
+  #worker = null;
   /** Set once a trap stopped the engine: every later call fails with it. */
   #broken = null;
-  /** Requests in flight: id -> { onEvent, fail }. */
+  /** Requests in flight: id -> { onEvent, fail, accepted }. */
   #requests = new Map();
+  #nextId = 1;
+  /** Profiles asked for: reply id -> { resolve, reject }. */
+  #profiles = new Map();
 
   /**
    * Loads the GGUF model at `url` onto WebGPU. `onProgress({ phase, loaded, total, cached })`
    * reports the download; `options` sets the KV pool and batch limits (see the crate's
-   * EngineOptions); `wasmUrl` overrides where the .wasm file is.
+   * EngineOptions); `wasmUrl` overrides where the .wasm file is; `worker: false` runs the
+   * engine on the page's thread instead of a Web Worker.
    */
-  static async load(url, { onProgress, options, wasmUrl } = {}) {
+  static async load(url, { onProgress, options, wasmUrl, worker = true } = {}) {
     if (!globalThis.navigator?.gpu) {
       throw new CinderError('WebGPU is not available in this browser (navigator.gpu is missing)');
     }
-    const started = performance.now();
-    try {
-      await init(wasmUrl ? { module_or_path: wasmUrl } : undefined);
-    } catch (e) {
-      throw new CinderError(`cannot load cinder's WebAssembly: ${message(e)}`);
+    const engine = new Engine();
+    const loaded = new Promise((resolve, reject) => (engine.#loading = { resolve, reject, onProgress }));
+    if (worker) {
+      try {
+        engine.#worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module', name: 'cinder' });
+      } catch (e) {
+        throw new CinderError(`cannot start the engine's worker: ${e.message}`);
+      }
+      engine.#worker.onmessage = ({ data }) => engine.#receive(data);
+      engine.#worker.onerror = (e) => engine.#stopped(new CinderError(`the engine's worker failed: ${e.message ?? 'an error'}`));
+      engine.#send = (data) => engine.#worker.postMessage(data);
+    } else {
+      engine.#send = engineHost((data) => engine.#receive(data));
     }
-    const { bytes, cached } = await fetchModel(url, onProgress);
-    const downloaded = performance.now();
-    onProgress?.({ phase: 'upload', loaded: bytes.length, total: bytes.length, cached });
-    let core;
-    try {
-      core = await WasmEngine.load(bytes, JSON.stringify(options ?? {}));
-    } catch (e) {
-      throw isTrap(e) ? trapError(e) : new CinderError(message(e));
-    }
-    const done = performance.now();
-    return new Engine(core, {
-      cached,
-      bytes: bytes.length,
-      fetch_s: (downloaded - started) / 1000,
-      load_s: (done - started) / 1000,
-    });
+    // A worker resolves URLs against its own script: send absolute ones.
+    const absolute = (u) => u && new URL(u, globalThis.location?.href).href;
+    engine.#send({ op: 'load', url: absolute(url), options: options ?? {}, wasmUrl: absolute(wasmUrl) });
+    await loaded;
+    return engine;
   }
 
-  constructor(core, loadStats) {
-    this.#core = core;
-    /** Adapter, context length, vocabulary, weight bytes, KV pool. */
-    this.info = JSON.parse(core.info());
-    /** `{ cached, bytes, fetch_s, load_s }` of the load. */
-    this.loadStats = loadStats;
+  #loading = null;
+
+  constructor() {
     this.chat = { completions: { create: (body) => this.#createChat(body) } };
+  }
+
+  /** A message from the engine. */
+  #receive(data) {
+    switch (data.op) {
+      case 'progress':
+        return this.#loading?.onProgress?.(data.progress);
+      case 'loaded':
+        /** Adapter, context length, vocabulary, weight bytes, KV pool. */
+        this.info = data.info;
+        /** `{ cached, stale, bytes, fetch_s, load_s }` of the load. */
+        this.loadStats = data.loadStats;
+        this.#loading.resolve();
+        this.#loading = null;
+        return;
+      case 'loadFailed':
+        this.#worker?.terminate();
+        this.#loading.reject(new CinderError(data.error));
+        this.#loading = null;
+        return;
+      case 'accepted':
+        return this.#requests.get(data.id)?.accepted();
+      case 'refused': {
+        const request = this.#requests.get(data.id);
+        this.#requests.delete(data.id);
+        return request?.fail(new CinderError(data.error));
+      }
+      case 'event': {
+        const request = this.#requests.get(data.id);
+        if (!request) return;
+        const event = data.event;
+        // The engine ends a request whose steps kept failing, with the device's error.
+        if (event.error) {
+          this.#requests.delete(data.id);
+          this.abort(data.id);
+          return request.fail(new CinderError(event.error));
+        }
+        if (event.done) this.#requests.delete(data.id);
+        return request.onEvent(event);
+      }
+      case 'broken':
+        return this.#stopped(new CinderError(data.error));
+      case 'profile': {
+        const waiting = this.#profiles.get(data.reply);
+        this.#profiles.delete(data.reply);
+        return data.error ? waiting?.reject(new CinderError(data.error)) : waiting?.resolve(data.profile);
+      }
+    }
   }
 
   /**
    * Generates from a prompt (a string, or a list of chat messages) with OpenAI options
    * (`max_tokens`, `temperature`, `top_p`, `top_k`, `min_p`, `seed`, `stop`, `ignore_eos`,
-   * ...). `onToken(text, { id, token })` gets the text as it is released. The promise
-   * resolves to `{ id, text, tokens, finish_reason, prompt_tokens, completion_tokens,
-   * seconds, first_token_s, tokens_per_s }`; it also carries the request's `id` for
-   * `abort`.
+   * `n`, `logprobs`, ...). `onToken(text, { id, index, token })` gets the text as it is
+   * released. The promise resolves to `{ id, text, tokens, finish_reason, logprobs,
+   * prompt_tokens, completion_tokens, seconds, first_token_s, tokens_per_s, choices }`:
+   * the first choice's text, tokens, finish reason and logprobs (OpenAI's completions
+   * object, with `logprobs: k`), every choice's in `choices`, tokens counted over all of
+   * them. It also carries the request's `id` for `abort`.
    */
   generate(promptOrMessages, options = {}, onToken = undefined) {
     const chat = Array.isArray(promptOrMessages) && typeof promptOrMessages[0] === 'object';
     const body = chat ? { ...options, messages: promptOrMessages } : { ...options, prompt: promptOrMessages };
+    // A chat body asks for logprobs with `top_logprobs`; the events carry them in the
+    // completions' shape either way.
+    if (chat && typeof body.logprobs === 'number') {
+      body.top_logprobs = body.logprobs;
+      body.logprobs = true;
+    }
     const started = performance.now();
     let firstToken = null;
-    const tokens = [];
-    let text = '';
+    const choices = [];
+    let promptTokens = 0;
     let id;
     const promise = new Promise((resolve, reject) => {
       id = this.#submit(body, chat, reject, (event) => {
+        const choice = (choices[event.index] ??= { index: event.index, text: '', tokens: [], logprobs: null });
         if (event.type === 'token') {
           firstToken ??= performance.now();
-          tokens.push(event.token);
+          choice.tokens.push(event.token);
+          if (event.logprobs) choice.logprobs = joinLogprobs(choice.logprobs, event.logprobs);
         }
-        text += event.text;
-        if (event.text) onToken?.(event.text, { id: event.id, token: event.token });
-        if (event.type !== 'finished') return;
-        const seconds = (performance.now() - started) / 1000;
-        const decodeSeconds = firstToken === null ? 0 : (performance.now() - firstToken) / 1000;
+        choice.text += event.text;
+        if (event.text) onToken?.(event.text, { id: event.id, index: event.index, token: event.token });
+        if (event.type === 'finished') {
+          choice.finish_reason = event.finish_reason;
+          choice.completion_tokens = event.completion_tokens;
+          promptTokens = event.prompt_tokens;
+        }
+        if (!event.done) return;
+        const now = performance.now();
+        const tokens = choices.reduce((sum, c) => sum + c.tokens.length, 0);
+        // The first step gives each choice its first token; speed counts the steps after it.
+        const decodeSeconds = firstToken === null ? 0 : (now - firstToken) / 1000;
+        const first = choices[0];
         resolve({
           id: event.id,
-          text,
-          tokens,
-          finish_reason: event.finish_reason,
-          prompt_tokens: event.prompt_tokens,
-          completion_tokens: event.completion_tokens,
-          seconds,
+          text: first.text,
+          tokens: first.tokens,
+          finish_reason: first.finish_reason,
+          logprobs: first.logprobs,
+          prompt_tokens: promptTokens,
+          completion_tokens: choices.reduce((sum, c) => sum + c.completion_tokens, 0),
+          seconds: (now - started) / 1000,
           first_token_s: firstToken === null ? null : (firstToken - started) / 1000,
-          tokens_per_s: tokens.length > 1 && decodeSeconds > 0 ? (tokens.length - 1) / decodeSeconds : 0,
+          tokens_per_s: tokens > choices.length && decodeSeconds > 0 ? (tokens - choices.length) / decodeSeconds : 0,
+          choices,
         });
-      });
+      }).id;
     });
     promise.id = id;
     return promise;
@@ -235,12 +216,28 @@ export class Engine {
 
   /** Ends request `id`; its promise resolves with `finish_reason` "abort". */
   abort(id) {
-    if (this.#broken) return;
-    try {
-      this.#core.abort(id);
-    } catch (e) {
-      this.#fatal(e);
-    }
+    if (!this.#broken) this.#send({ op: 'abort', id });
+  }
+
+  /** Starts timing the engine's steps (the page's `?profile=1`). */
+  profileStart() {
+    if (this.#broken) throw this.#broken;
+    this.#send({ op: 'profileStart' });
+  }
+
+  /**
+   * Resolves to the profile since `profileStart`: `{ steps, host: { launch_ms, wait_ms,
+   * land_ms }, device_timestamps, device_ms, kernels: [{ kernel, dispatches, ms }] }`, each a
+   * total over the steps; `host` is the engine thread's clock around planning and
+   * launching, awaiting the device, and sampling; `kernels` the device time of each kernel
+   * (timestamp queries where the adapter has them).
+   */
+  profileFinish() {
+    if (this.#broken) return Promise.reject(this.#broken);
+    const reply = this.#nextId++;
+    const done = new Promise((resolve, reject) => this.#profiles.set(reply, { resolve, reject }));
+    this.#send({ op: 'profileFinish', reply });
+    return done;
   }
 
   // The engine builds the OpenAI objects (the server's typed module): each chat event
@@ -250,90 +247,63 @@ export class Engine {
     if (!stream) {
       return new Promise((resolve, reject) => {
         this.#submit(rest, true, reject, (event) => {
-          if (event.type === 'finished') resolve(event.completion);
+          if (event.done) resolve(event.completion);
         });
       });
     }
     const queue = new ChunkQueue();
-    let id;
+    const iterable = queue[Symbol.asyncIterator]();
+    let accepted;
     try {
-      id = this.#submit(rest, true, (e) => queue.end(e), (event) => {
+      ({ id: iterable.id, accepted } = this.#submit(rest, true, (e) => queue.end(e), (event) => {
         if (event.chunk) queue.push(event.chunk);
-        if (event.type !== 'finished') return;
+        if (!event.done) return;
         if (streamOptions?.include_usage) queue.push(event.usage_chunk);
         queue.end();
-      });
+      }));
     } catch (e) {
       return Promise.reject(e);
     }
-    const iterable = queue[Symbol.asyncIterator]();
-    iterable.id = id;
-    iterable.abort = () => this.abort(id);
-    return Promise.resolve(iterable);
+    iterable.abort = () => this.abort(iterable.id);
+    // A refused body rejects here, as the server answers it with an error status.
+    return accepted.then(() => iterable);
   }
 
-  /** Queues a request and makes sure the step loop runs; returns its id. */
+  /**
+   * Queues a request; returns its id and a promise that resolves once the engine accepted
+   * it or rejects with why it was refused (`fail` hears the same, and any later failure).
+   */
   #submit(body, chat, fail, onEvent) {
     if (this.#broken) throw this.#broken;
-    let id;
-    try {
-      id = this.#core.submit(JSON.stringify(body), chat, (json) => {
-        const event = JSON.parse(json);
-        if (event.type === 'finished') {
-          this.#requests.delete(event.id);
-          // The engine ends a request whose steps kept failing, with the device's error.
-          if (event.error) return fail(new CinderError(event.error));
-        }
-        onEvent(event);
+    const id = this.#nextId++;
+    const accepted = new Promise((resolve, reject) => {
+      this.#requests.set(id, {
+        onEvent,
+        accepted: () => resolve(),
+        fail: (e) => {
+          reject(e);
+          fail(e);
+        },
       });
-    } catch (e) {
-      if (isTrap(e)) throw this.#fatal(e);
-      throw new CinderError(message(e));
-    }
-    this.#requests.set(id, { fail });
-    this.#run();
-    return id;
+    });
+    // `fail` reports it; an unawaited `accepted` must not count as unhandled.
+    accepted.catch(() => {});
+    this.#send({ op: 'submit', id, body, chat });
+    return { id, accepted };
   }
 
-  /** The step loop: one engine step at a time while there is work, yielding in between. */
-  async #run() {
-    if (this.#looping) return;
-    this.#looping = true;
-    try {
-      for (;;) {
-        try {
-          if (this.#broken || !this.#core.hasWork()) break;
-          const ran = await this.#core.step();
-          // Nothing fit this step (waiting on memory): give the page a moment.
-          if (!ran) await new Promise((resolve) => setTimeout(resolve, 5));
-        } catch (e) {
-          if (isTrap(e)) {
-            this.#fatal(e);
-            break;
-          }
-          // A failed step is retried; the engine ends requests that fail three in a row.
-          console.warn(`cinder: engine step failed: ${message(e)}`);
-        }
-        await yieldToBrowser();
-      }
-    } finally {
-      this.#looping = false;
-    }
-  }
-
-  /** Fails every request in flight; the engine ends them at its next step. */
-  #failAll(error) {
+  /** The engine stopped for good: fail everything in flight now and every call from now on. */
+  #stopped(error) {
+    this.#broken ??= error;
+    this.#loading?.reject(error);
+    this.#loading = null;
     for (const [id, request] of this.#requests) {
       this.#requests.delete(id);
-      request.fail(error);
-      if (!this.#broken) this.abort(id);
+      request.fail(this.#broken);
     }
-  }
-
-  /** A trap stopped the engine: fail everything now and from now on. */
-  #fatal(e) {
-    this.#broken ??= trapError(e);
-    this.#failAll(this.#broken);
-    return this.#broken;
+    for (const [reply, waiting] of this.#profiles) {
+      this.#profiles.delete(reply);
+      waiting.reject(this.#broken);
+    }
   }
 }

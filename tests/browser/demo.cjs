@@ -4,6 +4,8 @@
 //
 //   node tests/browser/demo.cjs URL '{"prompt": "...", "max_tokens": 8, "concurrent": 4}'
 //
+// `"query": "profile=1&worker=0"` opens the page with those parameters.
+//
 // playwright-core is found under $CINDER_NODE_DIR/node_modules (scripts/setup.sh puts it
 // in ~/.cache/cinder/node); the browser is Debian's chromium.
 
@@ -43,7 +45,7 @@ async function main() {
       return page.getByTestId('status').textContent();
     };
     const started = Date.now();
-    await page.goto(url);
+    await page.goto(spec.query ? `${url}${url.includes('?') ? '&' : '?'}${spec.query}` : url);
     result.status = await loaded();
     result.load_s = (Date.now() - started) / 1000;
     if (!/ready/.test(result.status)) return result;
@@ -124,6 +126,13 @@ async function main() {
       );
       result.ui_output = await page.getByTestId('output').textContent();
       result.ui_speed = await page.getByTestId('speed').textContent();
+      result.profile = await page.evaluate(() => window.cinder.profile ?? null);
+      if (result.profile) {
+        result.ui_profile = await page.evaluate(() =>
+          Array.from(document.querySelector('[data-testid="profile"]').rows, (r) => Array.from(r.cells, (c) => c.textContent)),
+        );
+        result.ui_profile_summary = await page.getByTestId('profile-summary').textContent();
+      }
       // The batching panel: N prompts at once, then one after another.
       await page.evaluate((n) => {
         document.getElementById('batch-n').value = '3';
@@ -152,13 +161,23 @@ async function main() {
       await bare.close();
     }
 
-    // A second visit: the model comes from the Cache API, not the network.
+    // A second visit: the model comes from the Cache API, not the network. With
+    // `change_before_reload` (the served model file's path), a third visit after the file
+    // changed on the server must download it again.
     if (spec.reload) {
-      const again = Date.now();
-      await page.reload();
-      const status = await loaded();
-      const stats = await page.evaluate(() => window.cinder?.engine.loadStats);
-      result.reload = { status, load_s: (Date.now() - again) / 1000, load_stats: stats };
+      const visit = async () => {
+        const again = Date.now();
+        await page.goto(url);
+        const status = await loaded();
+        const stats = await page.evaluate(() => window.cinder?.engine.loadStats);
+        return { status, load_s: (Date.now() - again) / 1000, load_stats: stats };
+      };
+      result.reload = await visit();
+      if (spec.change_before_reload) {
+        const later = new Date(Date.now() + 3600 * 1000);
+        fs.utimesSync(spec.change_before_reload, later, later);
+        result.reload_changed = await visit();
+      }
     }
     return result;
   } finally {

@@ -9,6 +9,7 @@
 use std::sync::{Arc, Mutex};
 
 use burn_cubecl::cubecl::config::{TypeNameFormatLevel, type_name_format};
+#[cfg(not(target_family = "wasm"))]
 use burn_cubecl::cubecl::future::block_on;
 use burn_cubecl::cubecl::logging::{Duration, LaunchObservation, LaunchObserver, ProfileDuration, TimingMethod, TimingRequest};
 
@@ -77,14 +78,21 @@ impl Profiler {
         Self { observation: LaunchObservation::new(recorder.clone()), recorder }
     }
 
-    /// Stops timing and reads the measurements (waiting for the device to reach them).
+    /// Stops timing and reads the measurements (blocking until the device reaches them).
+    #[cfg(not(target_family = "wasm"))]
     pub fn finish(self) -> Profile {
+        block_on(self.read())
+    }
+
+    /// Stops timing and reads the measurements once the device reaches them (a browser's
+    /// thread must not block).
+    pub async fn read(self) -> Profile {
         drop(self.observation);
         let mut read = take(&self.recorder.read);
         for (kernel, measurement) in take(&self.recorder.pending) {
             let method = measurement.timing_method();
             // A window the device never closed (a dropped launch) counts as no time.
-            let ticks = block_on(measurement.resolve());
+            let ticks = measurement.resolve().await;
             read.push((kernel, ticks.map_or(Duration::ZERO, |t| t.duration()), method));
         }
         let device_timestamps = read.iter().all(|(_, _, method)| *method == TimingMethod::Device);

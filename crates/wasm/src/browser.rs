@@ -12,6 +12,7 @@ use std::rc::Rc;
 use cinder_engine::openai::{GenerationBody, Limits, ToolOutput, parse};
 use cinder_engine::{Engine, Event, Grammars, Launched};
 use cinder_gguf::GgufFile;
+use cinder_model::profile::Profiler;
 use cinder_model::{Model, adapter_name, wgpu_device_async};
 use cinder_scheduler::{SeqId, Time};
 use cinder_tokenizer::{ChatTemplate, Tokenizer};
@@ -20,15 +21,15 @@ use serde_json::json;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use wasm_bindgen::prelude::*;
 
-use crate::events::{ChatReply, event_json};
+use crate::events::Reply;
 use crate::options::EngineOptions;
+use crate::profile::{StepTimes, profile_json};
 
-/// A request's events and the page's callback for them.
+/// A request's events (one receiver per choice) and the page's callback for them.
 struct Stream {
-    events: UnboundedReceiver<Event>,
+    choices: Vec<(SeqId, UnboundedReceiver<Event>)>,
     on_event: Function,
-    /// A chat request's OpenAI answer so far.
-    chat: Option<ChatReply>,
+    reply: Reply,
 }
 
 struct State {
@@ -40,6 +41,8 @@ struct State {
     in_flight: bool,
     /// The longest sequence the KV pool holds (at most the model's context).
     context_length: usize,
+    /// The steps' host times and their kernels' device times since `profileStart`.
+    profiling: Option<(StepTimes, Profiler)>,
 }
 
 /// The engine behind `web/cinder.js`; see the crate documentation.
@@ -47,6 +50,23 @@ struct State {
 pub struct WasmEngine {
     state: Rc<RefCell<State>>,
     info: String,
+}
+
+unsafe extern "C" {
+    /// The static constructors, which the linker gathers into this function.
+    fn __wasm_call_ctors();
+}
+
+/// Runs once, when the page instantiates the module: the static constructors (the
+/// `inventory` registries of Burn's compiler) run here. Without a call to them in the
+/// module, the linker treats it as a command and runs every constructor again at the top
+/// of every exported function, and JavaScript calls into the module thousands of times a
+/// step: that made launching a step's kernels cost ~8 ms per kernel.
+#[wasm_bindgen(start)]
+fn start() {
+    // SAFETY: called once per instance, before anything else runs in it.
+    unsafe { __wasm_call_ctors() }
+    record_panics();
 }
 
 /// The message of the last Rust panic: a panic aborts the WebAssembly instance (a JavaScript
@@ -82,7 +102,6 @@ impl WasmEngine {
     /// Opens WebGPU, reads the GGUF file in `bytes` and uploads its weights. `options` is a
     /// JSON object of [`EngineOptions`] (`""` for the defaults).
     pub async fn load(bytes: Vec<u8>, options: String) -> Result<WasmEngine, JsError> {
-        record_panics();
         let options = EngineOptions::parse(&options).map_err(error)?;
         let file = GgufFile::from_bytes(bytes).map_err(|e| error(format!("the model file: {e}")))?;
         let tokenizer = Tokenizer::from_gguf(file.metadata()).map_err(|e| error(format!("the model's tokenizer: {e}")))?;
@@ -107,7 +126,15 @@ impl WasmEngine {
         let context_length = scheduler.max_seq_len;
         let engine = Engine::new(model, tokenizer, scheduler).map_err(|e| error(format!("the KV cache: {e}")))?;
         let state =
-            State { engine, template, grammars, streams: HashMap::new(), in_flight: false, context_length };
+            State {
+            engine,
+            template,
+            grammars,
+            streams: HashMap::new(),
+            in_flight: false,
+            context_length,
+            profiling: None,
+        };
         Ok(WasmEngine { state: Rc::new(RefCell::new(state)), info })
     }
 
@@ -117,13 +144,12 @@ impl WasmEngine {
     }
 
     /// Queues an OpenAI completion (`chat` false: `prompt`) or chat completion (`chat`
-    /// true: `messages`) body; `on_event` receives each event as a JSON string (see
-    /// [`crate::events`]). Returns the request's id. One choice per call (`n` must be 1).
+    /// true: `messages`) body; `on_event` receives each event of its `n` choices as a JSON
+    /// string (see [`crate::events`]). Returns the request's id.
     pub fn submit(&self, body: &str, chat: bool, on_event: Function) -> Result<f64, JsError> {
         let body: GenerationBody = parse(body.as_bytes()).map_err(error)?;
-        if body.n().map_err(error)? != 1 {
-            return Err(error("`n` must be 1 here; submit once per choice"));
-        }
+        let n = body.n().map_err(error)?;
+        let logprobs = body.logprobs(chat).map_err(error)?.is_some();
         let mut state = self.state.borrow_mut();
         let state = &mut *state;
         let tokenizer = state.engine.tokenizer();
@@ -142,21 +168,41 @@ impl WasmEngine {
             return Err(error("`tools` are not supported here yet (`response_format` is)"));
         }
         let limits = Limits { context_length: state.context_length, default_max_tokens: None };
-        let mut request = body.requests(&prompt, chat, limits, seed).map_err(error)?.remove(0);
-        request.constraint = constraint;
-        let (sender, events) = unbounded_channel();
-        let id = state.engine.submit(request, sender, now()).map_err(error)?;
-        let chat = chat.then(|| {
+        let mut requests = body.requests(&prompt, chat, limits, seed).map_err(error)?;
+        let mut receivers = Vec::with_capacity(requests.len());
+        let requests = requests
+            .drain(..)
+            .map(|mut request| {
+                request.constraint = constraint.clone();
+                let (sender, events) = unbounded_channel();
+                receivers.push(events);
+                (request, sender)
+            })
+            .collect();
+        // The `n` choices are admitted together and fork from one prefill.
+        let ids = state.engine.submit_all(requests, now()).map_err(error)?;
+        let id = ids[0];
+        let mut reply = Reply::new(id.0, n, logprobs);
+        if chat {
             let created = (js_sys::Date::now() / 1000.0) as u64;
-            ChatReply::new(id.0, created, body.model.clone().unwrap_or_else(|| "cinder".into()))
-        });
-        state.streams.insert(id, Stream { events, on_event, chat });
+            reply = reply.chat(created, body.model.clone().unwrap_or_else(|| "cinder".into()));
+        }
+        state.streams.insert(id, Stream { choices: ids.into_iter().zip(receivers).collect(), on_event, reply });
         Ok(id.0 as f64)
     }
 
-    /// Ends request `id`; its callback gets a `finished` event with `finish_reason` `abort`.
+    /// Ends request `id` (every choice); each gets a `finished` event with `finish_reason`
+    /// `abort`.
     pub fn abort(&self, id: f64) {
-        self.state.borrow_mut().engine.abort(SeqId(id as u64), now());
+        {
+            let mut state = self.state.borrow_mut();
+            let State { engine, streams, .. } = &mut *state;
+            if let Some(stream) = streams.get(&SeqId(id as u64)) {
+                for (seq, _) in &stream.choices {
+                    engine.abort(*seq, now());
+                }
+            }
+        }
         self.deliver();
     }
 
@@ -169,6 +215,7 @@ impl WasmEngine {
     /// Runs one engine step: every request submitted so far shares its batch. Resolves to
     /// true if it ran anything, false if nothing could run.
     pub async fn step(&self) -> Result<bool, JsError> {
+        let started = performance_now();
         let launched = {
             let mut state = self.state.borrow_mut();
             if state.in_flight {
@@ -189,14 +236,38 @@ impl WasmEngine {
                 return Err(error(format!("the device: {e}")));
             }
         };
+        let submitted = performance_now();
         let logits = logits.read_async().await;
+        let read = performance_now();
         let landed = {
             let mut state = self.state.borrow_mut();
             state.in_flight = false;
-            state.engine.land(plan, logits, &now)
+            let landed = state.engine.land(plan, logits, &now);
+            if let Some((times, _)) = &mut state.profiling {
+                times.add(submitted - started, read - submitted, performance_now() - read);
+            }
+            landed
         };
         self.deliver();
         landed.map(|_| true).map_err(|e| error(format!("the device: {e}")))
+    }
+
+    /// Starts timing the steps: each one's host parts, and every kernel on the device
+    /// (timestamp queries where the adapter has them). Restarts a profile already running.
+    #[wasm_bindgen(js_name = profileStart)]
+    pub fn profile_start(&self) {
+        let mut state = self.state.borrow_mut();
+        // The running profile ends first: one observer at a time.
+        state.profiling = None;
+        state.profiling = Some((StepTimes::default(), Profiler::start()));
+    }
+
+    /// Ends the profile `profileStart` began and resolves to it as JSON (see
+    /// [`crate::profile::profile_json`]) once the device's timings are read.
+    #[wasm_bindgen(js_name = profileFinish)]
+    pub async fn profile_finish(&self) -> Result<String, JsError> {
+        let (times, profiler) = self.state.borrow_mut().profiling.take().ok_or_else(|| error("no profile is running"))?;
+        Ok(profile_json(&times, &profiler.read().await))
     }
 
     /// Hands every pending event to its callback, with the engine released.
@@ -204,17 +275,14 @@ impl WasmEngine {
         let mut calls = Vec::new();
         {
             let mut state = self.state.borrow_mut();
-            state.streams.retain(|id, stream| {
-                let mut open = true;
-                while let Ok(event) = stream.events.try_recv() {
-                    open &= !matches!(event, Event::Finished(_));
-                    let json = match &mut stream.chat {
-                        Some(reply) => reply.event_json(id.0, &event),
-                        None => event_json(id.0, &event),
-                    };
-                    calls.push((stream.on_event.clone(), json));
+            let State { engine, streams, .. } = &mut *state;
+            streams.retain(|_, stream| {
+                for (index, (_, events)) in stream.choices.iter_mut().enumerate() {
+                    while let Ok(event) = events.try_recv() {
+                        calls.push((stream.on_event.clone(), stream.reply.event_json(engine.tokenizer(), index, &event)));
+                    }
                 }
-                open
+                !stream.reply.done()
             });
         }
         for (callback, event) in calls {
@@ -232,4 +300,7 @@ extern "C" {
     fn web_log(message: &str);
     #[wasm_bindgen(js_namespace = console, js_name = error)]
     fn web_error(message: &str);
+    /// Milliseconds, in a window and in a worker alike.
+    #[wasm_bindgen(js_namespace = performance, js_name = now)]
+    fn performance_now() -> f64;
 }

@@ -1,85 +1,149 @@
 //! Engine events as the page receives them: one JSON object per event.
 //!
-//! `{"type": "token", "id", "token", "text"}` for each generated token (the text it
-//! releases; empty while a character or a possible stop string is incomplete), then one
-//! `{"type": "finished", "id", "finish_reason", "text", "prompt_tokens",
-//! "completion_tokens"}`, where `text` is what was held back until the end and
-//! `finish_reason` is OpenAI's (`stop`, `length`, `abort`), or `error` with an `error`
-//! message when the device kept failing the request's steps.
+//! `{"type": "token", "id", "index", "token", "text"}` for each token of choice `index`
+//! (the text it releases; empty while a character or a possible stop string is
+//! incomplete), and one `{"type": "finished", "id", "index", "finish_reason", "text",
+//! "prompt_tokens", "completion_tokens"}` per choice, where `text` is what was held back
+//! until the end and `finish_reason` is OpenAI's (`stop`, `length`, `abort`), or `error`
+//! with an `error` message when the device kept failing the request's steps. The request's
+//! last event (every choice of `n` finished) carries `"done": true`. With `logprobs`, a
+//! token event carries `logprobs`: OpenAI's completions object for that token.
 //!
 //! A chat request's events also carry its OpenAI answer, built by the same typed module as
 //! the server's ([`cinder_engine::openai::response`]): `chunk`, the `chat.completion.chunk`
-//! the event makes (absent when it makes none), and on the end `usage_chunk` and
-//! `completion`, the whole `chat.completion`.
+//! the event makes (absent when it makes none), and on the last event `usage_chunk` and
+//! `completion`, the whole `chat.completion` with every choice.
 
-use cinder_engine::Event;
 use cinder_engine::openai::finish_reason;
 use cinder_engine::openai::response::{self, Body, Endpoint, Message, Output, Usage};
+use cinder_engine::{Event, TokenLogprob};
+use cinder_tokenizer::Tokenizer;
 use serde_json::{Value, json};
 
-pub fn event_json(id: u64, event: &Event) -> String {
-    event_value(id, event).to_string()
+/// One choice's answer so far.
+#[derive(Default)]
+struct Choice {
+    text: String,
+    /// Whether its first chat chunk (carrying the role) went out.
+    started: bool,
+    /// Its tokens' logprobs, for the whole chat completion.
+    logprobs: Vec<(u32, TokenLogprob)>,
+    finish_reason: Option<&'static str>,
 }
 
-fn event_value(id: u64, event: &Event) -> Value {
-    match event {
-        Event::Token { token, text, .. } => json!({"type": "token", "id": id, "token": token, "text": text}),
-        Event::Finished(f) => {
-            let mut end = json!({
-                "type": "finished",
-                "id": id,
-                "finish_reason": finish_reason(f.reason),
-                "text": f.text,
-                "prompt_tokens": f.prompt_tokens,
-                "completion_tokens": f.completion_tokens,
-            });
-            if let Some(error) = &f.error {
-                end["error"] = json!(error);
-            }
-            end
-        }
-    }
-}
-
-/// A chat request's answer so far, for the OpenAI objects its events carry.
-pub struct ChatReply {
+/// What a chat answer is labelled with.
+struct ChatLabel {
     id: String,
     created: u64,
     model: String,
-    text: String,
-    started: bool,
 }
 
-impl ChatReply {
-    /// The answer of engine request `id`, made at `created` (Unix seconds) by `model`.
-    pub fn new(id: u64, created: u64, model: String) -> Self {
-        Self { id: format!("{}-{id}", Endpoint::Chat.id_prefix()), created, model, text: String::new(), started: false }
+/// A request's answer so far: its `n` choices, and the OpenAI objects of a chat request.
+pub struct Reply {
+    id: u64,
+    choices: Vec<Choice>,
+    chat: Option<ChatLabel>,
+    logprobs: bool,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+}
+
+impl Reply {
+    /// The answer of engine request `id` (its first choice's sequence) with `n` choices,
+    /// reporting `logprobs` when the body asked for them.
+    pub fn new(id: u64, n: usize, logprobs: bool) -> Self {
+        let choices = (0..n).map(|_| Choice::default()).collect();
+        Self { id, choices, chat: None, logprobs, prompt_tokens: 0, completion_tokens: 0 }
     }
 
-    fn body(&self, object: &'static str, choices: Vec<response::Choice>, usage: Option<Usage>) -> Value {
-        let body = Body { id: &self.id, object, created: self.created, model: &self.model, choices, usage, prompt_token_ids: None };
+    /// Also builds the chat answer, made at `created` (Unix seconds) by `model`.
+    pub fn chat(self, created: u64, model: String) -> Self {
+        let chat = ChatLabel { id: format!("{}-{}", Endpoint::Chat.id_prefix(), self.id), created, model };
+        Self { chat: Some(chat), ..self }
+    }
+
+    /// Whether every choice finished.
+    pub fn done(&self) -> bool {
+        self.choices.iter().all(|c| c.finish_reason.is_some())
+    }
+
+    fn body(chat: &ChatLabel, object: &'static str, choices: Vec<response::Choice>, usage: Option<Usage>) -> Value {
+        let body = Body { id: &chat.id, object, created: chat.created, model: &chat.model, choices, usage, prompt_token_ids: None };
         serde_json::to_value(body).expect("a response is plain data")
     }
 
-    /// The event's JSON (as [`event_json`]) with the OpenAI objects it makes.
-    pub fn event_json(&mut self, id: u64, event: &Event) -> String {
-        let mut value = event_value(id, event);
-        let (text, reason) = match event {
-            Event::Token { text, .. } => (text.as_str(), None),
-            Event::Finished(f) => (f.text.as_str(), Some(finish_reason(f.reason))),
+    /// Choice `index`'s `event` as the page's JSON.
+    pub fn event_json(&mut self, tokenizer: &Tokenizer, index: usize, event: &Event) -> String {
+        let id = self.id;
+        let logprobs = self.logprobs;
+        let choice = &mut self.choices[index];
+        let offset = choice.text.len();
+        let (mut value, text, reason, logprob) = match event {
+            Event::Token { token, text, logprob } => {
+                let mut value = json!({"type": "token", "id": id, "index": index, "token": token, "text": text});
+                let logprob = logprob.as_ref().filter(|_| logprobs).map(|lp| (*token, lp.clone()));
+                if let Some(entry) = &logprob
+                    && self.chat.is_none()
+                {
+                    value["logprobs"] = response::logprobs(tokenizer, Endpoint::Completion, std::slice::from_ref(entry), offset);
+                }
+                (value, text.as_str(), None, logprob)
+            }
+            Event::Finished(f) => {
+                let reason = finish_reason(f.reason);
+                let mut value = json!({
+                    "type": "finished",
+                    "id": id,
+                    "index": index,
+                    "finish_reason": reason,
+                    "text": f.text,
+                    "prompt_tokens": f.prompt_tokens,
+                    "completion_tokens": f.completion_tokens,
+                });
+                if let Some(error) = &f.error {
+                    value["error"] = json!(error);
+                }
+                self.completion_tokens += f.completion_tokens;
+                if index == 0 {
+                    self.prompt_tokens = f.prompt_tokens;
+                }
+                (value, f.text.as_str(), Some(reason), None)
+            }
         };
-        self.text.push_str(text);
-        let first = !self.started;
-        if first || !text.is_empty() || reason.is_some() {
-            self.started = true;
-            let delta = Output::Delta(Message::delta(first, text.to_owned(), reason.is_some()));
-            value["chunk"] = self.body(Endpoint::Chat.chunk_object(), vec![response::Choice::new(0, delta, reason)], None);
+        choice.text.push_str(text);
+        choice.finish_reason = choice.finish_reason.or(reason);
+        if let Some(chat) = &self.chat {
+            let first = !choice.started;
+            if first || !text.is_empty() || reason.is_some() || logprob.is_some() {
+                choice.started = true;
+                let delta = Output::Delta(Message::delta(first, text.to_owned(), reason.is_some()));
+                let mut out = response::Choice::new(index, delta, reason);
+                if let Some(entry) = logprob {
+                    out.logprobs = response::logprobs(tokenizer, Endpoint::Chat, std::slice::from_ref(&entry), 0);
+                    choice.logprobs.push(entry);
+                }
+                value["chunk"] = Self::body(chat, Endpoint::Chat.chunk_object(), vec![out], None);
+            }
         }
-        if let Event::Finished(f) = event {
-            let usage = Some(Usage::new(f.prompt_tokens, f.completion_tokens));
-            value["usage_chunk"] = self.body(Endpoint::Chat.chunk_object(), Vec::new(), usage);
-            let message = Output::Message(Message::answer(self.text.clone(), None));
-            value["completion"] = self.body(Endpoint::Chat.object(), vec![response::Choice::new(0, message, reason)], usage);
+        if reason.is_some() && self.done() {
+            value["done"] = json!(true);
+            if let Some(chat) = &self.chat {
+                let usage = Some(Usage::new(self.prompt_tokens, self.completion_tokens));
+                value["usage_chunk"] = Self::body(chat, Endpoint::Chat.chunk_object(), Vec::new(), usage);
+                let choices = self
+                    .choices
+                    .iter()
+                    .enumerate()
+                    .map(|(index, c)| {
+                        let mut out = response::Choice::new(index, Output::Message(Message::answer(c.text.clone(), None)), c.finish_reason);
+                        if logprobs {
+                            out.logprobs = response::logprobs(tokenizer, Endpoint::Chat, &c.logprobs, 0);
+                        }
+                        out
+                    })
+                    .collect();
+                value["completion"] = Self::body(chat, Endpoint::Chat.object(), choices, usage);
+            }
         }
         value.to_string()
     }
@@ -88,14 +152,21 @@ impl ChatReply {
 #[cfg(test)]
 mod tests {
     use cinder_engine::Finished;
+    use cinder_gguf::GgufFile;
+    use cinder_model::tiny::TinyModel;
     use cinder_scheduler::{FinishReason, Time};
     use serde_json::Value;
 
     use super::*;
 
-    /// A request's end after `prompt_tokens` and `completion_tokens`, timed 0, 1, 2.
-    fn finished(reason: FinishReason, text: &str, prompt_tokens: usize, completion_tokens: usize) -> Finished {
-        Finished {
+    fn tokenizer() -> Tokenizer {
+        let file = GgufFile::from_bytes(TinyModel::default().to_gguf()).unwrap();
+        Tokenizer::from_gguf(file.metadata()).unwrap()
+    }
+
+    /// A choice's end after `prompt_tokens` and `completion_tokens`, timed 0, 1, 2.
+    fn finished(reason: FinishReason, text: &str, prompt_tokens: usize, completion_tokens: usize) -> Event {
+        Event::Finished(Finished {
             reason,
             error: None,
             text: text.into(),
@@ -106,41 +177,95 @@ mod tests {
             first_token: Some(Time(1)),
             finished: Time(2),
             preemptions: 0,
-        }
+        })
+    }
+
+    fn token(token: u32, text: &str, logprob: Option<TokenLogprob>) -> Event {
+        Event::Token { token, text: text.into(), logprob }
+    }
+
+    fn json(reply: &mut Reply, tokenizer: &Tokenizer, index: usize, event: &Event) -> Value {
+        serde_json::from_str(&reply.event_json(tokenizer, index, event)).unwrap()
     }
 
     #[test]
     fn tokens_and_ends_become_typed_json_objects() {
-        let token: Value = serde_json::from_str(&event_json(3, &Event::Token { token: 42, text: "é\"".into(), logprob: None })).unwrap();
-        assert_eq!(token, json!({"type": "token", "id": 3, "token": 42, "text": "é\""}));
-        let end = finished(FinishReason::Length, "tail", 5, 7);
-        let failed = Finished { reason: FinishReason::Failed, error: Some("device lost".into()), ..end.clone() };
-        let end: Value = serde_json::from_str(&event_json(3, &Event::Finished(end))).unwrap();
+        let tokenizer = tokenizer();
+        let mut reply = Reply::new(3, 1, false);
+        let first = json(&mut reply, &tokenizer, 0, &token(42, "é\"", Some(TokenLogprob { logprob: -0.5, top: vec![] })));
+        assert_eq!(first, json!({"type": "token", "id": 3, "index": 0, "token": 42, "text": "é\""}), "no logprobs unless asked");
+        let failed = Event::Finished(match finished(FinishReason::Length, "tail", 5, 7) {
+            Event::Finished(f) => Finished { reason: FinishReason::Failed, error: Some("device lost".into()), ..f },
+            _ => unreachable!(),
+        });
+        let end = json(&mut Reply::new(3, 1, false), &tokenizer, 0, &finished(FinishReason::Length, "tail", 5, 7));
         assert_eq!(end["finish_reason"], "length");
         assert_eq!(end["text"], "tail");
         assert_eq!((end["prompt_tokens"].as_u64(), end["completion_tokens"].as_u64()), (Some(5), Some(7)));
+        assert_eq!(end["done"], true);
         assert!(end.get("error").is_none());
-        let failed: Value = serde_json::from_str(&event_json(3, &Event::Finished(failed))).unwrap();
+        let failed = json(&mut reply, &tokenizer, 0, &failed);
         assert_eq!((&failed["finish_reason"], &failed["error"]), (&json!("error"), &json!("device lost")));
     }
 
     #[test]
     fn chat_events_carry_openai_chunks_and_the_whole_completion() {
-        let mut reply = ChatReply::new(3, 100, "m".into());
-        let event = |e: &Event, reply: &mut ChatReply| -> Value { serde_json::from_str(&reply.event_json(3, e)).unwrap() };
-        let first = event(&Event::Token { token: 1, text: "Hel".into(), logprob: None }, &mut reply);
+        let tokenizer = tokenizer();
+        let mut reply = Reply::new(3, 1, false).chat(100, "m".into());
+        let first = json(&mut reply, &tokenizer, 0, &token(1, "Hel", None));
         assert_eq!(first["chunk"]["object"], "chat.completion.chunk");
         assert_eq!(first["chunk"]["id"], "chatcmpl-3");
         assert_eq!(first["chunk"]["choices"][0]["delta"], json!({"role": "assistant", "content": "Hel"}));
-        let empty = event(&Event::Token { token: 2, text: String::new(), logprob: None }, &mut reply);
+        let empty = json(&mut reply, &tokenizer, 0, &token(2, "", None));
         assert!(empty.get("chunk").is_none(), "nothing to send: {empty}");
-        let end = finished(FinishReason::Stop, "lo", 5, 3);
-        let last = event(&Event::Finished(end), &mut reply);
+        let last = json(&mut reply, &tokenizer, 0, &finished(FinishReason::Stop, "lo", 5, 3));
         assert_eq!(last["chunk"]["choices"][0]["delta"], json!({"content": "lo"}));
         assert_eq!(last["chunk"]["choices"][0]["finish_reason"], "stop");
         assert_eq!(last["usage_chunk"]["usage"]["total_tokens"], 8);
         assert_eq!(last["usage_chunk"]["choices"], json!([]));
         assert_eq!(last["completion"]["object"], "chat.completion");
         assert_eq!(last["completion"]["choices"][0]["message"], json!({"role": "assistant", "content": "Hello"}));
+        assert!(last["completion"]["choices"][0].get("logprobs").is_none_or(Value::is_null));
+    }
+
+    #[test]
+    fn n_choices_end_together_with_every_choice_in_the_completion() {
+        let tokenizer = tokenizer();
+        let mut reply = Reply::new(8, 2, false).chat(100, "m".into());
+        let a = json(&mut reply, &tokenizer, 1, &token(1, "b", None));
+        assert_eq!(a["index"], 1);
+        assert_eq!(a["chunk"]["choices"][0]["index"], 1);
+        json(&mut reply, &tokenizer, 0, &token(1, "a", None));
+        let one = json(&mut reply, &tokenizer, 1, &finished(FinishReason::Length, "", 4, 1));
+        assert!(one.get("done").is_none() && one.get("completion").is_none(), "choice 0 is still running: {one}");
+        let both = json(&mut reply, &tokenizer, 0, &finished(FinishReason::Stop, "!", 4, 2));
+        assert_eq!(both["done"], true);
+        assert_eq!(both["usage_chunk"]["usage"], json!({"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}));
+        let choices = &both["completion"]["choices"];
+        assert_eq!((&choices[0]["message"]["content"], &choices[0]["finish_reason"]), (&json!("a!"), &json!("stop")));
+        assert_eq!((&choices[1]["message"]["content"], &choices[1]["finish_reason"]), (&json!("b"), &json!("length")));
+    }
+
+    #[test]
+    fn logprobs_go_out_per_token_and_whole_in_the_endpoints_shapes() {
+        let tokenizer = tokenizer();
+        let lp = |logprob| Some(TokenLogprob { logprob, top: vec![(104, logprob), (105, -3.0)] });
+        let mut plain = Reply::new(1, 1, true);
+        json(&mut plain, &tokenizer, 0, &token(104, "h", lp(-0.25)));
+        let second = json(&mut plain, &tokenizer, 0, &token(105, "i", lp(-0.5)));
+        let logprobs = &second["logprobs"];
+        assert_eq!(logprobs["token_logprobs"], json!([-0.5]));
+        assert_eq!(logprobs["text_offset"], json!([1]), "after the first token's text: {logprobs}");
+        assert_eq!(logprobs["top_logprobs"][0].as_object().unwrap().len(), 2, "{logprobs}");
+
+        let mut chat = Reply::new(2, 1, true).chat(100, "m".into());
+        let streamed = json(&mut chat, &tokenizer, 0, &token(104, "h", lp(-0.25)));
+        let content = &streamed["chunk"]["choices"][0]["logprobs"]["content"];
+        assert_eq!((content[0]["logprob"].as_f64(), content[0]["top_logprobs"].as_array().map(Vec::len)), (Some(-0.25), Some(2)));
+        json(&mut chat, &tokenizer, 0, &token(105, "i", lp(-0.5)));
+        let end = json(&mut chat, &tokenizer, 0, &finished(FinishReason::Length, "", 3, 2));
+        let whole = &end["completion"]["choices"][0]["logprobs"]["content"];
+        assert_eq!(whole.as_array().map(Vec::len), Some(2), "{end}");
+        assert_eq!(whole[1]["logprob"], -0.5);
     }
 }

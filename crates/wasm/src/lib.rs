@@ -12,10 +12,12 @@
 //! events into `generate()` promises and `chat.completions.create()` async iterators.
 //!
 //! What does not need a browser lives in target-independent modules and is tested natively:
-//! the engine options ([`options`]) and the events as the page sees them ([`events`]).
+//! the engine options ([`options`]), the events as the page sees them ([`events`]) and the
+//! profile of its steps ([`profile`]).
 
 pub mod events;
 pub mod options;
+pub mod profile;
 
 #[cfg(target_family = "wasm")]
 pub mod browser;

@@ -36,7 +36,9 @@ use cinder_engine::openai::{MAX_DEADLINE_MS, deadline_from_ms};
 use cinder_scheduler::Priority;
 use cinder_tokenizer::Tokenizer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower::Layer;
 use tower_http::services::{ServeDir, ServeFile};
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::model_path::ModelArg;
 use routes::AppState;
@@ -283,6 +285,14 @@ fn load_with_progress_bar(file: &cinder_gguf::GgufFile, device: &cinder_model::D
     model
 }
 
+/// An ETag of the file's size and modification time (as nginx makes them): a page that
+/// cached the model file fetches it again once it changed.
+fn file_etag(path: &Path) -> Option<HeaderValue> {
+    let meta = std::fs::metadata(path).ok()?;
+    let modified = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+    HeaderValue::from_str(&format!("\"{:x}-{:x}\"", meta.len(), modified.as_nanos())).ok()
+}
+
 fn router(args: &ServeArgs, state: Arc<AppState>, model_path: &Path) -> anyhow::Result<Router> {
     // Behind the key when one is set; /metrics and the model file only if not made public.
     let mut private = Router::new()
@@ -298,7 +308,9 @@ fn router(args: &ServeArgs, state: Arc<AppState>, model_path: &Path) -> anyhow::
         private = private.route("/metrics", get(routes::metrics));
     }
     if args.web.is_some() {
-        let model = ServeFile::new(model_path);
+        let file = model_path.to_owned();
+        let etag = move |_: &axum::http::Response<_>| file_etag(&file);
+        let model = SetResponseHeaderLayer::overriding(axum::http::header::ETAG, etag).layer(ServeFile::new(model_path));
         if args.public_model {
             public = public.route_service("/model.gguf", model);
         } else {

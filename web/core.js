@@ -1,0 +1,348 @@
+// The engine itself, on whichever thread runs it: the page's (`Engine.load(url, { worker:
+// false })`) or a dedicated worker's (worker.js, the default). cinder.js builds the public
+// API on top of either.
+//
+// The step loop runs one engine step (all waiting and running requests together) and yields
+// to the event loop in between, so new requests and aborts join the next step.
+
+import init, { WasmEngine, lastPanic } from './pkg/cinder_wasm.js';
+
+/** Every failure this module reports: no WebGPU, the model fetch, a bad request, the device. */
+export class CinderError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = 'CinderError';
+  }
+}
+
+const MODEL_CACHE = 'cinder-models-v1';
+
+export const message = (e) => (e && e.message) || String(e);
+
+/**
+ * A WebAssembly trap (a Rust panic, or memory exhausted) stops the engine for good; the
+ * error says why when Rust could tell.
+ */
+function isTrap(e) {
+  return e instanceof WebAssembly.RuntimeError;
+}
+
+function trapError(e) {
+  let panic = null;
+  try {
+    panic = lastPanic();
+  } catch {
+    // The instance cannot even answer: memory is exhausted.
+  }
+  const why = panic ?? `${message(e)} (out of memory?)`;
+  return new CinderError(`the engine stopped after an internal error: ${why}; reload the page`);
+}
+
+/** Lets the event loop run (input, messages, rendering) before the next engine step. */
+function yieldToEventLoop() {
+  if (globalThis.scheduler?.yield) return globalThis.scheduler.yield();
+  return new Promise((resolve) => {
+    const channel = new MessageChannel();
+    channel.port1.onmessage = () => resolve();
+    channel.port2.postMessage(null);
+  });
+}
+
+/** What tells one version of a file from another: its ETag, else its size and date. */
+function validators(headers) {
+  const etag = headers.get('etag');
+  if (etag) return `etag ${etag}`;
+  const length = headers.get('content-length');
+  const modified = headers.get('last-modified');
+  return length && modified ? `size ${length}, modified ${modified}` : null;
+}
+
+/**
+ * Whether the server still has the version of `url` that `cached` holds. Asks with a HEAD
+ * request; offline, or when the server gives no validators, the cached copy stands.
+ */
+async function stillCurrent(url, cached) {
+  let head;
+  try {
+    head = await fetch(url, { method: 'HEAD', cache: 'no-store' });
+  } catch {
+    return true;
+  }
+  if (!head.ok) return true;
+  const now = validators(head.headers);
+  return now === null || now === validators(cached.headers);
+}
+
+/**
+ * The model file's bytes: from the Cache API when an earlier visit stored the version the
+ * server still has, otherwise fetched with progress and stored for the next visit.
+ */
+async function fetchModel(url, onProgress) {
+  let cache = null;
+  try {
+    cache = await caches.open(MODEL_CACHE);
+  } catch {
+    // No Cache API (an insecure origin): fetch every time.
+  }
+  let response = cache ? await cache.match(url) : undefined;
+  let stale = false;
+  if (response && !(await stillCurrent(url, response))) {
+    response = undefined;
+    stale = true;
+  }
+  const cached = Boolean(response);
+  if (!response) {
+    try {
+      response = await fetch(url, { cache: 'no-store' });
+    } catch (e) {
+      throw new CinderError(`model fetch failed: ${url}: ${message(e)}`);
+    }
+    if (!response.ok) throw new CinderError(`model fetch failed: ${url}: HTTP ${response.status}`);
+  }
+  const total = Number(response.headers.get('content-length')) || 0;
+  // One buffer of the announced size, filled as chunks arrive: no second copy to join them.
+  let bytes = new Uint8Array(total);
+  let loaded = 0;
+  const reader = response.body.getReader();
+  for (;;) {
+    let chunk;
+    try {
+      chunk = await reader.read();
+    } catch (e) {
+      throw new CinderError(`model fetch failed: ${url}: ${message(e)}`);
+    }
+    if (chunk.done) break;
+    if (loaded + chunk.value.length > bytes.length) {
+      if (total) throw new CinderError(`model fetch failed: ${url}: more than the announced ${total} bytes`);
+      const grown = new Uint8Array(Math.max(2 * bytes.length, loaded + chunk.value.length, 1 << 20));
+      grown.set(bytes.subarray(0, loaded));
+      bytes = grown;
+    }
+    bytes.set(chunk.value, loaded);
+    loaded += chunk.value.length;
+    onProgress?.({ phase: 'download', loaded, total, cached });
+  }
+  if (total && loaded !== total) throw new CinderError(`model fetch failed: ${url}: got ${loaded} of ${total} bytes`);
+  if (loaded !== bytes.length) bytes = bytes.subarray(0, loaded);
+  if (cache && !cached) {
+    const headers = { 'content-length': String(loaded) };
+    for (const name of ['etag', 'last-modified']) {
+      const value = response.headers.get(name);
+      if (value) headers[name] = value;
+    }
+    try {
+      await cache.put(url, new Response(bytes, { headers }));
+    } catch (e) {
+      console.warn(`cinder: the model was not cached (${message(e)}); the next visit downloads it again`);
+    }
+  }
+  return { bytes, cached, stale };
+}
+
+/**
+ * The WebAssembly engine and its step loop. `onBroken(error)` is called once if a trap
+ * stops it; from then on every call fails with that error.
+ */
+class Core {
+  #wasm;
+  #looping = false;
+  #broken = null;
+  onBroken = null;
+
+  /**
+   * Fetches the GGUF model at `url` (progress through `onProgress({ phase, loaded, total,
+   * cached })`) and loads it onto WebGPU with `options` (the crate's EngineOptions).
+   */
+  static async load(url, { onProgress, options, wasmUrl } = {}) {
+    const started = performance.now();
+    try {
+      await init(wasmUrl ? { module_or_path: wasmUrl } : undefined);
+    } catch (e) {
+      throw new CinderError(`cannot load cinder's WebAssembly: ${message(e)}`);
+    }
+    const { bytes, cached, stale } = await fetchModel(url, onProgress);
+    const downloaded = performance.now();
+    onProgress?.({ phase: 'upload', loaded: bytes.length, total: bytes.length, cached });
+    let wasm;
+    try {
+      wasm = await WasmEngine.load(bytes, JSON.stringify(options ?? {}));
+    } catch (e) {
+      throw isTrap(e) ? trapError(e) : new CinderError(message(e));
+    }
+    const done = performance.now();
+    const loadStats = {
+      cached,
+      stale,
+      bytes: bytes.length,
+      fetch_s: (downloaded - started) / 1000,
+      load_s: (done - started) / 1000,
+    };
+    return new Core(wasm, loadStats);
+  }
+
+  constructor(wasm, loadStats) {
+    this.#wasm = wasm;
+    /** Adapter, context length, vocabulary, weight bytes, KV pool. */
+    this.info = JSON.parse(wasm.info());
+    /** `{ cached, stale, bytes, fetch_s, load_s }` of the load. */
+    this.loadStats = loadStats;
+  }
+
+  /**
+   * Queues an OpenAI body (`chat`: a chat completion) and returns the request's id; each
+   * event of its choices goes to `onEvent(event)`, the last with `done`. Throws a
+   * CinderError if the body is refused.
+   */
+  submit(body, chat, onEvent) {
+    if (this.#broken) throw this.#broken;
+    let id;
+    try {
+      id = this.#wasm.submit(JSON.stringify(body), chat, (json) => onEvent(JSON.parse(json)));
+    } catch (e) {
+      if (isTrap(e)) throw this.#fatal(e);
+      throw new CinderError(message(e));
+    }
+    this.#run();
+    return id;
+  }
+
+  /** Ends request `id`: each choice's last event has `finish_reason` "abort". */
+  abort(id) {
+    if (this.#broken) return;
+    try {
+      this.#wasm.abort(id);
+    } catch (e) {
+      this.#fatal(e);
+    }
+  }
+
+  /** Starts timing the engine's steps: host time per part and device time per kernel. */
+  profileStart() {
+    if (this.#broken) throw this.#broken;
+    this.#wasm.profileStart();
+  }
+
+  /**
+   * The profile since `profileStart`: `{ steps, host: { launch_ms, wait_ms, land_ms },
+   * device_timestamps, device_ms, kernels: [{ kernel, dispatches, ms }] }`, totals.
+   */
+  async profileFinish() {
+    if (this.#broken) throw this.#broken;
+    try {
+      return JSON.parse(await this.#wasm.profileFinish());
+    } catch (e) {
+      if (isTrap(e)) throw this.#fatal(e);
+      throw new CinderError(message(e));
+    }
+  }
+
+  /** The step loop: one engine step at a time while there is work, yielding in between. */
+  async #run() {
+    if (this.#looping) return;
+    this.#looping = true;
+    try {
+      for (;;) {
+        try {
+          if (this.#broken || !this.#wasm.hasWork()) break;
+          const ran = await this.#wasm.step();
+          // Nothing fit this step (waiting on memory): give the event loop a moment.
+          if (!ran) await new Promise((resolve) => setTimeout(resolve, 5));
+        } catch (e) {
+          if (isTrap(e)) {
+            this.#fatal(e);
+            break;
+          }
+          // A failed step is retried; the engine ends requests that fail three in a row.
+          console.warn(`cinder: engine step failed: ${message(e)}`);
+        }
+        await yieldToEventLoop();
+      }
+    } finally {
+      this.#looping = false;
+    }
+  }
+
+  #fatal(e) {
+    if (!this.#broken) {
+      this.#broken = trapError(e);
+      this.onBroken?.(this.#broken);
+    }
+    return this.#broken;
+  }
+}
+
+/**
+ * The engine behind messages, the same whether they cross to a worker (worker.js) or stay
+ * on the page's thread. Returns the function that receives the page's messages; `post`
+ * sends the engine's. Requests carry the page's ids; their events go back under them.
+ *
+ *   page -> engine: { op: 'load', url, options, wasmUrl }, { op: 'submit', id, body, chat },
+ *                   { op: 'abort', id }, { op: 'profileStart' }, { op: 'profileFinish', reply }
+ *   engine -> page: { op: 'progress', progress }, { op: 'loaded', info, loadStats },
+ *                   { op: 'loadFailed', error }, { op: 'accepted', id }, { op: 'refused', id, error },
+ *                   { op: 'event', id, event }, { op: 'broken', error },
+ *                   { op: 'profile', reply, profile?, error? }
+ */
+export function engineHost(post) {
+  let core = null;
+  /** The page's request ids to the engine's. */
+  const engineIds = new Map();
+
+  async function load({ url, options, wasmUrl }) {
+    try {
+      core = await Core.load(url, { options, wasmUrl, onProgress: (progress) => post({ op: 'progress', progress }) });
+    } catch (e) {
+      post({ op: 'loadFailed', error: message(e) });
+      return;
+    }
+    core.onBroken = (error) => post({ op: 'broken', error: error.message });
+    post({ op: 'loaded', info: core.info, loadStats: core.loadStats });
+  }
+
+  function submit({ id, body, chat }) {
+    let engineId;
+    try {
+      engineId = core.submit(body, chat, (event) => {
+        if (event.done) engineIds.delete(id);
+        post({ op: 'event', id, event: { ...event, id } });
+      });
+    } catch (e) {
+      post({ op: 'refused', id, error: message(e) });
+      return;
+    }
+    engineIds.set(id, engineId);
+    post({ op: 'accepted', id });
+  }
+
+  async function profileFinish({ reply }) {
+    try {
+      post({ op: 'profile', reply, profile: await core.profileFinish() });
+    } catch (e) {
+      post({ op: 'profile', reply, error: message(e) });
+    }
+  }
+
+  return (data) => {
+    switch (data.op) {
+      case 'load':
+        return load(data);
+      case 'submit':
+        return submit(data);
+      case 'abort': {
+        const engineId = engineIds.get(data.id);
+        if (engineId !== undefined) core.abort(engineId);
+        return;
+      }
+      case 'profileStart':
+        // A broken engine answers the profileFinish that follows with its error.
+        try {
+          core.profileStart();
+        } catch {}
+        return;
+      case 'profileFinish':
+        return profileFinish(data);
+      default:
+        console.warn(`cinder: unknown message ${JSON.stringify(data.op)}`);
+    }
+  };
+}
