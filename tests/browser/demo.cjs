@@ -101,6 +101,22 @@ async function main() {
             if (choice.finish_reason) out.stream_finish_reason = choice.finish_reason;
           }
         }
+        // Two choices with their logprobs, whole and streamed, and through generate().
+        const two = await engine.chat.completions.create({ messages, ...options, temperature: 1, seed: 7, n: 2, logprobs: true, top_logprobs: 2 });
+        out.n2_choices = two.choices.map((c) => ({ index: c.index, finish_reason: c.finish_reason, logprobs: c.logprobs?.content?.length ?? null, top: c.logprobs?.content?.[0]?.top_logprobs?.length ?? null }));
+        out.n2_usage = two.usage;
+        const twoStream = await engine.chat.completions.create({ messages, ...options, n: 2, stream: true });
+        out.n2_stream_indices = [];
+        for await (const chunk of twoStream) {
+          for (const choice of chunk.choices) if (choice.finish_reason) out.n2_stream_indices.push(choice.index);
+        }
+        const generated = await engine.generate('hello', { ...options, n: 2, logprobs: 3 });
+        out.generate_n2 = {
+          choices: generated.choices.length,
+          completion_tokens: generated.completion_tokens,
+          token_logprobs: generated.logprobs?.token_logprobs?.length ?? null,
+          top: Object.keys(generated.logprobs?.top_logprobs?.[0] ?? {}).length,
+        };
         const long = engine.generate('abort me', { max_tokens: 400, ignore_eos: true }, () => engine.abort(long.id));
         const aborted = await long;
         out.abort = { finish_reason: aborted.finish_reason, completion_tokens: aborted.completion_tokens };

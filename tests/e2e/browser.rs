@@ -59,17 +59,46 @@ fn report(name: &str, result: &Value) {
     );
 }
 
+/// What the page's JavaScript API did (`"api": true` in the spec), generating `max_tokens`.
+fn check_api(api: &Value, max_tokens: usize) {
+    assert!(api["ticks_during_generation"].as_u64().unwrap() >= 2, "the page's timers stalled while generating: {api}");
+    assert_eq!(api["chat_finish_reason"], "length", "{api}");
+    assert_eq!(api["stream_text"], api["chat_text"], "streamed and whole chat completions differ: {api}");
+    assert_eq!(api["stream_finish_reason"], "length", "{api}");
+    assert_eq!(api["stream_usage"]["completion_tokens"], max_tokens, "{api}");
+    let two = json!([
+        {"index": 0, "finish_reason": "length", "logprobs": max_tokens, "top": 2},
+        {"index": 1, "finish_reason": "length", "logprobs": max_tokens, "top": 2},
+    ]);
+    assert_eq!(api["n2_choices"], two, "{api}");
+    assert_eq!(api["n2_usage"]["completion_tokens"], 2 * max_tokens, "{api}");
+    let mut ends: Vec<u64> = api["n2_stream_indices"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap()).collect();
+    ends.sort();
+    assert_eq!(ends, [0, 1], "each streamed choice ends once: {api}");
+    let generated = json!({"choices": 2, "completion_tokens": 2 * max_tokens, "token_logprobs": max_tokens, "top": 3});
+    assert_eq!(api["generate_n2"], generated, "{api}");
+    assert_eq!(api["abort"]["finish_reason"], "abort", "{api}");
+    assert!(api["abort"]["completion_tokens"].as_u64().unwrap() < 400, "{api}");
+    let bad = api["bad_option"].as_str().unwrap();
+    assert!(bad.starts_with("CinderError") && bad.contains("temperature"), "{api}");
+}
+
 #[test]
 fn the_browser_gives_the_native_greedy_tokens_and_batches_concurrent_generations() {
-    let server = Server::start(&tiny_model("browser"), &["--web", web_dist().to_str().unwrap()]);
+    let model = tiny_model("browser");
+    let server = Server::start(&model, &["--web", web_dist().to_str().unwrap()]);
     // Over 16 tokens, so the prompt's products run on the prompt kernel (the tiled one in
     // the browser).
     let prompt = "the quick brown fox jumps over the lazy dog while five boxing wizards jump quickly";
     let max_tokens = 12;
     let native = native_tokens(&server, prompt, max_tokens);
-    let spec = json!({"prompt": prompt, "max_tokens": max_tokens, "concurrent": 4, "api": true, "errors": true, "timeout_s": 600});
+    let spec = json!({
+        "prompt": prompt, "max_tokens": max_tokens, "concurrent": 4, "api": true, "errors": true, "query": "profile=1",
+        "reload": true, "change_before_reload": model, "timeout_s": 600,
+    });
     let result = drive(&server, spec);
     report("tiny model", &result);
+    assert!(result["status"].as_str().unwrap().contains("in a worker"), "{result:#}");
     assert_eq!(ids(&result["tokens"]), native, "browser and native greedy tokens differ");
     let concurrent = result["concurrent"].as_array().expect("concurrent results");
     assert_eq!(concurrent.len(), 4);
@@ -84,22 +113,42 @@ fn the_browser_gives_the_native_greedy_tokens_and_batches_concurrent_generations
     let modes: Vec<&str> = batch.iter().filter_map(|row| row[0].as_str()).collect();
     assert_eq!(modes, ["mode", "batched", "sequential", "batched / sequential"], "{batch:?}");
     assert!(batch[3][1].as_str().unwrap().ends_with('×'), "{batch:?}");
+    check_api(&result["api"], max_tokens);
 
-    let api = &result["api"];
-    assert!(api["ticks_during_generation"].as_u64().unwrap() >= 2, "the page's timers stalled while generating: {api}");
-    assert_eq!(api["chat_finish_reason"], "length", "{api}");
-    assert_eq!(api["stream_text"], api["chat_text"], "streamed and whole chat completions differ: {api}");
-    assert_eq!(api["stream_finish_reason"], "length", "{api}");
-    assert_eq!(api["stream_usage"]["completion_tokens"], max_tokens, "{api}");
-    assert_eq!(api["abort"]["finish_reason"], "abort", "{api}");
-    assert!(api["abort"]["completion_tokens"].as_u64().unwrap() < 400, "{api}");
-    let bad = api["bad_option"].as_str().unwrap();
-    assert!(bad.starts_with("CinderError") && bad.contains("temperature"), "{api}");
+    // ?profile=1: every answer's steps, the host's parts and each kernel's device time.
+    let profile = &result["profile"];
+    assert_eq!(profile["steps"].as_u64(), Some(max_tokens as u64), "one step per token of the UI's answer: {profile}");
+    assert!(profile["host"]["launch_ms"].as_f64().unwrap() > 0.0 && profile["host"]["wait_ms"].as_f64().unwrap() > 0.0, "{profile}");
+    let kernels: Vec<&str> = profile["kernels"].as_array().unwrap().iter().map(|k| k["kernel"].as_str().unwrap()).collect();
+    for kernel in ["matmul_quant", "rms_norm", "paged_attention"] {
+        assert!(kernels.contains(&kernel), "{kernel} is missing from the profile: {profile}");
+    }
+    let table: Vec<&str> = result["ui_profile"].as_array().unwrap().iter().filter_map(|row| row[0].as_str()).collect();
+    assert_eq!(&table[..4], ["kernel", "host: plan and launch", "host: await the device", "host: sample"], "{table:?}");
+    eprintln!("browser tiny model profile: {}", result["ui_profile_summary"]);
 
     let missing = result["missing_model_status"].as_str().unwrap();
     assert!(missing.contains("model fetch failed") && missing.contains("404"), "{missing}");
     let no_gpu = result["no_webgpu_status"].as_str().unwrap();
     assert!(no_gpu.contains("WebGPU is not available"), "{no_gpu}");
+
+    // The model comes from the Cache API while the server has the same file, and from the
+    // server again once the file changed.
+    assert_eq!(result["reload"]["load_stats"]["cached"], true, "{result:#}");
+    let changed = &result["reload_changed"]["load_stats"];
+    assert_eq!((&changed["cached"], &changed["stale"]), (&json!(false), &json!(true)), "a changed model was served stale: {result:#}");
+}
+
+#[test]
+fn the_engine_on_the_pages_thread_gives_the_same_tokens_and_api() {
+    let server = Server::start(&tiny_model("browser-in-page"), &["--web", web_dist().to_str().unwrap()]);
+    let prompt = "the quick brown fox jumps over the lazy dog while five boxing wizards jump quickly";
+    let max_tokens = 6;
+    let native = native_tokens(&server, prompt, max_tokens);
+    let result = drive(&server, json!({"prompt": prompt, "max_tokens": max_tokens, "ui": false, "api": true, "query": "worker=0"}));
+    assert!(result["status"].as_str().unwrap().contains("on the page's thread"), "{result:#}");
+    assert_eq!(ids(&result["tokens"]), native, "browser and native greedy tokens differ");
+    check_api(&result["api"], max_tokens);
 }
 
 #[test]
