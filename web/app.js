@@ -25,8 +25,10 @@ async function load() {
         if (phase === 'download') {
           $('progress').value = total ? loaded / total : 0;
           status(`${cached ? 'reading cached' : 'downloading'} model: ${mb(loaded)} / ${total ? mb(total) : '?'} MB`);
-        } else {
+        } else if (phase === 'upload') {
           status('uploading weights to the GPU…');
+        } else {
+          status('compiling the GPU kernels…');
         }
       },
     });

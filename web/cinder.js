@@ -67,7 +67,8 @@ export class Engine {
 
   /**
    * Loads the GGUF model at `url` onto WebGPU. `onProgress({ phase, loaded, total, cached })`
-   * reports the download; `options` sets the KV pool and batch limits (see the crate's
+   * reports the download, then the `upload` of the weights and the `compile` of the
+   * kernels (a short request run through them); `options` sets the KV pool and batch limits (see the crate's
    * EngineOptions); `wasmUrl` overrides where the .wasm file is; `worker: false` runs the
    * engine on the page's thread instead of a Web Worker.
    */
@@ -110,7 +111,7 @@ export class Engine {
       case 'loaded':
         /** Adapter, context length, vocabulary, weight bytes, KV pool. */
         this.info = data.info;
-        /** `{ cached, stale, bytes, fetch_s, load_s }` of the load. */
+        /** `{ cached, stale, bytes, fetch_s, upload_s, compile_s, load_s, wasm_memory_bytes }` of the load. */
         this.loadStats = data.loadStats;
         this.#loading.resolve();
         this.#loading = null;

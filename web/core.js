@@ -151,12 +151,15 @@ class Core {
 
   /**
    * Fetches the GGUF model at `url` (progress through `onProgress({ phase, loaded, total,
-   * cached })`) and loads it onto WebGPU with `options` (the crate's EngineOptions).
+   * cached })`, `phase` being `download`, `upload` then `compile`), loads it onto WebGPU
+   * with `options` (the crate's EngineOptions) and runs a short request through it, so
+   * that the kernels compile before the first answer.
    */
   static async load(url, { onProgress, options, wasmUrl } = {}) {
     const started = performance.now();
+    let exports;
     try {
-      await init(wasmUrl ? { module_or_path: wasmUrl } : undefined);
+      exports = await init(wasmUrl ? { module_or_path: wasmUrl } : undefined);
     } catch (e) {
       throw new CinderError(`cannot load cinder's WebAssembly: ${message(e)}`);
     }
@@ -169,13 +172,24 @@ class Core {
     } catch (e) {
       throw isTrap(e) ? trapError(e) : new CinderError(message(e));
     }
+    const uploaded = performance.now();
+    onProgress?.({ phase: 'compile', loaded: bytes.length, total: bytes.length, cached });
+    try {
+      await wasm.warmUp();
+    } catch (e) {
+      throw isTrap(e) ? trapError(e) : new CinderError(`compiling the kernels: ${message(e)}`);
+    }
     const done = performance.now();
     const loadStats = {
       cached,
       stale,
       bytes: bytes.length,
       fetch_s: (downloaded - started) / 1000,
+      upload_s: (uploaded - downloaded) / 1000,
+      compile_s: (done - uploaded) / 1000,
       load_s: (done - started) / 1000,
+      // The WebAssembly heap never shrinks: its size after loading is its peak so far.
+      wasm_memory_bytes: exports.memory.buffer.byteLength,
     };
     return new Core(wasm, loadStats);
   }
@@ -184,7 +198,7 @@ class Core {
     this.#wasm = wasm;
     /** Adapter, context length, vocabulary, weight bytes, KV pool. */
     this.info = JSON.parse(wasm.info());
-    /** `{ cached, stale, bytes, fetch_s, load_s }` of the load. */
+    /** `{ cached, stale, bytes, fetch_s, upload_s, compile_s, load_s, wasm_memory_bytes }` of the load. */
     this.loadStats = loadStats;
   }
 

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use cinder_engine::openai::{GenerationBody, Limits, ToolOutput, parse};
-use cinder_engine::{Engine, Event, Grammars, Launched};
+use cinder_engine::{Engine, Event, GenerationRequest, Grammars, Launched};
 use cinder_gguf::GgufFile;
 use cinder_model::profile::Profiler;
 use cinder_model::{Model, adapter_name, wgpu_device_async};
@@ -136,6 +136,27 @@ impl WasmEngine {
             profiling: None,
         };
         Ok(WasmEngine { state: Rc::new(RefCell::new(state)), info })
+    }
+
+    /// Runs one short request through the engine, so that the kernels of a prompt and of a
+    /// decode step compile now, while the page still shows loading, rather than in its
+    /// first answer (compiling them took ~5 s of SwiftShader's first answer). The request
+    /// sees no cache and leaves none.
+    #[wasm_bindgen(js_name = warmUp)]
+    pub async fn warm_up(&self) -> Result<(), JsError> {
+        // 32 tokens: a prompt chunk on the tiled matrix kernel and flash attention; then
+        // one decode step.
+        let mut request = GenerationRequest::new(vec![0; 32], 2);
+        request.ignore_eos = true;
+        request.use_prefix_cache = false;
+        let (sender, _events) = unbounded_channel();
+        self.state.borrow_mut().engine.submit(request, sender, now()).map_err(error)?;
+        loop {
+            let launched = self.state.borrow_mut().engine.launch(&now).map_err(error)?;
+            let Some(Launched { plan, logits }) = launched else { return Ok(()) };
+            let logits = logits.read_async().await;
+            self.state.borrow_mut().engine.land(plan, logits, &now).map_err(error)?;
+        }
     }
 
     /// What was loaded, as JSON: adapter, context length, vocabulary, weight bytes, KV pool.
