@@ -169,6 +169,11 @@ fn the_browser_loads_the_default_model_and_produces_its_first_tokens() {
     let weights = result["info"]["device_weight_bytes"].as_u64().unwrap();
     let file = std::fs::metadata(Path::new(&model)).unwrap().len();
     assert!(weights < file, "weights stay quantized in the browser: {weights} bytes on the device, file {file}");
+    // The file is read into WebAssembly memory a tensor at a time, never whole (that memory
+    // never shrinks): the heap stays under twice the file (it was 2.9x with a whole copy).
+    let heap = result["load_stats"]["wasm_memory_bytes"].as_u64().unwrap();
+    eprintln!("browser default model: WebAssembly heap {} MB after loading a {} MB file", heap / 1_000_000, file / 1_000_000);
+    assert!(heap < 2 * file, "the WebAssembly heap grew to {heap} bytes loading a {file}-byte model");
 }
 
 /// Native `cinder generate` on the default model, run once on `icd`'s Vulkan driver (None:

@@ -1,7 +1,9 @@
-//! Parsing and validating a GGUF file held in memory or memory-mapped.
+//! Parsing and validating a GGUF file held in memory, memory-mapped, or read by ranges from
+//! a [`ByteSource`].
 
+use std::borrow::Cow;
 use std::collections::HashSet;
-use std::ops::Deref;
+use std::ops::Range;
 use std::path::Path;
 
 use crate::metadata::{Metadata, MetadataValue, ValueType};
@@ -60,19 +62,38 @@ impl TensorInfo {
     }
 }
 
+/// A file's bytes read by ranges, for a file that is neither mapped nor in memory (a web
+/// page's copy, outside WebAssembly memory): a tensor's bytes are read when it is asked for
+/// and not kept.
+pub trait ByteSource: Send + Sync {
+    fn len(&self) -> u64;
+    /// The bytes of `range`, which lies within `0..len()`.
+    fn read(&self, range: Range<u64>) -> Vec<u8>;
+}
+
 enum Bytes {
     Mapped(memmap2::Mmap),
     Owned(Vec<u8>),
+    Source(Box<dyn ByteSource>),
 }
 
-impl Deref for Bytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
+impl Bytes {
+    fn range(&self, range: Range<u64>) -> Cow<'_, [u8]> {
         match self {
-            Bytes::Mapped(m) => m,
-            Bytes::Owned(v) => v,
+            Bytes::Mapped(m) => Cow::Borrowed(&m[range.start as usize..range.end as usize]),
+            Bytes::Owned(v) => Cow::Borrowed(&v[range.start as usize..range.end as usize]),
+            Bytes::Source(source) => Cow::Owned(source.read(range)),
         }
     }
+}
+
+/// What parsing a file's header finds.
+struct Header {
+    version: u32,
+    metadata: Metadata,
+    tensors: Vec<TensorInfo>,
+    alignment: u64,
+    data_start: u64,
 }
 
 /// A parsed and validated GGUF file; tensor data is read from it on demand.
@@ -106,87 +127,40 @@ impl GgufFile {
         // SAFETY: the map is read-only; cinder never writes model files while serving them,
         // and a file truncated underneath us is the same hazard every mmap-based loader has.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_error)?;
-        Self::parse(Bytes::Mapped(map))
+        let header = parse(&map, map.len() as u64)?;
+        Ok(Self::with(Bytes::Mapped(map), header))
     }
 
     /// Parses a file already in memory.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, GgufError> {
-        Self::parse(Bytes::Owned(bytes))
+        let header = parse(&bytes, bytes.len() as u64)?;
+        Ok(Self::with(Bytes::Owned(bytes), header))
     }
 
-    fn parse(bytes: Bytes) -> Result<Self, GgufError> {
-        let mut cursor = Cursor { bytes: &bytes, pos: 0 };
-        let magic: [u8; 4] = cursor.take(4, "magic")?.try_into().expect("4 bytes");
-        if magic != GGUF_MAGIC {
-            return Err(GgufError::BadMagic { found: magic });
-        }
-        let version = cursor.u32("version")?;
-        if !(2..=3).contains(&version) {
-            return Err(GgufError::UnsupportedVersion(version));
-        }
-        let tensor_count = cursor.u64("tensor count")?;
-        let kv_count = cursor.u64("metadata count")?;
-        // Every key/value takes at least 12 bytes and every tensor info at least 24: counts
-        // beyond what the file could hold are refused before anything is allocated.
-        cursor.check_count(kv_count, 12, "metadata entries")?;
-        cursor.check_count(tensor_count, 24, "tensors")?;
-
-        let mut metadata = Metadata::default();
-        for _ in 0..kv_count {
-            let key = cursor.string("metadata key")?;
-            let type_id = cursor.u32("metadata value type")?;
-            let ty = ValueType::from_id(type_id)
-                .ok_or_else(|| GgufError::UnknownValueType { key: key.clone(), type_id })?;
-            let value = cursor.value(&key, ty, 0)?;
-            metadata.insert(key, value)?;
-        }
-
-        let alignment = match metadata.get("general.alignment") {
-            None => DEFAULT_ALIGNMENT,
-            Some(v) => {
-                let a = v.as_i64().and_then(|a| u64::try_from(a).ok()).unwrap_or(0);
-                if a == 0 || !a.is_power_of_two() {
-                    return Err(GgufError::BadAlignment(a));
-                }
-                a
-            }
-        };
-
-        let mut tensors = Vec::with_capacity(tensor_count as usize);
-        let mut names = HashSet::new();
-        for _ in 0..tensor_count {
-            let info = cursor.tensor_info(alignment)?;
-            if !names.insert(info.name.clone()) {
-                return Err(GgufError::DuplicateTensor(info.name));
-            }
-            tensors.push(info);
-        }
-
-        let data_start = align_up(cursor.pos as u64, alignment);
-        let file_len = bytes.len() as u64;
-        for t in &tensors {
-            let start = data_start.checked_add(t.offset);
-            let end = start.and_then(|s| s.checked_add(t.bytes));
-            match (start, end) {
-                (Some(_), Some(end)) if end <= file_len => {}
-                _ => {
-                    return Err(GgufError::TensorOutOfBounds {
-                        tensor: t.name.clone(),
-                        start: data_start.saturating_add(t.offset),
-                        end: data_start.saturating_add(t.offset).saturating_add(t.bytes),
-                        file_len,
-                    });
-                }
+    /// Parses the file `source` reads. Only the header is read now (in growing prefixes
+    /// until it is whole); tensors are read when asked for.
+    pub fn from_source(source: Box<dyn ByteSource>) -> Result<Self, GgufError> {
+        let file_len = source.len();
+        let mut prefix = file_len.min(1 << 20);
+        loop {
+            match parse(&source.read(0..prefix), file_len) {
+                Ok(header) => return Ok(Self::with(Bytes::Source(source), header)),
+                // The header goes on past this prefix: read more of it.
+                Err(GgufError::Truncated { .. }) if prefix < file_len => prefix = file_len.min(prefix * 4),
+                Err(e) => return Err(e),
             }
         }
-        check_no_overlap(&tensors)?;
+    }
 
-        Ok(Self { bytes, version, metadata, tensors, alignment, data_start })
+    fn with(bytes: Bytes, header: Header) -> Self {
+        let Header { version, metadata, tensors, alignment, data_start } = header;
+        Self { bytes, version, metadata, tensors, alignment, data_start }
     }
 
     pub fn version(&self) -> u32 {
         self.version
     }
+
 
     pub fn metadata(&self) -> &Metadata {
         &self.metadata
@@ -205,11 +179,6 @@ impl GgufFile {
         self.data_start
     }
 
-    /// The whole file's bytes.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-
     pub fn tensor(&self, name: &str) -> Result<&TensorInfo, GgufError> {
         self.tensors
             .iter()
@@ -217,16 +186,23 @@ impl GgufFile {
             .ok_or_else(|| GgufError::TensorNotFound(name.to_owned()))
     }
 
-    /// The raw bytes of a tensor, in its GGUF block format.
-    pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
-        // Bounds were checked when the file was parsed.
-        let start = (self.data_start + info.offset) as usize;
-        &self.bytes[start..start + info.bytes as usize]
+    /// The raw bytes of a tensor, in its GGUF block format: borrowed from a file in memory,
+    /// read from a [`ByteSource`].
+    pub fn tensor_data(&self, info: &TensorInfo) -> Cow<'_, [u8]> {
+        self.tensor_bytes(info, 0..info.bytes)
+    }
+
+    /// Bytes `range` of a tensor's data.
+    pub fn tensor_bytes(&self, info: &TensorInfo, range: Range<u64>) -> Cow<'_, [u8]> {
+        // The tensor's bounds were checked when the file was parsed.
+        assert!(range.start <= range.end && range.end <= info.bytes, "bytes {range:?} of a {}-byte tensor", info.bytes);
+        let start = self.data_start + info.offset;
+        self.bytes.range(start + range.start..start + range.end)
     }
 
     /// A tensor's values as f32, dequantized if needed.
     pub fn dequantize(&self, info: &TensorInfo) -> Result<Vec<f32>, GgufError> {
-        crate::dequantize(info.ty, self.tensor_data(info)).map_err(|e| match e {
+        crate::dequantize(info.ty, &self.tensor_data(info)).map_err(|e| match e {
             GgufError::UnsupportedType { ty, .. } => {
                 GgufError::UnsupportedType { tensor: info.name.clone(), ty }
             }
@@ -240,8 +216,79 @@ impl GgufFile {
         info: &TensorInfo,
         rows: impl IntoIterator<Item = u64>,
     ) -> Result<Vec<f32>, GgufError> {
-        info.dequantize_rows(self.tensor_data(info), rows)
+        info.dequantize_rows(&self.tensor_data(info), rows)
     }
+}
+
+/// Parses and validates the header in `bytes`, the first bytes of a file of `file_len`
+/// bytes (all of them, or a prefix that must hold the whole header).
+fn parse(bytes: &[u8], file_len: u64) -> Result<Header, GgufError> {
+    let mut cursor = Cursor { bytes, pos: 0, file_len };
+    let magic: [u8; 4] = cursor.take(4, "magic")?.try_into().expect("4 bytes");
+    if magic != GGUF_MAGIC {
+        return Err(GgufError::BadMagic { found: magic });
+    }
+    let version = cursor.u32("version")?;
+    if !(2..=3).contains(&version) {
+        return Err(GgufError::UnsupportedVersion(version));
+    }
+    let tensor_count = cursor.u64("tensor count")?;
+    let kv_count = cursor.u64("metadata count")?;
+    // Every key/value takes at least 12 bytes and every tensor info at least 24: counts
+    // beyond what the file could hold are refused before anything is allocated.
+    cursor.check_count(kv_count, 12, "metadata entries")?;
+    cursor.check_count(tensor_count, 24, "tensors")?;
+
+    let mut metadata = Metadata::default();
+    for _ in 0..kv_count {
+        let key = cursor.string("metadata key")?;
+        let type_id = cursor.u32("metadata value type")?;
+        let ty = ValueType::from_id(type_id)
+            .ok_or_else(|| GgufError::UnknownValueType { key: key.clone(), type_id })?;
+        let value = cursor.value(&key, ty, 0)?;
+        metadata.insert(key, value)?;
+    }
+
+    let alignment = match metadata.get("general.alignment") {
+        None => DEFAULT_ALIGNMENT,
+        Some(v) => {
+            let a = v.as_i64().and_then(|a| u64::try_from(a).ok()).unwrap_or(0);
+            if a == 0 || !a.is_power_of_two() {
+                return Err(GgufError::BadAlignment(a));
+            }
+            a
+        }
+    };
+
+    let mut tensors = Vec::with_capacity(tensor_count as usize);
+    let mut names = HashSet::new();
+    for _ in 0..tensor_count {
+        let info = cursor.tensor_info(alignment)?;
+        if !names.insert(info.name.clone()) {
+            return Err(GgufError::DuplicateTensor(info.name));
+        }
+        tensors.push(info);
+    }
+
+    let data_start = align_up(cursor.pos as u64, alignment);
+    for t in &tensors {
+        let start = data_start.checked_add(t.offset);
+        let end = start.and_then(|s| s.checked_add(t.bytes));
+        match (start, end) {
+            (Some(_), Some(end)) if end <= file_len => {}
+            _ => {
+                return Err(GgufError::TensorOutOfBounds {
+                    tensor: t.name.clone(),
+                    start: data_start.saturating_add(t.offset),
+                    end: data_start.saturating_add(t.offset).saturating_add(t.bytes),
+                    file_len,
+                });
+            }
+        }
+    }
+    check_no_overlap(&tensors)?;
+
+    Ok(Header { version, metadata, tensors, alignment, data_start })
 }
 
 fn check_no_overlap(tensors: &[TensorInfo]) -> Result<(), GgufError> {
@@ -265,6 +312,8 @@ pub(crate) fn align_up(value: u64, alignment: u64) -> u64 {
 struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// The whole file's length (`bytes` may be a prefix of it).
+    file_len: u64,
 }
 
 impl<'a> Cursor<'a> {
@@ -298,7 +347,7 @@ impl<'a> Cursor<'a> {
     }
 
     fn check_count(&self, count: u64, min_bytes_each: u64, what: &str) -> Result<(), GgufError> {
-        if count.saturating_mul(min_bytes_each) > self.remaining() {
+        if count.saturating_mul(min_bytes_each) > self.file_len.saturating_sub(self.pos as u64) {
             return Err(GgufError::ImplausibleCount { what: what.to_owned(), count });
         }
         Ok(())

@@ -23,7 +23,7 @@ impl GgufWriter {
             tensors: file
                 .tensors()
                 .iter()
-                .map(|t| (t.name.clone(), t.shape.clone(), t.ty, file.tensor_data(t).to_vec()))
+                .map(|t| (t.name.clone(), t.shape.clone(), t.ty, file.tensor_data(t).into_owned()))
                 .collect(),
         }
     }

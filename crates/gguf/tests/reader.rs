@@ -1,7 +1,10 @@
 //! Every malformed-file case the reader must refuse, each with the message it gives, and a
 //! property test that no byte-level corruption of a valid file makes it panic.
 
-use cinder_gguf::{GgmlType, GgufError, GgufFile, GgufWriter, MetadataValue, ValueType, quantize};
+use std::ops::Range;
+use std::sync::Mutex;
+
+use cinder_gguf::{ByteSource, GgmlType, GgufError, GgufFile, GgufWriter, MetadataValue, ValueType, quantize};
 use proptest::prelude::*;
 
 fn valid_file() -> Vec<u8> {
@@ -80,6 +83,67 @@ fn unsupported_versions() {
         bytes[4..8].copy_from_slice(&v.to_le_bytes());
         assert_eq!(err(bytes).to_string(), format!("unsupported GGUF version {v} (supported: 2 and 3)"));
     }
+}
+
+/// A file read by ranges, remembering the ranges asked for.
+struct Ranges {
+    bytes: Vec<u8>,
+    reads: Mutex<Vec<Range<u64>>>,
+}
+
+impl ByteSource for Ranges {
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    fn read(&self, range: Range<u64>) -> Vec<u8> {
+        self.reads.lock().unwrap().push(range.clone());
+        self.bytes[range.start as usize..range.end as usize].to_vec()
+    }
+}
+
+fn from_source(bytes: Vec<u8>) -> (Result<GgufFile, GgufError>, &'static Ranges) {
+    let source: &'static Ranges = Box::leak(Box::new(Ranges { bytes, reads: Mutex::new(Vec::new()) }));
+    struct Shared(&'static Ranges);
+    impl ByteSource for Shared {
+        fn len(&self) -> u64 {
+            self.0.len()
+        }
+        fn read(&self, range: Range<u64>) -> Vec<u8> {
+            self.0.read(range)
+        }
+    }
+    (GgufFile::from_source(Box::new(Shared(source))), source)
+}
+
+#[test]
+fn a_file_read_by_ranges_reads_its_header_then_each_tensor_when_asked() {
+    // A header of over 1 MiB (a big vocabulary), so it is read in growing prefixes.
+    let weights: Vec<f32> = (0..64).map(|i| i as f32 / 8.0 - 4.0).collect();
+    let tokens: Vec<String> = (0..120_000).map(|i| format!("token{i}")).collect();
+    let mut w = GgufWriter::new();
+    w.metadata("tokenizer.ggml.tokens", MetadataValue::strings(tokens.iter().map(String::as_str)))
+        .tensor("w", &[32, 2], GgmlType::Q4_1, quantize(GgmlType::Q4_1, &weights).unwrap());
+    let bytes = w.to_bytes();
+    let whole = GgufFile::from_bytes(bytes.clone()).unwrap();
+    assert!(whole.data_start() > 1 << 20);
+    let (file, source) = from_source(bytes.clone());
+    let file = file.unwrap();
+    let header_reads = source.reads.lock().unwrap().clone();
+    assert!(header_reads.len() > 1 && header_reads.iter().all(|r| r.start == 0), "{header_reads:?}");
+    assert_eq!(file.metadata().get_str_array("tokenizer.ggml.tokens").unwrap().len(), tokens.len());
+    let t = file.tensor("w").unwrap();
+    assert_eq!(*file.tensor_data(t), *whole.tensor_data(whole.tensor("w").unwrap()));
+    assert_eq!(file.dequantize(t).unwrap(), whole.dequantize(t).unwrap());
+    let start = file.data_start() + t.offset;
+    assert_eq!(source.reads.lock().unwrap().last(), Some(&(start..start + t.bytes)), "only the tensor is read");
+    assert_eq!(*file.tensor_bytes(t, 20..40), bytes[(start + 20) as usize..(start + 40) as usize]);
+
+    // A file cut short is refused as from memory, naming what is missing.
+    let cut = bytes[..(start + 20) as usize].to_vec();
+    assert_eq!(from_source(cut.clone()).0.unwrap_err().to_string(), err(cut).to_string());
+    let cut = bytes[..(1 << 20) + 100].to_vec();
+    assert_eq!(from_source(cut.clone()).0.unwrap_err().to_string(), err(cut).to_string());
 }
 
 #[test]

@@ -159,7 +159,7 @@ pub(crate) fn cube_device(device: &burn::tensor::Device) -> Option<CubeDevice> {
 }
 
 /// Uploads `words` to `device` as a buffer that lives as long as the handle.
-pub(crate) fn upload(device: &CubeDevice, words: &[u32]) -> Handle {
-    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-    device.client().create(burn::tensor::Bytes::from_bytes_vec(bytes))
+pub(crate) fn upload(device: &CubeDevice, words: Vec<u32>) -> Handle {
+    // Handed over whole: a copy into bytes would hold a matrix twice while it loads.
+    device.client().create(burn::tensor::Bytes::from_elems(words))
 }

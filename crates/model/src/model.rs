@@ -248,7 +248,7 @@ impl Model {
     ) -> Result<Self, ModelError> {
         let loader = Loader { file, config: &config, device };
         let embd = file.tensor(GlobalWeight::TokenEmbedding.name())?;
-        let embedding = HostEmbedding { info: embd.clone(), data: file.tensor_data(embd).to_vec(), scale: config.embedding_scale };
+        let embedding = HostEmbedding { info: embd.clone(), data: file.tensor_data(embd).into_owned(), scale: config.embedding_scale };
         let head = if config.tied_embeddings { GlobalWeight::TokenEmbedding } else { GlobalWeight::Output };
         let lm_head = Projection {
             weight: Linear::load(file, file.tensor(head.name())?, device)?,

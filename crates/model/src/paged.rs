@@ -243,7 +243,7 @@ impl PagedKvCache {
             return;
         }
         let words: Vec<u32> = pairs.iter().flat_map(|&(s, d)| [s, d]).collect();
-        let pairs_handle = upload(&self.device, &words);
+        let pairs_handle = upload(&self.device, words);
         let block_len = self.block_size * self.kv_dim;
         let kernel = Template::plain("kv_copy", include_str!("../../../shaders/kv_copy.wgsl"));
         let groups = (pairs.len() * block_len).div_ceil(64).min(MAX_WORKGROUPS) as u32;
@@ -552,13 +552,13 @@ impl BatchBuffer {
                 row += 1;
             }
         }
-        Self { handle: upload(device, &words), rows, paged_rows, paged_context, long }
+        Self { handle: upload(device, words), rows, paged_rows, paged_context, long }
     }
 
     /// A batch of `positions` only, for RoPE alone.
     #[cfg(test)]
     pub(crate) fn positions(device: &burn::tensor::Device, positions: &[u32]) -> Self {
         let device = crate::kernel::cube_device(device).expect("a wgpu device");
-        Self { handle: upload(&device, positions), rows: positions.len(), paged_rows: 0, paged_context: 0, long: Vec::new() }
+        Self { handle: upload(&device, positions.to_vec()), rows: positions.len(), paged_rows: 0, paged_context: 0, long: Vec::new() }
     }
 }

@@ -387,7 +387,10 @@ impl QuantMatrix {
             .and_then(|a| a.subgroup_max_size)
             .map(|size| size as usize)
             .filter(|size| size.is_power_of_two() && *size <= WORKGROUP);
-        let (quants, scales) = (upload(&device, &quants), upload(&device, &scales));
+        let (quants, scales) = (upload(&device, quants), upload(&device, scales));
+        // The runtime holds each upload's bytes until its queue runs them: running them per
+        // matrix keeps a model's load from holding all its weights in host memory at once.
+        device.client().flush().map_err(|e| ModelError::Device(format!("uploading a {rows} x {cols} {format:?} matrix: {e:?}")))?;
         let max_binding = max_binding_bytes(burn_device);
         Ok(Self { format, rows, cols, quants, scales, device, bytes, subgroup_max_size, max_binding })
     }
@@ -595,10 +598,10 @@ impl Linear {
             return Ok(Self::Parts(parts));
         }
         if let Some(format) = format {
-            let data = &file.tensor_data(info)[rows.start * row_bytes..rows.end * row_bytes];
-            return Ok(Self::Quantized(QuantMatrix::upload(device, format, data, outputs, inputs)?));
+            let data = file.tensor_bytes(info, (rows.start * row_bytes) as u64..(rows.end * row_bytes) as u64);
+            return Ok(Self::Quantized(QuantMatrix::upload(device, format, &data, outputs, inputs)?));
         }
-        let values = info.dequantize_rows(file.tensor_data(info), rows.start as u64..rows.end as u64)?;
+        let values = info.dequantize_rows(&file.tensor_data(info), rows.start as u64..rows.end as u64)?;
         let mut transposed = vec![0f32; values.len()];
         for (o, row) in values.chunks_exact(inputs).enumerate() {
             for (i, &v) in row.iter().enumerate() {

@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use cinder_engine::openai::{GenerationBody, Limits, ToolOutput, parse};
 use cinder_engine::{Engine, Event, GenerationRequest, Grammars, Launched};
-use cinder_gguf::GgufFile;
+use cinder_gguf::{ByteSource, GgufFile};
 use cinder_model::profile::Profiler;
 use cinder_model::{Model, adapter_name, wgpu_device_async};
 use cinder_scheduler::{SeqId, Time};
@@ -43,6 +43,25 @@ struct State {
     context_length: usize,
     /// The steps' host times and their kernels' device times since `profileStart`.
     profiling: Option<(StepTimes, Profiler)>,
+}
+
+/// The model file as the page holds it, a JavaScript `Uint8Array` outside WebAssembly
+/// memory, read by ranges as the loader asks: the file is never copied whole into the
+/// module's memory, which never shrinks.
+struct PageFile(js_sys::Uint8Array);
+
+// SAFETY: WebAssembly in a page or a worker runs on one thread, and the file stays on it.
+unsafe impl Send for PageFile {}
+unsafe impl Sync for PageFile {}
+
+impl ByteSource for PageFile {
+    fn len(&self) -> u64 {
+        u64::from(self.0.length())
+    }
+
+    fn read(&self, range: std::ops::Range<u64>) -> Vec<u8> {
+        self.0.subarray(range.start as u32, range.end as u32).to_vec()
+    }
 }
 
 /// The engine behind `web/cinder.js`; see the crate documentation.
@@ -99,11 +118,11 @@ fn error(message: impl std::fmt::Display) -> JsError {
 
 #[wasm_bindgen]
 impl WasmEngine {
-    /// Opens WebGPU, reads the GGUF file in `bytes` and uploads its weights. `options` is a
-    /// JSON object of [`EngineOptions`] (`""` for the defaults).
-    pub async fn load(bytes: Vec<u8>, options: String) -> Result<WasmEngine, JsError> {
+    /// Opens WebGPU, reads the GGUF file in `bytes` and uploads its weights, one tensor at a
+    /// time. `options` is a JSON object of [`EngineOptions`] (`""` for the defaults).
+    pub async fn load(bytes: js_sys::Uint8Array, options: String) -> Result<WasmEngine, JsError> {
         let options = EngineOptions::parse(&options).map_err(error)?;
-        let file = GgufFile::from_bytes(bytes).map_err(|e| error(format!("the model file: {e}")))?;
+        let file = GgufFile::from_source(Box::new(PageFile(bytes))).map_err(|e| error(format!("the model file: {e}")))?;
         let tokenizer = Tokenizer::from_gguf(file.metadata()).map_err(|e| error(format!("the model's tokenizer: {e}")))?;
         let template = ChatTemplate::from_gguf(file.metadata(), &tokenizer).ok();
         let grammars = Grammars::new(&tokenizer).map_err(error)?;
