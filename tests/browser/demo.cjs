@@ -101,6 +101,12 @@ async function main() {
             if (choice.finish_reason) out.stream_finish_reason = choice.finish_reason;
           }
         }
+        // Structured output: the grammar tables are built on this first use.
+        const schema = { type: 'string', enum: ['yes', 'no'] };
+        const structured = await engine.chat.completions.create({
+          messages, max_tokens: 12, temperature: 0, response_format: { type: 'json_schema', json_schema: { name: 'answer', schema } },
+        });
+        out.structured = structured.choices[0].message.content;
         // Two choices with their logprobs, whole and streamed, and through generate().
         const two = await engine.chat.completions.create({ messages, ...options, temperature: 1, seed: 7, n: 2, logprobs: true, top_logprobs: 2 });
         out.n2_choices = two.choices.map((c) => ({ index: c.index, finish_reason: c.finish_reason, logprobs: c.logprobs?.content?.length ?? null, top: c.logprobs?.content?.[0]?.top_logprobs?.length ?? null }));

@@ -66,6 +66,7 @@ fn check_api(api: &Value, max_tokens: usize) {
     assert_eq!(api["stream_text"], api["chat_text"], "streamed and whole chat completions differ: {api}");
     assert_eq!(api["stream_finish_reason"], "length", "{api}");
     assert_eq!(api["stream_usage"]["completion_tokens"], max_tokens, "{api}");
+    assert!(["\"yes\"", "\"no\""].contains(&api["structured"].as_str().unwrap_or_default()), "{api}");
     let two = json!([
         {"index": 0, "finish_reason": "length", "logprobs": max_tokens, "top": 2},
         {"index": 1, "finish_reason": "length", "logprobs": max_tokens, "top": 2},

@@ -3,7 +3,7 @@
 //! that carry a [`Constraint`] are masked (and read their whole logit rows).
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use cinder_tokenizer::Tokenizer;
 use llguidance::api::TopLevelGrammar;
@@ -27,38 +27,57 @@ impl TokenizerEnv for Vocabulary {
     }
 }
 
+fn build_factory(tokenizer: &Tokenizer) -> Result<ParserFactory, String> {
+    let special = tokenizer.special_tokens();
+    let vocab_size = tokenizer.vocab_size() as u32;
+    // The token that ends a valid output: the end of turn of chat models, else the end
+    // of text. Every end-of-generation token stops the engine; this one is the grammar's.
+    let eos = special.eot.or(special.eos).or(special.end_of_generation.first().copied()).unwrap_or(0);
+    let info = TokRxInfo {
+        tok_bos: special.bos,
+        tok_pad: special.pad,
+        tok_unk: special.unk,
+        tok_end_of_turn: special.eot,
+        ..TokRxInfo::new(vocab_size, eos)
+    };
+    let words: Vec<Vec<u8>> = (0..vocab_size)
+        .map(|id| match tokenizer.is_special(id) {
+            true => [&[TokTrie::SPECIAL_TOKEN_MARKER][..], tokenizer.token_text(id).unwrap_or_default().as_bytes()].concat(),
+            false => tokenizer.token_bytes(id).to_vec(),
+        })
+        .collect();
+    let trie = TokTrie::from(&info, &words);
+    let env: TokEnv = Arc::new(Vocabulary { trie, tokenizer: tokenizer.clone() });
+    let mut factory = ParserFactory::new_simple(&env).map_err(|e| format!("building the grammar vocabulary: {e}"))?;
+    factory.quiet();
+    Ok(factory)
+}
+
 /// Compiles grammars against one vocabulary; every request's constraint starts here.
 /// Cheap to clone.
 #[derive(Clone)]
 pub struct Grammars {
-    factory: Arc<ParserFactory>,
+    factory: Arc<OnceLock<Result<ParserFactory, String>>>,
+    tokenizer: Tokenizer,
 }
 
 impl Grammars {
+    /// Builds the vocabulary's grammar tables now; an error names the problem.
     pub fn new(tokenizer: &Tokenizer) -> Result<Self, String> {
-        let special = tokenizer.special_tokens();
-        let vocab_size = tokenizer.vocab_size() as u32;
-        // The token that ends a valid output: the end of turn of chat models, else the end
-        // of text. Every end-of-generation token stops the engine; this one is the grammar's.
-        let eos = special.eot.or(special.eos).or(special.end_of_generation.first().copied()).unwrap_or(0);
-        let info = TokRxInfo {
-            tok_bos: special.bos,
-            tok_pad: special.pad,
-            tok_unk: special.unk,
-            tok_end_of_turn: special.eot,
-            ..TokRxInfo::new(vocab_size, eos)
-        };
-        let words: Vec<Vec<u8>> = (0..vocab_size)
-            .map(|id| match tokenizer.is_special(id) {
-                true => [&[TokTrie::SPECIAL_TOKEN_MARKER][..], tokenizer.token_text(id).unwrap_or_default().as_bytes()].concat(),
-                false => tokenizer.token_bytes(id).to_vec(),
-            })
-            .collect();
-        let trie = TokTrie::from(&info, &words);
-        let env: TokEnv = Arc::new(Vocabulary { trie, tokenizer: tokenizer.clone() });
-        let mut factory = ParserFactory::new_simple(&env).map_err(|e| format!("building the grammar vocabulary: {e}"))?;
-        factory.quiet();
-        Ok(Self { factory: Arc::new(factory) })
+        let grammars = Self::lazy(tokenizer);
+        grammars.factory()?;
+        Ok(grammars)
+    }
+
+    /// Builds the tables when the first grammar is compiled: for a 262k-token vocabulary
+    /// they take ~130 MB, which a web page that never asks for structured output should
+    /// not hold.
+    pub fn lazy(tokenizer: &Tokenizer) -> Self {
+        Self { factory: Arc::new(OnceLock::new()), tokenizer: tokenizer.clone() }
+    }
+
+    fn factory(&self) -> Result<&ParserFactory, String> {
+        self.factory.get_or_init(|| build_factory(&self.tokenizer)).as_ref().map_err(Clone::clone)
     }
 
     /// Output that is one JSON value matching `schema`, laid out as [`json_layout`] says
@@ -74,7 +93,7 @@ impl Grammars {
     }
 
     fn compile(&self, grammar: TopLevelGrammar) -> Result<Constraint, String> {
-        let parser = self.factory.create_parser(grammar).map_err(|e| e.to_string())?;
+        let parser = self.factory()?.create_parser(grammar).map_err(|e| e.to_string())?;
         let matcher = Matcher::new(Ok(parser));
         match matcher.get_error() {
             Some(e) => Err(e),

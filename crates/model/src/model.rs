@@ -247,13 +247,15 @@ impl Model {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self, ModelError> {
         let loader = Loader { file, config: &config, device };
-        let embd = file.tensor(GlobalWeight::TokenEmbedding.name())?;
-        let embedding = HostEmbedding { info: embd.clone(), data: file.tensor_data(embd).into_owned(), scale: config.embedding_scale };
         let head = if config.tied_embeddings { GlobalWeight::TokenEmbedding } else { GlobalWeight::Output };
         let lm_head = Projection {
             weight: Linear::load(file, file.tensor(head.name())?, device)?,
             bias: config.output_bias.then(|| loader.vector(GlobalWeight::OutputBias.name(), None)).transpose()?,
         };
+        // Read after the LM head is on the device, so a tied embedding (often the largest
+        // tensor) is not held on the host twice over while the head is repacked.
+        let embd = file.tensor(GlobalWeight::TokenEmbedding.name())?;
+        let embedding = HostEmbedding { info: embd.clone(), data: file.tensor_data(embd).into_owned(), scale: config.embedding_scale };
         let mut blocks = Vec::with_capacity(config.n_layers);
         for l in 0..config.n_layers {
             blocks.push(loader.block(l)?);

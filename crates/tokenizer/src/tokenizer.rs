@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
+use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, MatchKind};
 
@@ -177,18 +178,19 @@ impl ControlTokens {
     }
 }
 
-/// A model's tokenizer.
+/// A model's tokenizer. Cheap to clone: the vocabulary is shared (a 262k-token one takes
+/// tens of MB per copy).
 #[derive(Clone)]
 pub struct Tokenizer {
     /// Splits control tokens out of the text (llama.cpp's `parse_special = true`).
-    parsing_special: tokenizers::Tokenizer,
+    parsing_special: Arc<tokenizers::Tokenizer>,
     /// Treats control-token text as plain text.
-    plain: tokenizers::Tokenizer,
+    plain: Arc<tokenizers::Tokenizer>,
     control: ControlTokens,
-    tokens: Vec<String>,
-    types: Vec<TokenType>,
+    tokens: Arc<[String]>,
+    types: Arc<[TokenType]>,
     kind: VocabKind,
-    token_bytes: Vec<Vec<u8>>,
+    token_bytes: Arc<[Vec<u8>]>,
     special: SpecialTokens,
     add_bos: bool,
     add_eos: bool,
@@ -287,7 +289,18 @@ impl Tokenizer {
         plain.set_encode_special_tokens(true);
 
         let token_bytes = tokens.iter().zip(&types).map(|(t, ty)| token_to_bytes(t, *ty, kind)).collect();
-        Ok(Self { parsing_special: tokenizer, plain, control, tokens, types, kind, token_bytes, special, add_bos, add_eos })
+        Ok(Self {
+            parsing_special: Arc::new(tokenizer),
+            plain: Arc::new(plain),
+            control,
+            tokens: tokens.into(),
+            types: types.into(),
+            kind,
+            token_bytes,
+            special,
+            add_bos,
+            add_eos,
+        })
     }
 
     /// Token ids for `text`. `add_special` adds BOS/EOS as the model's metadata asks;

@@ -125,7 +125,7 @@ impl WasmEngine {
         let file = GgufFile::from_source(Box::new(PageFile(bytes))).map_err(|e| error(format!("the model file: {e}")))?;
         let tokenizer = Tokenizer::from_gguf(file.metadata()).map_err(|e| error(format!("the model's tokenizer: {e}")))?;
         let template = ChatTemplate::from_gguf(file.metadata(), &tokenizer).ok();
-        let grammars = Grammars::new(&tokenizer).map_err(error)?;
+        let grammars = Grammars::lazy(&tokenizer);
         let device = wgpu_device_async().await.map_err(|e| error(format!("WebGPU: {e}")))?;
         let model = Model::load(&file, &device).map_err(|e| error(format!("loading the model: {e}")))?;
         drop(file);
