@@ -10,6 +10,10 @@
 // The per-query and per-slot lines (the placeholders) are written out by the launcher, so
 // every accumulator is its own variable.
 
+// Subgroup builtins need the adapter's subgroup feature; a browser also needs the `enable`
+// directive, which naga refuses (the launcher writes it on wasm only).
+{{ENABLE_SUBGROUPS}}
+
 {{BINDINGS}}
 
 // head_dim / 4; queries per subgroup; subgroups per workgroup.

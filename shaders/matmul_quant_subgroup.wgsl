@@ -7,8 +7,9 @@
 // lane loads the same inputs: CPU-backed adapters (lavapipe) gather them lane by lane, so
 // sharing the inputs across rows cuts the loads per weight by ROWS.
 
-// Subgroup builtins need the adapter's subgroup feature (wgpu's native extension; naga takes
-// them without an `enable` directive).
+// Subgroup builtins need the adapter's subgroup feature; a browser also needs the `enable`
+// directive, which naga refuses (the launcher writes it on wasm only).
+{{ENABLE_SUBGROUPS}}
 
 {{BINDINGS}}
 

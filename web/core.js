@@ -140,6 +140,28 @@ async function fetchModel(url, onProgress) {
 }
 
 /**
+ * Runs `open` (which requests the engine's WebGPU device) asking for WebGPU's `subgroups`
+ * feature on that device where the adapter offers it and `wanted` is not false: wgpu 30
+ * does not map the feature (gfx-rs/wgpu#10146), so it would never ask. `open` gets whether
+ * the device will have it. The request is changed only while `open` runs.
+ */
+async function withSubgroups(wanted, open) {
+  const adapter = wanted === false ? null : await navigator.gpu.requestAdapter();
+  if (!adapter?.features.has('subgroups')) return open(false);
+  const requestDevice = GPUAdapter.prototype.requestDevice;
+  GPUAdapter.prototype.requestDevice = function (descriptor = {}) {
+    const requiredFeatures = [...(descriptor.requiredFeatures ?? [])];
+    if (this.features.has('subgroups') && !requiredFeatures.includes('subgroups')) requiredFeatures.push('subgroups');
+    return requestDevice.call(this, { ...descriptor, requiredFeatures });
+  };
+  try {
+    return await open(true);
+  } finally {
+    GPUAdapter.prototype.requestDevice = requestDevice;
+  }
+}
+
+/**
  * The WebAssembly engine and its step loop. `onBroken(error)` is called once if a trap
  * stops it; from then on every call fails with that error.
  */
@@ -168,7 +190,9 @@ class Core {
     onProgress?.({ phase: 'upload', loaded: bytes.length, total: bytes.length, cached });
     let wasm;
     try {
-      wasm = await WasmEngine.load(bytes, JSON.stringify(options ?? {}));
+      wasm = await withSubgroups(options?.subgroups, (subgroups) =>
+        WasmEngine.load(bytes, JSON.stringify({ ...options, subgroups })),
+      );
     } catch (e) {
       throw isTrap(e) ? trapError(e) : new CinderError(message(e));
     }

@@ -1,6 +1,7 @@
 //! Opening the GPU through wgpu.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::tensor::Device;
 
@@ -24,7 +25,7 @@ pub struct AdapterInfo {
     pub device_type: String,
     pub driver: String,
     /// The largest subgroup size, when the device offers subgroup operations to the
-    /// kernels (native adapters; WGSL in the browser would need `enable subgroups`).
+    /// kernels (of at least 8 lanes).
     pub subgroup_max_size: Option<u32>,
     /// The smallest subgroup size, beside `subgroup_max_size`: kernels that split work by
     /// the subgroup's width need it fixed (equal to the largest).
@@ -38,6 +39,16 @@ pub struct AdapterInfo {
 const MIN_SUBGROUP_SIZE: u32 = 8;
 
 static WGPU: OnceLock<Result<Opened, String>> = OnceLock::new();
+
+/// Whether the browser's device was given WebGPU's `subgroups` feature. wgpu 30 does not map
+/// it (gfx-rs/wgpu#10146), so it neither asks for it nor reports it: the page asks for it
+/// (web/core.js) and says so here before the device opens.
+static BROWSER_SUBGROUPS: AtomicBool = AtomicBool::new(false);
+
+/// Tells the device about to open in a browser that it has WebGPU's `subgroups` feature.
+pub fn set_browser_subgroups(granted: bool) {
+    BROWSER_SUBGROUPS.store(granted, Ordering::Relaxed);
+}
 
 /// A decode step is a few hundred small dispatches; submitting them in one go instead of
 /// cubecl's default batches of 32 saves ~15 % per token on lavapipe.
@@ -56,9 +67,11 @@ fn opened(
     // lanes sharing inputs, and SwiftShader never finished its first dispatch of a 2-token
     // product (its memory grew by ~100 MB/s until the process was killed), while the
     // portable kernels run there.
-    let subgroups = setup.device.features().contains(wgpu::Features::SUBGROUP)
-        && info.backend != wgpu::Backend::BrowserWebGpu
-        && info.subgroup_min_size >= MIN_SUBGROUP_SIZE;
+    let has_subgroups = match info.backend {
+        wgpu::Backend::BrowserWebGpu => BROWSER_SUBGROUPS.load(Ordering::Relaxed),
+        _ => setup.device.features().contains(wgpu::Features::SUBGROUP),
+    };
+    let subgroups = has_subgroups && info.subgroup_min_size >= MIN_SUBGROUP_SIZE;
     let adapter = AdapterInfo {
         name: info.name,
         backend: format!("{:?}", setup.backend),

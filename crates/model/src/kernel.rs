@@ -4,7 +4,8 @@
 //! its buffer handle, a kernel is launched on the same client (so it is ordered with Burn's
 //! own work on the same queue), and [`from_cube`] wraps the output back into a tensor.
 //!
-//! Kernels are WGSL text with `{{NAME}}` placeholders filled in at first use; the compiled
+//! Kernels are WGSL text with `{{NAME}}` placeholders filled in at first use (and
+//! `{{ENABLE_SUBGROUPS}}`, the directive a browser needs for subgroup builtins); the compiled
 //! pipeline is cached by a [`KernelId`] made of the kernel's name and its variant, so each
 //! variant compiles once per process. Shapes travel in the `info` uniform, not in the text,
 //! to keep the variants few. Every storage binding is declared `read_write` in the WGSL:
@@ -59,6 +60,13 @@ impl CubeKernel for WgslKernel {
     }
 }
 
+/// What the subgroup kernels' `{{ENABLE_SUBGROUPS}}` becomes: a browser's WGSL needs the
+/// directive for subgroup builtins, and naga refuses it. The kernels reduce across the
+/// subgroup after lanes whose rows or keys ran out skipped work, which the browser's
+/// uniformity analysis cannot prove uniform (every lane still reaches the reduction).
+const ENABLE_SUBGROUPS: &str =
+    if cfg!(target_family = "wasm") { "enable subgroups;\ndiagnostic(off, subgroup_uniformity);" } else { "" };
+
 /// A kernel's variant: a label and a number (e.g. the block format and the token tile).
 /// Two templates with the same name and variant must produce the same text.
 pub(crate) type Variant = (&'static str, u32);
@@ -91,7 +99,7 @@ impl Template<'_> {
                 for (key, value) in (self.values)() {
                     text = text.replace(&format!("{{{{{key}}}}}"), &value);
                 }
-                text.into()
+                text.replace("{{ENABLE_SUBGROUPS}}", ENABLE_SUBGROUPS).into()
             })
             .clone();
         let workgroup = CubeDim::new_1d(self.workgroup);

@@ -13,7 +13,7 @@ use cinder_engine::openai::{GenerationBody, Limits, ToolOutput, parse};
 use cinder_engine::{Engine, Event, GenerationRequest, Grammars, Launched};
 use cinder_gguf::{ByteSource, GgufFile};
 use cinder_model::profile::Profiler;
-use cinder_model::{Model, adapter_name, wgpu_device_async};
+use cinder_model::{Model, adapter_info, adapter_name, set_browser_subgroups, wgpu_device_async};
 use cinder_scheduler::{SeqId, Time};
 use cinder_tokenizer::{ChatTemplate, Tokenizer};
 use js_sys::Function;
@@ -126,6 +126,7 @@ impl WasmEngine {
         let tokenizer = Tokenizer::from_gguf(file.metadata()).map_err(|e| error(format!("the model's tokenizer: {e}")))?;
         let template = ChatTemplate::from_gguf(file.metadata(), &tokenizer).ok();
         let grammars = Grammars::lazy(&tokenizer);
+        set_browser_subgroups(options.subgroups);
         let device = wgpu_device_async().await.map_err(|e| error(format!("WebGPU: {e}")))?;
         let model = Model::load(&file, &device).map_err(|e| error(format!("loading the model: {e}")))?;
         drop(file);
@@ -133,6 +134,10 @@ impl WasmEngine {
         let scheduler = options.scheduler(&config, cinder_model::max_binding_bytes(&device)).map_err(error)?;
         let info = json!({
             "adapter": adapter_name(&device),
+            // Whether the device has WebGPU's subgroups, and the width the kernels use (null:
+            // they run without, as on subgroups narrower than 8 lanes).
+            "subgroups_granted": options.subgroups,
+            "subgroups": adapter_info(&device).and_then(|a| a.subgroup_max_size),
             "architecture": config.arch.name,
             "context_length": scheduler.max_seq_len,
             "vocab_size": tokenizer.vocab_size(),

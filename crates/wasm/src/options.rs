@@ -19,11 +19,15 @@ pub struct EngineOptions {
     pub max_running: usize,
     /// Longest piece of a prompt run in one step.
     pub chunk_size: usize,
+    /// Whether the device has WebGPU's `subgroups` feature (web/core.js asks for it where
+    /// the adapter offers it, unless the page passes `false`). The subgroup kernels run
+    /// where subgroups are 8 lanes or wider.
+    pub subgroups: bool,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { kv_cache_mb: 64, block_size: 16, max_batch_tokens: 256, max_running: 16, chunk_size: 128 }
+        Self { kv_cache_mb: 64, block_size: 16, max_batch_tokens: 256, max_running: 16, chunk_size: 128, subgroups: false }
     }
 }
 
