@@ -107,6 +107,21 @@ async function main() {
           messages, max_tokens: 12, temperature: 0, response_format: { type: 'json_schema', json_schema: { name: 'answer', schema } },
         });
         out.structured = structured.choices[0].message.content;
+        // Tool calls, whole and streamed (one call: random weights would go on listing them).
+        const tools = [
+          { type: 'function', function: { name: 'get_weather', parameters: { type: 'object', properties: { city: { enum: ['Paris', 'Oslo'] } }, required: ['city'], additionalProperties: false } } },
+          { type: 'function', function: { name: 'get_time', parameters: { type: 'object', properties: {}, additionalProperties: false } } },
+        ];
+        const toolBody = { messages, tools, tool_choice: 'required', parallel_tool_calls: false, max_tokens: 200, temperature: 1, seed: 5 };
+        const called = (await engine.chat.completions.create(toolBody)).choices[0];
+        out.tool_call = { finish_reason: called.finish_reason, content: called.message.content, call: called.message.tool_calls?.[0]?.function ?? null };
+        out.tool_stream = { names: [], finish_reasons: [] };
+        for await (const chunk of await engine.chat.completions.create({ ...toolBody, stream: true })) {
+          for (const choice of chunk.choices) {
+            for (const call of choice.delta.tool_calls ?? []) out.tool_stream.names.push(call.function.name);
+            if (choice.finish_reason) out.tool_stream.finish_reasons.push(choice.finish_reason);
+          }
+        }
         // Two choices with their logprobs, whole and streamed, and through generate().
         const two = await engine.chat.completions.create({ messages, ...options, temperature: 1, seed: 7, n: 2, logprobs: true, top_logprobs: 2 });
         out.n2_choices = two.choices.map((c) => ({ index: c.index, finish_reason: c.finish_reason, logprobs: c.logprobs?.content?.length ?? null, top: c.logprobs?.content?.[0]?.top_logprobs?.length ?? null }));

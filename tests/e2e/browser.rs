@@ -67,6 +67,13 @@ fn check_api(api: &Value, max_tokens: usize) {
     assert_eq!(api["stream_finish_reason"], "length", "{api}");
     assert_eq!(api["stream_usage"]["completion_tokens"], max_tokens, "{api}");
     assert!(["\"yes\"", "\"no\""].contains(&api["structured"].as_str().unwrap_or_default()), "{api}");
+    let call = &api["tool_call"];
+    assert_eq!((&call["finish_reason"], &call["content"]), (&json!("tool_calls"), &Value::Null), "{api}");
+    let name = call["call"]["name"].as_str().unwrap_or_default();
+    assert!(["get_weather", "get_time"].contains(&name), "{api}");
+    let arguments: Value = serde_json::from_str(call["call"]["arguments"].as_str().unwrap()).unwrap();
+    assert!(arguments.is_object(), "{api}");
+    assert_eq!(api["tool_stream"], json!({"names": [name], "finish_reasons": ["tool_calls"]}), "streamed calls differ: {api}");
     let two = json!([
         {"index": 0, "finish_reason": "length", "logprobs": max_tokens, "top": 2},
         {"index": 1, "finish_reason": "length", "logprobs": max_tokens, "top": 2},

@@ -231,6 +231,37 @@ pub enum ToolOutput {
     Calls,
 }
 
+/// A choice's streamed output while it may still be a call list: its text is held back
+/// until it cannot be one (under `tool_choice` auto, once it starts with anything but `[`),
+/// or until its end, where a whole call list is read as calls.
+#[derive(Debug, Clone)]
+pub struct HeldCalls {
+    output: ToolOutput,
+    held: Option<String>,
+}
+
+impl HeldCalls {
+    pub fn new(output: ToolOutput) -> Self {
+        Self { output, held: (output != ToolOutput::Text).then(String::new) }
+    }
+
+    /// Takes the choice's next `text` (`last`: its end). Returns the text that may go out
+    /// now and, at the end, the calls when the whole output was a call list.
+    pub fn feed(&mut self, text: String, last: bool) -> (String, Option<Vec<ToolCall>>) {
+        let Some(held) = &mut self.held else { return (text, None) };
+        held.push_str(&text);
+        let start = held.trim_start();
+        let is_text = self.output == ToolOutput::MaybeCalls && !start.is_empty() && !start.starts_with('[');
+        if !last && !is_text {
+            return (String::new(), None);
+        }
+        let text = std::mem::take(held);
+        self.held = None;
+        let calls = if last { parse_tool_calls(&text) } else { None };
+        (text, calls)
+    }
+}
+
 /// A function call the model made.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolCall {

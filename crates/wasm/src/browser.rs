@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use cinder_engine::openai::{GenerationBody, Limits, ToolOutput, parse};
+use cinder_engine::openai::{GenerationBody, Limits, parse};
 use cinder_engine::{Engine, Event, GenerationRequest, Grammars, Launched};
 use cinder_gguf::{ByteSource, GgufFile};
 use cinder_model::profile::Profiler;
@@ -209,9 +209,6 @@ impl WasmEngine {
         };
         let seed = body.seed.unwrap_or_else(|| (js_sys::Math::random() * 2f64.powi(53)) as u64);
         let (constraint, tool_output) = body.output_constraint(&state.grammars, chat).map_err(error)?;
-        if tool_output != ToolOutput::Text {
-            return Err(error("`tools` are not supported here yet (`response_format` is)"));
-        }
         let limits = Limits { context_length: state.context_length, default_max_tokens: None };
         let mut requests = body.requests(&prompt, chat, limits, seed).map_err(error)?;
         let mut receivers = Vec::with_capacity(requests.len());
@@ -230,7 +227,7 @@ impl WasmEngine {
         let mut reply = Reply::new(id.0, n, logprobs);
         if chat {
             let created = (js_sys::Date::now() / 1000.0) as u64;
-            reply = reply.chat(created, body.model.clone().unwrap_or_else(|| "cinder".into()));
+            reply = reply.chat(created, body.model.clone().unwrap_or_else(|| "cinder".into()), tool_output);
         }
         state.streams.insert(id, Stream { choices: ids.into_iter().zip(receivers).collect(), on_event, reply });
         Ok(id.0 as f64)

@@ -14,14 +14,13 @@
 //! the event makes (absent when it makes none), and on the last event `usage_chunk` and
 //! `completion`, the whole `chat.completion` with every choice.
 
-use cinder_engine::openai::finish_reason;
+use cinder_engine::openai::{HeldCalls, ToolCall, ToolOutput, finish_reason};
 use cinder_engine::openai::response::{self, Body, Endpoint, Message, Output, Usage};
 use cinder_engine::{Event, TokenLogprob};
 use cinder_tokenizer::Tokenizer;
 use serde_json::{Value, json};
 
 /// One choice's answer so far.
-#[derive(Default)]
 struct Choice {
     text: String,
     /// Whether its first chat chunk (carrying the role) went out.
@@ -29,6 +28,9 @@ struct Choice {
     /// Its tokens' logprobs, for the whole chat completion.
     logprobs: Vec<(u32, TokenLogprob)>,
     finish_reason: Option<&'static str>,
+    /// Chat text held back while it may be a call list, and the calls it was.
+    held: HeldCalls,
+    calls: Option<Vec<ToolCall>>,
 }
 
 /// What a chat answer is labelled with.
@@ -52,12 +54,25 @@ impl Reply {
     /// The answer of engine request `id` (its first choice's sequence) with `n` choices,
     /// reporting `logprobs` when the body asked for them.
     pub fn new(id: u64, n: usize, logprobs: bool) -> Self {
-        let choices = (0..n).map(|_| Choice::default()).collect();
+        let choices = (0..n)
+            .map(|_| Choice {
+                text: String::new(),
+                started: false,
+                logprobs: Vec::new(),
+                finish_reason: None,
+                held: HeldCalls::new(ToolOutput::Text),
+                calls: None,
+            })
+            .collect();
         Self { id, choices, chat: None, logprobs, prompt_tokens: 0, completion_tokens: 0 }
     }
 
-    /// Also builds the chat answer, made at `created` (Unix seconds) by `model`.
-    pub fn chat(self, created: u64, model: String) -> Self {
+    /// Also builds the chat answer, made at `created` (Unix seconds) by `model`, whose
+    /// choices may be tool calls as `tools` says.
+    pub fn chat(mut self, created: u64, model: String, tools: ToolOutput) -> Self {
+        for choice in &mut self.choices {
+            choice.held = HeldCalls::new(tools);
+        }
         let chat = ChatLabel { id: format!("{}-{}", Endpoint::Chat.id_prefix(), self.id), created, model };
         Self { chat: Some(chat), ..self }
     }
@@ -111,12 +126,19 @@ impl Reply {
             }
         };
         choice.text.push_str(text);
-        choice.finish_reason = choice.finish_reason.or(reason);
+        let mut reason = reason;
         if let Some(chat) = &self.chat {
+            let (text, calls) = choice.held.feed(text.to_owned(), reason.is_some());
             let first = !choice.started;
-            if first || !text.is_empty() || reason.is_some() || logprob.is_some() {
+            if let Some(calls) = calls {
+                reason = Some("tool_calls");
+                let delta = Message::answer(String::new(), Some(response::tool_calls(&chat.id, index, &calls, true)));
+                let out = response::Choice::new(index, Output::Delta(delta), reason);
+                value["chunk"] = Self::body(chat, Endpoint::Chat.chunk_object(), vec![out], None);
+                choice.calls = Some(calls);
+            } else if first || !text.is_empty() || reason.is_some() || logprob.is_some() {
                 choice.started = true;
-                let delta = Output::Delta(Message::delta(first, text.to_owned(), reason.is_some()));
+                let delta = Output::Delta(Message::delta(first, text, reason.is_some()));
                 let mut out = response::Choice::new(index, delta, reason);
                 if let Some(entry) = logprob {
                     out.logprobs = response::logprobs(tokenizer, Endpoint::Chat, std::slice::from_ref(&entry), 0);
@@ -125,6 +147,7 @@ impl Reply {
                 value["chunk"] = Self::body(chat, Endpoint::Chat.chunk_object(), vec![out], None);
             }
         }
+        choice.finish_reason = choice.finish_reason.or(reason);
         if reason.is_some() && self.done() {
             value["done"] = json!(true);
             if let Some(chat) = &self.chat {
@@ -135,7 +158,8 @@ impl Reply {
                     .iter()
                     .enumerate()
                     .map(|(index, c)| {
-                        let mut out = response::Choice::new(index, Output::Message(Message::answer(c.text.clone(), None)), c.finish_reason);
+                        let calls = c.calls.as_ref().map(|calls| response::tool_calls(&chat.id, index, calls, false));
+                        let mut out = response::Choice::new(index, Output::Message(Message::answer(c.text.clone(), calls)), c.finish_reason);
                         if logprobs {
                             out.logprobs = response::logprobs(tokenizer, Endpoint::Chat, &c.logprobs, 0);
                         }
@@ -211,7 +235,7 @@ mod tests {
     #[test]
     fn chat_events_carry_openai_chunks_and_the_whole_completion() {
         let tokenizer = tokenizer();
-        let mut reply = Reply::new(3, 1, false).chat(100, "m".into());
+        let mut reply = Reply::new(3, 1, false).chat(100, "m".into(), ToolOutput::Text);
         let first = json(&mut reply, &tokenizer, 0, &token(1, "Hel", None));
         assert_eq!(first["chunk"]["object"], "chat.completion.chunk");
         assert_eq!(first["chunk"]["id"], "chatcmpl-3");
@@ -231,7 +255,7 @@ mod tests {
     #[test]
     fn n_choices_end_together_with_every_choice_in_the_completion() {
         let tokenizer = tokenizer();
-        let mut reply = Reply::new(8, 2, false).chat(100, "m".into());
+        let mut reply = Reply::new(8, 2, false).chat(100, "m".into(), ToolOutput::Text);
         let a = json(&mut reply, &tokenizer, 1, &token(1, "b", None));
         assert_eq!(a["index"], 1);
         assert_eq!(a["chunk"]["choices"][0]["index"], 1);
@@ -247,6 +271,32 @@ mod tests {
     }
 
     #[test]
+    fn a_call_list_is_held_back_and_answered_as_tool_calls() {
+        let tokenizer = tokenizer();
+        let mut reply = Reply::new(4, 1, false).chat(100, "m".into(), ToolOutput::Calls);
+        let held = json(&mut reply, &tokenizer, 0, &token(1, r#"[{"name": "get_weather", "#, None));
+        assert_eq!(held["chunk"]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}), "the list is held back: {held}");
+        json(&mut reply, &tokenizer, 0, &token(2, r#""arguments": {"city": "Paris"}}]"#, None));
+        let end = json(&mut reply, &tokenizer, 0, &finished(FinishReason::Stop, "", 5, 2));
+        let delta = &end["chunk"]["choices"][0];
+        assert_eq!(delta["finish_reason"], "tool_calls");
+        assert_eq!(delta["delta"]["tool_calls"][0]["function"]["name"], "get_weather");
+        assert_eq!(delta["delta"]["tool_calls"][0]["index"], 0);
+        let message = &end["completion"]["choices"][0];
+        assert_eq!((&message["finish_reason"], &message["message"]["content"]), (&json!("tool_calls"), &Value::Null));
+        let call = &message["message"]["tool_calls"][0];
+        assert_eq!(call["function"]["arguments"], r#"{"city":"Paris"}"#);
+        assert_eq!(call["type"], "function");
+
+        // Under `auto`, text that cannot be a list goes out as text.
+        let mut reply = Reply::new(5, 1, false).chat(100, "m".into(), ToolOutput::MaybeCalls);
+        let text = json(&mut reply, &tokenizer, 0, &token(1, "Sunny", None));
+        assert_eq!(text["chunk"]["choices"][0]["delta"]["content"], "Sunny");
+        let end = json(&mut reply, &tokenizer, 0, &finished(FinishReason::Stop, "", 5, 1));
+        assert_eq!(end["completion"]["choices"][0]["message"]["content"], "Sunny");
+    }
+
+    #[test]
     fn logprobs_go_out_per_token_and_whole_in_the_endpoints_shapes() {
         let tokenizer = tokenizer();
         let lp = |logprob| Some(TokenLogprob { logprob, top: vec![(104, logprob), (105, -3.0)] });
@@ -258,7 +308,7 @@ mod tests {
         assert_eq!(logprobs["text_offset"], json!([1]), "after the first token's text: {logprobs}");
         assert_eq!(logprobs["top_logprobs"][0].as_object().unwrap().len(), 2, "{logprobs}");
 
-        let mut chat = Reply::new(2, 1, true).chat(100, "m".into());
+        let mut chat = Reply::new(2, 1, true).chat(100, "m".into(), ToolOutput::Text);
         let streamed = json(&mut chat, &tokenizer, 0, &token(104, "h", lp(-0.25)));
         let content = &streamed["chunk"]["choices"][0]["logprobs"]["content"];
         assert_eq!((content[0]["logprob"].as_f64(), content[0]["top_logprobs"].as_array().map(Vec::len)), (Some(-0.25), Some(2)));

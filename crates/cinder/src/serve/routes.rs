@@ -24,7 +24,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::{Stream, StreamMap};
 
 use cinder_engine::openai::response::{self, Body, Endpoint, Message, Output, Usage};
-use cinder_engine::openai::{GenerationBody, Limits, ToolCall, ToolOutput, finish_reason, parse, parse_tool_calls};
+use cinder_engine::openai::{GenerationBody, HeldCalls, Limits, ToolCall, ToolOutput, finish_reason, parse, parse_tool_calls};
 use cinder_scheduler::{FinishReason, TenantId};
 
 use super::api::ApiError;
@@ -341,7 +341,7 @@ fn stream(s: Shared, mut run: Run) -> Sse<ChunkStream> {
     Sse::new(ChunkStream {
         s,
         text_offsets: vec![0; receivers.len()],
-        held: vec![(run.tool_output != ToolOutput::Text).then(String::new); receivers.len()],
+        held: vec![HeldCalls::new(run.tool_output); receivers.len()],
         run,
         receivers,
         started: HashSet::new(),
@@ -367,7 +367,7 @@ pub struct ChunkStream {
     started: HashSet<usize>,
     /// Per choice, the text held back while it may be a call list (it goes out as calls at
     /// the end, or as text once it cannot be one).
-    held: Vec<Option<String>>,
+    held: Vec<HeldCalls>,
     text_offsets: Vec<usize>,
     prompt_tokens: usize,
     completion_tokens: usize,
@@ -382,7 +382,7 @@ impl ChunkStream {
 
     /// The chunk for one event, or None when it carries nothing to send.
     fn event_chunk(&mut self, index: usize, event: Event) -> Option<SseEvent> {
-        let (mut text, token, logprob, reason) = match event {
+        let (text, token, logprob, reason) = match event {
             Event::Token { token, text, logprob } => (text, Some(token), logprob, None),
             Event::Finished(f) => {
                 self.s.metrics.finished(self.run.tenant(), &f);
@@ -397,19 +397,7 @@ impl ChunkStream {
                 (f.text, None, None, Some(finish_reason(f.reason)))
             }
         };
-        let mut calls = None;
-        if let Some(held) = &mut self.held[index] {
-            held.push_str(&text);
-            let start = held.trim_start();
-            let is_text = self.run.tool_output == ToolOutput::MaybeCalls && !start.is_empty() && !start.starts_with('[');
-            if reason.is_some() || is_text {
-                text = std::mem::take(held);
-                self.held[index] = None;
-                calls = reason.and_then(|_| self.run.read_calls(&text));
-            } else {
-                text.clear();
-            }
-        }
+        let (text, calls) = self.held[index].feed(text, reason.is_some());
         if let Some(calls) = calls {
             let delta = Message::answer(String::new(), Some(response::tool_calls(&self.run.id, index, &calls, true)));
             return Some(self.chunk(vec![response::Choice::new(index, Output::Delta(delta), Some("tool_calls"))]));
