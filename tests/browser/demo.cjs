@@ -112,7 +112,7 @@ async function main() {
           { type: 'function', function: { name: 'get_weather', parameters: { type: 'object', properties: { city: { enum: ['Paris', 'Oslo'] } }, required: ['city'], additionalProperties: false } } },
           { type: 'function', function: { name: 'get_time', parameters: { type: 'object', properties: {}, additionalProperties: false } } },
         ];
-        const toolBody = { messages, tools, tool_choice: 'required', parallel_tool_calls: false, max_tokens: 200, temperature: 1, seed: 5 };
+        const toolBody = { messages, tools, tool_choice: 'required', parallel_tool_calls: false, max_tokens: 90, temperature: 1, seed: 5 };
         const called = (await engine.chat.completions.create(toolBody)).choices[0];
         out.tool_call = { finish_reason: called.finish_reason, content: called.message.content, call: called.message.tool_calls?.[0]?.function ?? null };
         out.tool_stream = { names: [], finish_reasons: [] };
