@@ -256,16 +256,11 @@ fn portable_rows(tile: usize) -> usize {
 /// The row kernel's lines for `rows` rows per invocation and a tile of `tile` tokens (see
 /// matmul_quant.wgsl).
 fn tile_code(rows: usize, tile: usize) -> Vec<(&'static str, String)> {
-    let mut code = row_lines(rows, tile, "            ");
-    code.push((
-        "STORE",
-        pairs(rows, tile, &|r, t| {
-            format!(
-                "    if (first_row + {r}u < info.rows && first_token + {t}u < info.tokens) {{ store((first_token + {t}u) * info.rows + first_row + {r}u, acc{r}_{t}); }}"
-            )
-        }),
-    ));
-    code
+    row_lines(rows, tile, &|r, t| {
+        format!(
+            "    if (first_row + {r}u < info.rows && first_token + {t}u < info.tokens) {{ store((first_token + {t}u) * info.rows + first_row + {r}u, acc{r}_{t}); }}"
+        )
+    })
 }
 
 /// `f(r, t)` for every row and token of a `rows x tile` block of outputs, one per line.
@@ -274,11 +269,12 @@ fn pairs(rows: usize, tile: usize, f: &dyn Fn(usize, usize) -> String) -> String
 }
 
 /// The lines the row kernels share: each token's input row, each row's first block, a
-/// scalar accumulator per row and token, the inputs of one 8-value group loaded once, and
-/// each row's weights unpacked once and multiplied with every token's inputs.
-fn row_lines(rows: usize, tile: usize, indent: &str) -> Vec<(&'static str, String)> {
+/// scalar accumulator per row and token, the inputs of one 8-value group loaded once, each
+/// row's weights unpacked once and multiplied with every token's inputs, and `store(r, t)`
+/// for each output.
+fn row_lines(rows: usize, tile: usize, store: &dyn Fn(usize, usize) -> String) -> Vec<(&'static str, String)> {
     let each = |n: usize, f: &dyn Fn(usize) -> String| (0..n).map(f).collect::<Vec<_>>().join("\n");
-    let outer = &indent[4..];
+    let (outer, indent) = ("        ", "            ");
     vec![
         ("TILE", tile.to_string()),
         ("ROWS", rows.to_string()),
@@ -296,6 +292,7 @@ fn row_lines(rows: usize, tile: usize, indent: &str) -> Vec<(&'static str, Strin
                 code
             }),
         ),
+        ("STORE", pairs(rows, tile, store)),
     ]
 }
 
@@ -303,16 +300,11 @@ fn row_lines(rows: usize, tile: usize, indent: &str) -> Vec<(&'static str, Strin
 /// (see matmul_quant_subgroup.wgsl). Its `rows x tile` accumulators are scalars: vec4 ones
 /// hold four times the registers and measured 10-15% slower on lavapipe at 8-64 tokens.
 fn subgroup_tile_code(rows: usize, tile: usize) -> Vec<(&'static str, String)> {
-    let mut code = row_lines(rows, tile, "            ");
-    code.push((
-        "STORE",
-        pairs(rows, tile, &|r, t| {
-            format!(
-                "        let sum{r}_{t} = subgroupAdd(acc{r}_{t});\n        if (lane == 0u && first_row + {r}u < info.rows && first_token + {t}u < info.tokens) {{ store((first_token + {t}u) * info.rows + first_row + {r}u, sum{r}_{t}); }}"
-            )
-        }),
-    ));
-    code
+    row_lines(rows, tile, &|r, t| {
+        format!(
+            "        let sum{r}_{t} = subgroupAdd(acc{r}_{t});\n        if (lane == 0u && first_row + {r}u < info.rows && first_token + {t}u < info.tokens) {{ store((first_token + {t}u) * info.rows + first_row + {r}u, sum{r}_{t}); }}"
+        )
+    })
 }
 
 /// The tiled kernel's lines for TM tokens x TN rows per invocation (see
