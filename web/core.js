@@ -237,8 +237,7 @@ class Core {
     try {
       id = this.#wasm.submit(JSON.stringify(body), chat, (json) => onEvent(JSON.parse(json)));
     } catch (e) {
-      if (isTrap(e)) throw this.#fatal(e);
-      throw new CinderError(message(e));
+      throw this.#failure(e);
     }
     this.#run();
     return id;
@@ -269,8 +268,7 @@ class Core {
     try {
       return JSON.parse(await this.#wasm.profileFinish());
     } catch (e) {
-      if (isTrap(e)) throw this.#fatal(e);
-      throw new CinderError(message(e));
+      throw this.#failure(e);
     }
   }
 
@@ -298,6 +296,11 @@ class Core {
     } finally {
       this.#looping = false;
     }
+  }
+
+  /** The error to report for `e`: a trap stops the engine for good. */
+  #failure(e) {
+    return isTrap(e) ? this.#fatal(e) : new CinderError(message(e));
   }
 
   #fatal(e) {

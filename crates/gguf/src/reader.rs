@@ -161,7 +161,6 @@ impl GgufFile {
         self.version
     }
 
-
     pub fn metadata(&self) -> &Metadata {
         &self.metadata
     }

@@ -607,7 +607,7 @@ impl Linear {
             let data = file.tensor_bytes(info, (rows.start * row_bytes) as u64..(rows.end * row_bytes) as u64);
             return Ok(Self::Quantized(QuantMatrix::upload(device, format, &data, outputs, inputs)?));
         }
-        let values = info.dequantize_rows(&file.tensor_data(info), rows.start as u64..rows.end as u64)?;
+        let values = file.dequantize_rows(info, rows.start as u64..rows.end as u64)?;
         let mut transposed = vec![0f32; values.len()];
         for (o, row) in values.chunks_exact(inputs).enumerate() {
             for (i, &v) in row.iter().enumerate() {

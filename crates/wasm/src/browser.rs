@@ -149,8 +149,7 @@ impl WasmEngine {
         .to_string();
         let context_length = scheduler.max_seq_len;
         let engine = Engine::new(model, tokenizer, scheduler).map_err(|e| error(format!("the KV cache: {e}")))?;
-        let state =
-            State {
+        let state = State {
             engine,
             template,
             grammars,
@@ -210,17 +209,14 @@ impl WasmEngine {
         let seed = body.seed.unwrap_or_else(|| (js_sys::Math::random() * 2f64.powi(53)) as u64);
         let (constraint, tool_output) = body.output_constraint(&state.grammars, chat).map_err(error)?;
         let limits = Limits { context_length: state.context_length, default_max_tokens: None };
-        let mut requests = body.requests(&prompt, chat, limits, seed).map_err(error)?;
-        let mut receivers = Vec::with_capacity(requests.len());
-        let requests = requests
-            .drain(..)
+        let (requests, receivers): (Vec<_>, Vec<_>) = (body.requests(&prompt, chat, limits, seed).map_err(error)?)
+            .into_iter()
             .map(|mut request| {
                 request.constraint = constraint.clone();
                 let (sender, events) = unbounded_channel();
-                receivers.push(events);
-                (request, sender)
+                ((request, sender), events)
             })
-            .collect();
+            .unzip();
         // The `n` choices are admitted together and fork from one prefill.
         let ids = state.engine.submit_all(requests, now()).map_err(error)?;
         let id = ids[0];
