@@ -407,6 +407,18 @@ impl BlockTable {
         self.blocks_needed(n, bs) + usize::from(self.shares_tail(n, bs))
     }
 
+    /// Gives back the slots from `len` on (positions computed for draft tokens that were
+    /// rejected), and the blocks that then hold none of the first `len` slots; the last
+    /// block is kept, as by [`BlockTable::release_before`].
+    pub fn truncate(&mut self, len: usize, block_size: usize) {
+        if len >= self.len {
+            return;
+        }
+        self.len = len;
+        let keep = len.div_ceil(block_size).saturating_sub(self.released).max(1);
+        self.blocks.truncate(keep);
+    }
+
     /// A second table sharing every block (for n > 1 sampling from one prompt).
     pub fn fork(&mut self) -> Self {
         self.forked = true;
@@ -509,6 +521,13 @@ impl SequenceBlocks {
             copies.extend(table.ensure(manager, end).expect("counted as available"));
         }
         Ok(copies)
+    }
+
+    /// [`BlockTable::truncate`] in every group.
+    pub fn truncate(&mut self, len: usize, block_size: usize) {
+        for table in &mut self.tables {
+            table.truncate(len, block_size);
+        }
     }
 
     /// Second tables sharing every block (for n > 1 sampling from one prompt).

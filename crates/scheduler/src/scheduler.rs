@@ -32,12 +32,15 @@ pub struct PrefillChunk {
     pub samples: bool,
 }
 
-/// One generated token to run this step (its successor is sampled).
+/// One generated token to run this step (its successor is sampled), and the draft tokens
+/// proposed to follow it ([`Scheduler::propose`]), which run at the next positions: the
+/// logits of every row verify the draft token after it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DecodeItem {
     pub seq: SeqId,
     pub position: usize,
     pub token: u32,
+    pub draft: Vec<u32>,
     /// As [`PrefillChunk::block_tables`].
     pub block_tables: Vec<Vec<BlockId>>,
 }
@@ -73,18 +76,32 @@ impl StepPlan {
 
     /// Tokens run this step.
     pub fn num_tokens(&self) -> usize {
-        self.prefill.iter().map(|c| c.tokens.len()).sum::<usize>() + self.decode.len()
+        self.prefill.iter().map(|c| c.tokens.len()).sum::<usize>() + self.decode.iter().map(|d| 1 + d.draft.len()).sum::<usize>()
+    }
+
+    /// Draft tokens verified this step.
+    pub fn num_draft_tokens(&self) -> usize {
+        self.decode.iter().map(|d| d.draft.len()).sum()
     }
 
     /// Sequences that get a sampled token from this step.
     pub fn sampling(&self) -> impl Iterator<Item = SeqId> + '_ {
-        self.prefill.iter().filter(|c| c.samples).map(|c| c.seq).chain(self.decode.iter().map(|d| d.seq))
+        self.sampling_rows().map(|(seq, _)| seq)
+    }
+
+    /// Sequences that get a sampled token from this step, in the order of their logits
+    /// rows, each with its draft: `1 + draft.len()` rows, the first verifying `draft[0]`.
+    pub fn sampling_rows(&self) -> impl Iterator<Item = (SeqId, &[u32])> + '_ {
+        let prompts = self.prefill.iter().filter(|c| c.samples).map(|c| (c.seq, &[][..]));
+        prompts.chain(self.decode.iter().map(|d| (d.seq, &d.draft[..])))
     }
 
     /// KV positions attention reads this step (for cost models).
     pub fn kv_reads(&self) -> usize {
+        // A decode's rows read its position and the draft positions before theirs.
+        let rows = |d: &DecodeItem| (0..=d.draft.len()).map(|j| d.position + 1 + j).sum::<usize>();
         self.prefill.iter().map(|c| c.tokens.len() * (c.start + c.tokens.len())).sum::<usize>()
-            + self.decode.iter().map(|d| d.position + 1).sum::<usize>()
+            + self.decode.iter().map(rows).sum::<usize>()
     }
 }
 
@@ -96,6 +113,9 @@ pub struct StepResult {
     pub success: bool,
     /// The token sampled for each sequence in [`StepPlan::sampling`] and [`StepPlan::forks`].
     pub sampled: Vec<(SeqId, u32)>,
+    /// How many leading tokens of a decode's draft were accepted (none when absent): they
+    /// join the sequence before its sampled token.
+    pub accepted: Vec<(SeqId, usize)>,
     /// Sequences the engine ended (an end-of-generation token, a stop string).
     pub stopped: Vec<SeqId>,
 }
@@ -105,7 +125,7 @@ impl StepResult {
     /// included).
     pub fn sampled(plan: &StepPlan, mut sample: impl FnMut(SeqId) -> u32) -> Self {
         let sampling = plan.sampling().chain(plan.forks.iter().map(|f| f.seq));
-        Self { step: plan.step, success: true, sampled: sampling.map(|s| (s, sample(s))).collect(), stopped: Vec::new() }
+        Self { step: plan.step, success: true, sampled: sampling.map(|s| (s, sample(s))).collect(), ..Default::default() }
     }
 
     pub fn failed(plan: &StepPlan) -> Self {
@@ -248,6 +268,9 @@ struct Sequence {
     preemptions: u32,
     /// Failed steps that ran this sequence since its last successful one.
     failed_attempts: u32,
+    /// Tokens proposed to follow the next decode ([`Scheduler::propose`]); once planned,
+    /// the part that runs, until the step lands.
+    draft: Vec<u32>,
 }
 
 impl Sequence {
@@ -272,6 +295,7 @@ impl Sequence {
             first_token: progress.first_token,
             preemptions: progress.preemptions,
             failed_attempts: 0,
+            draft: Vec::new(),
         }
     }
 
@@ -577,6 +601,29 @@ impl Scheduler {
         std::mem::take(&mut self.finished)
     }
 
+    /// Running sequences whose next step is a decode, with their tokens (prompt and
+    /// generated): those a draft can be proposed for.
+    pub fn decoding(&self) -> impl Iterator<Item = (SeqId, &[u32])> + '_ {
+        self.running.iter().filter_map(|&(_, id)| {
+            let seq = &self.seqs[&id];
+            (seq.generated() > 0 && seq.computed + 1 == seq.tokens.len()).then_some((id, &seq.tokens[..]))
+        })
+    }
+
+    /// Proposes tokens to follow `id`'s next decode (speculative decoding): the next plan
+    /// runs them with it where the token budget and the block pool have room, and the
+    /// engine reports how many it accepted ([`StepResult::accepted`]). Cut to what the
+    /// request may still generate; ignored while a step is in flight or when `id` is not
+    /// decoding. Replaces an earlier proposal.
+    pub fn propose(&mut self, id: SeqId, mut draft: Vec<u32>) {
+        if self.in_flight.is_some() {
+            return;
+        }
+        let Some(seq) = self.seqs.get_mut(&id).filter(|s| s.generated() > 0 && s.computed + 1 == s.tokens.len()) else { return };
+        draft.truncate(seq.request.max_new_tokens.saturating_sub(seq.generated() + 1));
+        seq.draft = draft;
+    }
+
     /// Takes a running sequence's blocks back; it waits again and recomputes when resumed.
     fn preempt(&mut self, id: SeqId, plan: &mut StepPlan) {
         self.running.retain(|r| r.1 != id);
@@ -616,7 +663,10 @@ impl Scheduler {
                     self.form_static_batch(now, capacity, max_wait, token_budget, bucket_edges);
                 }
                 for id in self.running_by_importance() {
-                    let s = &self.seqs[&id];
+                    // Static batches reserve every member's length up front and decode
+                    // without drafts.
+                    let s = self.seqs.get_mut(&id).expect("running sequence exists");
+                    s.draft.clear();
                     let n = s.tokens.len() - s.computed;
                     self.schedule(id, n, &mut plan, &mut work);
                 }
@@ -653,7 +703,8 @@ impl Scheduler {
         let start = seq.computed;
         let samples = start + n == seq.tokens.len();
         if n == 1 && seq.generated() > 0 && samples {
-            plan.decode.push(DecodeItem { seq: id, position: start, token: seq.tokens[start], block_tables: seq.blocks.ids() });
+            let (token, draft) = (seq.tokens[start], seq.draft.clone());
+            plan.decode.push(DecodeItem { seq: id, position: start, token, draft, block_tables: seq.blocks.ids() });
         } else {
             plan.prefill.push(PrefillChunk {
                 seq: id,
@@ -695,21 +746,27 @@ impl Scheduler {
                 i += 1;
                 continue;
             }
-            let room = seq
-                .blocks
-                .ensure(&self.blocks, &self.config.kv_groups, seq.computed, seq.tokens.len())
-                .map(|copies| plan.copies.extend(copies))
-                .is_ok();
-            if room {
+            // A draft runs where the budget and the pool have room for it, else the decode
+            // runs alone.
+            seq.draft.truncate(budget - 1);
+            let mut ensure = |end| seq.blocks.ensure(&self.blocks, &self.config.kv_groups, seq.computed, end);
+            let mut grown = ensure(seq.tokens.len() + seq.draft.len());
+            if grown.is_err() && !seq.draft.is_empty() {
+                seq.draft.clear();
+                grown = ensure(seq.tokens.len());
+            }
+            if let Ok(copies) = grown {
+                plan.copies.extend(copies);
+                budget -= 1 + seq.draft.len();
                 // `schedule` in place, without looking the sequence up again (the hot path).
                 if seq.generated() > 0 {
-                    let position = seq.computed;
-                    plan.decode.push(DecodeItem { seq: id, position, token: seq.tokens[position], block_tables: seq.blocks.ids() });
+                    let (position, draft) = (seq.computed, seq.draft.clone());
+                    let token = seq.tokens[position];
+                    plan.decode.push(DecodeItem { seq: id, position, token, draft, block_tables: seq.blocks.ids() });
                     work.push((id, 1, true));
                 } else {
                     self.schedule(id, 1, plan, work);
                 }
-                budget -= 1;
                 i += 1;
                 continue;
             }
@@ -889,6 +946,7 @@ impl Scheduler {
             }
             for (id, ..) in flight.work {
                 let Some(seq) = self.seqs.get_mut(&id) else { continue };
+                seq.draft.clear();
                 seq.failed_attempts += 1;
                 if seq.failed_attempts >= self.config.max_step_attempts {
                     self.finish(id, FinishReason::Failed, now);
@@ -897,25 +955,36 @@ impl Scheduler {
             return;
         }
         let sampled: IdMap<SeqId, u32> = result.sampled.into_iter().collect();
+        let accepted: IdMap<SeqId, usize> = result.accepted.into_iter().collect();
         let mut generated = 0usize;
         let mut forks = flight.forks;
+        let bs = self.config.block_size;
         for (id, n, samples) in flight.work {
             let Some(seq) = self.seqs.get_mut(&id) else { continue };
             seq.failed_attempts = 0;
+            let draft = std::mem::take(&mut seq.draft);
             let token = sampled.get(&id).copied();
             if samples && token.is_none() {
                 // The engine produced nothing for this sequence: run the same tokens again.
+                seq.blocks.truncate(seq.computed, bs);
                 continue;
             }
-            seq.computed += n;
+            let accepted = accepted.get(&id).map_or(0, |&a| a.min(draft.len()));
+            seq.computed += n + accepted;
             if seq.computed + 1 >= seq.tokens.len() {
                 seq.prefilling_first_block = None;
             }
-            *self.tenant_tokens.entry(seq.request.tenant.0).or_default() += n as u64;
+            *self.tenant_tokens.entry(seq.request.tenant.0).or_default() += (n + draft.len()) as u64;
             if let Some(token) = token.filter(|_| samples) {
+                seq.tokens.extend_from_slice(&draft[..accepted]);
                 seq.tokens.push(token);
                 seq.first_token.get_or_insert(now);
-                generated += 1;
+                generated += 1 + accepted;
+            }
+            if !draft.is_empty() {
+                // The rejected draft's positions are free again (their keys and values
+                // are overwritten by the tokens that take them).
+                seq.blocks.truncate(seq.computed, bs);
             }
             self.register_full_blocks(id);
             if samples && self.seqs[&id].generated() == 1 {

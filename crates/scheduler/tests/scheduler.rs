@@ -65,6 +65,50 @@ fn continuous_batching_chunks_prefill_and_mixes_decodes() {
 }
 
 #[test]
+fn speculative_drafts_run_with_their_decode_and_rejected_positions_free_their_blocks() {
+    let mut s = Scheduler::new(config(continuous(16, 8, 16), 64));
+    let now = Time::ZERO;
+    let a = s.submit(Request::new(prompt(6, 1), 8), now).unwrap();
+    let first = s.plan(now);
+    assert_eq!(s.decoding().count(), 0, "a prompt in flight is not decoding");
+    s.complete(StepResult::sampled(&first, |_| 9), now);
+    assert_eq!(s.decoding().map(|(id, tokens)| (id, tokens.len())).collect::<Vec<_>>(), [(a, 7)]);
+    s.propose(a, vec![10, 11, 12, 13]);
+    let plan = s.plan(now);
+    assert_eq!((plan.decode[0].position, plan.decode[0].draft.clone()), (6, vec![10, 11, 12, 13]));
+    assert_eq!((plan.num_tokens(), plan.num_draft_tokens()), (5, 4));
+    assert_eq!(s.blocks().in_use(), 3, "positions 0..11 in blocks of 4");
+    // Two accepted: 10 and 11 join, then the sampled token; 12 and 13's positions go back.
+    s.complete(StepResult { accepted: vec![(a, 2)], ..StepResult::sampled(&plan, |_| 20) }, now);
+    s.check_invariants();
+    assert_eq!(s.decoding().next().unwrap().1[6..], [9, 10, 11, 20]);
+    assert_eq!(s.blocks().in_use(), 3, "positions 0..9 still hold three blocks");
+    // A draft is cut to what the request may still generate (8 - 4 - 1 = 3), and to the
+    // step's token budget.
+    s.propose(a, vec![1; 10]);
+    let plan = s.plan(now);
+    assert_eq!(plan.decode[0].draft.len(), 3);
+    s.complete(StepResult { accepted: vec![(a, 0)], ..StepResult::sampled(&plan, |_| 21) }, now);
+    assert_eq!(s.blocks().in_use(), 3, "position 10's block is kept for the next decode");
+    s.check_invariants();
+    // A failed step drops the draft; the decode runs again.
+    s.propose(a, vec![1, 2]);
+    let plan = s.plan(now);
+    s.complete(StepResult::failed(&plan), now);
+    let plan = s.plan(now);
+    assert!(plan.decode[0].draft.is_empty());
+    s.complete(StepResult { accepted: vec![(a, 0)], ..StepResult::sampled(&plan, |_| 22) }, now);
+    // All of the last draft accepted: the request ends at its length, never past it.
+    s.propose(a, vec![30, 31]);
+    let plan = s.plan(now);
+    s.complete(StepResult { accepted: vec![(a, 1)], ..StepResult::sampled(&plan, |_| 32) }, now);
+    let done = s.take_finished();
+    assert_eq!((done[0].reason, done[0].generated.clone()), (FinishReason::Length, vec![9, 10, 11, 20, 21, 22, 30, 32]));
+    assert_eq!(s.blocks().in_use(), 0);
+    s.check_invariants();
+}
+
+#[test]
 fn prefix_cache_skips_computed_blocks() {
     let mut s = Scheduler::new(config(continuous(64, 8, 64), 64));
     let mut now = Time::ZERO;
@@ -508,7 +552,16 @@ proptest! {
                     }
                 }
                 2 | 3 | 4 => {
+                    // Speculative drafts of up to 4 tokens for every decode.
+                    let decoding: Vec<SeqId> = s.decoding().map(|(id, _)| id).collect();
+                    for id in decoding {
+                        s.propose(id, vec![3; new % 5]);
+                    }
                     let plan = s.plan(now);
+                    for d in &plan.decode {
+                        let covered = d.block_tables[0].len() * 4;
+                        prop_assert!(covered >= d.position + 1 + d.draft.len(), "blocks hold the draft's positions");
+                    }
                     prop_assert!(static_policy || plan.num_tokens() <= budget);
                     let groups = if windowed { 3 } else { 1 };
                     prop_assert!(plan.prefill.iter().all(|c| c.block_tables.len() == groups));
@@ -517,7 +570,10 @@ proptest! {
                     let result = match op {
                         2 => StepResult::failed(&plan),
                         3 => StepResult { stopped: plan.sampling().take(1).collect(), ..StepResult::sampled(&plan, |_| 3) },
-                        _ => StepResult::sampled(&plan, |_| 3),
+                        _ => StepResult {
+                            accepted: plan.decode.iter().map(|d| (d.seq, len % (d.draft.len() + 1))).collect(),
+                            ..StepResult::sampled(&plan, |_| 3)
+                        },
                     };
                     s.complete(result, now);
                 }
