@@ -4,7 +4,8 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::Context;
-use cinder_engine::{Engine, GenerationRequest};
+use cinder_engine::openai::response::{SpeculativeStats, Usage};
+use cinder_engine::{Engine, GenerationRequest, Speculation};
 use cinder_model::{Model, SamplingParams};
 use cinder_scheduler::FinishReason;
 use cinder_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
@@ -54,6 +55,10 @@ pub struct GenerateArgs {
     /// End generation at this text (not part of the output); repeatable.
     #[arg(long, allow_hyphen_values = true)]
     stop: Vec<String>,
+    /// Speculative decoding: `off`, `ngram` or `ngram:K` (prompt lookup, up to K draft
+    /// tokens per step).
+    #[arg(long, default_value = "off")]
+    speculative: Speculation,
     /// After the text, print a JSON object with the ids and text on the last line.
     #[arg(long)]
     json: bool,
@@ -67,6 +72,8 @@ struct JsonOutput<'a> {
     finish_reason: &'a str,
     prompt_tokens_per_s: f64,
     decode_tokens_per_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    speculative: Option<SpeculativeStats>,
 }
 
 fn prompt_ids(args: &GenerateArgs, file: &cinder_gguf::GgufFile, tokenizer: &Tokenizer) -> anyhow::Result<Vec<u32>> {
@@ -116,6 +123,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         sampling,
         stop: args.stop.clone(),
         ignore_eos: args.ignore_eos,
+        speculative: Some(args.speculative),
         ..GenerationRequest::new(prompt_ids.clone(), args.max_tokens)
     };
     let clock = crate::wall_clock();
@@ -136,6 +144,16 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         generation.tokens.len(),
         generation.decode_tokens_per_s(),
     );
+    let mut usage = Usage::default();
+    usage.add(&generation.finished, true);
+    if let Some(s) = usage.speculative {
+        eprintln!(
+            "speculative: {} draft tokens, {} accepted ({:.0} %)",
+            s.draft_tokens,
+            s.accepted_tokens,
+            100.0 * s.acceptance_rate
+        );
+    }
     if args.json {
         let json = JsonOutput {
             prompt_ids: &prompt_ids,
@@ -144,6 +162,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             finish_reason,
             prompt_tokens_per_s: generation.prompt_tokens_per_s(),
             decode_tokens_per_s: generation.decode_tokens_per_s(),
+            speculative: usage.speculative,
         };
         writeln!(stdout)?;
         writeln!(stdout, "{}", serde_json::to_string(&json)?)?;

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use cinder_model::{
-    Model, ModelConfig, LogitRows, ModelError, PagedKvCache, PendingLogits, Sampler, SeqChunk, log_softmax, top_logprobs,
+    LogitRows, Model, ModelConfig, ModelError, PagedKvCache, PendingLogits, Sampler, SeqChunk, Verdict, log_softmax, top_logprobs,
 };
 use cinder_scheduler::{
     BatchPolicy, FinishReason, FinishedSequence, Metrics, Request, Scheduler, SchedulerConfig, SeqId, StepPlan, StepResult, Time,
@@ -11,8 +11,12 @@ use cinder_scheduler::{
 use cinder_tokenizer::{StreamDecoder, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::speculative::{SequenceSpeculation, ngram_proposal};
 use crate::stop::StopMatcher;
-use crate::{Constraint, Event, Finished, Generation, GenerationRequest, SubmitError, TokenLogprob};
+use crate::{
+    Constraint, Event, Finished, Generation, GenerationRequest, SpeculationConfig, SpeculativeMethod, SpeculativeUsage, SubmitError,
+    TokenLogprob,
+};
 
 /// A request being served.
 struct Active {
@@ -30,6 +34,7 @@ struct Active {
     stopped: bool,
     /// Why the engine ended it as failed, when it did (non-finite logits).
     error: Option<String>,
+    speculation: SequenceSpeculation,
 }
 
 /// Counters since the engine started.
@@ -38,6 +43,9 @@ pub struct EngineMetrics {
     pub scheduler: Metrics,
     pub prompt_tokens_total: u64,
     pub generation_tokens_total: u64,
+    /// Speculative decoding: draft tokens verified, and those accepted.
+    pub spec_draft_tokens_total: u64,
+    pub spec_accepted_tokens_total: u64,
 }
 
 /// What a step did.
@@ -65,6 +73,9 @@ pub struct Engine {
     active: HashMap<SeqId, Active>,
     prompt_tokens_total: u64,
     generation_tokens_total: u64,
+    spec_draft_tokens_total: u64,
+    spec_accepted_tokens_total: u64,
+    speculation: SpeculationConfig,
     /// Why the last failed step failed: the error of requests that end as failed.
     last_step_error: String,
 }
@@ -92,8 +103,30 @@ impl Engine {
             active: HashMap::new(),
             prompt_tokens_total: 0,
             generation_tokens_total: 0,
+            spec_draft_tokens_total: 0,
+            spec_accepted_tokens_total: 0,
+            speculation: SpeculationConfig::default(),
             last_step_error: String::new(),
         })
+    }
+
+    /// Sets the speculation of requests that ask for none, and the batch above which
+    /// nobody speculates.
+    pub fn set_speculation(&mut self, speculation: SpeculationConfig) -> Result<(), String> {
+        Self::check_method(speculation.default.method)?;
+        self.speculation = speculation;
+        Ok(())
+    }
+
+    pub fn speculation(&self) -> SpeculationConfig {
+        self.speculation
+    }
+
+    fn check_method(method: SpeculativeMethod) -> Result<(), String> {
+        match method {
+            SpeculativeMethod::Draft => Err("speculative method \"draft\" needs a draft model, and none is loaded; use \"ngram\"".into()),
+            SpeculativeMethod::Off | SpeculativeMethod::Ngram => Ok(()),
+        }
     }
 
     /// `base` with a KV pool of as many blocks as fit in `kv_bytes` of device memory (and
@@ -194,6 +227,7 @@ impl Engine {
         let ids = self.scheduler.submit_all(scheduled, now).map_err(SubmitError::Rejected)?;
         for ((id, (request, events)), sampler) in ids.iter().zip(requests).zip(samplers) {
             self.prompt_tokens_total += request.prompt.len() as u64;
+            let speculation = SequenceSpeculation::new(request.speculative.unwrap_or(self.speculation.default));
             let active = Active {
                 sampler,
                 history: request.prompt,
@@ -206,6 +240,7 @@ impl Engine {
                 events,
                 stopped: false,
                 error: None,
+                speculation,
             };
             self.active.insert(*id, active);
         }
@@ -221,6 +256,9 @@ impl Engine {
         }
         if request.max_tokens == 0 {
             return invalid("max_tokens must be at least 1".into());
+        }
+        if let Some(speculation) = request.speculative {
+            Self::check_method(speculation.method).map_err(SubmitError::Invalid)?;
         }
         let vocab = self.model.config().vocab_size;
         let biased = request.sampling.logit_bias.iter().map(|(token, _)| token);
@@ -266,6 +304,7 @@ impl Engine {
             self.scheduler.abort(id, clock());
         }
         self.send_finished();
+        self.propose_drafts();
         let plan = self.scheduler.plan(clock());
         if plan.is_empty() {
             return Ok(None);
@@ -302,64 +341,84 @@ impl Engine {
             Ok(rows) => rows,
             Err(e) => return Err(self.fail_step(&plan, e, clock)),
         };
-        let mut result = StepResult { step: plan.step, success: true, ..Default::default() };
-        // Models may pad their embedding past the tokenizer's vocabulary: never pick those rows.
-        let vocab = self.tokenizer.vocab_size();
-        let (logits, mut candidates) = match rows {
+        let (logits, candidates) = match rows {
             LogitRows::Full(logits) => (logits, Vec::new()),
             LogitRows::TopK(candidates) => (Vec::new(), candidates),
         };
+        let mut result = StepResult { step: plan.step, success: true, ..Default::default() };
+        // Models may pad their embedding past the tokenizer's vocabulary: never pick those rows.
+        let vocab = self.tokenizer.vocab_size();
         let mut broken = Vec::new();
         // Choices forking from a prompt that ends this step sample from its row too.
         let mut forks: HashMap<SeqId, Vec<SeqId>> = HashMap::new();
         for fork in &plan.forks {
             forks.entry(fork.from).or_default().push(fork.seq);
         }
-        for (row, from) in plan.sampling().enumerate() {
-            let logits = logits.get(row).map(|l| &l[..vocab.min(l.len())]);
-            let best = candidates.get_mut(row).map(std::mem::take);
-            let non_finite = match (&best, logits) {
-                (Some(best), _) => best.iter().any(|(_, l)| !l.is_finite()),
-                (None, Some(logits)) => logits.iter().any(|l| !l.is_finite()),
-                (None, None) => false,
-            };
+        let mut next_row = 0;
+        for (from, draft) in plan.sampling_rows() {
+            let rows = next_row..next_row + 1 + draft.len();
+            next_row = rows.end;
             let forked = forks.get(&from).map_or(&[][..], Vec::as_slice);
             for &id in std::iter::once(&from).chain(forked) {
                 let Some(active) = self.active.get_mut(&id) else { continue };
-                if non_finite {
-                    // NaN weights or an overflow: nothing sampled from these logits means anything.
-                    active.error = Some("the model produced NaN or infinite logits (corrupt weights or a numeric overflow)".into());
-                    broken.push(id);
-                    continue;
-                }
-                let sampled = match (best.clone(), logits) {
-                    (Some(best), _) => Ok(active.sampler.sample_candidates(best)),
-                    (None, Some(logits)) => match &mut active.constraint {
-                        Some(constraint) => Self::sample_constrained(&mut active.sampler, constraint, logits, &active.history),
-                        None => Ok(active.sampler.sample(logits, &active.history)),
-                    },
-                    (None, None) => continue,
-                };
-                let token = match sampled {
-                    Ok(token) => token,
-                    Err(e) => {
-                        active.error = Some(e);
-                        broken.push(id);
-                        continue;
+                let mut verified = Verified::default();
+                for (j, row) in rows.clone().enumerate() {
+                    let logits = logits.get(row).map(|l| &l[..vocab.min(l.len())]);
+                    let best = candidates.get(row).cloned();
+                    let non_finite = match (&best, logits) {
+                        (Some(best), _) => best.iter().any(|(_, l)| !l.is_finite()),
+                        (None, Some(logits)) => logits.iter().any(|l| !l.is_finite()),
+                        (None, None) => false,
+                    };
+                    if non_finite {
+                        // NaN weights or an overflow: nothing sampled from these logits means anything.
+                        verified.error = Some("the model produced NaN or infinite logits (corrupt weights or a numeric overflow)".into());
+                        break;
                     }
-                };
-                let logits = logits.unwrap_or_default();
-                active.history.push(token);
-                result.sampled.push((id, token));
-                let complete = active.constraint.as_ref().is_some_and(Constraint::is_complete);
-                if Self::emit(active, &self.tokenizer, token, logits) || complete {
-                    active.stopped = true;
-                    result.stopped.push(id);
+                    let proposed = draft.get(j).copied();
+                    let (token, accepted) = match Self::choose(active, best, logits, proposed) {
+                        Ok(Some(choice)) => choice,
+                        Ok(None) => break,
+                        Err(e) => {
+                            verified.error = Some(e);
+                            break;
+                        }
+                    };
+                    active.history.push(token);
+                    verified.tokens += 1;
+                    verified.last = Some(token);
+                    verified.accepted += usize::from(accepted);
+                    verified.rejected = proposed.is_some() && !accepted;
+                    let complete = active.constraint.as_ref().is_some_and(Constraint::is_complete);
+                    if Self::emit(active, &self.tokenizer, token, logits.unwrap_or_default()) || complete {
+                        active.stopped = true;
+                        result.stopped.push(id);
+                        break;
+                    }
+                    if !accepted {
+                        break;
+                    }
+                }
+                if !draft.is_empty() {
+                    active.speculation.record(draft.len(), verified.accepted, verified.rejected);
+                    self.spec_draft_tokens_total += draft.len() as u64;
+                    self.spec_accepted_tokens_total += verified.accepted as u64;
+                }
+                if let Some(error) = verified.error {
+                    active.error = Some(error);
+                    broken.push(id);
+                } else if let Some(token) = verified.last {
+                    // The last token goes as the sampled one; those before it are the draft's.
+                    result.sampled.push((id, token));
+                    if verified.tokens > 1 {
+                        result.accepted.push((id, verified.tokens - 1));
+                    }
                 }
             }
         }
-        let outcome = StepOutcome::Ran { tokens: plan.num_tokens(), sampled: result.sampled.len() };
-        self.generation_tokens_total += result.sampled.len() as u64;
+        let generated = result.sampled.len() + result.accepted.iter().map(|a| a.1).sum::<usize>();
+        let outcome = StepOutcome::Ran { tokens: plan.num_tokens(), sampled: generated };
+        self.generation_tokens_total += generated as u64;
         for id in broken {
             self.scheduler.fail(id, clock());
         }
@@ -383,31 +442,77 @@ impl Engine {
             let pairs: Vec<(u32, u32)> = plan.copies.iter().map(|c| (c.from, c.to)).collect();
             self.model.copy_blocks(&mut self.cache, &pairs)?;
         }
-        let decode_tokens: Vec<[u32; 1]> = plan.decode.iter().map(|d| [d.token]).collect();
+        let decode_tokens: Vec<Vec<u32>> = plan.decode.iter().map(|d| [&[d.token], &d.draft[..]].concat()).collect();
         let chunks: Vec<SeqChunk> = plan
             .prefill
             .iter()
-            .map(|c| SeqChunk { tokens: &c.tokens, start: c.start, tables: &c.block_tables, logits: c.samples })
-            .chain(plan.decode.iter().zip(&decode_tokens).map(|(d, token)| SeqChunk {
-                tokens: token,
+            .map(|c| SeqChunk { tokens: &c.tokens, start: c.start, tables: &c.block_tables, logits: usize::from(c.samples) })
+            .chain(plan.decode.iter().zip(&decode_tokens).map(|(d, tokens)| SeqChunk {
+                tokens,
                 start: d.position,
                 tables: &d.block_tables,
-                logits: true,
+                logits: tokens.len(),
             }))
             .collect();
         self.model.launch_batch(&chunks, &mut self.cache)
     }
 
-    /// Samples among the tokens the grammar allows, and moves the grammar past the token.
-    fn sample_constrained(sampler: &mut Sampler, constraint: &mut Constraint, logits: &[f32], history: &[u32]) -> Result<u32, String> {
-        let mut allowed = logits.to_vec();
-        constraint.mask(&mut allowed)?;
-        if allowed.iter().all(|l| *l == f32::NEG_INFINITY) {
-            return Err("constrained decoding: the grammar allows no token of this vocabulary here".into());
+    /// The token a row gives a sequence: sampled, or, where a draft token is proposed for
+    /// it, the draft token if accepted (true) or what replaces it. A grammar masks the row
+    /// first and moves past the token. `None` when the row was not read.
+    fn choose(
+        active: &mut Active,
+        best: Option<Vec<(u32, f32)>>,
+        logits: Option<&[f32]>,
+        proposed: Option<u32>,
+    ) -> Result<Option<(u32, bool)>, String> {
+        let candidates = match (best, logits, &mut active.constraint) {
+            (Some(best), ..) => best,
+            (None, Some(logits), Some(constraint)) => {
+                let mut allowed = logits.to_vec();
+                constraint.mask(&mut allowed)?;
+                if allowed.iter().all(|l| *l == f32::NEG_INFINITY) {
+                    return Err("constrained decoding: the grammar allows no token of this vocabulary here".into());
+                }
+                active.sampler.adjust(&allowed, &active.history)
+            }
+            (None, Some(logits), None) => active.sampler.adjust(logits, &active.history),
+            (None, None, _) => return Ok(None),
+        };
+        let choice = match proposed {
+            // The n-gram proposer picks its token with certainty.
+            Some(draft) => match active.sampler.verify(candidates, draft, &[(draft, 1.0)]) {
+                Verdict::Accepted => (draft, true),
+                Verdict::Rejected(token) => (token, false),
+            },
+            None => (active.sampler.sample_candidates(candidates), false),
+        };
+        if let Some(constraint) = &mut active.constraint {
+            constraint.advance(choice.0)?;
         }
-        let token = sampler.sample(&allowed, history);
-        constraint.advance(token)?;
-        Ok(token)
+        Ok(Some(choice))
+    }
+
+    /// Proposes a draft for every decoding sequence that speculates (none when more
+    /// sequences decode than [`SpeculationConfig::max_batch`]).
+    fn propose_drafts(&mut self) {
+        let decoding = self.scheduler.decoding().count();
+        if decoding == 0 || decoding > self.speculation.max_batch {
+            return;
+        }
+        let mut drafts = Vec::new();
+        for (id, tokens) in self.scheduler.decoding() {
+            let Some(active) = self.active.get_mut(&id) else { continue };
+            let length = active.speculation.length();
+            if length > 0 {
+                drafts.push((id, ngram_proposal(tokens, length)));
+            }
+        }
+        for (id, draft) in drafts {
+            if !draft.is_empty() {
+                self.scheduler.propose(id, draft);
+            }
+        }
     }
 
     /// Streams a sampled token; true if it ends the request.
@@ -440,7 +545,11 @@ impl Engine {
                     format!("the step running this request failed {attempts} times in a row: {}", self.last_step_error)
                 })
             });
-            let _ = active.events.send(Event::Finished(finished(done, reason, text, error)));
+            let speculative = active.speculation.setting.is_on().then_some(SpeculativeUsage {
+                draft_tokens: active.speculation.draft_tokens,
+                accepted_tokens: active.speculation.accepted_tokens,
+            });
+            let _ = active.events.send(Event::Finished(finished(done, reason, text, error, speculative)));
         }
     }
 
@@ -482,6 +591,8 @@ impl Engine {
             scheduler: self.scheduler.metrics(now),
             prompt_tokens_total: self.prompt_tokens_total,
             generation_tokens_total: self.generation_tokens_total,
+            spec_draft_tokens_total: self.spec_draft_tokens_total,
+            spec_accepted_tokens_total: self.spec_accepted_tokens_total,
         }
     }
 
@@ -492,7 +603,13 @@ impl Engine {
     }
 }
 
-fn finished(done: FinishedSequence, reason: FinishReason, text: String, error: Option<String>) -> Finished {
+fn finished(
+    done: FinishedSequence,
+    reason: FinishReason,
+    text: String,
+    error: Option<String>,
+    speculative: Option<SpeculativeUsage>,
+) -> Finished {
     Finished {
         reason,
         error,
@@ -504,5 +621,18 @@ fn finished(done: FinishedSequence, reason: FinishReason, text: String, error: O
         first_token: done.first_token,
         finished: done.finished,
         preemptions: done.preemptions,
+        speculative,
     }
+}
+
+/// What the rows of one sequence gave in a step.
+#[derive(Default)]
+struct Verified {
+    /// Tokens emitted: accepted draft tokens, then a sampled or replacing one.
+    tokens: usize,
+    last: Option<u32>,
+    accepted: usize,
+    /// Verification stopped at a rejected draft token.
+    rejected: bool,
+    error: Option<String>,
 }

@@ -14,6 +14,8 @@
 //!    the text it completes, holding back incomplete UTF-8 and possible stop strings;
 //!    a request with a [`Constraint`] (a JSON schema, a grammar) samples only among the
 //!    tokens its grammar allows;
+//!    a decode may carry draft tokens (speculative decoding, [`speculative`]): each is
+//!    verified against the row before it, and the accepted ones join the output at once;
 //! 5. tells the scheduler what was sampled and what stopped, and sends the end of every
 //!    finished request.
 //!
@@ -28,8 +30,10 @@ mod constraint;
 mod engine;
 pub mod openai;
 mod request;
+pub mod speculative;
 pub mod stop;
 
 pub use constraint::{Constraint, Grammars, json_layout};
 pub use engine::{Engine, EngineMetrics, Launched, StepOutcome};
-pub use request::{Event, Finished, Generation, GenerationRequest, SubmitError, TokenLogprob};
+pub use request::{Event, Finished, Generation, GenerationRequest, SpeculativeUsage, SubmitError, TokenLogprob};
+pub use speculative::{Speculation, SpeculationConfig, SpeculativeMethod};

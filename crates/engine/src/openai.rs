@@ -10,7 +10,7 @@ use cinder_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::{Constraint, GenerationRequest, Grammars};
+use crate::{Constraint, GenerationRequest, Grammars, Speculation, SpeculativeMethod};
 
 pub mod response;
 
@@ -346,6 +346,15 @@ pub struct GenerationBody {
     pub tool_choice: Option<ToolChoice>,
     /// false: at most one call per answer.
     pub parallel_tool_calls: Option<bool>,
+    /// Speculative decoding for this request (the server's default otherwise).
+    pub speculative: Option<SpeculativeBody>,
+}
+
+/// `speculative`: `{"method": "ngram" | "draft" | "off", "num_tokens": k}`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SpeculativeBody {
+    pub method: SpeculativeMethod,
+    pub num_tokens: Option<u64>,
 }
 
 /// What the server allows a request: the context, and the `max_tokens` of requests that
@@ -413,6 +422,13 @@ impl GenerationBody {
             seed: self.seed.unwrap_or(seed),
             ..SamplingParams::default()
         })
+    }
+
+    /// The request's own speculative decoding, checked.
+    pub fn speculation(&self) -> Result<Option<Speculation>, InvalidRequest> {
+        let Some(body) = &self.speculative else { return Ok(None) };
+        let num_tokens = body.num_tokens.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        Speculation::new(body.method, num_tokens).map(Some).map_err(|e| InvalidRequest::new(e, Some("speculative.num_tokens")))
     }
 
     pub fn n(&self) -> Result<usize, InvalidRequest> {
@@ -594,6 +610,7 @@ impl GenerationBody {
     pub fn requests(&self, prompt: &[u32], chat: bool, limits: Limits, seed: u64) -> Result<Vec<GenerationRequest>, InvalidRequest> {
         let max_tokens = self.max_tokens(chat, prompt.len(), limits)?;
         let (logprobs, stop, priority, deadline) = (self.logprobs(chat)?, self.stop(), self.priority()?, self.deadline()?);
+        let speculative = self.speculation()?;
         (0..self.n()?)
             .map(|choice| {
                 Ok(GenerationRequest {
@@ -609,6 +626,7 @@ impl GenerationBody {
                     deadline,
                     use_prefix_cache: self.cache_prompt.unwrap_or(true),
                     constraint: None,
+                    speculative,
                 })
             })
             .collect()

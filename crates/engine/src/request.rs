@@ -3,7 +3,7 @@
 use cinder_model::SamplingParams;
 use cinder_scheduler::{Duration, FinishReason, Priority, Rejection, TenantId, Time};
 
-use crate::Constraint;
+use crate::{Constraint, Speculation};
 
 /// One generation request.
 #[derive(Debug, Clone)]
@@ -29,6 +29,8 @@ pub struct GenerationRequest {
     pub use_prefix_cache: bool,
     /// Output held to a grammar (a JSON schema, tool calls).
     pub constraint: Option<Constraint>,
+    /// Speculative decoding; `None`: the engine's default ([`crate::SpeculationConfig`]).
+    pub speculative: Option<Speculation>,
 }
 
 impl GenerationRequest {
@@ -46,6 +48,7 @@ impl GenerationRequest {
             deadline: None,
             use_prefix_cache: true,
             constraint: None,
+            speculative: None,
         }
     }
 }
@@ -84,6 +87,22 @@ pub struct Finished {
     pub first_token: Option<Time>,
     pub finished: Time,
     pub preemptions: u32,
+    /// Draft tokens verified and accepted, when the request speculated.
+    pub speculative: Option<SpeculativeUsage>,
+}
+
+/// A request's speculative decoding: draft tokens proposed and verified, and how many of
+/// them the model accepted (each accepted one is a token generated without a step of its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SpeculativeUsage {
+    pub draft_tokens: usize,
+    pub accepted_tokens: usize,
+}
+
+impl SpeculativeUsage {
+    pub fn acceptance_rate(&self) -> f64 {
+        if self.draft_tokens == 0 { 0.0 } else { self.accepted_tokens as f64 / self.draft_tokens as f64 }
+    }
 }
 
 /// A request run alone to its end ([`Engine::generate`](crate::Engine::generate)).

@@ -3,7 +3,9 @@
 
 use std::cell::Cell;
 
-use cinder_engine::{Engine, Event, Finished, GenerationRequest, Grammars, StepOutcome, SubmitError};
+use cinder_engine::{
+    Engine, Event, Finished, GenerationRequest, Grammars, Speculation, SpeculationConfig, SpeculativeMethod, StepOutcome, SubmitError,
+};
 use cinder_gguf::GgufFile;
 use cinder_model::tiny::TinyModel;
 use cinder_model::{Model, SamplingParams, wgpu_device};
@@ -31,15 +33,17 @@ fn engine() -> Engine {
 struct Output {
     tokens: Vec<u32>,
     text: String,
+    logprobs: Vec<f32>,
     finished: Option<Finished>,
 }
 
 fn collect(rx: &mut UnboundedReceiver<Event>, out: &mut Output) {
     while let Ok(event) = rx.try_recv() {
         match event {
-            Event::Token { token, text, .. } => {
+            Event::Token { token, text, logprob } => {
                 out.tokens.push(token);
                 out.text.push_str(&text);
+                out.logprobs.extend(logprob.map(|l| l.logprob));
             }
             Event::Finished(f) => {
                 out.text.push_str(&f.text);
@@ -482,4 +486,98 @@ fn the_choices_of_one_prompt_share_one_prefill() {
     assert_eq!(together, alone, "each seed's tokens as alone");
     assert_eq!(computed, 14 + 3 * 5, "the prompt once, then five decodes per choice");
     assert_eq!(engine.metrics(clock.now()).scheduler.kv_blocks_in_use, 0);
+}
+
+const NGRAM: Speculation = Speculation { method: SpeculativeMethod::Ngram, num_tokens: 4 };
+
+/// A prompt that repeats itself, so that the n-gram proposer finds its suffix earlier.
+fn repeating(seed: usize) -> Vec<u32> {
+    prompt(seed, 6).repeat(4)
+}
+
+/// N-gram speculation keeps greedy output token for token (with logprobs, a penalty, a
+/// grammar and lengths shorter than a draft), verifies and accepts drafts, reports them in
+/// the usage and the metrics, and frees every block.
+#[test]
+fn speculative_greedy_decoding_gives_the_tokens_of_plain_greedy() {
+    let mut engine = engine();
+    let grammars = Grammars::new(engine.tokenizer()).unwrap();
+    let schema = serde_json::json!({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]});
+    let requests = |speculative: Speculation| -> Vec<GenerationRequest> {
+        let base = |seed, max_tokens| GenerationRequest {
+            ignore_eos: true,
+            speculative: Some(speculative),
+            ..GenerationRequest::new(repeating(seed), max_tokens)
+        };
+        let penalised = SamplingParams { repetition_penalty: 1.3, ..Default::default() };
+        vec![
+            base(0, 40),
+            GenerationRequest { logprobs: Some(3), ..base(1, 30) },
+            GenerationRequest { sampling: penalised, ..base(2, 30) },
+            base(3, 2),
+            base(4, 3),
+            GenerationRequest { constraint: Some(grammars.json_schema(schema.clone()).unwrap()), ignore_eos: false, ..base(5, 40) },
+        ]
+    };
+    let plain = run(&mut engine, requests(Speculation::OFF));
+    assert_eq!(engine.metrics(Time(0)).spec_draft_tokens_total, 0);
+    let speculated = run(&mut engine, requests(NGRAM));
+    for (i, (a, b)) in plain.iter().zip(&speculated).enumerate() {
+        assert_eq!(a.tokens, b.tokens, "request {i}");
+        assert_eq!(a.logprobs.len(), b.logprobs.len());
+        assert!(a.logprobs.iter().zip(&b.logprobs).all(|(x, y)| (x - y).abs() < 1e-3), "request {i}: {:?} {:?}", a.logprobs, b.logprobs);
+        let (fa, fb) = (a.finished.as_ref().unwrap(), b.finished.as_ref().unwrap());
+        assert_eq!((fa.reason, fa.completion_tokens), (fb.reason, fb.completion_tokens), "request {i}");
+        assert_eq!(fa.speculative, None);
+        assert!(fb.speculative.is_some());
+    }
+    let m = engine.metrics(Time(0));
+    let usage: usize = speculated.iter().map(|o| o.finished.as_ref().unwrap().speculative.unwrap().accepted_tokens).sum();
+    assert!(m.spec_accepted_tokens_total > 0 && m.spec_draft_tokens_total > m.spec_accepted_tokens_total, "{m:?}");
+    assert_eq!(usage as u64, m.spec_accepted_tokens_total);
+    assert_eq!(m.scheduler.kv_blocks_in_use, 0);
+    // Steps saved: the speculating run took fewer steps than it generated tokens.
+    let generated: usize = speculated.iter().map(|o| o.tokens.len()).sum();
+    println!("{} tokens, {} drafted, {} accepted", generated, m.spec_draft_tokens_total, m.spec_accepted_tokens_total);
+}
+
+/// Sampling with n-gram drafts keeps the model's distribution (drafts are accepted with
+/// their probability, a rejected one replaced from the rest): the second and third
+/// generated tokens of 400 seeds come out with the frequencies they have without drafts.
+#[test]
+fn speculative_sampling_keeps_the_distribution() {
+    let mut engine = engine();
+    engine.set_speculation(SpeculationConfig { default: Speculation::OFF, max_batch: 1_000 }).unwrap();
+    // The prompt ends in the loop greedy decoding falls into, which sampling tends to go on
+    // with: the proposer finds drafts, and some are accepted, some not.
+    let looping = run(&mut engine, vec![GenerationRequest { ignore_eos: true, ..GenerationRequest::new(repeating(0), 40) }]);
+    let prompt = [repeating(0), looping[0].tokens.clone()].concat();
+    let requests = |speculative| -> Vec<GenerationRequest> {
+        (0..400)
+            .map(|seed| GenerationRequest {
+                sampling: SamplingParams { temperature: 1.0, top_k: 3, seed, ..Default::default() },
+                ignore_eos: true,
+                speculative: Some(speculative),
+                ..GenerationRequest::new(prompt.clone(), 3)
+            })
+            .collect()
+    };
+    let frequencies = |outputs: &[Output], position: usize| {
+        let mut counts = std::collections::BTreeMap::<u32, f64>::new();
+        for o in outputs {
+            *counts.entry(o.tokens[position]).or_default() += 1.0 / outputs.len() as f64;
+        }
+        counts
+    };
+    let plain = run(&mut engine, requests(Speculation::OFF));
+    let speculated = run(&mut engine, requests(NGRAM));
+    let m = engine.metrics(Time(0));
+    assert!(m.spec_accepted_tokens_total > 100, "drafts were accepted: {m:?}");
+    for position in [1, 2] {
+        let (a, b) = (frequencies(&plain, position), frequencies(&speculated, position));
+        let tokens: std::collections::BTreeSet<u32> = a.keys().chain(b.keys()).copied().collect();
+        let distance: f64 = tokens.iter().map(|t| (a.get(t).unwrap_or(&0.0) - b.get(t).unwrap_or(&0.0)).abs()).sum::<f64>() / 2.0;
+        println!("position {position}: {a:?} vs {b:?}, total variation {distance:.3}");
+        assert!(distance < 0.1, "position {position}: {a:?} vs {b:?}");
+    }
 }

@@ -353,15 +353,15 @@ impl Model {
         if needed > cache.capacity {
             return Err(ModelError::CacheFull { needed, capacity: cache.capacity });
         }
-        let chunk = SeqChunk { tokens, start: cache.len, tables: &cache.tables, logits: true };
+        let chunk = SeqChunk { tokens, start: cache.len, tables: &cache.tables, logits: 1 };
         let logits = self.forward_batch(&[chunk], &mut cache.paged)?.pop().expect("one chunk asks for logits");
         cache.len = needed;
         Ok(logits)
     }
 
     /// Runs the chunks of several sequences as one batch: writes their keys and values into
-    /// `cache` through their block tables and returns, for each chunk that asks, the logits
-    /// of its last token, in order.
+    /// `cache` through their block tables and returns the logits each chunk asks for, in
+    /// order (chunk, then position).
     pub fn forward_batch(&self, chunks: &[SeqChunk], cache: &mut PagedKvCache) -> Result<Vec<Vec<f32>>, ModelError> {
         match self.launch_batch(chunks, cache)?.read()? {
             LogitRows::Full(rows) => Ok(rows),
@@ -378,14 +378,13 @@ impl Model {
         let laid_out: Vec<&SeqChunk> = order.iter().map(|&i| &chunks[i]).collect();
         let tokens: Vec<u32> = laid_out.iter().flat_map(|c| c.tokens.iter().copied()).collect();
         let embedded = self.embedding.rows(&tokens)?;
-        // The last row of each chunk that wants logits, by chunk index.
+        // The last rows of each chunk that wants logits, by chunk index.
         let mut last_rows = Vec::new();
         let mut row = 0;
         for (&index, chunk) in order.iter().zip(&laid_out) {
             row += chunk.tokens.len();
-            if chunk.logits {
-                last_rows.push((index, row - 1));
-            }
+            let wanted = chunk.logits.min(chunk.tokens.len());
+            last_rows.extend((row - wanted..row).map(|r| (index, r)));
         }
         last_rows.sort_unstable();
         let rows: Vec<usize> = last_rows.iter().map(|&(_, row)| row).collect();

@@ -466,8 +466,9 @@ pub struct SeqChunk<'a> {
     /// `start + tokens.len()` positions (a windowed group's entries behind its window may
     /// name any block: they are not read).
     pub tables: &'a [Vec<u32>],
-    /// Whether to return the logits of the chunk's last token.
-    pub logits: bool,
+    /// How many of the chunk's last tokens get logits: 0, 1 (a prompt's end, a decode), or
+    /// a decode with its draft tokens, each row verifying the token after it.
+    pub logits: usize,
 }
 
 /// Prompt chunks at least this long attend through the flash-attention kernel (each key

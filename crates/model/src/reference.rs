@@ -19,7 +19,7 @@ pub struct ReferenceModel {
 }
 
 /// Keys and values per layer, position-major: `[position][kv_heads * head_dim]`.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct ReferenceCache {
     keys: Vec<Vec<Vec<f32>>>,
     values: Vec<Vec<Vec<f32>>>,

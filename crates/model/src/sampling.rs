@@ -124,6 +124,13 @@ impl Sampler {
 
     /// Picks the next token given the logits and the tokens so far (prompt and output).
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        self.sample_candidates(self.adjust(logits, history))
+    }
+
+    /// Every token with its logit after the bias and the penalties (which look at
+    /// `history`, the prompt and output so far): what [`Sampler::sample_candidates`] and
+    /// [`Sampler::verify`] take.
+    pub fn adjust(&self, logits: &[f32], history: &[u32]) -> Vec<(u32, f32)> {
         let mut candidates: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
         let p = &self.params;
         for &(id, bias) in &p.logit_bias {
@@ -146,7 +153,7 @@ impl Sampler {
                 }
             }
         }
-        self.sample_candidates(candidates)
+        candidates
     }
 
     /// Picks the next token among `(token, logit)` candidates: all of a row's logits after
@@ -154,14 +161,53 @@ impl Sampler {
     /// `k` best ones best first (ties in token order), which gives the same token. A row
     /// without a number (all NaN) gives token 0.
     pub fn sample_candidates(&mut self, mut candidates: Vec<(u32, f32)>) -> u32 {
-        let p = &self.params;
         candidates.retain(|c| !c.1.is_nan());
         if candidates.is_empty() {
             return 0;
         }
-        if p.is_greedy() {
+        if self.params.is_greedy() {
             return argmax(&candidates);
         }
+        let distribution = self.distribution(candidates);
+        self.draw(&distribution)
+    }
+
+    /// Speculative decoding's test of a proposed token against the candidates of the row
+    /// that predicts it (as [`Sampler::sample_candidates`] takes them). `proposal` is the
+    /// distribution the token was drawn from: `[(draft, 1.0)]` for a proposer that picks
+    /// one token. Greedy: accepted when it is the most likely token, else that token
+    /// replaces it. Sampling: accepted with probability min(1, p/q), else replaced by a draw
+    /// from the normalised residual max(0, p - q), so that the tokens that come out are
+    /// distributed as [`Sampler::sample_candidates`]'s.
+    pub fn verify(&mut self, mut candidates: Vec<(u32, f32)>, draft: u32, proposal: &[(u32, f32)]) -> Verdict {
+        candidates.retain(|c| !c.1.is_nan());
+        if candidates.is_empty() {
+            return Verdict::Rejected(0);
+        }
+        if self.params.is_greedy() {
+            let best = argmax(&candidates);
+            return if best == draft { Verdict::Accepted } else { Verdict::Rejected(best) };
+        }
+        let p = self.distribution(candidates);
+        let prob = |dist: &[(u32, f32)], token: u32| dist.iter().find(|c| c.0 == token).map_or(0.0, |c| c.1);
+        let (p_draft, q_draft) = (prob(&p, draft), prob(proposal, draft));
+        let u: f32 = self.rng.random();
+        if u * q_draft < p_draft {
+            return Verdict::Accepted;
+        }
+        let residual: Vec<(u32, f32)> = p.iter().map(|&(t, pt)| (t, (pt - prob(proposal, t)).max(0.0))).collect();
+        let total: f32 = residual.iter().map(|c| c.1).sum();
+        if total <= 0.0 {
+            // Only rounding leaves no residual: p equals q.
+            return Verdict::Rejected(self.draw(&p));
+        }
+        Verdict::Rejected(self.draw(&residual.into_iter().map(|(t, r)| (t, r / total)).collect::<Vec<_>>()))
+    }
+
+    /// The probabilities sampling draws from: the candidates after top-k, top-p and min-p,
+    /// at the temperature, best first.
+    fn distribution(&self, mut candidates: Vec<(u32, f32)>) -> Vec<(u32, f32)> {
+        let p = &self.params;
         candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if p.top_k > 0 {
             candidates.truncate(p.top_k);
@@ -181,15 +227,28 @@ impl Sampler {
         }
         candidates.truncate(keep.max(1));
         let probs = softmax(candidates.iter().map(|c| c.1), p.temperature);
+        candidates.iter().zip(probs).map(|(c, q)| (c.0, q)).collect()
+    }
+
+    /// One token drawn from `(token, probability)` pairs.
+    fn draw(&mut self, distribution: &[(u32, f32)]) -> u32 {
         let mut draw: f32 = self.rng.random();
-        for (c, q) in candidates.iter().zip(&probs) {
-            if draw < *q {
-                return c.0;
+        for &(token, q) in distribution {
+            if draw < q {
+                return token;
             }
             draw -= q;
         }
-        candidates.last().expect("at least one candidate").0
+        distribution.last().expect("at least one candidate").0
     }
+}
+
+/// What [`Sampler::verify`] decided about a proposed token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Accepted,
+    /// Rejected, and this token takes its place.
+    Rejected(u32),
 }
 
 /// The index of the largest value; ties go to the lowest index.
@@ -311,6 +370,46 @@ mod tests {
             SamplingParams { temperature: 1.0, top_k: MAX_DEVICE_TOP_K + 1, ..Default::default() },
         ];
         assert!(undecided.iter().all(|p| p.deciding_candidates().is_none()));
+    }
+
+    /// Rejection sampling keeps the target's distribution whatever proposes the tokens:
+    /// a proposer that always offers the same token, and one drawing from another
+    /// distribution; greedy accepts exactly the most likely token.
+    #[test]
+    fn verified_tokens_follow_the_target_distribution() {
+        let params = SamplingParams { temperature: 1.0, top_k: 4, seed: 3, ..Default::default() };
+        let target = sampler(params.clone()).distribution(LOGITS.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect());
+        let candidates = || LOGITS.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect::<Vec<_>>();
+        let trials = 40_000;
+        let skewed = [(0u32, 0.5f32), (2, 0.3), (3, 0.2)];
+        for proposal in [vec![(2u32, 1.0f32)], vec![(3, 1.0)], skewed.to_vec()] {
+            let mut s = sampler(params.clone());
+            let mut proposer = sampler(SamplingParams { seed: 9, ..params.clone() });
+            let mut counts = [0usize; 5];
+            let mut accepted = 0;
+            for _ in 0..trials {
+                let draft = proposer.draw(&proposal);
+                let token = match s.verify(candidates(), draft, &proposal) {
+                    Verdict::Accepted => {
+                        accepted += 1;
+                        draft
+                    }
+                    Verdict::Rejected(token) => token,
+                };
+                counts[token as usize] += 1;
+            }
+            for (token, q) in &target {
+                let seen = counts[*token as usize] as f32 / trials as f32;
+                // Four standard deviations of a binomial share.
+                let tolerance = 4.0 * (q * (1.0 - q) / trials as f32).sqrt() + 1e-3;
+                assert!((seen - q).abs() < tolerance, "{proposal:?}: token {token} seen {seen}, target {q}");
+            }
+            assert_eq!(counts[3], 0, "top-k 4 excludes token 3, even when proposed");
+            assert!(accepted > 0, "{proposal:?}");
+        }
+        let mut greedy = sampler(SamplingParams::default());
+        assert_eq!(greedy.verify(candidates(), 1, &[(1, 1.0)]), Verdict::Accepted);
+        assert_eq!(greedy.verify(candidates(), 4, &[(4, 1.0)]), Verdict::Rejected(1));
     }
 
     #[test]

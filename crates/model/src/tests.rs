@@ -120,9 +120,9 @@ fn batched_paged_forward_matches_each_sequence_alone() {
 
         // Step 1: the first 30 tokens of sequence 0 (no logits), whole prompts of 1 and 2.
         let step1 = [
-            SeqChunk { tokens: &prompts[0][..30], start: 0, tables: &tables[0], logits: false },
-            SeqChunk { tokens: &prompts[1], start: 0, tables: &tables[1], logits: true },
-            SeqChunk { tokens: &prompts[2], start: 0, tables: &tables[2], logits: true },
+            SeqChunk { tokens: &prompts[0][..30], start: 0, tables: &tables[0], logits: 0 },
+            SeqChunk { tokens: &prompts[1], start: 0, tables: &tables[1], logits: 1 },
+            SeqChunk { tokens: &prompts[2], start: 0, tables: &tables[2], logits: 1 },
         ];
         let got = model.forward_batch(&step1, &mut cache).unwrap();
         reference.forward(&prompts[0][..30], &mut refs[0]);
@@ -149,9 +149,9 @@ fn batched_paged_forward_matches_each_sequence_alone() {
         let seq0 = behind_window(&tables[0], 30);
         let seq2 = behind_window(&tables[2], 23);
         let step2 = [
-            SeqChunk { tokens: &prompts[0][30..], start: 30, tables: &seq0, logits: true },
-            SeqChunk { tokens: &[17], start: 5, tables: &tables[1], logits: true },
-            SeqChunk { tokens: &[99], start: 23, tables: &seq2, logits: true },
+            SeqChunk { tokens: &prompts[0][30..], start: 30, tables: &seq0, logits: 1 },
+            SeqChunk { tokens: &[17], start: 5, tables: &tables[1], logits: 1 },
+            SeqChunk { tokens: &[99], start: 23, tables: &seq2, logits: 1 },
         ];
         let got = model.forward_batch(&step2, &mut cache).unwrap();
         assert_close(&got[0], &reference.forward(&prompts[0][30..], &mut refs[0]), &what);
@@ -165,14 +165,19 @@ fn batched_paged_forward_matches_each_sequence_alone() {
         let pairs: Vec<(u32, u32)> =
             tables[0].iter().zip(&fork).flat_map(|(from, to)| from[..18].iter().zip(to).map(|(&s, &d)| (s, d))).collect();
         model.copy_blocks(&mut cache, &pairs).unwrap();
+        // The fork runs its decode with two draft tokens, a logits row for each position.
         let step3 = [
-            SeqChunk { tokens: &[5], start: 70, tables: &tables[0], logits: true },
-            SeqChunk { tokens: &[5], start: 70, tables: &fork, logits: true },
+            SeqChunk { tokens: &[5], start: 70, tables: &tables[0], logits: 1 },
+            SeqChunk { tokens: &[5, 8, 9], start: 70, tables: &fork, logits: 3 },
         ];
         let got = model.forward_batch(&step3, &mut cache).unwrap();
+        assert_eq!(got.len(), 4, "one row, then three");
         let expected = reference.forward(&[5], &mut refs[0]);
+        let mut forked = refs[0].clone();
         assert_close(&got[0], &expected, &what);
         assert_close(&got[1], &expected, &what);
+        assert_close(&got[2], &reference.forward(&[8], &mut forked), &what);
+        assert_close(&got[3], &reference.forward(&[9], &mut forked), &what);
     }
 }
 
@@ -196,18 +201,18 @@ fn bad_batches_are_errors() {
     let (_, model) = load(TinyModel::default().to_gguf());
     let mut cache = model.new_paged_cache(4, 4).unwrap();
     let run = |chunks: &[SeqChunk], cache: &mut crate::PagedKvCache| model.forward_batch(chunks, cache).unwrap_err().to_string();
-    let e = run(&[SeqChunk { tokens: &[1; 9], start: 0, tables: &[vec![0, 1]], logits: true }], &mut cache);
+    let e = run(&[SeqChunk { tokens: &[1; 9], start: 0, tables: &[vec![0, 1]], logits: 1 }], &mut cache);
     assert!(e.contains("9 positions needed, 8 allocated"), "{e}");
-    let e = run(&[SeqChunk { tokens: &[1], start: 0, tables: &[vec![7]], logits: true }], &mut cache);
+    let e = run(&[SeqChunk { tokens: &[1], start: 0, tables: &[vec![7]], logits: 1 }], &mut cache);
     assert!(e.contains("block 7 is outside the pool of 4 blocks"), "{e}");
-    let e = run(&[SeqChunk { tokens: &[1], start: 0, tables: &[vec![0], vec![1]], logits: true }], &mut cache);
+    let e = run(&[SeqChunk { tokens: &[1], start: 0, tables: &[vec![0], vec![1]], logits: 1 }], &mut cache);
     assert!(e.contains("2 block tables for a cache of 1 layer groups"), "{e}");
-    let e = run(&[SeqChunk { tokens: &[], start: 0, tables: &[vec![0]], logits: true }], &mut cache);
+    let e = run(&[SeqChunk { tokens: &[], start: 0, tables: &[vec![0]], logits: 1 }], &mut cache);
     assert!(e.contains("no tokens"), "{e}");
     assert!(model.copy_blocks(&mut cache, &[(0, 4)]).is_err());
     assert!(model.new_paged_cache(0, 16).is_err());
     // Nothing was written by the refused batches; the pool still serves.
-    let ok = model.forward_batch(&[SeqChunk { tokens: &[1, 2], start: 0, tables: &[vec![3]], logits: true }], &mut cache).unwrap();
+    let ok = model.forward_batch(&[SeqChunk { tokens: &[1, 2], start: 0, tables: &[vec![3]], logits: 1 }], &mut cache).unwrap();
     assert_eq!(ok.len(), 1);
 }
 
@@ -527,7 +532,7 @@ fn attention_kernels_match_a_loop() {
         }
         // Every position's keys and values written in one batch.
         let tokens: Vec<Vec<u32>> = sequences.iter().map(|&(c, n)| vec![0; c + n]).collect();
-        let writes: Vec<SeqChunk> = (0..sequences.len()).map(|s| SeqChunk { tokens: &tokens[s], start: 0, tables: &tables[s], logits: false }).collect();
+        let writes: Vec<SeqChunk> = (0..sequences.len()).map(|s| SeqChunk { tokens: &tokens[s], start: 0, tables: &tables[s], logits: 0 }).collect();
         let order = BatchBuffer::order(&writes);
         let laid_out: Vec<&SeqChunk> = order.iter().map(|&i| &writes[i]).collect();
         let batch = BatchBuffer::new(&cube, &laid_out, block_size, 1);
@@ -540,7 +545,7 @@ fn attention_kernels_match_a_loop() {
         let steps: Vec<SeqChunk> = sequences
             .iter()
             .enumerate()
-            .map(|(s, &(cached, new))| SeqChunk { tokens: &tokens[s][cached..cached + new], start: cached, tables: &tables[s], logits: false })
+            .map(|(s, &(cached, new))| SeqChunk { tokens: &tokens[s][cached..cached + new], start: cached, tables: &tables[s], logits: 0 })
             .collect();
         let order = BatchBuffer::order(&steps);
         let laid_out: Vec<&SeqChunk> = order.iter().map(|&i| &steps[i]).collect();

@@ -46,8 +46,7 @@ pub struct Reply {
     choices: Vec<Choice>,
     chat: Option<ChatLabel>,
     logprobs: bool,
-    prompt_tokens: usize,
-    completion_tokens: usize,
+    usage: Usage,
 }
 
 impl Reply {
@@ -64,7 +63,7 @@ impl Reply {
                 calls: None,
             })
             .collect();
-        Self { id, choices, chat: None, logprobs, prompt_tokens: 0, completion_tokens: 0 }
+        Self { id, choices, chat: None, logprobs, usage: Usage::default() }
     }
 
     /// Also builds the chat answer, made at `created` (Unix seconds) by `model`, whose
@@ -118,10 +117,14 @@ impl Reply {
                 if let Some(error) = &f.error {
                     value["error"] = json!(error);
                 }
-                self.completion_tokens += f.completion_tokens;
-                if index == 0 {
-                    self.prompt_tokens = f.prompt_tokens;
+                if let Some(speculative) = f.speculative {
+                    value["speculative"] = json!({
+                        "draft_tokens": speculative.draft_tokens,
+                        "accepted_tokens": speculative.accepted_tokens,
+                        "acceptance_rate": speculative.acceptance_rate(),
+                    });
                 }
+                self.usage.add(&f, index == 0);
                 (value, f.text.as_str(), Some(reason), None)
             }
         };
@@ -151,7 +154,7 @@ impl Reply {
         if reason.is_some() && self.done() {
             value["done"] = json!(true);
             if let Some(chat) = &self.chat {
-                let usage = Some(Usage::new(self.prompt_tokens, self.completion_tokens));
+                let usage = Some(self.usage);
                 value["usage_chunk"] = Self::body(chat, Endpoint::Chat.chunk_object(), Vec::new(), usage);
                 let choices = self
                     .choices
@@ -201,6 +204,7 @@ mod tests {
             first_token: Some(Time(1)),
             finished: Time(2),
             preemptions: 0,
+            speculative: None,
         })
     }
 

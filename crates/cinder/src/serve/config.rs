@@ -7,6 +7,8 @@ use std::path::Path;
 
 use anyhow::Context;
 use cinder_engine::openai::MAX_DEADLINE_MS;
+use cinder_engine::speculative::DEFAULT_SPECULATIVE_TOKENS;
+use cinder_engine::{Speculation, SpeculationConfig, SpeculativeMethod};
 use cinder_scheduler::admission::{BreakerConfig, LoadConfig, RateLimit};
 use cinder_scheduler::queue::QueueConfig;
 use cinder_scheduler::{BatchPolicy, Duration, Priority, SchedulerConfig, TenantId};
@@ -20,8 +22,36 @@ pub struct ServeConfig {
     pub kv_cache: KvCacheSection,
     pub shedding: SheddingSection,
     pub breaker: BreakerSection,
+    pub speculative: SpeculativeSection,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tenants: Vec<TenantConfig>,
+}
+
+/// `[speculative]`: speculative decoding of requests that do not ask otherwise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpeculativeSection {
+    /// `off` or `ngram` (prompt lookup).
+    pub method: SpeculativeMethod,
+    /// Most draft tokens per step.
+    pub num_tokens: usize,
+    /// Nobody speculates while more sequences than this decode.
+    pub max_batch: usize,
+}
+
+impl Default for SpeculativeSection {
+    fn default() -> Self {
+        let engine = SpeculationConfig::default();
+        Self { method: engine.default.method, num_tokens: DEFAULT_SPECULATIVE_TOKENS, max_batch: engine.max_batch }
+    }
+}
+
+impl SpeculativeSection {
+    /// The engine's speculation, checked.
+    pub fn config(&self) -> Result<SpeculationConfig, String> {
+        let default = Speculation::new(self.method, Some(self.num_tokens)).map_err(|e| format!("`speculative.num_tokens`: {e}"))?;
+        Ok(SpeculationConfig { default, max_batch: self.max_batch })
+    }
 }
 
 /// Batching policies by name: the scheduler's six and two presets of continuous batching.
@@ -337,6 +367,7 @@ impl ServeConfig {
         if uses("bucket_edges") {
             s.bucket_edges.get_or_insert_with(|| BUCKET_EDGES.to_vec());
         }
+        self.speculative.config()?;
         self.check()
     }
 

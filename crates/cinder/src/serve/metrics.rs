@@ -143,6 +143,10 @@ impl ServerMetrics {
         metric("num_preemptions_total", "counter", "Requests preempted (to be recomputed).", s.preemptions as f64);
         metric("prompt_tokens_total", "counter", "Prompt tokens accepted.", engine.prompt_tokens_total as f64);
         metric("generation_tokens_total", "counter", "Tokens generated.", engine.generation_tokens_total as f64);
+        let help = "Speculative decoding: draft tokens proposed and verified.";
+        metric("spec_decode_num_draft_tokens_total", "counter", help, engine.spec_draft_tokens_total as f64);
+        let help = "Speculative decoding: draft tokens accepted (generated without a step of their own).";
+        metric("spec_decode_num_accepted_tokens_total", "counter", help, engine.spec_accepted_tokens_total as f64);
         let r = self.lock();
         header(&mut out, "cinder:request_rejected_total", "counter", "Requests refused, by reason and tenant.");
         for ((reason, tenant), count) in &r.rejected {
@@ -198,12 +202,14 @@ mod tests {
             first_token: None,
             finished: cinder_scheduler::Time(5),
             preemptions: 0,
+            speculative: None,
         };
         m.finished("alice", &failed);
         m.finished("bob", &Finished { scheduled: Some(cinder_scheduler::Time(2_000_000)), ..failed.clone() });
         let text = m.render(&EngineMetrics::default());
         for name in ["num_requests_running", "num_requests_waiting", "kv_cache_usage_perc", "prefix_cache_hit_rate",
             "num_preemptions_total", "prompt_tokens_total", "generation_tokens_total", "time_to_first_token_seconds_count",
+            "spec_decode_num_draft_tokens_total", "spec_decode_num_accepted_tokens_total",
             "time_per_output_token_seconds_bucket", "e2e_request_latency_seconds_sum"] {
             assert!(text.contains(&format!("cinder:{name}")), "{name} missing");
         }

@@ -30,7 +30,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::handler::HandlerWithoutStateExt;
 use axum::http::HeaderValue;
 use axum::routing::{get, post};
-use cinder_engine::Engine;
+use cinder_engine::{Engine, Speculation};
 use cinder_model::Model;
 use cinder_engine::openai::{MAX_DEADLINE_MS, deadline_from_ms};
 use cinder_scheduler::Priority;
@@ -107,6 +107,10 @@ pub struct ServeArgs {
     /// ends: 408, or `finish_reason` "deadline" on a stream [default: none].
     #[arg(long, env = "CINDER_DEFAULT_DEADLINE_MS", value_parser = parse_deadlines)]
     default_deadline_ms: Option<BTreeMap<Priority, u64>>,
+    /// Speculative decoding of requests that do not ask otherwise: `off`, `ngram` or
+    /// `ngram:K` (prompt lookup, up to K draft tokens per step) [default: off].
+    #[arg(long, env = "CINDER_SPECULATIVE")]
+    speculative: Option<Speculation>,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_body_bytes: usize,
@@ -179,6 +183,12 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<config::ServeConfig> {
     if let Some(deadlines) = &args.default_deadline_ms {
         s.default_deadline_ms = deadlines.clone();
     }
+    if let Some(speculation) = args.speculative {
+        config.speculative.method = speculation.method;
+        if speculation.is_on() {
+            config.speculative.num_tokens = speculation.num_tokens;
+        }
+    }
     let kv = &mut config.kv_cache;
     kv.size_mb = args.kv_cache_mb.unwrap_or(kv.size_mb);
     kv.block_size = args.block_size.unwrap_or(kv.block_size);
@@ -228,7 +238,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let scheduler = Engine::sized_config(&config, kv_bytes, cinder_model::max_binding_bytes(&device), base)
         .map_err(|e| anyhow::anyhow!("--kv-cache-mb (kv_cache.size_mb): {e}"))?;
     let (num_blocks, context_length) = (scheduler.num_blocks, scheduler.max_seq_len);
-    let engine = Engine::new(model, tokenizer.clone(), scheduler).context("allocating the KV cache")?;
+    let mut engine = Engine::new(model, tokenizer.clone(), scheduler).context("allocating the KV cache")?;
+    let speculation = serve_config.speculative.config().map_err(|e| anyhow::anyhow!("{e}"))?;
+    engine.set_speculation(speculation).map_err(|e| anyhow::anyhow!("--speculative: {e}"))?;
     eprintln!(
         "model: {} loaded in {:.2} s; KV cache {} blocks x {} tokens ({} MiB)",
         path.display(),

@@ -297,14 +297,11 @@ async fn collect(s: &Shared, mut run: Run) -> Result<Value, ApiError> {
         }
         choices.push(choice);
     }
-    let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+    let mut usage = Usage::default();
     let mut out = Vec::new();
     for (index, c) in choices.into_iter().enumerate() {
         let f = c.finished.expect("every choice finished");
-        completion_tokens += f.completion_tokens;
-        if index % run.n == 0 {
-            prompt_tokens += f.prompt_tokens;
-        }
+        usage.add(&f, index % run.n == 0);
         let logprobs = if run.logprobs { response::logprobs(&s.tokenizer, run.kind, &c.logprobs, 0) } else { Value::Null };
         let calls = run.read_calls(&c.text);
         let finish_reason = Some(if calls.is_some() { "tool_calls" } else { finish_reason(f.reason) });
@@ -323,7 +320,7 @@ async fn collect(s: &Shared, mut run: Run) -> Result<Value, ApiError> {
         });
     }
     let body = Body {
-        usage: Some(Usage::new(prompt_tokens, completion_tokens)),
+        usage: Some(usage),
         prompt_token_ids: run.chat_prompt_ids(),
         ..run.body(&s.model_name, out, false)
     };
@@ -345,8 +342,7 @@ fn stream(s: Shared, mut run: Run) -> Sse<ChunkStream> {
         run,
         receivers,
         started: HashSet::new(),
-        prompt_tokens: 0,
-        completion_tokens: 0,
+        usage: Usage::default(),
         phase: Phase::Events,
     })
 }
@@ -369,8 +365,7 @@ pub struct ChunkStream {
     /// the end, or as text once it cannot be one).
     held: Vec<HeldCalls>,
     text_offsets: Vec<usize>,
-    prompt_tokens: usize,
-    completion_tokens: usize,
+    usage: Usage,
     phase: Phase,
 }
 
@@ -390,10 +385,7 @@ impl ChunkStream {
                     // Mid-stream there is no status to set: the error object is the event.
                     return Some(SseEvent::default().data(ApiError::internal(error).body().to_string()));
                 }
-                self.completion_tokens += f.completion_tokens;
-                if index % self.run.n == 0 {
-                    self.prompt_tokens += f.prompt_tokens;
-                }
+                self.usage.add(&f, index % self.run.n == 0);
                 (f.text, None, None, Some(finish_reason(f.reason)))
             }
         };
@@ -439,7 +431,7 @@ impl Stream for ChunkStream {
                     self.phase = Phase::Done;
                     if self.run.include_usage {
                         let body = Body {
-                            usage: Some(Usage::new(self.prompt_tokens, self.completion_tokens)),
+                            usage: Some(self.usage),
                             prompt_token_ids: self.run.chat_prompt_ids(),
                             ..self.run.body(&self.s.model_name, Vec::new(), true)
                         };

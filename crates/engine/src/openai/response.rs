@@ -7,7 +7,7 @@ use serde_json::Value;
 use cinder_tokenizer::Tokenizer;
 
 use super::ToolCall;
-use crate::TokenLogprob;
+use crate::{Finished, SpeculativeUsage, TokenLogprob};
 
 /// Which endpoint answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,16 +42,46 @@ impl Endpoint {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub total_tokens: usize,
+    /// The choices' speculative decoding, when they speculated (a cinder extension).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speculative: Option<SpeculativeStats>,
+}
+
+/// `usage.speculative`: draft tokens verified, accepted, and their ratio.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SpeculativeStats {
+    pub draft_tokens: usize,
+    pub accepted_tokens: usize,
+    pub acceptance_rate: f64,
 }
 
 impl Usage {
     pub fn new(prompt_tokens: usize, completion_tokens: usize) -> Self {
-        Self { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens }
+        Self { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens, speculative: None }
+    }
+
+    /// Counts a finished choice; its prompt only when `own_prompt` (the choices of one
+    /// prompt share it).
+    pub fn add(&mut self, finished: &Finished, own_prompt: bool) {
+        if own_prompt {
+            self.prompt_tokens += finished.prompt_tokens;
+        }
+        self.completion_tokens += finished.completion_tokens;
+        self.total_tokens = self.prompt_tokens + self.completion_tokens;
+        if let Some(s) = finished.speculative {
+            let (drafted, accepted) = self.speculative.map_or((0, 0), |t| (t.draft_tokens, t.accepted_tokens));
+            let usage = SpeculativeUsage { draft_tokens: drafted + s.draft_tokens, accepted_tokens: accepted + s.accepted_tokens };
+            self.speculative = Some(SpeculativeStats {
+                draft_tokens: usage.draft_tokens,
+                accepted_tokens: usage.accepted_tokens,
+                acceptance_rate: usage.acceptance_rate(),
+            });
+        }
     }
 }
 
