@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use cinder_engine::{Engine, Event, Generation, GenerationRequest};
+use cinder_engine::{Engine, Event, Generation, GenerationRequest, Speculation};
 use cinder_scheduler::BatchPolicy;
 use cinder_model::Model;
 use cinder_model::many_tokens::ManyTokens;
@@ -53,6 +53,11 @@ pub struct BenchArgs {
     /// dispatches per token and share of the step's device time.
     #[arg(long)]
     profile: bool,
+    /// Also decode a copy-heavy prompt (repeat a given passage) and a free-writing one with
+    /// this speculative decoding (`ngram:K`) and without, and report both speeds, their
+    /// ratio and the drafts' acceptance rate.
+    #[arg(long)]
+    speculative: Option<Speculation>,
 }
 
 #[derive(clap::Subcommand)]
@@ -93,6 +98,86 @@ struct BatchResult {
     batch: usize,
     /// Tokens per second of all sequences together.
     tok_s: f64,
+}
+
+/// One workload decoded with and without speculative decoding.
+#[derive(Serialize)]
+struct SpeculativeResult {
+    workload: &'static str,
+    speculative: String,
+    prompt_tokens: usize,
+    generated_tokens: usize,
+    /// Decode tok/s (after the first token) without and with speculation, and their ratio.
+    plain_tok_s: f64,
+    speculative_tok_s: f64,
+    speedup: f64,
+    draft_tokens: usize,
+    accepted_tokens: usize,
+    acceptance_rate: f64,
+}
+
+/// The speculative benchmark's workloads: a passage to copy (drafts from the prompt are
+/// mostly right) and a story to write (they are mostly absent or wrong).
+const PASSAGE: &str = "The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a single step. \
+All that glitters is not gold. Actions speak louder than words. Beauty is in the eye of the beholder. Every cloud has a \
+silver lining. Fortune favors the bold. Knowledge is power. Laughter is the best medicine. Practice makes perfect. Rome \
+was not built in a day. The early bird catches the worm. Time is money. Where there is smoke, there is fire. You cannot \
+judge a book by its cover. Honesty is the best policy.";
+const FREE_WRITING: &str = "Write a short story about a lighthouse keeper who finds a message in a bottle.";
+
+/// The workloads' prompts: as chat messages where the model has a template, else as text.
+fn speculative_workloads(file: &cinder_gguf::GgufFile, tokenizer: &cinder_tokenizer::Tokenizer) -> anyhow::Result<Vec<(&'static str, Vec<u32>)>> {
+    let template = cinder_tokenizer::ChatTemplate::from_gguf(file.metadata(), tokenizer).ok();
+    let copy = format!("Repeat the following text exactly, word for word:\n\n{PASSAGE}");
+    [("copy", copy.as_str()), ("free writing", FREE_WRITING)]
+        .into_iter()
+        .map(|(name, text)| {
+            let ids = match &template {
+                Some(t) => t.encode(tokenizer, &[cinder_tokenizer::ChatMessage::new("user", text)], true)?,
+                None => tokenizer.encode(text, true, false)?,
+            };
+            Ok((name, ids))
+        })
+        .collect()
+}
+
+/// Decodes `prompt` greedily for up to `max_tokens` (to the end of generation) with
+/// `speculative`, after a warm-up run that compiles the kernels of its step sizes.
+fn time_speculative(engine: &mut Engine, prompt: &[u32], max_tokens: usize, speculative: Speculation) -> anyhow::Result<Generation> {
+    let run = |engine: &mut Engine| {
+        let request = GenerationRequest { use_prefix_cache: false, speculative: Some(speculative), ..GenerationRequest::new(prompt.to_vec(), max_tokens) };
+        engine.generate(request, &crate::wall_clock(), |_| {})
+    };
+    run(engine)?;
+    let generation = run(engine)?;
+    if let Some(error) = &generation.finished.error {
+        bail!("the speculative benchmark's request failed: {error}");
+    }
+    Ok(generation)
+}
+
+fn bench_speculative(engine: &mut Engine, workloads: &[(&'static str, Vec<u32>)], max_tokens: usize, speculative: Speculation) -> anyhow::Result<Vec<SpeculativeResult>> {
+    let mut results = Vec::new();
+    for (workload, prompt) in workloads {
+        let plain = time_speculative(engine, prompt, max_tokens, Speculation::OFF)?;
+        let drafted = time_speculative(engine, prompt, max_tokens, speculative)?;
+        let usage = drafted.finished.speculative.unwrap_or_default();
+        let (plain_tok_s, speculative_tok_s) = (plain.decode_tokens_per_s(), drafted.decode_tokens_per_s());
+        eprintln!("speculative {speculative}, {workload}: {plain_tok_s:.2} -> {speculative_tok_s:.2} tok/s, {:.0} % accepted", 100.0 * usage.acceptance_rate());
+        results.push(SpeculativeResult {
+            workload,
+            speculative: speculative.to_string(),
+            prompt_tokens: prompt.len(),
+            generated_tokens: drafted.tokens.len(),
+            plain_tok_s,
+            speculative_tok_s,
+            speedup: speculative_tok_s / plain_tok_s,
+            draft_tokens: usage.draft_tokens,
+            accepted_tokens: usage.accepted_tokens,
+            acceptance_rate: usage.acceptance_rate(),
+        });
+    }
+    Ok(results)
 }
 
 #[derive(Serialize)]
@@ -165,6 +250,8 @@ struct BenchResult {
     peers: Vec<PeerResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
     profile: Option<ProfileResult>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    speculative: Vec<SpeculativeResult>,
     /// The prompt kernel timings taken at load: per matrix shape and token count, the
     /// tiled and the row kernels' milliseconds, and which runs.
     prompt_kernels: Vec<PromptKernelTiming>,
@@ -317,13 +404,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     // A batch's sequences have prompts of up to 16 + batch tokens.
     let max_batch = args.batch.iter().copied().max().unwrap_or(1);
     let decode_len = 16 + max_batch + args.decode_tokens + 1;
-    let longest = (max_prefill + 1).max(decode_len);
+    let tokenizer = cinder_tokenizer::Tokenizer::from_gguf(file.metadata())?;
+    let workloads = match args.speculative {
+        Some(_) => speculative_workloads(&file, &tokenizer)?,
+        None => Vec::new(),
+    };
+    let longest_workload = workloads.iter().map(|(_, p)| p.len() + args.decode_tokens).max().unwrap_or(0);
+    let longest = (max_prefill + 1).max(decode_len).max(longest_workload);
     if longest > context {
         bail!("the model's context is {context} tokens: lower --prefill-tokens or --decode-tokens");
     }
     let vocab = model.config().vocab_size;
     let device_weight_bytes = model.device_weight_bytes();
-    let tokenizer = cinder_tokenizer::Tokenizer::from_gguf(file.metadata())?;
     // Room for the longest prompt alone, or for the largest batch of decoding sequences.
     let mut config = Engine::fixed_config(model.config(), decode_len, max_batch);
     let single = Engine::fixed_config(model.config(), longest, 1);
@@ -373,6 +465,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         None
     };
 
+    let speculative = match args.speculative {
+        Some(speculative) => bench_speculative(&mut engine, &workloads, args.decode_tokens, speculative)?,
+        None => Vec::new(),
+    };
+
     let mut peers = Vec::new();
     for (name, binary) in &args.peers {
         eprintln!("running peer {name}: {}", binary.display());
@@ -415,6 +512,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         repeats: args.repeats,
         peers,
         profile,
+        speculative,
         prompt_kernels: prompt_kernels(),
     };
     print_table(&result);
@@ -454,6 +552,15 @@ fn print_table(r: &BenchResult) {
         println!("| matrix | tokens | tiled ms | rows ms | kernel |\n|---|---|---|---|---|");
         for k in &r.prompt_kernels {
             println!("| {} {}x{} | {} | {:.3} | {:.3} | {} |", k.format, k.rows, k.cols, k.tokens, k.tiled_ms, k.rows_ms, k.kernel);
+        }
+    }
+    if !r.speculative.is_empty() {
+        println!("\n| workload | speculative | tokens | decode tok/s without | with | speed-up | accepted |\n|---|---|---|---|---|---|---|");
+        for s in &r.speculative {
+            println!(
+                "| {} | {} | {} | {:.2} | {:.2} | {:.2}x | {}/{} ({:.0} %) |",
+                s.workload, s.speculative, s.generated_tokens, s.plain_tok_s, s.speculative_tok_s, s.speedup, s.accepted_tokens, s.draft_tokens, 100.0 * s.acceptance_rate
+            );
         }
     }
     if r.decode_batches.iter().any(|b| b.batch > 1) {
