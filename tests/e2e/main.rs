@@ -13,6 +13,7 @@ mod fuzz;
 mod hardening;
 mod parity;
 mod serve;
+mod speculative;
 mod tokenizer;
 
 use std::path::PathBuf;

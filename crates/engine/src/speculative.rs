@@ -37,13 +37,11 @@ impl Speculation {
 
     /// `method` with `num_tokens` draft tokens (the default when `None`), checked.
     pub fn new(method: SpeculativeMethod, num_tokens: Option<usize>) -> Result<Self, String> {
-        if method == SpeculativeMethod::Off {
-            return Ok(Self::OFF);
-        }
-        match num_tokens.unwrap_or(DEFAULT_SPECULATIVE_TOKENS) {
-            n @ 1..=MAX_SPECULATIVE_TOKENS => Ok(Self { method, num_tokens: n }),
-            n => Err(format!("the number of speculative tokens must be in [1, {MAX_SPECULATIVE_TOKENS}]; got {n}")),
-        }
+        let num_tokens = match num_tokens.unwrap_or(DEFAULT_SPECULATIVE_TOKENS) {
+            n @ 1..=MAX_SPECULATIVE_TOKENS => n,
+            n => return Err(format!("the number of speculative tokens must be in [1, {MAX_SPECULATIVE_TOKENS}]; got {n}")),
+        };
+        Ok(if method == SpeculativeMethod::Off { Self::OFF } else { Self { method, num_tokens } })
     }
 
     pub fn is_on(&self) -> bool {
