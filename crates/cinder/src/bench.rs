@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use cinder_engine::{Engine, Event, Generation, GenerationRequest, Speculation};
+use cinder_engine::{Engine, Event, Generation, GenerationRequest, Speculation, SpeculativeMethod};
 use cinder_scheduler::BatchPolicy;
 use cinder_model::Model;
 use cinder_model::many_tokens::ManyTokens;
@@ -54,10 +54,13 @@ pub struct BenchArgs {
     #[arg(long)]
     profile: bool,
     /// Also decode a copy-heavy prompt (repeat a given passage) and a free-writing one with
-    /// this speculative decoding (`ngram:K`) and without, and report both speeds, their
-    /// ratio and the drafts' acceptance rate.
+    /// this speculative decoding (`ngram:K`, or `draft:K` with --draft-model) and without,
+    /// and report both speeds, their ratio and the drafts' acceptance rate.
     #[arg(long)]
     speculative: Option<Speculation>,
+    /// The draft model of `--speculative draft:K`.
+    #[arg(long)]
+    draft_model: Option<PathBuf>,
 }
 
 #[derive(clap::Subcommand)]
@@ -389,6 +392,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.decode_tokens == 0 || args.repeats == 0 || args.prefill_tokens.contains(&0) || args.batch.contains(&0) {
         bail!("--decode-tokens, --prefill-tokens, --batch and --repeats must be at least 1");
     }
+    if args.speculative.is_some_and(|s| s.method == SpeculativeMethod::Draft) != args.draft_model.is_some() {
+        bail!("--speculative draft:K and --draft-model go together");
+    }
     let path = args.model.path();
     let file = args.model.open()?;
     let device = cinder_model::wgpu_device().context("no usable GPU adapter")?;
@@ -423,6 +429,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     config.max_seq_len = longest;
     config.policy = BatchPolicy::Continuous { max_batch_tokens: longest.max(max_batch), max_running: max_batch, chunk_size: longest };
     let mut engine = Engine::new(model, tokenizer, config)?;
+    if let Some(path) = &args.draft_model {
+        let (draft, draft_tokenizer) = crate::model_path::load_draft(path, &device)?;
+        engine.set_draft_model(draft, &draft_tokenizer).map_err(|e| anyhow::anyhow!("--draft-model {}: {e}", path.display()))?;
+    }
 
     // Warm-up: the first launch of every kernel compiles it.
     time_prefill(&mut engine, &prompt(max_prefill, vocab))?;

@@ -55,10 +55,13 @@ pub struct GenerateArgs {
     /// End generation at this text (not part of the output); repeatable.
     #[arg(long, allow_hyphen_values = true)]
     stop: Vec<String>,
-    /// Speculative decoding: `off`, `ngram` or `ngram:K` (prompt lookup, up to K draft
-    /// tokens per step).
+    /// Speculative decoding: `off`, `ngram[:K]` (prompt lookup, up to K draft tokens per
+    /// step) or `draft[:K]` (proposed by --draft-model).
     #[arg(long, default_value = "off")]
     speculative: Speculation,
+    /// The draft model of `--speculative draft`: a GGUF with the same vocabulary.
+    #[arg(long)]
+    draft_model: Option<std::path::PathBuf>,
     /// After the text, print a JSON object with the ids and text on the last line.
     #[arg(long)]
     json: bool,
@@ -119,6 +122,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     }
     let config = Engine::fixed_config(model.config(), needed, 1);
     let mut engine = Engine::new(model, tokenizer, config)?;
+    if let Some(path) = &args.draft_model {
+        let (draft, draft_tokenizer) = crate::model_path::load_draft(path, &device)?;
+        engine.set_draft_model(draft, &draft_tokenizer).map_err(|e| anyhow::anyhow!("--draft-model {}: {e}", path.display()))?;
+    }
     let request = GenerationRequest {
         sampling,
         stop: args.stop.clone(),

@@ -1,6 +1,11 @@
-//! Where the model comes from when `--model` is not given.
+//! Where the model comes from when `--model` is not given, and the draft model of
+//! speculative decoding.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use cinder_model::Model;
+use cinder_tokenizer::Tokenizer;
 
 /// File name of the default model that `scripts/setup.sh` installs.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -39,4 +44,13 @@ impl ModelArg {
         }
         Ok(cinder_gguf::GgufFile::open(&path)?)
     }
+}
+
+/// Loads the draft model at `path` (`--draft-model`) and its tokenizer.
+pub fn load_draft(path: &Path, device: &cinder_model::Device) -> anyhow::Result<(Model, Tokenizer)> {
+    let context = || format!("--draft-model {}", path.display());
+    let file = cinder_gguf::GgufFile::open(path).with_context(context)?;
+    let tokenizer = Tokenizer::from_gguf(file.metadata()).with_context(context)?;
+    let model = Model::load(&file, device).with_context(context)?;
+    Ok((model, tokenizer))
 }

@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 
 use cinder_model::{
-    LogitRows, Model, ModelConfig, ModelError, PagedKvCache, PendingLogits, Sampler, SeqChunk, Verdict, log_softmax, top_logprobs,
+    LogitRows, Model, ModelConfig, ModelError, PagedKvCache, PendingLogits, Sampler, SamplingParams, SeqChunk, Verdict, log_softmax,
+    top_logprobs,
 };
 use cinder_scheduler::{
     BatchPolicy, FinishReason, FinishedSequence, Metrics, Request, Scheduler, SchedulerConfig, SeqId, StepPlan, StepResult, Time,
@@ -11,6 +12,7 @@ use cinder_scheduler::{
 use cinder_tokenizer::{StreamDecoder, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::draft::{DraftModel, DraftRequest};
 use crate::speculative::{SequenceSpeculation, ngram_proposal};
 use crate::stop::StopMatcher;
 use crate::{
@@ -35,6 +37,10 @@ struct Active {
     /// Why the engine ended it as failed, when it did (non-finite logits).
     error: Option<String>,
     speculation: SequenceSpeculation,
+    /// With a draft model: the draft's sampler (the request's parameters, its own random
+    /// stream), and the distributions the step's draft tokens were drawn from.
+    draft_sampler: Option<Sampler>,
+    proposals: Vec<Vec<(u32, f32)>>,
 }
 
 /// Counters since the engine started.
@@ -76,6 +82,7 @@ pub struct Engine {
     spec_draft_tokens_total: u64,
     spec_accepted_tokens_total: u64,
     speculation: SpeculationConfig,
+    draft: Option<DraftModel>,
     /// Why the last failed step failed: the error of requests that end as failed.
     last_step_error: String,
 }
@@ -106,6 +113,7 @@ impl Engine {
             spec_draft_tokens_total: 0,
             spec_accepted_tokens_total: 0,
             speculation: SpeculationConfig::default(),
+            draft: None,
             last_step_error: String::new(),
         })
     }
@@ -113,7 +121,7 @@ impl Engine {
     /// Sets the speculation of requests that ask for none, and the batch above which
     /// nobody speculates.
     pub fn set_speculation(&mut self, speculation: SpeculationConfig) -> Result<(), String> {
-        Self::check_method(speculation.default.method)?;
+        self.check_method(speculation.default.method)?;
         self.speculation = speculation;
         Ok(())
     }
@@ -122,14 +130,31 @@ impl Engine {
         self.speculation
     }
 
-    fn check_method(method: SpeculativeMethod) -> Result<(), String> {
+    /// Loads the draft model of `"draft"` speculation: `model` with its `tokenizer`, which
+    /// must be the target's vocabulary. Its KV cache takes as many blocks as the target's
+    /// (size the pool for both with [`Engine::sized_config`]).
+    pub fn set_draft_model(&mut self, model: Model, tokenizer: &Tokenizer) -> Result<(), String> {
+        let layout = self.model.config().kv_layout();
+        let blocks = self.scheduler.config();
+        self.draft = Some(DraftModel::new(model, tokenizer, &self.tokenizer, &layout, blocks.num_blocks, blocks.block_size)?);
+        Ok(())
+    }
+
+    pub fn draft_model(&self) -> Option<&Model> {
+        self.draft.as_ref().map(DraftModel::model)
+    }
+
+    fn check_method(&self, method: SpeculativeMethod) -> Result<(), String> {
         match method {
-            SpeculativeMethod::Draft => Err("speculative method \"draft\" needs a draft model, and none is loaded; use \"ngram\"".into()),
-            SpeculativeMethod::Off | SpeculativeMethod::Ngram => Ok(()),
+            SpeculativeMethod::Draft if self.draft.is_none() => {
+                Err("speculative method \"draft\" needs a draft model, and none is loaded (--draft-model); use \"ngram\"".into())
+            }
+            _ => Ok(()),
         }
     }
 
-    /// `base` with a KV pool of as many blocks as fit in `kv_bytes` of device memory (and
+    /// `base` with a KV pool of as many blocks as fit in `kv_bytes` of device memory, for the
+    /// model and its draft model if any (and
     /// in per-layer buffers of at most `max_buffer_bytes`, what the device binds:
     /// [`cinder_model::max_binding_bytes`]), and sequences capped at what one request can
     /// hold in that pool (at most the context): layers with a sliding window hold only their
@@ -137,14 +162,19 @@ impl Engine {
     /// their size.
     pub fn sized_config(
         model: &ModelConfig,
+        draft: Option<&ModelConfig>,
         kv_bytes: usize,
         max_buffer_bytes: usize,
         base: SchedulerConfig,
     ) -> Result<SchedulerConfig, String> {
         let layout = model.kv_layout();
         let block_size = base.block_size.max(1);
-        let num_blocks = (kv_bytes / PagedKvCache::bytes_per_block(&layout, model.kv_dim(), block_size))
-            .min(max_buffer_bytes / PagedKvCache::layer_buffer_bytes(1, block_size, model.kv_dim()));
+        // A draft model's cache has as many blocks: each block is both models' bytes.
+        let block_bytes = PagedKvCache::bytes_per_block(&layout, model.kv_dim(), block_size)
+            + draft.map_or(0, |d| DraftModel::bytes_per_block(d, block_size));
+        let widest = model.kv_dim().max(draft.map_or(0, ModelConfig::kv_dim));
+        let num_blocks =
+            (kv_bytes / block_bytes).min(max_buffer_bytes / PagedKvCache::layer_buffer_bytes(1, block_size, widest));
         let config = SchedulerConfig { block_size, num_blocks, kv_groups: layout.groups, ..base };
         let usable = num_blocks.saturating_sub(config.watermark_blocks);
         // The longest sequence whose blocks fit: blocks_for grows with the length.
@@ -227,7 +257,11 @@ impl Engine {
         let ids = self.scheduler.submit_all(scheduled, now).map_err(SubmitError::Rejected)?;
         for ((id, (request, events)), sampler) in ids.iter().zip(requests).zip(samplers) {
             self.prompt_tokens_total += request.prompt.len() as u64;
-            let speculation = SequenceSpeculation::new(request.speculative.unwrap_or(self.speculation.default));
+            let setting = request.speculative.unwrap_or(self.speculation.default);
+            let draft_sampler = (setting.method == SpeculativeMethod::Draft).then(|| {
+                let params = SamplingParams { seed: sampler.params().seed ^ DRAFT_SEED, ..sampler.params().clone() };
+                Sampler::new(params).expect("the request's parameters were checked")
+            });
             let active = Active {
                 sampler,
                 history: request.prompt,
@@ -240,7 +274,9 @@ impl Engine {
                 events,
                 stopped: false,
                 error: None,
-                speculation,
+                speculation: SequenceSpeculation::new(setting),
+                draft_sampler,
+                proposals: Vec::new(),
             };
             self.active.insert(*id, active);
         }
@@ -257,9 +293,8 @@ impl Engine {
         if request.max_tokens == 0 {
             return invalid("max_tokens must be at least 1".into());
         }
-        if let Some(speculation) = request.speculative {
-            Self::check_method(speculation.method).map_err(SubmitError::Invalid)?;
-        }
+        let method = request.speculative.unwrap_or(self.speculation.default).method;
+        self.check_method(method).map_err(SubmitError::Invalid)?;
         let vocab = self.model.config().vocab_size;
         let biased = request.sampling.logit_bias.iter().map(|(token, _)| token);
         if let Some(&bad) = request.prompt.iter().chain(&request.stop_token_ids).chain(biased).find(|&&t| t as usize >= vocab) {
@@ -305,11 +340,14 @@ impl Engine {
         }
         self.send_finished();
         self.propose_drafts();
-        let plan = self.scheduler.plan(clock());
+        let mut plan = self.scheduler.plan(clock());
+        if let Some(draft) = &mut self.draft {
+            plan.preempted.iter().for_each(|&id| draft.forget(id));
+        }
         if plan.is_empty() {
             return Ok(None);
         }
-        match self.run(&plan) {
+        match self.draft_tokens(&mut plan).and_then(|()| self.run(&plan)) {
             Ok(logits) => {
                 // When every row's token is decided by its few best logits (greedy, or sampling
                 // among a small top-k, without penalties, logprobs or a grammar), the device picks those
@@ -361,6 +399,7 @@ impl Engine {
             let forked = forks.get(&from).map_or(&[][..], Vec::as_slice);
             for &id in std::iter::once(&from).chain(forked) {
                 let Some(active) = self.active.get_mut(&id) else { continue };
+                let position = active.history.len() - 1;
                 let mut verified = Verified::default();
                 for (j, row) in rows.clone().enumerate() {
                     let logits = logits.get(row).map(|l| &l[..vocab.min(l.len())]);
@@ -375,7 +414,10 @@ impl Engine {
                         verified.error = Some("the model produced NaN or infinite logits (corrupt weights or a numeric overflow)".into());
                         break;
                     }
-                    let proposed = draft.get(j).copied();
+                    let proposed = draft.get(j).map(|&token| match active.proposals.get(j) {
+                        Some(distribution) => (token, distribution.clone()),
+                        None => (token, vec![(token, 1.0)]),
+                    });
                     let (token, accepted) = match Self::choose(active, best, logits, proposed) {
                         Ok(Some(choice)) => choice,
                         Ok(None) => break,
@@ -388,7 +430,7 @@ impl Engine {
                     verified.tokens += 1;
                     verified.last = Some(token);
                     verified.accepted += usize::from(accepted);
-                    verified.rejected = proposed.is_some() && !accepted;
+                    verified.rejected = j < draft.len() && !accepted;
                     let complete = active.constraint.as_ref().is_some_and(Constraint::is_complete);
                     if Self::emit(active, &self.tokenizer, token, logits.unwrap_or_default()) || complete {
                         active.stopped = true;
@@ -400,6 +442,10 @@ impl Engine {
                     }
                 }
                 if !draft.is_empty() {
+                    if let Some(model) = &mut self.draft {
+                        model.landed(id, position, draft.len(), verified.accepted);
+                    }
+                    active.proposals.clear();
                     active.speculation.record(draft.len(), verified.accepted, verified.rejected);
                     self.spec_draft_tokens_total += draft.len() as u64;
                     self.spec_accepted_tokens_total += verified.accepted as u64;
@@ -411,12 +457,12 @@ impl Engine {
                     // The last token goes as the sampled one; those before it are the draft's.
                     result.sampled.push((id, token));
                     if verified.tokens > 1 {
-                        result.accepted.push((id, verified.tokens - 1));
+                        result.accepted.push((id, draft[..verified.tokens - 1].to_vec()));
                     }
                 }
             }
         }
-        let generated = result.sampled.len() + result.accepted.iter().map(|a| a.1).sum::<usize>();
+        let generated = result.sampled.len() + result.accepted.iter().map(|a| a.1.len()).sum::<usize>();
         let outcome = StepOutcome::Ran { tokens: plan.num_tokens(), sampled: generated };
         self.generation_tokens_total += generated as u64;
         for id in broken {
@@ -441,6 +487,9 @@ impl Engine {
         if !plan.copies.is_empty() {
             let pairs: Vec<(u32, u32)> = plan.copies.iter().map(|c| (c.from, c.to)).collect();
             self.model.copy_blocks(&mut self.cache, &pairs)?;
+            if let Some(draft) = &mut self.draft {
+                draft.copy_blocks(&pairs)?;
+            }
         }
         let decode_tokens: Vec<Vec<u32>> = plan.decode.iter().map(|d| [&[d.token], &d.draft[..]].concat()).collect();
         let chunks: Vec<SeqChunk> = plan
@@ -464,7 +513,7 @@ impl Engine {
         active: &mut Active,
         best: Option<Vec<(u32, f32)>>,
         logits: Option<&[f32]>,
-        proposed: Option<u32>,
+        proposed: Option<(u32, Vec<(u32, f32)>)>,
     ) -> Result<Option<(u32, bool)>, String> {
         let candidates = match (best, logits, &mut active.constraint) {
             (Some(best), ..) => best,
@@ -480,8 +529,7 @@ impl Engine {
             (None, None, _) => return Ok(None),
         };
         let choice = match proposed {
-            // The n-gram proposer picks its token with certainty.
-            Some(draft) => match active.sampler.verify(candidates, draft, &[(draft, 1.0)]) {
+            Some((draft, distribution)) => match active.sampler.verify(candidates, draft, &distribution) {
                 Verdict::Accepted => (draft, true),
                 Verdict::Rejected(token) => (token, false),
             },
@@ -491,6 +539,42 @@ impl Engine {
             constraint.advance(choice.0)?;
         }
         Ok(Some(choice))
+    }
+
+    /// Runs the draft model for the planned decodes of `"draft"` requests and puts its
+    /// tokens in the plan in place of their placeholders.
+    fn draft_tokens(&mut self, plan: &mut StepPlan) -> Result<(), ModelError> {
+        let Some(model) = &mut self.draft else { return Ok(()) };
+        // The draft samplers leave their requests for the call, which reads their histories.
+        let mut drafting: Vec<(usize, Sampler)> = plan
+            .decode
+            .iter()
+            .enumerate()
+            .filter(|(_, item)| !item.draft.is_empty())
+            .filter_map(|(index, item)| Some((index, self.active.get_mut(&item.seq)?.draft_sampler.take()?)))
+            .collect();
+        let drafts = {
+            let active = &self.active;
+            let mut requests: Vec<DraftRequest> = drafting
+                .iter_mut()
+                .map(|(index, sampler)| {
+                    let item = &plan.decode[*index];
+                    let tokens = &active[&item.seq].history;
+                    DraftRequest { seq: item.seq, tokens, table: &item.block_tables[0], length: item.draft.len(), sampler }
+                })
+                .collect();
+            model.draft(&mut requests)
+        };
+        for (i, (index, sampler)) in drafting.into_iter().enumerate() {
+            let item = &mut plan.decode[index];
+            let active = self.active.get_mut(&item.seq).expect("drafting requests are active");
+            active.draft_sampler = Some(sampler);
+            if let Ok(drafts) = &drafts {
+                item.draft = drafts[i].tokens.clone();
+                active.proposals = drafts[i].proposals.clone();
+            }
+        }
+        drafts.map(drop)
     }
 
     /// Proposes a draft for every decoding sequence that speculates (none when more
@@ -505,7 +589,12 @@ impl Engine {
             let Some(active) = self.active.get_mut(&id) else { continue };
             let length = active.speculation.length();
             if length > 0 {
-                drafts.push((id, ngram_proposal(tokens, length)));
+                // A draft model drafts once the step's blocks are known: placeholders until then.
+                let draft = match active.speculation.setting.method {
+                    SpeculativeMethod::Draft => vec![0; length],
+                    SpeculativeMethod::Ngram | SpeculativeMethod::Off => ngram_proposal(tokens, length),
+                };
+                drafts.push((id, draft));
             }
         }
         for (id, draft) in drafts {
@@ -536,6 +625,9 @@ impl Engine {
     /// Sends the end of every request the scheduler finished.
     fn send_finished(&mut self) {
         for done in self.scheduler.take_finished() {
+            if let Some(draft) = &mut self.draft {
+                draft.forget(done.id);
+            }
             let Some(mut active) = self.active.remove(&done.id) else { continue };
             let reason = if active.stopped { FinishReason::Stop } else { done.reason };
             let text = active.stops.push(&active.decoder.finish()).text + &active.stops.finish();
@@ -624,6 +716,9 @@ fn finished(
         speculative,
     }
 }
+
+/// Mixed into a request's seed for its draft sampler's stream.
+const DRAFT_SEED: u64 = 0x5eed_d4af;
 
 /// What the rows of one sequence gave in a step.
 #[derive(Default)]

@@ -27,6 +27,7 @@
 //! browser's event loop.
 
 mod constraint;
+mod draft;
 mod engine;
 pub mod openai;
 mod request;
@@ -34,6 +35,7 @@ pub mod speculative;
 pub mod stop;
 
 pub use constraint::{Constraint, Grammars, json_layout};
+pub use draft::DraftModel;
 pub use engine::{Engine, EngineMetrics, Launched, StepOutcome};
 pub use request::{Event, Finished, Generation, GenerationRequest, SpeculativeUsage, SubmitError, TokenLogprob};
 pub use speculative::{Speculation, SpeculationConfig, SpeculativeMethod};

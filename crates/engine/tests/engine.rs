@@ -581,3 +581,82 @@ fn speculative_sampling_keeps_the_distribution() {
         assert!(distance < 0.1, "position {position}: {a:?} vs {b:?}");
     }
 }
+
+const DRAFT: Speculation = Speculation { method: SpeculativeMethod::Draft, num_tokens: 4 };
+
+/// An engine with `draft` as its draft model (the target is `TinyModel::default()`, seed 1).
+fn engine_with_draft(draft: TinyModel) -> Engine {
+    let mut engine = engine();
+    let file = GgufFile::from_bytes(draft.to_gguf()).unwrap();
+    let model = Model::load(&file, &wgpu_device().unwrap()).unwrap();
+    engine.set_draft_model(model, &Tokenizer::from_gguf(file.metadata()).unwrap()).unwrap();
+    engine
+}
+
+/// Draft-model speculation keeps greedy output token for token, whether the draft is a
+/// copy of the target (almost every draft token accepted) or another model (few), for
+/// requests of several lengths decoding together.
+#[test]
+fn a_draft_model_keeps_greedy_output_and_a_copy_of_the_target_is_accepted() {
+    let requests = |speculative| -> Vec<GenerationRequest> {
+        [(0, 30), (1, 3), (2, 17)]
+            .iter()
+            .map(|&(seed, max_tokens)| GenerationRequest {
+                ignore_eos: true,
+                speculative: Some(speculative),
+                ..GenerationRequest::new(prompt(seed, 9 + 5 * seed), max_tokens)
+            })
+            .collect()
+    };
+    let plain: Vec<Vec<u32>> = run(&mut engine(), requests(Speculation::OFF)).into_iter().map(|o| o.tokens).collect();
+    for (seed, least_rate) in [(1, 0.9), (5, 0.0)] {
+        let mut engine = engine_with_draft(TinyModel { seed, ..Default::default() });
+        let drafted = run(&mut engine, requests(DRAFT));
+        assert_eq!(drafted.iter().map(|o| o.tokens.clone()).collect::<Vec<_>>(), plain, "draft seed {seed}");
+        let m = engine.metrics(Time(0));
+        let rate = m.spec_accepted_tokens_total as f64 / m.spec_draft_tokens_total as f64;
+        println!("draft seed {seed}: {} drafted, {} accepted", m.spec_draft_tokens_total, m.spec_accepted_tokens_total);
+        assert!(m.spec_draft_tokens_total > 0 && rate >= least_rate, "draft seed {seed}: {m:?}");
+        assert_eq!(m.scheduler.kv_blocks_in_use, 0);
+    }
+    let refused = engine().submit(GenerationRequest { speculative: Some(DRAFT), ..GenerationRequest::new(vec![5], 2) }, unbounded_channel().0, Time(0));
+    assert!(matches!(refused, Err(SubmitError::Invalid(m)) if m.contains("needs a draft model")));
+}
+
+/// Sampling with a draft model whose distribution differs from the target's (its first
+/// layer alone) keeps the target's distribution (accept with min(1, p/q), else draw from
+/// max(0, p - q)): the second and third tokens of 1000 seeds.
+#[test]
+fn a_draft_models_samples_keep_the_targets_distribution() {
+    let requests = |speculative| -> Vec<GenerationRequest> {
+        (0..1000)
+            .map(|seed| GenerationRequest {
+                sampling: SamplingParams { temperature: 1.0, top_k: 3, seed, ..Default::default() },
+                ignore_eos: true,
+                speculative: Some(speculative),
+                ..GenerationRequest::new(prompt(3, 12), 3)
+            })
+            .collect()
+    };
+    let mut with_draft = engine_with_draft(TinyModel { n_layers: 1, ..Default::default() });
+    with_draft.set_speculation(SpeculationConfig { default: Speculation::OFF, max_batch: 1_000 }).unwrap();
+    let plain = run(&mut engine(), requests(Speculation::OFF));
+    let drafted = run(&mut with_draft, requests(DRAFT));
+    let m = with_draft.metrics(Time(0));
+    println!("{} drafted, {} accepted", m.spec_draft_tokens_total, m.spec_accepted_tokens_total);
+    assert!(m.spec_accepted_tokens_total > 100 && m.spec_accepted_tokens_total < m.spec_draft_tokens_total, "{m:?}");
+    for position in [1, 2] {
+        let frequencies = |outputs: &[Output]| {
+            let mut counts = std::collections::BTreeMap::<u32, f64>::new();
+            for o in outputs {
+                *counts.entry(o.tokens[position]).or_default() += 1.0 / outputs.len() as f64;
+            }
+            counts
+        };
+        let (a, b) = (frequencies(&plain), frequencies(&drafted));
+        let tokens: std::collections::BTreeSet<u32> = a.keys().chain(b.keys()).copied().collect();
+        let distance: f64 = tokens.iter().map(|t| (a.get(t).unwrap_or(&0.0) - b.get(t).unwrap_or(&0.0)).abs()).sum::<f64>() / 2.0;
+        println!("position {position}: total variation {distance:.3}");
+        assert!(distance < 0.08, "position {position}: {a:?} vs {b:?}");
+    }
+}

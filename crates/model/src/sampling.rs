@@ -172,6 +172,22 @@ impl Sampler {
         self.draw(&distribution)
     }
 
+    /// A draft model's proposal from its candidates (as [`Sampler::sample_candidates`] takes
+    /// them): the token and the distribution it was drawn from, for [`Sampler::verify`].
+    /// Greedy proposes the most likely token with certainty.
+    pub fn propose(&mut self, mut candidates: Vec<(u32, f32)>) -> (u32, Vec<(u32, f32)>) {
+        candidates.retain(|c| !c.1.is_nan());
+        if candidates.is_empty() {
+            return (0, vec![(0, 1.0)]);
+        }
+        if self.params.is_greedy() {
+            let best = argmax(&candidates);
+            return (best, vec![(best, 1.0)]);
+        }
+        let distribution = self.distribution(candidates);
+        (self.draw(&distribution), distribution)
+    }
+
     /// Speculative decoding's test of a proposed token against the candidates of the row
     /// that predicts it (as [`Sampler::sample_candidates`] takes them). `proposal` is the
     /// distribution the token was drawn from: `[(draft, 1.0)]` for a proposer that picks

@@ -113,9 +113,10 @@ pub struct StepResult {
     pub success: bool,
     /// The token sampled for each sequence in [`StepPlan::sampling`] and [`StepPlan::forks`].
     pub sampled: Vec<(SeqId, u32)>,
-    /// How many leading tokens of a decode's draft were accepted (none when absent): they
-    /// join the sequence before its sampled token.
-    pub accepted: Vec<(SeqId, usize)>,
+    /// The leading tokens of a decode's draft that were accepted (none when absent): they
+    /// join the sequence before its sampled token. The engine may have replaced the
+    /// proposed tokens before running them (a draft model's, proposed as a length).
+    pub accepted: Vec<(SeqId, Vec<u32>)>,
     /// Sequences the engine ended (an end-of-generation token, a stop string).
     pub stopped: Vec<SeqId>,
 }
@@ -612,7 +613,9 @@ impl Scheduler {
 
     /// Proposes tokens to follow `id`'s next decode (speculative decoding): the next plan
     /// runs them with it where the token budget and the block pool have room, and the
-    /// engine reports how many it accepted ([`StepResult::accepted`]). Cut to what the
+    /// engine reports those it accepted ([`StepResult::accepted`]). A proposer that drafts
+    /// once the step's blocks are known (a draft model) proposes placeholders and replaces
+    /// them in the plan. Cut to what the
     /// request may still generate; ignored while a step is in flight or when `id` is not
     /// decoding. Replaces an earlier proposal.
     pub fn propose(&mut self, id: SeqId, mut draft: Vec<u32>) {
@@ -955,7 +958,7 @@ impl Scheduler {
             return;
         }
         let sampled: IdMap<SeqId, u32> = result.sampled.into_iter().collect();
-        let accepted: IdMap<SeqId, usize> = result.accepted.into_iter().collect();
+        let mut accepted: IdMap<SeqId, Vec<u32>> = result.accepted.into_iter().collect();
         let mut generated = 0usize;
         let mut forks = flight.forks;
         let bs = self.config.block_size;
@@ -969,17 +972,18 @@ impl Scheduler {
                 seq.blocks.truncate(seq.computed, bs);
                 continue;
             }
-            let accepted = accepted.get(&id).map_or(0, |&a| a.min(draft.len()));
-            seq.computed += n + accepted;
+            let mut accepted = accepted.remove(&id).unwrap_or_default();
+            accepted.truncate(draft.len());
+            seq.computed += n + accepted.len();
             if seq.computed + 1 >= seq.tokens.len() {
                 seq.prefilling_first_block = None;
             }
             *self.tenant_tokens.entry(seq.request.tenant.0).or_default() += (n + draft.len()) as u64;
             if let Some(token) = token.filter(|_| samples) {
-                seq.tokens.extend_from_slice(&draft[..accepted]);
+                generated += 1 + accepted.len();
+                seq.tokens.extend(accepted);
                 seq.tokens.push(token);
                 seq.first_token.get_or_insert(now);
-                generated += 1 + accepted;
             }
             if !draft.is_empty() {
                 // The rejected draft's positions are free again (their keys and values

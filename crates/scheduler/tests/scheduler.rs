@@ -79,7 +79,7 @@ fn speculative_drafts_run_with_their_decode_and_rejected_positions_free_their_bl
     assert_eq!((plan.num_tokens(), plan.num_draft_tokens()), (5, 4));
     assert_eq!(s.blocks().in_use(), 3, "positions 0..11 in blocks of 4");
     // Two accepted: 10 and 11 join, then the sampled token; 12 and 13's positions go back.
-    s.complete(StepResult { accepted: vec![(a, 2)], ..StepResult::sampled(&plan, |_| 20) }, now);
+    s.complete(StepResult { accepted: vec![(a, vec![10, 11])], ..StepResult::sampled(&plan, |_| 20) }, now);
     s.check_invariants();
     assert_eq!(s.decoding().next().unwrap().1[6..], [9, 10, 11, 20]);
     assert_eq!(s.blocks().in_use(), 3, "positions 0..9 still hold three blocks");
@@ -88,7 +88,7 @@ fn speculative_drafts_run_with_their_decode_and_rejected_positions_free_their_bl
     s.propose(a, vec![1; 10]);
     let plan = s.plan(now);
     assert_eq!(plan.decode[0].draft.len(), 3);
-    s.complete(StepResult { accepted: vec![(a, 0)], ..StepResult::sampled(&plan, |_| 21) }, now);
+    s.complete(StepResult { accepted: vec![(a, vec![])], ..StepResult::sampled(&plan, |_| 21) }, now);
     assert_eq!(s.blocks().in_use(), 3, "position 10's block is kept for the next decode");
     s.check_invariants();
     // A failed step drops the draft; the decode runs again.
@@ -97,11 +97,12 @@ fn speculative_drafts_run_with_their_decode_and_rejected_positions_free_their_bl
     s.complete(StepResult::failed(&plan), now);
     let plan = s.plan(now);
     assert!(plan.decode[0].draft.is_empty());
-    s.complete(StepResult { accepted: vec![(a, 0)], ..StepResult::sampled(&plan, |_| 22) }, now);
-    // All of the last draft accepted: the request ends at its length, never past it.
-    s.propose(a, vec![30, 31]);
+    s.complete(StepResult::sampled(&plan, |_| 22), now);
+    // A draft proposed as placeholders and run as other tokens (a draft model's): the
+    // tokens the engine accepted join; the request ends at its length, never past it.
+    s.propose(a, vec![0, 0]);
     let plan = s.plan(now);
-    s.complete(StepResult { accepted: vec![(a, 1)], ..StepResult::sampled(&plan, |_| 32) }, now);
+    s.complete(StepResult { accepted: vec![(a, vec![30])], ..StepResult::sampled(&plan, |_| 32) }, now);
     let done = s.take_finished();
     assert_eq!((done[0].reason, done[0].generated.clone()), (FinishReason::Length, vec![9, 10, 11, 20, 21, 22, 30, 32]));
     assert_eq!(s.blocks().in_use(), 0);
@@ -571,7 +572,7 @@ proptest! {
                         2 => StepResult::failed(&plan),
                         3 => StepResult { stopped: plan.sampling().take(1).collect(), ..StepResult::sampled(&plan, |_| 3) },
                         _ => StepResult {
-                            accepted: plan.decode.iter().map(|d| (d.seq, len % (d.draft.len() + 1))).collect(),
+                            accepted: plan.decode.iter().map(|d| (d.seq, d.draft[..len % (d.draft.len() + 1)].to_vec())).collect(),
                             ..StepResult::sampled(&plan, |_| 3)
                         },
                     };

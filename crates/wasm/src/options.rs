@@ -56,7 +56,7 @@ impl EngineOptions {
             },
             ..SchedulerConfig::default()
         };
-        Engine::sized_config(model, self.kv_cache_mb << 20, max_buffer_bytes, base)
+        Engine::sized_config(model, None, self.kv_cache_mb << 20, max_buffer_bytes, base)
             .map_err(|e| format!("engine options: kv_cache_mb: {e}"))
     }
 }

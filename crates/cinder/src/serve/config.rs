@@ -3,7 +3,7 @@
 //! key's name; flags override the file; `--print-config` prints what is in force.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use cinder_engine::openai::MAX_DEADLINE_MS;
@@ -31,18 +31,21 @@ pub struct ServeConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpeculativeSection {
-    /// `off` or `ngram` (prompt lookup).
+    /// `off`, `ngram` (prompt lookup) or `draft` (the draft model's proposals).
     pub method: SpeculativeMethod,
     /// Most draft tokens per step.
     pub num_tokens: usize,
     /// Nobody speculates while more sequences than this decode.
     pub max_batch: usize,
+    /// The draft model: a GGUF with the same vocabulary (`--draft-model`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draft_model: Option<PathBuf>,
 }
 
 impl Default for SpeculativeSection {
     fn default() -> Self {
         let engine = SpeculationConfig::default();
-        Self { method: engine.default.method, num_tokens: DEFAULT_SPECULATIVE_TOKENS, max_batch: engine.max_batch }
+        Self { method: engine.default.method, num_tokens: DEFAULT_SPECULATIVE_TOKENS, max_batch: engine.max_batch, draft_model: None }
     }
 }
 

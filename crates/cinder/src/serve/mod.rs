@@ -111,6 +111,10 @@ pub struct ServeArgs {
     /// `ngram:K` (prompt lookup, up to K draft tokens per step) [default: off].
     #[arg(long, env = "CINDER_SPECULATIVE")]
     speculative: Option<Speculation>,
+    /// The draft model of `draft` speculation: a smaller GGUF with the same vocabulary,
+    /// loaded beside the model; its KV cache shares --kv-cache-mb.
+    #[arg(long, env = "CINDER_DRAFT_MODEL")]
+    draft_model: Option<PathBuf>,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_body_bytes: usize,
@@ -183,6 +187,9 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<config::ServeConfig> {
     if let Some(deadlines) = &args.default_deadline_ms {
         s.default_deadline_ms = deadlines.clone();
     }
+    if let Some(path) = &args.draft_model {
+        config.speculative.draft_model = Some(path.clone());
+    }
     if let Some(speculation) = args.speculative {
         config.speculative.method = speculation.method;
         if speculation.is_on() {
@@ -232,13 +239,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let load_start = Instant::now();
     let model = load_with_progress_bar(&file, &device).with_context(|| format!("loading {}", path.display()))?;
     drop(file);
+    let draft = serve_config.speculative.draft_model.as_deref().map(|path| crate::model_path::load_draft(path, &device)).transpose()?;
     let config = model.config().clone();
     let kv_bytes = serve_config.kv_cache.size_mb << 20;
     let base = serve_config.scheduler_config(config.context_length);
-    let scheduler = Engine::sized_config(&config, kv_bytes, cinder_model::max_binding_bytes(&device), base)
+    let draft_config = draft.as_ref().map(|(model, _)| model.config());
+    let scheduler = Engine::sized_config(&config, draft_config, kv_bytes, cinder_model::max_binding_bytes(&device), base)
         .map_err(|e| anyhow::anyhow!("--kv-cache-mb (kv_cache.size_mb): {e}"))?;
     let (num_blocks, context_length) = (scheduler.num_blocks, scheduler.max_seq_len);
     let mut engine = Engine::new(model, tokenizer.clone(), scheduler).context("allocating the KV cache")?;
+    if let Some((model, draft_tokenizer)) = draft {
+        let path = serve_config.speculative.draft_model.as_deref().expect("loaded from it");
+        engine.set_draft_model(model, &draft_tokenizer).map_err(|e| anyhow::anyhow!("--draft-model {}: {e}", path.display()))?;
+    }
     let speculation = serve_config.speculative.config().map_err(|e| anyhow::anyhow!("{e}"))?;
     engine.set_speculation(speculation).map_err(|e| anyhow::anyhow!("--speculative: {e}"))?;
     eprintln!(
