@@ -81,3 +81,31 @@ fn the_default_is_set_by_flag_or_config_file_and_checked_at_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("needs a draft model"), "{stderr}");
 }
+
+#[test]
+fn a_draft_model_proposes_when_asked_and_must_share_the_vocabulary() {
+    let target = tiny_model("speculative-draft-model");
+    let server = Server::start(&target, &["--draft-model", target.to_str().unwrap(), "--speculative", "draft:3"]);
+    let body = |speculative: serde_json::Value| {
+        json!({"prompt": [5, 9, 14, 77], "max_tokens": 24, "temperature": 0, "ignore_eos": true, "speculative": speculative}).to_string()
+    };
+    let drafted = server.post("/v1/completions", &body(json!({"method": "draft", "num_tokens": 3}))).json();
+    let plain = server.post("/v1/completions", &body(json!({"method": "off"}))).json();
+    assert_eq!(drafted["choices"][0]["text"], plain["choices"][0]["text"]);
+    // The draft is the target itself: every proposal is what the target picks.
+    let usage = &drafted["usage"]["speculative"];
+    assert!(usage["draft_tokens"].as_u64().unwrap() > 0 && usage["acceptance_rate"] == 1.0, "{usage}");
+    let default = server.post("/v1/completions", &json!({"prompt": [5, 9, 14, 77], "max_tokens": 24, "temperature": 0, "ignore_eos": true}).to_string()).json();
+    assert!(default["usage"]["speculative"]["draft_tokens"].as_u64().unwrap() > 0, "--speculative draft:3 is the default");
+    drop(server);
+
+    // A draft model with another vocabulary (the real model's) is refused at start.
+    let cinder = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_cinder")).args(args).output().unwrap();
+    let real = crate::real_model_path();
+    let out = cinder(&["serve", "--port", "0", "--model", target.to_str().unwrap(), "--draft-model", real.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--draft-model") && stderr.contains("same vocabulary"), "{stderr}");
+    let out = cinder(&["serve", "--port", "0", "--model", target.to_str().unwrap(), "--draft-model", "/nonexistent.gguf"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--draft-model /nonexistent.gguf"), "{stderr}");
+}
