@@ -138,9 +138,9 @@ fn tenants_are_told_apart_by_key_and_held_to_their_limits() {
         "cinder:request_rejected_total{reason=\"too_many_concurrent_requests\",tenant=\"bob\"} 1",
         "cinder:request_rejected_total{reason=\"priority_not_allowed\",tenant=\"bob\"} 1",
         "cinder:request_rejected_total{reason=\"unauthorized\",tenant=\"\"} 2",
-        "cinder:request_success_total{finished_reason=\"length\",tenant=\"alice\"} 1",
-        "cinder:request_success_total{finished_reason=\"length\",tenant=\"bob\"} 2",
-        "cinder:request_success_total{finished_reason=\"length\",tenant=\"default\"} 2",
+        "cinder:request_success_total{finished_reason=\"length\",model_name=\"tiny\",tenant=\"alice\"} 1",
+        "cinder:request_success_total{finished_reason=\"length\",model_name=\"tiny\",tenant=\"bob\"} 2",
+        "cinder:request_success_total{finished_reason=\"length\",model_name=\"tiny\",tenant=\"default\"} 2",
         "cinder:tenant_generation_tokens_total{tenant=\"bob\"} 402",
         "cinder:request_queue_time_seconds_count{tenant=\"alice\"} 1",
     ] {

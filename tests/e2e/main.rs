@@ -11,6 +11,7 @@ mod control;
 mod dequant;
 mod fuzz;
 mod hardening;
+mod models;
 mod parity;
 mod serve;
 mod speculative;

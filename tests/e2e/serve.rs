@@ -48,12 +48,20 @@ impl Server {
         self.request("POST", path, &[], body)
     }
 
+    /// The value of the series `cinder:NAME` (NAME may end in its labels), or the sum of
+    /// its series over labels it does not give (every model's).
     pub(crate) fn metric(&self, name: &str) -> f64 {
         let bearer = self.api_key.as_ref().map(|k| format!("Bearer {k}"));
         let auth: Vec<(&str, &str)> = bearer.iter().map(|b| ("Authorization", b.as_str())).collect();
         let text = self.request("GET", "/metrics", &auth, "").body;
-        let line = text.lines().find(|l| l.starts_with(&format!("cinder:{name} "))).unwrap_or_else(|| panic!("{name} in {text}"));
-        line.rsplit(' ').next().unwrap().parse().unwrap()
+        let (exact, labelled) = (format!("cinder:{name} "), format!("cinder:{name}{{"));
+        let values: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with(&exact) || (!name.contains('{') && l.starts_with(&labelled)))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert!(!values.is_empty(), "{name} in {text}");
+        values.iter().sum()
     }
 }
 

@@ -132,3 +132,26 @@ pub fn adapter_name(device: &Device) -> String {
         None => device.identity().map_or_else(|| format!("{device:?}"), |id| id.name),
     }
 }
+
+/// The device memory this process holds through the backend: bytes in live allocations
+/// (weights, KV caches, a step's activations) and bytes reserved from the driver, the
+/// backend's pools included.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceMemory {
+    pub in_use: u64,
+    pub reserved: u64,
+}
+
+/// See [`DeviceMemory`]; `None` off the wgpu backend.
+pub fn device_memory(device: &Device) -> Option<DeviceMemory> {
+    let device = crate::kernel::cube_device(device)?;
+    let usage = device.client().memory_report(burn_cubecl::cubecl::MemoryScope::Device).usage();
+    Some(DeviceMemory { in_use: usage.bytes_in_use, reserved: usage.bytes_reserved })
+}
+
+/// Gives the backend's free pooled memory back to the driver (after a model was dropped,
+/// or after a long prompt's activations).
+pub fn release_device_memory(device: &Device) -> Result<(), ModelError> {
+    let Some(device) = crate::kernel::cube_device(device) else { return Ok(()) };
+    device.client().memory_cleanup().map_err(|e| ModelError::Backend(format!("{e:?}")))
+}

@@ -35,7 +35,9 @@ pub use burn::tensor::Device;
 pub use config::{KvLayout, LayerAttention, ModelConfig};
 #[cfg(not(target_family = "wasm"))]
 pub use device::wgpu_device;
-pub use device::{AdapterInfo, adapter_info, adapter_name, set_browser_subgroups, wgpu_device_async};
+pub use device::{
+    AdapterInfo, DeviceMemory, adapter_info, adapter_name, device_memory, release_device_memory, set_browser_subgroups, wgpu_device_async,
+};
 pub use error::ModelError;
 pub use logits::{LogitRows, MAX_DEVICE_TOP_K, PendingLogits};
 pub use model::{KvCache, Model};

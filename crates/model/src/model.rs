@@ -307,8 +307,7 @@ impl Model {
     /// step so far, which grow with the longest sequence) back to the driver; the weights
     /// and the KV cache stay.
     pub fn release_pooled_memory(&self) -> Result<(), ModelError> {
-        let Some(device) = crate::kernel::cube_device(&self.device) else { return Ok(()) };
-        device.client().memory_cleanup().map_err(|e| ModelError::Backend(format!("{e:?}")))
+        crate::device::release_device_memory(&self.device)
     }
 
     /// Bytes of weights on the device (the token embedding stays on the host).

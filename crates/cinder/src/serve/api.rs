@@ -63,6 +63,11 @@ impl ApiError {
         }
     }
 
+    /// The request conflicts with the server's state (unloading a model an alias uses).
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict_error", message)
+    }
+
     pub fn shutting_down() -> Self {
         Self::unavailable("the server is shutting down")
     }

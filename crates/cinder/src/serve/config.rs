@@ -14,6 +14,8 @@ use cinder_scheduler::queue::QueueConfig;
 use cinder_scheduler::{BatchPolicy, Duration, Priority, SchedulerConfig, TenantId};
 use serde::{Deserialize, Serialize};
 
+use super::models::Routing;
+
 /// The whole file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -23,8 +25,21 @@ pub struct ServeConfig {
     pub shedding: SheddingSection,
     pub breaker: BreakerSection,
     pub speculative: SpeculativeSection,
+    /// Aliases over the models (`[routing.aliases]`) and whether a `user` sticks to one.
+    pub routing: Routing,
+    /// The models to serve (`--model NAME=PATH` replaces them); none: the default model.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelEntry>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tenants: Vec<TenantConfig>,
+}
+
+/// `[[models]]`: a model served under `name`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    pub name: String,
+    pub path: PathBuf,
 }
 
 /// `[speculative]`: speculative decoding of requests that do not ask otherwise.

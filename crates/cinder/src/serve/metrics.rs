@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use cinder_engine::openai::finish_reason;
 use cinder_engine::{EngineMetrics, Finished};
+use cinder_model::DeviceMemory;
 
 /// Cumulative-bucket histogram.
 struct Histogram {
@@ -30,11 +31,6 @@ impl Histogram {
         self.count += 1;
     }
 
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        header(out, name, "histogram", help);
-        self.samples(out, name, "");
-    }
-
     /// The samples, with `labels` (`tenant="a",`) before `le`.
     fn samples(&self, out: &mut String, name: &str, labels: &str) {
         for (bound, count) in self.bounds.iter().zip(&self.counts) {
@@ -56,14 +52,27 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 const LATENCY_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0];
 const PER_TOKEN_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0];
 
-struct Recorded {
+/// Latencies of one model's requests.
+struct Latencies {
     ttft: Histogram,
     tpot: Histogram,
     e2e: Histogram,
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Self { ttft: Histogram::new(LATENCY_BUCKETS), tpot: Histogram::new(PER_TOKEN_BUCKETS), e2e: Histogram::new(LATENCY_BUCKETS) }
+    }
+}
+
+#[derive(Default)]
+struct Recorded {
+    /// By model name.
+    latencies: BTreeMap<String, Latencies>,
     /// Refused requests by (reason, tenant); the tenant is empty when the key was wrong.
     rejected: BTreeMap<(String, String), u64>,
-    /// Requests that ended, by (OpenAI finish reason, tenant).
-    ended: BTreeMap<(&'static str, String), u64>,
+    /// Requests that ended, by (OpenAI finish reason, model, tenant).
+    ended: BTreeMap<(&'static str, String, String), u64>,
     /// Per tenant: the wait to start of requests that started, and prompt and generated
     /// tokens of requests that ended.
     tenants: BTreeMap<String, TenantRecord>,
@@ -81,24 +90,10 @@ impl Default for TenantRecord {
     }
 }
 
-/// What the HTTP layer records; the engine's own state comes in at render time.
+/// What the HTTP layer records; the engines' own state comes in at render time.
+#[derive(Default)]
 pub struct ServerMetrics {
     recorded: Mutex<Recorded>,
-}
-
-impl Default for ServerMetrics {
-    fn default() -> Self {
-        Self {
-            recorded: Mutex::new(Recorded {
-                ttft: Histogram::new(LATENCY_BUCKETS),
-                tpot: Histogram::new(PER_TOKEN_BUCKETS),
-                e2e: Histogram::new(LATENCY_BUCKETS),
-                rejected: BTreeMap::new(),
-                ended: BTreeMap::new(),
-                tenants: BTreeMap::new(),
-            }),
-        }
-    }
 }
 
 impl ServerMetrics {
@@ -106,56 +101,76 @@ impl ServerMetrics {
         self.recorded.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn finished(&self, tenant: &str, f: &Finished) {
+    pub fn finished(&self, model: &str, tenant: &str, f: &Finished) {
         let mut r = self.lock();
-        *r.ended.entry((finish_reason(f.reason), tenant.to_owned())).or_default() += 1;
+        *r.ended.entry((finish_reason(f.reason), model.to_owned(), tenant.to_owned())).or_default() += 1;
         let record = r.tenants.entry(tenant.to_owned()).or_default();
         record.prompt_tokens += f.prompt_tokens as u64;
         record.generation_tokens += f.completion_tokens as u64;
         if let Some(scheduled) = f.scheduled {
             record.queue_time.observe(scheduled.since(f.arrival).as_secs_f64());
         }
+        let latencies = r.latencies.entry(model.to_owned()).or_default();
         if let Some(first) = f.first_token {
-            r.ttft.observe(first.since(f.arrival).as_secs_f64());
+            latencies.ttft.observe(first.since(f.arrival).as_secs_f64());
             if f.completion_tokens > 1 {
-                r.tpot.observe(f.finished.since(first).as_secs_f64() / (f.completion_tokens - 1) as f64);
+                latencies.tpot.observe(f.finished.since(first).as_secs_f64() / (f.completion_tokens - 1) as f64);
             }
         }
-        r.e2e.observe(f.finished.since(f.arrival).as_secs_f64());
+        latencies.e2e.observe(f.finished.since(f.arrival).as_secs_f64());
     }
 
     pub fn rejected(&self, tenant: &str, reason: &str) {
         *self.lock().rejected.entry((reason.to_owned(), tenant.to_owned())).or_default() += 1;
     }
 
-    pub fn render(&self, engine: &EngineMetrics) -> String {
-        let s = &engine.scheduler;
+    /// The text of `/metrics`: each model's engine (`(model name, its metrics)`), then what
+    /// the HTTP layer recorded. Every model's series carries its `model_name`.
+    pub fn render(&self, engines: &[(String, EngineMetrics)], memory: Option<DeviceMemory>) -> String {
         let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        if let Some(memory) = memory {
+            for (name, help, value) in [
+                ("cinder:device_memory_in_use_bytes", "Device memory in live allocations: every model's weights and KV cache, a step's activations.", memory.in_use),
+                ("cinder:device_memory_reserved_bytes", "Device memory reserved from the driver, the backend's pools included.", memory.reserved),
+            ] {
+                header(&mut out, name, "gauge", help);
+                let _ = writeln!(out, "{name} {value}");
+            }
+        }
+        type Value = fn(&EngineMetrics) -> f64;
+        let engine_metrics: [(&str, &str, &str, Value); 9] = [
+            ("num_requests_running", "gauge", "Requests on the engine now.", |e| e.scheduler.running as f64),
+            ("num_requests_waiting", "gauge", "Requests waiting to be scheduled.", |e| e.scheduler.waiting_requests as f64),
+            ("kv_cache_usage_perc", "gauge", "Fraction of KV blocks held by live requests (1 is full).", |e| e.scheduler.kv_usage),
+            ("prefix_cache_hit_rate", "gauge", "Fraction of looked-up prompt blocks found in the prefix cache.", |e| e.scheduler.prefix_cache.hit_rate()),
+            ("num_preemptions_total", "counter", "Requests preempted (to be recomputed).", |e| e.scheduler.preemptions as f64),
+            ("prompt_tokens_total", "counter", "Prompt tokens accepted.", |e| e.prompt_tokens_total as f64),
+            ("generation_tokens_total", "counter", "Tokens generated.", |e| e.generation_tokens_total as f64),
+            ("spec_decode_num_draft_tokens_total", "counter", "Speculative decoding: draft tokens proposed and verified.", |e| e.spec_draft_tokens_total as f64),
+            (
+                "spec_decode_num_accepted_tokens_total",
+                "counter",
+                "Speculative decoding: draft tokens accepted (generated without a step of their own).",
+                |e| e.spec_accepted_tokens_total as f64,
+            ),
+        ];
+        for (name, kind, help, value) in engine_metrics {
             let name = format!("cinder:{name}");
             header(&mut out, &name, kind, help);
-            let _ = writeln!(out, "{name} {value}");
-        };
-        metric("num_requests_running", "gauge", "Requests on the engine now.", s.running as f64);
-        metric("num_requests_waiting", "gauge", "Requests waiting to be scheduled.", s.waiting_requests as f64);
-        metric("kv_cache_usage_perc", "gauge", "Fraction of KV blocks held by live requests (1 is full).", s.kv_usage);
-        metric("prefix_cache_hit_rate", "gauge", "Fraction of looked-up prompt blocks found in the prefix cache.", s.prefix_cache.hit_rate());
-        metric("num_preemptions_total", "counter", "Requests preempted (to be recomputed).", s.preemptions as f64);
-        metric("prompt_tokens_total", "counter", "Prompt tokens accepted.", engine.prompt_tokens_total as f64);
-        metric("generation_tokens_total", "counter", "Tokens generated.", engine.generation_tokens_total as f64);
-        let help = "Speculative decoding: draft tokens proposed and verified.";
-        metric("spec_decode_num_draft_tokens_total", "counter", help, engine.spec_draft_tokens_total as f64);
-        let help = "Speculative decoding: draft tokens accepted (generated without a step of their own).";
-        metric("spec_decode_num_accepted_tokens_total", "counter", help, engine.spec_accepted_tokens_total as f64);
+            for (model, engine) in engines {
+                let _ = writeln!(out, "{name}{{model_name=\"{model}\"}} {}", value(engine));
+            }
+        }
         let r = self.lock();
         header(&mut out, "cinder:request_rejected_total", "counter", "Requests refused, by reason and tenant.");
         for ((reason, tenant), count) in &r.rejected {
             let _ = writeln!(out, "cinder:request_rejected_total{{reason=\"{reason}\",tenant=\"{tenant}\"}} {count}");
         }
-        let help = "Requests that ended, by finish reason (error: the device kept failing) and tenant.";
+        let help = "Requests that ended, by finish reason (error: the device kept failing), model and tenant.";
         header(&mut out, "cinder:request_success_total", "counter", help);
-        for ((reason, tenant), count) in &r.ended {
-            let _ = writeln!(out, "cinder:request_success_total{{finished_reason=\"{reason}\",tenant=\"{tenant}\"}} {count}");
+        for ((reason, model, tenant), count) in &r.ended {
+            let labels = format!("finished_reason=\"{reason}\",model_name=\"{model}\",tenant=\"{tenant}\"");
+            let _ = writeln!(out, "cinder:request_success_total{{{labels}}} {count}");
         }
         for (name, help, value) in [
             ("cinder:tenant_prompt_tokens_total", "Prompt tokens of ended requests, by tenant.", (|t: &TenantRecord| t.prompt_tokens) as fn(&TenantRecord) -> u64),
@@ -171,9 +186,17 @@ impl ServerMetrics {
         for (tenant, record) in &r.tenants {
             record.queue_time.samples(&mut out, queue_time, &format!("tenant=\"{tenant}\","));
         }
-        r.ttft.render(&mut out, "cinder:time_to_first_token_seconds", "Time from arrival to the first token.");
-        r.tpot.render(&mut out, "cinder:time_per_output_token_seconds", "Mean time between output tokens of a request.");
-        r.e2e.render(&mut out, "cinder:e2e_request_latency_seconds", "Time from arrival to the end of a request.");
+        let latencies: [(&str, &str, fn(&Latencies) -> &Histogram); 3] = [
+            ("cinder:time_to_first_token_seconds", "Time from arrival to the first token, by model.", |l| &l.ttft),
+            ("cinder:time_per_output_token_seconds", "Mean time between output tokens of a request, by model.", |l| &l.tpot),
+            ("cinder:e2e_request_latency_seconds", "Time from arrival to the end of a request, by model.", |l| &l.e2e),
+        ];
+        for (name, help, histogram) in latencies {
+            header(&mut out, name, "histogram", help);
+            for (model, recorded) in &r.latencies {
+                histogram(recorded).samples(&mut out, name, &format!("model_name=\"{model}\","));
+            }
+        }
         out
     }
 }
@@ -204,9 +227,11 @@ mod tests {
             preemptions: 0,
             speculative: None,
         };
-        m.finished("alice", &failed);
-        m.finished("bob", &Finished { scheduled: Some(cinder_scheduler::Time(2_000_000)), ..failed.clone() });
-        let text = m.render(&EngineMetrics::default());
+        m.finished("tiny", "alice", &failed);
+        m.finished("tiny", "bob", &Finished { scheduled: Some(cinder_scheduler::Time(2_000_000)), ..failed.clone() });
+        let engines = [("tiny".into(), EngineMetrics::default()), ("other".into(), EngineMetrics::default())];
+        let text = m.render(&engines, Some(DeviceMemory { in_use: 5, reserved: 8 }));
+        assert!(text.contains("cinder:device_memory_in_use_bytes 5\n") && text.contains("cinder:device_memory_reserved_bytes 8\n"));
         for name in ["num_requests_running", "num_requests_waiting", "kv_cache_usage_perc", "prefix_cache_hit_rate",
             "num_preemptions_total", "prompt_tokens_total", "generation_tokens_total", "time_to_first_token_seconds_count",
             "spec_decode_num_draft_tokens_total", "spec_decode_num_accepted_tokens_total",
@@ -214,7 +239,9 @@ mod tests {
             assert!(text.contains(&format!("cinder:{name}")), "{name} missing");
         }
         assert!(text.contains("cinder:request_rejected_total{reason=\"overloaded\",tenant=\"alice\"} 1"));
-        assert!(text.contains("cinder:request_success_total{finished_reason=\"error\",tenant=\"alice\"} 1"));
+        assert!(text.contains("cinder:request_success_total{finished_reason=\"error\",model_name=\"tiny\",tenant=\"alice\"} 1"));
+        assert!(text.contains("cinder:num_requests_running{model_name=\"other\"} 0"), "every model's engine: {text}");
+        assert!(text.contains("cinder:e2e_request_latency_seconds_count{model_name=\"tiny\"} 2"), "{text}");
         assert!(text.contains("cinder:tenant_prompt_tokens_total{tenant=\"bob\"} 3"));
         assert!(text.contains("cinder:request_queue_time_seconds_bucket{tenant=\"bob\",le=\"2.5\"} 1"), "{text}");
         assert!(text.contains("cinder:request_queue_time_seconds_count{tenant=\"alice\"} 0"));

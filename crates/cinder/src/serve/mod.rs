@@ -7,10 +7,12 @@
 //! holds slow clients to their time limits. [`config`] reads `--config`'s file, and
 //! [`tenants`] maps API keys to tenants.
 
+mod admin;
 mod api;
 mod config;
 mod connections;
 mod metrics;
+mod models;
 mod routes;
 mod tenants;
 mod worker;
@@ -40,13 +42,20 @@ use tower::Layer;
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::model_path::ModelArg;
+use models::ServedModel;
 use routes::AppState;
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
-    #[command(flatten)]
-    model: ModelArg,
+    /// A GGUF model to serve: `PATH`, or `NAME=PATH` to serve it as NAME. Repeatable: each
+    /// model gets its own engine and a KV cache of --kv-cache-mb, and requests go to the
+    /// model their `model` names (the first when they name none) [default: the config
+    /// file's [[models]], else $CINDER_MODEL, else the model installed by scripts/setup.sh].
+    #[arg(long = "model", env = "CINDER_MODEL", value_parser = parse_model)]
+    models: Vec<(Option<String>, PathBuf)>,
+    /// Start even when some models fail to load (/health reports them), as long as one loads.
+    #[arg(long)]
+    allow_partial: bool,
     /// Address to listen on.
     #[arg(long, env = "CINDER_HOST", default_value = "127.0.0.1")]
     host: String,
@@ -190,6 +199,10 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<config::ServeConfig> {
     if let Some(path) = &args.draft_model {
         config.speculative.draft_model = Some(path.clone());
     }
+    if !args.models.is_empty() {
+        let specs = model_specs(args, &config)?;
+        config.models = specs.into_iter().map(|m| config::ModelEntry { name: m.name, path: m.path }).collect();
+    }
     if let Some(speculation) = args.speculative {
         config.speculative.method = speculation.method;
         if speculation.is_on() {
@@ -215,7 +228,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         println!("{}", serve_config.to_toml().trim_end());
         return Ok(());
     }
-    let path = args.model.path();
+    let specs = model_specs(&args, &serve_config)?;
     if args.web.is_some() && (args.api_key.is_some() || !serve_config.tenants.is_empty()) && !args.public_model {
         tracing::warn!("--web with --api-key: the demo page cannot fetch /model.gguf without the key; add --public-model to open it");
     }
@@ -224,58 +237,41 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     {
         anyhow::bail!("--web {}: no index.html there; build the demo with `bash scripts/build-web.sh`", dir.display());
     }
-    let file = args.model.open()?;
-    let tokenizer = Tokenizer::from_gguf(file.metadata())?;
-    let template = match cinder_tokenizer::ChatTemplate::from_gguf(file.metadata(), &tokenizer) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            tracing::warn!("no chat template ({e:#}); /v1/chat/completions will refuse requests");
-            None
-        }
-    };
-    let grammars = cinder_engine::Grammars::new(&tokenizer).map_err(|e| anyhow::anyhow!("{e}"))?;
     let device = cinder_model::wgpu_device().context("no usable GPU adapter")?;
     eprintln!("adapter: {}", cinder_model::adapter_name(&device));
-    let load_start = Instant::now();
-    let model = load_with_progress_bar(&file, &device).with_context(|| format!("loading {}", path.display()))?;
-    drop(file);
-    let draft = serve_config.speculative.draft_model.as_deref().map(|path| crate::model_path::load_draft(path, &device)).transpose()?;
-    let config = model.config().clone();
-    let kv_bytes = serve_config.kv_cache.size_mb << 20;
-    let base = serve_config.scheduler_config(config.context_length);
-    let draft_config = draft.as_ref().map(|(model, _)| model.config());
-    let scheduler = Engine::sized_config(&config, draft_config, kv_bytes, cinder_model::max_binding_bytes(&device), base)
-        .map_err(|e| anyhow::anyhow!("--kv-cache-mb (kv_cache.size_mb): {e}"))?;
-    let (num_blocks, context_length) = (scheduler.num_blocks, scheduler.max_seq_len);
-    let mut engine = Engine::new(model, tokenizer.clone(), scheduler).context("allocating the KV cache")?;
-    if let Some((model, draft_tokenizer)) = draft {
-        let path = serve_config.speculative.draft_model.as_deref().expect("loaded from it");
-        engine.set_draft_model(model, &draft_tokenizer).map_err(|e| anyhow::anyhow!("--draft-model {}: {e}", path.display()))?;
-    }
-    let speculation = serve_config.speculative.config().map_err(|e| anyhow::anyhow!("{e}"))?;
-    engine.set_speculation(speculation).map_err(|e| anyhow::anyhow!("--speculative: {e}"))?;
-    eprintln!(
-        "model: {} loaded in {:.2} s; KV cache {} blocks x {} tokens ({} MiB)",
-        path.display(),
-        load_start.elapsed().as_secs_f64(),
-        num_blocks,
-        serve_config.kv_cache.block_size,
-        engine.kv_cache().device_bytes() >> 20
-    );
-    let (worker, worker_thread) = worker::spawn(engine);
-    let model_name = args.served_model_name.clone().unwrap_or_else(|| {
-        path.file_name().map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_owned()).unwrap_or_default()
+    let loader = Loader { config: serve_config.clone(), max_prompt_tokens: args.max_prompt_tokens, device, workers: Default::default() };
+    // Every model loads on its own thread; the first one also gets the draft model.
+    let progress = specs.len() == 1;
+    let loaded: Vec<anyhow::Result<ServedModel>> = std::thread::scope(|scope| {
+        let loading: Vec<_> = specs.iter().enumerate().map(|(i, spec)| scope.spawn({
+            let loader = &loader;
+            move || loader.load(spec, i == 0, progress)
+        })).collect();
+        loading.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("loading panicked")))).collect()
     });
+    let (mut served, mut failed) = (Vec::new(), Vec::new());
+    for (spec, result) in specs.iter().zip(loaded) {
+        match result {
+            Ok(model) => served.push(Arc::new(model)),
+            Err(e) => failed.push((spec.name.clone(), format!("{e:#}"))),
+        }
+    }
+    if !failed.is_empty() && (!args.allow_partial || served.is_empty()) {
+        let reasons: Vec<String> = failed.iter().map(|(name, e)| format!("model {name}: {e}")).collect();
+        let hint = if served.is_empty() { "" } else { " (--allow-partial starts without it)" };
+        anyhow::bail!("{}{hint}", reasons.join("; "));
+    }
+    for (name, e) in &failed {
+        tracing::error!("model {name} failed to load, serving without it: {e}");
+    }
+    let default_path = served[0].path.clone();
+    let models = models::Models::new(served, failed, serve_config.routing.clone()).map_err(|e| anyhow::anyhow!("routing: {e}"))?;
     let started = routes::unix_seconds();
     let state = Arc::new(AppState {
-        worker,
-        tokenizer,
-        template,
-        grammars,
-        model_name,
-        context_length,
+        models,
+        loader,
+        admin: args.api_key.is_some(),
         default_max_tokens: args.default_max_tokens.map(NonZeroUsize::get),
-        max_prompt_tokens: args.max_prompt_tokens.unwrap_or(context_length),
         body_timeout: Duration::from_secs(args.body_timeout_s),
         tenants: tenants::Tenants::new(&serve_config, args.api_key.as_deref()),
         shutting_down: AtomicBool::new(false),
@@ -284,13 +280,135 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         next_id: AtomicU64::new(0),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(serve(&args, state, &path))?;
+    runtime.block_on(serve(&args, state.clone(), &default_path))?;
     // Connections still open after the drain are dropped with their tasks, and with them
-    // the last worker handles: the worker cancels what is left and stops.
+    // the last worker handles: the workers cancel what is left and stop.
     runtime.shutdown_timeout(Duration::from_secs(1));
-    worker_thread.join().map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
+    let workers = std::mem::take(&mut *state.loader.workers.lock().unwrap_or_else(|e| e.into_inner()));
+    drop(state);
+    for worker in workers {
+        worker.join().map_err(|_| anyhow::anyhow!("an engine thread panicked"))?;
+    }
     eprintln!("stopped");
     Ok(())
+}
+
+/// A model to serve and the name it is served under.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedModel {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// `--model`: `PATH` or `NAME=PATH`.
+fn parse_model(value: &str) -> Result<(Option<String>, PathBuf), String> {
+    match value.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !name.contains('/') => Ok((Some(name.to_owned()), PathBuf::from(path))),
+        _ if value.is_empty() => Err("an empty model path".into()),
+        _ => Ok((None, PathBuf::from(value))),
+    }
+}
+
+/// The models to serve, named: `--model` flags, else the config file's `[[models]]`, else
+/// the default model. An unnamed model is served as `--served-model-name` (one model) or
+/// its file name without `.gguf`.
+fn model_specs(args: &ServeArgs, config: &config::ServeConfig) -> anyhow::Result<Vec<NamedModel>> {
+    let stem = |path: &Path| path.file_name().map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_owned()).unwrap_or_default();
+    let specs: Vec<NamedModel> = if !args.models.is_empty() {
+        let single = args.models.len() == 1;
+        args.models
+            .iter()
+            .map(|(name, path)| {
+                let name = name.clone().or_else(|| args.served_model_name.clone().filter(|_| single)).unwrap_or_else(|| stem(path));
+                NamedModel { name, path: path.clone() }
+            })
+            .collect()
+    } else if !config.models.is_empty() {
+        config.models.iter().map(|m| NamedModel { name: m.name.clone(), path: m.path.clone() }).collect()
+    } else {
+        let path = crate::model_path::default_model_path();
+        vec![NamedModel { name: args.served_model_name.clone().unwrap_or_else(|| stem(&path)), path }]
+    };
+    let mut names = std::collections::BTreeSet::new();
+    if let Some(twice) = specs.iter().find(|s| !names.insert(&s.name)) {
+        anyhow::bail!("two models are named {:?}: name them with --model NAME=PATH", twice.name);
+    }
+    Ok(specs)
+}
+
+/// Loads models with the server's settings: at start-up, and at run time (`POST /admin/models`).
+pub struct Loader {
+    config: config::ServeConfig,
+    max_prompt_tokens: Option<usize>,
+    device: cinder_model::Device,
+    /// The engine threads, joined at shutdown.
+    workers: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Loader {
+    pub fn device(&self) -> &cinder_model::Device {
+        &self.device
+    }
+
+    /// Opens `spec`'s file, loads its model (and the draft model, `with_draft`), sizes its
+    /// own KV cache of `kv_cache.size_mb` and starts its engine.
+    pub fn load(&self, spec: &NamedModel, with_draft: bool, progress: bool) -> anyhow::Result<ServedModel> {
+        let path = &spec.path;
+        let file = cinder_gguf::GgufFile::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let tokenizer = Tokenizer::from_gguf(file.metadata())?;
+        let template = match cinder_tokenizer::ChatTemplate::from_gguf(file.metadata(), &tokenizer) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!("{}: no chat template ({e:#}); chat requests for it are refused", spec.name);
+                None
+            }
+        };
+        let grammars = cinder_engine::Grammars::new(&tokenizer).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let load_start = Instant::now();
+        let model = if progress { load_with_progress_bar(&file, &self.device) } else { Model::load(&file, &self.device) }
+            .with_context(|| format!("loading {}", path.display()))?;
+        drop(file);
+        let speculative = &self.config.speculative;
+        let draft = match speculative.draft_model.as_deref().filter(|_| with_draft) {
+            Some(draft) => Some(crate::model_path::load_draft(draft, &self.device)?),
+            None => None,
+        };
+        let config = model.config().clone();
+        let kv_bytes = self.config.kv_cache.size_mb << 20;
+        let base = self.config.scheduler_config(config.context_length);
+        let draft_config = draft.as_ref().map(|(model, _)| model.config());
+        let scheduler = Engine::sized_config(&config, draft_config, kv_bytes, cinder_model::max_binding_bytes(&self.device), base)
+            .map_err(|e| anyhow::anyhow!("--kv-cache-mb (kv_cache.size_mb): {e}"))?;
+        let (num_blocks, context_length) = (scheduler.num_blocks, scheduler.max_seq_len);
+        let mut engine = Engine::new(model, tokenizer.clone(), scheduler).context("allocating the KV cache")?;
+        if let Some((draft_model, draft_tokenizer)) = draft {
+            let draft_path = speculative.draft_model.as_deref().expect("loaded from it");
+            engine.set_draft_model(draft_model, &draft_tokenizer).map_err(|e| anyhow::anyhow!("--draft-model {}: {e}", draft_path.display()))?;
+        }
+        let speculation = speculative.config().map_err(|e| anyhow::anyhow!("{e}"))?;
+        engine.set_speculation(speculation).map_err(|e| anyhow::anyhow!("--speculative: {e}"))?;
+        eprintln!(
+            "model {}: {} loaded in {:.2} s; KV cache {} blocks x {} tokens ({} MiB)",
+            spec.name,
+            path.display(),
+            load_start.elapsed().as_secs_f64(),
+            num_blocks,
+            self.config.kv_cache.block_size,
+            engine.kv_cache().device_bytes() >> 20
+        );
+        let (worker, thread) = worker::spawn(engine);
+        self.workers.lock().unwrap_or_else(|e| e.into_inner()).push(thread);
+        Ok(ServedModel {
+            name: spec.name.clone(),
+            path: path.clone(),
+            worker,
+            tokenizer,
+            template,
+            grammars,
+            context_length,
+            max_prompt_tokens: self.max_prompt_tokens.unwrap_or(context_length).min(context_length),
+        })
+    }
 }
 
 /// Loads the model, with a progress bar when standard error is a terminal.
@@ -325,7 +443,10 @@ fn router(args: &ServeArgs, state: Arc<AppState>, model_path: &Path) -> anyhow::
         .route("/v1/chat/completions", post(routes::chat_completions))
         .route("/v1/models", get(routes::models))
         .route("/tokenize", post(routes::tokenize))
-        .route("/detokenize", post(routes::detokenize));
+        .route("/detokenize", post(routes::detokenize))
+        .route("/admin/routes", get(admin::routes).post(admin::set_routes))
+        .route("/admin/models", get(admin::models).post(admin::load))
+        .route("/admin/models/{name}", axum::routing::delete(admin::unload));
     let mut public = Router::new().route("/health", get(routes::health));
     if args.public_metrics {
         public = public.route("/metrics", get(routes::metrics));

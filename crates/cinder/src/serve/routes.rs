@@ -15,8 +15,7 @@ use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use cinder_engine::{Event, Finished, Grammars, TokenLogprob};
-use cinder_tokenizer::{ChatTemplate, Tokenizer};
+use cinder_engine::{Event, Finished, TokenLogprob};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -29,21 +28,18 @@ use cinder_scheduler::{FinishReason, TenantId};
 
 use super::api::ApiError;
 use super::metrics::ServerMetrics;
+use super::models::{Models, ServedModel};
 use super::tenants::{InFlight, Tenant, Tenants};
-use super::worker::WorkerHandle;
 
 /// Everything the handlers share.
 pub struct AppState {
-    pub worker: WorkerHandle,
-    pub tokenizer: Tokenizer,
-    pub template: Option<ChatTemplate>,
-    /// Compiles `response_format` schemas and tool-call grammars for the vocabulary.
-    pub grammars: Grammars,
-    pub model_name: String,
-    pub context_length: usize,
+    pub models: Models,
+    /// Loads models at run time, with the server's settings.
+    pub loader: super::Loader,
+    /// Whether the admin routes are open: to `--api-key`'s holder, when there is one.
+    pub admin: bool,
     /// `max_tokens` of requests that give none (`--default-max-tokens`).
     pub default_max_tokens: Option<usize>,
-    pub max_prompt_tokens: usize,
     /// Longest wait for a request's whole body.
     pub body_timeout: Duration,
     pub tenants: Tenants,
@@ -73,7 +69,7 @@ pub async fn identify_tenant(State(s): State<Shared>, mut request: Request, next
 
 /// A request's body, read within the server's time limit (the size limit is the router's
 /// `DefaultBodyLimit`): a client that sends its body slowly or never gets a 408.
-pub struct RequestBody(Bytes);
+pub struct RequestBody(pub Bytes);
 
 impl FromRequest<Shared> for RequestBody {
     type Rejection = ApiError;
@@ -113,13 +109,13 @@ pub async fn error_bodies(request: Request, next: Next) -> Response {
 }
 
 /// Records a refused request and turns the error into its response.
-fn refuse(s: &AppState, tenant: &Tenant, e: ApiError) -> Response {
+pub(super) fn refuse(s: &AppState, tenant: &Tenant, e: ApiError) -> Response {
     s.metrics.rejected(&tenant.name, e.reason());
     e.into_response()
 }
 
 /// A JSON answer, or the refusal.
-fn reply(s: &AppState, tenant: &Tenant, result: Result<Value, ApiError>) -> Response {
+pub(super) fn reply(s: &AppState, tenant: &Tenant, result: Result<Value, ApiError>) -> Response {
     match result {
         Ok(json) => Json(json).into_response(),
         Err(e) => refuse(s, tenant, e),
@@ -152,6 +148,8 @@ async fn generate(s: Shared, tenant: Arc<Tenant>, kind: Endpoint, body: Result<R
 
 /// A generation in flight: one receiver per choice.
 struct Run {
+    /// The model answering it (what the request named, or an alias's pick).
+    model: Arc<ServedModel>,
     kind: Endpoint,
     id: String,
     /// When the request arrived, in Unix seconds (OpenAI's `created`).
@@ -196,12 +194,11 @@ async fn start(s: &Shared, tenant: &Arc<Tenant>, kind: Endpoint, body: Result<Re
         return Err(ApiError::shutting_down());
     }
     let body: GenerationBody = parse(&body?.0)?;
-    if let Some(model) = body.model.as_deref().filter(|m| *m != s.model_name) {
-        return Err(ApiError::model_not_found(model));
-    }
+    let id = s.next_id.fetch_add(1, Ordering::Relaxed);
+    let model = s.models.route(body.model.as_deref(), body.user.as_deref(), random_seed(id ^ 0x5a5a))?;
     let prompts = match kind {
-        Endpoint::Completion => body.completion_prompts(&s.tokenizer)?,
-        Endpoint::Chat => vec![body.chat_prompt(&s.tokenizer, s.template.as_ref())?],
+        Endpoint::Completion => body.completion_prompts(&model.tokenizer)?,
+        Endpoint::Chat => vec![body.chat_prompt(&model.tokenizer, model.template.as_ref())?],
     };
     if body.echo == Some(true) {
         return Err(ApiError::invalid("`echo` is not supported", Some("echo")));
@@ -209,28 +206,28 @@ async fn start(s: &Shared, tenant: &Arc<Tenant>, kind: Endpoint, body: Result<Re
     let n = body.n()?;
     let logprobs = body.logprobs(kind == Endpoint::Chat)?;
     let priority = tenant.priority(body.priority.is_some().then(|| body.priority()).transpose()?)?;
-    let id = s.next_id.fetch_add(1, Ordering::Relaxed);
     // Without a seed, each request draws its own; choices of one request differ by index.
     let seed = body.seed.unwrap_or_else(|| random_seed(id));
-    let limits = Limits { context_length: s.context_length, default_max_tokens: s.default_max_tokens };
+    let limits = Limits { context_length: model.context_length, default_max_tokens: s.default_max_tokens };
     let mut requests = Vec::with_capacity(prompts.len() * n);
     for prompt in &prompts {
-        if prompt.len() > s.max_prompt_tokens {
-            let message = format!("the prompt has {} tokens; this server takes at most {}", prompt.len(), s.max_prompt_tokens);
+        if prompt.len() > model.max_prompt_tokens {
+            let message = format!("the prompt has {} tokens; this server takes at most {}", prompt.len(), model.max_prompt_tokens);
             return Err(ApiError::invalid(message, Some(if kind == Endpoint::Chat { "messages" } else { "prompt" })));
         }
         requests.extend(body.requests(prompt, kind == Endpoint::Chat, limits, seed)?);
     }
-    let (constraint, tool_output) = body.output_constraint(&s.grammars, kind == Endpoint::Chat)?;
+    let (constraint, tool_output) = body.output_constraint(&model.grammars, kind == Endpoint::Chat)?;
     for request in &mut requests {
         (request.tenant, request.priority) = (tenant.id, priority);
         request.constraint = constraint.clone();
     }
     let in_flight = tenant.enter()?;
     // Every choice of every prompt is admitted together, or the request is refused.
-    let receivers = s.worker.submit(requests).await?;
+    let receivers = model.worker.submit(requests).await?;
     let prefix = kind.id_prefix();
     Ok(Run {
+        model,
         kind,
         id: format!("{prefix}-{:x}{id:08x}", s.started),
         created: unix_seconds(),
@@ -288,7 +285,7 @@ async fn collect(s: &Shared, mut run: Run) -> Result<Value, ApiError> {
             choice.add(event);
         }
         let finished = choice.finished.as_ref().expect("finished");
-        s.metrics.finished(&run.in_flight.tenant().name, finished);
+        s.metrics.finished(&run.model.name, &run.in_flight.tenant().name, finished);
         if let Some(error) = &finished.error {
             return Err(ApiError::internal(error.clone()));
         }
@@ -302,7 +299,7 @@ async fn collect(s: &Shared, mut run: Run) -> Result<Value, ApiError> {
     for (index, c) in choices.into_iter().enumerate() {
         let f = c.finished.expect("every choice finished");
         usage.add(&f, index % run.n == 0);
-        let logprobs = if run.logprobs { response::logprobs(&s.tokenizer, run.kind, &c.logprobs, 0) } else { Value::Null };
+        let logprobs = if run.logprobs { response::logprobs(&run.model.tokenizer, run.kind, &c.logprobs, 0) } else { Value::Null };
         let calls = run.read_calls(&c.text);
         let finish_reason = Some(if calls.is_some() { "tool_calls" } else { finish_reason(f.reason) });
         let output = match run.kind {
@@ -322,7 +319,7 @@ async fn collect(s: &Shared, mut run: Run) -> Result<Value, ApiError> {
     let body = Body {
         usage: Some(usage),
         prompt_token_ids: run.chat_prompt_ids(),
-        ..run.body(&s.model_name, out, false)
+        ..run.body(&run.model.name, out, false)
     };
     Ok(serde_json::to_value(body).expect("a response is plain data"))
 }
@@ -371,7 +368,7 @@ pub struct ChunkStream {
 
 impl ChunkStream {
     fn chunk(&self, choices: Vec<response::Choice>) -> SseEvent {
-        let body = self.run.body(&self.s.model_name, choices, true);
+        let body = self.run.body(&self.run.model.name, choices, true);
         SseEvent::default().data(serde_json::to_string(&body).expect("a chunk is plain data"))
     }
 
@@ -380,7 +377,7 @@ impl ChunkStream {
         let (text, token, logprob, reason) = match event {
             Event::Token { token, text, logprob } => (text, Some(token), logprob, None),
             Event::Finished(f) => {
-                self.s.metrics.finished(self.run.tenant(), &f);
+                self.s.metrics.finished(&self.run.model.name, self.run.tenant(), &f);
                 if let Some(error) = f.error {
                     // Mid-stream there is no status to set: the error object is the event.
                     return Some(SseEvent::default().data(ApiError::internal(error).body().to_string()));
@@ -399,7 +396,7 @@ impl ChunkStream {
             return None;
         }
         let logprobs = match (&logprob, token) {
-            (Some(lp), Some(t)) => response::logprobs(&self.s.tokenizer, self.run.kind, &[(t, lp.clone())], self.text_offsets[index]),
+            (Some(lp), Some(t)) => response::logprobs(&self.run.model.tokenizer, self.run.kind, &[(t, lp.clone())], self.text_offsets[index]),
             _ => Value::Null,
         };
         self.text_offsets[index] += text.len();
@@ -433,7 +430,7 @@ impl Stream for ChunkStream {
                         let body = Body {
                             usage: Some(self.usage),
                             prompt_token_ids: self.run.chat_prompt_ids(),
-                            ..self.run.body(&self.s.model_name, Vec::new(), true)
+                            ..self.run.body(&self.run.model.name, Vec::new(), true)
                         };
                         let data = serde_json::to_string(&body).expect("a chunk is plain data");
                         return Poll::Ready(Some(Ok(SseEvent::default().data(data))));
@@ -454,24 +451,29 @@ pub fn unix_seconds() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// The served models with their context length, then the aliases with their splits.
 pub async fn models(State(s): State<Shared>) -> Json<Value> {
-    Json(json!({
-        "object": "list",
-        "data": [{
-            "id": s.model_name,
-            "object": "model",
-            "created": s.started,
-            "owned_by": "cinder",
-            "max_model_len": s.context_length,
-        }],
-    }))
+    let model = |m: &ServedModel| {
+        json!({"id": m.name, "object": "model", "created": s.started, "owned_by": "cinder", "max_model_len": m.context_length})
+    };
+    let mut data: Vec<Value> = s.models.all().iter().map(|m| model(m)).collect();
+    for (alias, split) in s.models.routing().aliases {
+        data.push(json!({"id": alias, "object": "model", "created": s.started, "owned_by": "cinder", "routes_to": split}));
+    }
+    Json(json!({"object": "list", "data": data}))
 }
 
+/// `{"status": "ok", "models": {NAME: {"status": "ready" | "loading" | "failed", …}}}`: 200
+/// while some model is ready.
 pub async fn health(State(s): State<Shared>) -> Response {
     if s.shutting_down.load(Ordering::Relaxed) {
         return ApiError::shutting_down().into_response();
     }
-    Json(json!({"status": "ok"})).into_response()
+    let models = s.models.states();
+    let ready = models.values().any(|state| state["status"] == "ready");
+    let body = Json(json!({"status": if ready { "ok" } else { "unavailable" }, "models": models}));
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, body).into_response()
 }
 
 /// Prometheus metrics. Behind keys, only `--api-key`'s holder (the default tenant) reads
@@ -482,12 +484,15 @@ pub async fn metrics(State(s): State<Shared>, tenant: Option<Extension<Arc<Tenan
     {
         return refuse(&s, &tenant, ApiError::forbidden("/metrics needs the server's --api-key, not a tenant's key"));
     }
-    let text = s.metrics.render(&s.worker.metrics());
+    let engines: Vec<(String, _)> = s.models.all().iter().map(|m| (m.name.clone(), m.worker.metrics())).collect();
+    let text = s.metrics.render(&engines, cinder_model::device_memory(s.loader.device()));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
 #[derive(Deserialize)]
 struct TokenizeBody {
+    /// Whose vocabulary (the first model's when absent).
+    model: Option<String>,
     /// llama.cpp's name for the text; `prompt` is vLLM's.
     content: Option<String>,
     prompt: Option<String>,
@@ -503,18 +508,20 @@ pub async fn tokenize(
 ) -> Response {
     let result = (|| {
         let body: TokenizeBody = parse(&body?.0)?;
+        let model = s.models.route(body.model.as_deref(), None, 0)?;
         let text = body.content.or(body.prompt).ok_or_else(|| ApiError::invalid("`content` (or `prompt`) is required", Some("content")))?;
-        let tokens = s
+        let tokens = model
             .tokenizer
             .encode(&text, body.add_special.unwrap_or(true), body.parse_special.unwrap_or(true))
             .map_err(|e| ApiError::invalid(format!("cannot tokenize: {e}"), Some("content")))?;
-        Ok(json!({"tokens": tokens, "count": tokens.len(), "max_model_len": s.context_length}))
+        Ok(json!({"tokens": tokens, "count": tokens.len(), "max_model_len": model.context_length}))
     })();
     reply(&s, &tenant, result)
 }
 
 #[derive(Deserialize)]
 struct DetokenizeBody {
+    model: Option<String>,
     tokens: Vec<u32>,
 }
 
@@ -525,7 +532,8 @@ pub async fn detokenize(
 ) -> Response {
     let result = (|| {
         let body: DetokenizeBody = parse(&body?.0)?;
-        let text = s.tokenizer.decode(&body.tokens, false).map_err(|e| ApiError::invalid(e.to_string(), Some("tokens")))?;
+        let model = s.models.route(body.model.as_deref(), None, 0)?;
+        let text = model.tokenizer.decode(&body.tokens, false).map_err(|e| ApiError::invalid(e.to_string(), Some("tokens")))?;
         Ok(json!({"content": text, "prompt": text}))
     })();
     reply(&s, &tenant, result)

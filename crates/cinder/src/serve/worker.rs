@@ -85,6 +85,13 @@ fn run(mut engine: Engine, commands: Receiver<Command>, metrics: Arc<Mutex<Engin
         }
         connected &= !matches!(received, Err(true));
         if !connected && !engine.has_work() {
+            // The model was unloaded or the server stops: its weights and KV cache go, and
+            // the backend gives their memory back to the driver.
+            let device = engine.model().device().clone();
+            drop(engine);
+            if let Err(e) = cinder_model::release_device_memory(&device) {
+                tracing::warn!("releasing device memory: {e}");
+            }
             return;
         }
         match engine.step(&clock) {

@@ -1,0 +1,195 @@
+//! The models a server serves, each with its own engine, and the aliases that split the
+//! requests for one name over several of them by weight (A/B tests). Routes can be
+//! replaced while the server runs; a request keeps the model it was routed to until it ends.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use cinder_engine::Grammars;
+use cinder_tokenizer::{ChatTemplate, Tokenizer};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::api::ApiError;
+use super::worker::WorkerHandle;
+
+/// One served model: its engine's worker and what the handlers need to build its requests.
+pub struct ServedModel {
+    pub name: String,
+    pub path: PathBuf,
+    pub worker: WorkerHandle,
+    pub tokenizer: Tokenizer,
+    pub template: Option<ChatTemplate>,
+    /// Compiles `response_format` schemas and tool-call grammars for the vocabulary.
+    pub grammars: Grammars,
+    pub context_length: usize,
+    pub max_prompt_tokens: usize,
+}
+
+/// The aliases: each name splits its requests over models by weight. `sticky`: requests
+/// with the same `user` always go to the same model of an alias.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Routing {
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub aliases: BTreeMap<String, BTreeMap<String, f64>>,
+    pub sticky: bool,
+}
+
+/// See the module documentation.
+pub struct Models {
+    /// In the order given; the first answers requests that name no model.
+    served: RwLock<Vec<Arc<ServedModel>>>,
+    routing: RwLock<Routing>,
+    /// Models not serving, by name: loading, or failed to load (and why).
+    pending: RwLock<BTreeMap<String, Pending>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pending {
+    Loading,
+    Failed(String),
+}
+
+impl Models {
+    pub fn new(served: Vec<Arc<ServedModel>>, failed: Vec<(String, String)>, routing: Routing) -> Result<Self, String> {
+        let pending = failed.into_iter().map(|(name, error)| (name, Pending::Failed(error))).collect();
+        let models = Self { served: RwLock::new(served), routing: RwLock::new(Routing::default()), pending: RwLock::new(pending) };
+        models.set_routing(routing)?;
+        Ok(models)
+    }
+
+    /// Marks a model as loading or failed (`None`: neither, once it serves or is given up).
+    pub fn set_pending(&self, name: &str, state: Option<Pending>) {
+        let mut pending = self.pending.write().unwrap_or_else(|e| e.into_inner());
+        match state {
+            Some(state) => pending.insert(name.to_owned(), state),
+            None => pending.remove(name),
+        };
+    }
+
+    /// Every model's state, for `/health` and `/admin/models`.
+    pub fn states(&self) -> BTreeMap<String, serde_json::Value> {
+        let mut states: BTreeMap<String, serde_json::Value> = self
+            .all()
+            .iter()
+            .map(|m| (m.name.clone(), json!({"status": "ready", "path": m.path, "max_model_len": m.context_length})))
+            .collect();
+        for (name, state) in self.pending.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            let state = match state {
+                Pending::Loading => json!({"status": "loading"}),
+                Pending::Failed(error) => json!({"status": "failed", "error": error}),
+            };
+            states.entry(name.clone()).or_insert(state);
+        }
+        states
+    }
+
+    pub fn all(&self) -> Vec<Arc<ServedModel>> {
+        self.served.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn routing(&self) -> Routing {
+        self.routing.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the aliases, once checked: every alias names served models with positive
+    /// weights, and no alias is a model's name.
+    pub fn set_routing(&self, routing: Routing) -> Result<(), String> {
+        let served = self.all();
+        for (alias, split) in &routing.aliases {
+            if served.iter().any(|m| &m.name == alias) {
+                return Err(format!("alias {alias:?} is the name of a served model"));
+            }
+            if split.is_empty() {
+                return Err(format!("alias {alias:?} names no model"));
+            }
+            for (model, weight) in split {
+                if !served.iter().any(|m| &m.name == model) {
+                    return Err(format!("alias {alias:?}: no model {model:?} is served"));
+                }
+                if !(weight.is_finite() && *weight > 0.0) {
+                    return Err(format!("alias {alias:?}: the weight of {model:?} must be a positive number; got {weight}"));
+                }
+            }
+        }
+        *self.routing.write().unwrap_or_else(|e| e.into_inner()) = routing;
+        Ok(())
+    }
+
+    /// Adds a model (loaded at run time); its name must be new.
+    pub fn add(&self, model: Arc<ServedModel>) -> Result<(), String> {
+        let mut served = self.served.write().unwrap_or_else(|e| e.into_inner());
+        if served.iter().any(|m| m.name == model.name) || self.routing().aliases.contains_key(&model.name) {
+            return Err(format!("the name {:?} is taken", model.name));
+        }
+        served.push(model);
+        Ok(())
+    }
+
+    /// Takes a model out: requests for it get 404 from now on, those in flight finish. Its
+    /// engine stops, and its device memory is freed, once they have. Refused while an
+    /// alias routes to it.
+    pub fn remove(&self, name: &str) -> Result<Arc<ServedModel>, ApiError> {
+        if let Some((alias, _)) = self.routing().aliases.iter().find(|(_, split)| split.contains_key(name)) {
+            return Err(ApiError::conflict(format!("alias {alias:?} routes to {name:?}: change the routes first")));
+        }
+        let mut served = self.served.write().unwrap_or_else(|e| e.into_inner());
+        let index = served.iter().position(|m| m.name == name).ok_or_else(|| ApiError::model_not_found(name))?;
+        Ok(served.remove(index))
+    }
+
+    /// The model that answers a request for `name`: that model, or an alias's pick (by
+    /// `user` when sticky, else by `draw`, a random number), or the first model when the
+    /// request names none.
+    pub fn route(&self, name: Option<&str>, user: Option<&str>, draw: u64) -> Result<Arc<ServedModel>, ApiError> {
+        let served = self.all();
+        let Some(name) = name else { return served.first().cloned().ok_or_else(|| ApiError::unavailable("no model is loaded")) };
+        if let Some(model) = served.iter().find(|m| m.name == name) {
+            return Ok(model.clone());
+        }
+        let routing = self.routing();
+        let split = routing.aliases.get(name).ok_or_else(|| ApiError::model_not_found(name))?;
+        let key = match user.filter(|_| routing.sticky) {
+            Some(user) => {
+                let mut hasher = std::hash::DefaultHasher::new();
+                user.hash(&mut hasher);
+                hasher.finish()
+            }
+            None => draw,
+        };
+        let picked = pick(split, key);
+        served.into_iter().find(|m| m.name == picked).ok_or_else(|| ApiError::model_not_found(picked))
+    }
+}
+
+/// The model `key` (uniform over u64) falls on, each taking a share of the range by weight.
+fn pick(split: &BTreeMap<String, f64>, key: u64) -> &str {
+    let total: f64 = split.values().sum();
+    let mut point = key as f64 / u64::MAX as f64 * total;
+    for (model, weight) in split {
+        if point < *weight {
+            return model;
+        }
+        point -= weight;
+    }
+    split.keys().next_back().expect("a split names a model")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_follow_their_weights() {
+        let split: BTreeMap<String, f64> = [("a".to_owned(), 90.0), ("b".to_owned(), 10.0)].into();
+        let n = 10_000u64;
+        // Keys spread evenly over the range: a tenth of them fall on b.
+        let to_b = (0..n).filter(|i| pick(&split, (2 * i + 1) * (u64::MAX / (2 * n))) == "b").count();
+        assert_eq!(to_b, 1_000);
+        assert_eq!(pick(&split, 0), "a");
+        assert_eq!(pick(&split, u64::MAX), "b");
+    }
+}
