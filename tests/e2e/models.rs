@@ -116,3 +116,25 @@ fn a_model_that_fails_to_load_stops_the_server_unless_partial_is_allowed() {
     assert!(health["models"]["broken"]["error"].as_str().unwrap().contains("broken.gguf"), "{health}");
     assert_eq!(server.post("/v1/completions", r#"{"model": "broken", "prompt": "hi", "max_tokens": 1}"#).status, 404);
 }
+
+#[test]
+fn the_default_model_and_a_second_file_serve_side_by_side() {
+    let tiny = write_model("models-real", "tiny", TinyModel::default());
+    let real = crate::real_model_path();
+    let server = Server::start(
+        std::path::Path::new(&format!("smollm={}", real.display())),
+        &["--model", &format!("tiny={tiny}"), "--kv-cache-mb", "32"],
+    );
+    let ask = |model: &str| {
+        let body = json!({"model": model, "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0});
+        server.post("/v1/completions", &body.to_string()).json()
+    };
+    let answer = ask("smollm");
+    assert_eq!(answer["model"], "smollm");
+    assert!(answer["choices"][0]["text"].as_str().unwrap().contains("Paris"), "{answer}");
+    assert_eq!(ask("tiny")["model"], "tiny");
+    let chat = json!({"model": "smollm", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4});
+    assert_eq!(server.post("/v1/chat/completions", &chat.to_string()).status, 200);
+    assert!(server.metric("generation_tokens_total{model_name=\"smollm\"}") >= 4.0);
+    assert!(server.metric("generation_tokens_total{model_name=\"tiny\"}") >= 1.0);
+}
