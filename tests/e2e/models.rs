@@ -86,8 +86,17 @@ fn two_models_are_routed_split_by_weight_and_loaded_and_unloaded_at_run_time() {
     assert_eq!(post("/admin/models", json!({"name": "c", "path": a})).status, 400, "the name is taken");
     let refused = server.request("DELETE", "/admin/models/b", &auth, "");
     assert_eq!(refused.status, 409, "an alias routes to b: {}", refused.body);
+    // A request in flight when its model is unloaded finishes.
+    let address = server.address.clone();
+    let long = std::thread::spawn(move || {
+        let body = json!({"model": "c", "prompt": [5, 6, 7], "max_tokens": 500, "ignore_eos": true});
+        crate::serve::http(&address, "POST", "/v1/completions", &[("Authorization", "Bearer admin")], &body.to_string())
+    });
+    std::thread::sleep(Duration::from_millis(100));
     assert_eq!(server.request("DELETE", "/admin/models/c", &auth, "").status, 200);
     assert_eq!(ask(Some("c"), None).status, 404);
+    let long = long.join().unwrap();
+    assert_eq!((long.status, long.json()["usage"]["completion_tokens"].as_u64()), (200, Some(500)), "{}", long.body);
     let deadline = Instant::now() + Duration::from_secs(20);
     while server.metric("device_memory_in_use_bytes") > before + 1024.0 * 1024.0 {
         assert!(Instant::now() < deadline, "c's memory was not freed: {before} -> {with_c} -> {}", server.metric("device_memory_in_use_bytes"));
