@@ -400,46 +400,11 @@ impl Engine {
             for &id in std::iter::once(&from).chain(forked) {
                 let Some(active) = self.active.get_mut(&id) else { continue };
                 let position = active.history.len() - 1;
-                let mut verified = Verified::default();
-                for (j, row) in rows.clone().enumerate() {
-                    let logits = logits.get(row).map(|l| &l[..vocab.min(l.len())]);
-                    let best = candidates.get(row).cloned();
-                    let non_finite = match (&best, logits) {
-                        (Some(best), _) => best.iter().any(|(_, l)| !l.is_finite()),
-                        (None, Some(logits)) => logits.iter().any(|l| !l.is_finite()),
-                        (None, None) => false,
-                    };
-                    if non_finite {
-                        // NaN weights or an overflow: nothing sampled from these logits means anything.
-                        verified.error = Some("the model produced NaN or infinite logits (corrupt weights or a numeric overflow)".into());
-                        break;
-                    }
-                    let proposed = draft.get(j).map(|&token| match active.proposals.get(j) {
-                        Some(distribution) => (token, distribution.clone()),
-                        None => (token, vec![(token, 1.0)]),
-                    });
-                    let (token, accepted) = match Self::choose(active, best, logits, proposed) {
-                        Ok(Some(choice)) => choice,
-                        Ok(None) => break,
-                        Err(e) => {
-                            verified.error = Some(e);
-                            break;
-                        }
-                    };
-                    active.history.push(token);
-                    verified.tokens += 1;
-                    verified.last = Some(token);
-                    verified.accepted += usize::from(accepted);
-                    verified.rejected = j < draft.len() && !accepted;
-                    let complete = active.constraint.as_ref().is_some_and(Constraint::is_complete);
-                    if Self::emit(active, &self.tokenizer, token, logits.unwrap_or_default()) || complete {
-                        active.stopped = true;
-                        result.stopped.push(id);
-                        break;
-                    }
-                    if !accepted {
-                        break;
-                    }
+                let row_logits = |row: usize| (logits.get(row).map(|l| &l[..vocab.min(l.len())]), candidates.get(row).cloned());
+                let verified = Self::take_rows(active, &self.tokenizer, rows.clone().map(row_logits), draft);
+                if verified.stopped {
+                    active.stopped = true;
+                    result.stopped.push(id);
                 }
                 if !draft.is_empty() {
                     if let Some(model) = &mut self.draft {
@@ -504,6 +469,57 @@ impl Engine {
             }))
             .collect();
         self.model.launch_batch(&chunks, &mut self.cache)
+    }
+
+    /// Takes a sequence's rows in order (each its logits, or its deciding candidates): the
+    /// first verifies `draft[0]` and so on, until a draft token is rejected (its
+    /// replacement is the last token) or the last row samples the token after the draft.
+    /// Streams each token; stops early at the request's end or a broken row.
+    fn take_rows<'r>(
+        active: &mut Active,
+        tokenizer: &Tokenizer,
+        rows: impl Iterator<Item = (Option<&'r [f32]>, Option<Vec<(u32, f32)>>)>,
+        draft: &[u32],
+    ) -> Verified {
+        let mut verified = Verified::default();
+        for (j, (logits, best)) in rows.enumerate() {
+            let non_finite = match (&best, logits) {
+                (Some(best), _) => best.iter().any(|(_, l)| !l.is_finite()),
+                (None, Some(logits)) => logits.iter().any(|l| !l.is_finite()),
+                (None, None) => false,
+            };
+            if non_finite {
+                // NaN weights or an overflow: nothing sampled from these logits means anything.
+                verified.error = Some("the model produced NaN or infinite logits (corrupt weights or a numeric overflow)".into());
+                break;
+            }
+            let proposed = draft.get(j).map(|&token| match active.proposals.get(j) {
+                Some(distribution) => (token, distribution.clone()),
+                None => (token, vec![(token, 1.0)]),
+            });
+            let (token, accepted) = match Self::choose(active, best, logits, proposed) {
+                Ok(Some(choice)) => choice,
+                Ok(None) => break,
+                Err(e) => {
+                    verified.error = Some(e);
+                    break;
+                }
+            };
+            active.history.push(token);
+            verified.tokens += 1;
+            verified.last = Some(token);
+            verified.accepted += usize::from(accepted);
+            verified.rejected = j < draft.len() && !accepted;
+            let complete = active.constraint.as_ref().is_some_and(Constraint::is_complete);
+            if Self::emit(active, tokenizer, token, logits.unwrap_or_default()) || complete {
+                verified.stopped = true;
+                break;
+            }
+            if !accepted {
+                break;
+            }
+        }
+        verified
     }
 
     /// The token a row gives a sequence: sampled, or, where a draft token is proposed for
@@ -729,5 +745,7 @@ struct Verified {
     accepted: usize,
     /// Verification stopped at a rejected draft token.
     rejected: bool,
+    /// The request ended at the last token.
+    stopped: bool,
     error: Option<String>,
 }
