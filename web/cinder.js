@@ -156,10 +156,12 @@ export class Engine {
    * (`max_tokens`, `temperature`, `top_p`, `top_k`, `min_p`, `seed`, `stop`, `ignore_eos`,
    * `n`, `logprobs`, ...). `onToken(text, { id, index, token })` gets the text as it is
    * released. The promise resolves to `{ id, text, tokens, finish_reason, logprobs,
-   * prompt_tokens, completion_tokens, seconds, first_token_s, tokens_per_s, choices }`:
-   * the first choice's text, tokens, finish reason and logprobs (OpenAI's completions
-   * object, with `logprobs: k`), every choice's in `choices`, tokens counted over all of
-   * them. It also carries the request's `id` for `abort`.
+   * speculative, prompt_tokens, completion_tokens, seconds, first_token_s, tokens_per_s,
+   * choices }`: the first choice's text, tokens, finish reason, logprobs (OpenAI's
+   * completions object, with `logprobs: k`) and speculative decoding (`{ draft_tokens,
+   * accepted_tokens, acceptance_rate }` with `speculative: { method: 'ngram' }`, else
+   * null), every choice's in `choices`, tokens counted over all of them. It also carries
+   * the request's `id` for `abort`.
    */
   generate(promptOrMessages, options = {}, onToken = undefined) {
     const chat = Array.isArray(promptOrMessages) && typeof promptOrMessages[0] === 'object';
@@ -188,6 +190,7 @@ export class Engine {
         if (event.type === 'finished') {
           choice.finish_reason = event.finish_reason;
           choice.completion_tokens = event.completion_tokens;
+          choice.speculative = event.speculative ?? null;
           promptTokens = event.prompt_tokens;
         }
         if (!event.done) return;
@@ -202,6 +205,7 @@ export class Engine {
           tokens: first.tokens,
           finish_reason: first.finish_reason,
           logprobs: first.logprobs,
+          speculative: first.speculative,
           prompt_tokens: promptTokens,
           completion_tokens: choices.reduce((sum, c) => sum + c.completion_tokens, 0),
           seconds: (now - started) / 1000,

@@ -138,6 +138,19 @@ async function main() {
           token_logprobs: generated.logprobs?.token_logprobs?.length ?? null,
           top: Object.keys(generated.logprobs?.top_logprobs?.[0] ?? {}).length,
         };
+        // Speculative decoding by prompt lookup: the greedy tokens of plain decoding, drafts
+        // verified and accepted, and the chat usage's speculative block.
+        const repeating = 'one two three four five six seven eight one two three four five six seven eight one two three four';
+        const greedy = { max_tokens: 24, temperature: 0, ignore_eos: true };
+        const plain = await engine.generate(repeating, { ...greedy, speculative: { method: 'off' } });
+        const drafted = await engine.generate(repeating, { ...greedy, speculative: { method: 'ngram', num_tokens: 4 } });
+        const chatDrafted = await engine.chat.completions.create({ messages, ...greedy, speculative: { method: 'ngram' } });
+        out.speculative = {
+          same: JSON.stringify(plain.tokens) === JSON.stringify(drafted.tokens),
+          plain: plain.speculative,
+          drafted: drafted.speculative,
+          chat_usage: chatDrafted.usage.speculative ?? null,
+        };
         const long = engine.generate('abort me', { max_tokens: 400, ignore_eos: true }, () => engine.abort(long.id));
         const aborted = await long;
         out.abort = { finish_reason: aborted.finish_reason, completion_tokens: aborted.completion_tokens };

@@ -87,6 +87,10 @@ fn check_api(api: &Value, max_tokens: usize) {
     assert_eq!(api["generate_n2"], generated, "{api}");
     assert_eq!(api["abort"]["finish_reason"], "abort", "{api}");
     assert!(api["abort"]["completion_tokens"].as_u64().unwrap() < 400, "{api}");
+    let speculative = &api["speculative"];
+    assert_eq!((&speculative["same"], &speculative["plain"]), (&json!(true), &Value::Null), "{api}");
+    assert!(speculative["drafted"]["accepted_tokens"].as_u64().unwrap() > 0, "{api}");
+    assert!(speculative["chat_usage"]["draft_tokens"].as_u64().is_some(), "{api}");
     let bad = api["bad_option"].as_str().unwrap();
     assert!(bad.starts_with("CinderError") && bad.contains("temperature"), "{api}");
 }
