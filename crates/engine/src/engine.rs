@@ -13,7 +13,7 @@ use cinder_tokenizer::{StreamDecoder, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::draft::{DraftModel, DraftRequest};
-use crate::speculative::{SequenceSpeculation, ngram_proposal};
+use crate::speculative::{SequenceSpeculation, StepCost, ngram_proposal};
 use crate::stop::StopMatcher;
 use crate::{
     Constraint, Event, Finished, Generation, GenerationRequest, SpeculationConfig, SpeculativeMethod, SpeculativeUsage, SubmitError,
@@ -83,6 +83,10 @@ pub struct Engine {
     spec_accepted_tokens_total: u64,
     speculation: SpeculationConfig,
     draft: Option<DraftModel>,
+    /// Decode steps' times by size, which price a draft token.
+    step_cost: StepCost,
+    /// The step in flight, when it runs only decodes: its number, tokens and start.
+    timing: Option<(u64, usize, Time)>,
     /// Why the last failed step failed: the error of requests that end as failed.
     last_step_error: String,
 }
@@ -114,6 +118,8 @@ impl Engine {
             spec_accepted_tokens_total: 0,
             speculation: SpeculationConfig::default(),
             draft: None,
+            step_cost: StepCost::default(),
+            timing: None,
             last_step_error: String::new(),
         })
     }
@@ -347,6 +353,7 @@ impl Engine {
         if plan.is_empty() {
             return Ok(None);
         }
+        self.timing = plan.prefill.is_empty().then(|| (plan.step, plan.num_tokens(), clock()));
         match self.draft_tokens(&mut plan).and_then(|()| self.run(&plan)) {
             Ok(logits) => {
                 // When every row's token is decided by its few best logits (greedy, or sampling
@@ -379,6 +386,9 @@ impl Engine {
             Ok(rows) => rows,
             Err(e) => return Err(self.fail_step(&plan, e, clock)),
         };
+        if let Some((_, tokens, started)) = self.timing.take().filter(|t| t.0 == plan.step) {
+            self.step_cost.observe(tokens, clock().since(started).as_secs_f64());
+        }
         let (logits, candidates) = match rows {
             LogitRows::Full(logits) => (logits, Vec::new()),
             LogitRows::TopK(candidates) => (Vec::new(), candidates),
@@ -600,10 +610,11 @@ impl Engine {
         if decoding == 0 || decoding > self.speculation.max_batch {
             return;
         }
+        let worthwhile = self.step_cost.worthwhile(decoding);
         let mut drafts = Vec::new();
         for (id, tokens) in self.scheduler.decoding() {
             let Some(active) = self.active.get_mut(&id) else { continue };
-            let length = active.speculation.length();
+            let length = active.speculation.length(worthwhile);
             if length > 0 {
                 // A draft model drafts once the step's blocks are known: placeholders until then.
                 let draft = match active.speculation.setting.method {

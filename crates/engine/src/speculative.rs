@@ -120,12 +120,70 @@ impl Default for SpeculationConfig {
     }
 }
 
-/// A draft token whose chance of acceptance is below this is not worth its place in the
-/// verifying chunk: each costs a fraction of a decode step (a row through every layer
-/// beside the decode's, which shares its weight reads).
-const WORTHWHILE_ACCEPTANCE: f32 = 0.3;
-/// Decode steps without drafting after which a sequence that backed off tries again.
+/// The chance of acceptance a draft token needs at most: on lavapipe a fifth token in a
+/// step cost 0.34 of a one-token step's matrix products. Where the engine measures rows
+/// to be cheaper ([`StepCost`]), less is needed; measurements never raise it, since the
+/// first steps of each size also compile kernels and would price rows far too high.
+pub const DEFAULT_WORTHWHILE: f32 = 0.3;
+/// A draft token needs at least this chance however cheap its row.
+const MIN_WORTHWHILE: f32 = 0.05;
+/// Decode steps without drafting after which a sequence that backed off tries again; each
+/// retry that fails doubles the wait, up to the longest.
 const RETRY_AFTER_STEPS: u32 = 16;
+const LONGEST_RETRY_WAIT: u32 = 128;
+
+/// A decode step's time as `a + b * tokens`, fitted to recent decode steps (their drafts
+/// make them differ in size) by least squares with older steps weighing less. It prices a
+/// draft token: one more row adds `b` to a step of `a + b * n`, so a draft token pays for
+/// itself when its chance of acceptance is above `b * n / (a + b * n)` (the step's output
+/// grows by that chance, its time by that share). Near zero where a step is bound by
+/// reading the weights (a GPU at small batches), larger where every row costs compute (a
+/// CPU), and close to one once a step is full.
+#[derive(Debug, Clone, Default)]
+pub struct StepCost {
+    weight: f64,
+    x: f64,
+    y: f64,
+    xx: f64,
+    xy: f64,
+}
+
+impl StepCost {
+    /// Older steps' weight after each new one.
+    const DECAY: f64 = 0.98;
+
+    pub fn observe(&mut self, tokens: usize, seconds: f64) {
+        let (x, d) = (tokens as f64, Self::DECAY);
+        self.weight = self.weight * d + 1.0;
+        self.x = self.x * d + x;
+        self.y = self.y * d + seconds;
+        self.xx = self.xx * d + x * x;
+        self.xy = self.xy * d + x * seconds;
+    }
+
+    /// The chance of acceptance a draft token needs in a step of `tokens` decode tokens
+    /// (see the type), within [`MIN_WORTHWHILE`, [`DEFAULT_WORTHWHILE`]]; the default until
+    /// the steps seen differ in size enough to tell the cost of a token from the step's.
+    pub fn worthwhile(&self, tokens: usize) -> f32 {
+        self.measured(tokens).map_or(DEFAULT_WORTHWHILE, |share| share.clamp(MIN_WORTHWHILE, DEFAULT_WORTHWHILE))
+    }
+
+    /// `b * n / (a + b * n)` from the fit, when there is one.
+    fn measured(&self, tokens: usize) -> Option<f32> {
+        if self.weight < 4.0 {
+            return None;
+        }
+        let (mean_x, mean_y) = (self.x / self.weight, self.y / self.weight);
+        let variance = self.xx / self.weight - mean_x * mean_x;
+        if variance < 0.25 {
+            return None;
+        }
+        let b = ((self.xy / self.weight - mean_x * mean_y) / variance).max(0.0);
+        let a = (mean_y - b * mean_x).max(0.0);
+        let n = tokens.max(1) as f64;
+        Some((b * n / (a + b * n).max(f64::MIN_POSITIVE)) as f32)
+    }
+}
 
 /// One sequence's speculation: its request's setting, the acceptance seen so far (a
 /// decaying count of draft tokens tried and accepted, trying stopping at the first
@@ -136,34 +194,37 @@ pub struct SequenceSpeculation {
     tried: f32,
     accepted: f32,
     idle_steps: u32,
+    retry_after: u32,
     pub draft_tokens: usize,
     pub accepted_tokens: usize,
 }
 
 impl SequenceSpeculation {
     pub fn new(setting: Speculation) -> Self {
-        // A prior of 4 in 5 accepted: a new sequence drafts in full until it learns otherwise.
-        Self { setting, tried: 2.0, accepted: 1.6, idle_steps: 0, draft_tokens: 0, accepted_tokens: 0 }
+        // A prior of 3 in 5 accepted: a new sequence starts with a short draft, which grows
+        // within a few steps when accepted and stops within two when not.
+        Self { setting, tried: 2.0, accepted: 1.2, idle_steps: 0, retry_after: RETRY_AFTER_STEPS, draft_tokens: 0, accepted_tokens: 0 }
     }
 
     /// How many draft tokens to propose this step: the longest draft whose last token is
     /// still likely enough to be accepted (the `j`-th is accepted with the acceptance
-    /// rate to the `j`th power), within the request's number. A sequence that backed off
-    /// to none tries a short draft again now and then.
-    pub fn length(&mut self) -> usize {
+    /// rate to the `j`th power) to be `worthwhile` (the chance a draft token needs, see
+    /// [`StepCost`]), within the request's number. A sequence that backed off to none
+    /// tries a short draft again now and then.
+    pub fn length(&mut self, worthwhile: f32) -> usize {
         if !self.setting.is_on() {
             return 0;
         }
         let rate = self.accepted / self.tried;
         let mut length = 0;
         let mut chance = rate;
-        while length < self.setting.num_tokens && chance >= WORTHWHILE_ACCEPTANCE {
+        while length < self.setting.num_tokens && chance >= worthwhile {
             length += 1;
             chance *= rate;
         }
         if length == 0 {
             self.idle_steps += 1;
-            if self.idle_steps >= RETRY_AFTER_STEPS {
+            if self.idle_steps >= self.retry_after {
                 self.idle_steps = 0;
                 return 1;
             }
@@ -179,6 +240,7 @@ impl SequenceSpeculation {
         let tried = accepted + usize::from(rejected);
         self.tried = self.tried * DECAY + tried as f32;
         self.accepted = self.accepted * DECAY + accepted as f32;
+        self.retry_after = if accepted > 0 { RETRY_AFTER_STEPS } else { (self.retry_after * 2).min(LONGEST_RETRY_WAIT) };
         self.draft_tokens += proposed;
         self.accepted_tokens += accepted;
     }
@@ -215,18 +277,49 @@ mod tests {
     #[test]
     fn the_draft_shortens_when_tokens_are_rejected_and_recovers() {
         let mut s = SequenceSpeculation::new(Speculation { method: SpeculativeMethod::Ngram, num_tokens: 5 });
-        assert_eq!(s.length(), 5);
+        let w = DEFAULT_WORTHWHILE;
+        assert_eq!(s.length(w), 2, "a short draft first");
+        s.record(2, 2, false);
+        assert_eq!(s.length(w), 5, "all accepted: the whole draft");
         for _ in 0..20 {
             s.record(5, 0, true);
         }
-        assert_eq!(s.length(), 0, "nothing accepted: no draft");
-        let retried = (0..RETRY_AFTER_STEPS).map(|_| s.length()).collect::<Vec<_>>();
-        assert_eq!(retried.iter().filter(|&&l| l > 0).count(), 1, "one retry every {RETRY_AFTER_STEPS} steps");
+        assert_eq!(s.length(w), 0, "nothing accepted: no draft");
+        let retried = (0..LONGEST_RETRY_WAIT).map(|_| s.length(w)).collect::<Vec<_>>();
+        assert_eq!(retried.iter().filter(|&&l| l > 0).count(), 1, "after failed retries, one every {LONGEST_RETRY_WAIT} steps");
         for _ in 0..30 {
             s.record(5, 5, false);
         }
-        assert_eq!(s.length(), 5, "all accepted: full drafts again");
-        assert_eq!((s.draft_tokens, s.accepted_tokens), (250, 150));
-        assert_eq!(SequenceSpeculation::new(Speculation::OFF).length(), 0);
+        assert_eq!(s.length(w), 5, "all accepted: full drafts again");
+        assert_eq!((s.draft_tokens, s.accepted_tokens), (252, 152));
+        assert_eq!(SequenceSpeculation::new(Speculation::OFF).length(w), 0);
+        // Half accepted: 0.5^j stays above a cheap token's price longer.
+        let mut half = SequenceSpeculation::new(Speculation { method: SpeculativeMethod::Ngram, num_tokens: 8 });
+        for _ in 0..40 {
+            half.record(2, 1, true);
+        }
+        assert_eq!((half.length(0.3), half.length(0.1)), (1, 3));
+    }
+
+    #[test]
+    fn the_step_cost_prices_a_draft_token_by_what_a_row_adds() {
+        let mut cost = StepCost::default();
+        for _ in 0..10 {
+            cost.observe(1, 0.090);
+        }
+        assert_eq!(cost.worthwhile(1), DEFAULT_WORTHWHILE, "steps of one size tell nothing");
+        // A CPU: 15 ms per row over 75 ms.
+        for tokens in [1, 5, 2, 4, 3, 1, 5] {
+            cost.observe(tokens, 0.075 + 0.015 * tokens as f64);
+        }
+        let cpu = cost.worthwhile(1);
+        assert!((cpu - 0.15 / 0.9).abs() < 0.01, "{cpu}");
+        assert_eq!(cost.worthwhile(32), DEFAULT_WORTHWHILE, "a full step: never above the default");
+        // A GPU reading its weights: rows are nearly free.
+        let mut gpu = StepCost::default();
+        for tokens in [1, 5, 2, 4, 3, 1, 5, 2] {
+            gpu.observe(tokens, 0.010 + 0.0001 * tokens as f64);
+        }
+        assert_eq!(gpu.worthwhile(1), MIN_WORTHWHILE);
     }
 }
