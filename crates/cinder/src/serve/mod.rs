@@ -1,8 +1,9 @@
 //! `cinder serve`: the OpenAI-compatible HTTP server.
 //!
-//! The model runs on one worker thread ([`worker`]) that owns the device and the engine;
-//! the HTTP handlers ([`routes`]) run on tokio, parse and check requests ([`api`]), submit
-//! them to the worker and stream the events back. `/metrics` ([`metrics`]) reads a snapshot
+//! Each served model ([`models`]) runs on its own worker thread ([`worker`]) that owns its
+//! engine; the HTTP handlers ([`routes`]) run on tokio, parse and check requests ([`api`]),
+//! route them to a model, submit them to its worker and stream the events back. [`admin`]
+//! changes the aliases and the models while serving. `/metrics` ([`metrics`]) reads a snapshot
 //! the worker publishes after every step. [`connections`] accepts the connections and
 //! holds slow clients to their time limits. [`config`] reads `--config`'s file, and
 //! [`tenants`] maps API keys to tenants.
