@@ -430,8 +430,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     config.policy = BatchPolicy::Continuous { max_batch_tokens: longest.max(max_batch), max_running: max_batch, chunk_size: longest };
     let mut engine = Engine::new(model, tokenizer, config)?;
     if let Some(path) = &args.draft_model {
-        let (draft, draft_tokenizer) = crate::model_path::load_draft(path, &device)?;
-        engine.set_draft_model(draft, &draft_tokenizer).map_err(|e| anyhow::anyhow!("--draft-model {}: {e}", path.display()))?;
+        crate::model_path::set_draft(&mut engine, path, crate::model_path::load_draft(path, &device)?)?;
     }
 
     // Warm-up: the first launch of every kernel compiles it.

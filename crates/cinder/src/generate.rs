@@ -123,8 +123,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let config = Engine::fixed_config(model.config(), needed, 1);
     let mut engine = Engine::new(model, tokenizer, config)?;
     if let Some(path) = &args.draft_model {
-        let (draft, draft_tokenizer) = crate::model_path::load_draft(path, &device)?;
-        engine.set_draft_model(draft, &draft_tokenizer).map_err(|e| anyhow::anyhow!("--draft-model {}: {e}", path.display()))?;
+        crate::model_path::set_draft(&mut engine, path, crate::model_path::load_draft(path, &device)?)?;
     }
     let request = GenerationRequest {
         sampling,

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use cinder_engine::Engine;
 use cinder_model::Model;
 use cinder_tokenizer::Tokenizer;
 
@@ -44,6 +45,12 @@ impl ModelArg {
         }
         Ok(cinder_gguf::GgufFile::open(&path)?)
     }
+}
+
+/// Gives `engine` the draft model loaded from `path` ([`load_draft`]), or says why it
+/// cannot take it.
+pub fn set_draft(engine: &mut Engine, path: &Path, (model, tokenizer): (Model, Tokenizer)) -> anyhow::Result<()> {
+    engine.set_draft_model(model, &tokenizer).map_err(|e| anyhow::anyhow!("--draft-model {}: {e}", path.display()))
 }
 
 /// Loads the draft model at `path` (`--draft-model`) and its tokenizer.

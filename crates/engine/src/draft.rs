@@ -95,10 +95,6 @@ impl DraftModel {
         PagedKvCache::bytes_per_block(&config.kv_layout(), config.kv_dim(), block_size)
     }
 
-    pub fn model(&self) -> &Model {
-        &self.model
-    }
-
     /// Drafts `length` tokens for each request: the first forward pass runs the part of
     /// its context the draft has not seen (the decoded token, two after a fully accepted
     /// draft, the whole prompt the first time), each further pass the token drafted last.

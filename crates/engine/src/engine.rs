@@ -132,10 +132,6 @@ impl Engine {
         Ok(())
     }
 
-    pub fn speculation(&self) -> SpeculationConfig {
-        self.speculation
-    }
-
     /// Loads the draft model of `"draft"` speculation: `model` with its `tokenizer`, which
     /// must be the target's vocabulary. Its KV cache takes as many blocks as the target's
     /// (size the pool for both with [`Engine::sized_config`]).
@@ -144,10 +140,6 @@ impl Engine {
         let blocks = self.scheduler.config();
         self.draft = Some(DraftModel::new(model, tokenizer, &self.tokenizer, &layout, blocks.num_blocks, blocks.block_size)?);
         Ok(())
-    }
-
-    pub fn draft_model(&self) -> Option<&Model> {
-        self.draft.as_ref().map(DraftModel::model)
     }
 
     fn check_method(&self, method: SpeculativeMethod) -> Result<(), String> {
@@ -591,16 +583,16 @@ impl Engine {
                 .collect();
             model.draft(&mut requests)
         };
-        for (i, (index, sampler)) in drafting.into_iter().enumerate() {
-            let item = &mut plan.decode[index];
-            let active = self.active.get_mut(&item.seq).expect("drafting requests are active");
-            active.draft_sampler = Some(sampler);
-            if let Ok(drafts) = &drafts {
-                item.draft = drafts[i].tokens.clone();
-                active.proposals = drafts[i].proposals.clone();
-            }
+        let indices: Vec<usize> = drafting.iter().map(|(index, _)| *index).collect();
+        for (index, sampler) in drafting {
+            self.active.get_mut(&plan.decode[index].seq).expect("drafting requests are active").draft_sampler = Some(sampler);
         }
-        drafts.map(drop)
+        for (index, draft) in indices.into_iter().zip(drafts?) {
+            let item = &mut plan.decode[index];
+            item.draft = draft.tokens;
+            self.active.get_mut(&item.seq).expect("drafting requests are active").proposals = draft.proposals;
+        }
+        Ok(())
     }
 
     /// Proposes a draft for every decoding sequence that speculates (none when more
@@ -664,10 +656,7 @@ impl Engine {
                     format!("the step running this request failed {attempts} times in a row: {}", self.last_step_error)
                 })
             });
-            let speculative = active.speculation.setting.is_on().then_some(SpeculativeUsage {
-                draft_tokens: active.speculation.draft_tokens,
-                accepted_tokens: active.speculation.accepted_tokens,
-            });
+            let speculative = active.speculation.setting.is_on().then_some(active.speculation.usage);
             let _ = active.events.send(Event::Finished(finished(done, reason, text, error, speculative)));
         }
     }

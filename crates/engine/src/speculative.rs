@@ -9,6 +9,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::SpeculativeUsage;
+
 /// Where draft tokens come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -195,15 +197,14 @@ pub struct SequenceSpeculation {
     accepted: f32,
     idle_steps: u32,
     retry_after: u32,
-    pub draft_tokens: usize,
-    pub accepted_tokens: usize,
+    pub usage: SpeculativeUsage,
 }
 
 impl SequenceSpeculation {
     pub fn new(setting: Speculation) -> Self {
         // A prior of 3 in 5 accepted: a new sequence starts with a short draft, which grows
         // within a few steps when accepted and stops within two when not.
-        Self { setting, tried: 2.0, accepted: 1.2, idle_steps: 0, retry_after: RETRY_AFTER_STEPS, draft_tokens: 0, accepted_tokens: 0 }
+        Self { setting, tried: 2.0, accepted: 1.2, idle_steps: 0, retry_after: RETRY_AFTER_STEPS, usage: SpeculativeUsage::default() }
     }
 
     /// How many draft tokens to propose this step: the longest draft whose last token is
@@ -241,8 +242,8 @@ impl SequenceSpeculation {
         self.tried = self.tried * DECAY + tried as f32;
         self.accepted = self.accepted * DECAY + accepted as f32;
         self.retry_after = if accepted > 0 { RETRY_AFTER_STEPS } else { (self.retry_after * 2).min(LONGEST_RETRY_WAIT) };
-        self.draft_tokens += proposed;
-        self.accepted_tokens += accepted;
+        self.usage.draft_tokens += proposed;
+        self.usage.accepted_tokens += accepted;
     }
 }
 
@@ -291,7 +292,7 @@ mod tests {
             s.record(5, 5, false);
         }
         assert_eq!(s.length(w), 5, "all accepted: full drafts again");
-        assert_eq!((s.draft_tokens, s.accepted_tokens), (252, 152));
+        assert_eq!(s.usage, SpeculativeUsage { draft_tokens: 252, accepted_tokens: 152 });
         assert_eq!(SequenceSpeculation::new(Speculation::OFF).length(w), 0);
         // Half accepted: 0.5^j stays above a cheap token's price longer.
         let mut half = SequenceSpeculation::new(Speculation { method: SpeculativeMethod::Ngram, num_tokens: 8 });

@@ -318,6 +318,11 @@ impl Sequence {
         self.tokens.len() - self.prompt_len
     }
 
+    /// Its next step decodes one generated token (a draft can follow it).
+    fn is_decoding(&self) -> bool {
+        self.generated() > 0 && self.computed + 1 == self.tokens.len()
+    }
+
     fn into_finished(self, id: SeqId, reason: FinishReason, now: Time) -> FinishedSequence {
         FinishedSequence {
             id,
@@ -607,7 +612,7 @@ impl Scheduler {
     pub fn decoding(&self) -> impl Iterator<Item = (SeqId, &[u32])> + '_ {
         self.running.iter().filter_map(|&(_, id)| {
             let seq = &self.seqs[&id];
-            (seq.generated() > 0 && seq.computed + 1 == seq.tokens.len()).then_some((id, &seq.tokens[..]))
+            seq.is_decoding().then_some((id, &seq.tokens[..]))
         })
     }
 
@@ -615,14 +620,13 @@ impl Scheduler {
     /// runs them with it where the token budget and the block pool have room, and the
     /// engine reports those it accepted ([`StepResult::accepted`]). A proposer that drafts
     /// once the step's blocks are known (a draft model) proposes placeholders and replaces
-    /// them in the plan. Cut to what the
-    /// request may still generate; ignored while a step is in flight or when `id` is not
-    /// decoding. Replaces an earlier proposal.
+    /// them in the plan. Cut to what the request may still generate; ignored while a step
+    /// is in flight or when `id` is not decoding. Replaces an earlier proposal.
     pub fn propose(&mut self, id: SeqId, mut draft: Vec<u32>) {
         if self.in_flight.is_some() {
             return;
         }
-        let Some(seq) = self.seqs.get_mut(&id).filter(|s| s.generated() > 0 && s.computed + 1 == s.tokens.len()) else { return };
+        let Some(seq) = self.seqs.get_mut(&id).filter(|s| s.is_decoding()) else { return };
         draft.truncate(seq.request.max_new_tokens.saturating_sub(seq.generated() + 1));
         seq.draft = draft;
     }

@@ -382,9 +382,8 @@ impl Loader {
             .map_err(|e| anyhow::anyhow!("--kv-cache-mb (kv_cache.size_mb): {e}"))?;
         let (num_blocks, context_length) = (scheduler.num_blocks, scheduler.max_seq_len);
         let mut engine = Engine::new(model, tokenizer.clone(), scheduler).context("allocating the KV cache")?;
-        if let Some((draft_model, draft_tokenizer)) = draft {
-            let draft_path = speculative.draft_model.as_deref().expect("loaded from it");
-            engine.set_draft_model(draft_model, &draft_tokenizer).map_err(|e| anyhow::anyhow!("--draft-model {}: {e}", draft_path.display()))?;
+        if let Some(draft) = draft {
+            crate::model_path::set_draft(&mut engine, speculative.draft_model.as_deref().expect("loaded from it"), draft)?;
         }
         let speculation = speculative.config().map_err(|e| anyhow::anyhow!("{e}"))?;
         engine.set_speculation(speculation).map_err(|e| anyhow::anyhow!("--speculative: {e}"))?;

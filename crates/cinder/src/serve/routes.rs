@@ -195,6 +195,7 @@ async fn start(s: &Shared, tenant: &Arc<Tenant>, kind: Endpoint, body: Result<Re
     }
     let body: GenerationBody = parse(&body?.0)?;
     let id = s.next_id.fetch_add(1, Ordering::Relaxed);
+    // An alias's draw of its own, apart from the sampling seed drawn below.
     let model = s.models.route(body.model.as_deref(), body.user.as_deref(), random_seed(id ^ 0x5a5a))?;
     let prompts = match kind {
         Endpoint::Completion => body.completion_prompts(&model.tokenizer)?,

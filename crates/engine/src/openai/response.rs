@@ -60,11 +60,13 @@ pub struct SpeculativeStats {
     pub acceptance_rate: f64,
 }
 
-impl Usage {
-    pub fn new(prompt_tokens: usize, completion_tokens: usize) -> Self {
-        Self { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens, speculative: None }
+impl From<SpeculativeUsage> for SpeculativeStats {
+    fn from(usage: SpeculativeUsage) -> Self {
+        Self { draft_tokens: usage.draft_tokens, accepted_tokens: usage.accepted_tokens, acceptance_rate: usage.acceptance_rate() }
     }
+}
 
+impl Usage {
     /// Counts a finished choice; its prompt only when `own_prompt` (the choices of one
     /// prompt share it).
     pub fn add(&mut self, finished: &Finished, own_prompt: bool) {
@@ -73,14 +75,10 @@ impl Usage {
         }
         self.completion_tokens += finished.completion_tokens;
         self.total_tokens = self.prompt_tokens + self.completion_tokens;
-        if let Some(s) = finished.speculative {
+        if let Some(choice) = finished.speculative {
             let (drafted, accepted) = self.speculative.map_or((0, 0), |t| (t.draft_tokens, t.accepted_tokens));
-            let usage = SpeculativeUsage { draft_tokens: drafted + s.draft_tokens, accepted_tokens: accepted + s.accepted_tokens };
-            self.speculative = Some(SpeculativeStats {
-                draft_tokens: usage.draft_tokens,
-                accepted_tokens: usage.accepted_tokens,
-                acceptance_rate: usage.acceptance_rate(),
-            });
+            let sum = SpeculativeUsage { draft_tokens: drafted + choice.draft_tokens, accepted_tokens: accepted + choice.accepted_tokens };
+            self.speculative = Some(sum.into());
         }
     }
 }
