@@ -22,7 +22,6 @@ const WORKGROUP: u32 = 64u;
 @compute @workgroup_size(WORKGROUP)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) groups: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
     @builtin(subgroup_invocation_id) lane: u32,
     @builtin(subgroup_size) width: u32,
@@ -35,8 +34,14 @@ fn main(
     let last = info.tokens - 1u;
     let last_row = info.rows - 1u;
 {{TOKEN_ROWS}}
-    // The dispatch assumes the largest subgroup size; smaller subgroups loop.
-    for (var first_row = (wg.x * subgroups + lid / width) * ROWS; first_row < info.rows; first_row += groups.x * subgroups * ROWS) {
+    // The dispatch counts subgroups of the largest size: smaller ones are more per
+    // workgroup, and those past the last row have nothing to do. (No loop over rows: a
+    // loop around the conditional stores made SwiftShader's compiler run for minutes
+    // and grow without bound once a tile held 16 accumulators.)
+    let first_row = (wg.x * subgroups + lid / width) * ROWS;
+    if first_row >= info.rows {
+        return;
+    }
 {{ROW_STARTS}}
 {{ACCUMULATORS}}
         for (var g = lane; g < blocks * 4u; g += width) {
@@ -49,5 +54,4 @@ fn main(
 {{ACCUMULATE}}
         }
 {{STORE}}
-    }
 }

@@ -25,7 +25,7 @@ pub struct AdapterInfo {
     pub device_type: String,
     pub driver: String,
     /// The largest subgroup size, when the device offers subgroup operations to the
-    /// kernels (of at least 8 lanes).
+    /// kernels.
     pub subgroup_max_size: Option<u32>,
     /// The smallest subgroup size, beside `subgroup_max_size`: kernels that split work by
     /// the subgroup's width need it fixed (equal to the largest).
@@ -34,9 +34,6 @@ pub struct AdapterInfo {
     /// limits): bigger weight matrices are split into parts.
     pub max_binding_bytes: u64,
 }
-
-/// The narrowest subgroups the subgroup kernels run on.
-const MIN_SUBGROUP_SIZE: u32 = 8;
 
 static WGPU: OnceLock<Result<Opened, String>> = OnceLock::new();
 
@@ -63,15 +60,10 @@ fn opened(
 ) -> Result<Opened, String> {
     let (device, setup) = init.map_err(|e| e.to_string())?;
     let info = setup.adapter.get_info();
-    // Subgroups of 4 (SwiftShader's) are left out: the matrix kernel gains little from 4
-    // lanes sharing inputs, and SwiftShader never finished its first dispatch of a 2-token
-    // product (its memory grew by ~100 MB/s until the process was killed), while the
-    // portable kernels run there.
-    let has_subgroups = match info.backend {
+    let subgroups = match info.backend {
         wgpu::Backend::BrowserWebGpu => BROWSER_SUBGROUPS.load(Ordering::Relaxed),
         _ => setup.device.features().contains(wgpu::Features::SUBGROUP),
     };
-    let subgroups = has_subgroups && info.subgroup_min_size >= MIN_SUBGROUP_SIZE;
     let adapter = AdapterInfo {
         name: info.name,
         backend: format!("{:?}", setup.backend),

@@ -191,7 +191,7 @@ impl PagedKvCache {
                     values: &subgroup_values,
                     workgroup: 64,
                 };
-                (kernel, 64 / width * flash_subgroup_queries(hd4))
+                (kernel, 64 / width * flash_subgroup_queries(hd4, width))
             }
             None => {
                 // The K and V tiles fill WebGPU's default 16 KiB of workgroup memory.
@@ -363,16 +363,21 @@ const FLASH_QUERIES: usize = 64;
 /// are as many again): 16 queries of 64-wide heads. On lavapipe a 512-token prompt's
 /// attention took 0.55 s at 256 and at 512, 0.57 s at 128, 0.84 s at 64.
 const FLASH_SUBGROUP_SLOTS: usize = 256;
+/// The slots on subgroups of 4 lanes (SwiftShader's): its compiler took 4 s for the test's
+/// kernels at 64 slots and did not finish in 2 minutes at 128.
+const NARROW_FLASH_SUBGROUP_SLOTS: usize = 64;
 
-/// Queries per subgroup of flash_attention_subgroup.wgsl for heads of `hd4` vec4s.
-fn flash_subgroup_queries(hd4: usize) -> usize {
-    (FLASH_SUBGROUP_SLOTS / hd4).max(1)
+/// Queries per subgroup of flash_attention_subgroup.wgsl for heads of `hd4` vec4s and
+/// subgroups of `width` lanes.
+fn flash_subgroup_queries(hd4: usize, width: usize) -> usize {
+    let slots = if width < 8 { NARROW_FLASH_SUBGROUP_SLOTS } else { FLASH_SUBGROUP_SLOTS };
+    (slots / hd4).max(1)
 }
 
 /// flash_attention_subgroup.wgsl's per-query and per-slot lines for heads of `hd4` vec4s
 /// and subgroups of `width` lanes.
 fn flash_subgroup_code(hd4: usize, width: usize) -> Vec<(&'static str, String)> {
-    let queries = flash_subgroup_queries(hd4);
+    let queries = flash_subgroup_queries(hd4, width);
     let lines = |n: usize, f: &dyn Fn(usize) -> String| (0..n).map(f).collect::<Vec<_>>().join("\n");
     let query_setup = |s: usize| {
         let mut code = format!(

@@ -135,7 +135,7 @@ impl WasmEngine {
         let info = json!({
             "adapter": adapter_name(&device),
             // Whether the device has WebGPU's subgroups, and the width the kernels use (null:
-            // they run without, as on subgroups narrower than 8 lanes).
+            // they run without).
             "subgroups_granted": options.subgroups,
             "subgroups": adapter_info(&device).and_then(|a| a.subgroup_max_size),
             "architecture": config.arch.name,
