@@ -37,8 +37,22 @@ import sys
 text = 'Paris is the capital and largest city of France, known for its museums, its river and its architecture, and'
 print(' '.join((text.split() * 100)[:int(sys.argv[1])]))" "$words")
 
+# The tokens from `cinder generate`; the speeds from `cinder bench` at the prompt's length,
+# which runs once to compile every kernel first, as the page does while it loads.
 native() {
-    "$cinder" generate "${model_args[@]}" --prompt "$prompt" --max-tokens "$max_tokens" --temperature 0 --ignore-eos --json 2>/dev/null | tail -1
+    local generated bench
+    generated=$("$cinder" generate "${model_args[@]}" --prompt "$prompt" --max-tokens "$max_tokens" --temperature 0 --ignore-eos --json 2>/dev/null | tail -1)
+    bench=$(mktemp)
+    local prompt_tokens
+    prompt_tokens=$(python3 -c "import json, sys; print(len(json.loads(sys.argv[1])['prompt_ids']))" "$generated")
+    "$cinder" bench "${model_args[@]}" --prefill-tokens "$prompt_tokens" --decode-tokens "$max_tokens" --json "$bench" >/dev/null 2>&1
+    python3 -c "
+import json, sys
+generated = json.loads(sys.argv[1])
+bench = json.load(open(sys.argv[2]))
+print(json.dumps({'ids': generated['ids'], 'prompt_ids': generated['prompt_ids'],
+                  'prompt_tokens_per_s': bench['prefill_tok_s'], 'decode_tokens_per_s': bench['decode_tok_s']}))" "$generated" "$bench"
+    rm -f "$bench"
 }
 lavapipe=$(native)
 swiftshader=$(VK_ICD_FILENAMES=$icd native)

@@ -1,7 +1,8 @@
 // The demo page: loads the model, chats with streaming output, and compares N prompts
 // batched against the same N run one after another. `?model=URL` loads another GGUF file;
 // `?worker=0` runs the engine on the page's thread instead of a worker; `?profile=1` times
-// every answer's steps and shows where they went (kernels on the device, the host's parts).
+// every answer's steps and shows where they went (kernels on the device, the host's parts);
+// `?subgroups=0` keeps the portable kernels where the browser offers subgroups.
 
 import { Engine } from './cinder.js';
 
@@ -11,6 +12,7 @@ const params = new URLSearchParams(location.search);
 const modelUrl = params.get('model') ?? '/model.gguf';
 const inWorker = params.get('worker') !== '0';
 const profiling = params.get('profile') === '1';
+const options = params.get('subgroups') === '0' ? { subgroups: false } : {};
 
 let engine = null;
 let current = null;
@@ -20,6 +22,7 @@ async function load() {
   try {
     engine = await Engine.load(modelUrl, {
       worker: inWorker,
+      options,
       onProgress: ({ phase, loaded, total, cached }) => {
         const mb = (n) => (n / 1e6).toFixed(1);
         if (phase === 'download') {

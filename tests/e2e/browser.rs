@@ -99,8 +99,8 @@ fn check_api(api: &Value, max_tokens: usize) {
 fn the_browser_gives_the_native_greedy_tokens_and_batches_concurrent_generations() {
     let model = tiny_model("browser");
     let server = Server::start(&model, &["--web", web_dist().to_str().unwrap()]);
-    // Over 16 tokens, so the prompt's products run on the prompt kernel (the tiled one in
-    // the browser).
+    // Over 16 tokens, so the prompt's products run on the prompt kernel the page timed
+    // faster.
     let prompt = "the quick brown fox jumps over the lazy dog while five boxing wizards jump quickly";
     let max_tokens = 12;
     let native = native_tokens(&server, prompt, max_tokens);
@@ -114,6 +114,13 @@ fn the_browser_gives_the_native_greedy_tokens_and_batches_concurrent_generations
     // The page asks for WebGPU's subgroups, and the subgroup kernels run on SwiftShader's
     // 4 lanes (the greedy tokens below come from them).
     assert_eq!((&result["info"]["subgroups_granted"], &result["info"]["subgroups"]), (&json!(true), &json!(4)), "{result:#}");
+    // The page timed both prompt kernels while it warmed up.
+    let timings = result["info"]["prompt_kernels"].as_array().expect("the prompt kernels' timings");
+    assert!(!timings.is_empty(), "{result:#}");
+    for timing in timings {
+        assert!(timing["tiled_ms"].as_f64().unwrap() > 0.0 && timing["rows_ms"].as_f64().unwrap() > 0.0, "{timing}");
+        assert!(["tiled", "rows"].contains(&timing["kernel"].as_str().unwrap()), "{timing}");
+    }
     assert_eq!(ids(&result["tokens"]), native, "browser and native greedy tokens differ");
     let concurrent = result["concurrent"].as_array().expect("concurrent results");
     assert_eq!(concurrent.len(), 4);
@@ -137,6 +144,10 @@ fn the_browser_gives_the_native_greedy_tokens_and_batches_concurrent_generations
     let kernels: Vec<&str> = profile["kernels"].as_array().unwrap().iter().map(|k| k["kernel"].as_str().unwrap()).collect();
     for kernel in ["matmul_quant_subgroup", "rms_norm", "paged_attention"] {
         assert!(kernels.contains(&kernel), "{kernel} is missing from the profile: {profile}");
+    }
+    // The UI's prompt is over 16 tokens, nearest to the 32 timed: the faster kernel there ran.
+    if timings.iter().any(|t| t["tokens"] == 32 && t["kernel"] == "tiled") {
+        assert!(kernels.contains(&"matmul_quant_tiled"), "the tiled kernel timed faster but did not run: {profile}");
     }
     let table: Vec<&str> = result["ui_profile"].as_array().unwrap().iter().filter_map(|row| row[0].as_str()).collect();
     assert_eq!(&table[..4], ["kernel", "host: plan and launch", "host: await the device", "host: sample"], "{table:?}");

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use cinder_engine::{Engine, Event, Generation, GenerationRequest, Speculation, SpeculativeMethod};
 use cinder_scheduler::BatchPolicy;
 use cinder_model::Model;
-use cinder_model::many_tokens::ManyTokens;
+use cinder_model::many_tokens::{PromptKernelTiming, prompt_kernel_timings};
 use cinder_model::profile::{Profile, Profiler};
 use serde::Serialize;
 
@@ -260,37 +260,6 @@ struct BenchResult {
     prompt_kernels: Vec<PromptKernelTiming>,
 }
 
-#[derive(Serialize)]
-struct PromptKernelTiming {
-    format: &'static str,
-    rows: usize,
-    cols: usize,
-    tokens: usize,
-    tiled_ms: f64,
-    rows_ms: f64,
-    kernel: &'static str,
-}
-
-fn prompt_kernels() -> Vec<PromptKernelTiming> {
-    cinder_model::many_tokens::calibrations()
-        .into_iter()
-        .flat_map(|c| {
-            c.timings.into_iter().map(move |t| PromptKernelTiming {
-                format: c.format,
-                rows: c.rows,
-                cols: c.cols,
-                tokens: t.tokens,
-                tiled_ms: t.tiled_seconds * 1e3,
-                rows_ms: t.rows_seconds * 1e3,
-                kernel: match t.faster() {
-                    ManyTokens::Tiled => "tiled",
-                    ManyTokens::Rows => "rows",
-                },
-            })
-        })
-        .collect()
-}
-
 /// Token ids for a synthetic prompt: spread over the vocabulary, past the control tokens.
 fn prompt(len: usize, vocab: usize) -> Vec<u32> {
     (0..len).map(|i| (100 + (i * 7919) % (vocab - 100)) as u32).collect()
@@ -522,7 +491,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         peers,
         profile,
         speculative,
-        prompt_kernels: prompt_kernels(),
+        prompt_kernels: prompt_kernel_timings(),
     };
     print_table(&result);
     if let Some(out) = &args.json {

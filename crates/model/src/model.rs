@@ -284,15 +284,26 @@ impl Model {
         // A browser cannot block on the device; its first read waits for the uploads instead.
         #[cfg(not(target_family = "wasm"))]
         model.device.sync().map_err(|e| ModelError::Backend(e.to_string()))?;
-        // The kernels for prompts' products (not the LM head's, which multiplies the last
-        // tokens only), timed on the largest matrix of each format.
-        let mut matrices: Vec<_> = (model.blocks.iter())
+        #[cfg(not(target_family = "wasm"))]
+        burn_cubecl::cubecl::future::block_on(model.calibrate_prompt_kernels());
+        Ok(model)
+    }
+
+    /// Times the kernels for prompts' products (not the LM head's, which multiplies the
+    /// last tokens only) on the largest matrix of each format (see [`crate::many_tokens`]).
+    /// Natively the load does it; a browser awaits it before its first prompt.
+    pub fn calibrate_prompt_kernels(&self) -> impl Future<Output = ()> + 'static {
+        let mut matrices: Vec<QuantMatrix> = (self.blocks.iter())
             .flat_map(|b| [&b.q, &b.k, &b.v, &b.out, &b.gate, &b.up, &b.down])
             .flat_map(|p| p.weight.quantized())
+            .cloned()
             .collect();
         matrices.sort_by_key(|m| std::cmp::Reverse(m.rows() * m.cols()));
-        matrices.into_iter().for_each(QuantMatrix::calibrate);
-        Ok(model)
+        async move {
+            for matrix in &matrices {
+                matrix.calibrate().await;
+            }
+        }
     }
 
     pub fn config(&self) -> &ModelConfig {

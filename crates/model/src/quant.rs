@@ -210,7 +210,8 @@ fn repack_q6_k(block: &[u8], quants: &mut Vec<u32>, scales: &mut Vec<u32>) {
     scales.extend(words(&block[192..208]));
 }
 
-/// A `rows x cols` matrix in a block format on the device.
+/// A `rows x cols` matrix in a block format on the device (a clone shares its blocks).
+#[derive(Clone)]
 pub struct QuantMatrix {
     format: QuantFormat,
     rows: usize,
@@ -522,15 +523,14 @@ impl QuantMatrix {
         self.cols
     }
 
-    /// Picks the kernel for prompt-sized products of this matrix's format now (see
+    /// Picks the kernel for prompt-sized products of this matrix's format (see
     /// [`many_tokens`]), timing them on this matrix if the format has no pick yet.
-    pub fn calibrate(&self) {
-        many_tokens::calibrate(self);
+    pub async fn calibrate(&self) {
+        many_tokens::calibrate(self).await;
     }
 
     /// The device, block format and shape: a kernel choice is kept per device and format,
     /// and reports the shape it was timed on.
-    #[cfg(not(target_family = "wasm"))]
     pub(crate) fn shape_key(&self) -> (&CubeDevice, &'static str, usize, usize) {
         (&self.device, self.format.name(), self.rows, self.cols)
     }

@@ -68,7 +68,7 @@ impl ByteSource for PageFile {
 #[wasm_bindgen]
 pub struct WasmEngine {
     state: Rc<RefCell<State>>,
-    info: String,
+    info: serde_json::Value,
 }
 
 unsafe extern "C" {
@@ -145,8 +145,7 @@ impl WasmEngine {
             "kv_blocks": scheduler.num_blocks,
             "block_size": scheduler.block_size,
             "chat_template": template.is_some(),
-        })
-        .to_string();
+        });
         let context_length = scheduler.max_seq_len;
         let engine = Engine::new(model, tokenizer, scheduler).map_err(|e| error(format!("the KV cache: {e}")))?;
         let state = State {
@@ -167,6 +166,10 @@ impl WasmEngine {
     /// sees no cache and leaves none.
     #[wasm_bindgen(js_name = warmUp)]
     pub async fn warm_up(&self) -> Result<(), JsError> {
+        // First the two kernels for prompts' products are timed, so that prompts take the
+        // faster one on this adapter, as natively.
+        let calibrating = self.state.borrow().engine.model().calibrate_prompt_kernels();
+        calibrating.await;
         // 32 tokens: a prompt chunk on the tiled matrix kernel and flash attention; then
         // one decode step.
         let mut request = GenerationRequest::new(vec![0; 32], 2);
@@ -182,9 +185,12 @@ impl WasmEngine {
         }
     }
 
-    /// What was loaded, as JSON: adapter, context length, vocabulary, weight bytes, KV pool.
+    /// What was loaded, as JSON: adapter, context length, vocabulary, weight bytes, KV pool,
+    /// and the prompt kernels' timings once `warmUp` took them.
     pub fn info(&self) -> String {
-        self.info.clone()
+        let mut info = self.info.clone();
+        info["prompt_kernels"] = json!(cinder_model::many_tokens::prompt_kernel_timings());
+        info.to_string()
     }
 
     /// Queues an OpenAI completion (`chat` false: `prompt`) or chat completion (`chat`

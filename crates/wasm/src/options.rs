@@ -20,8 +20,7 @@ pub struct EngineOptions {
     /// Longest piece of a prompt run in one step.
     pub chunk_size: usize,
     /// Whether the device has WebGPU's `subgroups` feature (web/core.js asks for it where
-    /// the adapter offers it, unless the page passes `false`). The subgroup kernels run
-    /// where subgroups are 8 lanes or wider.
+    /// the adapter offers it, unless the page passes `false`); the subgroup kernels then run.
     pub subgroups: bool,
 }
 
