@@ -40,10 +40,9 @@ print(' '.join((text.split() * 100)[:int(sys.argv[1])]))" "$words")
 # The tokens from `cinder generate`; the speeds from `cinder bench` at the prompt's length,
 # which runs once to compile every kernel first, as the page does while it loads.
 native() {
-    local generated bench
+    local generated bench prompt_tokens
     generated=$("$cinder" generate "${model_args[@]}" --prompt "$prompt" --max-tokens "$max_tokens" --temperature 0 --ignore-eos --json 2>/dev/null | tail -1)
     bench=$(mktemp)
-    local prompt_tokens
     prompt_tokens=$(python3 -c "import json, sys; print(len(json.loads(sys.argv[1])['prompt_ids']))" "$generated")
     "$cinder" bench "${model_args[@]}" --prefill-tokens "$prompt_tokens" --decode-tokens "$max_tokens" --json "$bench" >/dev/null 2>&1
     python3 -c "

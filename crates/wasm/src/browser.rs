@@ -170,8 +170,8 @@ impl WasmEngine {
         // faster one on this adapter, as natively.
         let calibrating = self.state.borrow().engine.model().calibrate_prompt_kernels();
         calibrating.await;
-        // 32 tokens: a prompt chunk on the tiled matrix kernel and flash attention; then
-        // one decode step.
+        // 32 tokens: a prompt chunk on the prompt kernel just picked and flash attention;
+        // then one decode step.
         let mut request = GenerationRequest::new(vec![0; 32], 2);
         request.ignore_eos = true;
         request.use_prefix_cache = false;
