@@ -171,13 +171,15 @@ fn the_browser_gives_the_native_greedy_tokens_and_batches_concurrent_generations
 }
 
 #[test]
-fn the_engine_on_the_pages_thread_gives_the_same_tokens_and_api() {
+fn the_engine_on_the_pages_thread_without_subgroups_gives_the_same_tokens_and_api() {
     let server = Server::start(&tiny_model("browser-in-page"), &["--web", web_dist().to_str().unwrap()]);
     let prompt = "the quick brown fox jumps over the lazy dog while five boxing wizards jump quickly";
     let max_tokens = 6;
     let native = native_tokens(&server, prompt, max_tokens);
-    let result = drive(&server, json!({"prompt": prompt, "max_tokens": max_tokens, "ui": false, "api": true, "query": "worker=0"}));
+    // `?subgroups=0` as well: the portable kernels, which browsers without subgroups run.
+    let result = drive(&server, json!({"prompt": prompt, "max_tokens": max_tokens, "ui": false, "api": true, "query": "worker=0&subgroups=0"}));
     assert!(result["status"].as_str().unwrap().contains("on the page's thread"), "{result:#}");
+    assert_eq!((&result["info"]["subgroups_granted"], &result["info"]["subgroups"]), (&json!(false), &Value::Null), "{result:#}");
     assert_eq!(ids(&result["tokens"]), native, "browser and native greedy tokens differ");
     check_api(&result["api"], max_tokens);
 }
