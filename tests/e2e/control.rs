@@ -13,13 +13,13 @@ fn cinder(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_cinder")).args(args).output().expect("running cinder")
 }
 
-fn write_config(test: &str, text: &str) -> PathBuf {
+pub(crate) fn write_config(test: &str, text: &str) -> PathBuf {
     let path = crate::scratch_dir(test).join("cinder.toml");
     std::fs::write(&path, text).unwrap();
     path
 }
 
-fn arg(path: &Path) -> &str {
+pub(crate) fn arg(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 

@@ -6,21 +6,27 @@
 //!   tokenizer builders (byte-level BPE and SentencePiece) and the chat template.
 //! - `vocabularies`: the tokenizer builders on generated vocabularies (odd pieces, types,
 //!   merges, scores and special ids), then encoding and decoding.
-//! - `openai_bodies`: the OpenAI body parser and every check the server runs on a body.
+//! - `openai_bodies`: the OpenAI body parser, every check the server runs on a body and the
+//!   grammars of `response_format` and `tools`, with the fields that multiply work
+//!   (`stop`, `logit_bias`, `tools`, `tool_choice`, `response_format`) at random sizes.
 //!
 //! `CINDER_FUZZ_CASES` sets the cases per target (default 2,000: a few seconds in all);
 //! run longer with e.g. `CINDER_FUZZ_CASES=100000 cargo test -p cinder --test e2e fuzz::`.
-//! A failure prints the shrunk input; add it to the corpus once fixed.
+//! A failure prints the shrunk input, and proptest saves its seed to
+//! `tests/fuzz/<target>.proptest-regressions`; every run (CI's too) replays the saved seeds
+//! first. Commit the file with the fix.
 
 use std::path::PathBuf;
 
-use cinder_engine::openai::{GenerationBody, Limits, parse};
+use cinder_engine::Grammars;
+use cinder_engine::openai::{Endpoint, GenerationBody, RequestLimits, Submission, parse};
+use cinder_scheduler::{Priority, TenantId};
 use cinder_gguf::{GgufFile, GgufWriter, Metadata, MetadataValue};
 use cinder_model::ModelConfig;
 use cinder_model::tiny::TinyModel;
 use cinder_tokenizer::{ChatTemplate, Tokenizer};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
 
 fn corpus_dir(target: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fuzz/corpus").join(target)
@@ -38,10 +44,19 @@ fn corpus(target: &str) -> Vec<Vec<u8>> {
     files
 }
 
-fn runner() -> TestRunner {
+/// A target's runner: `CINDER_FUZZ_CASES` cases after the seeds of earlier failures, which
+/// live in `regressions` (a path under `tests/fuzz/`) and grow with new ones.
+fn runner(regressions: &'static str) -> TestRunner {
     let cases = std::env::var("CINDER_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(2000);
-    // Failures are reported with their input; nothing is written next to the sources.
-    TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() })
+    let failure_persistence = Some(Box::new(FileFailurePersistence::Direct(regressions)) as Box<_>);
+    TestRunner::new(Config { cases, failure_persistence, ..Config::default() })
+}
+
+/// The regressions file of a target.
+macro_rules! regressions {
+    ($target:literal) => {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fuzz/", $target, ".proptest-regressions")
+    };
 }
 
 /// One edit of a byte string.
@@ -152,7 +167,7 @@ fn gguf_files() {
         GgufFile::from_bytes(file.clone()).expect("corpus files are valid");
     }
     let input = (0..corpus.len(), prop::collection::vec(edit(), 1..10));
-    runner()
+    runner(regressions!("gguf_files"))
         .run(&input, |(seed, edits)| {
             load_without_device(apply(corpus[seed].clone(), &edits, &corpus));
             Ok(())
@@ -242,7 +257,7 @@ impl Vocabulary {
 
 #[test]
 fn vocabularies() {
-    runner()
+    runner(regressions!("vocabularies"))
         .run(&(vocabulary(), "\\PC{0,40}"), |(vocabulary, text)| {
             if let Ok(tokenizer) = Tokenizer::from_gguf(&vocabulary.metadata()) {
                 use_tokenizer(&tokenizer, &text);
@@ -277,21 +292,85 @@ const FIELDS: &[&str] = &[
     "model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p", "n",
     "stream", "stream_options", "stop", "stop_token_ids", "seed", "logprobs", "top_logprobs", "presence_penalty",
     "frequency_penalty", "repetition_penalty", "ignore_eos", "priority", "cache_prompt", "return_token_ids", "user",
-    "echo", "parse_special",
+    "echo", "parse_special", "response_format", "tools", "tool_choice", "logit_bias",
 ];
 
-/// Every check the server runs on a body, for both endpoints.
-fn check_body(bytes: &[u8], tokenizer: &Tokenizer, template: &ChatTemplate) {
-    let Ok(body) = parse::<GenerationBody>(bytes) else { return };
-    let limits = Limits { context_length: 512, default_max_tokens: Some(64) };
-    let _ = (body.n(), body.logprobs(true), body.logprobs(false), body.priority(), body.sampling(7));
-    if let Ok(prompts) = body.completion_prompts(tokenizer) {
-        for prompt in prompts.iter().take(4) {
-            let _ = body.requests(prompt, false, limits, 7);
-        }
-    }
-    if let Ok(prompt) = body.chat_prompt(tokenizer, Some(template)) {
-        let _ = body.requests(&prompt, true, Limits { default_max_tokens: None, ..limits }, 7);
+/// A small JSON schema of a random shape (some invalid), for `response_format` and tools.
+fn schema() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::json;
+    let leaf = prop_oneof![
+        Just(json!({"type": "string"})),
+        Just(json!({"type": "integer", "minimum": 0})),
+        Just(json!({"type": "boolean"})),
+        Just(json!({"enum": ["a", "b", 3]})),
+        Just(json!({"type": "string", "pattern": "[a-z]{2,5}"})),
+        Just(json!({"type": "nonsense"})),
+        Just(json!({"$ref": "#/nowhere"})),
+    ];
+    leaf.prop_recursive(3, 16, 4, |inner| {
+        prop_oneof![
+            prop::collection::btree_map("[a-z]{1,4}", inner.clone(), 0..4).prop_map(|properties| {
+                let required: Vec<&String> = properties.keys().take(1).collect();
+                json!({"type": "object", "properties": properties, "required": required})
+            }),
+            inner.clone().prop_map(|items| json!({"type": "array", "items": items, "maxItems": 3})),
+            prop::collection::vec(inner, 1..3).prop_map(|any_of| json!({"anyOf": any_of})),
+        ]
+    })
+}
+
+/// Values of the fields whose size multiplies work, at sizes around and past the limits.
+fn sized_field() -> impl Strategy<Value = (&'static str, serde_json::Value)> {
+    use serde_json::json;
+    let stop = prop_oneof![
+        "\\PC{0,8}".prop_map(serde_json::Value::from),
+        prop::collection::vec("\\PC{0,300}", 0..40).prop_map(serde_json::Value::from),
+    ];
+    let key = prop_oneof!["[0-9]{1,3}", "0[0-9]{1,2}", " ?[0-9]{1,2} ?", "[a-z-]{1,3}"];
+    let logit_bias = prop::collection::btree_map(key, -150.0f64..150.0, 0..1200).prop_map(|m| json!(m));
+    let tool = ("[a-z_]{1,8}|[ -~]{0,70}", prop::option::of(schema()))
+        .prop_map(|(name, parameters)| json!({"type": "function", "function": {"name": name, "parameters": parameters}}));
+    let tools = prop::collection::vec(tool, 0..140).prop_map(serde_json::Value::from);
+    let tool_choice = prop_oneof![
+        prop_oneof![Just("auto"), Just("none"), Just("required"), Just("always")].prop_map(serde_json::Value::from),
+        "[a-z_]{1,8}".prop_map(|name| json!({"type": "function", "function": {"name": name}})),
+        Just(json!({"type": "function", "function": {"name": "a", "strict": true}})),
+    ];
+    let response_format = prop_oneof![
+        Just(json!({"type": "text"})),
+        Just(json!({"type": "json_object"})),
+        schema().prop_map(|schema| json!({"type": "json_schema", "json_schema": {"name": "s", "schema": schema}})),
+        Just(json!({"type": "json_schema"})),
+        Just(json!({"type": "json_schema", "json_schema": {"name": "s", "schema": {}, "stict": true}})),
+    ];
+    prop_oneof![
+        stop.prop_map(|v| ("stop", v)),
+        logit_bias.prop_map(|v| ("logit_bias", v)),
+        tools.prop_map(|v| ("tools", v)),
+        tool_choice.prop_map(|v| ("tool_choice", v)),
+        response_format.prop_map(|v| ("response_format", v)),
+    ]
+}
+
+/// Every check the server runs on a body, for both endpoints, and its grammar.
+fn check_body(bytes: &[u8], tokenizer: &Tokenizer, template: &ChatTemplate, grammars: &Grammars) {
+    // Small limits, so that random sizes cross them.
+    let limits = RequestLimits { max_stop: 8, max_logit_bias: 300, max_tools: 100, max_schema_bytes: 2048, default_max_tokens: Some(64), ..Default::default() };
+    for endpoint in [Endpoint::Completion, Endpoint::Chat] {
+        let Ok(body) = parse::<GenerationBody>(bytes) else { return };
+        let Ok(checked) = body.check(endpoint, &limits) else { continue };
+        let Ok(prompts) = checked.prompts(tokenizer, Some(template), 512) else { continue };
+        let _ = checked.tokens(&prompts, 512);
+        let constraint = checked.constraint(grammars).ok().flatten();
+        let submission = Submission {
+            context_length: 512,
+            seed: 7,
+            tenant: TenantId::default(),
+            priority: Priority::Normal,
+            max_priority: Priority::Critical,
+            constraint: constraint.as_ref(),
+        };
+        let _ = checked.requests(&prompts[..prompts.len().min(4)], submission);
     }
 }
 
@@ -300,29 +379,35 @@ fn openai_bodies() {
     let model = GgufFile::from_bytes(TinyModel::default().to_gguf()).unwrap();
     let tokenizer = Tokenizer::from_gguf(model.metadata()).unwrap();
     let template = ChatTemplate::from_gguf(model.metadata(), &tokenizer).unwrap();
+    let grammars = Grammars::new(&tokenizer).unwrap();
     let corpus = corpus("openai");
     for body in &corpus {
         let parsed = parse::<serde_json::Value>(body);
         assert!(parsed.is_ok_and(|v| v.is_object()), "{}", String::from_utf8_lossy(body));
     }
-    // Byte edits (mostly broken JSON), and whole fields replaced by values of any shape.
+    // Byte edits (mostly broken JSON), whole fields replaced by values of any shape, and
+    // the fields that multiply work at random sizes.
     let input = (
         0..corpus.len(),
         prop::collection::vec(edit(), 0..4),
         prop::collection::vec((0..FIELDS.len(), json_value()), 0..4),
+        prop::collection::vec(sized_field(), 0..3),
     );
-    runner()
-        .run(&input, |(seed, edits, fields)| {
+    runner(regressions!("openai_bodies"))
+        .run(&input, |(seed, edits, fields, sized)| {
             let mut body = corpus[seed].clone();
-            if !fields.is_empty()
+            if (!fields.is_empty() || !sized.is_empty())
                 && let Ok(serde_json::Value::Object(mut object)) = serde_json::from_slice::<serde_json::Value>(&body)
             {
                 for (field, value) in fields {
                     object.insert(FIELDS[field].to_owned(), value);
                 }
+                for (field, value) in sized {
+                    object.insert(field.to_owned(), value);
+                }
                 body = serde_json::to_vec(&object).unwrap();
             }
-            check_body(&apply(body, &edits, &corpus), &tokenizer, &template);
+            check_body(&apply(body, &edits, &corpus), &tokenizer, &template, &grammars);
             Ok(())
         })
         .unwrap();

@@ -11,6 +11,7 @@ mod control;
 mod dequant;
 mod fuzz;
 mod hardening;
+mod isolation;
 mod models;
 mod parity;
 mod serve;

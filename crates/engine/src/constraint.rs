@@ -50,6 +50,10 @@ fn build_factory(tokenizer: &Tokenizer) -> Result<ParserFactory, String> {
     let env: TokEnv = Arc::new(Vocabulary { trie, tokenizer: tokenizer.clone() });
     let mut factory = ParserFactory::new_simple(&env).map_err(|e| format!("building the grammar vocabulary: {e}"))?;
     factory.quiet();
+    // llguidance's default fuel bounds each step's mask (about 15 ms of lexer work and 3 ms
+    // of parser items at most) and a grammar's size; its errors should not echo a client's
+    // whole grammar and output back.
+    factory.limits_mut().verbose_errors = false;
     Ok(factory)
 }
 

@@ -6,6 +6,7 @@ use cinder_model::{
     LogitRows, Model, ModelConfig, ModelError, PagedKvCache, PendingLogits, Sampler, SamplingParams, SeqChunk, Verdict, log_softmax,
     top_logprobs,
 };
+use cinder_scheduler::admission::Applicant;
 use cinder_scheduler::{
     BatchPolicy, FinishReason, FinishedSequence, Metrics, Request, Scheduler, SchedulerConfig, SeqId, StepPlan, StepResult, Time,
 };
@@ -15,6 +16,8 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::draft::{DraftModel, DraftRequest};
 use crate::speculative::{SequenceSpeculation, StepCost, ngram_proposal};
 use crate::stop::StopMatcher;
+mod warm_up;
+
 use crate::{
     Constraint, Event, Finished, Generation, GenerationRequest, SpeculationConfig, SpeculativeMethod, SpeculativeUsage, SubmitError,
     TokenLogprob,
@@ -233,6 +236,12 @@ impl Engine {
         Ok(self.submit_all(vec![(request, events)], now)?[0])
     }
 
+    /// Whether the scheduler would admit a request now, short of its tenant's rate limits
+    /// (see [`Scheduler::check_admission`]).
+    pub fn check_admission(&mut self, applicant: Applicant, now: Time) -> Result<(), SubmitError> {
+        self.scheduler.check_admission(applicant, now).map_err(SubmitError::Rejected)
+    }
+
     /// Queues the sequences of one client request (the choices of `n`, the prompts of a
     /// list) together, or none of them: the scheduler admits them as one request.
     pub fn submit_all(
@@ -247,6 +256,7 @@ impl Engine {
                 prompt: r.prompt.clone(),
                 max_new_tokens: r.max_tokens,
                 priority: r.priority,
+                max_priority: r.max_priority,
                 tenant: r.tenant,
                 max_wait: r.deadline,
                 use_prefix_cache: r.use_prefix_cache,

@@ -1,18 +1,28 @@
-//! OpenAI's request bodies for completions and chat completions, parsed and checked the same
-//! way wherever they arrive: over HTTP (`cinder serve`) or from a web page (`cinder-wasm`);
-//! [`response`] builds what goes back.
+//! OpenAI's request bodies for completions and chat completions, parsed, checked and turned
+//! into engine requests the same way wherever they arrive: over HTTP (`cinder serve`) or
+//! from a web page (`cinder-wasm`). A body is [`parse`]d, then [`GenerationBody::check`]ed
+//! against the [`RequestLimits`] before anything is tokenized or compiled; the [`Checked`]
+//! body gives its prompts, its grammar and, last, its engine requests. [`response`] builds
+//! what goes back.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use cinder_model::SamplingParams;
 use cinder_scheduler::{Duration, FinishReason, Priority, TenantId};
 use cinder_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 use crate::{Constraint, GenerationRequest, Grammars, Speculation, SpeculativeMethod};
 
+mod limits;
 pub mod response;
+mod tools;
+
+pub use limits::RequestLimits;
+pub use response::Endpoint;
+pub use tools::{HeldCalls, ToolCall, ToolOutput, parse_tool_calls};
 
 /// Why a request body was refused, and the field at fault (OpenAI's `param`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -29,7 +39,9 @@ impl InvalidRequest {
 }
 
 /// Parses a JSON body; a wrong type names the field, and so does a field cinder does not
-/// implement (`tools`, a typo…), which is refused rather than dropped.
+/// implement (`best_of`, a typo…), which is refused rather than dropped, at any depth: the
+/// body's types read objects inside their enums without buffering them, so the unknown-field
+/// check sees every field.
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, InvalidRequest> {
     if body.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|&b| b != b'{') {
         return Err(InvalidRequest::new("the request body must be a JSON object", None));
@@ -71,8 +83,7 @@ fn field_name(path: &serde_ignored::Path) -> String {
 }
 
 /// `prompt`: one text, one list of token ids, or a list of either.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum Prompt {
     Text(String),
     Ids(Vec<u32>),
@@ -80,12 +91,90 @@ pub enum Prompt {
     IdLists(Vec<Vec<u32>>),
 }
 
+impl Prompt {
+    /// How many prompts it holds.
+    pub fn count(&self) -> usize {
+        match self {
+            Self::Text(_) | Self::Ids(_) => 1,
+            Self::Texts(texts) => texts.len(),
+            Self::IdLists(lists) => lists.len(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Prompt {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PromptVisitor;
+        impl<'de> Visitor<'de> for PromptVisitor {
+            type Value = Prompt;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string, a list of token ids, or a list of strings or of token-id lists")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Prompt, E> {
+                Ok(Prompt::Text(text.to_owned()))
+            }
+
+            /// The first item decides what the list holds; the others must be alike.
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Prompt, A::Error> {
+                #[derive(Deserialize)]
+                #[serde(untagged, expecting = "a string, a token id or a list of token ids")]
+                enum First {
+                    Id(u32),
+                    Text(String),
+                    Ids(Vec<u32>),
+                }
+                fn rest<'de, A: SeqAccess<'de>, T: Deserialize<'de>>(first: T, seq: &mut A) -> Result<Vec<T>, A::Error> {
+                    let mut all = vec![first];
+                    while let Some(item) = seq.next_element()? {
+                        all.push(item);
+                    }
+                    Ok(all)
+                }
+                Ok(match seq.next_element::<First>()? {
+                    None => Prompt::Texts(Vec::new()),
+                    Some(First::Id(id)) => Prompt::Ids(rest(id, &mut seq)?),
+                    Some(First::Text(text)) => Prompt::Texts(rest(text, &mut seq)?),
+                    Some(First::Ids(ids)) => Prompt::IdLists(rest(ids, &mut seq)?),
+                })
+            }
+        }
+        deserializer.deserialize_any(PromptVisitor)
+    }
+}
+
 /// A chat message's content: text, or a list of parts of which the text ones count.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum Content {
     Text(String),
     Parts(Vec<ContentPart>),
+}
+
+impl<'de> Deserialize<'de> for Content {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ContentVisitor;
+        impl<'de> Visitor<'de> for ContentVisitor {
+            type Value = Content;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or a list of content parts")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Content, E> {
+                Ok(Content::Text(text.to_owned()))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Content, A::Error> {
+                let mut parts = Vec::new();
+                while let Some(part) = seq.next_element()? {
+                    parts.push(part);
+                }
+                Ok(Content::Parts(parts))
+            }
+        }
+        deserializer.deserialize_any(ContentVisitor)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -162,11 +251,43 @@ pub enum Stop {
 
 /// `response_format`: free text, any JSON object, or JSON matching a schema.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(try_from = "ResponseFormatBody")]
 pub enum ResponseFormat {
     Text,
     JsonObject,
     JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+/// `response_format` as written: read as a plain object (not a tagged enum, which would hide
+/// its unknown fields), then checked into a [`ResponseFormat`].
+#[derive(Deserialize)]
+struct ResponseFormatBody {
+    #[serde(rename = "type")]
+    kind: ResponseFormatKind,
+    #[serde(default)]
+    json_schema: Option<JsonSchemaFormat>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ResponseFormatKind {
+    Text,
+    JsonObject,
+    JsonSchema,
+}
+
+impl TryFrom<ResponseFormatBody> for ResponseFormat {
+    type Error = String;
+
+    fn try_from(body: ResponseFormatBody) -> Result<Self, String> {
+        match (body.kind, body.json_schema) {
+            (ResponseFormatKind::JsonSchema, Some(json_schema)) => Ok(Self::JsonSchema { json_schema }),
+            (ResponseFormatKind::JsonSchema, None) => Err("type `json_schema` needs `json_schema`".into()),
+            (_, Some(_)) => Err("`json_schema` goes with type `json_schema`".into()),
+            (ResponseFormatKind::Text, None) => Ok(Self::Text),
+            (ResponseFormatKind::JsonObject, None) => Ok(Self::JsonObject),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -208,11 +329,18 @@ pub struct FunctionSpec {
 }
 
 /// `tool_choice`: `none`, `auto`, `required`, or one named function.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum ToolChoice {
     Mode(String),
-    Named { #[serde(rename = "type")] kind: ToolKind, function: NamedFunction },
+    Named(NamedToolChoice),
+}
+
+/// `{"type": "function", "function": {"name": …}}`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct NamedToolChoice {
+    #[serde(rename = "type")]
+    pub kind: ToolKind,
+    pub function: NamedFunction,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -220,66 +348,26 @@ pub struct NamedFunction {
     pub name: String,
 }
 
-/// How a choice's output is read back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ToolOutput {
-    /// Text (or JSON text, under `response_format`).
-    Text,
-    /// Calls when the output is a call list, else text (`tool_choice` auto).
-    MaybeCalls,
-    /// Always a call list (`required` or a named function).
-    Calls,
-}
+impl<'de> Deserialize<'de> for ToolChoice {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ToolChoiceVisitor;
+        impl<'de> Visitor<'de> for ToolChoiceVisitor {
+            type Value = ToolChoice;
 
-/// A choice's streamed output while it may still be a call list: its text is held back
-/// until it cannot be one (under `tool_choice` auto, once it starts with anything but `[`),
-/// or until its end, where a whole call list is read as calls.
-#[derive(Debug, Clone)]
-pub struct HeldCalls {
-    output: ToolOutput,
-    held: Option<String>,
-}
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("none, auto, required, or {\"type\": \"function\", \"function\": {\"name\": …}}")
+            }
 
-impl HeldCalls {
-    pub fn new(output: ToolOutput) -> Self {
-        Self { output, held: (output != ToolOutput::Text).then(String::new) }
-    }
+            fn visit_str<E: serde::de::Error>(self, mode: &str) -> Result<ToolChoice, E> {
+                Ok(ToolChoice::Mode(mode.to_owned()))
+            }
 
-    /// Takes the choice's next `text` (`last`: its end). Returns the text that may go out
-    /// now and, at the end, the calls when the whole output was a call list.
-    pub fn feed(&mut self, text: String, last: bool) -> (String, Option<Vec<ToolCall>>) {
-        let Some(held) = &mut self.held else { return (text, None) };
-        held.push_str(&text);
-        let start = held.trim_start();
-        let is_text = self.output == ToolOutput::MaybeCalls && !start.is_empty() && !start.starts_with('[');
-        if !last && !is_text {
-            return (String::new(), None);
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ToolChoice, A::Error> {
+                NamedToolChoice::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(ToolChoice::Named)
+            }
         }
-        let text = std::mem::take(held);
-        self.held = None;
-        let calls = if last { parse_tool_calls(&text) } else { None };
-        (text, calls)
+        deserializer.deserialize_any(ToolChoiceVisitor)
     }
-}
-
-/// A function call the model made.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ToolCall {
-    pub name: String,
-    /// The arguments object as JSON text (OpenAI's form).
-    pub arguments: String,
-}
-
-/// The calls in a choice's output: a JSON list of `{"name", "arguments"}` as the call
-/// grammar makes the model write; `None` if the output is not one (text, or cut short).
-pub fn parse_tool_calls(output: &str) -> Option<Vec<ToolCall>> {
-    #[derive(Deserialize)]
-    struct Written {
-        name: String,
-        arguments: serde_json::Value,
-    }
-    let written: Vec<Written> = serde_json::from_str(output.trim()).ok()?;
-    (!written.is_empty()).then(|| written.into_iter().map(|c| ToolCall { name: c.name, arguments: c.arguments.to_string() }).collect())
 }
 
 /// Completions take a number of alternatives; chat takes a flag (with `top_logprobs`).
@@ -357,18 +445,6 @@ pub struct SpeculativeBody {
     pub num_tokens: Option<u64>,
 }
 
-/// What the server allows a request: the context, and the `max_tokens` of requests that
-/// give none.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    pub context_length: usize,
-    /// `None`: 16 for a completion (OpenAI's default), the rest of the context for a chat.
-    pub default_max_tokens: Option<usize>,
-}
-
-/// Most alternatives per choice and most choices per request.
-pub const MAX_LOGPROBS: u32 = 20;
-pub const MAX_N: u32 = 16;
 /// Longest `deadline_ms`: a day.
 pub const MAX_DEADLINE_MS: u64 = 86_400_000;
 
@@ -377,11 +453,188 @@ pub fn deadline_from_ms(ms: u64) -> Option<Duration> {
     (1..=MAX_DEADLINE_MS).contains(&ms).then(|| Duration::from_millis(ms))
 }
 
+/// The seed of a request's choice `index` (over all its prompts' choices): the request's
+/// seed for the first, a mix of it and the index for the others, so that the choices of
+/// one request differ and the same body gives the same choices.
+pub fn choice_seed(seed: u64, index: usize) -> u64 {
+    if index == 0 {
+        return seed;
+    }
+    // SplitMix64's finaliser over the pair.
+    let mut z = seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A refusal naming `param`.
+fn invalid<T>(message: impl Into<String>, param: &str) -> Result<T, InvalidRequest> {
+    Err(InvalidRequest::new(message, Some(param)))
+}
+
+/// Bytes of `value` as JSON text.
+fn json_bytes(value: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).expect("counting cannot fail");
+    count.0
+}
+
+/// A body checked against the limits and each field's bounds, nothing tokenized or compiled
+/// yet: what the server and the browser build engine requests from.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    body: GenerationBody,
+    pub endpoint: Endpoint,
+    /// Choices per prompt.
+    pub n: usize,
+    /// Alternatives reported per token, when asked.
+    pub logprobs: Option<usize>,
+    /// The priority asked for (a server caps it at the tenant's).
+    pub priority: Option<Priority>,
+    sampling: SamplingParams,
+    stop: Vec<String>,
+    deadline: Option<Duration>,
+    speculative: Option<Speculation>,
+    /// `max_completion_tokens` or `max_tokens`, and which.
+    max_tokens: Option<(usize, &'static str)>,
+    limits: RequestLimits,
+    /// The tools the model may call (indices into `tools`), and whether it must.
+    callable: Option<(Vec<usize>, bool)>,
+}
+
 impl GenerationBody {
-    /// The sampling parameters, checked; `seed` is used when the body has none.
-    pub fn sampling(&self, seed: u64) -> Result<SamplingParams, InvalidRequest> {
+    /// Checks every field, counts first: what a request may multiply (prompts, choices,
+    /// stop strings, logit biases, tools, messages) is held to `limits` before anything is
+    /// tokenized, compiled or allocated per sequence. An error names the field at fault.
+    pub fn check(self, endpoint: Endpoint, limits: &RequestLimits) -> Result<Checked, InvalidRequest> {
+        let chat = endpoint == Endpoint::Chat;
+        let (prompts, prompt_param) = if chat {
+            if self.prompt.is_some() {
+                return invalid("`prompt` is for /v1/completions; chat takes `messages`", "prompt");
+            }
+            match self.messages.as_ref().map_or(0, Vec::len) {
+                0 => return invalid("`messages` must be a non-empty list", "messages"),
+                count if count > limits.max_messages => {
+                    return invalid(format!("`messages` holds {count} messages; this server takes at most {}", limits.max_messages), "messages");
+                }
+                _ => (1, "messages"),
+            }
+        } else {
+            if self.messages.is_some() {
+                return invalid("`messages` is for /v1/chat/completions; completions take `prompt`", "messages");
+            }
+            let Some(prompt) = &self.prompt else { return invalid("`prompt` is required", "prompt") };
+            (prompt.count(), "prompt")
+        };
+        if prompts == 0 {
+            return invalid("the prompt is empty", "prompt");
+        }
+        if prompts > limits.max_prompts {
+            return invalid(format!("`prompt` holds {prompts} prompts; this server takes at most {}", limits.max_prompts), prompt_param);
+        }
+        let n = match self.n.unwrap_or(1) as usize {
+            n if (1..=limits.max_n).contains(&n) => n,
+            n => return invalid(format!("`n` must be in [1, {}]; got {n}", limits.max_n), "n"),
+        };
+        if prompts * n > limits.max_sequences {
+            let message = format!("{prompts} prompts times `n` = {n} make {} sequences; this server runs at most {} per request", prompts * n, limits.max_sequences);
+            return invalid(message, "n");
+        }
+        if self.echo == Some(true) {
+            return invalid("`echo` is not supported", "echo");
+        }
+        if chat && self.parse_special.is_some() {
+            return invalid("`parse_special` applies to completions; chat messages are always tokenized as text", "parse_special");
+        }
+        let stop = match &self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        };
+        if stop.len() > limits.max_stop {
+            return invalid(format!("`stop` holds {} strings; this server takes at most {}", stop.len(), limits.max_stop), "stop");
+        }
+        if let Some(long) = stop.iter().find(|s| s.len() > limits.max_stop_bytes) {
+            return invalid(format!("a `stop` string has {} bytes; this server takes at most {}", long.len(), limits.max_stop_bytes), "stop");
+        }
+        let stop_ids = self.stop_token_ids.as_ref().map_or(0, Vec::len);
+        if stop_ids > limits.max_stop_token_ids {
+            let message = format!("`stop_token_ids` holds {stop_ids} ids; this server takes at most {}", limits.max_stop_token_ids);
+            return invalid(message, "stop_token_ids");
+        }
+        let logprobs = self.logprobs(chat, limits.max_logprobs)?;
+        let callable = self.callable_tools(chat, limits)?;
+        if let Some(ResponseFormat::JsonSchema { json_schema: JsonSchemaFormat { schema: Some(schema), .. } }) = &self.response_format {
+            let bytes = json_bytes(schema);
+            if bytes > limits.max_schema_bytes {
+                let message = format!("the schema has {bytes} bytes of JSON; this server takes at most {}", limits.max_schema_bytes);
+                return invalid(message, "response_format.json_schema.schema");
+            }
+        }
+        if self.response_format.as_ref().is_some_and(|f| !matches!(f, ResponseFormat::Text)) && callable.is_some() {
+            return invalid("`response_format` together with `tools` is not supported; use one or the other", "response_format");
+        }
+        let sampling = self.sampling(limits)?;
+        let priority = self.priority()?;
+        let deadline = match self.deadline_ms {
+            None => None,
+            Some(ms) => match deadline_from_ms(ms) {
+                Some(deadline) => Some(deadline),
+                None => return invalid(format!("`deadline_ms` must be in [1, {MAX_DEADLINE_MS}] milliseconds; got {ms}"), "deadline_ms"),
+            },
+        };
+        let speculative = match &self.speculative {
+            None => None,
+            Some(body) => {
+                let num_tokens = body.num_tokens.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+                Some(Speculation::new(body.method, num_tokens).map_err(|e| InvalidRequest::new(e, Some("speculative.num_tokens")))?)
+            }
+        };
+        let max_tokens = match (self.max_completion_tokens, self.max_tokens) {
+            (Some(m), _) => Some((m, "max_completion_tokens")),
+            (None, m) => m.map(|m| (m, "max_tokens")),
+        };
+        let max_tokens = match max_tokens {
+            Some((0, param)) => return invalid(format!("`{param}` must be at least 1"), param),
+            Some((m, param)) => {
+                let m = usize::try_from(m).unwrap_or(usize::MAX);
+                if let Some(cap) = limits.max_tokens.filter(|&cap| m > cap) {
+                    return invalid(format!("`{param}` is {m}; this server generates at most {cap} tokens per choice"), param);
+                }
+                Some((m, param))
+            }
+            None => None,
+        };
+        Ok(Checked {
+            body: self,
+            endpoint,
+            n,
+            logprobs,
+            priority,
+            sampling,
+            stop,
+            deadline,
+            speculative,
+            max_tokens,
+            limits: limits.clone(),
+            callable,
+        })
+    }
+
+    /// The sampling parameters, checked (the seed is set per choice later).
+    fn sampling(&self, limits: &RequestLimits) -> Result<SamplingParams, InvalidRequest> {
         let range = |name: &str, value: Option<f32>, ok: &dyn Fn(f32) -> bool, rule: &str| match value {
-            Some(v) if !ok(v) => Err(InvalidRequest::new(format!("`{name}` must be {rule}; got {v}"), Some(name))),
+            Some(v) if !ok(v) => invalid(format!("`{name}` must be {rule}; got {v}"), name),
             _ => Ok(()),
         };
         range("temperature", self.temperature, &|v| (0.0..=2.0).contains(&v), "in [0, 2]")?;
@@ -390,25 +643,28 @@ impl GenerationBody {
         range("presence_penalty", self.presence_penalty, &|v| (-2.0..=2.0).contains(&v), "in [-2, 2]")?;
         range("frequency_penalty", self.frequency_penalty, &|v| (-2.0..=2.0).contains(&v), "in [-2, 2]")?;
         range("repetition_penalty", self.repetition_penalty, &|v| v > 0.0 && v <= 10.0, "in (0, 10]")?;
-        let logit_bias = self
-            .logit_bias
-            .iter()
-            .flatten()
-            .map(|(token, &bias)| {
-                let param = format!("logit_bias.{token}");
-                let id = token.trim().parse::<u32>().map_err(|_| {
-                    InvalidRequest::new(format!("`logit_bias` keys are token ids; got {token:?}"), Some(&param))
-                })?;
-                if !(-100.0..=100.0).contains(&bias) {
-                    return Err(InvalidRequest::new(format!("`{param}` must be in [-100, 100]; got {bias}"), Some(&param)));
-                }
-                Ok((id, bias))
-            })
-            .collect::<Result<_, _>>()?;
+        let biases = self.logit_bias.as_ref().map_or(0, BTreeMap::len);
+        if biases > limits.max_logit_bias {
+            return invalid(format!("`logit_bias` has {biases} entries; this server takes at most {}", limits.max_logit_bias), "logit_bias");
+        }
+        // Keys are token ids as text: `1` and `01` name one token, which may appear once.
+        let mut logit_bias: BTreeMap<u32, (f32, &str)> = BTreeMap::new();
+        for (key, &bias) in self.logit_bias.iter().flatten() {
+            let param = format!("logit_bias.{key}");
+            let Ok(id) = key.trim().parse::<u32>() else {
+                return invalid(format!("`logit_bias` keys are token ids; got {key:?}"), &param);
+            };
+            if !(-100.0..=100.0).contains(&bias) {
+                return invalid(format!("`{param}` must be in [-100, 100]; got {bias}"), &param);
+            }
+            if let Some((_, other)) = logit_bias.insert(id, (bias, key)) {
+                return invalid(format!("`logit_bias` names token {id} twice (`{other}` and `{key}`)"), &param);
+            }
+        }
         let top_k = match self.top_k {
             None | Some(-1) | Some(0) => 0,
             Some(k) if k > 0 => k as usize,
-            Some(k) => return Err(InvalidRequest::new(format!("`top_k` must be -1, 0 or positive; got {k}"), Some("top_k"))),
+            Some(k) => return invalid(format!("`top_k` must be positive, or 0 or -1 for all tokens; got {k}"), "top_k"),
         };
         Ok(SamplingParams {
             temperature: self.temperature.unwrap_or(1.0),
@@ -418,74 +674,128 @@ impl GenerationBody {
             repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
             frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
             presence_penalty: self.presence_penalty.unwrap_or(0.0),
-            logit_bias,
-            seed: self.seed.unwrap_or(seed),
+            logit_bias: logit_bias.into_iter().map(|(id, (bias, _))| (id, bias)).collect(),
             ..SamplingParams::default()
         })
     }
 
-    /// The request's own speculative decoding, checked.
-    pub fn speculation(&self) -> Result<Option<Speculation>, InvalidRequest> {
-        let Some(body) = &self.speculative else { return Ok(None) };
-        let num_tokens = body.num_tokens.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-        Speculation::new(body.method, num_tokens).map(Some).map_err(|e| InvalidRequest::new(e, Some("speculative.num_tokens")))
-    }
-
-    pub fn n(&self) -> Result<usize, InvalidRequest> {
-        match self.n.unwrap_or(1) {
-            n @ 1..=MAX_N => Ok(n as usize),
-            n => Err(InvalidRequest::new(format!("`n` must be in [1, {MAX_N}]; got {n}"), Some("n"))),
-        }
-    }
-
     /// How many alternatives to report per token, if any.
-    pub fn logprobs(&self, chat: bool) -> Result<Option<usize>, InvalidRequest> {
+    fn logprobs(&self, chat: bool, most: usize) -> Result<Option<usize>, InvalidRequest> {
         let count = match (chat, self.logprobs) {
             (_, None) | (_, Some(Logprobs::Flag(false))) => return Ok(None),
             (true, Some(Logprobs::Flag(true))) => self.top_logprobs.unwrap_or(0),
             (false, Some(Logprobs::Count(k))) => k,
-            (true, Some(Logprobs::Count(_))) => return Err(InvalidRequest::new("`logprobs` is a boolean here; use `top_logprobs` for a count", Some("logprobs"))),
-            (false, Some(Logprobs::Flag(true))) => return Err(InvalidRequest::new("`logprobs` is a number of alternatives here", Some("logprobs"))),
-        };
-        if count > MAX_LOGPROBS {
+            (true, Some(Logprobs::Count(_))) => return invalid("`logprobs` is a boolean here; use `top_logprobs` for a count", "logprobs"),
+            (false, Some(Logprobs::Flag(true))) => return invalid("`logprobs` is a number of alternatives here", "logprobs"),
+        } as usize;
+        if count > most {
             let param = if chat { "top_logprobs" } else { "logprobs" };
-            return Err(InvalidRequest::new(format!("`{param}` must be at most {MAX_LOGPROBS}; got {count}"), Some(param)));
+            return invalid(format!("`{param}` must be at most {most}; got {count}"), param);
         }
-        Ok(Some(count as usize))
+        Ok(Some(count))
     }
 
-    pub fn stop(&self) -> Vec<String> {
-        match &self.stop {
-            None => Vec::new(),
-            Some(Stop::One(s)) => vec![s.clone()],
-            Some(Stop::Many(v)) => v.clone(),
-        }
-    }
-
-    pub fn priority(&self) -> Result<Priority, InvalidRequest> {
-        let bad = |what: String| InvalidRequest::new(format!("`priority` must be 0-4 or critical, high, normal, low, batch; got {what}"), Some("priority"));
+    fn priority(&self) -> Result<Option<Priority>, InvalidRequest> {
+        let bad = |what: String| invalid(format!("`priority` must be 0-4 or critical, high, normal, low, batch; got {what}"), "priority");
         match &self.priority {
-            None => Ok(Priority::Normal),
-            Some(PriorityField::Level(l)) if (0..=4).contains(l) => Ok(Priority::from_level(*l as usize)),
-            Some(PriorityField::Level(l)) => Err(bad(l.to_string())),
-            Some(PriorityField::Name(name)) => {
-                Priority::from_name(name).ok_or_else(|| bad(format!("{name:?}")))
-            }
+            None => Ok(None),
+            Some(PriorityField::Level(l)) if (0..=4).contains(l) => Ok(Some(Priority::from_level(*l as usize))),
+            Some(PriorityField::Level(l)) => bad(l.to_string()),
+            Some(PriorityField::Name(name)) => match Priority::from_name(name) {
+                Some(priority) => Ok(Some(priority)),
+                None => bad(format!("{name:?}")),
+            },
         }
     }
 
-    pub fn deadline(&self) -> Result<Option<Duration>, InvalidRequest> {
-        let Some(ms) = self.deadline_ms else { return Ok(None) };
-        let message = || format!("`deadline_ms` must be in [1, {MAX_DEADLINE_MS}] milliseconds; got {ms}");
-        deadline_from_ms(ms).map(Some).ok_or_else(|| InvalidRequest::new(message(), Some("deadline_ms")))
+    /// The tools the model may call under `tool_choice` (their indices), and whether it
+    /// must: `None` with no tools or `tool_choice` none.
+    fn callable_tools(&self, chat: bool, limits: &RequestLimits) -> Result<Option<(Vec<usize>, bool)>, InvalidRequest> {
+        let tools = self.tools.as_deref().unwrap_or_default();
+        if !tools.is_empty() && !chat {
+            return invalid("`tools` are for chat completions", "tools");
+        }
+        if tools.len() > limits.max_tools {
+            return invalid(format!("`tools` lists {} functions; this server takes at most {}", tools.len(), limits.max_tools), "tools");
+        }
+        let mut schema_bytes = 0;
+        for (i, tool) in tools.iter().enumerate() {
+            let name = &tool.function.name;
+            let valid = (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !valid {
+                let param = format!("tools[{i}].function.name");
+                return invalid(format!("`{param}` must be 1-64 letters, digits, _ or -; got {name:?}"), &param);
+            }
+            schema_bytes += tool.function.parameters.as_ref().map_or(0, json_bytes);
+        }
+        if schema_bytes > limits.max_schema_bytes {
+            let message = format!("the tools' parameters have {schema_bytes} bytes of JSON; this server takes at most {}", limits.max_schema_bytes);
+            return invalid(message, "tools");
+        }
+        let all = || (0..tools.len()).collect::<Vec<_>>();
+        let (chosen, required) = match &self.tool_choice {
+            Some(_) if tools.is_empty() => return invalid("`tool_choice` needs `tools`", "tool_choice"),
+            None => (all(), false),
+            Some(ToolChoice::Mode(mode)) => match mode.as_str() {
+                "none" => return Ok(None),
+                "auto" => (all(), false),
+                "required" => (all(), true),
+                other => return invalid(format!("`tool_choice` must be none, auto, required or a function; got {other:?}"), "tool_choice"),
+            },
+            Some(ToolChoice::Named(named)) => match tools.iter().position(|t| t.function.name == named.function.name) {
+                Some(index) => (vec![index], true),
+                None => return invalid(format!("`tool_choice` names `{}`, which is not in `tools`", named.function.name), "tool_choice"),
+            },
+        };
+        Ok((!chosen.is_empty()).then_some((chosen, required)))
+    }
+}
+
+/// What a server adds to a checked body's requests: who sends them, at what priority, and
+/// the grammar their output follows.
+#[derive(Debug, Clone, Copy)]
+pub struct Submission<'a> {
+    /// The longest sequence the engine holds.
+    pub context_length: usize,
+    /// The seed of a request whose body gives none (each choice's is derived from it).
+    pub seed: u64,
+    pub tenant: TenantId,
+    pub priority: Priority,
+    /// The most urgent level the queue may lift the requests to.
+    pub max_priority: Priority,
+    pub constraint: Option<&'a Constraint>,
+}
+
+impl Checked {
+    /// The body as parsed.
+    pub fn body(&self) -> &GenerationBody {
+        &self.body
+    }
+
+    /// Whether the output follows a grammar (`response_format` or tools), which
+    /// [`constraint`](Self::constraint) compiles.
+    pub fn has_constraint(&self) -> bool {
+        self.callable.is_some() || matches!(self.body.response_format, Some(ResponseFormat::JsonObject | ResponseFormat::JsonSchema { .. }))
+    }
+
+    /// How the output is read back: text, or maybe or surely tool calls.
+    pub fn tool_output(&self) -> ToolOutput {
+        match &self.callable {
+            None => ToolOutput::Text,
+            Some((_, true)) => ToolOutput::Calls,
+            Some((_, false)) => ToolOutput::MaybeCalls,
+        }
+    }
+
+    fn callable(&self) -> Option<(Vec<&Tool>, bool)> {
+        let tools = self.body.tools.as_deref().unwrap_or_default();
+        self.callable.as_ref().map(|(chosen, required)| (chosen.iter().map(|&i| &tools[i]).collect(), *required))
     }
 
     /// The grammar the output must follow (`response_format`, or the tool-call list of
-    /// `tools` and `tool_choice`), and how to read the output back. An invalid schema is
-    /// an error naming it.
-    pub fn output_constraint(&self, grammars: &Grammars, chat: bool) -> Result<(Option<Constraint>, ToolOutput), InvalidRequest> {
-        let tools = self.callable_tools(chat)?;
-        let format = match &self.response_format {
+    /// `tools` and `tool_choice`), compiled. An invalid schema is an error naming it.
+    pub fn constraint(&self, grammars: &Grammars) -> Result<Option<Constraint>, InvalidRequest> {
+        let format = match &self.body.response_format {
             None | Some(ResponseFormat::Text) => None,
             Some(ResponseFormat::JsonObject) => Some((serde_json::json!({"type": "object"}), "response_format")),
             Some(ResponseFormat::JsonSchema { json_schema }) => {
@@ -494,108 +804,62 @@ impl GenerationBody {
                 Some((schema, param))
             }
         };
-        if let (Some(_), Some(_)) = (&format, &tools) {
-            let message = "`response_format` together with `tools` is not supported; use one or the other";
-            return Err(InvalidRequest::new(message, Some("response_format")));
-        }
         if let Some((schema, param)) = format {
-            let constraint = grammars.json_schema(schema).map_err(|e| InvalidRequest::new(format!("`{param}`: {e}"), Some(param)))?;
-            return Ok((Some(constraint), ToolOutput::Text));
+            return grammars.json_schema(schema).map(Some).map_err(|e| InvalidRequest::new(format!("`{param}`: {e}"), Some(param)));
         }
-        let Some((tools, required)) = tools else { return Ok((None, ToolOutput::Text)) };
-        let calls = call_list_schema(&tools, self.parallel_tool_calls == Some(false));
+        let Some((tools, required)) = self.callable() else { return Ok(None) };
+        let calls = tools::call_list_schema(&tools, self.body.parallel_tool_calls == Some(false));
         let bad = |e: String| InvalidRequest::new(format!("`tools`: {e}"), Some("tools"));
         if required {
-            return Ok((Some(grammars.json_schema(calls).map_err(bad)?), ToolOutput::Calls));
+            return grammars.json_schema(calls).map(Some).map_err(bad);
         }
         // Text that does not start a call list, or a call list.
         let grammar = format!("start: TEXT | calls\nTEXT: /[^\\[](.|\\n)*/\ncalls: %json {calls}\n");
-        Ok((Some(grammars.lark(&grammar).map_err(bad)?), ToolOutput::MaybeCalls))
+        grammars.lark(&grammar).map(Some).map_err(bad)
     }
 
-    /// The tools the model may call under `tool_choice`, and whether it must: `None` with
-    /// no tools or `tool_choice` none.
-    fn callable_tools(&self, chat: bool) -> Result<Option<(Vec<&Tool>, bool)>, InvalidRequest> {
-        let tools = self.tools.as_deref().unwrap_or_default();
-        if !tools.is_empty() && !chat {
-            return Err(InvalidRequest::new("`tools` are for chat completions", Some("tools")));
-        }
-        for (i, tool) in tools.iter().enumerate() {
-            let name = &tool.function.name;
-            let valid = (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-            if !valid {
-                let param = format!("tools[{i}].function.name");
-                return Err(InvalidRequest::new(format!("`{param}` must be 1-64 letters, digits, _ or -; got {name:?}"), Some(&param)));
-            }
-        }
-        let bad_choice = |message: String| Err(InvalidRequest::new(message, Some("tool_choice")));
-        let (chosen, required): (Vec<&Tool>, bool) = match &self.tool_choice {
-            Some(_) if tools.is_empty() => return bad_choice("`tool_choice` needs `tools`".into()),
-            None => (tools.iter().collect(), false),
-            Some(ToolChoice::Mode(mode)) => match mode.as_str() {
-                "none" => return Ok(None),
-                "auto" => (tools.iter().collect(), false),
-                "required" => (tools.iter().collect(), true),
-                other => return bad_choice(format!("`tool_choice` must be none, auto, required or a function; got {other:?}")),
-            },
-            Some(ToolChoice::Named { function, .. }) => match tools.iter().find(|t| t.function.name == function.name) {
-                Some(tool) => (vec![tool], true),
-                None => return bad_choice(format!("`tool_choice` names `{}`, which is not in `tools`", function.name)),
-            },
+    /// The prompts as token ids: a completion's `prompt` (control-token text parsed unless
+    /// `parse_special` is false), or a chat's `messages` rendered by the model's chat
+    /// template (what they say tokenized as text: a `<|im_end|>` in a content is never the
+    /// token), each at most `max_prompt_tokens` and the context.
+    pub fn prompts(&self, tokenizer: &Tokenizer, template: Option<&ChatTemplate>, context_length: usize) -> Result<Vec<Vec<u32>>, InvalidRequest> {
+        let prompts = match self.endpoint {
+            Endpoint::Completion => self.completion_prompts(tokenizer)?,
+            Endpoint::Chat => vec![self.chat_prompt(tokenizer, template)?],
         };
-        Ok((!chosen.is_empty()).then_some((chosen, required)))
+        let most = self.limits.max_prompt_tokens.unwrap_or(context_length).min(context_length);
+        if let Some(long) = prompts.iter().find(|p| p.len() > most) {
+            let param = if self.endpoint == Endpoint::Chat { "messages" } else { "prompt" };
+            return invalid(format!("the prompt has {} tokens; this server takes at most {most}", long.len()), param);
+        }
+        Ok(prompts)
     }
 
-    /// A system message that tells the model the tools it may call and how to write a
-    /// call (the chat templates of small models know no tools), when it may call any.
-    pub fn tool_prompt(&self) -> Result<Option<String>, InvalidRequest> {
-        let Some((tools, required)) = self.callable_tools(true)? else { return Ok(None) };
-        let listed: Vec<serde_json::Value> = tools
-            .iter()
-            .map(|t| serde_json::json!({"name": t.function.name, "description": t.function.description, "parameters": t.function.parameters}))
-            .collect();
-        let when = if required { "Answer with" } else { "To call functions, answer with only" };
-        Ok(Some(format!(
-            "You can call these functions:\n{}\n{when} a JSON list of calls: [{{\"name\": \"<function name>\", \"arguments\": {{<arguments>}}}}].",
-            serde_json::Value::from(listed)
-        )))
-    }
-
-    /// The prompts of a completion: `prompt` as text (control-token text parsed unless
-    /// `parse_special` is false) or ids.
-    pub fn completion_prompts(&self, tokenizer: &Tokenizer) -> Result<Vec<Vec<u32>>, InvalidRequest> {
-        let parse_special = self.parse_special.unwrap_or(true);
+    fn completion_prompts(&self, tokenizer: &Tokenizer) -> Result<Vec<Vec<u32>>, InvalidRequest> {
+        let parse_special = self.body.parse_special.unwrap_or(true);
         let encode = |text: &str| {
-            tokenizer
-                .encode(text, true, parse_special)
-                .map_err(|e| InvalidRequest::new(format!("cannot tokenize the prompt: {e}"), Some("prompt")))
+            tokenizer.encode(text, true, parse_special).map_err(|e| InvalidRequest::new(format!("cannot tokenize the prompt: {e}"), Some("prompt")))
         };
-        let prompts = match &self.prompt {
-            None => return Err(InvalidRequest::new("`prompt` is required", Some("prompt"))),
+        let prompts = match &self.body.prompt {
+            None => return invalid("`prompt` is required", "prompt"),
             Some(Prompt::Text(t)) => vec![encode(t)?],
             Some(Prompt::Ids(ids)) => vec![ids.clone()],
             Some(Prompt::Texts(texts)) => texts.iter().map(|t| encode(t)).collect::<Result<_, _>>()?,
             Some(Prompt::IdLists(lists)) => lists.clone(),
         };
-        if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
-            return Err(InvalidRequest::new("the prompt is empty", Some("prompt")));
+        if prompts.iter().any(Vec::is_empty) {
+            return invalid("the prompt is empty", "prompt");
         }
         Ok(prompts)
     }
 
-    /// The prompt of a chat completion: `messages` rendered by the model's chat template,
-    /// what they say tokenized as text (a `<|im_end|>` in a content is never the token).
-    pub fn chat_prompt(&self, tokenizer: &Tokenizer, template: Option<&ChatTemplate>) -> Result<Vec<u32>, InvalidRequest> {
-        if self.parse_special.is_some() {
-            let message = "`parse_special` applies to completions; chat messages are always tokenized as text";
-            return Err(InvalidRequest::new(message, Some("parse_special")));
-        }
-        let messages = self.messages.as_ref().filter(|m| !m.is_empty());
-        let messages = messages.ok_or_else(|| InvalidRequest::new("`messages` must be a non-empty list", Some("messages")))?;
+    fn chat_prompt(&self, tokenizer: &Tokenizer, template: Option<&ChatTemplate>) -> Result<Vec<u32>, InvalidRequest> {
         let template = template.ok_or_else(|| InvalidRequest::new("this model has no chat template; use a completion", None))?;
+        let messages = self.body.messages.as_deref().unwrap_or_default();
         let mut messages: Vec<ChatMessage> =
             messages.iter().map(|m| Ok(ChatMessage::new(m.role.clone(), m.text()?))).collect::<Result<_, InvalidRequest>>()?;
-        if let Some(tools) = self.tool_prompt()? {
+        if let Some((tools, required)) = self.callable() {
+            let tools = tools::tool_prompt(&tools, required);
             match messages.first_mut().filter(|m| m.role == "system") {
                 Some(system) => system.content = format!("{}\n\n{tools}", system.content),
                 None => messages.insert(0, ChatMessage::new("system", tools)),
@@ -604,80 +868,60 @@ impl GenerationBody {
         template.encode(tokenizer, &messages, true).map_err(|e| InvalidRequest::new(format!("chat template: {e}"), Some("messages")))
     }
 
-    /// The engine requests for one of the body's prompts: `n` choices whose seeds differ by
-    /// their index, each capped so the prompt and its answer fit in the context. Their
-    /// tenant is the default one; a server sets the tenant its API key stands for.
-    pub fn requests(&self, prompt: &[u32], chat: bool, limits: Limits, seed: u64) -> Result<Vec<GenerationRequest>, InvalidRequest> {
-        let max_tokens = self.max_tokens(chat, prompt.len(), limits)?;
-        let (logprobs, stop, priority, deadline) = (self.logprobs(chat)?, self.stop(), self.priority()?, self.deadline()?);
-        let speculative = self.speculation()?;
-        (0..self.n()?)
-            .map(|choice| {
-                Ok(GenerationRequest {
-                    prompt: prompt.to_vec(),
-                    max_tokens,
-                    sampling: self.sampling(seed.wrapping_add(choice as u64))?,
-                    stop: stop.clone(),
-                    stop_token_ids: self.stop_token_ids.clone().unwrap_or_default(),
-                    ignore_eos: self.ignore_eos.unwrap_or(false),
-                    logprobs,
-                    priority,
-                    tenant: TenantId::default(),
-                    deadline,
-                    use_prefix_cache: self.cache_prompt.unwrap_or(true),
-                    constraint: None,
-                    speculative,
-                })
-            })
-            .collect()
-    }
-
-    /// `max_completion_tokens` or `max_tokens`; without either, the server's default (cut
-    /// to the room left), else 16 for a completion (OpenAI's default) and the rest of the
-    /// context for a chat.
-    fn max_tokens(&self, chat: bool, prompt: usize, limits: Limits) -> Result<usize, InvalidRequest> {
-        let context_length = limits.context_length;
+    /// Most new tokens of a choice of a `prompt`-token prompt: `max_completion_tokens` or
+    /// `max_tokens`; without either, the server's default (cut to the room left), else 16
+    /// for a completion (OpenAI's default) and the rest of the context for a chat.
+    pub fn max_tokens(&self, prompt: usize, context_length: usize) -> Result<usize, InvalidRequest> {
         let room = context_length.saturating_sub(prompt);
-        let (asked, param) = match (self.max_completion_tokens, self.max_tokens) {
-            (Some(m), _) => (Some(m), "max_completion_tokens"),
-            (None, m) => (m, "max_tokens"),
-        };
-        let max = match (asked, limits.default_max_tokens, chat) {
-            (Some(0), ..) => return Err(InvalidRequest::new(format!("`{param}` must be at least 1"), Some(param))),
-            (Some(m), ..) => usize::try_from(m).unwrap_or(usize::MAX),
-            (None, Some(default), _) => default.min(room.max(1)),
-            (None, None, false) => 16.min(room.max(1)),
-            (None, None, true) => room.max(1),
+        let chat = self.endpoint == Endpoint::Chat;
+        let (max, param) = match self.max_tokens {
+            Some((m, param)) => (m, param),
+            None => {
+                let default = self.limits.default_max_tokens.unwrap_or(if chat { usize::MAX } else { 16 });
+                (default.min(self.limits.max_tokens.unwrap_or(usize::MAX)).min(room.max(1)), "max_tokens")
+            }
         };
         if max > room {
-            let message =
-                format!("the prompt ({prompt} tokens) plus {param} ({max}) exceeds the model's context of {context_length} tokens");
-            return Err(InvalidRequest::new(message, Some(param)));
+            let message = format!("the prompt ({prompt} tokens) plus {param} ({max}) exceeds the model's context of {context_length} tokens");
+            return invalid(message, param);
         }
         Ok(max)
     }
-}
 
-/// The JSON schema of a call list: calls of the given tools, each `{"name", "arguments"}`
-/// with the tool's argument schema; at least one, at most one if `one`; laid out on one line.
-fn call_list_schema(tools: &[&Tool], one: bool) -> serde_json::Value {
-    let calls: Vec<serde_json::Value> = tools
-        .iter()
-        .map(|t| {
-            let arguments = t.function.parameters.clone().unwrap_or_else(|| serde_json::json!({"type": "object"}));
-            serde_json::json!({
-                "type": "object",
-                "properties": {"name": {"const": t.function.name}, "arguments": arguments},
-                "required": ["name", "arguments"],
-                "additionalProperties": false,
-            })
-        })
-        .collect();
-    let mut schema = serde_json::json!({"type": "array", "items": {"anyOf": calls}, "minItems": 1});
-    if one {
-        schema["maxItems"] = 1.into();
+    /// Tokens the request may occupy: each sequence's prompt and most new tokens (what a
+    /// tenant's token rate counts).
+    pub fn tokens(&self, prompts: &[Vec<u32>], context_length: usize) -> Result<usize, InvalidRequest> {
+        prompts.iter().try_fold(0usize, |sum, p| Ok(sum + (p.len() + self.max_tokens(p.len(), context_length)?) * self.n))
     }
-    crate::json_layout(schema)
+
+    /// The engine requests: `n` choices of each prompt, in the order of the response's
+    /// choices, each seeded from the request's seed and its index ([`choice_seed`]).
+    pub fn requests(&self, prompts: &[Vec<u32>], submission: Submission) -> Result<Vec<GenerationRequest>, InvalidRequest> {
+        let seed = self.body.seed.unwrap_or(submission.seed);
+        let mut requests = Vec::with_capacity(prompts.len() * self.n);
+        for prompt in prompts {
+            let max_tokens = self.max_tokens(prompt.len(), submission.context_length)?;
+            for _ in 0..self.n {
+                requests.push(GenerationRequest {
+                    prompt: prompt.clone(),
+                    max_tokens,
+                    sampling: SamplingParams { seed: choice_seed(seed, requests.len()), ..self.sampling.clone() },
+                    stop: self.stop.clone(),
+                    stop_token_ids: self.body.stop_token_ids.clone().unwrap_or_default(),
+                    ignore_eos: self.body.ignore_eos.unwrap_or(false),
+                    logprobs: self.logprobs,
+                    priority: submission.priority,
+                    max_priority: submission.max_priority,
+                    tenant: submission.tenant,
+                    deadline: self.deadline,
+                    use_prefix_cache: self.body.cache_prompt.unwrap_or(true),
+                    constraint: submission.constraint.cloned(),
+                    speculative: self.speculative,
+                });
+            }
+        }
+        Ok(requests)
+    }
 }
 
 /// OpenAI's name for why a choice ended.

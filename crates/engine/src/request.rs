@@ -21,6 +21,8 @@ pub struct GenerationRequest {
     /// Report each token's log-probability with this many most likely alternatives.
     pub logprobs: Option<usize>,
     pub priority: Priority,
+    /// The most urgent level the queue may lift it to: its tenant's cap.
+    pub max_priority: Priority,
     pub tenant: TenantId,
     /// Longest wait to start; past it, a request still waiting ends with
     /// [`FinishReason::Deadline`]. `None`: the scheduler's default for its priority.
@@ -44,6 +46,7 @@ impl GenerationRequest {
             ignore_eos: false,
             logprobs: None,
             priority: Priority::Normal,
+            max_priority: Priority::Critical,
             tenant: TenantId(0),
             deadline: None,
             use_prefix_cache: true,

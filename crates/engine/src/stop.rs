@@ -5,6 +5,9 @@
 #[derive(Debug, Default)]
 pub struct StopMatcher {
     stops: Vec<String>,
+    /// The longest stop string's bytes: more is never held back, so a token's work is
+    /// bounded by the stop strings, not by the output's length.
+    longest: usize,
     held: String,
     /// A stop string was found: nothing more is released.
     stopped: bool,
@@ -21,7 +24,9 @@ pub struct Released {
 
 impl StopMatcher {
     pub fn new(stops: Vec<String>) -> Self {
-        Self { stops: stops.into_iter().filter(|s| !s.is_empty()).collect(), held: String::new(), stopped: false }
+        let stops: Vec<String> = stops.into_iter().filter(|s| !s.is_empty()).collect();
+        let longest = stops.iter().map(String::len).max().unwrap_or(0);
+        Self { stops, longest, held: String::new(), stopped: false }
     }
 
     /// Adds `piece` and returns what can be sent.
@@ -37,7 +42,9 @@ impl StopMatcher {
             self.stopped = true;
             return Released { text, stopped: true };
         }
-        let keep = self.held.char_indices().map(|(i, _)| i).find(|&i| self.could_start_stop(&self.held[i..]));
+        // Only a tail shorter than the longest stop string can still become one.
+        let from = self.held.len().saturating_sub(self.longest.saturating_sub(1));
+        let keep = self.held.char_indices().map(|(i, _)| i).filter(|&i| i >= from).find(|&i| self.could_start_stop(&self.held[i..]));
         let split = keep.unwrap_or(self.held.len());
         let text = self.held[..split].to_owned();
         self.held.drain(..split);

@@ -205,13 +205,17 @@ impl Sampler {
             return if best == draft { Verdict::Accepted } else { Verdict::Rejected(best) };
         }
         let p = self.distribution(candidates);
-        let prob = |dist: &[(u32, f32)], token: u32| dist.iter().find(|c| c.0 == token).map_or(0.0, |c| c.1);
-        let (p_draft, q_draft) = (prob(&p, draft), prob(proposal, draft));
+        // The proposal by token id, so that the residual over the vocabulary costs a lookup
+        // per token, not a scan of the proposal.
+        let mut q = proposal.to_vec();
+        q.sort_unstable_by_key(|c| c.0);
+        let q_of = |token: u32| q.binary_search_by_key(&token, |c| c.0).map_or(0.0, |i| q[i].1);
+        let p_draft = p.iter().find(|c| c.0 == draft).map_or(0.0, |c| c.1);
         let u: f32 = self.rng.random();
-        if u * q_draft < p_draft {
+        if u * q_of(draft) < p_draft {
             return Verdict::Accepted;
         }
-        let residual: Vec<(u32, f32)> = p.iter().map(|&(t, pt)| (t, (pt - prob(proposal, t)).max(0.0))).collect();
+        let residual: Vec<(u32, f32)> = p.iter().map(|&(t, pt)| (t, (pt - q_of(t)).max(0.0))).collect();
         let total: f32 = residual.iter().map(|c| c.1).sum();
         if total <= 0.0 {
             // Only rounding leaves no residual: p equals q.

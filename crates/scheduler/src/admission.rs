@@ -132,16 +132,17 @@ impl TokenBucket {
         self.updated = self.updated.max(now);
     }
 
-    /// Takes `amount` if available; otherwise says how long until it would be.
-    pub fn try_take(&mut self, amount: f64, now: Time) -> Result<(), Duration> {
+    /// Takes `amount` if available; otherwise says how long until it would be (`None`:
+    /// never, as it is more than the burst).
+    pub fn try_take(&mut self, amount: f64, now: Time) -> Result<(), Option<Duration>> {
         self.refill(now);
         if amount <= self.tokens {
             self.tokens -= amount;
             Ok(())
         } else if amount > self.burst || self.rate <= 0.0 {
-            Err(Duration::from_secs_f64(3600.0))
+            Err(None)
         } else {
-            Err(Duration::from_secs_f64((amount - self.tokens) / self.rate))
+            Err(Some(Duration::from_secs_f64((amount - self.tokens) / self.rate)))
         }
     }
 
@@ -164,6 +165,57 @@ pub struct RateLimit {
 impl Default for RateLimit {
     fn default() -> Self {
         Self { requests_per_s: f64::INFINITY, request_burst: f64::INFINITY, tokens_per_s: f64::INFINITY, token_burst: f64::INFINITY }
+    }
+}
+
+/// Why a tenant's request did not pass its buckets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Limited {
+    /// Over the request or token rate: it passes after `retry_after`.
+    Later { what: &'static str, retry_after: Duration },
+    /// More than the `burst` of the `what` bucket: it can never pass.
+    Never { what: &'static str, burst: f64 },
+}
+
+/// Each tenant's two token buckets (requests, and prompt plus new tokens), by its
+/// [`RateLimit`]. One per process serves every engine: a tenant's rate does not grow with
+/// the number of models it can use.
+#[derive(Debug, Clone)]
+pub struct RateLimiter {
+    limits: BTreeMap<u32, RateLimit>,
+    default: RateLimit,
+    buckets: BTreeMap<TenantId, (TokenBucket, TokenBucket)>,
+}
+
+impl RateLimiter {
+    /// Limits per tenant id; tenants not listed get `default`.
+    pub fn new(limits: BTreeMap<u32, RateLimit>, default: RateLimit) -> Self {
+        Self { limits, default, buckets: BTreeMap::new() }
+    }
+
+    /// Takes one request and `tokens` from `tenant`'s buckets, or neither.
+    pub fn take(&mut self, tenant: TenantId, tokens: usize, now: Time) -> Result<(), Limited> {
+        let limit = self.limits.get(&tenant.0).unwrap_or(&self.default);
+        let (requests, token_bucket) = self.buckets.entry(tenant).or_insert_with(|| {
+            (TokenBucket::new(limit.requests_per_s, limit.request_burst), TokenBucket::new(limit.tokens_per_s, limit.token_burst))
+        });
+        let refused = |what, burst, wait: Option<Duration>| match wait {
+            Some(retry_after) => Limited::Later { what, retry_after },
+            None => Limited::Never { what, burst },
+        };
+        requests.try_take(1.0, now).map_err(|wait| refused("request", requests.burst, wait))?;
+        token_bucket.try_take(tokens as f64, now).map_err(|wait| {
+            requests.give_back(1.0);
+            refused("token", token_bucket.burst, wait)
+        })
+    }
+
+    /// Returns what [`take`](Self::take) took for a request that was then refused elsewhere.
+    pub fn give_back(&mut self, tenant: TenantId, tokens: usize) {
+        if let Some((requests, token_bucket)) = self.buckets.get_mut(&tenant) {
+            requests.give_back(1.0);
+            token_bucket.give_back(tokens as f64);
+        }
     }
 }
 
@@ -233,9 +285,7 @@ impl CircuitBreaker {
 pub struct Admission {
     load: LoadConfig,
     max_waiting: usize,
-    rate_limits: BTreeMap<u32, RateLimit>,
-    default_rate_limit: RateLimit,
-    buckets: BTreeMap<TenantId, (TokenBucket, TokenBucket)>,
+    rates: RateLimiter,
     breaker: CircuitBreaker,
     rejections: BTreeMap<RejectionReason, u64>,
 }
@@ -255,9 +305,7 @@ impl Admission {
         Self {
             load: config.load.clone(),
             max_waiting: config.max_waiting,
-            rate_limits: config.rate_limits.clone(),
-            default_rate_limit: config.default_rate_limit.clone(),
-            buckets: BTreeMap::new(),
+            rates: RateLimiter::new(config.rate_limits.clone(), config.default_rate_limit.clone()),
             breaker: CircuitBreaker::new(config.breaker.clone()),
             rejections: BTreeMap::new(),
         }
@@ -287,6 +335,27 @@ impl Admission {
     /// Lets `applicant` in at load `level` with `waiting` requests queued, taking its
     /// request and tokens from its tenant's buckets; or says why not and when to retry.
     pub fn admit(&mut self, applicant: Applicant, level: LoadLevel, waiting: usize, now: Time) -> Result<(), Rejection> {
+        self.check(applicant, level, waiting, now)?;
+        let limited = match self.rates.take(applicant.tenant, applicant.tokens, now) {
+            Ok(()) => return Ok(()),
+            Err(limited) => limited,
+        };
+        // The tenant is the caller's own key: no need to name it (or leak its number).
+        Err(match limited {
+            Limited::Later { what, retry_after } => {
+                let message = format!("over this tenant's {what} rate limit; retry later");
+                self.reject(RejectionReason::RateLimited, message, Some(retry_after))
+            }
+            Limited::Never { what, burst } => {
+                let message = format!("the request needs more than this tenant's {what} burst ({burst}); it can never pass");
+                self.reject(RejectionReason::TooLong, message, None)
+            }
+        })
+    }
+
+    /// Whether `applicant` would be let in now, short of its tenant's buckets: the breaker,
+    /// shedding at load `level` and the queue with `waiting` requests. A refusal counts.
+    pub fn check(&mut self, applicant: Applicant, level: LoadLevel, waiting: usize, now: Time) -> Result<(), Rejection> {
         if let BreakerState::Open { until } = self.breaker.state(now) {
             let message = "the engine is failing; not accepting requests for now".to_owned();
             return Err(self.reject(RejectionReason::CircuitOpen, message, Some(until.since(now))));
@@ -299,23 +368,6 @@ impl Admission {
         if waiting >= self.max_waiting {
             let message = format!("the queue is full ({waiting} requests waiting)");
             return Err(self.reject(RejectionReason::QueueFull, message, Some(Duration::from_millis(1_000))));
-        }
-        let tenant = applicant.tenant;
-        let limit = self.rate_limits.get(&tenant.0).unwrap_or(&self.default_rate_limit).clone();
-        let (request_bucket, token_bucket) = self.buckets.entry(tenant).or_insert_with(|| {
-            (TokenBucket::new(limit.requests_per_s, limit.request_burst), TokenBucket::new(limit.tokens_per_s, limit.token_burst))
-        });
-        let limited = match request_bucket.try_take(1.0, now) {
-            Err(wait) => Some(("request", wait)),
-            Ok(()) => token_bucket.try_take(applicant.tokens as f64, now).err().map(|wait| {
-                request_bucket.give_back(1.0);
-                ("token", wait)
-            }),
-        };
-        if let Some((what, wait)) = limited {
-            // The tenant is the caller's own key: no need to name it (or leak its number).
-            let message = format!("over this tenant's {what} rate limit; retry later");
-            return Err(self.reject(RejectionReason::RateLimited, message, Some(wait)));
         }
         Ok(())
     }
@@ -335,9 +387,25 @@ mod tests {
         let mut b = TokenBucket::new(10.0, 20.0);
         assert!(b.try_take(20.0, Time::ZERO).is_ok());
         let wait = b.try_take(5.0, Time::ZERO).unwrap_err();
-        assert_eq!(wait, Duration::from_millis(500));
+        assert_eq!(wait, Some(Duration::from_millis(500)));
         assert!(b.try_take(5.0, Time::from_secs_f64(0.5)).is_ok());
-        assert!(b.try_take(25.0, Time::from_secs_f64(100.0)).is_err(), "more than the burst never fits");
+        assert_eq!(b.try_take(25.0, Time::from_secs_f64(100.0)), Err(None), "more than the burst never fits");
+    }
+
+    #[test]
+    fn a_rate_limiter_takes_both_or_neither_and_tells_never_from_later() {
+        let limit = RateLimit { requests_per_s: 1.0, request_burst: 2.0, tokens_per_s: 10.0, token_burst: 100.0 };
+        let mut rates = RateLimiter::new([(1, limit)].into(), RateLimit::default());
+        let (alice, other) = (TenantId(1), TenantId(2));
+        assert_eq!(rates.take(alice, 101, Time::ZERO), Err(Limited::Never { what: "token", burst: 100.0 }));
+        assert!(rates.take(alice, 90, Time::ZERO).is_ok());
+        assert_eq!(rates.take(alice, 20, Time::ZERO), Err(Limited::Later { what: "token", retry_after: Duration::from_secs_f64(1.0) }));
+        // The refused request's own bucket was not charged: one request is still left.
+        assert!(rates.take(alice, 10, Time::ZERO).is_ok());
+        assert!(matches!(rates.take(alice, 0, Time::ZERO), Err(Limited::Later { what: "request", .. })));
+        rates.give_back(alice, 100);
+        assert!(rates.take(alice, 100, Time::ZERO).is_ok(), "given back");
+        assert!(rates.take(other, 1_000_000, Time::ZERO).is_ok(), "unlisted tenants are unlimited");
     }
 
     #[test]

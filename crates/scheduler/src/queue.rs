@@ -5,8 +5,9 @@
 //! gains one level for every `aging_interval` it has waited (so nothing starves), ties going
 //! to the tenant that has received least service relative to its weight (weighted fair
 //! queuing), then to the earliest arrival. A request whose deadline is within
-//! `deadline_urgency` (and not yet missed) jumps the lanes; several such requests go earliest
-//! deadline first.
+//! `deadline_urgency` (and not yet missed) goes first among the requests of its effective
+//! level, earliest deadline first: urgency orders a level, it never lifts a request above
+//! one. Nothing lifts a request above its ceiling (its tenant's `max_priority`).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -21,7 +22,8 @@ use crate::{Duration, Priority, SeqId, TenantId, Time};
 pub struct QueueConfig {
     /// Wait after which a request is promoted one priority level; `None` turns aging off.
     pub aging_interval: Option<Duration>,
-    /// Requests whose deadline is this close are served first, earliest deadline first.
+    /// Requests whose deadline is this close go first within their level, earliest
+    /// deadline first.
     pub deadline_urgency: Duration,
     /// Requests of at most this many tokens (prompt + max new) get one level of bonus; 0 is off.
     pub short_job_tokens: usize,
@@ -47,6 +49,8 @@ impl Default for QueueConfig {
 pub trait Queued {
     fn id(&self) -> SeqId;
     fn priority(&self) -> Priority;
+    /// The most urgent level aging and bonuses may lift it to.
+    fn max_priority(&self) -> Priority;
     fn tenant(&self) -> TenantId;
     fn arrival(&self) -> Time;
     fn deadline(&self) -> Option<Time>;
@@ -59,6 +63,7 @@ pub trait Queued {
 pub struct Entry {
     pub id: SeqId,
     pub priority: Priority,
+    pub max_priority: Priority,
     pub tenant: TenantId,
     pub arrival: Time,
     pub deadline: Option<Time>,
@@ -71,6 +76,9 @@ impl Queued for Entry {
     }
     fn priority(&self) -> Priority {
         self.priority
+    }
+    fn max_priority(&self) -> Priority {
+        self.max_priority
     }
     fn tenant(&self) -> TenantId {
         self.tenant
@@ -164,35 +172,40 @@ impl<T: Queued> WaitingQueue<T> {
 
     /// The request that should run next.
     pub fn peek(&self, now: Time) -> Option<&T> {
-        // Requests that already missed their deadline lose the urgency (the scheduler ends
-        // them): under overload, serving them first would make every later request miss too.
-        if let Some(&(deadline, id)) = self.deadlines.range((now, SeqId(0))..).next() {
-            if deadline <= now + self.config.deadline_urgency {
-                return Some(self.get(id).expect("deadline index is in sync"));
-            }
-        }
-        self.lanes.values().filter_map(|lane| lane.front()).min_by(|a, b| {
+        let head = self.lanes.values().filter_map(|lane| lane.front()).min_by(|a, b| {
             self.effective_level(*a, now)
                 .cmp(&self.effective_level(*b, now))
                 .then_with(|| self.virtual_time(a.tenant()).total_cmp(&self.virtual_time(b.tenant())))
                 .then(a.id().cmp(&b.id()))
-        })
+        })?;
+        // A request waits behind its lane's head, which arrived earlier: it is never at a
+        // better level than the best head. So the earliest urgent deadline at that level goes
+        // first. Requests that already missed their deadline lose the urgency (the scheduler
+        // ends them): under overload, serving them first would make every later request miss.
+        let level = self.effective_level(head, now);
+        let urgent = self.deadlines.range((now, SeqId(0))..=(now + self.config.deadline_urgency, SeqId(u64::MAX)));
+        let first_urgent = urgent
+            .map(|&(_, id)| self.get(id).expect("deadline index is in sync"))
+            .find(|item| self.effective_level(*item, now) == level);
+        Some(first_urgent.unwrap_or(head))
     }
 
     fn virtual_time(&self, tenant: TenantId) -> f64 {
         self.served.get(&tenant).copied().unwrap_or(0.0)
     }
 
-    /// The request's priority level after aging and the short-job bonus (0 is most urgent).
+    /// The request's priority level after aging and the short-job bonus, never above its
+    /// ceiling (0 is most urgent).
     pub fn effective_level(&self, item: &T, now: Time) -> usize {
-        let mut level = item.priority().level();
+        let own = item.priority().level();
+        let mut level = own;
         if let Some(interval) = self.config.aging_interval.filter(|i| i.0 > 0) {
             level = level.saturating_sub((now.since(item.arrival()).0 / interval.0) as usize);
         }
         if self.config.short_job_tokens > 0 && item.cost() <= self.config.short_job_tokens {
             level = level.saturating_sub(1);
         }
-        level
+        level.max(item.max_priority().level().min(own))
     }
 
     /// Where `id` waits: its lane and its index there. A search over the lanes (a handful:
@@ -260,7 +273,15 @@ mod tests {
     use super::*;
 
     fn entry(id: u64, priority: Priority, tenant: u32, arrival: u64) -> Entry {
-        Entry { id: SeqId(id), priority, tenant: TenantId(tenant), arrival: Time(arrival), deadline: None, cost: 10 }
+        Entry {
+            id: SeqId(id),
+            priority,
+            max_priority: Priority::Critical,
+            tenant: TenantId(tenant),
+            arrival: Time(arrival),
+            deadline: None,
+            cost: 10,
+        }
     }
 
     fn drain(q: &mut WaitingQueue<Entry>, now: Time) -> Vec<u64> {
@@ -294,16 +315,38 @@ mod tests {
     }
 
     #[test]
-    fn urgent_deadlines_go_first_earliest_first() {
+    fn urgent_deadlines_go_first_within_their_level_earliest_first() {
         let mut q = WaitingQueue::new(QueueConfig { aging_interval: None, deadline_urgency: Duration(100), ..Default::default() });
-        q.push(entry(1, Priority::Critical, 0, 0));
-        q.push(Entry { deadline: Some(Time(1000)), ..entry(2, Priority::Batch, 0, 0) });
+        q.push(entry(1, Priority::Low, 0, 0));
+        q.push(Entry { deadline: Some(Time(1000)), ..entry(2, Priority::Low, 0, 0) });
         q.push(Entry { deadline: Some(Time(950)), ..entry(3, Priority::Low, 0, 0) });
-        assert_eq!(q.peek(Time(0)).unwrap().id, SeqId(1), "deadlines far away wait their turn");
-        assert_eq!(drain(&mut q, Time(900)), [3, 2, 1]);
-        q.push(Entry { deadline: Some(Time(950)), ..entry(4, Priority::Low, 0, 0) });
-        q.push(entry(5, Priority::Critical, 0, 0));
-        assert_eq!(drain(&mut q, Time(960)), [5, 4], "a missed deadline is no longer urgent");
+        q.push(Entry { deadline: Some(Time(920)), ..entry(4, Priority::Batch, 0, 0) });
+        q.push(entry(5, Priority::Normal, 0, 0));
+        assert_eq!(drain(&mut q, Time(0)), [5, 1, 2, 3, 4], "deadlines far away wait their turn");
+        for e in [entry(1, Priority::Low, 0, 0), entry(5, Priority::Normal, 0, 0)] {
+            q.push(e);
+        }
+        q.push(Entry { deadline: Some(Time(1000)), ..entry(2, Priority::Low, 0, 0) });
+        q.push(Entry { deadline: Some(Time(950)), ..entry(3, Priority::Low, 0, 0) });
+        q.push(Entry { deadline: Some(Time(920)), ..entry(4, Priority::Batch, 0, 0) });
+        assert_eq!(drain(&mut q, Time(900)), [5, 3, 2, 1, 4], "urgency orders a level and lifts nothing above it");
+        q.push(Entry { deadline: Some(Time(950)), ..entry(6, Priority::Low, 0, 0) });
+        q.push(entry(7, Priority::Low, 0, 0));
+        q.push(Entry { deadline: Some(Time(990)), ..entry(8, Priority::Low, 0, 0) });
+        assert_eq!(drain(&mut q, Time(960)), [8, 6, 7], "a missed deadline is no longer urgent");
+    }
+
+    #[test]
+    fn nothing_lifts_a_request_above_its_ceiling() {
+        let config = QueueConfig { aging_interval: Some(Duration(100)), short_job_tokens: 10, ..Default::default() };
+        let mut q = WaitingQueue::new(config);
+        let capped = |id, priority| Entry { max_priority: Priority::Low, ..entry(id, priority, 1, 0) };
+        q.push(capped(1, Priority::Batch));
+        q.push(Entry { deadline: Some(Time(10_050)), ..capped(2, Priority::Low) });
+        q.push(entry(3, Priority::Normal, 0, 9_999));
+        // Aged a hundred levels and short, the capped requests still stand at low.
+        assert_eq!(q.effective_level(q.get(SeqId(1)).unwrap(), Time(10_000)), Priority::Low.level());
+        assert_eq!(drain(&mut q, Time(10_000)), [3, 2, 1]);
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub struct Request {
     /// Most tokens to generate.
     pub max_new_tokens: usize,
     pub priority: Priority,
+    /// The most urgent level the queue may lift this request to (aging, the short-job
+    /// bonus, a near deadline): its tenant's cap. A request never stands above it.
+    pub max_priority: Priority,
     pub tenant: TenantId,
     /// Longest wait to start (a deadline): a request none of whose sequences has started
     /// when it passes ends with [`FinishReason::Deadline`](crate::FinishReason::Deadline).
@@ -68,6 +71,7 @@ impl Request {
             prompt,
             max_new_tokens,
             priority: Priority::Normal,
+            max_priority: Priority::Critical,
             tenant: TenantId(0),
             max_wait: None,
             use_prefix_cache: true,
@@ -76,6 +80,11 @@ impl Request {
 
     pub fn with_priority(mut self, priority: Priority) -> Self {
         self.priority = priority;
+        self
+    }
+
+    pub fn with_max_priority(mut self, max_priority: Priority) -> Self {
+        self.max_priority = max_priority;
         self
     }
 

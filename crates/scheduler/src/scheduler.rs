@@ -231,6 +231,9 @@ impl Queued for Box<Waiting> {
     fn priority(&self) -> Priority {
         self.request.priority
     }
+    fn max_priority(&self) -> Priority {
+        self.request.max_priority
+    }
     fn tenant(&self) -> TenantId {
         self.request.tenant
     }
@@ -499,6 +502,15 @@ impl Scheduler {
     /// Admits a request to the waiting queue, or says why not.
     pub fn submit(&mut self, request: Request, now: Time) -> Result<SeqId, Rejection> {
         Ok(self.submit_all(vec![request], now)?[0])
+    }
+
+    /// Whether a request would be admitted now, short of its tenant's rate limits (which
+    /// [`submit_all`](Self::submit_all) takes): for work worth doing only if it can run,
+    /// such as compiling its grammar. A refusal counts.
+    pub fn check_admission(&mut self, applicant: Applicant, now: Time) -> Result<(), Rejection> {
+        let level = self.load_level(now);
+        let waiting = self.num_waiting_requests();
+        self.admission.check(applicant, level, waiting, now)
     }
 
     /// Admits the sequences of one request (the choices of `n`, the prompts of a list)

@@ -614,7 +614,7 @@ proptest! {
                     q.remove(head.id, true);
                 }
             } else {
-                q.push(Entry { id: SeqId(i as u64), priority: Priority::from_level(level), tenant: TenantId(tenant), arrival: now, deadline: None, cost: 1 + i % 7 });
+                q.push(Entry { id: SeqId(i as u64), priority: Priority::from_level(level), max_priority: Priority::Critical, tenant: TenantId(tenant), arrival: now, deadline: None, cost: 1 + i % 7 });
             }
         }
     }
@@ -684,7 +684,7 @@ proptest! {
         let per_tenant = 400;
         for i in 0..per_tenant * weights.len() {
             let tenant = (i % weights.len()) as u32;
-            q.push(Entry { id: SeqId(i as u64), priority: Priority::Normal, tenant: TenantId(tenant), arrival: Time::ZERO, deadline: None, cost: 10 });
+            q.push(Entry { id: SeqId(i as u64), priority: Priority::Normal, max_priority: Priority::Critical, tenant: TenantId(tenant), arrival: Time::ZERO, deadline: None, cost: 10 });
         }
         let served = per_tenant;
         let mut counts = vec![0usize; weights.len()];

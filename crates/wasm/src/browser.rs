@@ -9,12 +9,12 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use cinder_engine::openai::{GenerationBody, Limits, parse};
+use cinder_engine::openai::{Endpoint, GenerationBody, RequestLimits, Submission, parse};
 use cinder_engine::{Engine, Event, GenerationRequest, Grammars, Launched};
 use cinder_gguf::{ByteSource, GgufFile};
 use cinder_model::profile::Profiler;
 use cinder_model::{Model, adapter_info, adapter_name, set_browser_subgroups, wgpu_device_async};
-use cinder_scheduler::{SeqId, Time};
+use cinder_scheduler::{Priority, SeqId, TenantId, Time};
 use cinder_tokenizer::{ChatTemplate, Tokenizer};
 use js_sys::Function;
 use serde_json::json;
@@ -197,28 +197,30 @@ impl WasmEngine {
     /// true: `messages`) body; `on_event` receives each event of its `n` choices as a JSON
     /// string (see [`crate::events`]). Returns the request's id.
     pub fn submit(&self, body: &str, chat: bool, on_event: Function) -> Result<f64, JsError> {
-        let body: GenerationBody = parse(body.as_bytes()).map_err(error)?;
-        let n = body.n().map_err(error)?;
-        let logprobs = body.logprobs(chat).map_err(error)?.is_some();
+        let limits = RequestLimits::default();
+        if body.len() > limits.max_body_bytes {
+            return Err(error(format!("the body has {} bytes; at most {} are taken", body.len(), limits.max_body_bytes)));
+        }
+        let endpoint = if chat { Endpoint::Chat } else { Endpoint::Completion };
+        let checked = parse::<GenerationBody>(body.as_bytes()).and_then(|b| b.check(endpoint, &limits)).map_err(error)?;
         let mut state = self.state.borrow_mut();
         let state = &mut *state;
-        let tokenizer = state.engine.tokenizer();
-        let prompt = if chat {
-            body.chat_prompt(tokenizer, state.template.as_ref()).map_err(error)?
-        } else {
-            let mut prompts = body.completion_prompts(tokenizer).map_err(error)?;
-            if prompts.len() != 1 {
-                return Err(error("`prompt` must be one prompt here; submit once per prompt"));
-            }
-            prompts.remove(0)
+        let prompts = checked.prompts(state.engine.tokenizer(), state.template.as_ref(), state.context_length).map_err(error)?;
+        if prompts.len() != 1 {
+            return Err(error("`prompt` must be one prompt here; submit once per prompt"));
+        }
+        let constraint = checked.constraint(&state.grammars).map_err(error)?;
+        let submission = Submission {
+            context_length: state.context_length,
+            seed: (js_sys::Math::random() * 2f64.powi(53)) as u64,
+            tenant: TenantId::default(),
+            priority: checked.priority.unwrap_or_default(),
+            max_priority: Priority::Critical,
+            constraint: constraint.as_ref(),
         };
-        let seed = body.seed.unwrap_or_else(|| (js_sys::Math::random() * 2f64.powi(53)) as u64);
-        let (constraint, tool_output) = body.output_constraint(&state.grammars, chat).map_err(error)?;
-        let limits = Limits { context_length: state.context_length, default_max_tokens: None };
-        let (requests, receivers): (Vec<_>, Vec<_>) = (body.requests(&prompt, chat, limits, seed).map_err(error)?)
+        let (requests, receivers): (Vec<_>, Vec<_>) = (checked.requests(&prompts, submission).map_err(error)?)
             .into_iter()
-            .map(|mut request| {
-                request.constraint = constraint.clone();
+            .map(|request| {
                 let (sender, events) = unbounded_channel();
                 ((request, sender), events)
             })
@@ -226,10 +228,10 @@ impl WasmEngine {
         // The `n` choices are admitted together and fork from one prefill.
         let ids = state.engine.submit_all(requests, now()).map_err(error)?;
         let id = ids[0];
-        let mut reply = Reply::new(id.0, n, logprobs);
+        let mut reply = Reply::new(id.0, checked.n, checked.logprobs.is_some());
         if chat {
             let created = (js_sys::Date::now() / 1000.0) as u64;
-            reply = reply.chat(created, body.model.clone().unwrap_or_else(|| "cinder".into()), tool_output);
+            reply = reply.chat(created, checked.body().model.clone().unwrap_or_else(|| "cinder".into()), checked.tool_output());
         }
         state.streams.insert(id, Stream { choices: ids.into_iter().zip(receivers).collect(), on_event, reply });
         Ok(id.0 as f64)

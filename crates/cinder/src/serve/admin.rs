@@ -48,7 +48,7 @@ pub async fn set_routes(State(s): State<Shared>, Extension(tenant): Extension<Ar
 
 /// `GET /admin/models`: every model's state.
 pub async fn models(State(s): State<Shared>, Extension(tenant): Extension<Arc<Tenant>>) -> Response {
-    let result = check_admin(&s, &tenant).map(|()| json!({"models": s.models.states()}));
+    let result = check_admin(&s, &tenant).map(|()| json!({"models": s.models.states(true)}));
     reply(&s, &tenant, result)
 }
 
@@ -64,7 +64,7 @@ pub async fn load(State(s): State<Shared>, Extension(tenant): Extension<Arc<Tena
     let result: Result<serde_json::Value, ApiError> = async {
         check_admin(&s, &tenant)?;
         let body: LoadBody = parse(&body?.0)?;
-        if body.name.is_empty() || s.models.states().contains_key(&body.name) || s.models.routing().aliases.contains_key(&body.name) {
+        if body.name.is_empty() || s.models.states(false).contains_key(&body.name) || s.models.routing().aliases.contains_key(&body.name) {
             return Err(ApiError::invalid(format!("the name {:?} is empty or taken", body.name), Some("name")));
         }
         let spec = NamedModel { name: body.name, path: body.path };

@@ -63,6 +63,26 @@ impl ApiError {
         }
     }
 
+    /// Over the tenant's `what` (request or token) rate: retrying after `retry_s` works.
+    pub fn rate_limited(what: &str, retry_s: f64) -> Self {
+        Self {
+            code: Some("rate_limited".into()),
+            retry_after_s: Some(retry_s.ceil().max(1.0) as u64),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", format!("over this key's {what} rate limit; retry later"))
+        }
+    }
+
+    /// The request needs more than the tenant's `what` burst: no retry can pass.
+    pub fn exceeds_burst(what: &str, tokens: usize, burst: f64) -> Self {
+        let message = match what {
+            "token" => format!(
+                "the request needs {tokens} tokens (prompts plus max_tokens, times n), more than this key's token_burst of {burst}; send fewer"
+            ),
+            _ => format!("this key's {what}_burst is {burst}, below one request"),
+        };
+        Self { code: Some("exceeds_burst".into()), ..Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message) }
+    }
+
     /// The request conflicts with the server's state (unloading a model an alias uses).
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict_error", message)

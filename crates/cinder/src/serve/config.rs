@@ -1,15 +1,15 @@
 //! `cinder serve --config FILE`: the batching policy, queue, KV cache, shedding, circuit
-//! breaker and tenants in one TOML file. Unknown keys and bad values are refused with the
+//! breaker, request limits and tenants in one TOML file. Unknown keys and bad values are refused with the
 //! key's name; flags override the file; `--print-config` prints what is in force.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use cinder_engine::openai::MAX_DEADLINE_MS;
+use cinder_engine::openai::{MAX_DEADLINE_MS, RequestLimits};
 use cinder_engine::speculative::DEFAULT_SPECULATIVE_TOKENS;
 use cinder_engine::{Speculation, SpeculationConfig, SpeculativeMethod};
-use cinder_scheduler::admission::{BreakerConfig, LoadConfig, RateLimit};
+use cinder_scheduler::admission::{BreakerConfig, LoadConfig, RateLimit, RateLimiter};
 use cinder_scheduler::queue::QueueConfig;
 use cinder_scheduler::{BatchPolicy, Duration, Priority, SchedulerConfig, TenantId};
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,8 @@ pub struct ServeConfig {
     pub shedding: SheddingSection,
     pub breaker: BreakerSection,
     pub speculative: SpeculativeSection,
+    /// What one request may ask for (`[limits]`).
+    pub limits: RequestLimits,
     /// Aliases over the models (`[routing.aliases]`) and whether a `user` sticks to one.
     pub routing: Routing,
     /// The models to serve (`--model NAME=PATH` replaces them); none: the default model.
@@ -386,6 +388,7 @@ impl ServeConfig {
             s.bucket_edges.get_or_insert_with(|| BUCKET_EDGES.to_vec());
         }
         self.speculative.config()?;
+        self.limits.check()?;
         self.check()
     }
 
@@ -526,9 +529,17 @@ impl ServeConfig {
         }
     }
 
-    /// The scheduler's configuration before the KV pool is sized for the model. Tenant `i`
-    /// of the file is `TenantId(i + 1)`; id 0 is the default tenant.
-    pub fn scheduler_config(&self, context_length: usize) -> SchedulerConfig {
+    /// The tenants' token buckets, one set for every served model (the schedulers' own
+    /// stay unlimited): bursts at least `context_length`'s tokens (the longest served
+    /// context) unless given. Tenant `i` of the file is `TenantId(i + 1)`; id 0 is the
+    /// default tenant.
+    pub fn rate_limiter(&self, context_length: usize) -> RateLimiter {
+        let limits = self.tenants.iter().enumerate().map(|(i, t)| (TenantConfig::id(i).0, t.rate_limit(context_length))).collect();
+        RateLimiter::new(limits, RateLimit::default())
+    }
+
+    /// The scheduler's configuration before the KV pool is sized for the model.
+    pub fn scheduler_config(&self) -> SchedulerConfig {
         let s = &self.scheduler;
         let aging = (s.aging_interval_ms > 0).then(|| Duration::from_millis(s.aging_interval_ms));
         SchedulerConfig {
@@ -542,7 +553,6 @@ impl ServeConfig {
             },
             max_waiting: s.max_waiting,
             load: LoadConfig { thresholds: self.shedding.levels(), wait_limit: Duration::from_millis(self.shedding.wait_limit_ms) },
-            rate_limits: self.tenants.iter().enumerate().map(|(i, t)| (TenantConfig::id(i).0, t.rate_limit(context_length))).collect(),
             breaker: BreakerConfig { threshold: self.breaker.failures, cooldown: Duration::from_millis(self.breaker.cooldown_ms) },
             max_step_attempts: self.breaker.max_step_attempts,
             prefix_caching: self.kv_cache.prefix_caching,
@@ -640,10 +650,11 @@ mod tests {
         .unwrap();
         let tenant = &config.tenants[0];
         assert_eq!((tenant.weight, tenant.max_priority, tenant.max_concurrent), (2.0, Priority::Normal, Some(8)));
-        let scheduler = config.scheduler_config(2048);
+        let scheduler = config.scheduler_config();
         assert_eq!(scheduler.policy, BatchPolicy::Continuous { max_batch_tokens: 512, max_running: 64, chunk_size: 256 });
         assert_eq!(scheduler.queue.tenant_weights[&1], 2.0);
-        let limit = &scheduler.rate_limits[&1];
+        assert!(scheduler.rate_limits.is_empty(), "one rate limiter serves every model");
+        let limit = tenant.rate_limit(2048);
         assert_eq!((limit.requests_per_s, limit.request_burst, limit.tokens_per_s, limit.token_burst), (5.0, 5.0, 2000.0, 2048.0));
 
         for (name, expected) in [
@@ -687,6 +698,8 @@ mod tests {
             ("[[tenants]]\nname = \"default\"\napi_keys = [\"k\"]", "`tenants[0].name` must be a name other than `default`"),
             ("[[tenants]]\napi_keys = [\"k\"]", "missing field `name`"),
             ("[[tenants]]\nname = \"a\"\napi_keys = [\"k\"]\nrate = 5", "unknown field `rate`"),
+            ("[limits]\nmax_n = 0", "`limits.max_n` must be at least 1"),
+            ("[limits]\nmax_prompt = 5", "unknown field `max_prompt`"),
         ] {
             let error = resolved(text).unwrap_err();
             assert!(error.contains(expected), "{text:?}: {error}");

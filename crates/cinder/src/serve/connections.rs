@@ -2,7 +2,8 @@
 //! for the errors hyper's HTTP/1 parser answers by itself.
 //!
 //! A client may take at most `header_timeout` to send a request's head (and to start the
-//! next one on a kept-alive connection), and a client that stops reading is dropped after
+//! next one on a kept-alive connection; an HTTP/2 connection is closed once it has had no
+//! request in flight for as long), and a client that stops reading is dropped after
 //! `send_timeout`; the body's own limit is the request extractor's (`routes::RequestBody`).
 //! Over `max_connections`, a new connection gets a 503 and is closed, so slow clients
 //! cannot use up the process's descriptors.
@@ -14,13 +15,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use axum::Router;
+use axum::body::{Body, HttpBody};
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, Sleep};
 
 use super::api::ApiError;
@@ -49,7 +54,8 @@ pub async fn serve(
     drain: Duration,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
+    // Every connection holds a receiver; shutdown sends, then waits for them all to go.
+    let (stopping, stop) = watch::channel(());
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -75,26 +81,147 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (http1, http2, watcher, app) = (http1.clone(), http2.clone(), graceful.watcher(), app.clone());
+        let (http1, http2, stop, app) = (http1.clone(), http2.clone(), stop.clone(), app.clone());
         tokio::spawn(async move {
-            let service = TowerToHyperService::new(app);
             match read_version(&stream, limits.header_timeout).await {
                 Some(Version::Http1) => {
                     let io = TokioIo::new(Guarded::new(stream, limits.send_timeout, true));
-                    let _ = watcher.watch(http1.serve_connection(io, service)).await;
+                    let connection = http1.serve_connection(io, TowerToHyperService::new(app));
+                    drive(connection, |c| c.graceful_shutdown(), stop, None).await;
                 }
                 Some(Version::Http2) => {
                     let io = TokioIo::new(Guarded::new(stream, limits.send_timeout, false));
-                    let _ = watcher.watch(http2.serve_connection(io, service)).await;
+                    let activity = Arc::new(Activity::new());
+                    let app = Tracked { app, activity: activity.clone() };
+                    let connection = http2.serve_connection(io, TowerToHyperService::new(app));
+                    drive(connection, |c| c.graceful_shutdown(), stop, Some((activity, limits.header_timeout))).await;
                 }
                 None => {}
             }
             drop(slot);
         });
     }
-    drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    drop((listener, stop));
+    let _ = stopping.send(());
+    if tokio::time::timeout(drain, stopping.closed()).await.is_err() {
         tracing::warn!("requests still in flight after {} s; closing their connections", drain.as_secs());
+    }
+}
+
+/// Serves a connection until it ends, closing it gracefully (requests in flight finish)
+/// when the server stops or, given `idle`, once it has had no request in flight for the
+/// timeout.
+async fn drive<C: Future>(connection: C, close: impl Fn(Pin<&mut C>), mut stop: watch::Receiver<()>, idle: Option<(Arc<Activity>, Duration)>) {
+    tokio::pin!(connection);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            _ = stop.changed(), if !closing => {
+                closing = true;
+                close(connection.as_mut());
+            }
+            () = idle_for(idle.as_ref()), if !closing => {
+                closing = true;
+                close(connection.as_mut());
+            }
+        }
+    }
+}
+
+/// Resolves once `idle`'s connection has had nothing in flight for its timeout; never
+/// without one.
+async fn idle_for(idle: Option<&(Arc<Activity>, Duration)>) {
+    let Some((activity, timeout)) = idle else { return std::future::pending().await };
+    loop {
+        let wait = match activity.idle_since() {
+            Some(since) if since.elapsed() >= *timeout => return,
+            Some(since) => *timeout - since.elapsed(),
+            None => *timeout,
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Requests in flight on one connection, and when the last one ended.
+struct Activity {
+    in_flight: AtomicUsize,
+    last_end: Mutex<Instant>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self { in_flight: AtomicUsize::new(0), last_end: Mutex::new(Instant::now()) }
+    }
+
+    /// Since when nothing has been in flight; `None` while something is.
+    fn idle_since(&self) -> Option<Instant> {
+        let last_end = *self.last_end.lock().unwrap_or_else(|e| e.into_inner());
+        (self.in_flight.load(Ordering::Acquire) == 0).then_some(last_end)
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+}
+
+/// A request in flight: it ends when its response's body is done or dropped.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self.0.last_end.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The app, counting the requests in flight on its connection.
+#[derive(Clone)]
+struct Tracked {
+    app: Router,
+    activity: Arc<Activity>,
+}
+
+impl tower::Service<axum::http::Request<Incoming>> for Tracked {
+    type Response = axum::http::Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::http::Request<Incoming>) -> Self::Future {
+        let in_flight = self.activity.begin();
+        let response = tower::ServiceExt::oneshot(self.app.clone(), request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| Body::new(TrackedBody { body, _in_flight: in_flight })))
+        })
+    }
+}
+
+/// A response body that holds its request in flight until it is done or dropped.
+struct TrackedBody {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl HttpBody for TrackedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

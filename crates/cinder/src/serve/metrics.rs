@@ -45,6 +45,15 @@ impl Histogram {
     }
 }
 
+/// A label value as Prometheus' text format writes it: backslash, double quote and line
+/// feed escaped (a model's name is whatever its operator chose).
+fn label(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return value.into();
+    }
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n").into()
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
@@ -158,18 +167,19 @@ impl ServerMetrics {
             let name = format!("cinder:{name}");
             header(&mut out, &name, kind, help);
             for (model, engine) in engines {
-                let _ = writeln!(out, "{name}{{model_name=\"{model}\"}} {}", value(engine));
+                let _ = writeln!(out, "{name}{{model_name=\"{}\"}} {}", label(model), value(engine));
             }
         }
         let r = self.lock();
         header(&mut out, "cinder:request_rejected_total", "counter", "Requests refused, by reason and tenant.");
         for ((reason, tenant), count) in &r.rejected {
+            let (reason, tenant) = (label(reason), label(tenant));
             let _ = writeln!(out, "cinder:request_rejected_total{{reason=\"{reason}\",tenant=\"{tenant}\"}} {count}");
         }
         let help = "Requests that ended, by finish reason (error: the device kept failing), model and tenant.";
         header(&mut out, "cinder:request_success_total", "counter", help);
         for ((reason, model, tenant), count) in &r.ended {
-            let labels = format!("finished_reason=\"{reason}\",model_name=\"{model}\",tenant=\"{tenant}\"");
+            let labels = format!("finished_reason=\"{reason}\",model_name=\"{}\",tenant=\"{}\"", label(model), label(tenant));
             let _ = writeln!(out, "cinder:request_success_total{{{labels}}} {count}");
         }
         for (name, help, value) in [
@@ -178,13 +188,13 @@ impl ServerMetrics {
         ] {
             header(&mut out, name, "counter", help);
             for (tenant, record) in &r.tenants {
-                let _ = writeln!(out, "{name}{{tenant=\"{tenant}\"}} {}", value(record));
+                let _ = writeln!(out, "{name}{{tenant=\"{}\"}} {}", label(tenant), value(record));
             }
         }
         let queue_time = "cinder:request_queue_time_seconds";
         header(&mut out, queue_time, "histogram", "Time from arrival to joining the running batch, by tenant.");
         for (tenant, record) in &r.tenants {
-            record.queue_time.samples(&mut out, queue_time, &format!("tenant=\"{tenant}\","));
+            record.queue_time.samples(&mut out, queue_time, &format!("tenant=\"{}\",", label(tenant)));
         }
         let latencies: [(&str, &str, fn(&Latencies) -> &Histogram); 3] = [
             ("cinder:time_to_first_token_seconds", "Time from arrival to the first token, by model.", |l| &l.ttft),
@@ -194,7 +204,7 @@ impl ServerMetrics {
         for (name, help, histogram) in latencies {
             header(&mut out, name, "histogram", help);
             for (model, recorded) in &r.latencies {
-                histogram(recorded).samples(&mut out, name, &format!("model_name=\"{model}\","));
+                histogram(recorded).samples(&mut out, name, &format!("model_name=\"{}\",", label(model)));
             }
         }
         out
@@ -245,5 +255,13 @@ mod tests {
         assert!(text.contains("cinder:tenant_prompt_tokens_total{tenant=\"bob\"} 3"));
         assert!(text.contains("cinder:request_queue_time_seconds_bucket{tenant=\"bob\",le=\"2.5\"} 1"), "{text}");
         assert!(text.contains("cinder:request_queue_time_seconds_count{tenant=\"alice\"} 0"));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("plain"), "plain");
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        let text = ServerMetrics::default().render(&[("x\"\n".into(), EngineMetrics::default())], None);
+        assert!(text.contains("cinder:num_requests_running{model_name=\"x\\\"\\n\"} 0"), "{text}");
     }
 }

@@ -75,8 +75,8 @@ pub struct ServeArgs {
     /// With --api-key and --web: serve the model file at /model.gguf without the key.
     #[arg(long)]
     public_model: bool,
-    /// `max_tokens` of requests that give none [default: 16 for a completion, the rest of
-    /// the context for a chat].
+    /// `max_tokens` of requests that give none (`limits.default_max_tokens`) [default: 16
+    /// for a completion, the rest of the context for a chat].
     #[arg(long, env = "CINDER_DEFAULT_MAX_TOKENS")]
     default_max_tokens: Option<NonZeroUsize>,
     /// Name the model is served under [default: the file name without .gguf].
@@ -125,9 +125,9 @@ pub struct ServeArgs {
     /// loaded beside the model; its KV cache shares --kv-cache-mb.
     #[arg(long, env = "CINDER_DRAFT_MODEL")]
     draft_model: Option<PathBuf>,
-    /// Largest request body in bytes.
-    #[arg(long, default_value_t = 4 << 20)]
-    max_body_bytes: usize,
+    /// Largest request body in bytes (`limits.max_body_bytes`) [default: 4 MiB].
+    #[arg(long)]
+    max_body_bytes: Option<NonZeroUsize>,
     /// Seconds a client may take to send a request's head, and to start its next request
     /// on a kept-alive connection; then the connection is closed.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
@@ -146,9 +146,9 @@ pub struct ServeArgs {
     /// Seconds shutdown waits for requests in flight before closing their connections.
     #[arg(long, default_value_t = 30)]
     shutdown_timeout_s: u64,
-    /// Longest prompt in tokens [default: the model's context].
+    /// Longest prompt in tokens (`limits.max_prompt_tokens`) [default: the model's context].
     #[arg(long)]
-    max_prompt_tokens: Option<usize>,
+    max_prompt_tokens: Option<NonZeroUsize>,
     /// Allow browsers from this origin (repeatable; `*` allows any).
     #[arg(long)]
     cors_origin: Vec<String>,
@@ -210,6 +210,10 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<config::ServeConfig> {
             config.speculative.num_tokens = speculation.num_tokens;
         }
     }
+    let limits = &mut config.limits;
+    limits.max_body_bytes = args.max_body_bytes.map_or(limits.max_body_bytes, NonZeroUsize::get);
+    limits.max_prompt_tokens = args.max_prompt_tokens.map(NonZeroUsize::get).or(limits.max_prompt_tokens);
+    limits.default_max_tokens = args.default_max_tokens.map(NonZeroUsize::get).or(limits.default_max_tokens);
     let kv = &mut config.kv_cache;
     kv.size_mb = args.kv_cache_mb.unwrap_or(kv.size_mb);
     kv.block_size = args.block_size.unwrap_or(kv.block_size);
@@ -240,7 +244,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let device = cinder_model::wgpu_device().context("no usable GPU adapter")?;
     eprintln!("adapter: {}", cinder_model::adapter_name(&device));
-    let loader = Loader { config: serve_config.clone(), max_prompt_tokens: args.max_prompt_tokens, device, workers: Default::default() };
+    let loader = Loader { config: serve_config.clone(), device, workers: Default::default() };
     // Every model loads on its own thread; the first one also gets the draft model.
     let progress = specs.len() == 1;
     let loaded: Vec<anyhow::Result<ServedModel>> = std::thread::scope(|scope| {
@@ -266,15 +270,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::error!("model {name} failed to load, serving without it: {e}");
     }
     let default_path = served[0].path.clone();
+    let longest_context = served.iter().map(|m| m.context_length).max().unwrap_or(0);
+    let rates = serve_config.rate_limiter(longest_context);
+    let tenants = tenants::Tenants::new(&serve_config, args.api_key.as_deref(), rates).map_err(|e| anyhow::anyhow!("{e}"))?;
     let models = models::Models::new(served, failed, serve_config.routing.clone()).map_err(|e| anyhow::anyhow!("routing: {e}"))?;
     let started = routes::unix_seconds();
+    let compilers = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     let state = Arc::new(AppState {
         models,
         loader,
         admin: args.api_key.is_some(),
-        default_max_tokens: args.default_max_tokens.map(NonZeroUsize::get),
+        limits: serve_config.limits.clone(),
+        grammar_slots: Arc::new(tokio::sync::Semaphore::new(compilers)),
         body_timeout: Duration::from_secs(args.body_timeout_s),
-        tenants: tenants::Tenants::new(&serve_config, args.api_key.as_deref()),
+        tenants,
         shutting_down: AtomicBool::new(false),
         metrics: Default::default(),
         started,
@@ -340,7 +349,6 @@ fn model_specs(args: &ServeArgs, config: &config::ServeConfig) -> anyhow::Result
 /// Loads models with the server's settings: at start-up, and at run time (`POST /admin/models`).
 pub struct Loader {
     config: config::ServeConfig,
-    max_prompt_tokens: Option<usize>,
     device: cinder_model::Device,
     /// The engine threads, joined at shutdown.
     workers: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -376,7 +384,7 @@ impl Loader {
         };
         let config = model.config().clone();
         let kv_bytes = self.config.kv_cache.size_mb << 20;
-        let base = self.config.scheduler_config(config.context_length);
+        let base = self.config.scheduler_config();
         let draft_config = draft.as_ref().map(|(model, _)| model.config());
         let scheduler = Engine::sized_config(&config, draft_config, kv_bytes, cinder_model::max_binding_bytes(&self.device), base)
             .map_err(|e| anyhow::anyhow!("--kv-cache-mb (kv_cache.size_mb): {e}"))?;
@@ -396,6 +404,11 @@ impl Loader {
             self.config.kv_cache.block_size,
             engine.kv_cache().device_bytes() >> 20
         );
+        // Ready means warm: the kernels compile before the model serves, not in its first
+        // requests.
+        let warm_start = Instant::now();
+        engine.warm_up(&crate::wall_clock()).with_context(|| format!("warming up {}", spec.name))?;
+        eprintln!("model {}: warmed up in {:.2} s", spec.name, warm_start.elapsed().as_secs_f64());
         let (worker, thread) = worker::spawn(engine);
         self.workers.lock().unwrap_or_else(|e| e.into_inner()).push(thread);
         Ok(ServedModel {
@@ -406,7 +419,6 @@ impl Loader {
             template,
             grammars,
             context_length,
-            max_prompt_tokens: self.max_prompt_tokens.unwrap_or(context_length).min(context_length),
         })
     }
 }
@@ -472,7 +484,7 @@ fn router(args: &ServeArgs, state: Arc<AppState>, model_path: &Path) -> anyhow::
     };
     let mut app = app
         .layer(axum::middleware::from_fn(routes::error_bodies))
-        .layer(DefaultBodyLimit::max(args.max_body_bytes))
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             routes::internal_error("the request handler panicked")
         }))

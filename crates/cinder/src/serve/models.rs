@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use cinder_engine::Grammars;
 use cinder_tokenizer::{ChatTemplate, Tokenizer};
@@ -25,7 +25,6 @@ pub struct ServedModel {
     /// Compiles `response_format` schemas and tool-call grammars for the vocabulary.
     pub grammars: Grammars,
     pub context_length: usize,
-    pub max_prompt_tokens: usize,
 }
 
 /// The aliases: each name splits its requests over models by weight. `sticky`: requests
@@ -45,6 +44,9 @@ pub struct Models {
     routing: RwLock<Routing>,
     /// Models not serving, by name: loading, or failed to load (and why).
     pending: RwLock<BTreeMap<String, Pending>>,
+    /// Held by every change of the models or aliases, each of which checks one against the
+    /// other: an alias set while its model is being unloaded would route to nothing.
+    changing: Mutex<()>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -56,7 +58,12 @@ pub enum Pending {
 impl Models {
     pub fn new(served: Vec<Arc<ServedModel>>, failed: Vec<(String, String)>, routing: Routing) -> Result<Self, String> {
         let pending = failed.into_iter().map(|(name, error)| (name, Pending::Failed(error))).collect();
-        let models = Self { served: RwLock::new(served), routing: RwLock::new(Routing::default()), pending: RwLock::new(pending) };
+        let models = Self {
+            served: RwLock::new(served),
+            routing: RwLock::new(Routing::default()),
+            pending: RwLock::new(pending),
+            changing: Mutex::new(()),
+        };
         models.set_routing(routing)?;
         Ok(models)
     }
@@ -70,21 +77,33 @@ impl Models {
         };
     }
 
-    /// Every model's state, for `/health` and `/admin/models`.
-    pub fn states(&self) -> BTreeMap<String, serde_json::Value> {
+    /// Every model's state, for `/health` and `/admin/models`; `detailed`: with its file,
+    /// context and why it failed (for the admin only: paths and errors describe the host).
+    pub fn states(&self, detailed: bool) -> BTreeMap<String, serde_json::Value> {
         let mut states: BTreeMap<String, serde_json::Value> = self
             .all()
             .iter()
-            .map(|m| (m.name.clone(), json!({"status": "ready", "path": m.path, "max_model_len": m.context_length})))
+            .map(|m| {
+                let state = match detailed {
+                    true => json!({"status": "ready", "path": m.path, "max_model_len": m.context_length}),
+                    false => json!({"status": "ready"}),
+                };
+                (m.name.clone(), state)
+            })
             .collect();
         for (name, state) in self.pending.read().unwrap_or_else(|e| e.into_inner()).iter() {
-            let state = match state {
-                Pending::Loading => json!({"status": "loading"}),
-                Pending::Failed(error) => json!({"status": "failed", "error": error}),
+            let state = match (state, detailed) {
+                (Pending::Loading, _) => json!({"status": "loading"}),
+                (Pending::Failed(error), true) => json!({"status": "failed", "error": error}),
+                (Pending::Failed(_), false) => json!({"status": "failed"}),
             };
             states.entry(name.clone()).or_insert(state);
         }
         states
+    }
+
+    fn changing(&self) -> MutexGuard<'_, ()> {
+        self.changing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn all(&self) -> Vec<Arc<ServedModel>> {
@@ -98,6 +117,7 @@ impl Models {
     /// Replaces the aliases, once checked: every alias names served models with positive
     /// weights, and no alias is a model's name.
     pub fn set_routing(&self, routing: Routing) -> Result<(), String> {
+        let _changing = self.changing();
         let served = self.all();
         for (alias, split) in &routing.aliases {
             if served.iter().any(|m| &m.name == alias) {
@@ -121,6 +141,7 @@ impl Models {
 
     /// Adds a model (loaded at run time); its name must be new.
     pub fn add(&self, model: Arc<ServedModel>) -> Result<(), String> {
+        let _changing = self.changing();
         let mut served = self.served.write().unwrap_or_else(|e| e.into_inner());
         if served.iter().any(|m| m.name == model.name) || self.routing().aliases.contains_key(&model.name) {
             return Err(format!("the name {:?} is taken", model.name));
@@ -133,6 +154,7 @@ impl Models {
     /// engine stops, and its device memory is freed, once they have. Refused while an
     /// alias routes to it.
     pub fn remove(&self, name: &str) -> Result<Arc<ServedModel>, ApiError> {
+        let _changing = self.changing();
         if let Some((alias, _)) = self.routing().aliases.iter().find(|(_, split)| split.contains_key(name)) {
             return Err(ApiError::conflict(format!("alias {alias:?} routes to {name:?}: change the routes first")));
         }

@@ -23,7 +23,9 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::{Stream, StreamMap};
 
 use cinder_engine::openai::response::{self, Body, Endpoint, Message, Output, Usage};
-use cinder_engine::openai::{GenerationBody, HeldCalls, Limits, ToolCall, ToolOutput, finish_reason, parse, parse_tool_calls};
+use cinder_engine::Constraint;
+use cinder_engine::openai::{Checked, GenerationBody, HeldCalls, RequestLimits, Submission, ToolCall, ToolOutput, finish_reason, parse, parse_tool_calls};
+use cinder_scheduler::admission::Applicant;
 use cinder_scheduler::{FinishReason, TenantId};
 
 use super::api::ApiError;
@@ -38,8 +40,10 @@ pub struct AppState {
     pub loader: super::Loader,
     /// Whether the admin routes are open: to `--api-key`'s holder, when there is one.
     pub admin: bool,
-    /// `max_tokens` of requests that give none (`--default-max-tokens`).
-    pub default_max_tokens: Option<usize>,
+    /// What one request may ask for (`[limits]`).
+    pub limits: RequestLimits,
+    /// Grammars compiling at once, at most.
+    pub grammar_slots: Arc<tokio::sync::Semaphore>,
     /// Longest wait for a request's whole body.
     pub body_timeout: Duration,
     pub tenants: Tenants,
@@ -193,55 +197,90 @@ async fn start(s: &Shared, tenant: &Arc<Tenant>, kind: Endpoint, body: Result<Re
     if s.shutting_down.load(Ordering::Relaxed) {
         return Err(ApiError::shutting_down());
     }
-    let body: GenerationBody = parse(&body?.0)?;
+    // The limits first: nothing that grows with what the body asks for exists before they
+    // pass, then the tenant's caps and rates, then the engine's queue.
+    let checked = parse::<GenerationBody>(&body?.0)?.check(kind, &s.limits)?;
     let id = s.next_id.fetch_add(1, Ordering::Relaxed);
     // An alias's draw of its own, apart from the sampling seed drawn below.
-    let model = s.models.route(body.model.as_deref(), body.user.as_deref(), random_seed(id ^ 0x5a5a))?;
-    let prompts = match kind {
-        Endpoint::Completion => body.completion_prompts(&model.tokenizer)?,
-        Endpoint::Chat => vec![body.chat_prompt(&model.tokenizer, model.template.as_ref())?],
-    };
-    if body.echo == Some(true) {
-        return Err(ApiError::invalid("`echo` is not supported", Some("echo")));
-    }
-    let n = body.n()?;
-    let logprobs = body.logprobs(kind == Endpoint::Chat)?;
-    let priority = tenant.priority(body.priority.is_some().then(|| body.priority()).transpose()?)?;
-    // Without a seed, each request draws its own; choices of one request differ by index.
-    let seed = body.seed.unwrap_or_else(|| random_seed(id));
-    let limits = Limits { context_length: model.context_length, default_max_tokens: s.default_max_tokens };
-    let mut requests = Vec::with_capacity(prompts.len() * n);
-    for prompt in &prompts {
-        if prompt.len() > model.max_prompt_tokens {
-            let message = format!("the prompt has {} tokens; this server takes at most {}", prompt.len(), model.max_prompt_tokens);
-            return Err(ApiError::invalid(message, Some(if kind == Endpoint::Chat { "messages" } else { "prompt" })));
-        }
-        requests.extend(body.requests(prompt, kind == Endpoint::Chat, limits, seed)?);
-    }
-    let (constraint, tool_output) = body.output_constraint(&model.grammars, kind == Endpoint::Chat)?;
-    for request in &mut requests {
-        (request.tenant, request.priority) = (tenant.id, priority);
-        request.constraint = constraint.clone();
-    }
+    let model = s.models.route(checked.body().model.as_deref(), checked.body().user.as_deref(), random_seed(id ^ 0x5a5a))?;
+    let priority = tenant.priority(checked.priority)?;
     let in_flight = tenant.enter()?;
+    let (checked, prompts) = off_runtime({
+        let model = model.clone();
+        move || {
+            let prompts = checked.prompts(&model.tokenizer, model.template.as_ref(), model.context_length);
+            (checked, prompts)
+        }
+    })
+    .await?;
+    let prompts = prompts?;
+    let tokens = checked.tokens(&prompts, model.context_length)?;
+    let rate = s.tenants.take_rate(tenant, tokens)?;
+    let (checked, constraint) = if checked.has_constraint() {
+        // A grammar is compiled only for a request the engine would take now.
+        model.worker.check(Applicant { tenant: tenant.id, priority, tokens }).await?;
+        compile_grammar(s, &model, checked).await?
+    } else {
+        (checked, None)
+    };
+    let submission = Submission {
+        context_length: model.context_length,
+        // Without a seed, each request draws its own; its choices' seeds derive from it.
+        seed: random_seed(id),
+        tenant: tenant.id,
+        priority,
+        max_priority: tenant.max_priority(),
+        constraint: constraint.as_ref(),
+    };
+    let requests = checked.requests(&prompts, submission)?;
     // Every choice of every prompt is admitted together, or the request is refused.
     let receivers = model.worker.submit(requests).await?;
-    let prefix = kind.id_prefix();
+    rate.commit();
+    let body = checked.body();
     Ok(Run {
         model,
         kind,
-        id: format!("{prefix}-{:x}{id:08x}", s.started),
+        id: format!("{}-{:x}{id:08x}", kind.id_prefix(), s.started),
         created: unix_seconds(),
         stream: body.stream.unwrap_or(false),
         include_usage: body.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false),
-        logprobs: logprobs.is_some(),
+        logprobs: checked.logprobs.is_some(),
         return_token_ids: body.return_token_ids.unwrap_or(false),
         prompts,
-        n,
+        n: checked.n,
         receivers,
-        tool_output,
+        tool_output: checked.tool_output(),
         in_flight,
     })
+}
+
+/// Runs `work` (tokenizing, compiling) on the blocking pool, off the threads that serve
+/// connections.
+async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work).await.map_err(|_| ApiError::internal("preparing the request panicked"))
+}
+
+/// Compiles a checked body's grammar on the blocking pool, a few at a time, within
+/// `[limits] grammar_compile_ms`; past it the request is refused (the compile, bounded by
+/// llguidance's own limits, ends on its own and frees its slot).
+async fn compile_grammar(s: &Shared, model: &ServedModel, checked: Checked) -> Result<(Checked, Option<Constraint>), ApiError> {
+    let slot = s.grammar_slots.clone().acquire_owned().await.map_err(|_| ApiError::shutting_down())?;
+    let budget_ms = s.limits.grammar_compile_ms;
+    let param = if checked.tool_output() == ToolOutput::Text { "response_format" } else { "tools" };
+    let grammars = model.grammars.clone();
+    let compiling = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        let constraint = checked.constraint(&grammars);
+        (checked, constraint)
+    });
+    match tokio::time::timeout(Duration::from_millis(budget_ms), compiling).await {
+        Err(_) => Err(ApiError::invalid(
+            format!("`{param}`: the grammar did not compile within {budget_ms} ms (the server's grammar_compile_ms); simplify the schema"),
+            Some(param),
+        )),
+        Ok(Err(_)) => Err(ApiError::internal("compiling the grammar panicked")),
+        Ok(Ok((checked, constraint))) => Ok((checked, constraint?)),
+    }
 }
 
 fn random_seed(id: u64) -> u64 {
@@ -464,13 +503,16 @@ pub async fn models(State(s): State<Shared>) -> Json<Value> {
     Json(json!({"object": "list", "data": data}))
 }
 
-/// `{"status": "ok", "models": {NAME: {"status": "ready" | "loading" | "failed", …}}}`: 200
-/// while some model is ready.
-pub async fn health(State(s): State<Shared>) -> Response {
+/// `{"status": "ok", "models": {NAME: {"status": "ready" | "loading" | "failed"}}}`: 200
+/// while some model is ready. `--api-key`'s holder also sees each model's file and why one
+/// failed; nobody else does.
+pub async fn health(State(s): State<Shared>, headers: axum::http::HeaderMap) -> Response {
     if s.shutting_down.load(Ordering::Relaxed) {
         return ApiError::shutting_down().into_response();
     }
-    let models = s.models.states();
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let admin = s.admin && s.tenants.identify(given).is_some_and(|t| t.id == TenantId::default());
+    let models = s.models.states(admin);
     let ready = models.values().any(|state| state["status"] == "ready");
     let body = Json(json!({"status": if ready { "ok" } else { "unavailable" }, "models": models}));
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

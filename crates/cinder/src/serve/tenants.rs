@@ -1,10 +1,12 @@
 //! Who a request comes from. The bearer key decides the tenant; the handlers apply its
-//! priority cap and concurrent-request cap, the scheduler its rates and fair share.
+//! priority cap, concurrent-request cap and rates (one set of token buckets for every
+//! served model), the scheduler its fair share.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-use cinder_scheduler::{Priority, TenantId};
+use cinder_scheduler::admission::{Limited, RateLimiter};
+use cinder_scheduler::{Priority, TenantId, Time};
 use subtle::ConstantTimeEq;
 
 use super::api::ApiError;
@@ -38,6 +40,11 @@ impl Tenant {
             max_concurrent: config.max_concurrent,
             ..Self::new(TenantConfig::id(index), &config.name)
         }
+    }
+
+    /// The most urgent level its requests may stand at in the queue.
+    pub fn max_priority(&self) -> Priority {
+        self.max_priority
     }
 
     /// The priority a request runs at: what it asked for (`None`: it did not ask, and runs
@@ -85,19 +92,41 @@ pub struct Tenants {
     all: Vec<Arc<Tenant>>,
     /// Each key and the index of its tenant.
     keys: Vec<(String, usize)>,
+    rates: Arc<Mutex<RateLimiter>>,
+    /// The rate limiter's time origin.
+    started: std::time::Instant,
 }
 
 impl Tenants {
     /// The configured tenants, and `api_key` (`--api-key`) as the default tenant's key.
-    /// With neither, no key is asked for and every request is the default tenant's.
-    pub fn new(config: &ServeConfig, api_key: Option<&str>) -> Self {
+    /// With neither, no key is asked for and every request is the default tenant's. The
+    /// tenants' rates are `rates`. A tenant's key equal to `api_key` is refused: it would
+    /// open the admin routes.
+    pub fn new(config: &ServeConfig, api_key: Option<&str>, rates: RateLimiter) -> Result<Self, String> {
         let mut all = vec![Arc::new(Tenant::new(TenantId(0), DEFAULT_TENANT))];
         let mut keys: Vec<(String, usize)> = api_key.map(|k| (k.to_owned(), 0)).into_iter().collect();
         for (index, tenant) in config.tenants.iter().enumerate() {
+            if let Some(admin) = api_key
+                && tenant.api_keys.iter().any(|k| k == admin)
+            {
+                return Err(format!("tenant {:?} has the server's --api-key among its keys; give it keys of its own", tenant.name));
+            }
             all.push(Arc::new(Tenant::configured(index, tenant)));
             keys.extend(tenant.api_keys.iter().map(|k| (k.clone(), index + 1)));
         }
-        Self { all, keys }
+        Ok(Self { all, keys, rates: Arc::new(Mutex::new(rates)), started: std::time::Instant::now() })
+    }
+
+    /// Takes one request and `tokens` (its sequences' prompts and most new tokens) from
+    /// `tenant`'s buckets. They go back when the returned [`Taken`] drops uncommitted.
+    pub fn take_rate(&self, tenant: &Tenant, tokens: usize) -> Result<Taken, ApiError> {
+        let now = Time(self.started.elapsed().as_micros() as u64);
+        let taken = self.rates.lock().unwrap_or_else(|e| e.into_inner()).take(tenant.id, tokens, now);
+        match taken {
+            Ok(()) => Ok(Taken { rates: Some(self.rates.clone()), tenant: tenant.id, tokens }),
+            Err(Limited::Later { what, retry_after }) => Err(ApiError::rate_limited(what, retry_after.as_secs_f64())),
+            Err(Limited::Never { what, burst }) => Err(ApiError::exceeds_burst(what, tokens, burst)),
+        }
     }
 
     /// Whether requests must carry a key.
@@ -123,6 +152,28 @@ impl Tenants {
 
 }
 
+/// A request's share of its tenant's rates, given back on drop unless the request was
+/// admitted ([`commit`](Self::commit)).
+pub struct Taken {
+    rates: Option<Arc<Mutex<RateLimiter>>>,
+    tenant: TenantId,
+    tokens: usize,
+}
+
+impl Taken {
+    pub fn commit(mut self) {
+        self.rates = None;
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        if let Some(rates) = self.rates.take() {
+            rates.lock().unwrap_or_else(|e| e.into_inner()).give_back(self.tenant, self.tokens);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,7 +181,7 @@ mod tests {
     fn tenants(file: &str, api_key: Option<&str>) -> Tenants {
         let mut config = ServeConfig::parse(file).unwrap();
         config.resolve().unwrap();
-        Tenants::new(&config, api_key)
+        Tenants::new(&config, api_key, config.rate_limiter(100)).unwrap()
     }
 
     #[test]
@@ -164,5 +215,30 @@ mod tests {
         drop(first);
         assert!(alice.enter().is_ok(), "the place is free again");
         assert!(tenants(file, None).identify(Some("admin")).is_none());
+        let mut config = ServeConfig::parse(file).unwrap();
+        config.resolve().unwrap();
+        let clash = Tenants::new(&config, Some("kb"), config.rate_limiter(100)).err().unwrap();
+        assert!(clash.contains("\"bob\" has the server's --api-key"), "{clash}");
+    }
+
+    #[test]
+    fn rates_are_shared_given_back_and_never_passing_requests_are_told_so() {
+        let file = r#"
+            [[tenants]]
+            name = "alice"
+            api_keys = ["ka"]
+            tokens_per_second = 10.0
+            token_burst = 100.0
+        "#;
+        let t = tenants(file, None);
+        let alice = t.identify(Some("ka")).unwrap();
+        let error = t.take_rate(&alice, 101).err().unwrap();
+        assert_eq!((error.status.as_u16(), error.code.as_deref()), (400, Some("exceeds_burst")), "{}", error.message);
+        assert!(error.message.contains("token_burst"), "{}", error.message);
+        let held = t.take_rate(&alice, 60).unwrap();
+        assert_eq!(t.take_rate(&alice, 60).err().unwrap().status.as_u16(), 429);
+        drop(held);
+        t.take_rate(&alice, 60).unwrap().commit();
+        assert_eq!(t.take_rate(&alice, 60).err().unwrap().status.as_u16(), 429, "committed: not given back");
     }
 }

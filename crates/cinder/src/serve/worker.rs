@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use cinder_engine::{Engine, EngineMetrics, Event, GenerationRequest, StepOutcome, SubmitError};
 use cinder_scheduler::SeqId;
+use cinder_scheduler::admission::Applicant;
 use tokio::sync::{mpsc, oneshot};
 
 /// What handlers ask of the worker.
@@ -20,6 +21,8 @@ pub enum Command {
         requests: Vec<(GenerationRequest, mpsc::UnboundedSender<Event>)>,
         reply: oneshot::Sender<Result<Vec<SeqId>, SubmitError>>,
     },
+    /// Whether a request would be admitted now (before work that is only worth doing if so).
+    Check { applicant: Applicant, reply: oneshot::Sender<Result<(), SubmitError>> },
 }
 
 /// The handlers' side of the worker.
@@ -40,6 +43,15 @@ impl WorkerHandle {
         self.commands.send(Command::Submit { requests, reply }).map_err(|_| gone())?;
         answer.await.map_err(|_| gone())??;
         Ok(receivers)
+    }
+
+    /// Whether the engine's scheduler would admit `applicant` now (its breaker, shedding and
+    /// queue; rates are the server's own).
+    pub async fn check(&self, applicant: Applicant) -> Result<(), SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        let gone = || SubmitError::Invalid("the engine has stopped".into());
+        self.commands.send(Command::Check { applicant, reply }).map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     pub fn metrics(&self) -> EngineMetrics {
@@ -79,8 +91,11 @@ fn run(mut engine: Engine, commands: Receiver<Command>, metrics: Arc<Mutex<Engin
         } else {
             Err(true)
         };
-        while let Ok(Command::Submit { requests, reply }) = received {
-            let _ = reply.send(engine.submit_all(requests, clock()));
+        while let Ok(command) = received {
+            match command {
+                Command::Submit { requests, reply } => drop(reply.send(engine.submit_all(requests, clock()))),
+                Command::Check { applicant, reply } => drop(reply.send(engine.check_admission(applicant, clock()))),
+            }
             received = commands.try_recv().map_err(|e| e == TryRecvError::Disconnected);
         }
         connected &= !matches!(received, Err(true));
