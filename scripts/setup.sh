@@ -31,8 +31,10 @@ TEMPLATES=(
     meta-llama-Llama-3.1-8B-Instruct.jinja google-gemma-2-2b-it.jinja microsoft-Phi-3.5-mini-instruct.jinja
     Qwen-Qwen2.5-7B-Instruct.jinja Qwen-Qwen3-0.6B.jinja mistralai-Mistral-Nemo-Instruct-2407.jinja
 )
-# The OpenAI Python client the server's end-to-end tests talk through.
+# The OpenAI Python client the server's end-to-end tests talk through, and the Prometheus
+# client whose parser reads /metrics in them.
 OPENAI_CLIENT_PKG="openai==3.54.0"
+PROMETHEUS_CLIENT_PKG="prometheus-client==0.26.0"
 VENV_DIR="${CINDER_HOME:-$HOME/.cache/cinder}/venv"
 # The browser tests drive Debian's Chromium with this Playwright (no browser download).
 PLAYWRIGHT_PKG="playwright-core@1.65.1"
@@ -130,13 +132,13 @@ fetch_vocabularies() {
     rm -rf "$tmp"
 }
 
-install_openai_client() {
-    if [ -x "$VENV_DIR/bin/python" ] && "$VENV_DIR/bin/python" -c "import openai" 2>/dev/null; then
+install_python_clients() {
+    if [ -x "$VENV_DIR/bin/python" ] && "$VENV_DIR/bin/python" -c "import openai, prometheus_client" 2>/dev/null; then
         return
     fi
-    log "installing $OPENAI_CLIENT_PKG into $VENV_DIR (for the server tests)"
-    python3 -m venv "$VENV_DIR"
-    "$VENV_DIR/bin/pip" install --quiet "$OPENAI_CLIENT_PKG"
+    log "installing $OPENAI_CLIENT_PKG and $PROMETHEUS_CLIENT_PKG into $VENV_DIR (for the server tests)"
+    [ -x "$VENV_DIR/bin/python" ] || python3 -m venv "$VENV_DIR"
+    "$VENV_DIR/bin/pip" install --quiet "$OPENAI_CLIENT_PKG" "$PROMETHEUS_CLIENT_PKG"
 }
 
 install_playwright() {
@@ -155,7 +157,7 @@ check_toolchain
 fetch_model
 fetch_gemma
 fetch_vocabularies
-install_openai_client
+install_python_clients
 install_playwright
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 if [ "${1:-}" != "--no-build" ]; then

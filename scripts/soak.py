@@ -7,7 +7,15 @@ requests. Meanwhile samples RSS, open descriptors and /metrics. At the end check
 failed, the engine drained to idle, memory and descriptors stayed flat after warm-up and the
 server shut down cleanly on SIGTERM. Standard library only; speaks HTTP/1.1 itself.
 
+With `--abuse`, the honest clients (a tenant of their own: short streaming chats, evenly
+spaced, about half the capacity) run alone and beside an abusive tenant (a process of its
+own) in turns of `--segment-s`; the abuser, capped at low priority, sends fan-outs of
+200,000 prompts, hundreds of long stop strings, grammar bombs and short deadlines. Checks that
+the honest clients' p99 time to first token stays within 1.5x of their run alone, RSS stays
+bounded and nothing fails (refusals of the abuser are expected; errors are not).
+
     XDG_RUNTIME_DIR=/tmp python3 scripts/soak.py --quick --server-arg=--max-running --server-arg=8
+    XDG_RUNTIME_DIR=/tmp python3 scripts/soak.py --abuse --duration-s 180 --calibrate-s 20
 """
 import argparse
 import asyncio
@@ -17,6 +25,7 @@ import os
 import random
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 
@@ -71,11 +80,19 @@ class Response:
         self.writer.transport.abort() if abort else self.writer.close()
 
 
-async def send(addr, method, path, body=None) -> Response:
+# The bearer keys of the honest clients and of /metrics, when the server has tenants (--abuse).
+KEYS = {"client": None, "admin": None}
+
+
+async def send(addr, method, path, body=None, key=None) -> Response:
+    """`body`: a JSON value, or bytes already encoded. `key`: the bearer key [default: the
+    honest clients']."""
     host, port = addr
     reader, writer = await asyncio.open_connection(host, port)
-    payload = b"" if body is None else json.dumps(body).encode()
-    head = (f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
+    payload = b"" if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
+    key = key or KEYS["client"]
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    head = (f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n{auth}"
             f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n")
     try:
         writer.write(head.encode() + payload)
@@ -93,9 +110,9 @@ async def send(addr, method, path, body=None) -> Response:
         raise
 
 
-async def fetch(addr, method, path, body=None, timeout=10.0):
+async def fetch(addr, method, path, body=None, timeout=10.0, key=None):
     async def go():
-        resp = await send(addr, method, path, body)
+        resp = await send(addr, method, path, body, key)
         try:
             return resp.status, await resp.read_body()
         finally:
@@ -140,10 +157,14 @@ class Result:
     ttft: float | None = None
     aborted: bool = False  # the client hung up on purpose
     error: str | None = None
+    abusive: bool = False  # the abuser's: any refusal is the right answer
 
     @property
     def refused(self):
-        """Turned away under load: a 429, or a deadline to start that passed while it waited."""
+        """Turned away under load: a 429, or a deadline to start that passed while it waited
+        (or the abuser, by any 4xx)."""
+        if self.abusive and self.status in (400, 408, 413, 429):
+            return True
         return self.status == 429 or self.code in ("deadline_exceeded", "deadline")
 
     @property
@@ -163,16 +184,18 @@ def prompt():
     return " ".join(random.choices(WORDS, k=random.randint(3, 12)))
 
 
-# Fields every soak request carries (`deadline_ms` with --deadline-ms).
+# Fields every soak request carries (`deadline_ms` with --deadline-ms), and the range of
+# their `max_tokens`.
 COMMON_FIELDS = {}
+MAX_TOKENS = [8, 64]
 
 
 def chat_body(**extra):
-    return {"messages": [{"role": "user", "content": prompt()}], "max_tokens": random.randint(8, 64), **COMMON_FIELDS, **extra}
+    return {"messages": [{"role": "user", "content": prompt()}], "max_tokens": random.randint(*MAX_TOKENS), **COMMON_FIELDS, **extra}
 
 
 def completion_body(**extra):
-    return {"prompt": prompt(), "max_tokens": random.randint(8, 64), **COMMON_FIELDS, **extra}
+    return {"prompt": prompt(), "max_tokens": random.randint(*MAX_TOKENS), **COMMON_FIELDS, **extra}
 
 
 async def note_refusal(r, resp):
@@ -264,6 +287,72 @@ async def fan_out(addr, r):
 CLIENTS = {"stream_chat": stream_chat, "completion": completion, "disconnect": disconnect, "fan_out": fan_out}
 
 
+# --- the abuser (--abuse): a tenant capped at low priority, trying to hurt the others -------
+
+ABUSER_KEY = "sk-soak-abuser"
+TENANTS = f"""
+[[tenants]]
+name = "honest"
+api_keys = ["sk-soak-honest"]
+
+[[tenants]]
+name = "abuser"
+api_keys = ["{ABUSER_KEY}"]
+max_priority = "low"
+max_concurrent = 2
+requests_per_second = 1.0
+"""
+ABUSE_WEIGHTS = {"huge_fan_out": 25, "huge_stop": 25, "grammar_bomb": 25, "short_deadline": 25}
+# The honest clients beside it: short streaming chats, evenly spaced, whose time to first
+# token is compared.
+HONEST_WEIGHTS = {"stream_chat": 1}
+# 200,000 prompts times n = 8 (1.2 MB), encoded once.
+HUGE_FAN_OUT = json.dumps({"prompt": ["abc"] * 200_000, "n": 8, "max_tokens": 16}).encode()
+
+
+async def abusive(addr, r, path, body):
+    """An abuser's request: any refusal (400, 408, 413, 429) or an answer is fair; an error is
+    not."""
+    r.abusive = True
+    resp = await send(addr, "POST", path, body, ABUSER_KEY)
+    try:
+        r.status = resp.status
+        reply = await resp.read_body()
+        if resp.status in (400, 408, 413, 429):
+            try:
+                r.code = json.loads(reply)["error"].get("code") or json.loads(reply)["error"].get("param")
+            except (ValueError, KeyError, TypeError, AttributeError):
+                pass
+        elif resp.status != 200:
+            r.error = f"HTTP {resp.status}: {reply[:200].decode(errors='replace')}"
+        else:
+            r.latency = time.monotonic() - r.start
+    finally:
+        resp.close()
+
+
+def grammar_bomb():
+    """A schema under the size limit whose grammar is costly: many properties of long patterns."""
+    properties = {f"p{i}": {"type": "string", "pattern": f"[a-z]{{{i % 50},{i % 50 + 60}}}(x|y)[0-9]{{2,40}}"} for i in range(300)}
+    schema = {"type": "object", "properties": properties, "required": list(properties)}
+    return {"messages": [{"role": "user", "content": "fill it in"}], "max_tokens": 16,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "bomb", "schema": schema}}}
+
+
+# 256 stop strings of 4 KiB (1 MB), and a grammar bomb, encoded once too: the abuser's own
+# work should not take the machine's CPU.
+HUGE_STOP = json.dumps({"prompt": "the river", "stop": ["x" * 4096] * 256, "max_tokens": 16}).encode()
+GRAMMAR_BOMB = json.dumps(grammar_bomb()).encode()
+
+ABUSERS = {
+    "huge_fan_out": lambda addr, r: abusive(addr, r, "/v1/completions", HUGE_FAN_OUT),
+    "huge_stop": lambda addr, r: abusive(addr, r, "/v1/completions", HUGE_STOP),
+    "grammar_bomb": lambda addr, r: abusive(addr, r, "/v1/chat/completions", GRAMMAR_BOMB),
+    "short_deadline": lambda addr, r: abusive(
+        addr, r, "/v1/chat/completions", chat_body(priority="critical", deadline_ms=random.randint(1, 500))),
+}
+
+
 class Run:
     def __init__(self, addr, timeout):
         self.addr, self.timeout = addr, timeout
@@ -302,17 +391,20 @@ async def calibrate(run, seconds, concurrency):
     return in_window / seconds if in_window else total / (time.monotonic() - start)
 
 
-async def soak(run, seconds, rate, weights):
+async def soak(run, seconds, rate, weights, clients=CLIENTS, poisson=True):
+    """Requests of `weights`' kinds at `rate` per second for `seconds`: Poisson arrivals, or
+    evenly spaced ones."""
     kinds, w = list(weights), list(weights.values())
     tasks, start = set(), time.monotonic()
     next_arrival = start
     while True:
-        next_arrival += random.expovariate(rate)  # absolute schedule: no drift from slow spawns
+        # An absolute schedule: no drift from slow spawns.
+        next_arrival += random.expovariate(rate) if poisson else 1 / rate
         if next_arrival - start >= seconds:
             break
         await asyncio.sleep(max(0.0, next_arrival - time.monotonic()))
         kind = random.choices(kinds, w)[0]
-        task = asyncio.create_task(run.request(kind, CLIENTS[kind]))
+        task = asyncio.create_task(run.request(kind, clients[kind]))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     await asyncio.sleep(max(0.0, start + seconds - time.monotonic()))
@@ -331,6 +423,12 @@ class Server:
 
     async def start(self, args):
         cmd = [args.binary, "serve", "--port", "0"] + (["--model", args.model] if args.model else [])
+        if args.abuse:
+            config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+            config.write(TENANTS)
+            config.close()
+            KEYS.update(client="sk-soak-honest", admin="sk-soak-admin")
+            cmd += ["--config", config.name, "--api-key", KEYS["admin"]]
         cmd += args.server_arg
         print("starting:", " ".join(cmd), flush=True)
         self.proc = await asyncio.create_subprocess_exec(
@@ -380,7 +478,7 @@ async def wait_healthy(addr, timeout, server):
 
 async def read_metrics(addr):
     try:
-        status, body = await fetch(addr, "GET", "/metrics", timeout=10)
+        status, body = await fetch(addr, "GET", "/metrics", timeout=10, key=KEYS["admin"])
         return parse_metrics(body.decode()) if status == 200 else None
     except (OSError, HttpError, TimeoutError, asyncio.IncompleteReadError):
         return None
@@ -469,6 +567,51 @@ def checks(report, started, p99_limit_s):
     return result
 
 
+async def run_abuser(url, seconds, args):
+    """Runs this script as the abuser (`--abuser URL`) for `seconds`; returns its results."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        mix = ",".join(f"{k}={w}" for k, w in args.abuse_mix.items())
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--abuser", url, "--duration-s", str(seconds), "--abuse-rate", str(args.abuse_rate),
+            "--abuse-mix", mix, "--request-timeout-s", str(args.request_timeout_s), "--json", out.name)
+        if await child.wait() != 0:
+            raise SystemExit("the abuser process failed")
+        return [Result(**r) for r in json.load(open(out.name))]
+
+
+async def abuse(args):
+    """The abuser process: its requests for `--duration-s`, their results to `--json`."""
+    host, _, port = args.abuser.removeprefix("http://").rstrip("/").rpartition(":")
+    run = Run((host, int(port)), args.request_timeout_s)
+    await soak(run, args.duration_s, args.abuse_rate, args.abuse_mix, ABUSERS)
+    with open(args.json, "w") as f:
+        json.dump([asdict(r) for r in run.results], f)
+    return 0
+
+
+def honest_ttft(results):
+    return [r.ttft for r in results
+            if r.kind == "stream_chat" and r.status == 200 and not r.aborted and r.error is None and r.ttft is not None]
+
+
+def abuse_report(alone, beside, abuser, samples, length):
+    """The honest clients' time to first token alone and beside the abuser, the abuser's
+    outcomes, RSS in each kind of segment (alone: even ones)."""
+    ttft = {"alone": percentiles(honest_ttft(alone)), "beside_abuser": percentiles(honest_ttft(beside)),
+            "samples": {"alone": len(honest_ttft(alone)), "beside_abuser": len(honest_ttft(beside))}}
+    rss = {phase: max((s["rss_kib"] for s in samples if s["rss_kib"] is not None and int(s["t"] // length) % 2 == odd), default=None)
+           for phase, odd in (("alone", 0), ("beside_abuser", 1))}
+    outcomes = collections.defaultdict(collections.Counter)
+    for r in abuser:
+        outcomes[r.kind][r.outcome] += 1
+    ratio = ttft["beside_abuser"]["p99"] / ttft["alone"]["p99"] if ttft["alone"] and ttft["beside_abuser"] else None
+    checks = {"honest p99 TTFT beside the abuser <= 1.5x alone": ratio is not None and ratio <= 1.5,
+              "RSS bounded (max beside the abuser <= max alone + 128 MiB)":
+                  None if None in rss.values() else rss["beside_abuser"] <= rss["alone"] + 128 * 1024}
+    return {"honest_ttft_s": ttft, "ttft_p99_ratio": None if ratio is None else round(ratio, 3), "max_rss_kib": rss,
+            "abuser": {k: dict(v) for k, v in outcomes.items()}, "checks": checks}
+
+
 def print_report(report):
     print(f"\ncapacity {report['capacity_rps']:.2f} req/s; offered {report['offered_rps']:.2f} req/s "
           f"for {report['duration_s']:.0f} s")
@@ -482,6 +625,13 @@ def print_report(report):
     if w := report["warm_up"]:
         print(f"RSS MiB: at {w['t_25']:.0f} s {w['rss_kib_25'] / 1024:.0f}, end {w['rss_kib_end'] / 1024:.0f}, "
               f"max {w['rss_kib_max'] / 1024:.0f}; fds: {w['fds_25']}, end {w['fds_end']}, max {w['fds_max']}")
+    if a := report.get("abuse"):
+        print(f"honest TTFT alone {a['honest_ttft_s']['alone']}, beside the abuser {a['honest_ttft_s']['beside_abuser']}: "
+              f"p99 ratio {a['ttft_p99_ratio']}")
+        mib = {phase: kib and round(kib / 1024) for phase, kib in a["max_rss_kib"].items()}
+        print(f"max RSS MiB alone {mib['alone']}, beside the abuser {mib['beside_abuser']}")
+        for kind, counts in a["abuser"].items():
+            print(f"  abuser {kind:14} {dict(sorted(counts.items()))}")
     print(f"final engine state: {report['final']}")
     print(f"shutdown: exit code {report['shutdown']['exit_code']} after {report['shutdown']['seconds']} s")
     for name, ok in report["checks"].items():
@@ -489,6 +639,8 @@ def print_report(report):
 
 
 async def main(args):
+    if args.abuser:
+        return await abuse(args)
     server = Server() if not args.url else None
     try:
         return await soak_server(args, server)
@@ -512,7 +664,26 @@ async def soak_server(args, server):
 
     samples, stop, start = [], asyncio.Event(), time.monotonic()
     sampling = asyncio.create_task(sampler(addr, pid, start, samples, stop))
-    await soak(run, args.duration_s, rate, KIND_WEIGHTS)
+    if args.abuse:
+        await wait_idle(addr)
+        # Alone and beside the abuser in turns, so that the machine's own drift falls on both.
+        segments = max(2, round(args.duration_s / args.segment_s) // 2 * 2)
+        length = args.duration_s / segments
+        print(f"honest clients at {rate:.2f} req/s, alone and beside the abuser ({args.abuse_rate:g} req/s) "
+              f"in turns of {length:.0f} s", flush=True)
+        alone, beside, abuser_results = Run(addr, args.request_timeout_s), Run(addr, args.request_timeout_s), []
+        for segment in range(segments):
+            if segment % 2 == 0:
+                await soak(alone, length, rate, HONEST_WEIGHTS, poisson=False)
+                continue
+            # The abuser is a process of its own, as a remote client is: its I/O does not
+            # delay the honest clients' event loop, which times their first tokens.
+            _, results = await asyncio.gather(soak(beside, length, rate, HONEST_WEIGHTS, poisson=False),
+                                              run_abuser(url, length, args))
+            abuser_results += results
+        run.results = alone.results + beside.results + abuser_results
+    else:
+        await soak(run, args.duration_s, rate, KIND_WEIGHTS)
     final = await wait_idle(addr)
     stop.set()
     await sampling
@@ -524,6 +695,9 @@ async def soak_server(args, server):
               "shutdown": {"exit_code": code, "seconds": None if seconds is None else round(seconds, 2)},
               "samples": samples, "server_output_tail": list(server.tail) if server else []}
     report["checks"] = checks(report, server is not None, args.p99_limit_s)
+    if args.abuse:
+        report["abuse"] = abuse_report(alone.results, beside.results, abuser_results, samples, length)
+        report["checks"].update(report["abuse"].pop("checks"))
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)
     print_report(report)
@@ -541,7 +715,7 @@ def parse_args():
     p.add_argument("--calibrate-s", type=float, default=30)
     p.add_argument("--calibrate-concurrency", type=int, default=8)
     p.add_argument("--duration-s", type=float, default=600)
-    p.add_argument("--load", type=float, default=2.0, help="offered load as a multiple of capacity")
+    p.add_argument("--load", type=float, help="offered load as a multiple of capacity [default: 2; 1 with --abuse, whose requests are shorter]")
     p.add_argument("--request-timeout-s", type=float, default=120)
     p.add_argument("--deadline-ms", type=int, help="every soak request's `deadline_ms` (how long it may wait to start)")
     p.add_argument("--p99-limit-s", type=float, default=60, help="bound on the p99 latency of admitted requests")
@@ -549,9 +723,27 @@ def parse_args():
     p.add_argument("--seed", type=int, help="random seed, for a repeatable mix")
     p.add_argument("--json", default="soak.json")
     p.add_argument("--quick", action="store_true", help="calibrate 10 s, soak 60 s")
+    p.add_argument("--abuse", action="store_true", help="honest clients alone, then beside an abusive tenant")
+    p.add_argument("--abuse-rate", type=float, default=2.0, help="the abuser's requests per second")
+    p.add_argument("--segment-s", type=float, default=20, help="with --abuse: the length of each turn alone or beside the abuser")
+    p.add_argument("--abuser", metavar="URL", help=argparse.SUPPRESS)  # the abuser's own process
+    p.add_argument("--abuse-mix", default=",".join(f"{k}={w}" for k, w in ABUSE_WEIGHTS.items()),
+                   help=f"the abuser's requests, KIND=WEIGHT,... of {', '.join(ABUSE_WEIGHTS)}")
     args = p.parse_args()
     if args.quick:
         args.calibrate_s, args.duration_s = 10, 60
+    if args.load is None:
+        # With --abuse, short honest requests at the calibrated rate: about half the capacity.
+        args.load = 1.0 if args.abuse else 2.0
+    if args.abuse or args.abuser:
+        MAX_TOKENS[:] = [8, 16]
+    mix = {}
+    for pair in args.abuse_mix.split(","):
+        kind, _, weight = pair.partition("=")
+        if kind not in ABUSERS:
+            p.error(f"--abuse-mix: no abuse called {kind!r} ({', '.join(ABUSERS)})")
+        mix[kind] = float(weight or 1)
+    args.abuse_mix = mix
     random.seed(args.seed)
     if args.deadline_ms:
         COMMON_FIELDS["deadline_ms"] = args.deadline_ms

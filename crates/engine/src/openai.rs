@@ -934,3 +934,78 @@ pub fn finish_reason(reason: FinishReason) -> &'static str {
         FinishReason::Deadline => "deadline",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn checked(body: &str, endpoint: Endpoint) -> Result<Checked, InvalidRequest> {
+        parse::<GenerationBody>(body.as_bytes())?.check(endpoint, &RequestLimits::default())
+    }
+
+    fn submission(seed: u64) -> Submission<'static> {
+        Submission { context_length: 64, seed, tenant: TenantId(3), priority: Priority::Low, max_priority: Priority::Low, constraint: None }
+    }
+
+    #[test]
+    fn each_choice_has_its_own_seed_and_the_first_the_requests() {
+        let c = checked(r#"{"prompt": ["a", "b"], "n": 3, "seed": 42, "temperature": 1}"#, Endpoint::Completion).unwrap();
+        let prompts = [vec![1, 2], vec![3]];
+        let requests = c.requests(&prompts, submission(7)).unwrap();
+        let seeds: Vec<u64> = requests.iter().map(|r| r.sampling.seed).collect();
+        assert_eq!(seeds[0], 42);
+        assert_eq!(seeds.iter().collect::<BTreeSet<_>>().len(), 6, "{seeds:?}");
+        let again: Vec<u64> = c.requests(&prompts, submission(9)).unwrap().iter().map(|r| r.sampling.seed).collect();
+        assert_eq!(seeds, again, "the body's seed decides, not the server's draw");
+        assert!(requests.iter().all(|r| (r.tenant, r.priority, r.max_priority) == (TenantId(3), Priority::Low, Priority::Low)));
+        assert_eq!(requests.iter().map(|r| r.prompt.len()).collect::<Vec<_>>(), [2, 2, 2, 1, 1, 1]);
+        let unseeded = checked(r#"{"prompt": "a", "n": 2}"#, Endpoint::Completion).unwrap();
+        let seeds: Vec<u64> = unseeded.requests(&[vec![1]], submission(7)).unwrap().iter().map(|r| r.sampling.seed).collect();
+        assert_eq!(seeds, [7, choice_seed(7, 1)]);
+    }
+
+    #[test]
+    fn logit_bias_keys_name_a_token_once() {
+        let c = checked(r#"{"prompt": "a", "logit_bias": {" 2": 5, "10": -100}}"#, Endpoint::Completion).unwrap();
+        assert_eq!(c.sampling.logit_bias, [(2, 5.0), (10, -100.0)]);
+        let e = checked(r#"{"prompt": "a", "logit_bias": {"1": 1, "01": 2}}"#, Endpoint::Completion).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("logit_bias.1"), "{e}");
+        assert!(e.message.contains("token 1 twice"), "{e}");
+    }
+
+    #[test]
+    fn counts_are_checked_before_anything_else() {
+        let limits = RequestLimits { max_prompts: 2, max_sequences: 4, ..Default::default() };
+        let check = |body: &str| parse::<GenerationBody>(body.as_bytes()).unwrap().check(Endpoint::Completion, &limits);
+        assert_eq!(check(r#"{"prompt": ["a", "b", "c"]}"#).unwrap_err().param.as_deref(), Some("prompt"));
+        assert_eq!(check(r#"{"prompt": [[1], [2]], "n": 3}"#).unwrap_err().param.as_deref(), Some("n"));
+        assert_eq!(check(r#"{"prompt": [[1], [2]], "n": 2}"#).unwrap().n, 2);
+        assert_eq!(check(r#"{"prompt": []}"#).unwrap_err().message, "the prompt is empty");
+        let chat = checked(r#"{"messages": [{"role": "user", "content": "hi"}], "prompt": "x"}"#, Endpoint::Chat).unwrap_err();
+        assert_eq!(chat.param.as_deref(), Some("prompt"));
+    }
+
+    #[test]
+    fn unknown_fields_inside_enums_name_their_path() {
+        let user = r#"{"role": "user", "content": "hi"}"#;
+        for (body, param) in [
+            (r#"{"messages": [{"role": "user", "content": [{"type": "text", "text": "hi", "x": 1}]}]}"#.to_owned(), "messages[0].content[0].x"),
+            (format!(r#"{{"messages": [{user}], "response_format": {{"type": "json_object", "schema": {{}}}}}}"#), "response_format.schema"),
+            (
+                format!(r#"{{"messages": [{user}], "response_format": {{"type": "json_schema", "json_schema": {{"name": "x", "stict": true}}}}}}"#),
+                "response_format.json_schema.stict",
+            ),
+            (format!(r#"{{"messages": [{user}], "tool_choice": {{"type": "function", "function": {{"name": "f"}}, "x": 1}}}}"#), "tool_choice.x"),
+            (format!(r#"{{"messages": [{user}], "tool_choice": {{"type": "function", "function": {{"name": "f", "x": 1}}}}}}"#), "tool_choice.function.x"),
+        ] {
+            let e = parse::<GenerationBody>(body.as_bytes()).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{body}: {e}");
+        }
+        let prompt: GenerationBody = parse(br#"{"prompt": [[1, 2], [3]]}"#).unwrap();
+        assert!(matches!(prompt.prompt, Some(Prompt::IdLists(ref l)) if l.len() == 2));
+        let mixed = parse::<GenerationBody>(br#"{"prompt": ["a", 1]}"#).unwrap_err();
+        assert_eq!(mixed.param.as_deref(), Some("prompt[1]"), "{mixed}");
+    }
+}

@@ -275,6 +275,9 @@ struct Sequence {
     /// Tokens proposed to follow the next decode ([`Scheduler::propose`]); once planned,
     /// the part that runs, until the step lands.
     draft: Vec<u32>,
+    /// Its level in the queue when it was admitted (after aging and bonuses): the level of
+    /// its prompt's chunks (see `plan_iteration`).
+    level: usize,
 }
 
 impl Sequence {
@@ -285,6 +288,7 @@ impl Sequence {
             Progress { prompt_len: waiting.request.prompt.len(), scheduled: None, first_token: None, preemptions: 0 },
             |p| *p,
         );
+        let level = waiting.request.priority.level();
         Sequence {
             tokens: std::mem::take(&mut waiting.request.prompt),
             request: waiting.request,
@@ -300,6 +304,7 @@ impl Sequence {
             preemptions: progress.preemptions,
             failed_attempts: 0,
             draft: Vec::new(),
+            level,
         }
     }
 
@@ -746,8 +751,7 @@ impl Scheduler {
         work: &mut Vec<(SeqId, usize, bool)>,
         forks: &mut Vec<Box<Waiting>>,
     ) {
-        let StepShape { max_batch_tokens, max_running, chunk_size } = shape;
-        let mut budget = max_batch_tokens;
+        let mut budget = shape.max_batch_tokens;
         let mut order = self.running_by_importance();
         plan.decode.reserve(order.len());
         work.reserve(order.len());
@@ -796,44 +800,82 @@ impl Scheduler {
                 break;
             }
         }
-        // Unfinished prefills of running sequences (preemption only took sequences not yet
-        // looked at, so these are all still running).
-        for id in prefilling {
-            if budget == 0 {
-                break;
-            }
-            let s = &self.seqs[&id];
-            let n = (s.tokens.len() - s.computed).min(budget).min(chunk_size);
-            let end = s.computed + n;
-            if self.ensure(id, end, plan) {
-                self.schedule(id, n, plan, work);
-                budget -= n;
-            }
-        }
+        self.plan_prompts(now, prefilling, budget, shape, plan, work, forks);
         if work.is_empty() && !self.running.is_empty() {
-            // Every running sequence is a prompt stuck waiting for blocks the others hold:
-            // let the least important go (it recomputes later), and admit nobody into the
-            // blocks it frees, so that the rest can go on next step.
+            // Every running sequence is a prompt stuck waiting for blocks the others hold
+            // (and nobody could start): let the least important go (it recomputes later), so
+            // that the rest can go on next step.
             let (_, victim) = *self.running.last().expect("running is not empty");
             self.preempt(victim, plan);
-            return;
         }
-        // New sequences, and choices that fork from a prompt ending this step.
-        while budget > 0 && self.running.len() + forks.len() < max_running {
-            let Some(id) = self.queue.peek(now).map(|w| w.id) else { break };
-            if let Some(from) = self.fork_source(id, work) {
+    }
+
+    /// The step's prompt chunks: unfinished prefills of running sequences (preemption only
+    /// took sequences not yet looked at, so these are all still running) and new sequences
+    /// from the queue, best level first, within the budget. A step's prompts are of one
+    /// level: a prompt never waits on the prompts of less urgent requests in its step (on a
+    /// device whose step time grows with its tokens, its first token would), and these run
+    /// in the next step without it. Choices that fork from a prompt ending this step join.
+    #[allow(clippy::too_many_arguments)]
+    fn plan_prompts(
+        &mut self,
+        now: Time,
+        mut prefilling: Vec<SeqId>,
+        mut budget: usize,
+        shape: StepShape,
+        plan: &mut StepPlan,
+        work: &mut Vec<(SeqId, usize, bool)>,
+        forks: &mut Vec<Box<Waiting>>,
+    ) {
+        let StepShape { max_running, chunk_size, .. } = shape;
+        prefilling.sort_by_key(|id| (self.seqs[id].level, *id));
+        let mut prefilling = prefilling.into_iter().peekable();
+        let mut step_level = None;
+        // Cleared once the queue's head cannot start: the running prompts still go on.
+        let mut admitting = true;
+        while budget > 0 {
+            let queued = (admitting && self.running.len() + forks.len() < max_running)
+                .then(|| self.queue.peek(now).map(|w| (w.id, self.queue.effective_level(w, now))))
+                .flatten();
+            if let Some((id, _)) = queued
+                && let Some(from) = self.fork_source(id, work)
+            {
                 plan.forks.push(ForkItem { seq: id, from });
                 forks.push(self.dequeue(id, true).expect("peeked"));
                 continue;
             }
+            let running = prefilling.peek().map(|id| (*id, self.seqs[id].level));
+            let (id, level, is_running) = match (running, queued) {
+                (Some((id, level)), Some((_, queued_level))) if level <= queued_level => (id, level, true),
+                (_, Some((id, level))) => (id, level, false),
+                (Some((id, level)), None) => (id, level, true),
+                (None, None) => break,
+            };
+            if step_level.is_some_and(|best| level > best) {
+                break;
+            }
+            if is_running {
+                prefilling.next();
+                let s = &self.seqs[&id];
+                let n = (s.tokens.len() - s.computed).min(budget).min(chunk_size);
+                let end = s.computed + n;
+                if self.ensure(id, end, plan) {
+                    self.schedule(id, n, plan, work);
+                    budget -= n;
+                    step_level.get_or_insert(level);
+                }
+                continue;
+            }
             // A sequence preempted for memory in this step does not come straight back.
             if plan.preempted.contains(&id) || self.admission_waits(id) || !self.admit(id, budget.min(chunk_size), now) {
-                break;
+                admitting = false;
+                continue;
             }
             let s = &self.seqs[&id];
             let n = (s.tokens.len() - s.computed).min(budget).min(chunk_size);
             self.schedule(id, n, plan, work);
             budget -= n;
+            step_level.get_or_insert(level);
         }
     }
 
@@ -895,8 +937,10 @@ impl Scheduler {
             return false;
         }
         blocks.ensure(&self.blocks, groups, computed, computed + n).expect("checked available");
+        let level = self.queue.effective_level(waiting, now);
         let waiting = self.dequeue(id, true).expect("peeked");
         let mut seq = Sequence::start(*waiting, Some(now));
+        seq.level = level;
         seq.prefilling_first_block = self.first_cacheable_block(&seq.tokens).filter(|_| computed < seq.tokens.len() - 1);
         seq.blocks = blocks;
         seq.computed = computed;

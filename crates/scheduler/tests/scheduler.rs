@@ -38,6 +38,34 @@ fn run(s: &mut Scheduler, now: &mut Time, max_steps: usize) -> Vec<StepPlan> {
 }
 
 #[test]
+fn a_steps_prompts_are_of_one_level_and_decodes_of_every_level() {
+    let mut s = Scheduler::new(config(continuous(64, 8, 8), 64));
+    let mut now = Time::ZERO;
+    let low = s.submit(Request::new(prompt(12, 1), 4).with_priority(Priority::Low), now).unwrap();
+    let first = s.plan(now);
+    assert_eq!(first.prefill.iter().map(|c| c.seq).collect::<Vec<_>>(), [low]);
+    s.complete(StepResult::sampled(&first, |_| 5), now);
+    // A normal prompt arrives while the low one is halfway: it runs alone, then the low
+    // one goes on, beside the normal one's decodes.
+    let normal = s.submit(Request::new(prompt(6, 2), 4), now).unwrap();
+    let second = s.plan(now);
+    assert_eq!(second.prefill.iter().map(|c| c.seq).collect::<Vec<_>>(), [normal], "{second:?}");
+    s.complete(StepResult::sampled(&second, |_| 5), now);
+    let third = s.plan(now);
+    assert_eq!(third.prefill.iter().map(|c| c.seq).collect::<Vec<_>>(), [low]);
+    assert_eq!(third.decode.iter().map(|d| d.seq).collect::<Vec<_>>(), [normal]);
+    s.complete(StepResult::sampled(&third, |_| 5), now);
+    // Prompts of one level share a step; a less urgent request's decode joins any step.
+    let (a, b) = (s.submit(Request::new(prompt(3, 3), 2), now).unwrap(), s.submit(Request::new(prompt(3, 4), 2), now).unwrap());
+    let fourth = s.plan(now);
+    assert_eq!(fourth.prefill.iter().map(|c| c.seq).collect::<Vec<_>>(), [a, b]);
+    assert!(fourth.decode.iter().any(|d| d.seq == low), "{fourth:?}");
+    s.complete(StepResult::sampled(&fourth, |_| 5), now);
+    run(&mut s, &mut now, 50);
+    assert_eq!(s.take_finished().len(), 4);
+}
+
+#[test]
 fn continuous_batching_chunks_prefill_and_mixes_decodes() {
     let mut s = Scheduler::new(config(continuous(16, 8, 8), 64));
     let mut now = Time::ZERO;

@@ -275,7 +275,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let tenants = tenants::Tenants::new(&serve_config, args.api_key.as_deref(), rates).map_err(|e| anyhow::anyhow!("{e}"))?;
     let models = models::Models::new(served, failed, serve_config.routing.clone()).map_err(|e| anyhow::anyhow!("routing: {e}"))?;
     let started = routes::unix_seconds();
-    let compilers = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    // Grammars compile on at most half the cores, so the engine and the connections keep
+    // the rest whatever clients send.
+    let compilers = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
     let state = Arc::new(AppState {
         models,
         loader,
