@@ -62,6 +62,8 @@ fn each_request_limit_is_a_400_naming_its_field() {
         (completion, json!({"prompt": "a", "logprobs": 3}), "logprobs"),
         (completion, json!({"prompt": "a", "max_tokens": 21}), "max_tokens"),
         (completion, json!({"prompt": (1..=31).collect::<Vec<u32>>()}), "prompt"),
+        // Refused before tokenizing: no token is that much text.
+        (completion, json!({"prompt": "ab ".repeat(1300)}), "prompt"),
         (completion, json!({"prompt": "a", "best_of": 2}), "best_of"),
         (chat, json!({"messages": [user, user, user]}), "messages"),
         (chat, json!({"messages": [user], "tools": [tool("a"), tool("b")]}), "tools"),
@@ -330,4 +332,18 @@ fn a_request_over_the_token_burst_is_a_400_never_a_429() {
     assert_eq!((r.status, &r.json()["error"]["code"]), (400, &json!("exceeds_burst")), "{}", r.body);
     let r = server.request("POST", "/v1/completions", &[("Authorization", "Bearer ka")], r#"{"prompt": "hi", "max_tokens": 20}"#);
     assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[test]
+fn a_tenants_rate_is_one_across_every_served_model() {
+    let file = write_config("rates-across-models", "[[tenants]]\nname = \"a\"\napi_keys = [\"ka\"]\nrequests_per_second = 0.1\n");
+    let second = format!("other={}", tiny_model("rates-across-models-b").display());
+    let server = Server::start(&tiny_model("rates-across-models"), &["--config", arg(&file), "--model", &second]);
+    let ask = |model: &str| {
+        let body = json!({"model": model, "prompt": "hi", "max_tokens": 1}).to_string();
+        server.request("POST", "/v1/completions", &[("Authorization", "Bearer ka")], &body)
+    };
+    assert_eq!(ask("tiny").status, 200);
+    let r = ask("other");
+    assert_eq!((r.status, &r.json()["error"]["code"]), (429, &json!("rate_limited")), "the other model shares the bucket: {}", r.body);
 }

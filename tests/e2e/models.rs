@@ -117,13 +117,16 @@ fn a_model_that_fails_to_load_stops_the_server_unless_partial_is_allowed() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("model broken:") && stderr.contains("--allow-partial"), "{stderr}");
-    let server = Server::start(std::path::Path::new(&format!("a={a}")), &["--model", &broken, "--allow-partial"]);
+    let server = Server::start(std::path::Path::new(&format!("a={a}")), &["--model", &broken, "--allow-partial", "--api-key", "k"]);
     let health = server.request("GET", "/health", &[], "").json();
     assert_eq!(health["status"], "ok");
     assert_eq!(health["models"]["a"]["status"], "ready");
     assert_eq!(health["models"]["broken"]["status"], "failed");
+    // Why it failed is the admin's to read.
+    let health = server.request("GET", "/health", &[("Authorization", "Bearer k")], "").json();
     assert!(health["models"]["broken"]["error"].as_str().unwrap().contains("broken.gguf"), "{health}");
-    assert_eq!(server.post("/v1/completions", r#"{"model": "broken", "prompt": "hi", "max_tokens": 1}"#).status, 404);
+    let body = r#"{"model": "broken", "prompt": "hi", "max_tokens": 1}"#;
+    assert_eq!(server.request("POST", "/v1/completions", &[("Authorization", "Bearer k")], body).status, 404);
 }
 
 #[test]

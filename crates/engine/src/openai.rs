@@ -821,18 +821,31 @@ impl Checked {
     /// The prompts as token ids: a completion's `prompt` (control-token text parsed unless
     /// `parse_special` is false), or a chat's `messages` rendered by the model's chat
     /// template (what they say tokenized as text: a `<|im_end|>` in a content is never the
-    /// token), each at most `max_prompt_tokens` and the context.
+    /// token), each at most `max_prompt_tokens` and the context. A text too long to fit is
+    /// refused before it is tokenized (tokenizing holds memory in proportion to the text):
+    /// no token stands for more text than the vocabulary's longest.
     pub fn prompts(&self, tokenizer: &Tokenizer, template: Option<&ChatTemplate>, context_length: usize) -> Result<Vec<Vec<u32>>, InvalidRequest> {
+        let most = self.limits.max_prompt_tokens.unwrap_or(context_length).min(context_length);
+        let param = if self.endpoint == Endpoint::Chat { "messages" } else { "prompt" };
+        let too_long = |tokens: String| invalid(format!("the prompt has {tokens} tokens; this server takes at most {most}"), param);
+        let texts: Vec<usize> = match (&self.body.prompt, &self.body.messages) {
+            (Some(Prompt::Text(text)), _) => vec![text.len()],
+            (Some(Prompt::Texts(texts)), _) => texts.iter().map(String::len).collect(),
+            (_, Some(messages)) => vec![messages.iter().map(|m| m.text().map(|t| t.len())).sum::<Result<usize, _>>()?],
+            _ => Vec::new(),
+        };
+        // BOS and EOS, and a SentencePiece vocabulary's leading space, come on top of the text.
+        if let Some(fewest) = texts.iter().map(|&bytes| tokenizer.fewest_tokens(bytes)).find(|&fewest| fewest > most + 2) {
+            return too_long(format!("at least {fewest}"));
+        }
         let prompts = match self.endpoint {
             Endpoint::Completion => self.completion_prompts(tokenizer)?,
             Endpoint::Chat => vec![self.chat_prompt(tokenizer, template)?],
         };
-        let most = self.limits.max_prompt_tokens.unwrap_or(context_length).min(context_length);
-        if let Some(long) = prompts.iter().find(|p| p.len() > most) {
-            let param = if self.endpoint == Endpoint::Chat { "messages" } else { "prompt" };
-            return invalid(format!("the prompt has {} tokens; this server takes at most {most}", long.len()), param);
+        match prompts.iter().find(|p| p.len() > most) {
+            Some(long) => too_long(long.len().to_string()),
+            None => Ok(prompts),
         }
-        Ok(prompts)
     }
 
     fn completion_prompts(&self, tokenizer: &Tokenizer) -> Result<Vec<Vec<u32>>, InvalidRequest> {

@@ -191,6 +191,8 @@ pub struct Tokenizer {
     types: Arc<[TokenType]>,
     kind: VocabKind,
     token_bytes: Arc<[Vec<u8>]>,
+    /// The most bytes of text one token stands for (a control token's text included).
+    longest_token: usize,
     special: SpecialTokens,
     add_bos: bool,
     add_eos: bool,
@@ -288,7 +290,8 @@ impl Tokenizer {
         let mut plain = tokenizer.clone();
         plain.set_encode_special_tokens(true);
 
-        let token_bytes = tokens.iter().zip(&types).map(|(t, ty)| token_to_bytes(t, *ty, kind)).collect();
+        let token_bytes: Arc<[Vec<u8>]> = tokens.iter().zip(&types).map(|(t, ty)| token_to_bytes(t, *ty, kind)).collect();
+        let longest_token = token_bytes.iter().map(Vec::len).chain(tokens.iter().map(String::len)).max().unwrap_or(1).max(1);
         Ok(Self {
             parsing_special: Arc::new(tokenizer),
             plain: Arc::new(plain),
@@ -297,6 +300,7 @@ impl Tokenizer {
             types: types.into(),
             kind,
             token_bytes,
+            longest_token,
             special,
             add_bos,
             add_eos,
@@ -393,6 +397,12 @@ impl Tokenizer {
     }
 
     /// The token's text as stored in the vocabulary.
+    /// Fewest tokens `text_bytes` of text can become (without BOS or EOS): every token
+    /// stands for at most the longest token's bytes. A bound that needs no tokenizing.
+    pub fn fewest_tokens(&self, text_bytes: usize) -> usize {
+        text_bytes.div_ceil(self.longest_token)
+    }
+
     pub fn token_text(&self, id: u32) -> Option<&str> {
         self.tokens.get(id as usize).map(String::as_str)
     }
