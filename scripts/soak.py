@@ -299,7 +299,7 @@ api_keys = ["sk-soak-honest"]
 name = "abuser"
 api_keys = ["{ABUSER_KEY}"]
 max_priority = "low"
-max_concurrent = 2
+max_concurrent = 1
 requests_per_second = 1.0
 """
 ABUSE_WEIGHTS = {"huge_fan_out": 25, "huge_stop": 25, "grammar_bomb": 25, "short_deadline": 25}
