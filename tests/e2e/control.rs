@@ -442,7 +442,7 @@ fn twenty_schemas_hold_on_the_real_model() {
 /// A noisy tenant held to one request at a time sends ten at once next to a quiet tenant
 /// (the real model, the OpenAI Python client): the excess gets 429 and the quiet tenant is
 /// served throughout. Prints the quiet tenant's TTFT p95 alone and under the noise (the
-/// README's number; timing is reported, not asserted).
+/// number in docs/serving.md; timing is reported, not asserted).
 #[test]
 fn a_noisy_tenant_is_held_to_its_share() {
     let file = write_config(

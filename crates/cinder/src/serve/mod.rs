@@ -83,7 +83,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CINDER_SERVED_MODEL_NAME")]
     served_model_name: Option<String>,
     /// A TOML file with the batching policy, queue, KV cache, shedding, breaker and tenants
-    /// (README: "The config file"). The flags below override it.
+    /// (docs/serving.md: "The config file"). The flags below override it.
     #[arg(long, env = "CINDER_CONFIG")]
     config: Option<PathBuf>,
     /// Print the configuration in force (the file, the flags over it, defaults for the rest)
