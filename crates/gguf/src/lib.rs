@@ -19,6 +19,7 @@
 //!
 //! [`GgufWriter`] writes files in the same format; tests use it to make tiny models.
 
+pub mod blocks;
 mod dequant;
 mod error;
 mod ggml_type;

@@ -7,6 +7,7 @@ use std::io::Write;
 use half::{bf16, f16};
 
 use crate::GgmlType;
+use crate::blocks::{QuantBlock, WithBlock, with_block};
 
 /// A small deterministic generator (xorshift64*): the bytes depend only on the seed.
 pub struct SynthRng(u64);
@@ -45,26 +46,20 @@ impl SynthRng {
     }
 }
 
-/// The f16 fields of a block (byte offset, value) that make random quants spread with
-/// standard deviation about `std`; every other byte of these formats is valid at random.
-/// `None` for formats this does not write.
-fn block_scales(ty: GgmlType, std: f32) -> Option<Vec<(usize, f32)>> {
-    // Each factor is the standard deviation of the random quants times their scale field.
-    Some(match ty {
-        // d * (q - 8), q in 0..16.
-        GgmlType::Q4_0 => vec![(0, std / 4.6)],
-        // d * q + m: m centres the values.
-        GgmlType::Q4_1 => vec![(0, std / 4.6), (2, -7.5 * std / 4.6)],
-        GgmlType::Q5_0 => vec![(0, std / 9.2)],
-        GgmlType::Q5_1 => vec![(0, std / 9.2), (2, -15.5 * std / 9.2)],
-        // d * q, q any i8.
-        GgmlType::Q8_0 => vec![(0, std / 74.0)],
-        // d * sc * q - dmin * m, 6-bit sc and m, q in 0..16.
-        GgmlType::Q4K => vec![(0, std / 223.0), (2, 7.5 * std / 223.0)],
-        // d * sc * (q - 32), sc any i8, q in 0..64; d is the block's last field.
-        GgmlType::Q6K => vec![(208, std / 1369.0)],
-        _ => return None,
-    })
+/// Random bytes as blocks of `B`, their scales set for a spread of `std`.
+struct Spread<'a> {
+    chunk: &'a mut [u8],
+    std: f32,
+}
+
+impl WithBlock for Spread<'_> {
+    type Output = ();
+
+    fn run<B: QuantBlock>(self) {
+        for block in self.chunk.chunks_exact_mut(size_of::<B>()) {
+            bytemuck::from_bytes_mut::<B>(block).spread(self.std);
+        }
+    }
 }
 
 /// Writes `elements` random values encoded as `ty`, spread with standard deviation about
@@ -78,28 +73,19 @@ pub fn write_random(ty: GgmlType, elements: u64, mean: f32, std: f32, rng: &mut 
     let per_chunk = ((1 << 20) / block).max(1) * block;
     let mut buffer = vec![0u8; per_chunk];
     let mut left = bytes as usize;
-    let scales = block_scales(ty, std);
     // Uniform values in [-1, 1) have a standard deviation of 1/sqrt(3).
     let float = |rng: &mut SynthRng| mean + rng.uniform() * std * 3f32.sqrt();
+    let unsupported = || invalid(format!("cannot write random {} data", ty.name()));
     while left > 0 {
         let chunk = &mut buffer[..left.min(per_chunk)];
-        match (ty, &scales) {
-            (GgmlType::F32, _) => chunk.chunks_exact_mut(4).for_each(|v| v.copy_from_slice(&float(rng).to_le_bytes())),
-            (GgmlType::F16, _) => {
-                chunk.chunks_exact_mut(2).for_each(|v| v.copy_from_slice(&f16::from_f32(float(rng)).to_le_bytes()))
-            }
-            (GgmlType::Bf16, _) => {
-                chunk.chunks_exact_mut(2).for_each(|v| v.copy_from_slice(&bf16::from_f32(float(rng)).to_le_bytes()))
-            }
-            (_, Some(scales)) => {
+        match ty {
+            GgmlType::F32 => chunk.chunks_exact_mut(4).for_each(|v| v.copy_from_slice(&float(rng).to_le_bytes())),
+            GgmlType::F16 => chunk.chunks_exact_mut(2).for_each(|v| v.copy_from_slice(&f16::from_f32(float(rng)).to_le_bytes())),
+            GgmlType::Bf16 => chunk.chunks_exact_mut(2).for_each(|v| v.copy_from_slice(&bf16::from_f32(float(rng)).to_le_bytes())),
+            _ => {
                 rng.fill(chunk);
-                for b in chunk.chunks_exact_mut(block) {
-                    for &(offset, value) in scales {
-                        b[offset..offset + 2].copy_from_slice(&f16::from_f32(value).to_le_bytes());
-                    }
-                }
+                with_block(ty, Spread { chunk, std }).ok_or_else(unsupported)?;
             }
-            (other, None) => return Err(invalid(format!("cannot write random {} data", other.name()))),
         }
         out.write_all(chunk)?;
         left -= chunk.len();

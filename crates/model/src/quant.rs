@@ -18,6 +18,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use burn_cubecl::CubeDevice;
 use burn_cubecl::cubecl::server::Handle;
 use bytemuck::{Pod, Zeroable};
+use cinder_gguf::blocks::{BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, F16, blocks};
 use cinder_gguf::{GgmlType, GgufFile, TensorInfo};
 
 use crate::ModelError;
@@ -100,50 +101,42 @@ impl QuantFormat {
     /// Splits GGUF blocks into (quantized value words, scale words), in the layout the
     /// format's `unpack` reads (see the unpack_*.wgsl files).
     fn repack(self, data: &[u8]) -> (Vec<u32>, Vec<u32>) {
-        let blocks = data.chunks_exact(self.ggml_type().block_bytes());
         let mut quants = Vec::with_capacity(data.len() / 4);
-        let mut scales = Vec::with_capacity(blocks.len());
+        let mut scales = Vec::with_capacity(data.len() / self.ggml_type().block_bytes());
         // Formats with one f16 scale per block keep two blocks' scales per word.
         let mut half_words = Vec::new();
-        for block in blocks {
-            match self {
-                Self::Q4_0 => {
-                    half_words.push(f16_at(block, 0));
-                    quants.extend(words(&block[2..18]));
-                }
-                Self::Q4_1 => {
-                    scales.push(f16_at(block, 0) | f16_at(block, 2) << 16);
-                    quants.extend(words(&block[4..20]));
-                }
-                Self::Q5_0 => {
-                    half_words.push(f16_at(block, 0));
-                    quants.extend(words(&block[6..22]));
-                    quants.extend(words(&block[2..6]));
-                }
-                Self::Q5_1 => {
-                    scales.push(f16_at(block, 0) | f16_at(block, 2) << 16);
-                    quants.extend(words(&block[8..24]));
-                    quants.extend(words(&block[4..8]));
-                }
-                Self::Q8_0 => {
-                    half_words.push(f16_at(block, 0));
-                    quants.extend(words(&block[2..34]));
-                }
-                Self::Q4K => repack_q4_k(block, &mut quants, &mut scales),
-                Self::Q6K => repack_q6_k(block, &mut quants, &mut scales),
-            }
+        let pair = |low: F16, high: F16| u32::from(low.bits()) | u32::from(high.bits()) << 16;
+        match self {
+            Self::Q4_0 => blocks::<BlockQ4_0>(data).for_each(|b| {
+                half_words.push(b.d);
+                quants.extend(words(&b.qs));
+            }),
+            Self::Q4_1 => blocks::<BlockQ4_1>(data).for_each(|b| {
+                scales.push(pair(b.d, b.m));
+                quants.extend(words(&b.qs));
+            }),
+            Self::Q5_0 => blocks::<BlockQ5_0>(data).for_each(|b| {
+                half_words.push(b.d);
+                quants.extend(words(&b.qs).chain(words(&b.qh)));
+            }),
+            Self::Q5_1 => blocks::<BlockQ5_1>(data).for_each(|b| {
+                scales.push(pair(b.d, b.m));
+                quants.extend(words(&b.qs).chain(words(&b.qh)));
+            }),
+            Self::Q8_0 => blocks::<BlockQ8_0>(data).for_each(|b| {
+                half_words.push(b.d);
+                quants.extend(words(bytemuck::cast_slice(&b.qs)));
+            }),
+            Self::Q4K => blocks::<BlockQ4K>(data).for_each(|b| repack_q4_k(b, &mut quants, &mut scales)),
+            Self::Q6K => blocks::<BlockQ6K>(data).for_each(|b| repack_q6_k(b, &mut quants, &mut scales)),
         }
-        scales.extend(half_words.chunks(2).map(|pair| pair[0] | pair.get(1).copied().unwrap_or(0) << 16));
+        scales.extend(half_words.chunks(2).map(|two| pair(two[0], two.get(1).copied().unwrap_or_default())));
         (quants, scales)
     }
 }
 
 fn words(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {
     bytes.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
-}
-
-fn f16_at(block: &[u8], at: usize) -> u32 {
-    u32::from(u16::from_le_bytes([block[at], block[at + 1]]))
 }
 
 /// Packs 32 four-bit values as Q4_0 does: value `j` in the low nibble of byte `j`, value
@@ -157,47 +150,24 @@ fn nibble_words(values: &[u8]) -> impl Iterator<Item = u32> + '_ {
     })
 }
 
-/// Q4_K (144 bytes: f16 `d`, f16 `dmin`, 12 bytes of 6-bit scales and minimums, 128 bytes of
-/// nibbles, two sub-blocks per 32 bytes) into 4 nibble words per sub-block, and per
-/// super-block 5 scale words: `d | dmin << 16`, the 8 scales as bytes, the 8 minimums as bytes.
-fn repack_q4_k(block: &[u8], quants: &mut Vec<u32>, scales: &mut Vec<u32>) {
-    let packed = &block[4..16];
-    let (sc, mins): (Vec<u8>, Vec<u8>) = (0..8)
-        .map(|j| {
-            if j < 4 {
-                (packed[j] & 63, packed[j + 4] & 63)
-            } else {
-                ((packed[j + 4] & 0x0F) | (packed[j - 4] >> 6) << 4, (packed[j + 4] >> 4) | (packed[j] >> 6) << 4)
-            }
-        })
-        .unzip();
-    scales.push(f16_at(block, 0) | f16_at(block, 2) << 16);
+/// Q4_K into 4 nibble words per sub-block of 32, and per super-block 5 scale words:
+/// `d | dmin << 16`, the 8 scales as bytes, the 8 minimums as bytes.
+fn repack_q4_k(block: &BlockQ4K, quants: &mut Vec<u32>, scales: &mut Vec<u32>) {
+    let (sc, mins): (Vec<u8>, Vec<u8>) = (0..8).map(|j| block.scale_min(j)).unzip();
+    scales.push(u32::from(block.d.bits()) | u32::from(block.dmin.bits()) << 16);
     scales.extend(words(&sc).chain(words(&mins)));
-    for pair in block[16..144].chunks_exact(32) {
+    for pair in block.qs.chunks_exact(32) {
         let low: Vec<u8> = pair.iter().map(|q| q & 0x0F).collect();
         let high: Vec<u8> = pair.iter().map(|q| q >> 4).collect();
         quants.extend(nibble_words(&low).chain(nibble_words(&high)));
     }
 }
 
-/// Q6_K (210 bytes: 128 bytes of low nibbles, 64 of high bit pairs, 16 signed scales, f16 `d`)
-/// into 6 words per sub-block of 32 (4 nibble words, then 2 words of high bit pairs: the
-/// pairs of values `4k..4k+3` at bits `16k..16k+8` and of `16+4k..16+4k+3` at `16k+8..16k+16`),
-/// and per super-block 5 scale words: `d`, then the 16 scales as bytes.
-fn repack_q6_k(block: &[u8], quants: &mut Vec<u32>, scales: &mut Vec<u32>) {
-    let (ql, qh) = (&block[0..128], &block[128..192]);
-    // The 6-bit values in order, as ggml's dequantize_row_q6_K walks them.
-    let mut q = [0u8; 256];
-    for half in 0..2 {
-        let (ql, qh, q) = (&ql[64 * half..], &qh[32 * half..], &mut q[128 * half..]);
-        for l in 0..32 {
-            q[l] = (ql[l] & 0x0F) | (qh[l] & 3) << 4;
-            q[l + 32] = (ql[l + 32] & 0x0F) | (qh[l] >> 2 & 3) << 4;
-            q[l + 64] = (ql[l] >> 4) | (qh[l] >> 4 & 3) << 4;
-            q[l + 96] = (ql[l + 32] >> 4) | (qh[l] >> 6 & 3) << 4;
-        }
-    }
-    for sub in q.chunks_exact(BLOCK) {
+/// Q6_K into 6 words per sub-block of 32 (4 nibble words, then 2 words of high bit pairs:
+/// the pairs of values `4k..4k+3` at bits `16k..16k+8` and of `16+4k..16+4k+3` at
+/// `16k+8..16k+16`), and per super-block 5 scale words: `d`, then the 16 scales as bytes.
+fn repack_q6_k(block: &BlockQ6K, quants: &mut Vec<u32>, scales: &mut Vec<u32>) {
+    for sub in block.quants().chunks_exact(BLOCK) {
         quants.extend(nibble_words(sub));
         let high = (0..4).fold(0u64, |bits, k| {
             (0..4).fold(bits, |bits, e| {
@@ -206,8 +176,8 @@ fn repack_q6_k(block: &[u8], quants: &mut Vec<u32>, scales: &mut Vec<u32>) {
         });
         quants.extend([high as u32, (high >> 32) as u32]);
     }
-    scales.push(f16_at(block, 208));
-    scales.extend(words(&block[192..208]));
+    scales.push(u32::from(block.d.bits()));
+    scales.extend(words(bytemuck::cast_slice(&block.scales)));
 }
 
 /// A `rows x cols` matrix in a block format on the device (a clone shares its blocks).
