@@ -103,7 +103,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         seed: args.seed,
         ..SamplingParams::default()
     };
-    sampling.validate()?;
+    sampling.check()?;
     let path = args.model.path();
     let file = args.model.open()?;
     let tokenizer = Tokenizer::from_gguf(file.metadata())?;

@@ -633,16 +633,6 @@ impl GenerationBody {
 
     /// The sampling parameters, checked (the seed is set per choice later).
     fn sampling(&self, limits: &RequestLimits) -> Result<SamplingParams, InvalidRequest> {
-        let range = |name: &str, value: Option<f32>, ok: &dyn Fn(f32) -> bool, rule: &str| match value {
-            Some(v) if !ok(v) => invalid(format!("`{name}` must be {rule}; got {v}"), name),
-            _ => Ok(()),
-        };
-        range("temperature", self.temperature, &|v| (0.0..=2.0).contains(&v), "in [0, 2]")?;
-        range("top_p", self.top_p, &|v| v > 0.0 && v <= 1.0, "in (0, 1]")?;
-        range("min_p", self.min_p, &|v| (0.0..=1.0).contains(&v), "in [0, 1]")?;
-        range("presence_penalty", self.presence_penalty, &|v| (-2.0..=2.0).contains(&v), "in [-2, 2]")?;
-        range("frequency_penalty", self.frequency_penalty, &|v| (-2.0..=2.0).contains(&v), "in [-2, 2]")?;
-        range("repetition_penalty", self.repetition_penalty, &|v| v > 0.0 && v <= 10.0, "in (0, 10]")?;
         let biases = self.logit_bias.as_ref().map_or(0, BTreeMap::len);
         if biases > limits.max_logit_bias {
             return invalid(format!("`logit_bias` has {biases} entries; this server takes at most {}", limits.max_logit_bias), "logit_bias");
@@ -654,9 +644,6 @@ impl GenerationBody {
             let Ok(id) = key.trim().parse::<u32>() else {
                 return invalid(format!("`logit_bias` keys are token ids; got {key:?}"), &param);
             };
-            if !(-100.0..=100.0).contains(&bias) {
-                return invalid(format!("`{param}` must be in [-100, 100]; got {bias}"), &param);
-            }
             if let Some((_, other)) = logit_bias.insert(id, (bias, key)) {
                 return invalid(format!("`logit_bias` names token {id} twice (`{other}` and `{key}`)"), &param);
             }
@@ -666,7 +653,7 @@ impl GenerationBody {
             Some(k) if k > 0 => k as usize,
             Some(k) => return invalid(format!("`top_k` must be positive, or 0 or -1 for all tokens; got {k}"), "top_k"),
         };
-        Ok(SamplingParams {
+        let params = SamplingParams {
             temperature: self.temperature.unwrap_or(1.0),
             top_k,
             top_p: self.top_p.unwrap_or(1.0),
@@ -676,7 +663,9 @@ impl GenerationBody {
             presence_penalty: self.presence_penalty.unwrap_or(0.0),
             logit_bias: logit_bias.into_iter().map(|(id, (bias, _))| (id, bias)).collect(),
             ..SamplingParams::default()
-        })
+        };
+        params.check().or_else(|e| invalid(e.to_string(), &e.param))?;
+        Ok(params)
     }
 
     /// How many alternatives to report per token, if any.
@@ -986,6 +975,25 @@ mod tests {
         let e = checked(r#"{"prompt": "a", "logit_bias": {"1": 1, "01": 2}}"#, Endpoint::Completion).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("logit_bias.1"), "{e}");
         assert!(e.message.contains("token 1 twice"), "{e}");
+    }
+
+    #[test]
+    fn sampling_ranges_are_the_samplers() {
+        let hot = SamplingParams { temperature: 1.0, ..Default::default() };
+        for (field, value, direct) in [
+            ("temperature", "-1", SamplingParams { temperature: -1.0, ..hot.clone() }),
+            ("top_p", "0", SamplingParams { top_p: 0.0, ..hot.clone() }),
+            ("min_p", "1.5", SamplingParams { min_p: 1.5, ..hot.clone() }),
+            ("repetition_penalty", "0", SamplingParams { repetition_penalty: 0.0, ..hot.clone() }),
+            ("presence_penalty", "3", SamplingParams { presence_penalty: 3.0, ..hot.clone() }),
+            ("logit_bias", r#"{"5": 101}"#, SamplingParams { logit_bias: vec![(5, 101.0)], ..hot.clone() }),
+        ] {
+            let e = checked(&format!(r#"{{"prompt": "a", "{field}": {value}}}"#), Endpoint::Completion).unwrap_err();
+            let sampler = direct.check().unwrap_err();
+            assert_eq!((e.param.as_deref(), e.message), (Some(sampler.param.as_str()), sampler.to_string()));
+        }
+        // The sampler's bounds, not a stricter copy: a hot temperature or a strong penalty is valid.
+        assert!(checked(r#"{"prompt": "a", "temperature": 3, "repetition_penalty": 20}"#, Endpoint::Completion).is_ok());
     }
 
     #[test]

@@ -43,4 +43,4 @@ pub use logits::{LogitRows, MAX_DEVICE_TOP_K, PendingLogits};
 pub use model::{KvCache, Model};
 pub use paged::{PagedKvCache, SeqChunk};
 pub use quant::max_binding_bytes;
-pub use sampling::{Sampler, SamplingParams, Verdict, log_softmax, top_logprobs};
+pub use sampling::{OutOfRange, Sampler, SamplingParams, Verdict, log_softmax, top_logprobs};

@@ -50,28 +50,23 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
-    pub fn validate(&self) -> Result<(), ModelError> {
-        let bad = |what: &str, value: f32| Err(ModelError::InvalidParameter(format!("{what} = {value}")));
-        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return bad("temperature must be finite and >= 0; temperature", self.temperature);
-        }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad("top_p must be in (0, 1]; top_p", self.top_p);
-        }
-        if !(0.0..=1.0).contains(&self.min_p) {
-            return bad("min_p must be in [0, 1]; min_p", self.min_p);
-        }
-        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
-            return bad("repetition_penalty must be finite and > 0; repetition_penalty", self.repetition_penalty);
-        }
-        if !(-2.0..=2.0).contains(&self.frequency_penalty) {
-            return bad("frequency_penalty must be in [-2, 2]; frequency_penalty", self.frequency_penalty);
-        }
-        if !(-2.0..=2.0).contains(&self.presence_penalty) {
-            return bad("presence_penalty must be in [-2, 2]; presence_penalty", self.presence_penalty);
-        }
-        if let Some(&(token, bias)) = self.logit_bias.iter().find(|(_, bias)| !(-100.0..=100.0).contains(bias)) {
-            return bad(&format!("logit_bias must be in [-100, 100]; logit_bias[{token}]"), bias);
+    /// The one check of every parameter's range, for every door (HTTP, CLI, browser): the
+    /// first parameter out of its range, named as the OpenAI field is.
+    pub fn check(&self) -> Result<(), OutOfRange> {
+        let rule = |param: &str, ok: bool, rule: &'static str, value: f32| match ok {
+            true => Ok(()),
+            false => Err(OutOfRange { param: param.to_string(), rule, value }),
+        };
+        let t = self.temperature;
+        rule("temperature", t >= 0.0 && t.is_finite(), "finite and >= 0", t)?;
+        rule("top_p", self.top_p > 0.0 && self.top_p <= 1.0, "in (0, 1]", self.top_p)?;
+        rule("min_p", (0.0..=1.0).contains(&self.min_p), "in [0, 1]", self.min_p)?;
+        let r = self.repetition_penalty;
+        rule("repetition_penalty", r > 0.0 && r.is_finite(), "finite and > 0", r)?;
+        rule("frequency_penalty", (-2.0..=2.0).contains(&self.frequency_penalty), "in [-2, 2]", self.frequency_penalty)?;
+        rule("presence_penalty", (-2.0..=2.0).contains(&self.presence_penalty), "in [-2, 2]", self.presence_penalty)?;
+        for &(token, bias) in &self.logit_bias {
+            rule(&format!("logit_bias.{token}"), (-100.0..=100.0).contains(&bias), "in [-100, 100]", bias)?;
         }
         Ok(())
     }
@@ -104,6 +99,16 @@ impl SamplingParams {
     }
 }
 
+/// A sampling parameter outside its range.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("`{param}` must be {rule}; got {value}")]
+pub struct OutOfRange {
+    /// The parameter, as the OpenAI field is named (`logit_bias.<token>` for a bias).
+    pub param: String,
+    pub rule: &'static str,
+    pub value: f32,
+}
+
 /// A sampler with its own random stream: the same seed and logits give the same tokens.
 #[derive(Debug, Clone)]
 pub struct Sampler {
@@ -113,7 +118,7 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(params: SamplingParams) -> Result<Self, ModelError> {
-        params.validate()?;
+        params.check().map_err(|e| ModelError::InvalidParameter(e.to_string()))?;
         let rng = ChaCha8Rng::seed_from_u64(params.seed);
         Ok(Self { params, rng })
     }
