@@ -34,7 +34,7 @@ fn strategies() -> Vec<(&'static str, BatchPolicy)> {
         ("fixed", BatchPolicy::Fixed { batch_size: 16, max_wait: wait }),
         ("bucketed", BatchPolicy::Bucketed { batch_size: 16, max_wait: wait, bucket_edges: vec![128, 512, 1024] }),
         ("memory_aware", BatchPolicy::MemoryAware { max_batch_tokens: 16_384, max_wait: wait }),
-        ("continuous", BatchPolicy::default()),
+        ("continuous", BatchPolicy::Continuous { max_batch_tokens: 2048, max_running: 256, chunk_size: 512 }),
         ("adaptive", BatchPolicy::Adaptive { min_batch_tokens: 512, max_batch_tokens: 2048, min_chunk_size: 128, chunk_size: 512, max_running: 256 }),
         ("bandit", BatchPolicy::Bandit { max_batch_tokens: 2048, min_running: 4, max_running: 256, chunk_size: 512 }),
         ("latency_preset", BatchPolicy::latency_optimised()),

@@ -47,7 +47,7 @@ mod time;
 
 pub use admission::{LoadLevel, Rejection, RejectionReason};
 pub use config::SchedulerConfig;
-pub use policy::BatchPolicy;
+pub use policy::{BatchPolicy, PolicyName};
 pub use request::{Priority, Request, SeqId, TenantId};
 pub use scheduler::{
     DecodeItem, FinishReason, FinishedSequence, ForkItem, Metrics, PrefillChunk, Scheduler, StepPlan, StepResult,

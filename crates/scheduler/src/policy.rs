@@ -15,26 +15,37 @@
 //!   time) and [`BatchPolicy::Bandit`] (the same, with the number of running sequences
 //!   learned by a Thompson-sampling bandit from observed step throughput).
 //!
+//! A server names its policy ([`PolicyName`]: the six and two presets of continuous
+//! batching) and sets some of its parameters; [`BatchPolicy::named`] holds every name's
+//! defaults, and the serde form of [`BatchPolicy`] (`policy = "fixed"`, `batch_size = 8`,
+//! `max_wait_ms = 50`) is what a config file's `[scheduler]` holds, unknown parameters refused.
+//!
 //! Every policy answers the same question through [`BatchPolicy::shape`]: a
 //! [`Shape::Static`] batch or an iteration-level [`StepShape`] for the next step.
 //!
 //! [`Scheduler::plan`]: crate::Scheduler::plan
 //! [`Scheduler::complete`]: crate::Scheduler::complete
 
+use std::fmt;
+use std::str::FromStr;
+
 use serde::{Deserialize, Serialize};
 
 use crate::Duration;
+use crate::time::millis;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "policy", rename_all = "snake_case", deny_unknown_fields)]
 pub enum BatchPolicy {
     Fixed {
         batch_size: usize,
         /// Longest a partial batch waits for more members.
+        #[serde(rename = "max_wait_ms", with = "millis")]
         max_wait: Duration,
     },
     Bucketed {
         batch_size: usize,
+        #[serde(rename = "max_wait_ms", with = "millis")]
         max_wait: Duration,
         /// Upper prompt-length bounds of the buckets; longer prompts share the last bucket.
         bucket_edges: Vec<usize>,
@@ -42,6 +53,7 @@ pub enum BatchPolicy {
     MemoryAware {
         /// Most tokens (prompt + max new, summed over members) a batch reserves.
         max_batch_tokens: usize,
+        #[serde(rename = "max_wait_ms", with = "millis")]
         max_wait: Duration,
     },
     Continuous {
@@ -113,13 +125,144 @@ pub struct Load {
 /// Steps the oldest request may wait before the adaptive policy runs full-size steps.
 const ADAPTIVE_PATIENCE_STEPS: f64 = 4.0;
 
+/// A policy by the name a server is configured with: the six policies and two presets of
+/// continuous batching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyName {
+    /// A batch of `batch_size` runs to its end before the next forms.
+    Fixed,
+    /// Like fixed, members of similar prompt length (`bucket_edges`).
+    Bucketed,
+    /// Static batches of as many requests as `max_batch_tokens` of prompt + max tokens.
+    MemoryAware,
+    /// Requests join and leave every step; prompts run in chunks next to decodes.
+    #[default]
+    Continuous,
+    /// Continuous, with small steps while nothing waits and full-size ones as requests wait.
+    Adaptive,
+    /// Continuous, with the running set size learned from measured throughput.
+    Bandit,
+    /// Continuous with small steps ([`BatchPolicy::latency_optimised`]).
+    Latency,
+    /// Continuous with big steps ([`BatchPolicy::throughput_optimised`]).
+    Throughput,
+}
+
+impl PolicyName {
+    pub const ALL: [Self; 8] = [
+        Self::Fixed,
+        Self::Bucketed,
+        Self::MemoryAware,
+        Self::Continuous,
+        Self::Adaptive,
+        Self::Bandit,
+        Self::Latency,
+        Self::Throughput,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fixed => "fixed",
+            Self::Bucketed => "bucketed",
+            Self::MemoryAware => "memory_aware",
+            Self::Continuous => "continuous",
+            Self::Adaptive => "adaptive",
+            Self::Bandit => "bandit",
+            Self::Latency => "latency",
+            Self::Throughput => "throughput",
+        }
+    }
+}
+
+impl fmt::Display for PolicyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for PolicyName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|p| p.name()).collect();
+            format!("unknown policy `{s}`; expected one of {}", names.join(", "))
+        })
+    }
+}
+
+/// The continuous policy's steps where nothing else is said.
 impl Default for BatchPolicy {
     fn default() -> Self {
-        Self::Continuous { max_batch_tokens: 2048, max_running: 256, chunk_size: 512 }
+        Self::named(PolicyName::Continuous)
     }
 }
 
 impl BatchPolicy {
+    /// A policy's defaults: what `policy = "<name>"` alone configures. The one place they
+    /// are written.
+    pub fn named(name: PolicyName) -> Self {
+        let max_wait = Duration::from_millis(50);
+        match name {
+            PolicyName::Fixed => Self::Fixed { batch_size: 8, max_wait },
+            PolicyName::Bucketed => Self::Bucketed { batch_size: 8, max_wait, bucket_edges: vec![128, 512, 2048] },
+            PolicyName::MemoryAware => Self::MemoryAware { max_batch_tokens: 8192, max_wait },
+            PolicyName::Continuous => Self::Continuous { max_batch_tokens: 512, max_running: 64, chunk_size: 256 },
+            // Starts at the latency preset's steps; grows to 2048-token steps under backlog.
+            PolicyName::Adaptive => {
+                Self::Adaptive { min_batch_tokens: 512, max_batch_tokens: 2048, min_chunk_size: 128, chunk_size: 512, max_running: 64 }
+            }
+            PolicyName::Bandit => Self::Bandit { max_batch_tokens: 512, min_running: 1, max_running: 64, chunk_size: 256 },
+            PolicyName::Latency => Self::latency_optimised(),
+            PolicyName::Throughput => Self::throughput_optimised(),
+        }
+    }
+
+    /// Checks the parameters' ranges; the message names the parameter as `{prefix}{name}`.
+    pub fn check(&self, prefix: &str) -> Result<(), String> {
+        let counts: &[(&str, usize)] = match self {
+            Self::Fixed { batch_size, .. } | Self::Bucketed { batch_size, .. } => &[("batch_size", *batch_size)],
+            Self::MemoryAware { max_batch_tokens, .. } => &[("max_batch_tokens", *max_batch_tokens)],
+            Self::Continuous { max_batch_tokens, max_running, chunk_size } => {
+                &[("max_batch_tokens", *max_batch_tokens), ("max_running", *max_running), ("chunk_size", *chunk_size)]
+            }
+            Self::Adaptive { min_batch_tokens, max_batch_tokens, min_chunk_size, chunk_size, max_running } => &[
+                ("min_batch_tokens", *min_batch_tokens),
+                ("max_batch_tokens", *max_batch_tokens),
+                ("min_chunk_size", *min_chunk_size),
+                ("chunk_size", *chunk_size),
+                ("max_running", *max_running),
+            ],
+            Self::Bandit { max_batch_tokens, min_running, max_running, chunk_size } => &[
+                ("max_batch_tokens", *max_batch_tokens),
+                ("min_running", *min_running),
+                ("max_running", *max_running),
+                ("chunk_size", *chunk_size),
+            ],
+        };
+        if let Some((name, _)) = counts.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("`{prefix}{name}` must be at least 1"));
+        }
+        let ordered: &[((&str, usize), (&str, usize))] = match self {
+            Self::Adaptive { min_batch_tokens, max_batch_tokens, min_chunk_size, chunk_size, .. } => &[
+                (("min_batch_tokens", *min_batch_tokens), ("max_batch_tokens", *max_batch_tokens)),
+                (("min_chunk_size", *min_chunk_size), ("chunk_size", *chunk_size)),
+            ],
+            Self::Bandit { min_running, max_running, .. } => &[(("min_running", *min_running), ("max_running", *max_running))],
+            _ => &[],
+        };
+        if let Some(((low, l), (high, h))) = ordered.iter().find(|((_, l), (_, h))| l > h) {
+            return Err(format!("`{prefix}{low}` ({l}) is above `{prefix}{high}` ({h})"));
+        }
+        if let Self::Bucketed { bucket_edges, .. } = self
+            && (bucket_edges.is_empty() || bucket_edges.windows(2).any(|w| w[0] >= w[1]))
+        {
+            return Err(format!("`{prefix}bucket_edges` must be a non-empty list of increasing lengths"));
+        }
+        Ok(())
+    }
+
     /// What to run next under `load`; the bandit's current running-set limit is `bandit`.
     pub fn shape(&self, load: Load, bandit: Option<usize>) -> Shape<'_> {
         match self {

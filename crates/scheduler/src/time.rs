@@ -56,3 +56,18 @@ impl std::ops::Add for Duration {
         Duration(self.0.saturating_add(d.0))
     }
 }
+
+/// A [`Duration`] written as whole milliseconds (`max_wait_ms = 50` in a config file).
+pub(crate) mod millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.0 / 1000)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}

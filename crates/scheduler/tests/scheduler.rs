@@ -517,7 +517,8 @@ fn simulation_is_deterministic() {
 /// throughput, under backlog it keeps continuous batching's throughput.
 #[test]
 fn the_adaptive_policy_differs_from_continuous_and_wins_at_light_load() {
-    let continuous = BatchPolicy::default();
+    // The simulator's full-size steps, which the adaptive policy grows to.
+    let continuous = continuous(2048, 256, 512);
     let BatchPolicy::Continuous { max_batch_tokens, max_running, chunk_size } = continuous.clone() else { panic!("continuous") };
     let adaptive = BatchPolicy::Adaptive { min_batch_tokens: 512, max_batch_tokens, min_chunk_size: 128, chunk_size, max_running };
     for (workload, rate, gain) in [(Workload::mixed(), 2.0, 0.97), (Workload::bursty(), 2.0, 1.0)] {

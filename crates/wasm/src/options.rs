@@ -43,18 +43,16 @@ impl EngineOptions {
     /// The scheduler's configuration for `model` on a device that binds buffers of at most
     /// `max_buffer_bytes`.
     pub fn scheduler(&self, model: &ModelConfig, max_buffer_bytes: usize) -> Result<SchedulerConfig, String> {
-        if self.block_size == 0 || self.max_batch_tokens == 0 || self.max_running == 0 || self.chunk_size == 0 {
-            return Err("engine options: block_size, max_batch_tokens, max_running and chunk_size must be at least 1".into());
+        if self.block_size == 0 {
+            return Err("engine options: `block_size` must be at least 1".into());
         }
-        let base = SchedulerConfig {
-            block_size: self.block_size,
-            policy: BatchPolicy::Continuous {
-                max_batch_tokens: self.max_batch_tokens,
-                max_running: self.max_running,
-                chunk_size: self.chunk_size,
-            },
-            ..SchedulerConfig::default()
+        let policy = BatchPolicy::Continuous {
+            max_batch_tokens: self.max_batch_tokens,
+            max_running: self.max_running,
+            chunk_size: self.chunk_size,
         };
+        policy.check("").map_err(|e| format!("engine options: {e}"))?;
+        let base = SchedulerConfig { block_size: self.block_size, policy, ..SchedulerConfig::default() };
         Engine::sized_config(model, None, self.kv_cache_mb << 20, max_buffer_bytes, base)
             .map_err(|e| format!("engine options: kv_cache_mb: {e}"))
     }

@@ -11,7 +11,7 @@ use cinder_engine::speculative::DEFAULT_SPECULATIVE_TOKENS;
 use cinder_engine::{Speculation, SpeculationConfig, SpeculativeMethod};
 use cinder_scheduler::admission::{BreakerConfig, LoadConfig, RateLimit, RateLimiter};
 use cinder_scheduler::queue::QueueConfig;
-use cinder_scheduler::{BatchPolicy, Duration, Priority, SchedulerConfig, TenantId};
+use cinder_scheduler::{BatchPolicy, Duration, PolicyName, Priority, SchedulerConfig, TenantId};
 use serde::{Deserialize, Serialize};
 
 use super::models::Routing;
@@ -74,97 +74,22 @@ impl SpeculativeSection {
     }
 }
 
-/// Batching policies by name: the scheduler's six and two presets of continuous batching.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-#[value(rename_all = "snake_case")]
-pub enum PolicyName {
-    /// A batch of `batch_size` runs to its end before the next forms.
-    Fixed,
-    /// Like fixed, members of similar prompt length (`bucket_edges`).
-    Bucketed,
-    /// Static batches of as many requests as `max_batch_tokens` of prompt + max tokens.
-    MemoryAware,
-    /// Requests join and leave every step; prompts run in chunks next to decodes.
-    #[default]
-    Continuous,
-    /// Continuous, with small steps while nothing waits and full-size ones as requests wait
-    /// (`min_batch_tokens`..`max_batch_tokens`, `min_chunk_size`..`chunk_size`).
-    Adaptive,
-    /// Continuous, with the running set size learned from measured throughput.
-    Bandit,
-    /// Continuous with small steps (512 tokens, 128-token chunks, 64 running).
-    Latency,
-    /// Continuous with big steps (8192 tokens, 4096-token chunks, 512 running).
-    Throughput,
-}
-
-impl PolicyName {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Fixed => "fixed",
-            Self::Bucketed => "bucketed",
-            Self::MemoryAware => "memory_aware",
-            Self::Continuous => "continuous",
-            Self::Adaptive => "adaptive",
-            Self::Bandit => "bandit",
-            Self::Latency => "latency",
-            Self::Throughput => "throughput",
-        }
-    }
-
-    /// The continuous-style policies' `(max_batch_tokens, max_running, chunk_size)` defaults.
-    fn step_defaults(self) -> Option<(usize, usize, usize)> {
-        match self {
-            Self::Continuous | Self::Bandit => Some((512, 64, 256)),
-            // What it grows to under backlog (the simulator's continuous batching steps).
-            Self::Adaptive => Some((2048, 64, 512)),
-            // BatchPolicy::latency_optimised's and throughput_optimised's (a test checks).
-            Self::Latency => Some((512, 64, 128)),
-            Self::Throughput => Some((8192, 512, 4096)),
-            Self::Fixed | Self::Bucketed | Self::MemoryAware => None,
-        }
-    }
-}
-
-/// `[scheduler]`. The policy's parameters are optional: a policy takes the ones it uses
-/// (with its defaults) and refuses the others.
+/// `[scheduler]`: the policy by name, the parameters given for it (the scheduler's own
+/// [`BatchPolicy`] fields: `max_running`, `chunk_size`, `max_wait_ms`…; `resolve` fills in
+/// the rest from [`BatchPolicy::named`] and refuses parameters the policy does not have),
+/// and the queue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct SchedulerSection {
     pub policy: PolicyName,
-    /// Most requests running at once (continuous, adaptive, bandit, presets).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_running: Option<usize>,
-    /// Fewest the bandit runs when there is demand.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub min_running: Option<usize>,
-    /// The adaptive policy's step budget and prompt chunk with nothing waiting.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub min_batch_tokens: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub min_chunk_size: Option<usize>,
-    /// Most tokens in one step (continuous-style), or prompt + max tokens of one static
-    /// batch (memory_aware).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_batch_tokens: Option<usize>,
-    /// Largest piece of one prompt in one step (continuous-style).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub chunk_size: Option<usize>,
-    /// Members of one static batch (fixed, bucketed).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub batch_size: Option<usize>,
-    /// Longest a partial static batch waits for more members (fixed, bucketed, memory_aware).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_wait_ms: Option<u64>,
-    /// Upper prompt-length bounds of the buckets (bucketed).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bucket_edges: Option<Vec<usize>>,
+    /// The policy's parameters; any other key lands here too and is refused by `resolve`.
+    #[serde(flatten)]
+    pub parameters: toml::Table,
     /// Most requests waiting; more get 429.
     pub max_waiting: usize,
     /// A waiting request gains one priority level per this wait; 0 turns aging off.
     pub aging_interval_ms: u64,
-    /// Requests whose deadline is this close jump the priority lanes, earliest first.
+    /// Requests whose deadline is this close go first within their priority level.
     pub deadline_urgency_ms: u64,
     /// Requests of at most this many tokens (prompt + max tokens) gain one level; 0 is off.
     pub short_job_tokens: usize,
@@ -176,24 +101,62 @@ pub struct SchedulerSection {
 
 impl Default for SchedulerSection {
     fn default() -> Self {
+        let queue = QueueConfig::default();
         Self {
             policy: PolicyName::default(),
-            max_running: None,
-            min_running: None,
-            min_batch_tokens: None,
-            min_chunk_size: None,
-            max_batch_tokens: None,
-            chunk_size: None,
-            batch_size: None,
-            max_wait_ms: None,
-            bucket_edges: None,
+            parameters: toml::Table::new(),
             max_waiting: 1024,
-            aging_interval_ms: 5_000,
-            deadline_urgency_ms: 1_000,
-            short_job_tokens: 0,
+            aging_interval_ms: queue.aging_interval.map_or(0, |d| d.0 / 1000),
+            deadline_urgency_ms: queue.deadline_urgency.0 / 1000,
+            short_job_tokens: queue.short_job_tokens,
             default_deadline_ms: BTreeMap::new(),
             seed: 0,
         }
+    }
+}
+
+impl SchedulerSection {
+    /// Sets a policy parameter (a flag over the file).
+    pub fn set(&mut self, parameter: &str, value: Option<usize>) {
+        if let Some(value) = value {
+            self.parameters.insert(parameter.into(), toml::Value::Integer(value as i64));
+        }
+    }
+
+    /// The named policy's parameters with the given ones over them, checked.
+    fn resolve(&mut self) -> Result<BatchPolicy, String> {
+        let fields = |policy: PolicyName| policy_fields(&BatchPolicy::named(policy));
+        let (kind, defaults) = fields(self.policy);
+        if let Some(key) = self.parameters.keys().find(|key| !defaults.contains_key(*key)) {
+            let of_a_policy = PolicyName::ALL.into_iter().map(fields).any(|(_, other)| other.contains_key(key));
+            return Err(match of_a_policy {
+                true => format!("`scheduler.{key}` does not apply to policy `{}`", self.policy),
+                false => format!("unknown field `{key}` in `[scheduler]`"),
+            });
+        }
+        let mut table = defaults;
+        table.insert("policy".into(), kind);
+        let read = |table: toml::Table| table.try_into::<BatchPolicy>().map_err(|e| e.to_string().trim_end().to_owned());
+        // Each given value alone over the defaults, so that a wrong type names its key.
+        for (key, value) in &self.parameters {
+            let mut one = table.clone();
+            one.insert(key.clone(), value.clone());
+            read(one).map_err(|e| format!("`scheduler.{key}`: {e}"))?;
+        }
+        table.extend(self.parameters.clone());
+        let policy = read(table.clone()).map_err(|e| format!("`[scheduler]`: {e}"))?;
+        table.remove("policy");
+        self.parameters = table;
+        policy.check("scheduler.")?;
+        Ok(policy)
+    }
+}
+
+/// A policy as a config file writes it: its kind (the serde tag) and its parameters.
+fn policy_fields(policy: &BatchPolicy) -> (toml::Value, toml::Table) {
+    match toml::Value::try_from(policy) {
+        Ok(toml::Value::Table(mut table)) => (table.remove("policy").expect("policies are tagged"), table),
+        other => unreachable!("a policy serialises to a table: {other:?}"),
     }
 }
 
@@ -335,58 +298,7 @@ impl ServeConfig {
 
     /// Fills in the policy's defaults and checks every value, naming the key at fault.
     pub fn resolve(&mut self) -> Result<(), String> {
-        let s = &mut self.scheduler;
-        let policy = s.policy;
-        let uses = |key: &str| -> bool {
-            match key {
-                "max_running" | "chunk_size" => policy.step_defaults().is_some(),
-                "min_running" => policy == PolicyName::Bandit,
-                "min_batch_tokens" | "min_chunk_size" => policy == PolicyName::Adaptive,
-                "max_batch_tokens" => policy.step_defaults().is_some() || policy == PolicyName::MemoryAware,
-                "batch_size" => matches!(policy, PolicyName::Fixed | PolicyName::Bucketed),
-                "max_wait_ms" => policy.step_defaults().is_none(),
-                "bucket_edges" => policy == PolicyName::Bucketed,
-                _ => true,
-            }
-        };
-        let given = [
-            ("max_running", s.max_running.is_some()),
-            ("min_running", s.min_running.is_some()),
-            ("min_batch_tokens", s.min_batch_tokens.is_some()),
-            ("min_chunk_size", s.min_chunk_size.is_some()),
-            ("max_batch_tokens", s.max_batch_tokens.is_some()),
-            ("chunk_size", s.chunk_size.is_some()),
-            ("batch_size", s.batch_size.is_some()),
-            ("max_wait_ms", s.max_wait_ms.is_some()),
-            ("bucket_edges", s.bucket_edges.is_some()),
-        ];
-        if let Some((key, _)) = given.iter().find(|(key, set)| *set && !uses(key)) {
-            return Err(format!("`scheduler.{key}` does not apply to policy `{}`", policy.name()));
-        }
-        if let Some((tokens, running, chunk)) = policy.step_defaults() {
-            s.max_batch_tokens.get_or_insert(tokens);
-            s.max_running.get_or_insert(running);
-            s.chunk_size.get_or_insert(chunk);
-        }
-        if uses("min_running") {
-            s.min_running.get_or_insert(BANDIT_MIN_RUNNING);
-        }
-        if uses("min_batch_tokens") {
-            s.min_batch_tokens.get_or_insert(ADAPTIVE_MIN_STEP.0);
-            s.min_chunk_size.get_or_insert(ADAPTIVE_MIN_STEP.1);
-        }
-        if policy == PolicyName::MemoryAware {
-            s.max_batch_tokens.get_or_insert(MEMORY_AWARE_BATCH_TOKENS);
-        }
-        if uses("batch_size") {
-            s.batch_size.get_or_insert(STATIC_BATCH_SIZE);
-        }
-        if uses("max_wait_ms") {
-            s.max_wait_ms.get_or_insert(STATIC_MAX_WAIT_MS);
-        }
-        if uses("bucket_edges") {
-            s.bucket_edges.get_or_insert_with(|| BUCKET_EDGES.to_vec());
-        }
+        self.scheduler.resolve()?;
         self.speculative.config()?;
         self.limits.check()?;
         self.check()
@@ -395,40 +307,13 @@ impl ServeConfig {
     fn check(&self) -> Result<(), String> {
         let s = &self.scheduler;
         let positive = [
-            ("scheduler.max_running", s.max_running),
-            ("scheduler.min_running", s.min_running),
-            ("scheduler.min_batch_tokens", s.min_batch_tokens),
-            ("scheduler.min_chunk_size", s.min_chunk_size),
-            ("scheduler.max_batch_tokens", s.max_batch_tokens),
-            ("scheduler.chunk_size", s.chunk_size),
-            ("scheduler.batch_size", s.batch_size),
-            ("scheduler.max_waiting", Some(s.max_waiting)),
-            ("kv_cache.block_size", Some(self.kv_cache.block_size)),
-            ("breaker.failures", Some(self.breaker.failures as usize)),
-            ("breaker.max_step_attempts", Some(self.breaker.max_step_attempts as usize)),
+            ("scheduler.max_waiting", s.max_waiting),
+            ("kv_cache.block_size", self.kv_cache.block_size),
+            ("breaker.failures", self.breaker.failures as usize),
+            ("breaker.max_step_attempts", self.breaker.max_step_attempts as usize),
         ];
-        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == Some(0)) {
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("`{key}` must be at least 1"));
-        }
-        if let (Some(min), Some(max)) = (s.min_running, s.max_running)
-            && min > max
-        {
-            return Err(format!("`scheduler.min_running` ({min}) is above `scheduler.max_running` ({max})"));
-        }
-        for (low, high, (low_key, high_key)) in [
-            (s.min_batch_tokens, s.max_batch_tokens, ("min_batch_tokens", "max_batch_tokens")),
-            (s.min_chunk_size, s.chunk_size, ("min_chunk_size", "chunk_size")),
-        ] {
-            if let (Some(low), Some(high)) = (low, high)
-                && low > high
-            {
-                return Err(format!("`scheduler.{low_key}` ({low}) is above `scheduler.{high_key}` ({high})"));
-            }
-        }
-        if let Some(edges) = &s.bucket_edges
-            && (edges.is_empty() || edges.windows(2).any(|w| w[0] >= w[1]))
-        {
-            return Err("`scheduler.bucket_edges` must be a non-empty list of increasing lengths".into());
         }
         if let Some((priority, ms)) = s.default_deadline_ms.iter().find(|(_, ms)| !(1..=MAX_DEADLINE_MS).contains(*ms)) {
             let name = priority.name();
@@ -490,43 +375,9 @@ impl ServeConfig {
         Ok(())
     }
 
-    /// The batching policy in force (after [`resolve`](Self::resolve)).
+    /// The batching policy in force (after [`resolve`](Self::resolve), which checked it).
     pub fn policy(&self) -> BatchPolicy {
-        let s = &self.scheduler;
-        let max_wait = Duration::from_millis(s.max_wait_ms.unwrap_or(STATIC_MAX_WAIT_MS));
-        let batch_size = s.batch_size.unwrap_or(STATIC_BATCH_SIZE);
-        // The same defaults `resolve` fills in (none apply to static policies).
-        let (tokens, running, chunk) = s.policy.step_defaults().unwrap_or_default();
-        let step = || (s.max_batch_tokens.unwrap_or(tokens), s.max_running.unwrap_or(running), s.chunk_size.unwrap_or(chunk));
-        match s.policy {
-            PolicyName::Fixed => BatchPolicy::Fixed { batch_size, max_wait },
-            PolicyName::Bucketed => BatchPolicy::Bucketed {
-                batch_size,
-                max_wait,
-                bucket_edges: s.bucket_edges.clone().unwrap_or_else(|| BUCKET_EDGES.to_vec()),
-            },
-            PolicyName::MemoryAware => {
-                BatchPolicy::MemoryAware { max_batch_tokens: s.max_batch_tokens.unwrap_or(MEMORY_AWARE_BATCH_TOKENS), max_wait }
-            }
-            PolicyName::Continuous | PolicyName::Latency | PolicyName::Throughput => {
-                let (max_batch_tokens, max_running, chunk_size) = step();
-                BatchPolicy::Continuous { max_batch_tokens, max_running, chunk_size }
-            }
-            PolicyName::Adaptive => {
-                let (max_batch_tokens, max_running, chunk_size) = step();
-                BatchPolicy::Adaptive {
-                    min_batch_tokens: s.min_batch_tokens.unwrap_or(ADAPTIVE_MIN_STEP.0),
-                    max_batch_tokens,
-                    min_chunk_size: s.min_chunk_size.unwrap_or(ADAPTIVE_MIN_STEP.1),
-                    chunk_size,
-                    max_running,
-                }
-            }
-            PolicyName::Bandit => {
-                let (max_batch_tokens, max_running, chunk_size) = step();
-                BatchPolicy::Bandit { max_batch_tokens, min_running: s.min_running.unwrap_or(BANDIT_MIN_RUNNING), max_running, chunk_size }
-            }
-        }
+        self.scheduler.clone().resolve().expect("the policy was checked by resolve")
     }
 
     /// The tenants' token buckets, one set for every served model (the schedulers' own
@@ -600,18 +451,6 @@ impl TenantConfig {
         TenantId(index as u32 + 1)
     }
 }
-
-/// The adaptive policy's `(min_batch_tokens, min_chunk_size)` defaults: the latency
-/// preset's steps.
-const ADAPTIVE_MIN_STEP: (usize, usize) = (512, 128);
-/// The static policies' defaults: members per batch, the wait for a partial batch, the
-/// memory-aware token budget and the buckets' prompt-length bounds.
-const STATIC_BATCH_SIZE: usize = 8;
-const STATIC_MAX_WAIT_MS: u64 = 50;
-const MEMORY_AWARE_BATCH_TOKENS: usize = 8192;
-const BUCKET_EDGES: [usize; 3] = [128, 512, 2048];
-/// The bandit's smallest running set.
-const BANDIT_MIN_RUNNING: usize = 1;
 
 /// The tenant of requests when no tenants are configured, and of `--api-key`'s holder.
 pub const DEFAULT_TENANT: &str = "default";
@@ -704,6 +543,19 @@ mod tests {
             let error = resolved(text).unwrap_err();
             assert!(error.contains(expected), "{text:?}: {error}");
         }
+    }
+
+    #[test]
+    fn the_file_reads_into_the_schedulers_policy_with_its_defaults() {
+        for name in PolicyName::ALL {
+            let config = resolved(&format!("scheduler.policy = \"{name}\"")).unwrap();
+            assert_eq!(config.policy(), BatchPolicy::named(name), "{name}");
+        }
+        assert_eq!(ServeConfig::default().policy(), BatchPolicy::default());
+        let error = resolved("[scheduler]\npolicy = \"fixed\"\nmax_wait_ms = \"soon\"").unwrap_err();
+        assert!(error.starts_with("`scheduler.max_wait_ms`: invalid type"), "{error}");
+        let waits = resolved("[scheduler]\npolicy = \"memory_aware\"\nmax_wait_ms = 7").unwrap();
+        assert_eq!(waits.policy(), BatchPolicy::MemoryAware { max_batch_tokens: 8192, max_wait: Duration::from_millis(7) });
     }
 
     #[test]

@@ -36,7 +36,7 @@ use axum::routing::{get, post};
 use cinder_engine::{Engine, Speculation};
 use cinder_model::Model;
 use cinder_engine::openai::{MAX_DEADLINE_MS, deadline_from_ms};
-use cinder_scheduler::Priority;
+use cinder_scheduler::{PolicyName, Priority};
 use cinder_tokenizer::Tokenizer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower::Layer;
@@ -90,9 +90,10 @@ pub struct ServeArgs {
     /// as TOML and exit.
     #[arg(long)]
     print_config: bool,
-    /// Batching policy [default: continuous].
-    #[arg(long, env = "CINDER_POLICY", value_enum)]
-    policy: Option<config::PolicyName>,
+    /// Batching policy: fixed, bucketed, memory_aware, continuous, adaptive, bandit, latency
+    /// or throughput [default: continuous].
+    #[arg(long, env = "CINDER_POLICY")]
+    policy: Option<PolicyName>,
     /// Device memory for the KV cache, in MiB [default: 512].
     #[arg(long, env = "CINDER_KV_CACHE_MB")]
     kv_cache_mb: Option<usize>,
@@ -190,9 +191,9 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<config::ServeConfig> {
     };
     let s = &mut config.scheduler;
     s.policy = args.policy.unwrap_or(s.policy);
-    s.max_running = args.max_running.or(s.max_running);
-    s.max_batch_tokens = args.max_batch_tokens.or(s.max_batch_tokens);
-    s.chunk_size = args.chunk_size.or(s.chunk_size);
+    s.set("max_running", args.max_running);
+    s.set("max_batch_tokens", args.max_batch_tokens);
+    s.set("chunk_size", args.chunk_size);
     s.max_waiting = args.max_waiting.unwrap_or(s.max_waiting);
     if let Some(deadlines) = &args.default_deadline_ms {
         s.default_deadline_ms = deadlines.clone();
