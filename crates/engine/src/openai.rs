@@ -18,6 +18,7 @@ use crate::{Constraint, GenerationRequest, Grammars, Speculation, SpeculativeMet
 
 mod limits;
 pub mod response;
+pub mod stream;
 mod tools;
 
 pub use limits::RequestLimits;
@@ -992,8 +993,9 @@ mod tests {
             let sampler = direct.check().unwrap_err();
             assert_eq!((e.param.as_deref(), e.message), (Some(sampler.param.as_str()), sampler.to_string()));
         }
-        // The sampler's bounds, not a stricter copy: a hot temperature or a strong penalty is valid.
-        assert!(checked(r#"{"prompt": "a", "temperature": 3, "repetition_penalty": 20}"#, Endpoint::Completion).is_ok());
+        assert!(checked(r#"{"prompt": "a", "temperature": 2, "repetition_penalty": 10}"#, Endpoint::Completion).is_ok());
+        let hot = checked(r#"{"prompt": "a", "temperature": 2.5}"#, Endpoint::Completion).unwrap_err();
+        assert_eq!(hot.message, SamplingParams { temperature: 2.5, ..Default::default() }.check().unwrap_err().to_string());
     }
 
     #[test]

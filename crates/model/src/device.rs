@@ -94,7 +94,7 @@ pub fn wgpu_device() -> Result<Device, ModelError> {
         // wgpu reports some failures (no driver, no adapter) by panicking.
         match std::panic::catch_unwind(|| options().init_with_setup()) {
             Ok(init) => opened(init),
-            Err(panic) => Err(crate::model::panic_message(panic.as_ref())),
+            Err(panic) => Err(crate::error::panic_message(panic.as_ref())),
         }
     }))
 }
@@ -146,4 +146,10 @@ pub fn device_memory(device: &Device) -> Option<DeviceMemory> {
 pub fn release_device_memory(device: &Device) -> Result<(), ModelError> {
     let Some(device) = crate::kernel::cube_device(device) else { return Ok(()) };
     device.client().memory_cleanup().map_err(|e| ModelError::Backend(format!("{e:?}")))
+}
+
+/// The largest buffer a kernel binds on `device`: WebGPU's default (and lavapipe's limit)
+/// where the adapter is unknown.
+pub fn max_binding_bytes(device: &Device) -> usize {
+    adapter_info(device).map_or(128 << 20, |a| a.max_binding_bytes.min(usize::MAX as u64) as usize)
 }

@@ -1,3 +1,5 @@
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
 use cinder_gguf::GgufError;
 
 /// Everything that can go wrong loading or running a model.
@@ -25,4 +27,18 @@ pub enum ModelError {
     Device(String),
     #[error("device error: {0}")]
     Backend(String),
+}
+
+/// Runs `f`, turning a panic inside the backend (an allocation failure, a lost device) into
+/// an error, so that one failed request cannot take a server down.
+pub(crate) fn guard<T>(f: impl FnOnce() -> Result<T, ModelError>) -> Result<T, ModelError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| Err(ModelError::Backend(panic_message(panic.as_ref()))))
+}
+
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "the device backend panicked".to_owned())
 }

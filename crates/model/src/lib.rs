@@ -16,6 +16,7 @@ mod device;
 mod error;
 pub mod fused;
 mod kernel;
+pub mod linear;
 mod logits;
 pub mod many_tokens;
 mod model;
@@ -36,11 +37,11 @@ pub use config::{KvLayout, LayerAttention, ModelConfig};
 #[cfg(not(target_family = "wasm"))]
 pub use device::wgpu_device;
 pub use device::{
-    AdapterInfo, DeviceMemory, adapter_info, adapter_name, device_memory, release_device_memory, set_browser_subgroups, wgpu_device_async,
+    AdapterInfo, DeviceMemory, adapter_info, adapter_name, device_memory, max_binding_bytes, release_device_memory, set_browser_subgroups,
+    wgpu_device_async,
 };
 pub use error::ModelError;
 pub use logits::{LogitRows, MAX_DEVICE_TOP_K, PendingLogits};
 pub use model::{KvCache, Model};
 pub use paged::{PagedKvCache, SeqChunk};
-pub use quant::max_binding_bytes;
 pub use sampling::{OutOfRange, Sampler, SamplingParams, Verdict, log_softmax, top_logprobs};

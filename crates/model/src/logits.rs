@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::ModelError;
 use crate::kernel::{Arg, Template, cube, empty, from_cube, launch};
-use crate::model::guard;
+use crate::error::guard;
 
 /// Logits queued on the device by [`Model::launch_batch`](crate::Model::launch_batch), one row per chunk that asked.
 #[must_use = "the logits are only computed once read"]

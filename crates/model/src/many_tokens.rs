@@ -20,9 +20,18 @@ use serde::Serialize;
 use web_time::{Duration, Instant};
 
 use crate::kernel::{empty, from_cube};
-use crate::quant::QuantMatrix;
 
-/// A kernel for products of more than [`crate::quant::MAX_QUANTIZED_TOKENS`] tokens.
+/// A matrix whose products by many tokens run on either kernel (a quantized matrix).
+pub(crate) trait TwoKernels {
+    /// The device, block format and shape: a choice is kept per device and format, and
+    /// reports the shape it was timed on.
+    fn shape_key(&self) -> (&CubeDevice, &'static str, usize, usize);
+    fn cols(&self) -> usize;
+    /// The product of `x` on `kernel`.
+    fn multiply_with(&self, x: Tensor<2>, kernel: ManyTokens) -> Tensor<2>;
+}
+
+/// A kernel for products of more tokens than the row kernels' tiles take (16).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ManyTokens {
     Tiled,
@@ -74,7 +83,7 @@ fn store() -> MutexGuard<'static, HashMap<Key, Calibration>> {
 /// this once loaded, largest matrix first, so no request waits for it). Natively a
 /// product before that times them then; in a browser, which cannot block on its device, it
 /// takes the tiled kernel.
-pub(crate) async fn calibrate(matrix: &QuantMatrix) {
+pub(crate) async fn calibrate(matrix: &impl TwoKernels) {
     let (device, format, rows, cols) = matrix.shape_key();
     let key = (device.clone(), format);
     if store().contains_key(&key) {
@@ -87,7 +96,7 @@ pub(crate) async fn calibrate(matrix: &QuantMatrix) {
 /// The timings at each measured count, smallest first. Where one kernel was over twice as
 /// fast at every count so far, the larger counts are not timed (on SwiftShader without
 /// subgroups, the row kernels' 512 tokens took 2 s a run, ten times the tiled kernel's).
-async fn timings(matrix: &QuantMatrix, device: &CubeDevice) -> Vec<Timing> {
+async fn timings(matrix: &impl TwoKernels, device: &CubeDevice) -> Vec<Timing> {
     let mut timings: Vec<Timing> = Vec::new();
     for tokens in MEASURED {
         let decided = timings.len() >= 2
@@ -105,15 +114,15 @@ async fn timings(matrix: &QuantMatrix, device: &CubeDevice) -> Vec<Timing> {
 /// `kernel` on `tokens` zero rows (no denormals to slow a CPU adapter down): a run that
 /// compiles and warms up, then the best of up to three timed runs, fewer where one takes
 /// over 10 ms. None if the device fails.
-async fn seconds(matrix: &QuantMatrix, device: &CubeDevice, tokens: usize, kernel: ManyTokens) -> Option<f64> {
+async fn seconds(matrix: &impl TwoKernels, device: &CubeDevice, tokens: usize, kernel: ManyTokens) -> Option<f64> {
     let x: Tensor<2> = from_cube::<2>(empty(device, [tokens, matrix.cols()])).zeros_like();
-    drop(matrix.multiply_with(x.clone(), None, kernel));
+    drop(matrix.multiply_with(x.clone(), kernel));
     device.client().sync().await.ok()?;
     let mut best = Duration::MAX;
     let mut spent = Duration::ZERO;
     for _ in 0..3 {
         let start = Instant::now();
-        drop(matrix.multiply_with(x.clone(), None, kernel));
+        drop(matrix.multiply_with(x.clone(), kernel));
         device.client().sync().await.ok()?;
         best = best.min(start.elapsed());
         spent += start.elapsed();
@@ -125,7 +134,7 @@ async fn seconds(matrix: &QuantMatrix, device: &CubeDevice, tokens: usize, kerne
 }
 
 /// The kernel for `tokens` tokens times `matrix`.
-pub(crate) fn choice(matrix: &QuantMatrix, tokens: usize) -> ManyTokens {
+pub(crate) fn choice(matrix: &impl TwoKernels, tokens: usize) -> ManyTokens {
     let (device, format, ..) = matrix.shape_key();
     if let Some(calibration) = store().get(&(device.clone(), format)) {
         return calibration.choice(tokens);

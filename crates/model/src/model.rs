@@ -1,18 +1,18 @@
 //! A language model on Burn tensors: the forward pass of every supported architecture,
 //! driven by its description ([`ModelConfig`], [`crate::arch`]).
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use cinder_gguf::{GgufFile, TensorInfo};
 
 use crate::arch::{FfnLayout, GlobalWeight, LayerWeight, RopeLayout};
-use crate::attention::Attention;
+use crate::attention::{Attention, ScoreRule};
 use crate::fused::{gated, rms_norm, rope};
 use crate::kernel::cube_device;
 use crate::logits::PendingLogits;
-use crate::paged::{BatchBuffer, PagedKvCache, ScoreRule, SeqChunk};
-use crate::quant::{Linear, QuantMatrix};
+use crate::paged::{BatchBuffer, PagedKvCache, SeqChunk};
+use crate::linear::Linear;
+use crate::quant::QuantMatrix;
+use crate::error::guard;
 use crate::{LogitRows, ModelConfig, ModelError};
 
 /// A matrix and its optional bias: `y = x W^T + b`.
@@ -526,18 +526,4 @@ pub(crate) fn fixed_subgroup_width(device: &Device) -> Option<usize> {
     let adapter = crate::adapter_info(device)?;
     let width = adapter.subgroup_max_size?;
     (adapter.subgroup_min_size == Some(width)).then_some(width as usize)
-}
-
-/// Runs `f`, turning a panic inside the backend (an allocation failure, a lost device) into
-/// an error, so that one failed request cannot take a server down.
-pub(crate) fn guard<T>(f: impl FnOnce() -> Result<T, ModelError>) -> Result<T, ModelError> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| Err(ModelError::Backend(panic_message(panic.as_ref()))))
-}
-
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "the device backend panicked".to_owned())
 }

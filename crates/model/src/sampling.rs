@@ -51,18 +51,19 @@ impl Default for SamplingParams {
 
 impl SamplingParams {
     /// The one check of every parameter's range, for every door (HTTP, CLI, browser): the
-    /// first parameter out of its range, named as the OpenAI field is.
+    /// first parameter out of its range, named as the OpenAI field is. The ranges are
+    /// OpenAI's (temperature up to 2), and the penalty's a sane bound.
     pub fn check(&self) -> Result<(), OutOfRange> {
         let rule = |param: &str, ok: bool, rule: &'static str, value: f32| match ok {
             true => Ok(()),
             false => Err(OutOfRange { param: param.to_string(), rule, value }),
         };
         let t = self.temperature;
-        rule("temperature", t >= 0.0 && t.is_finite(), "finite and >= 0", t)?;
+        rule("temperature", (0.0..=2.0).contains(&t), "in [0, 2]", t)?;
         rule("top_p", self.top_p > 0.0 && self.top_p <= 1.0, "in (0, 1]", self.top_p)?;
         rule("min_p", (0.0..=1.0).contains(&self.min_p), "in [0, 1]", self.min_p)?;
         let r = self.repetition_penalty;
-        rule("repetition_penalty", r > 0.0 && r.is_finite(), "finite and > 0", r)?;
+        rule("repetition_penalty", r > 0.0 && r <= 10.0, "in (0, 10]", r)?;
         rule("frequency_penalty", (-2.0..=2.0).contains(&self.frequency_penalty), "in [-2, 2]", self.frequency_penalty)?;
         rule("presence_penalty", (-2.0..=2.0).contains(&self.presence_penalty), "in [-2, 2]", self.presence_penalty)?;
         for &(token, bias) in &self.logit_bias {

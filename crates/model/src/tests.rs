@@ -491,9 +491,9 @@ fn fused_kernels_match_cpu() {
 /// grouped queries, head sizes 32 to 256.
 #[test]
 fn attention_kernels_match_a_loop() {
-    use crate::attention::Attention;
+    use crate::attention::{Attention, ScoreRule};
     use crate::kernel::cube_device;
-    use crate::paged::{BatchBuffer, PagedKvCache, ScoreRule};
+    use crate::paged::{BatchBuffer, PagedKvCache};
     use burn::tensor::{Tensor, TensorData};
 
     let device = wgpu_device().unwrap();
@@ -551,7 +551,7 @@ fn attention_kernels_match_a_loop() {
         let batch = BatchBuffer::new(&cube, &laid_out, block_size, 1);
         assert_eq!((batch.paged_rows, batch.long.len()), (2, 3));
         if rule.window.is_none() {
-            assert!(crate::paged::key_splits(batch.paged_rows * heads, 601) > 1, "the long decode is split");
+            assert!(crate::attention::key_splits(batch.paged_rows * heads, 601) > 1, "the long decode is split");
         }
         let width = heads * hd;
         let q = random(batch.rows * width);

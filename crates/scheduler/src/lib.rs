@@ -32,12 +32,16 @@
 //! - [`admission`]: per-tenant token buckets, queue limits, load levels that shed the lowest
 //!   priorities first, and a circuit breaker for failing steps.
 //! - [`policy`]: batch formation policies, all driven through the same step API.
-//! - [`scheduler`]: the state machine tying them together.
+//! - [`plan`]: the plan of a step and the engine's result, the types scheduler and engine
+//!   exchange.
+//! - [`scheduler`]: the state machine tying them together (static batching in its own
+//!   module).
 //! - [`sim`]: a discrete-event simulator that drives the real scheduler with a cost model.
 
 pub mod admission;
 pub mod blocks;
 mod config;
+pub mod plan;
 pub mod policy;
 pub mod queue;
 mod request;
@@ -49,7 +53,6 @@ pub use admission::{LoadLevel, Rejection, RejectionReason};
 pub use config::SchedulerConfig;
 pub use policy::{BatchPolicy, PolicyName};
 pub use request::{Priority, Request, SeqId, TenantId};
-pub use scheduler::{
-    DecodeItem, FinishReason, FinishedSequence, ForkItem, Metrics, PrefillChunk, Scheduler, StepPlan, StepResult,
-};
+pub use plan::{DecodeItem, FinishReason, FinishedSequence, ForkItem, Metrics, PrefillChunk, StepPlan, StepResult};
+pub use scheduler::Scheduler;
 pub use time::{Duration, Time};

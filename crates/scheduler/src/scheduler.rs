@@ -6,191 +6,19 @@ use std::collections::BTreeMap;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+
+mod static_batch;
 
 use crate::admission::{Admission, Applicant};
-use crate::blocks::{BlockCopy, BlockId, BlockManager, CacheStats, SequenceBlocks, group_hash, prefix_hashes};
+use crate::blocks::{BlockManager, SequenceBlocks, group_hash, prefix_hashes};
 use crate::policy::{Bandit, Load, Shape, StepShape};
 use crate::queue::{Queued, WaitingQueue};
+use crate::plan::{DecodeItem, FinishReason, FinishedSequence, ForkItem, Metrics, PrefillChunk, StepPlan, StepResult};
 use crate::request::{IdMap, deadline};
 use crate::{
     BatchPolicy, Duration, LoadLevel, Priority, Rejection, RejectionReason, Request, SchedulerConfig, SeqId, TenantId,
     Time,
 };
-
-/// A piece of a prompt to run this step.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PrefillChunk {
-    pub seq: SeqId,
-    /// Position of the chunk's first token.
-    pub start: usize,
-    pub tokens: Vec<u32>,
-    /// The sequence's blocks, one table per KV group ([`SchedulerConfig::kv_groups`]):
-    /// position `p` of group `g` lives in block `block_tables[g][p / block_size]`.
-    pub block_tables: Vec<Vec<BlockId>>,
-    /// Whether the chunk ends the prompt, so a token is sampled from its last position.
-    pub samples: bool,
-}
-
-/// One generated token to run this step (its successor is sampled), and the draft tokens
-/// proposed to follow it ([`Scheduler::propose`]), which run at the next positions: the
-/// logits of every row verify the draft token after it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DecodeItem {
-    pub seq: SeqId,
-    pub position: usize,
-    pub token: u32,
-    pub draft: Vec<u32>,
-    /// As [`PrefillChunk::block_tables`].
-    pub block_tables: Vec<Vec<BlockId>>,
-}
-
-/// A choice of a request that starts from another choice's prompt this step: once that
-/// prompt's last chunk runs, it shares every block of it (copy-on-write) and samples its
-/// first token from the same logits row, so the prompt is computed once for all choices.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct ForkItem {
-    pub seq: SeqId,
-    /// The sequence whose prompt ends this step.
-    pub from: SeqId,
-}
-
-/// What the engine runs in one step.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct StepPlan {
-    pub step: u64,
-    pub prefill: Vec<PrefillChunk>,
-    pub decode: Vec<DecodeItem>,
-    /// Sequences that sample from another's row this step (not in [`Self::sampling`]).
-    pub forks: Vec<ForkItem>,
-    /// Copies to perform before running (copy-on-write of shared blocks).
-    pub copies: Vec<BlockCopy>,
-    /// Sequences whose blocks were taken back; they recompute when resumed.
-    pub preempted: Vec<SeqId>,
-}
-
-impl StepPlan {
-    pub fn is_empty(&self) -> bool {
-        self.prefill.is_empty() && self.decode.is_empty()
-    }
-
-    /// Tokens run this step.
-    pub fn num_tokens(&self) -> usize {
-        self.prefill.iter().map(|c| c.tokens.len()).sum::<usize>() + self.decode.iter().map(|d| 1 + d.draft.len()).sum::<usize>()
-    }
-
-    /// Draft tokens verified this step.
-    pub fn num_draft_tokens(&self) -> usize {
-        self.decode.iter().map(|d| d.draft.len()).sum()
-    }
-
-    /// Sequences that get a sampled token from this step.
-    pub fn sampling(&self) -> impl Iterator<Item = SeqId> + '_ {
-        self.sampling_rows().map(|(seq, _)| seq)
-    }
-
-    /// Sequences that get a sampled token from this step, in the order of their logits
-    /// rows, each with its draft: `1 + draft.len()` rows, the first verifying `draft[0]`.
-    pub fn sampling_rows(&self) -> impl Iterator<Item = (SeqId, &[u32])> + '_ {
-        let prompts = self.prefill.iter().filter(|c| c.samples).map(|c| (c.seq, &[][..]));
-        prompts.chain(self.decode.iter().map(|d| (d.seq, &d.draft[..])))
-    }
-
-    /// KV positions attention reads this step (for cost models).
-    pub fn kv_reads(&self) -> usize {
-        // A decode's rows read its position and the draft positions before theirs.
-        let rows = |d: &DecodeItem| (0..=d.draft.len()).map(|j| d.position + 1 + j).sum::<usize>();
-        self.prefill.iter().map(|c| c.tokens.len() * (c.start + c.tokens.len())).sum::<usize>()
-            + self.decode.iter().map(rows).sum::<usize>()
-    }
-}
-
-/// What the engine reports after a step.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct StepResult {
-    pub step: u64,
-    /// False if the step failed; its work is discarded and retried.
-    pub success: bool,
-    /// The token sampled for each sequence in [`StepPlan::sampling`] and [`StepPlan::forks`].
-    pub sampled: Vec<(SeqId, u32)>,
-    /// The leading tokens of a decode's draft that were accepted (none when absent): they
-    /// join the sequence before its sampled token. The engine may have replaced the
-    /// proposed tokens before running them (a draft model's, proposed as a length).
-    pub accepted: Vec<(SeqId, Vec<u32>)>,
-    /// Sequences the engine ended (an end-of-generation token, a stop string).
-    pub stopped: Vec<SeqId>,
-}
-
-impl StepResult {
-    /// A successful result sampling `sample(seq)` for every sequence that samples (forks
-    /// included).
-    pub fn sampled(plan: &StepPlan, mut sample: impl FnMut(SeqId) -> u32) -> Self {
-        let sampling = plan.sampling().chain(plan.forks.iter().map(|f| f.seq));
-        Self { step: plan.step, success: true, sampled: sampling.map(|s| (s, sample(s))).collect(), ..Default::default() }
-    }
-
-    pub fn failed(plan: &StepPlan) -> Self {
-        Self { step: plan.step, success: false, ..Default::default() }
-    }
-}
-
-/// Why a sequence ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FinishReason {
-    /// The engine stopped it.
-    Stop,
-    /// It generated `max_new_tokens`.
-    Length,
-    /// Aborted by the caller.
-    Cancelled,
-    /// Every step that ran it failed, [`SchedulerConfig::max_step_attempts`] times in a row
-    /// (a lost device, memory exhausted): it ends instead of being retried forever.
-    Failed,
-    /// Its deadline passed while it waited to start (see [`Request::max_wait`]).
-    Deadline,
-}
-
-/// A sequence that has ended, with its timeline.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FinishedSequence {
-    pub id: SeqId,
-    pub reason: FinishReason,
-    pub tenant: TenantId,
-    pub priority: Priority,
-    pub prompt_tokens: usize,
-    pub generated: Vec<u32>,
-    pub arrival: Time,
-    /// When it first joined the running set (`None`: it never started).
-    pub scheduled: Option<Time>,
-    pub first_token: Option<Time>,
-    pub finished: Time,
-    pub deadline: Option<Time>,
-    pub preemptions: u32,
-}
-
-/// A snapshot of the scheduler's state and counters.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Metrics {
-    pub waiting_by_priority: [usize; 5],
-    /// Waiting sequences (each choice of a request is one).
-    pub waiting: usize,
-    /// Requests with a sequence waiting.
-    pub waiting_requests: usize,
-    pub running: usize,
-    pub kv_blocks_total: usize,
-    /// Blocks held by live sequences.
-    pub kv_blocks_in_use: usize,
-    pub kv_usage: f64,
-    pub prefix_cache: CacheStats,
-    pub preemptions: u64,
-    pub rejections: BTreeMap<RejectionReason, u64>,
-    /// Tokens computed (prompt and generated) per tenant.
-    pub tenant_tokens: BTreeMap<u32, u64>,
-    pub load_level: LoadLevel,
-    pub steps: u64,
-    pub failed_steps: u64,
-}
 
 /// A request waiting for its turn, new or preempted. Boxed in the queue, so that a waiting
 /// request costs the scheduler little more than the request itself.
@@ -947,48 +775,6 @@ impl Scheduler {
         seq.registered = computed / bs;
         self.add_running(id, seq);
         true
-    }
-
-    /// Static batching: when the previous batch has drained, gather a new one (waiting up to
-    /// `max_wait` for it to fill), reserving every member's full length; `plan` then runs
-    /// prompts whole and decodes until all finish.
-    fn form_static_batch(&mut self, now: Time, capacity: usize, max_wait: Duration, token_budget: usize, bucket_edges: Option<&[usize]>) {
-        let Some(head) = self.queue.peek(now) else { return };
-        let full = self.queue.len() >= capacity.min(self.config.max_waiting);
-        if !full && now.since(head.arrival) < max_wait {
-            return;
-        }
-        let bucket_of = |len: usize, edges: &[usize]| edges.iter().position(|e| len <= *e).unwrap_or(edges.len());
-        let head_bucket = bucket_edges.map(|edges| bucket_of(head.prompt_len(), edges));
-        let mut reserved = 0usize;
-        let mut skipped = Vec::new();
-        while self.running.len() < capacity {
-            let Some(waiting) = self.queue.peek(now) else { break };
-            let (id, max_len) = (waiting.id, waiting.cost());
-            if let (Some(bucket), Some(edges)) = (head_bucket, bucket_edges) {
-                if bucket_of(waiting.prompt_len(), edges) != bucket {
-                    // Another bucket's request: set aside for a later batch.
-                    skipped.push(self.dequeue(id, false).expect("peeked"));
-                    continue;
-                }
-            }
-            if reserved + max_len > token_budget && !self.running.is_empty() {
-                break;
-            }
-            let needed = self.config.blocks_for(max_len) + self.config.watermark_blocks;
-            if needed > self.blocks.available() {
-                break;
-            }
-            let mut seq = Sequence::start(*self.dequeue(id, true).expect("peeked"), Some(now));
-            seq.blocks = SequenceBlocks::new(self.config.kv_groups.len());
-            seq.blocks.ensure(&self.blocks, &self.config.kv_groups, 0, max_len).expect("checked available");
-            self.add_running(id, seq);
-            reserved += max_len;
-        }
-        for waiting in skipped {
-            self.enqueue(waiting);
-        }
-        self.batch_closed = !self.running.is_empty();
     }
 
     /// Applies the engine's report on the step planned last.

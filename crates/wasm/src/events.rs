@@ -14,24 +14,12 @@
 //! the event makes (absent when it makes none), and on the last event `usage_chunk` and
 //! `completion`, the whole `chat.completion` with every choice.
 
-use cinder_engine::openai::{HeldCalls, ToolCall, ToolOutput, finish_reason};
-use cinder_engine::openai::response::{self, Body, Endpoint, Message, Output, Usage};
-use cinder_engine::{Event, TokenLogprob};
+use cinder_engine::Event;
+use cinder_engine::openai::response::{self, Body, Endpoint, Usage};
+use cinder_engine::openai::stream::{ChunkSequencer, Extras};
+use cinder_engine::openai::{ToolOutput, finish_reason};
 use cinder_tokenizer::Tokenizer;
 use serde_json::{Value, json};
-
-/// One choice's answer so far.
-struct Choice {
-    text: String,
-    /// Whether its first chat chunk (carrying the role) went out.
-    started: bool,
-    /// Its tokens' logprobs, for the whole chat completion.
-    logprobs: Vec<(u32, TokenLogprob)>,
-    finish_reason: Option<&'static str>,
-    /// Chat text held back while it may be a call list, and the calls it was.
-    held: HeldCalls,
-    calls: Option<Vec<ToolCall>>,
-}
 
 /// What a chat answer is labelled with.
 struct ChatLabel {
@@ -43,42 +31,36 @@ struct ChatLabel {
 /// A request's answer so far: its `n` choices, and the OpenAI objects of a chat request.
 pub struct Reply {
     id: u64,
-    choices: Vec<Choice>,
-    chat: Option<ChatLabel>,
+    n: usize,
     logprobs: bool,
-    usage: Usage,
+    chunks: ChunkSequencer,
+    chat: Option<ChatLabel>,
 }
 
 impl Reply {
     /// The answer of engine request `id` (its first choice's sequence) with `n` choices,
     /// reporting `logprobs` when the body asked for them.
     pub fn new(id: u64, n: usize, logprobs: bool) -> Self {
-        let choices = (0..n)
-            .map(|_| Choice {
-                text: String::new(),
-                started: false,
-                logprobs: Vec::new(),
-                finish_reason: None,
-                held: HeldCalls::new(ToolOutput::Text),
-                calls: None,
-            })
-            .collect();
-        Self { id, choices, chat: None, logprobs, usage: Usage::default() }
+        let chunks = Self::sequencer(Endpoint::Completion, id, n, logprobs, ToolOutput::Text);
+        Self { id, n, logprobs, chunks, chat: None }
+    }
+
+    fn sequencer(endpoint: Endpoint, id: u64, n: usize, logprobs: bool, tools: ToolOutput) -> ChunkSequencer {
+        let extras = Extras { logprobs, token_ids: false };
+        ChunkSequencer::new(endpoint, format!("{}-{id}", endpoint.id_prefix()), n, n, tools, extras)
     }
 
     /// Also builds the chat answer, made at `created` (Unix seconds) by `model`, whose
     /// choices may be tool calls as `tools` says.
-    pub fn chat(mut self, created: u64, model: String, tools: ToolOutput) -> Self {
-        for choice in &mut self.choices {
-            choice.held = HeldCalls::new(tools);
-        }
+    pub fn chat(self, created: u64, model: String, tools: ToolOutput) -> Self {
+        let chunks = Self::sequencer(Endpoint::Chat, self.id, self.n, self.logprobs, tools);
         let chat = ChatLabel { id: format!("{}-{}", Endpoint::Chat.id_prefix(), self.id), created, model };
-        Self { chat: Some(chat), ..self }
+        Self { chunks, chat: Some(chat), ..self }
     }
 
     /// Whether every choice finished.
     pub fn done(&self) -> bool {
-        self.choices.iter().all(|c| c.finish_reason.is_some())
+        self.chunks.done()
     }
 
     fn body(chat: &ChatLabel, object: &'static str, choices: Vec<response::Choice>, usage: Option<Usage>) -> Value {
@@ -89,27 +71,14 @@ impl Reply {
     /// Choice `index`'s `event` as the page's JSON.
     pub fn event_json(&mut self, tokenizer: &Tokenizer, index: usize, event: &Event) -> String {
         let id = self.id;
-        let logprobs = self.logprobs;
-        let choice = &mut self.choices[index];
-        let offset = choice.text.len();
-        let (mut value, text, reason, logprob) = match event {
-            Event::Token { token, text, logprob } => {
-                let mut value = json!({"type": "token", "id": id, "index": index, "token": token, "text": text});
-                let logprob = logprob.as_ref().filter(|_| logprobs).map(|lp| (*token, lp.clone()));
-                if let Some(entry) = &logprob
-                    && self.chat.is_none()
-                {
-                    value["logprobs"] = response::logprobs(tokenizer, Endpoint::Completion, std::slice::from_ref(entry), offset);
-                }
-                (value, text.as_str(), None, logprob)
-            }
+        let mut value = match event {
+            Event::Token { token, text, .. } => json!({"type": "token", "id": id, "index": index, "token": token, "text": text}),
             Event::Finished(f) => {
-                let reason = finish_reason(f.reason);
                 let mut value = json!({
                     "type": "finished",
                     "id": id,
                     "index": index,
-                    "finish_reason": reason,
+                    "finish_reason": finish_reason(f.reason),
                     "text": f.text,
                     "prompt_tokens": f.prompt_tokens,
                     "completion_tokens": f.completion_tokens,
@@ -124,52 +93,21 @@ impl Reply {
                         "acceptance_rate": speculative.acceptance_rate(),
                     });
                 }
-                self.usage.add(&f, index == 0);
-                (value, f.text.as_str(), Some(reason), None)
+                value
             }
         };
-        choice.text.push_str(text);
-        let mut reason = reason;
-        if let Some(chat) = &self.chat {
-            let (text, calls) = choice.held.feed(text.to_owned(), reason.is_some());
-            let first = !choice.started;
-            if let Some(calls) = calls {
-                reason = Some("tool_calls");
-                let delta = Message::answer(String::new(), Some(response::tool_calls(&chat.id, index, &calls, true)));
-                let out = response::Choice::new(index, Output::Delta(delta), reason);
-                value["chunk"] = Self::body(chat, Endpoint::Chat.chunk_object(), vec![out], None);
-                choice.calls = Some(calls);
-            } else if first || !text.is_empty() || reason.is_some() || logprob.is_some() {
-                choice.started = true;
-                let delta = Output::Delta(Message::delta(first, text, reason.is_some()));
-                let mut out = response::Choice::new(index, delta, reason);
-                if let Some(entry) = logprob {
-                    out.logprobs = response::logprobs(tokenizer, Endpoint::Chat, std::slice::from_ref(&entry), 0);
-                    choice.logprobs.push(entry);
-                }
-                value["chunk"] = Self::body(chat, Endpoint::Chat.chunk_object(), vec![out], None);
-            }
+        let chunk = self.chunks.event(tokenizer, index, event);
+        match (&self.chat, chunk) {
+            (Some(chat), Some(choice)) => value["chunk"] = Self::body(chat, Endpoint::Chat.chunk_object(), vec![choice], None),
+            (None, Some(choice)) if !choice.logprobs.is_null() => value["logprobs"] = choice.logprobs,
+            _ => {}
         }
-        choice.finish_reason = choice.finish_reason.or(reason);
-        if reason.is_some() && self.done() {
+        if matches!(event, Event::Finished(_)) && self.done() {
             value["done"] = json!(true);
             if let Some(chat) = &self.chat {
-                let usage = Some(self.usage);
+                let usage = Some(self.chunks.usage());
                 value["usage_chunk"] = Self::body(chat, Endpoint::Chat.chunk_object(), Vec::new(), usage);
-                let choices = self
-                    .choices
-                    .iter()
-                    .enumerate()
-                    .map(|(index, c)| {
-                        let calls = c.calls.as_ref().map(|calls| response::tool_calls(&chat.id, index, calls, false));
-                        let mut out = response::Choice::new(index, Output::Message(Message::answer(c.text.clone(), calls)), c.finish_reason);
-                        if logprobs {
-                            out.logprobs = response::logprobs(tokenizer, Endpoint::Chat, &c.logprobs, 0);
-                        }
-                        out
-                    })
-                    .collect();
-                value["completion"] = Self::body(chat, Endpoint::Chat.object(), choices, usage);
+                value["completion"] = Self::body(chat, Endpoint::Chat.object(), self.chunks.whole(tokenizer), usage);
             }
         }
         value.to_string()
@@ -178,7 +116,7 @@ impl Reply {
 
 #[cfg(test)]
 mod tests {
-    use cinder_engine::Finished;
+    use cinder_engine::{Finished, TokenLogprob};
     use cinder_gguf::GgufFile;
     use cinder_model::tiny::TinyModel;
     use cinder_scheduler::{FinishReason, Time};

@@ -1,6 +1,5 @@
 //! The HTTP routes.
 
-use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,7 +23,8 @@ use tokio_stream::{Stream, StreamMap};
 
 use cinder_engine::openai::response::{self, Body, Endpoint, Message, Output, Usage};
 use cinder_engine::Constraint;
-use cinder_engine::openai::{Checked, GenerationBody, HeldCalls, RequestLimits, Submission, ToolCall, ToolOutput, finish_reason, parse, parse_tool_calls};
+use cinder_engine::openai::stream::{ChunkSequencer, Extras};
+use cinder_engine::openai::{Checked, GenerationBody, RequestLimits, Submission, ToolCall, ToolOutput, finish_reason, parse, parse_tool_calls};
 use cinder_scheduler::admission::Applicant;
 use cinder_scheduler::{FinishReason, TenantId};
 
@@ -372,16 +372,9 @@ fn stream(s: Shared, mut run: Run) -> Sse<ChunkStream> {
     for (index, rx) in run.receivers.drain(..).enumerate() {
         receivers.insert(index, UnboundedReceiverStream::new(rx));
     }
-    Sse::new(ChunkStream {
-        s,
-        text_offsets: vec![0; receivers.len()],
-        held: vec![HeldCalls::new(run.tool_output); receivers.len()],
-        run,
-        receivers,
-        started: HashSet::new(),
-        usage: Usage::default(),
-        phase: Phase::Events,
-    })
+    let extras = Extras { logprobs: run.logprobs, token_ids: run.return_token_ids };
+    let chunks = ChunkSequencer::new(run.kind, run.id.clone(), receivers.len(), run.n, run.tool_output, extras);
+    Sse::new(ChunkStream { s, run, receivers, chunks, phase: Phase::Events })
 }
 
 #[derive(PartialEq, Eq)]
@@ -396,13 +389,7 @@ pub struct ChunkStream {
     s: Shared,
     run: Run,
     receivers: StreamMap<usize, UnboundedReceiverStream<Event>>,
-    /// Choices whose first chunk (carrying the chat role) went out.
-    started: HashSet<usize>,
-    /// Per choice, the text held back while it may be a call list (it goes out as calls at
-    /// the end, or as text once it cannot be one).
-    held: Vec<HeldCalls>,
-    text_offsets: Vec<usize>,
-    usage: Usage,
+    chunks: ChunkSequencer,
     phase: Phase,
 }
 
@@ -414,38 +401,15 @@ impl ChunkStream {
 
     /// The chunk for one event, or None when it carries nothing to send.
     fn event_chunk(&mut self, index: usize, event: Event) -> Option<SseEvent> {
-        let (text, token, logprob, reason) = match event {
-            Event::Token { token, text, logprob } => (text, Some(token), logprob, None),
-            Event::Finished(f) => {
-                self.s.metrics.finished(&self.run.model.name, self.run.tenant(), &f);
-                if let Some(error) = f.error {
-                    // Mid-stream there is no status to set: the error object is the event.
-                    return Some(SseEvent::default().data(ApiError::internal(error).body().to_string()));
-                }
-                self.usage.add(&f, index % self.run.n == 0);
-                (f.text, None, None, Some(finish_reason(f.reason)))
+        if let Event::Finished(f) = &event {
+            self.s.metrics.finished(&self.run.model.name, self.run.tenant(), f);
+            if let Some(error) = &f.error {
+                // Mid-stream there is no status to set: the error object is the event.
+                return Some(SseEvent::default().data(ApiError::internal(error.clone()).body().to_string()));
             }
-        };
-        let (text, calls) = self.held[index].feed(text, reason.is_some());
-        if let Some(calls) = calls {
-            let delta = Message::answer(String::new(), Some(response::tool_calls(&self.run.id, index, &calls, true)));
-            return Some(self.chunk(vec![response::Choice::new(index, Output::Delta(delta), Some("tool_calls"))]));
         }
-        let extras = self.run.logprobs || self.run.return_token_ids;
-        if text.is_empty() && reason.is_none() && !extras {
-            return None;
-        }
-        let logprobs = match (&logprob, token) {
-            (Some(lp), Some(t)) => response::logprobs(&self.run.model.tokenizer, self.run.kind, &[(t, lp.clone())], self.text_offsets[index]),
-            _ => Value::Null,
-        };
-        self.text_offsets[index] += text.len();
-        let output = match self.run.kind {
-            Endpoint::Completion => Output::Text(text),
-            Endpoint::Chat => Output::Delta(Message::delta(self.started.insert(index), text, reason.is_some())),
-        };
-        let token_ids = self.run.return_token_ids.then(|| token.into_iter().collect());
-        Some(self.chunk(vec![response::Choice { logprobs, token_ids, ..response::Choice::new(index, output, reason) }]))
+        let choice = self.chunks.event(&self.run.model.tokenizer, index, &event)?;
+        Some(self.chunk(vec![choice]))
     }
 }
 
@@ -468,7 +432,7 @@ impl Stream for ChunkStream {
                     self.phase = Phase::Done;
                     if self.run.include_usage {
                         let body = Body {
-                            usage: Some(self.usage),
+                            usage: Some(self.chunks.usage()),
                             prompt_token_ids: self.run.chat_prompt_ids(),
                             ..self.run.body(&self.run.model.name, Vec::new(), true)
                         };
