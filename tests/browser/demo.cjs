@@ -160,6 +160,17 @@ async function main() {
         } catch (e) {
           out.bad_option = `${e.name}: ${e.message}`;
         }
+        // Bodies the server refuses: the page refuses them with the same words (one request
+        // assembly for both); the test sends each to the server too.
+        out.refused = [];
+        for (const options of [{ echo: true }, { n: 0 }, { top_p: 0 }, { best_of: 2 }, { logit_bias: { 1: 1, '01': 2 } }, { stop: ['a'.repeat(300)] }]) {
+          try {
+            await engine.generate('x', { max_tokens: 1, ...options });
+            out.refused.push({ options, message: 'accepted' });
+          } catch (e) {
+            out.refused.push({ options, message: e.message });
+          }
+        }
         return out;
       }, spec.max_tokens);
     }

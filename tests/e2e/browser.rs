@@ -60,7 +60,19 @@ fn report(name: &str, result: &Value) {
 }
 
 /// What the page's JavaScript API did (`"api": true` in the spec), generating `max_tokens`.
-fn check_api(api: &Value, max_tokens: usize) {
+fn check_api(server: &Server, api: &Value, max_tokens: usize) {
+    // The page refused what the server refuses, in the same words.
+    let refused = api["refused"].as_array().unwrap();
+    assert!(refused.len() >= 6, "{api}");
+    for entry in refused {
+        let mut body = entry["options"].clone();
+        body["prompt"] = json!("x");
+        body["max_tokens"] = json!(1);
+        let response = server.post("/v1/completions", &body.to_string());
+        assert_eq!(response.status, 400, "{body}: {}", response.body);
+        assert_eq!(response.json()["error"]["message"], entry["message"], "{body}");
+    }
+
     assert!(api["ticks_during_generation"].as_u64().unwrap() >= 2, "the page's timers stalled while generating: {api}");
     assert_eq!(api["chat_finish_reason"], "length", "{api}");
     assert_eq!(api["stream_text"], api["chat_text"], "streamed and whole chat completions differ: {api}");
@@ -135,7 +147,7 @@ fn the_browser_gives_the_native_greedy_tokens_and_batches_concurrent_generations
     let modes: Vec<&str> = batch.iter().filter_map(|row| row[0].as_str()).collect();
     assert_eq!(modes, ["mode", "batched", "sequential", "batched / sequential"], "{batch:?}");
     assert!(batch[3][1].as_str().unwrap().ends_with('×'), "{batch:?}");
-    check_api(&result["api"], max_tokens);
+    check_api(&server, &result["api"], max_tokens);
 
     // ?profile=1: every answer's steps, the host's parts and each kernel's device time.
     let profile = &result["profile"];
@@ -181,7 +193,7 @@ fn the_engine_on_the_pages_thread_without_subgroups_gives_the_same_tokens_and_ap
     assert!(result["status"].as_str().unwrap().contains("on the page's thread"), "{result:#}");
     assert_eq!((&result["info"]["subgroups_granted"], &result["info"]["subgroups"]), (&json!(false), &Value::Null), "{result:#}");
     assert_eq!(ids(&result["tokens"]), native, "browser and native greedy tokens differ");
-    check_api(&result["api"], max_tokens);
+    check_api(&server, &result["api"], max_tokens);
 }
 
 #[test]
