@@ -1,7 +1,8 @@
 //! One definition per block format: each block layout cinder decodes is a `#[repr(C)]`
 //! struct of its fields in file order, its size asserted against ggml's, with the decoding
-//! and encoding of its values. Dequantization, quantization, random synthesis and the
-//! device's repacking (`cinder-model`) all read blocks through these.
+//! and encoding of its values and its product with activations. Dequantization,
+//! quantization, random synthesis, the device's repacking (`cinder-model`) and the CPU
+//! kernels (`cinder-cpu`) all read blocks through these.
 
 use bytemuck::{Pod, Zeroable};
 use half::f16;
@@ -18,6 +19,7 @@ impl F16 {
         Self(f16::from_f32(value).to_le_bytes())
     }
 
+    #[inline]
     pub fn get(self) -> f32 {
         f16::from_le_bytes(self.0).to_f32()
     }
@@ -42,6 +44,29 @@ pub trait QuantBlock: Pod {
     /// standard deviation of about `std` (each factor: the random quants' spread times the
     /// field). Every other byte of these formats is valid at random.
     fn spread(&mut self, std: f32);
+    /// Adds the block's values times `x` (`VALUES` activations) into 16 lanes of
+    /// accumulators, without writing the values out: fixed-length loops that compile to the
+    /// caller's SIMD width (the CPU kernels' product; a row sums its lanes at its end).
+    fn accumulate(&self, x: &[f32], acc: &mut [f32; LANES]);
+}
+
+/// Lanes of a row's accumulator in [`QuantBlock::accumulate`].
+pub const LANES: usize = 16;
+
+/// `acc[j] += (scale * q(j) + offset) * x[j]` over the lanes.
+#[inline(always)]
+fn lanes(acc: &mut [f32; LANES], x: &[f32], scale: f32, offset: f32, q: impl Fn(usize) -> f32) {
+    let x: &[f32; LANES] = x[..LANES].try_into().expect("16 activations");
+    for j in 0..LANES {
+        acc[j] += (scale * q(j) + offset) * x[j];
+    }
+}
+
+/// The fifth bits of a Q5 block's values `16 * half..16 * half + 16`, as 16 per lane.
+#[inline(always)]
+fn fifth_bits(qh: [u8; 4], half: usize) -> [u8; 16] {
+    let bits = u32::from_le_bytes(qh) >> (16 * half);
+    std::array::from_fn(|j| ((bits >> j) & 1) as u8 * 16)
 }
 
 /// Something to do with a block format's type, for [`with_block`].
@@ -66,6 +91,7 @@ pub fn with_block<J: WithBlock>(ty: GgmlType, job: J) -> Option<J::Output> {
 }
 
 /// The blocks in `data`, which must be whole blocks of `B`.
+#[inline]
 pub fn blocks<B: QuantBlock>(data: &[u8]) -> impl Iterator<Item = &B> {
     data.chunks_exact(size_of::<B>()).map(bytemuck::from_bytes)
 }
@@ -108,6 +134,7 @@ impl QuantBlock for BlockQ4_0 {
     const TYPE: GgmlType = GgmlType::Q4_0;
     const VALUES: usize = 32;
 
+    #[inline]
     fn decode(&self, out: &mut Vec<f32>) {
         let d = self.d.get();
         out.extend(self.qs.iter().map(|q| ((q & 0x0F) as i32 - 8) as f32 * d));
@@ -122,6 +149,13 @@ impl QuantBlock for BlockQ4_0 {
 
     fn spread(&mut self, std: f32) {
         self.d = F16::new(std / 4.6);
+    }
+
+    #[inline(always)]
+    fn accumulate(&self, x: &[f32], acc: &mut [f32; LANES]) {
+        let d = self.d.get();
+        lanes(acc, &x[..16], d, -8.0 * d, |j| f32::from(self.qs[j] & 0x0F));
+        lanes(acc, &x[16..], d, -8.0 * d, |j| f32::from(self.qs[j] >> 4));
     }
 }
 
@@ -138,6 +172,7 @@ impl QuantBlock for BlockQ4_1 {
     const TYPE: GgmlType = GgmlType::Q4_1;
     const VALUES: usize = 32;
 
+    #[inline]
     fn decode(&self, out: &mut Vec<f32>) {
         let (d, m) = (self.d.get(), self.m.get());
         out.extend(self.qs.iter().map(|q| (q & 0x0F) as f32 * d + m));
@@ -155,10 +190,18 @@ impl QuantBlock for BlockQ4_1 {
         // The minimum centres the values.
         (self.d, self.m) = (F16::new(std / 4.6), F16::new(-7.5 * std / 4.6));
     }
+
+    #[inline(always)]
+    fn accumulate(&self, x: &[f32], acc: &mut [f32; LANES]) {
+        let (d, m) = (self.d.get(), self.m.get());
+        lanes(acc, &x[..16], d, m, |j| f32::from(self.qs[j] & 0x0F));
+        lanes(acc, &x[16..], d, m, |j| f32::from(self.qs[j] >> 4));
+    }
 }
 
 /// Five-bit values: the low four bits as the nibbles of Q4, the fifth bit of value `j` in
 /// bit `j` of the little-endian `qh`.
+#[inline]
 fn q5_value(qh: [u8; 4], qs: &[u8; 16], j: usize) -> u32 {
     let nibble = if j < 16 { qs[j] & 0x0F } else { qs[j - 16] >> 4 };
     u32::from(nibble) | ((u32::from_le_bytes(qh) >> j) & 1) << 4
@@ -182,6 +225,7 @@ impl QuantBlock for BlockQ5_0 {
     const TYPE: GgmlType = GgmlType::Q5_0;
     const VALUES: usize = 32;
 
+    #[inline]
     fn decode(&self, out: &mut Vec<f32>) {
         let d = self.d.get();
         out.extend((0..32).map(|j| (q5_value(self.qh, &self.qs, j) as i32 - 16) as f32 * d));
@@ -196,6 +240,14 @@ impl QuantBlock for BlockQ5_0 {
 
     fn spread(&mut self, std: f32) {
         self.d = F16::new(std / 9.2);
+    }
+
+    #[inline(always)]
+    fn accumulate(&self, x: &[f32], acc: &mut [f32; LANES]) {
+        let d = self.d.get();
+        let (low, high) = (fifth_bits(self.qh, 0), fifth_bits(self.qh, 1));
+        lanes(acc, &x[..16], d, -16.0 * d, |j| f32::from((self.qs[j] & 0x0F) | low[j]));
+        lanes(acc, &x[16..], d, -16.0 * d, |j| f32::from((self.qs[j] >> 4) | high[j]));
     }
 }
 
@@ -213,6 +265,7 @@ impl QuantBlock for BlockQ5_1 {
     const TYPE: GgmlType = GgmlType::Q5_1;
     const VALUES: usize = 32;
 
+    #[inline]
     fn decode(&self, out: &mut Vec<f32>) {
         let (d, m) = (self.d.get(), self.m.get());
         out.extend((0..32).map(|j| q5_value(self.qh, &self.qs, j) as f32 * d + m));
@@ -229,6 +282,14 @@ impl QuantBlock for BlockQ5_1 {
     fn spread(&mut self, std: f32) {
         (self.d, self.m) = (F16::new(std / 9.2), F16::new(-15.5 * std / 9.2));
     }
+
+    #[inline(always)]
+    fn accumulate(&self, x: &[f32], acc: &mut [f32; LANES]) {
+        let (d, m) = (self.d.get(), self.m.get());
+        let (low, high) = (fifth_bits(self.qh, 0), fifth_bits(self.qh, 1));
+        lanes(acc, &x[..16], d, m, |j| f32::from((self.qs[j] & 0x0F) | low[j]));
+        lanes(acc, &x[16..], d, m, |j| f32::from((self.qs[j] >> 4) | high[j]));
+    }
 }
 
 /// 32 values: f16 scale and 32 signed bytes.
@@ -243,6 +304,7 @@ impl QuantBlock for BlockQ8_0 {
     const TYPE: GgmlType = GgmlType::Q8_0;
     const VALUES: usize = 32;
 
+    #[inline]
     fn decode(&self, out: &mut Vec<f32>) {
         let d = self.d.get();
         out.extend(self.qs.iter().map(|&q| q as f32 * d));
@@ -256,6 +318,13 @@ impl QuantBlock for BlockQ8_0 {
 
     fn spread(&mut self, std: f32) {
         self.d = F16::new(std / 74.0);
+    }
+
+    #[inline(always)]
+    fn accumulate(&self, x: &[f32], acc: &mut [f32; LANES]) {
+        let d = self.d.get();
+        lanes(acc, &x[..16], d, 0.0, |j| f32::from(self.qs[j]));
+        lanes(acc, &x[16..], d, 0.0, |j| f32::from(self.qs[j + 16]));
     }
 }
 
@@ -273,6 +342,7 @@ pub struct BlockQ4K {
 
 impl BlockQ4K {
     /// The 6-bit scale and minimum of sub-block `j`.
+    #[inline]
     pub fn scale_min(&self, j: usize) -> (u8, u8) {
         let q = &self.scales;
         if j < 4 {
@@ -287,6 +357,7 @@ impl QuantBlock for BlockQ4K {
     const TYPE: GgmlType = GgmlType::Q4K;
     const VALUES: usize = 256;
 
+    #[inline]
     fn decode(&self, out: &mut Vec<f32>) {
         let (d, dmin) = (self.d.get(), self.dmin.get());
         for (pair, q) in self.qs.chunks_exact(32).enumerate() {
@@ -330,6 +401,21 @@ impl QuantBlock for BlockQ4K {
     fn spread(&mut self, std: f32) {
         (self.d, self.dmin) = (F16::new(std / 223.0), F16::new(7.5 * std / 223.0));
     }
+
+    #[inline(always)]
+    fn accumulate(&self, x: &[f32], acc: &mut [f32; LANES]) {
+        let (d, dmin) = (self.d.get(), self.dmin.get());
+        // Sub-blocks 2p and 2p + 1 share 32 bytes: the low nibbles, then the high.
+        for (pair, q) in self.qs.chunks_exact(32).enumerate() {
+            for (sub, shift) in [(2 * pair, 0), (2 * pair + 1, 4)] {
+                let (sc, m) = self.scale_min(sub);
+                let (scale, min) = (d * f32::from(sc), -dmin * f32::from(m));
+                let x = &x[32 * sub..];
+                lanes(acc, &x[..16], scale, min, |j| f32::from((q[j] >> shift) & 0x0F));
+                lanes(acc, &x[16..32], scale, min, |j| f32::from((q[j + 16] >> shift) & 0x0F));
+            }
+        }
+    }
 }
 
 /// 256 values in sixteen groups of 16, each `d * sc * (q - 32)` with signed 8-bit `sc` and
@@ -345,6 +431,7 @@ pub struct BlockQ6K {
 
 impl BlockQ6K {
     /// The 256 six-bit quants in value order, as ggml's `dequantize_row_q6_K` walks them.
+    #[inline]
     pub fn quants(&self) -> [u8; 256] {
         let mut q = [0u8; 256];
         for half in 0..2 {
@@ -364,6 +451,7 @@ impl QuantBlock for BlockQ6K {
     const TYPE: GgmlType = GgmlType::Q6K;
     const VALUES: usize = 256;
 
+    #[inline]
     fn decode(&self, out: &mut Vec<f32>) {
         let d = self.d.get();
         let q = self.quants();
@@ -389,6 +477,16 @@ impl QuantBlock for BlockQ6K {
     fn spread(&mut self, std: f32) {
         self.d = F16::new(std / 1369.0);
     }
+
+    #[inline(always)]
+    fn accumulate(&self, x: &[f32], acc: &mut [f32; LANES]) {
+        let d = self.d.get();
+        let q = self.quants();
+        for (group, q) in q.chunks_exact(16).enumerate() {
+            let scale = d * f32::from(self.scales[group]);
+            lanes(acc, &x[16 * group..], scale, -32.0 * scale, |j| f32::from(q[j]));
+        }
+    }
 }
 
 // The layouts are ggml's: a field out of place would shift every block after it.
@@ -409,7 +507,7 @@ mod tests {
     /// Every format: its size is its type's, and values round-trip through its one
     /// definition within the format's precision.
     #[test]
-    fn every_block_format_round_trips_through_its_definition() {
+    fn every_block_format_round_trips_through_its_definition_and_multiplies_in_place() {
         struct RoundTrip;
         impl WithBlock for RoundTrip {
             type Output = (GgmlType, usize, f32);
@@ -422,6 +520,13 @@ mod tests {
                 let mut again = Vec::new();
                 from_bytes.decode(&mut again);
                 assert_eq!(back, again);
+                // The in-place product is the decoded values' dot product.
+                let x: Vec<f32> = (0..B::VALUES).map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0).collect();
+                let mut acc = [0f32; LANES];
+                block.accumulate(&x, &mut acc);
+                let dot: f32 = back.iter().zip(&x).map(|(v, x)| v * x).sum();
+                let sum: f32 = acc.iter().sum();
+                assert!((sum - dot).abs() <= 1e-4 * (1.0 + dot.abs()) * (B::VALUES as f32).sqrt(), "{}: {sum} vs {dot}", B::TYPE);
                 let worst = values.iter().zip(&back).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 (B::TYPE, size_of::<B>(), worst)
             }

@@ -1,0 +1,271 @@
+//! Products of a weight matrix kept in its GGUF blocks with f32 activations: `x W^T` for
+//! `x` of `[tokens, cols]` and a `rows x cols` matrix, GGUF's row order.
+//!
+//! Rows run in parallel tasks. A decode step (one or two tokens) multiplies each block in
+//! place ([`QuantBlock::accumulate`]): a matrix-vector product that reads each weight byte
+//! once and writes no decoded values. More tokens decode each row to f32 once (in L1) and
+//! take its dot product with every token.
+
+use std::marker::PhantomData;
+
+use cinder_gguf::GgmlType;
+use cinder_gguf::blocks::{LANES, QuantBlock, WithBlock, blocks, with_block};
+use pulp::{Arch, Simd, WithSimd};
+
+/// A matrix the CPU kernels cannot take.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum MatmulError {
+    #[error("{ty} matrices have no CPU kernel")]
+    Unsupported { ty: GgmlType },
+    #[error("{bytes} bytes do not hold a {rows} x {cols} {ty} matrix")]
+    Shape { ty: GgmlType, bytes: usize, rows: usize, cols: usize },
+}
+
+/// A `rows x cols` matrix in a GGUF format: a block format, F16 or F32.
+pub struct BlockMatrix {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+}
+
+/// Rows per parallel task: enough work to outweigh a task's cost at decode, few enough
+/// that two threads share a 576-row matrix evenly.
+const ROWS_PER_TASK: usize = 16;
+
+impl BlockMatrix {
+    /// The matrix in `data`: `rows` rows of `cols` values each, whole blocks per row.
+    pub fn new(ty: GgmlType, data: Vec<u8>, rows: usize, cols: usize) -> Result<Self, MatmulError> {
+        if !matches!(ty, GgmlType::F32 | GgmlType::F16) && with_block(ty, BlockBytes).is_none() {
+            return Err(MatmulError::Unsupported { ty });
+        }
+        let shape = MatmulError::Shape { ty, bytes: data.len(), rows, cols };
+        let row_bytes = ty.bytes_for(cols as u64).ok_or(shape.clone())? as usize;
+        if rows.checked_mul(row_bytes) != Some(data.len()) {
+            return Err(shape);
+        }
+        Ok(Self { ty, rows, cols, data })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// `x` (`[tokens, cols]`, row-major) times the transposed matrix: `[tokens, rows]`.
+    pub fn matmul(&self, x: &[f32], tokens: usize) -> Vec<f32> {
+        assert_eq!(x.len(), tokens * self.cols, "x must be [tokens, cols]");
+        // Each task writes its rows' products for every token, `[rows, tokens]`; they are
+        // laid out `[tokens, rows]` after.
+        let mut by_row = vec![0f32; self.rows * tokens];
+        let row_bytes = self.data.len() / self.rows.max(1);
+        let arch = Arch::new();
+        let task = |(rows, out): (&[u8], &mut [f32])| {
+            let job = Rows { rows, row_bytes, cols: self.cols, x, tokens, out };
+            match self.ty {
+                GgmlType::F32 | GgmlType::F16 => arch.dispatch(Plain { ty: self.ty, job }),
+                ty => with_block(ty, Blocks { arch, job }).expect("checked at construction"),
+            }
+        };
+        let chunks = self.data.chunks(row_bytes * ROWS_PER_TASK).zip(by_row.chunks_mut(tokens * ROWS_PER_TASK));
+        #[cfg(not(target_family = "wasm"))]
+        {
+            use rayon::prelude::*;
+            let chunks: Vec<_> = chunks.collect();
+            chunks.into_par_iter().for_each(task);
+        }
+        #[cfg(target_family = "wasm")]
+        chunks.for_each(task);
+        let mut y = vec![0f32; tokens * self.rows];
+        for (r, products) in by_row.chunks_exact(tokens).enumerate() {
+            for (t, &value) in products.iter().enumerate() {
+                y[t * self.rows + r] = value;
+            }
+        }
+        y
+    }
+}
+
+/// The size of a block format's blocks (`None` for types without one).
+struct BlockBytes;
+
+impl WithBlock for BlockBytes {
+    type Output = usize;
+
+    fn run<B: QuantBlock>(self) -> usize {
+        size_of::<B>()
+    }
+}
+
+/// Up to this many tokens, each token's product reads the blocks in place
+/// ([`QuantBlock::accumulate`]); more tokens share each row decoded once to f32.
+const IN_PLACE_TOKENS: usize = 2;
+
+/// One task: its rows' weights times every token, into `out` (`[rows, tokens]`).
+struct Rows<'a> {
+    rows: &'a [u8],
+    row_bytes: usize,
+    cols: usize,
+    x: &'a [f32],
+    tokens: usize,
+    out: &'a mut [f32],
+}
+
+impl Rows<'_> {
+    /// Each row decoded to f32 once by `decode`, then its dot product with every token.
+    #[inline(always)]
+    fn by_decoding<S: Simd>(self, simd: S, decode: impl Fn(&[u8], &mut Vec<f32>)) {
+        let mut row = Vec::with_capacity(self.cols);
+        for (weights, out) in self.rows.chunks_exact(self.row_bytes).zip(self.out.chunks_exact_mut(self.tokens)) {
+            row.clear();
+            decode(weights, &mut row);
+            for (t, out) in out.iter_mut().enumerate() {
+                *out = dot(simd, &row, &self.x[t * self.cols..(t + 1) * self.cols]);
+            }
+        }
+    }
+}
+
+/// Rows of F32 or F16 values.
+struct Plain<'a> {
+    ty: GgmlType,
+    job: Rows<'a>,
+}
+
+impl WithSimd for Plain<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        match self.ty {
+            GgmlType::F32 => self.job.by_decoding(simd, |b, row| row.extend(b.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])))),
+            _ => self.job.by_decoding(simd, |b, row| row.extend(b.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()))),
+        }
+    }
+}
+
+/// Rows of blocks of a format, dispatched to the SIMD target inside the format's type (so
+/// its loops compile for that target).
+struct Blocks<'a> {
+    arch: Arch,
+    job: Rows<'a>,
+}
+
+impl WithBlock for Blocks<'_> {
+    type Output = ();
+
+    fn run<B: QuantBlock>(self) {
+        self.arch.dispatch(BlockRows::<B> { job: self.job, block: PhantomData });
+    }
+}
+
+struct BlockRows<'a, B> {
+    job: Rows<'a>,
+    block: PhantomData<B>,
+}
+
+impl<B: QuantBlock> WithSimd for BlockRows<'_, B> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let job = self.job;
+        if job.tokens > IN_PLACE_TOKENS {
+            return job.by_decoding(simd, |bytes, row| blocks::<B>(bytes).for_each(|block| block.decode(row)));
+        }
+        for (weights, out) in job.rows.chunks_exact(job.row_bytes).zip(job.out.chunks_exact_mut(job.tokens)) {
+            for (t, out) in out.iter_mut().enumerate() {
+                let x = &job.x[t * job.cols..(t + 1) * job.cols];
+                let mut acc = [0f32; LANES];
+                for (block, x) in blocks::<B>(weights).zip(x.chunks_exact(B::VALUES)) {
+                    block.accumulate(x, &mut acc);
+                }
+                *out = acc.iter().sum();
+            }
+        }
+    }
+}
+
+/// `a · b` with four independent accumulators (a fused multiply-add's latency is four
+/// times its throughput).
+#[inline(always)]
+fn dot<S: Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
+    let (a, a_tail) = S::as_simd_f32s(a);
+    let (b, b_tail) = S::as_simd_f32s(b);
+    let mut acc = [simd.splat_f32s(0.0); 4];
+    let (a4, a_rest) = a.split_at(a.len() / 4 * 4);
+    let (b4, b_rest) = b.split_at(a4.len());
+    for (a, b) in a4.chunks_exact(4).zip(b4.chunks_exact(4)) {
+        for i in 0..4 {
+            acc[i] = simd.mul_add_e_f32s(a[i], b[i], acc[i]);
+        }
+    }
+    for (&a, &b) in a_rest.iter().zip(b_rest) {
+        acc[0] = simd.mul_add_e_f32s(a, b, acc[0]);
+    }
+    let sum = simd.add_f32s(simd.add_f32s(acc[0], acc[1]), simd.add_f32s(acc[2], acc[3]));
+    simd.reduce_sum_f32s(sum) + a_tail.iter().zip(b_tail).map(|(a, b)| a * b).sum::<f32>()
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    /// Every format against its dequantized matrix multiplied plainly, over row counts
+    /// around the task size, one token (decode) and several (a prompt), rows of 1 to 19
+    /// blocks.
+    #[test]
+    fn every_format_matches_the_dequantized_product() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let formats = [
+            GgmlType::F32,
+            GgmlType::F16,
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+            GgmlType::Q4K,
+            GgmlType::Q6K,
+        ];
+        for ty in formats {
+            let block = if ty.is_quantized() { ty.block_elements() } else { 32 };
+            for (rows, cols) in [(1, block), (17, 3 * block), (37, 19 * block)] {
+                let values: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let data = match ty {
+                    GgmlType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    GgmlType::F16 => values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+                    _ => cinder_gguf::quantize(ty, &values).unwrap(),
+                };
+                let weights = cinder_gguf::dequantize(ty, &data).unwrap();
+                let matrix = BlockMatrix::new(ty, data, rows, cols).unwrap();
+                for tokens in [1, 2, 9] {
+                    let x: Vec<f32> = (0..tokens * cols).map(|_| rng.random_range(-2.0..2.0)).collect();
+                    let got = matrix.matmul(&x, tokens);
+                    for (i, got) in got.iter().enumerate() {
+                        let (t, r) = (i / rows, i % rows);
+                        let row = &weights[r * cols..(r + 1) * cols];
+                        let expected: f32 = row.iter().zip(&x[t * cols..(t + 1) * cols]).map(|(w, x)| w * x).sum();
+                        let tolerance = 1e-4 * (1.0 + expected.abs()) * (cols as f32).sqrt();
+                        assert!((got - expected).abs() <= tolerance, "{ty} {rows}x{cols}, {tokens} tokens, [{t}, {r}]: {got} vs {expected}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matrices_the_kernels_cannot_take_are_refused_with_the_reason() {
+        let q2k = BlockMatrix::new(GgmlType::Q2K, vec![0; 84], 1, 256).err();
+        assert_eq!(q2k.map(|e| e.to_string()).as_deref(), Some("Q2_K matrices have no CPU kernel"));
+        let short = BlockMatrix::new(GgmlType::Q4_0, vec![0; 17], 1, 32).err();
+        assert_eq!(short.map(|e| e.to_string()).as_deref(), Some("17 bytes do not hold a 1 x 32 Q4_0 matrix"));
+        let ragged = BlockMatrix::new(GgmlType::Q4_0, vec![0; 18], 1, 31).err();
+        assert!(matches!(ragged, Some(MatmulError::Shape { .. })));
+    }
+}
