@@ -47,7 +47,7 @@ fn main() {
         rayon::current_num_threads()
     );
     println!("{:>7} {:>12} {:>14} {:>12}", "tokens", "ms / pass", "tok/s (bound)", "weight GB/s");
-    for tokens in [1, 8, 64, 512] {
+    for tokens in [1, 8, 64, 256, 512] {
         let pass = || {
             for (_, m) in &matrices {
                 let x = vec![0.5f32; tokens * m.cols()];

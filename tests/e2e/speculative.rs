@@ -36,7 +36,14 @@ fn the_server_speculates_by_default_or_per_request_and_reports_it() {
     let own = server.post("/v1/completions", &body(json!({"speculative": {"method": "ngram", "num_tokens": 2}}))).json();
     assert_eq!(own["choices"][0]["text"], speculated["choices"][0]["text"]);
 
-    assert_eq!(server.metric("spec_decode_num_draft_tokens_total") as u64, drafted + own["usage"]["speculative"]["draft_tokens"].as_u64().unwrap());
+    // The worker publishes its counters after the step that ended a request, which may be
+    // a moment after the response went out.
+    let expected = drafted + own["usage"]["speculative"]["draft_tokens"].as_u64().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while server.metric("spec_decode_num_draft_tokens_total") as u64 != expected && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(server.metric("spec_decode_num_draft_tokens_total") as u64, expected);
     assert!(server.metric("spec_decode_num_accepted_tokens_total") >= accepted as f64);
 
     for (speculative, param, says) in [

@@ -4,7 +4,9 @@
 //! Rows run in parallel tasks. A decode step (one or two tokens) multiplies each block in
 //! place ([`QuantBlock::accumulate`]): a matrix-vector product that reads each weight byte
 //! once and writes no decoded values. More tokens decode each row to f32 once (in L1) and
-//! take its dot product with every token.
+//! take its dot product with every token; past 256 tokens, a task's rows are decoded and
+//! multiplied as one matrix product. On the default model (2 cores, `benches/cpu.rs`) the
+//! three crossed over near 2 and 256 tokens.
 
 use std::marker::PhantomData;
 
@@ -29,9 +31,11 @@ pub struct BlockMatrix {
     data: Vec<u8>,
 }
 
-/// Rows per parallel task: enough work to outweigh a task's cost at decode, few enough
-/// that two threads share a 576-row matrix evenly.
+/// Rows per parallel task at decode: enough work to outweigh a task's cost, few enough that
+/// two threads share a 576-row matrix evenly. Prompts take bigger tiles of rows, so that a
+/// matrix product's packing pays off.
 const ROWS_PER_TASK: usize = 16;
+const PROMPT_ROWS_PER_TASK: usize = 64;
 
 impl BlockMatrix {
     /// The matrix in `data`: `rows` rows of `cols` values each, whole blocks per row.
@@ -70,7 +74,8 @@ impl BlockMatrix {
                 ty => with_block(ty, Blocks { arch, job }).expect("checked at construction"),
             }
         };
-        let chunks = self.data.chunks(row_bytes * ROWS_PER_TASK).zip(by_row.chunks_mut(tokens * ROWS_PER_TASK));
+        let per_task = if tokens > DOT_TOKENS { PROMPT_ROWS_PER_TASK } else { ROWS_PER_TASK };
+        let chunks = self.data.chunks(row_bytes * per_task).zip(by_row.chunks_mut(tokens * per_task));
         #[cfg(not(target_family = "wasm"))]
         {
             use rayon::prelude::*;
@@ -101,8 +106,10 @@ impl WithBlock for BlockBytes {
 }
 
 /// Up to this many tokens, each token's product reads the blocks in place
-/// ([`QuantBlock::accumulate`]); more tokens share each row decoded once to f32.
+/// ([`QuantBlock::accumulate`]); more tokens share each row decoded once to f32, up to
+/// `DOT_TOKENS` a dot product per token, beyond as one matrix product.
 const IN_PLACE_TOKENS: usize = 2;
+const DOT_TOKENS: usize = 256;
 
 /// One task: its rows' weights times every token, into `out` (`[rows, tokens]`).
 struct Rows<'a> {
@@ -115,9 +122,14 @@ struct Rows<'a> {
 }
 
 impl Rows<'_> {
-    /// Each row decoded to f32 once by `decode`, then its dot product with every token.
+    /// The rows decoded to f32 by `decode`: a few tokens take each decoded row's dot
+    /// product in turn; more, one matrix product of all the rows (`matrixmultiply`'s packed,
+    /// cache-blocked kernels), whose packing pays off.
     #[inline(always)]
     fn by_decoding<S: Simd>(self, simd: S, decode: impl Fn(&[u8], &mut Vec<f32>)) {
+        if self.tokens > DOT_TOKENS {
+            return self.by_matrix_product(decode);
+        }
         let mut row = Vec::with_capacity(self.cols);
         for (weights, out) in self.rows.chunks_exact(self.row_bytes).zip(self.out.chunks_exact_mut(self.tokens)) {
             row.clear();
@@ -125,6 +137,38 @@ impl Rows<'_> {
             for (t, out) in out.iter_mut().enumerate() {
                 *out = dot(simd, &row, &self.x[t * self.cols..(t + 1) * self.cols]);
             }
+        }
+    }
+
+    #[inline(always)]
+    fn by_matrix_product(self, decode: impl Fn(&[u8], &mut Vec<f32>)) {
+        let mut weights = Vec::with_capacity(self.out.len() / self.tokens * self.cols);
+        for row in self.rows.chunks_exact(self.row_bytes) {
+            decode(row, &mut weights);
+        }
+        let rows = weights.len() / self.cols;
+        assert_eq!(self.out.len(), rows * self.tokens);
+        let (k, cols, tokens) = (self.cols, self.cols as isize, self.tokens as isize);
+        // SAFETY: x is [tokens, cols] and weights [rows, cols], row-major, as checked above
+        // and at `matmul`'s entry; out is [rows, tokens]: every index the strides reach is in
+        // bounds.
+        unsafe {
+            matrixmultiply::sgemm(
+                self.tokens,
+                k,
+                rows,
+                1.0,
+                self.x.as_ptr(),
+                cols,
+                1,
+                weights.as_ptr(),
+                1,
+                cols,
+                0.0,
+                self.out.as_mut_ptr(),
+                1,
+                tokens,
+            );
         }
     }
 }
@@ -217,8 +261,8 @@ mod tests {
     use super::*;
 
     /// Every format against its dequantized matrix multiplied plainly, over row counts
-    /// around the task size, one token (decode) and several (a prompt), rows of 1 to 19
-    /// blocks.
+    /// around the task size, rows of 1 to 19 blocks, and token counts for each path: in
+    /// place (1, 2), a dot product per decoded row (9) and one matrix product (300).
     #[test]
     fn every_format_matches_the_dequantized_product() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
@@ -244,7 +288,7 @@ mod tests {
                 };
                 let weights = cinder_gguf::dequantize(ty, &data).unwrap();
                 let matrix = BlockMatrix::new(ty, data, rows, cols).unwrap();
-                for tokens in [1, 2, 9] {
+                for tokens in [1, 2, 9, 300] {
                     let x: Vec<f32> = (0..tokens * cols).map(|_| rng.random_range(-2.0..2.0)).collect();
                     let got = matrix.matmul(&x, tokens);
                     for (i, got) in got.iter().enumerate() {
