@@ -5,7 +5,8 @@
 //! Norms, attention and sampling are not in it: it is the bound the matrices set.
 //!
 //! `CINDER_MODEL=path.gguf cargo bench -p cinder-cpu --bench cpu --profile dev` (default:
-//! the default model in `~/.cache/cinder/models`); `CINDER_BENCH_THREADS` sets rayon's.
+//! the default model in `~/.cache/cinder/models`); `CINDER_BENCH_THREADS` sets rayon's
+//! threads, `CINDER_BENCH_TOKENS` (`1,8`) the token counts.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -47,7 +48,8 @@ fn main() {
         rayon::current_num_threads()
     );
     println!("{:>7} {:>12} {:>14} {:>12}", "tokens", "ms / pass", "tok/s (bound)", "weight GB/s");
-    for tokens in [1, 8, 64, 256, 512] {
+    let counts = std::env::var("CINDER_BENCH_TOKENS").unwrap_or_else(|_| "1,8,64,256,512".into());
+    for tokens in counts.split(',').map(|t| t.trim().parse::<usize>().expect("CINDER_BENCH_TOKENS: numbers")) {
         let pass = || {
             for (_, m) in &matrices {
                 let x = vec![0.5f32; tokens * m.cols()];
