@@ -21,9 +21,10 @@ fn main() {
             .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/cinder"));
         home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
     });
-    if let Some(threads) = std::env::var("CINDER_BENCH_THREADS").ok().and_then(|t| t.parse().ok()) {
-        rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().expect("one global pool");
-    }
+    // Passes run inside the pool, as a forward pass would: the matrices' tasks start from
+    // one of its threads instead of waking the pool from outside for each product.
+    let threads = std::env::var("CINDER_BENCH_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(0);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a thread pool");
     let file = GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let has_output = file.tensors().iter().any(|t| t.name == "output.weight");
     let matrices: Vec<(String, BlockMatrix)> = file
@@ -45,16 +46,18 @@ fn main() {
         matrices.len(),
         weight_bytes as f64 / 1e6,
         types.join(", "),
-        rayon::current_num_threads()
+        pool.current_num_threads()
     );
     println!("{:>7} {:>12} {:>14} {:>12}", "tokens", "ms / pass", "tok/s (bound)", "weight GB/s");
     let counts = std::env::var("CINDER_BENCH_TOKENS").unwrap_or_else(|_| "1,8,64,256,512".into());
     for tokens in counts.split(',').map(|t| t.trim().parse::<usize>().expect("CINDER_BENCH_TOKENS: numbers")) {
         let pass = || {
-            for (_, m) in &matrices {
-                let x = vec![0.5f32; tokens * m.cols()];
-                std::hint::black_box(m.matmul(&x, tokens));
-            }
+            pool.install(|| {
+                for (_, m) in &matrices {
+                    let x = vec![0.5f32; tokens * m.cols()];
+                    std::hint::black_box(m.matmul(&x, tokens));
+                }
+            })
         };
         pass();
         // The best of a few passes, at least 2 s of them.

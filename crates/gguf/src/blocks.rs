@@ -21,7 +21,7 @@ impl F16 {
 
     #[inline]
     pub fn get(self) -> f32 {
-        f16::from_le_bytes(self.0).to_f32()
+        f16::from_le_bytes(self.0).to_f32_const()
     }
 
     pub fn bits(self) -> u16 {
