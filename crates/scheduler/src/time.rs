@@ -34,6 +34,11 @@ impl Duration {
         Duration(ms * 1000)
     }
 
+    /// Whole milliseconds (rounded down).
+    pub fn as_millis(self) -> u64 {
+        self.0 / 1000
+    }
+
     pub fn from_secs_f64(secs: f64) -> Self {
         Duration((secs.max(0.0) * 1e6).round() as u64)
     }
@@ -64,7 +69,7 @@ pub(crate) mod millis {
     use super::Duration;
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.0 / 1000)
+        s.serialize_u64(d.as_millis())
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

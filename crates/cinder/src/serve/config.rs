@@ -106,8 +106,8 @@ impl Default for SchedulerSection {
             policy: PolicyName::default(),
             parameters: toml::Table::new(),
             max_waiting: 1024,
-            aging_interval_ms: queue.aging_interval.map_or(0, |d| d.0 / 1000),
-            deadline_urgency_ms: queue.deadline_urgency.0 / 1000,
+            aging_interval_ms: queue.aging_interval.map_or(0, Duration::as_millis),
+            deadline_urgency_ms: queue.deadline_urgency.as_millis(),
             short_job_tokens: queue.short_job_tokens,
             default_deadline_ms: BTreeMap::new(),
             seed: 0,
@@ -198,7 +198,7 @@ impl Default for SheddingSection {
     fn default() -> Self {
         let load = LoadConfig::default();
         let [elevated, high, critical, overload] = load.thresholds;
-        Self { elevated, high, critical, overload, wait_limit_ms: load.wait_limit.0 / 1000 }
+        Self { elevated, high, critical, overload, wait_limit_ms: load.wait_limit.as_millis() }
     }
 }
 
@@ -217,7 +217,7 @@ pub struct BreakerSection {
 impl Default for BreakerSection {
     fn default() -> Self {
         let breaker = BreakerConfig::default();
-        Self { failures: breaker.threshold, cooldown_ms: breaker.cooldown.0 / 1000, max_step_attempts: 3 }
+        Self { failures: breaker.threshold, cooldown_ms: breaker.cooldown.as_millis(), max_step_attempts: 3 }
     }
 }
 
