@@ -5,8 +5,15 @@
 //! block once and multiplies it with every token's f32 activations (activations are not
 //! rounded to 8 bits, so results keep parity with f32 weights). The arithmetic is SIMD
 //! through `pulp` (AVX2 / AVX-512 on x86-64, NEON on aarch64, `simd128` on wasm32, from one
-//! source) and rows run in parallel through `rayon` natively.
+//! source) and tasks run in parallel on a rayon pool ([`Threads`]) natively.
 
+mod attention;
 mod matmul;
+mod ops;
+mod simd;
+mod threads;
 
+pub use attention::{Heads, KvLayer, QueryRow, ScoreRule, paged_attention};
 pub use matmul::{BlockMatrix, MatmulError};
+pub use ops::{RopeTables, gated, rms_norm};
+pub use threads::Threads;

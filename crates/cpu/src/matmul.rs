@@ -14,6 +14,8 @@ use cinder_gguf::GgmlType;
 use cinder_gguf::blocks::{LANES, QuantBlock, WithBlock, blocks, with_block};
 use pulp::{Arch, Simd, WithSimd};
 
+use crate::simd::dot;
+
 /// A matrix the CPU kernels cannot take.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum MatmulError {
@@ -76,14 +78,7 @@ impl BlockMatrix {
         };
         let per_task = if tokens > DOT_TOKENS { PROMPT_ROWS_PER_TASK } else { ROWS_PER_TASK };
         let chunks = self.data.chunks(row_bytes * per_task).zip(by_row.chunks_mut(tokens * per_task));
-        #[cfg(not(target_family = "wasm"))]
-        {
-            use rayon::prelude::*;
-            let chunks: Vec<_> = chunks.collect();
-            chunks.into_par_iter().for_each(task);
-        }
-        #[cfg(target_family = "wasm")]
-        chunks.for_each(task);
+        crate::threads::for_each(chunks, task);
         let mut y = vec![0f32; tokens * self.rows];
         for (r, products) in by_row.chunks_exact(tokens).enumerate() {
             for (t, &value) in products.iter().enumerate() {
@@ -231,27 +226,6 @@ impl<B: QuantBlock> WithSimd for BlockRows<'_, B> {
             }
         }
     }
-}
-
-/// `a · b` with four independent accumulators (a fused multiply-add's latency is four
-/// times its throughput).
-#[inline(always)]
-fn dot<S: Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
-    let (a, a_tail) = S::as_simd_f32s(a);
-    let (b, b_tail) = S::as_simd_f32s(b);
-    let mut acc = [simd.splat_f32s(0.0); 4];
-    let (a4, a_rest) = a.split_at(a.len() / 4 * 4);
-    let (b4, b_rest) = b.split_at(a4.len());
-    for (a, b) in a4.chunks_exact(4).zip(b4.chunks_exact(4)) {
-        for i in 0..4 {
-            acc[i] = simd.mul_add_e_f32s(a[i], b[i], acc[i]);
-        }
-    }
-    for (&a, &b) in a_rest.iter().zip(b_rest) {
-        acc[0] = simd.mul_add_e_f32s(a, b, acc[0]);
-    }
-    let sum = simd.add_f32s(simd.add_f32s(acc[0], acc[1]), simd.add_f32s(acc[2], acc[3]));
-    simd.reduce_sum_f32s(sum) + a_tail.iter().zip(b_tail).map(|(a, b)| a * b).sum::<f32>()
 }
 
 #[cfg(test)]

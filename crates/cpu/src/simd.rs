@@ -1,0 +1,39 @@
+//! SIMD arithmetic shared by the kernels, generic over pulp's targets.
+
+use pulp::Simd;
+
+/// `a · b` with four independent accumulators (a fused multiply-add's latency is four
+/// times its throughput).
+#[inline(always)]
+pub(crate) fn dot<S: Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
+    let (a, a_tail) = S::as_simd_f32s(a);
+    let (b, b_tail) = S::as_simd_f32s(b);
+    let mut acc = [simd.splat_f32s(0.0); 4];
+    let (a4, a_rest) = a.split_at(a.len() / 4 * 4);
+    let (b4, b_rest) = b.split_at(a4.len());
+    for (a, b) in a4.chunks_exact(4).zip(b4.chunks_exact(4)) {
+        for i in 0..4 {
+            acc[i] = simd.mul_add_e_f32s(a[i], b[i], acc[i]);
+        }
+    }
+    for (&a, &b) in a_rest.iter().zip(b_rest) {
+        acc[0] = simd.mul_add_e_f32s(a, b, acc[0]);
+    }
+    let sum = simd.add_f32s(simd.add_f32s(acc[0], acc[1]), simd.add_f32s(acc[2], acc[3]));
+    simd.reduce_sum_f32s(sum) + a_tail.iter().zip(b_tail).map(|(a, b)| a * b).sum::<f32>()
+}
+
+
+/// `acc = acc * keep + w * v`, elementwise.
+#[inline(always)]
+pub(crate) fn scale_add<S: Simd>(simd: S, acc: &mut [f32], keep: f32, w: f32, v: &[f32]) {
+    let (acc, acc_tail) = S::as_mut_simd_f32s(acc);
+    let (v, v_tail) = S::as_simd_f32s(v);
+    let (keep_s, w_s) = (simd.splat_f32s(keep), simd.splat_f32s(w));
+    for (a, &v) in acc.iter_mut().zip(v) {
+        *a = simd.mul_add_e_f32s(w_s, v, simd.mul_f32s(*a, keep_s));
+    }
+    for (a, &v) in acc_tail.iter_mut().zip(v_tail) {
+        *a = *a * keep + w * v;
+    }
+}
