@@ -61,6 +61,11 @@ impl BlockMatrix {
         self.cols
     }
 
+    /// Bytes of the weights.
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
     /// `x` (`[tokens, cols]`, row-major) times the transposed matrix: `[tokens, rows]`.
     pub fn matmul(&self, x: &[f32], tokens: usize) -> Vec<f32> {
         assert_eq!(x.len(), tokens * self.cols, "x must be [tokens, cols]");

@@ -8,6 +8,8 @@ use burn::tensor::Tensor;
 use burn_cubecl::tensor::CubeTensor;
 use bytemuck::{Pod, Zeroable};
 
+pub(crate) use cinder_cpu::ScoreRule;
+
 use crate::ModelConfig;
 use crate::kernel::{Arg, MAX_WORKGROUPS, Template, cube, empty, from_cube, launch};
 use crate::paged::{BatchBuffer, LongChunk, PagedKvCache};
@@ -28,34 +30,15 @@ impl<'a> Attention<'a> {
     pub fn attend(&self, layer: usize, q: Tensor<2>, rule: &ScoreRule) -> Tensor<2> {
         let c = self.config;
         let q = cube(q);
-        let out = empty(&q.device, [self.batch.rows, c.q_dim()]);
+        let out = empty(&q.device, [self.batch.layout.rows, c.q_dim()]);
         let shape = (c.n_heads, c.head_dim);
-        if self.batch.paged_rows > 0 {
+        if self.batch.layout.paged_rows > 0 {
             paged(self.cache, layer, &q, &out, shape, self.batch, rule);
         }
-        for chunk in &self.batch.long {
+        for chunk in &self.batch.layout.long {
             flash(self.cache, layer, &q, &out, shape, self.batch, chunk, rule);
         }
         from_cube(out)
-    }
-}
-
-/// How a layer turns query-key products into attention weights.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct ScoreRule {
-    /// Multiplies each query-key product.
-    pub scale: f32,
-    /// Each query sees its last `window` positions only (itself included).
-    pub window: Option<usize>,
-    /// Scores become `softcap * tanh(score / softcap)`.
-    pub softcap: Option<f32>,
-}
-
-impl ScoreRule {
-    /// The first position a query at `position` sees (the kernels compute it themselves).
-    #[cfg(test)]
-    pub fn first_visible(&self, position: usize) -> usize {
-        self.window.map_or(0, |w| (position + 1).saturating_sub(w))
     }
 }
 
@@ -72,8 +55,8 @@ fn paged(
 ) {
     let (group, slot) = cache.layout.layer_slots[layer];
     let dims = head_dim.div_ceil(64);
-    let visible = rule.window.map_or(batch.paged_context, |w| w.min(batch.paged_context));
-    let splits = key_splits(heads * batch.paged_rows, visible);
+    let visible = rule.window.map_or(batch.layout.paged_context, |w| w.min(batch.layout.paged_context));
+    let splits = key_splits(heads * batch.layout.paged_rows, visible);
     let split = splits > 1;
     let values = move || {
         let (output, store) = if split { PAGED_SPLIT_STORE } else { PAGED_STORE };
@@ -91,11 +74,11 @@ fn paged(
         values: &values,
         workgroup: 64,
     };
-    let partials = split.then(|| empty(&cache.device, [batch.paged_rows * heads * splits, head_dim + 2]));
+    let partials = split.then(|| empty(&cache.device_kv().device, [batch.layout.paged_rows * heads * splits, head_dim + 2]));
     let args = attention_args(cache, slot, q, batch, partials.as_ref().unwrap_or(out));
     let info = PagedAttentionInfo {
-        rows: batch.paged_rows as u32,
-        table_starts: batch.table_starts_at(group) as u32,
+        rows: batch.layout.paged_rows as u32,
+        table_starts: batch.layout.table_starts_at(group) as u32,
         heads: heads as u32,
         kv_heads: (cache.kv_dim / head_dim) as u32,
         head_dim: head_dim as u32,
@@ -106,13 +89,13 @@ fn paged(
         splits: splits as u32,
         split_keys: visible.div_ceil(splits).next_multiple_of(64).max(64) as u32,
     };
-    let rows = batch.paged_rows.min(MAX_WORKGROUPS) as u32;
-    launch(&cache.device, &kernel, [heads as u32, rows, splits as u32], &args, &info);
+    let rows = batch.layout.paged_rows.min(MAX_WORKGROUPS) as u32;
+    launch(&cache.device_kv().device, &kernel, [heads as u32, rows, splits as u32], &args, &info);
     if let Some(partials) = partials {
         let merge = Template::plain("attention_merge", include_str!("../../../shaders/attention_merge.wgsl"));
-        let info = AttentionMergeInfo { rows: batch.paged_rows as u32, heads: heads as u32, head_dim: head_dim as u32, splits: splits as u32 };
-        let workgroups = (batch.paged_rows * heads * head_dim).div_ceil(64).min(MAX_WORKGROUPS) as u32;
-        launch(&cache.device, &merge, [workgroups, 1, 1], &[Arg::Read(&partials.handle), Arg::Write(&out.handle)], &info);
+        let info = AttentionMergeInfo { rows: batch.layout.paged_rows as u32, heads: heads as u32, head_dim: head_dim as u32, splits: splits as u32 };
+        let workgroups = (batch.layout.paged_rows * heads * head_dim).div_ceil(64).min(MAX_WORKGROUPS) as u32;
+        launch(&cache.device_kv().device, &merge, [workgroups, 1, 1], &[Arg::Read(&partials.handle), Arg::Write(&out.handle)], &info);
     }
 }
 
@@ -132,7 +115,7 @@ fn flash(
     let (group, slot) = cache.layout.layer_slots[layer];
     let hd4 = head_dim / 4;
     let (subgroup_values, values);
-    let (kernel, queries_per_workgroup) = match cache.subgroup_width {
+    let (kernel, queries_per_workgroup) = match cache.device_kv().subgroup_width {
         Some(width) => {
             subgroup_values = move || {
                 let mut values = flash_subgroup_code(hd4, width);
@@ -176,7 +159,7 @@ fn flash(
         softcap: rule.softcap.unwrap_or(0.0),
     };
     let query_tiles = chunk.len.div_ceil(queries_per_workgroup) as u32;
-    launch(&cache.device, &kernel, [heads as u32, query_tiles, 1], &args, &info);
+    launch(&cache.device_kv().device, &kernel, [heads as u32, query_tiles, 1], &args, &info);
 }
 
 /// The bindings the attention kernels share: queries, the keys and values of the pool's
@@ -184,8 +167,8 @@ fn flash(
 fn attention_args<'a>(cache: &'a PagedKvCache, slot: usize, q: &'a CubeTensor, batch: &'a BatchBuffer, output: &'a CubeTensor) -> [Arg<'a>; 5] {
     [
         Arg::Read(&q.handle),
-        Arg::Read(&cache.keys[slot]),
-        Arg::Read(&cache.values[slot]),
+        Arg::Read(&cache.device_kv().keys[slot]),
+        Arg::Read(&cache.device_kv().values[slot]),
         Arg::Read(&batch.handle),
         Arg::Write(&output.handle),
     ]

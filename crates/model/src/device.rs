@@ -35,6 +35,13 @@ pub struct AdapterInfo {
     pub max_binding_bytes: u64,
 }
 
+impl AdapterInfo {
+    /// A CPU posing as a GPU (lavapipe, SwiftShader, WARP): the CPU backend is faster there.
+    pub fn is_software(&self) -> bool {
+        self.device_type == "Cpu"
+    }
+}
+
 static WGPU: OnceLock<Result<Opened, String>> = OnceLock::new();
 
 /// Whether the browser's device was given WebGPU's `subgroups` feature. wgpu 30 does not map

@@ -73,7 +73,7 @@ pub fn gated(gate: Tensor<2>, up: Tensor<2>, activation: Activation) -> Tensor<2
 
 /// RoPE on the pairs `layout` makes of `x` (`[tokens, heads, head_dim]`) at the batch's
 /// positions, with angles from `cos` / `sin` (`[context, head_dim / 2]`).
-pub fn rope(x: Tensor<3>, cos: &Tensor<2>, sin: &Tensor<2>, layout: RopeLayout, batch: &BatchBuffer) -> Tensor<3> {
+pub(crate) fn rope(x: Tensor<3>, cos: &Tensor<2>, sin: &Tensor<2>, layout: RopeLayout, batch: &BatchBuffer) -> Tensor<3> {
     let [tokens, heads, head_dim] = x.dims();
     let x = cube(x);
     let (cos, sin) = (cube(cos.clone()), cube(sin.clone()));

@@ -2,15 +2,16 @@
 //! with sampling.
 //!
 //! [`Model::load`] reads a GGUF file (see `cinder-gguf`), describes it through its
-//! architecture ([`ModelConfig`], checked against the file's tensors), and uploads the
-//! weights to a Burn [`Device`](burn::tensor::Device) — on this crate's default path, wgpu
-//! ([`wgpu_device`]), which runs on Vulkan, Metal, DX12 and WebGPU.
+//! architecture ([`ModelConfig`], checked against the file's tensors), and loads the
+//! weights onto a [`Backend`]: the GPU through wgpu ([`wgpu_device`]: Vulkan, Metal, DX12,
+//! WebGPU) and the WGSL kernels of `shaders/`, or the CPU and the kernels of `cinder-cpu`.
 //! [`Model::forward_batch`] runs chunks of many sequences as one batch against a
 //! [`PagedKvCache`]; [`Model::forward`] is the one-sequence case. The forward pass follows
 //! llama.cpp's graph for each architecture.
 
 pub mod arch;
 mod attention;
+mod backend;
 mod config;
 mod device;
 mod error;
@@ -20,6 +21,7 @@ pub mod linear;
 mod logits;
 pub mod many_tokens;
 mod model;
+mod ops;
 pub mod profile;
 pub mod paged;
 pub mod quant;
@@ -32,6 +34,7 @@ mod tests;
 pub mod tiny;
 
 pub use arch::Architecture;
+pub use backend::{Backend, DeviceChoice};
 pub use burn::tensor::Device;
 pub use config::{KvLayout, LayerAttention, ModelConfig};
 #[cfg(not(target_family = "wasm"))]

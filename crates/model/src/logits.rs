@@ -8,14 +8,24 @@ use crate::ModelError;
 use crate::kernel::{Arg, Template, cube, empty, from_cube, launch};
 use crate::error::guard;
 
-/// Logits queued on the device by [`Model::launch_batch`](crate::Model::launch_batch), one row per chunk that asked.
+/// Logits of [`Model::launch_batch`](crate::Model::launch_batch), one row per chunk that
+/// asked: queued on the device, or computed on the CPU.
 #[must_use = "the logits are only computed once read"]
 pub struct PendingLogits {
-    /// `[rows, vocab]`, or `[rows, 2k]` candidates once [`PendingLogits::top_k`] has run.
-    pub(crate) logits: Option<Tensor<2>>,
-    pub(crate) vocab: usize,
+    logits: Option<Logits>,
+    vocab: usize,
     /// The `k` of [`PendingLogits::top_k`], once it has run.
-    pub(crate) top_k: Option<usize>,
+    top_k: Option<usize>,
+}
+
+/// `[rows, vocab]`, or on the device `[rows, 2k]` candidates once [`PendingLogits::top_k`]
+/// has run.
+pub(crate) enum Logits {
+    Device(Tensor<2>),
+    /// `[rows, vocab]` in host memory.
+    Host(Vec<f32>),
+    /// Each row's best `(token, logit)` pairs, picked by [`PendingLogits::top_k`].
+    HostTopK(Vec<Vec<(u32, f32)>>),
 }
 
 /// top_k.wgsl's `Info`: the row width and how many of its first columns compete.
@@ -40,6 +50,10 @@ pub enum LogitRows {
 }
 
 impl PendingLogits {
+    pub(crate) fn new(logits: Option<Logits>, vocab: usize) -> Self {
+        Self { logits, vocab, top_k: None }
+    }
+
     /// Keeps each row's `k` best logits among the first `limit` on the device, best first,
     /// equal logits in token order (as a CPU sort ranks them), NaN dropped: `k = 1` is the
     /// greedy token. A read then moves `2k` numbers per row instead of the vocabulary.
@@ -47,7 +61,10 @@ impl PendingLogits {
     /// [`MAX_DEVICE_TOP_K`].
     pub fn top_k(mut self, k: usize, limit: usize) -> Self {
         let k = k.clamp(1, MAX_DEVICE_TOP_K).next_power_of_two();
-        if let Some(logits) = self.logits.take() {
+        let limit = limit.min(self.vocab);
+        if let Some(Logits::Host(flat)) = &self.logits {
+            self.logits = Some(Logits::HostTopK(flat.chunks(self.vocab).map(|row| best(&row[..limit], k)).collect()));
+        } else if let Some(Logits::Device(logits)) = self.logits.take() {
             let [rows, _] = logits.dims();
             let logits = cube(logits);
             let best = empty(&logits.device, [rows, 2 * k]);
@@ -58,9 +75,9 @@ impl PendingLogits {
                 values: &|| vec![("K", k.to_string())],
                 workgroup: 64,
             };
-            let info = TopKInfo { cols: self.vocab as u32, limit: limit.min(self.vocab) as u32 };
+            let info = TopKInfo { cols: self.vocab as u32, limit: limit as u32 };
             launch(&logits.device, &template, [rows as u32, 1, 1], &[Arg::Read(&logits.handle), Arg::Write(&best.handle)], &info);
-            self.logits = Some(from_cube(best));
+            self.logits = Some(Logits::Device(from_cube(best)));
         }
         self.top_k = Some(k);
         self
@@ -68,15 +85,31 @@ impl PendingLogits {
 
     /// Waits for the device and returns the rows.
     pub fn read(mut self) -> Result<LogitRows, ModelError> {
-        let Some(logits) = self.logits.take() else { return Ok(self.rows(Vec::new())) };
-        guard(|| Ok(self.rows(logits.try_into_vec_as::<f32>().map_err(|e| ModelError::Backend(format!("{e:?}")))?)))
+        match self.logits.take() {
+            Some(Logits::Device(logits)) => {
+                guard(|| Ok(self.rows(logits.try_into_vec_as::<f32>().map_err(|e| ModelError::Backend(format!("{e:?}")))?)))
+            }
+            host => Ok(self.host_rows(host)),
+        }
     }
 
     /// [`PendingLogits::read`] without blocking the thread.
     pub async fn read_async(mut self) -> Result<LogitRows, ModelError> {
-        let Some(logits) = self.logits.take() else { return Ok(self.rows(Vec::new())) };
-        let data = logits.into_data_async().await.map_err(|e| ModelError::Backend(format!("{e:?}")))?;
-        Ok(self.rows(data.try_into_vec::<f32>().map_err(|e| ModelError::Backend(format!("{e:?}")))?))
+        match self.logits.take() {
+            Some(Logits::Device(logits)) => {
+                let data = logits.into_data_async().await.map_err(|e| ModelError::Backend(format!("{e:?}")))?;
+                Ok(self.rows(data.try_into_vec::<f32>().map_err(|e| ModelError::Backend(format!("{e:?}")))?))
+            }
+            host => Ok(self.host_rows(host)),
+        }
+    }
+
+    fn host_rows(&self, logits: Option<Logits>) -> LogitRows {
+        match logits {
+            Some(Logits::HostTopK(rows)) => LogitRows::TopK(rows),
+            Some(Logits::Host(flat)) => self.rows(flat),
+            _ => self.rows(Vec::new()),
+        }
     }
 
     fn rows(&self, flat: Vec<f32>) -> LogitRows {
@@ -91,3 +124,16 @@ impl PendingLogits {
     }
 }
 
+
+/// The `k` best `(token, logit)` pairs of `row`, best first, equal logits in token order,
+/// NaN dropped: what top_k.wgsl picks on the device.
+fn best(row: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut pairs: Vec<(u32, f32)> = row.iter().enumerate().filter(|(_, v)| !v.is_nan()).map(|(i, &v)| (i as u32, v)).collect();
+    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.partial_cmp(&a.1).expect("NaN was dropped").then(a.0.cmp(&b.0));
+    if pairs.len() > k {
+        pairs.select_nth_unstable_by(k - 1, order);
+        pairs.truncate(k);
+    }
+    pairs.sort_unstable_by(order);
+    pairs
+}

@@ -1,86 +1,90 @@
-//! A language model on Burn tensors: the forward pass of every supported architecture,
-//! driven by its description ([`ModelConfig`], [`crate::arch`]).
+//! A language model: the forward pass of every supported architecture, driven by its
+//! description ([`ModelConfig`], [`crate::arch`]), written once over the [`Ops`] of the
+//! backend it loaded on (the GPU's WGSL kernels or the CPU's).
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
 use cinder_gguf::{GgufFile, TensorInfo};
 
-use crate::arch::{FfnLayout, GlobalWeight, LayerWeight, RopeLayout};
-use crate::attention::{Attention, ScoreRule};
-use crate::fused::{gated, rms_norm, rope};
+use crate::arch::{FfnLayout, GlobalWeight, LayerWeight};
+use crate::attention::ScoreRule;
+use crate::backend::Backend;
+use crate::error::guard;
 use crate::kernel::cube_device;
 use crate::logits::PendingLogits;
-use crate::paged::{BatchBuffer, PagedKvCache, SeqChunk};
-use crate::linear::Linear;
+use crate::ops::Ops;
+use crate::ops::cpu::CpuOps;
+use crate::ops::gpu::GpuOps;
+use crate::paged::{BatchLayout, PagedKvCache, SeqChunk};
 use crate::quant::QuantMatrix;
-use crate::error::guard;
 use crate::{LogitRows, ModelConfig, ModelError};
 
 /// A matrix and its optional bias: `y = x W^T + b`.
-struct Projection {
-    weight: Linear,
-    /// `[1, outputs]`.
-    bias: Option<Tensor<2>>,
+struct Projection<O: Ops> {
+    weight: O::Matrix,
+    bias: Option<O::Vector>,
 }
 
-impl Projection {
-    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let y = self.weight.forward(x);
+impl<O: Ops> Projection<O> {
+    fn forward(&self, ops: &O, x: O::Rows) -> O::Rows {
+        let y = ops.linear(&self.weight, x);
         match &self.bias {
-            Some(b) => y + b.clone(),
+            Some(b) => ops.add_bias(y, b),
             None => y,
         }
     }
 
-    /// `forward(x) + residual`: one dispatch where there is no bias.
-    fn forward_add(&self, x: Tensor<2>, residual: Tensor<2>) -> Tensor<2> {
+    /// `forward(x) + residual`: one dispatch on the GPU where there is no bias.
+    fn forward_add(&self, ops: &O, x: O::Rows, residual: O::Rows) -> O::Rows {
         match &self.bias {
-            Some(_) => self.forward(x) + residual,
-            None => self.weight.forward_add(x, residual),
+            Some(_) => ops.add(self.forward(ops, x), residual),
+            None => ops.linear_add(&self.weight, x, residual),
         }
     }
 
-    fn device_bytes(&self) -> usize {
-        self.weight.device_bytes() + self.bias.as_ref().map_or(0, |b| b.shape().num_elements() * 4)
+    fn bytes(&self) -> usize {
+        O::matrix_bytes(&self.weight) + self.bias.as_ref().map_or(0, |b| O::vector_len(b) * 4)
     }
 }
 
 /// One transformer block's weights; the optional ones are those of its architecture's
 /// variant.
-struct Block {
-    attn_norm: Tensor<2>,
-    q: Projection,
-    k: Projection,
-    v: Projection,
-    q_norm: Option<Tensor<2>>,
-    k_norm: Option<Tensor<2>>,
-    out: Projection,
-    post_attn_norm: Option<Tensor<2>>,
-    ffn_norm: Tensor<2>,
-    gate: Projection,
-    up: Projection,
-    down: Projection,
-    post_ffn_norm: Option<Tensor<2>>,
+struct Block<O: Ops> {
+    attn_norm: O::Vector,
+    q: Projection<O>,
+    k: Projection<O>,
+    v: Projection<O>,
+    q_norm: Option<O::Vector>,
+    k_norm: Option<O::Vector>,
+    out: Projection<O>,
+    post_attn_norm: Option<O::Vector>,
+    ffn_norm: O::Vector,
+    gate: Projection<O>,
+    up: Projection<O>,
+    down: Projection<O>,
+    post_ffn_norm: Option<O::Vector>,
 }
 
-impl Block {
-    fn device_bytes(&self) -> usize {
+impl<O: Ops> Block<O> {
+    fn bytes(&self) -> usize {
         let vectors = [Some(&self.attn_norm), self.q_norm.as_ref(), self.k_norm.as_ref(), self.post_attn_norm.as_ref(), Some(&self.ffn_norm), self.post_ffn_norm.as_ref()];
-        let vector_bytes: usize = vectors.into_iter().flatten().map(|t| t.shape().num_elements() * 4).sum();
-        let projections = [&self.q, &self.k, &self.v, &self.out, &self.gate, &self.up, &self.down];
-        vector_bytes + projections.iter().map(|p| p.device_bytes()).sum::<usize>()
+        let vector_bytes: usize = vectors.into_iter().flatten().map(|v| O::vector_len(v) * 4).sum();
+        vector_bytes + self.projections().iter().map(|p| p.bytes()).sum::<usize>()
+    }
+
+    fn projections(&self) -> [&Projection<O>; 7] {
+        [&self.q, &self.k, &self.v, &self.out, &self.gate, &self.up, &self.down]
     }
 }
 
-/// Reads one model's tensors onto the device by their role.
-struct Loader<'a> {
+/// Reads one model's tensors onto a backend by their role.
+struct Loader<'a, O> {
     file: &'a GgufFile,
     config: &'a ModelConfig,
-    device: &'a Device,
+    ops: O,
 }
 
-impl Loader<'_> {
-    /// A vector (norm weight or bias) as `[1, len]`, rows `range` of it if given.
-    fn vector(&self, name: &str, range: Option<std::ops::Range<usize>>) -> Result<Tensor<2>, ModelError> {
+impl<O: Ops> Loader<'_, O> {
+    /// A vector (norm weight or bias), rows `range` of it if given.
+    fn vector(&self, name: &str, range: Option<std::ops::Range<usize>>) -> Result<O::Vector, ModelError> {
         let mut values = self.file.dequantize(self.file.tensor(name)?)?;
         // Norms and biases are small and scale everything after them: a broken one would
         // only show as garbage output, so it is refused here.
@@ -90,17 +94,16 @@ impl Loader<'_> {
         if let Some(range) = range {
             values = values[range].to_vec();
         }
-        let len = values.len();
-        Ok(Tensor::from_data(TensorData::new(values, [1, len]), self.device))
+        Ok(self.ops.vector(values))
     }
 
-    fn layer_vector(&self, layer: usize, weight: LayerWeight) -> Result<Option<Tensor<2>>, ModelError> {
+    fn layer_vector(&self, layer: usize, weight: LayerWeight) -> Result<Option<O::Vector>, ModelError> {
         self.config.has(weight).then(|| self.vector(&weight.name(layer), None)).transpose()
     }
 
     /// The projections stored as consecutive row ranges of `weight` (one, or the parts of a
     /// fused matrix), with their biases.
-    fn projections<const N: usize>(&self, layer: usize, weight: LayerWeight, widths: [usize; N]) -> Result<[Projection; N], ModelError> {
+    fn projections<const N: usize>(&self, layer: usize, weight: LayerWeight, widths: [usize; N]) -> Result<[Projection<O>; N], ModelError> {
         let info = self.file.tensor(&weight.name(layer))?;
         let bias = weight.bias().filter(|&b| self.config.has(b));
         let mut parts = Vec::with_capacity(N);
@@ -109,14 +112,14 @@ impl Loader<'_> {
             let rows = start..start + width;
             start += width;
             parts.push(Projection {
-                weight: Linear::load_rows(self.file, info, rows.clone(), self.device)?,
+                weight: self.ops.matrix(self.file, info, rows.clone())?,
                 bias: bias.map(|b| self.vector(&b.name(layer), Some(rows))).transpose()?,
             });
         }
         Ok(parts.try_into().unwrap_or_else(|_| unreachable!("one part per width")))
     }
 
-    fn block(&self, l: usize) -> Result<Block, ModelError> {
+    fn block(&self, l: usize) -> Result<Block<O>, ModelError> {
         let c = self.config;
         let [q, k, v] = if c.has(LayerWeight::Qkv) {
             self.projections(l, LayerWeight::Qkv, [c.q_dim(), c.kv_dim(), c.kv_dim()])?
@@ -153,6 +156,30 @@ impl Loader<'_> {
             post_ffn_norm: self.layer_vector(l, LayerWeight::PostFfnNorm)?,
         })
     }
+
+    /// Every weight but the token embedding, `progress(done, total)` called per layer.
+    fn layers(self, progress: &mut dyn FnMut(usize, usize)) -> Result<Layers<O>, ModelError> {
+        let (file, config) = (self.file, self.config);
+        let head = if config.tied_embeddings { GlobalWeight::TokenEmbedding } else { GlobalWeight::Output };
+        let info = file.tensor(head.name())?;
+        let lm_head = Projection {
+            weight: self.ops.matrix(file, info, 0..info.rows() as usize)?,
+            bias: config.output_bias.then(|| self.vector(GlobalWeight::OutputBias.name(), None)).transpose()?,
+        };
+        let mut blocks = Vec::with_capacity(config.n_layers);
+        for l in 0..config.n_layers {
+            blocks.push(self.block(l)?);
+            progress(l + 1, config.n_layers);
+        }
+        let mut ropes = Vec::with_capacity(config.ropes.len());
+        for rope in &config.ropes {
+            let factors = rope_factors(file, rope.factors)?;
+            let (cos, sin) = rope.tables(config.head_dim, config.context_length, factors.as_deref());
+            ropes.push(self.ops.rope(rope.layout, cos, sin, config.head_dim / 2));
+        }
+        let output_norm = self.vector(GlobalWeight::OutputNorm.name(), None)?;
+        Ok(Layers { ops: self.ops, blocks, output_norm, lm_head, ropes })
+    }
 }
 
 /// Token embedding rows kept in their GGUF encoding on the host: a lookup dequantizes only
@@ -173,27 +200,31 @@ impl HostEmbedding {
     }
 }
 
-/// A RoPE's cos / sin tables on the device.
-struct DeviceRope {
-    layout: RopeLayout,
-    cos: Tensor<2>,
-    sin: Tensor<2>,
-}
-
 /// The factors a RoPE divides its frequencies by, read from the file.
 pub(crate) fn rope_factors(file: &GgufFile, factors: Option<GlobalWeight>) -> Result<Option<Vec<f32>>, ModelError> {
     factors.map(|w| Ok(file.dequantize(file.tensor(w.name())?)?)).transpose()
 }
 
-/// A language model whose weights live on a Burn device.
+/// A model's weights on its backend, and the ops that run them.
+struct Layers<O: Ops> {
+    ops: O,
+    blocks: Vec<Block<O>>,
+    output_norm: O::Vector,
+    lm_head: Projection<O>,
+    ropes: Vec<O::Rope>,
+}
+
+enum Weights {
+    Gpu(Layers<GpuOps>),
+    Cpu(Layers<CpuOps>),
+}
+
+/// A language model whose weights live on a [`Backend`].
 pub struct Model {
     config: ModelConfig,
-    device: Device,
+    backend: Backend,
     embedding: HostEmbedding,
-    blocks: Vec<Block>,
-    output_norm: Tensor<2>,
-    lm_head: Projection,
-    ropes: Vec<DeviceRope>,
+    weights: Weights,
 }
 
 /// One sequence's cache: a [`PagedKvCache`] of its own, each layer group with its own
@@ -224,80 +255,68 @@ impl KvCache {
 const SINGLE_BLOCK: usize = 16;
 
 impl Model {
-    /// Reads the model in `file` onto `device`. Matrices in a format the quantized kernels
-    /// read stay in it; others are dequantized to f32.
-    pub fn load(file: &GgufFile, device: &Device) -> Result<Self, ModelError> {
-        Self::load_with_progress(file, device, &mut |_, _| {})
+    /// Reads the model in `file` onto `backend`. Matrices in a format the backend's
+    /// kernels read stay in it; others are dequantized to f32.
+    pub fn load(file: &GgufFile, backend: &Backend) -> Result<Self, ModelError> {
+        Self::load_with_progress(file, backend, &mut |_, _| {})
     }
 
-    /// [`Model::load`], calling `progress(done, total)` as layers reach the device.
+    /// [`Model::load`], calling `progress(done, total)` as layers load.
     pub fn load_with_progress(
         file: &GgufFile,
-        device: &Device,
+        backend: &Backend,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self, ModelError> {
         let config = ModelConfig::from_gguf(file)?;
-        guard(|| Self::load_checked(file, device, config, progress))
+        guard(|| Self::load_checked(file, backend, config, progress))
     }
 
     fn load_checked(
         file: &GgufFile,
-        device: &Device,
+        backend: &Backend,
         config: ModelConfig,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self, ModelError> {
-        let loader = Loader { file, config: &config, device };
-        let head = if config.tied_embeddings { GlobalWeight::TokenEmbedding } else { GlobalWeight::Output };
-        let lm_head = Projection {
-            weight: Linear::load(file, file.tensor(head.name())?, device)?,
-            bias: config.output_bias.then(|| loader.vector(GlobalWeight::OutputBias.name(), None)).transpose()?,
+        let weights = match backend {
+            Backend::Gpu(device) => {
+                let cube = cube_device(device).ok_or_else(|| ModelError::Device("not a wgpu device".into()))?;
+                let ops = GpuOps { device: device.clone(), cube };
+                Weights::Gpu(Loader { file, config: &config, ops }.layers(progress)?)
+            }
+            Backend::Cpu(threads) => {
+                Weights::Cpu(Loader { file, config: &config, ops: CpuOps { threads: threads.clone() } }.layers(progress)?)
+            }
         };
-        // Read after the LM head is on the device, so a tied embedding (often the largest
-        // tensor) is not held on the host twice over while the head is repacked.
+        // Read after the LM head has loaded, so a tied embedding (often the largest tensor)
+        // is not held on the host twice over while the head is repacked.
         let embd = file.tensor(GlobalWeight::TokenEmbedding.name())?;
         let embedding = HostEmbedding { info: embd.clone(), data: file.tensor_data(embd).into_owned(), scale: config.embedding_scale };
-        let mut blocks = Vec::with_capacity(config.n_layers);
-        for l in 0..config.n_layers {
-            blocks.push(loader.block(l)?);
-            progress(l + 1, config.n_layers);
+        let model = Self { config, backend: backend.clone(), embedding, weights };
+        if let Backend::Gpu(device) = backend {
+            // A browser cannot block on the device; its first read waits for the uploads instead.
+            #[cfg(not(target_family = "wasm"))]
+            {
+                device.sync().map_err(|e| ModelError::Backend(e.to_string()))?;
+                burn_cubecl::cubecl::future::block_on(model.calibrate_prompt_kernels());
+            }
+            let _ = device;
         }
-        let mut ropes = Vec::with_capacity(config.ropes.len());
-        for rope in &config.ropes {
-            let factors = rope_factors(file, rope.factors)?;
-            let (cos, sin) = rope.tables(config.head_dim, config.context_length, factors.as_deref());
-            let shape = [config.context_length, config.head_dim / 2];
-            ropes.push(DeviceRope {
-                layout: rope.layout,
-                cos: Tensor::from_data(TensorData::new(cos, shape), device),
-                sin: Tensor::from_data(TensorData::new(sin, shape), device),
-            });
-        }
-        let model = Self {
-            output_norm: loader.vector(GlobalWeight::OutputNorm.name(), None)?,
-            config,
-            device: device.clone(),
-            embedding,
-            blocks,
-            lm_head,
-            ropes,
-        };
-        // A browser cannot block on the device; its first read waits for the uploads instead.
-        #[cfg(not(target_family = "wasm"))]
-        model.device.sync().map_err(|e| ModelError::Backend(e.to_string()))?;
-        #[cfg(not(target_family = "wasm"))]
-        burn_cubecl::cubecl::future::block_on(model.calibrate_prompt_kernels());
         Ok(model)
     }
 
-    /// Times the kernels for prompts' products (not the LM head's, which multiplies the
+    /// Times the GPU kernels for prompts' products (not the LM head's, which multiplies the
     /// last tokens only) on the largest matrix of each format (see [`crate::many_tokens`]).
-    /// Natively the load does it; a browser awaits it before its first prompt.
+    /// Natively the load does it; a browser awaits it before its first prompt. Nothing to
+    /// time on the CPU.
     pub fn calibrate_prompt_kernels(&self) -> impl Future<Output = ()> + 'static {
-        let mut matrices: Vec<QuantMatrix> = (self.blocks.iter())
-            .flat_map(|b| [&b.q, &b.k, &b.v, &b.out, &b.gate, &b.up, &b.down])
-            .flat_map(|p| p.weight.quantized())
-            .cloned()
-            .collect();
+        let mut matrices: Vec<QuantMatrix> = match &self.weights {
+            Weights::Gpu(layers) => (layers.blocks.iter())
+                .flat_map(|b| b.projections())
+                .flat_map(|p| p.weight.quantized())
+                .cloned()
+                .collect(),
+            Weights::Cpu(_) => Vec::new(),
+        };
         matrices.sort_by_key(|m| std::cmp::Reverse(m.rows() * m.cols()));
         async move {
             for matrix in &matrices {
@@ -310,21 +329,23 @@ impl Model {
         &self.config
     }
 
-    pub fn device(&self) -> &Device {
-        &self.device
+    pub fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     /// Gives the device memory Burn keeps pooled for reuse (the activations of the largest
     /// step so far, which grow with the longest sequence) back to the driver; the weights
     /// and the KV cache stay.
     pub fn release_pooled_memory(&self) -> Result<(), ModelError> {
-        crate::device::release_device_memory(&self.device)
+        self.backend.release_memory()
     }
 
-    /// Bytes of weights on the device (the token embedding stays on the host).
+    /// Bytes of weights on the backend (the token embedding stays on the host).
     pub fn device_weight_bytes(&self) -> usize {
-        let blocks: usize = self.blocks.iter().map(Block::device_bytes).sum();
-        blocks + self.config.hidden * 4 + self.lm_head.device_bytes()
+        match &self.weights {
+            Weights::Gpu(layers) => layers.bytes(),
+            Weights::Cpu(layers) => layers.bytes(),
+        }
     }
 
     /// An empty cache for up to `capacity` positions (at most the context length).
@@ -340,20 +361,13 @@ impl Model {
     }
 
     /// A KV pool of `num_blocks` blocks of `block_size` token slots, shared by the sequences
-    /// of [`Model::forward_batch`].
+    /// of [`Model::forward_batch`]: on the device for a GPU model, in host memory for a CPU one.
     pub fn new_paged_cache(&self, num_blocks: usize, block_size: usize) -> Result<PagedKvCache, ModelError> {
         let c = &self.config;
-        let buffer = PagedKvCache::layer_buffer_bytes(num_blocks, block_size, c.kv_dim());
-        let limit = crate::max_binding_bytes(&self.device);
-        if buffer > limit {
-            return Err(ModelError::InvalidParameter(format!(
-                "a KV pool of {num_blocks} blocks of {block_size} needs per-layer buffers of {} MiB; the device binds at most {} MiB",
-                buffer >> 20,
-                limit >> 20
-            )));
-        }
-        let subgroup_width = fixed_subgroup_width(&self.device);
-        guard(|| PagedKvCache::new(&self.cube_device(), c.kv_layout(), c.kv_dim(), num_blocks, block_size, subgroup_width))
+        guard(|| match &self.weights {
+            Weights::Gpu(layers) => layers.ops.kv_pool(c, num_blocks, block_size),
+            Weights::Cpu(layers) => layers.ops.kv_pool(c, num_blocks, block_size),
+        })
     }
 
     /// Runs `tokens` (the positions after those already in `cache`) through the model,
@@ -379,12 +393,12 @@ impl Model {
         }
     }
 
-    /// [`Model::forward_batch`] without waiting: the work is queued on the device and the
+    /// [`Model::forward_batch`] without waiting: on the GPU the work is queued and the
     /// logits are read later, with [`PendingLogits::read`] or, where the thread must not
-    /// block (a browser), [`PendingLogits::read_async`].
+    /// block (a browser), [`PendingLogits::read_async`]; on the CPU it runs here.
     pub fn launch_batch(&self, chunks: &[SeqChunk], cache: &mut PagedKvCache) -> Result<PendingLogits, ModelError> {
         self.check_batch(chunks, cache)?;
-        let order = BatchBuffer::order(chunks);
+        let order = BatchLayout::order(chunks);
         let laid_out: Vec<&SeqChunk> = order.iter().map(|&i| &chunks[i]).collect();
         let tokens: Vec<u32> = laid_out.iter().flat_map(|c| c.tokens.iter().copied()).collect();
         let embedded = self.embedding.rows(&tokens)?;
@@ -398,13 +412,12 @@ impl Model {
         }
         last_rows.sort_unstable();
         let rows: Vec<usize> = last_rows.iter().map(|&(_, row)| row).collect();
-        let vocab = self.config.vocab_size;
-        guard(|| {
-            let x = Tensor::<2>::from_data(TensorData::new(embedded, [tokens.len(), self.config.hidden]), &self.device);
-            let batch = BatchBuffer::new(&self.cube_device(), &laid_out, cache.block_size(), cache.layout().groups.len());
-            // Without logits to read, the queued work runs ahead of the next step's.
-            let logits = self.forward_rows(x, &batch, cache, &rows);
-            Ok(PendingLogits { logits, vocab, top_k: None })
+        let batch = BatchLayout::new(&laid_out, cache.block_size(), cache.layout().groups.len());
+        let c = &self.config;
+        // Without logits to read, the GPU's queued work runs ahead of the next step's.
+        guard(|| match &self.weights {
+            Weights::Gpu(layers) => Ok(layers.forward(c, embedded, batch, cache, &rows)),
+            Weights::Cpu(layers) => Ok(layers.ops.threads.install(|| layers.forward(c, embedded, batch, cache, &rows))),
         })
     }
 
@@ -414,14 +427,25 @@ impl Model {
         if let Some(bad) = pairs.iter().find(|(s, d)| *s >= limit || *d >= limit) {
             return Err(ModelError::InvalidParameter(format!("block copy {bad:?} is outside the pool of {limit} blocks")));
         }
+        self.check_pool(cache)?;
         guard(|| {
             cache.copy(pairs);
             Ok(())
         })
     }
 
+    /// Refuses a pool of the other backend.
+    fn check_pool(&self, cache: &PagedKvCache) -> Result<(), ModelError> {
+        if cache.is_host() != self.backend.is_cpu() {
+            let (pool, model) = if cache.is_host() { ("host memory", "GPU") } else { ("the GPU", "CPU") };
+            return Err(ModelError::InvalidParameter(format!("a KV cache in {pool} given to a model on the {model}")));
+        }
+        Ok(())
+    }
+
     fn check_batch(&self, chunks: &[SeqChunk], cache: &PagedKvCache) -> Result<(), ModelError> {
         let invalid = |m: String| Err(ModelError::InvalidParameter(m));
+        self.check_pool(cache)?;
         if chunks.is_empty() {
             return invalid("no tokens to run".into());
         }
@@ -452,78 +476,53 @@ impl Model {
         }
         Ok(())
     }
+}
 
-    fn cube_device(&self) -> burn_cubecl::CubeDevice {
-        cube_device(&self.device).expect("models are loaded on a wgpu device")
+impl<O: Ops> Layers<O> {
+    fn bytes(&self) -> usize {
+        let blocks: usize = self.blocks.iter().map(Block::bytes).sum();
+        blocks + O::vector_len(&self.output_norm) * 4 + self.lm_head.bytes()
     }
 
-    /// RMSNorm of each `head_dim` slice of `x` (`[tokens, heads * head_dim]`).
-    fn per_head_norm(&self, x: Tensor<2>, weight: &Tensor<2>) -> Tensor<2> {
-        let [n, width] = x.dims();
-        let hd = self.config.head_dim;
-        rms_norm(x.reshape([n * width / hd, hd]), weight, self.config.rms_eps).reshape([n, width])
-    }
-
-    /// The layers over a batch's rows; returns the logits of rows `logit_rows`, if any.
-    fn forward_rows(
-        &self,
-        mut x: Tensor<2>,
-        batch: &BatchBuffer,
-        cache: &PagedKvCache,
-        logit_rows: &[usize],
-    ) -> Option<Tensor<2>> {
-        let c = &self.config;
-        let n = x.dims()[0];
-        let attention = Attention::new(c, batch, cache);
+    /// The layers over a batch's rows (`embedded`, `[rows, hidden]`); returns the logits of
+    /// rows `logit_rows`, if any.
+    fn forward(&self, c: &ModelConfig, embedded: Vec<f32>, layout: BatchLayout, cache: &mut PagedKvCache, logit_rows: &[usize]) -> PendingLogits {
+        let ops = &self.ops;
+        let mut x = ops.rows(embedded, c.hidden);
+        let batch = ops.batch(layout);
         // x + norm(out(input)), or x + out(input) added by the matrix kernel.
-        let add_to = |x: Tensor<2>, out: &Projection, input: Tensor<2>, norm: &Option<Tensor<2>>| match norm {
-            Some(w) => x + rms_norm(out.forward(input), w, c.rms_eps),
-            None => out.forward_add(input, x),
+        let add_to = |x: O::Rows, out: &Projection<O>, input: O::Rows, norm: &Option<O::Vector>| match norm {
+            Some(w) => ops.add(x, ops.rms_norm(out.forward(ops, input), w, c.rms_eps)),
+            None => out.forward_add(ops, input, x),
         };
         for (l, block) in self.blocks.iter().enumerate() {
             let layer = c.layers[l];
-            let h = rms_norm(x.clone(), &block.attn_norm, c.rms_eps);
-            let (mut q, mut k) = (block.q.forward(h.clone()), block.k.forward(h.clone()));
-            let v = block.v.forward(h);
+            let h = ops.rms_norm(x.clone(), &block.attn_norm, c.rms_eps);
+            let (mut q, mut k) = (block.q.forward(ops, h.clone()), block.k.forward(ops, h.clone()));
+            let v = block.v.forward(ops, h);
             if let (Some(qn), Some(kn)) = (&block.q_norm, &block.k_norm) {
-                q = self.per_head_norm(q, qn);
-                k = self.per_head_norm(k, kn);
+                q = ops.rms_norm(q, qn, c.rms_eps);
+                k = ops.rms_norm(k, kn, c.rms_eps);
             }
-            let r = &self.ropes[layer.rope];
-            let rotate = |x: Tensor<2>, heads| {
-                rope(x.reshape([n, heads, c.head_dim]), &r.cos, &r.sin, r.layout, batch).reshape([n, heads * c.head_dim])
-            };
-            let (q, k) = (rotate(q, c.n_heads), rotate(k, c.n_kv_heads));
-            cache.write(l, k, v, batch);
+            let rope = &self.ropes[layer.rope];
+            let (q, k) = (ops.rotate(q, c.head_dim, rope, &batch), ops.rotate(k, c.head_dim, rope, &batch));
+            ops.write_kv(cache, l, k, v, &batch);
             let rule = ScoreRule { scale: c.query_scale, window: layer.window, softcap: c.attention_softcap };
-            let attn = attention.attend(l, q, &rule);
+            let attn = ops.attend(cache, l, q, c, &rule, &batch);
             x = add_to(x, &block.out, attn, &block.post_attn_norm);
 
-            let h = rms_norm(x.clone(), &block.ffn_norm, c.rms_eps);
-            let act = gated(block.gate.forward(h.clone()), block.up.forward(h), c.arch.activation);
+            let h = ops.rms_norm(x.clone(), &block.ffn_norm, c.rms_eps);
+            let act = ops.gated(block.gate.forward(ops, h.clone()), block.up.forward(ops, h), c.arch.activation);
             x = add_to(x, &block.down, act, &block.post_ffn_norm);
         }
-        let last = if logit_rows.is_empty() {
-            return None;
-        } else if logit_rows.len() == n {
-            x
-        } else if let [row] = logit_rows {
-            x.slice([*row..*row + 1])
-        } else {
-            let rows: Vec<i64> = logit_rows.iter().map(|&r| r as i64).collect();
-            x.select(0, Tensor::<1, Int>::from_data(TensorData::new(rows, [logit_rows.len()]), &self.device))
-        };
-        let logits = self.lm_head.forward(rms_norm(last, &self.output_norm, c.rms_eps));
-        Some(match c.final_softcap {
-            Some(cap) => logits.div_scalar(cap).tanh().mul_scalar(cap),
-            None => logits,
-        })
+        let logits = (!logit_rows.is_empty()).then(|| {
+            let last = ops.rms_norm(ops.select(x, logit_rows), &self.output_norm, c.rms_eps);
+            let logits = self.lm_head.forward(ops, last);
+            match c.final_softcap {
+                Some(cap) => ops.softcap(logits, cap),
+                None => logits,
+            }
+        });
+        ops.logits(logits, c.vocab_size)
     }
-}
-
-/// The adapter's subgroup width, where every subgroup has it.
-pub(crate) fn fixed_subgroup_width(device: &Device) -> Option<usize> {
-    let adapter = crate::adapter_info(device)?;
-    let width = adapter.subgroup_max_size?;
-    (adapter.subgroup_min_size == Some(width)).then_some(width as usize)
 }

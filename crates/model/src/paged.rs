@@ -26,23 +26,41 @@ use bytemuck::{Pod, Zeroable};
 use crate::kernel::{Arg, MAX_WORKGROUPS, Template, cube, launch, upload};
 use crate::{KvLayout, ModelError};
 
-/// The KV pool, on the device.
+/// The KV pool: on the device for a model on the GPU, in host memory for one on the CPU.
 pub struct PagedKvCache {
-    pub(crate) device: CubeDevice,
-    /// One buffer per place in a layer group (`group_size` of them).
-    pub(crate) keys: Vec<Handle>,
-    pub(crate) values: Vec<Handle>,
     pub(crate) layout: KvLayout,
     num_blocks: usize,
     pub(crate) block_size: usize,
     pub(crate) kv_dim: usize,
+    pub(crate) store: KvStore,
+}
+
+/// Where the pool's keys and values are: one buffer per place in a layer group
+/// (`group_size` of each), token slot `s` at row `s` of `[slots, kv_dim]`.
+pub(crate) enum KvStore {
+    Device(DeviceKv),
+    Host { keys: Vec<Vec<f32>>, values: Vec<Vec<f32>> },
+}
+
+/// The pool's buffers on the device.
+pub(crate) struct DeviceKv {
+    pub device: CubeDevice,
+    pub keys: Vec<Handle>,
+    pub values: Vec<Handle>,
     /// The adapter's subgroup width where it is fixed: long chunks then attend through
     /// flash_attention_subgroup.wgsl.
-    pub(crate) subgroup_width: Option<usize>,
+    pub subgroup_width: Option<usize>,
 }
 
 impl PagedKvCache {
-    pub(crate) fn new(
+    fn checked(layout: KvLayout, kv_dim: usize, num_blocks: usize, block_size: usize, store: KvStore) -> Result<Self, ModelError> {
+        if num_blocks == 0 || block_size == 0 {
+            return Err(ModelError::InvalidParameter("a KV cache needs at least one block of one slot".into()));
+        }
+        Ok(Self { layout, num_blocks, block_size, kv_dim, store })
+    }
+
+    pub(crate) fn on_device(
         device: &CubeDevice,
         layout: KvLayout,
         kv_dim: usize,
@@ -50,14 +68,41 @@ impl PagedKvCache {
         block_size: usize,
         subgroup_width: Option<usize>,
     ) -> Result<Self, ModelError> {
-        if num_blocks == 0 || block_size == 0 {
-            return Err(ModelError::InvalidParameter("a KV cache needs at least one block of one slot".into()));
-        }
         let bytes = Self::layer_buffer_bytes(num_blocks, block_size, kv_dim);
         let client = device.client();
         let buffers = || (0..layout.group_size).map(|_| client.empty(bytes)).collect::<Vec<_>>();
         let subgroup_width = subgroup_width.filter(|w| w.is_power_of_two() && (4..=64).contains(w));
-        Ok(Self { device: device.clone(), keys: buffers(), values: buffers(), layout, num_blocks, block_size, kv_dim, subgroup_width })
+        let store = KvStore::Device(DeviceKv { device: device.clone(), keys: buffers(), values: buffers(), subgroup_width });
+        Self::checked(layout, kv_dim, num_blocks, block_size, store)
+    }
+
+    pub(crate) fn on_host(layout: KvLayout, kv_dim: usize, num_blocks: usize, block_size: usize) -> Result<Self, ModelError> {
+        let floats = num_blocks.saturating_mul(block_size).saturating_mul(kv_dim);
+        let buffers = || -> Result<Vec<Vec<f32>>, ModelError> {
+            (0..layout.group_size)
+                .map(|_| {
+                    let mut buffer = Vec::new();
+                    buffer.try_reserve_exact(floats).map_err(|_| ModelError::InvalidParameter(format!("no host memory for a KV pool of {num_blocks} blocks of {block_size}")))?;
+                    buffer.resize(floats, 0.0);
+                    Ok(buffer)
+                })
+                .collect()
+        };
+        let store = KvStore::Host { keys: buffers()?, values: buffers()? };
+        Self::checked(layout, kv_dim, num_blocks, block_size, store)
+    }
+
+    /// The device buffers of a pool the GPU's kernels use.
+    pub(crate) fn device_kv(&self) -> &DeviceKv {
+        match &self.store {
+            KvStore::Device(kv) => kv,
+            KvStore::Host { .. } => unreachable!("checked by the model: a GPU model's pool is on the device"),
+        }
+    }
+
+    /// Whether the pool is in host memory (a CPU model's).
+    pub fn is_host(&self) -> bool {
+        matches!(self.store, KvStore::Host { .. })
     }
 
     pub fn layout(&self) -> &KvLayout {
@@ -72,7 +117,7 @@ impl PagedKvCache {
         self.block_size
     }
 
-    /// Device bytes of keys and values over all layers.
+    /// Bytes of keys and values over all layers.
     pub fn device_bytes(&self) -> usize {
         self.num_blocks * Self::bytes_per_block(&self.layout, self.kv_dim, self.block_size)
     }
@@ -88,7 +133,9 @@ impl PagedKvCache {
         num_blocks.saturating_mul(block_size).saturating_mul(kv_dim * 4)
     }
 
+    /// Writes the rows of `k` and `v` (`[rows, kv_dim]`) into their slots of `layer`.
     pub(crate) fn write(&self, layer: usize, k: Tensor<2>, v: Tensor<2>, batch: &BatchBuffer) {
+        let kv = self.device_kv();
         let (k, v) = (cube(k), cube(v));
         let (group, slot) = self.layout.layer_slots[layer];
         let kernel = Template::plain("kv_write", include_str!("../../../shaders/kv_write.wgsl"));
@@ -96,29 +143,54 @@ impl PagedKvCache {
             Arg::Read(&k.handle),
             Arg::Read(&v.handle),
             Arg::Read(&batch.handle),
-            Arg::Write(&self.keys[slot]),
-            Arg::Write(&self.values[slot]),
+            Arg::Write(&kv.keys[slot]),
+            Arg::Write(&kv.values[slot]),
         ];
-        let workgroups = (batch.rows * self.kv_dim).div_ceil(64).min(MAX_WORKGROUPS) as u32;
-        let info = KvWriteInfo { rows: batch.rows as u32, kv_dim: self.kv_dim as u32, slots: batch.slots_at(group) as u32 };
-        launch(&self.device, &kernel, [workgroups, 1, 1], &args, &info);
+        let rows = batch.layout.rows;
+        let workgroups = (rows * self.kv_dim).div_ceil(64).min(MAX_WORKGROUPS) as u32;
+        let info = KvWriteInfo { rows: rows as u32, kv_dim: self.kv_dim as u32, slots: batch.layout.slots_at(group) as u32 };
+        launch(&kv.device, &kernel, [workgroups, 1, 1], &args, &info);
+    }
+
+    /// [`PagedKvCache::write`] of a pool in host memory.
+    pub(crate) fn write_host(&mut self, layer: usize, k: &[f32], v: &[f32], batch: &BatchLayout) {
+        let (group, slot) = self.layout.layer_slots[layer];
+        let d = self.kv_dim;
+        let KvStore::Host { keys, values } = &mut self.store else { unreachable!("checked by the model: a CPU model's pool is on the host") };
+        for (row, &s) in batch.slots(group).iter().enumerate() {
+            let s = s as usize * d;
+            keys[slot][s..s + d].copy_from_slice(&k[row * d..(row + 1) * d]);
+            values[slot][s..s + d].copy_from_slice(&v[row * d..(row + 1) * d]);
+        }
     }
 
     /// Copies blocks `(source, destination)` in every buffer (a block holds one group's
     /// layers, whichever group it serves).
-    pub(crate) fn copy(&self, pairs: &[(u32, u32)]) {
+    pub(crate) fn copy(&mut self, pairs: &[(u32, u32)]) {
         if pairs.is_empty() {
             return;
         }
-        let words: Vec<u32> = pairs.iter().flat_map(|&(s, d)| [s, d]).collect();
-        let pairs_handle = upload(&self.device, words);
         let block_len = self.block_size * self.kv_dim;
-        let kernel = Template::plain("kv_copy", include_str!("../../../shaders/kv_copy.wgsl"));
-        let groups = (pairs.len() * block_len).div_ceil(64).min(MAX_WORKGROUPS) as u32;
-        let info = KvCopyInfo { pairs: pairs.len() as u32, block_len: block_len as u32 };
-        for (keys, values) in self.keys.iter().zip(&self.values) {
-            let args = [Arg::Read(&pairs_handle), Arg::Write(keys), Arg::Write(values)];
-            launch(&self.device, &kernel, [groups, 1, 1], &args, &info);
+        match &mut self.store {
+            KvStore::Host { keys, values } => {
+                for buffer in keys.iter_mut().chain(values.iter_mut()) {
+                    for &(source, destination) in pairs {
+                        let source = source as usize * block_len;
+                        buffer.copy_within(source..source + block_len, destination as usize * block_len);
+                    }
+                }
+            }
+            KvStore::Device(kv) => {
+                let words: Vec<u32> = pairs.iter().flat_map(|&(s, d)| [s, d]).collect();
+                let pairs_handle = upload(&kv.device, words);
+                let kernel = Template::plain("kv_copy", include_str!("../../../shaders/kv_copy.wgsl"));
+                let groups = (pairs.len() * block_len).div_ceil(64).min(MAX_WORKGROUPS) as u32;
+                let info = KvCopyInfo { pairs: pairs.len() as u32, block_len: block_len as u32 };
+                for (keys, values) in kv.keys.iter().zip(&kv.values) {
+                    let args = [Arg::Read(&pairs_handle), Arg::Write(keys), Arg::Write(values)];
+                    launch(&kv.device, &kernel, [groups, 1, 1], &args, &info);
+                }
+            }
         }
     }
 }
@@ -171,20 +243,20 @@ pub(crate) struct LongChunk {
     pub tables: Vec<usize>,
 }
 
-/// Where each row of a batch sits, uploaded once per step and read by RoPE, the KV write and
-/// attention: `[positions; rows]`, then per layer group `[slots; rows][table starts; rows]`,
-/// then the block tables. Rows of chunks that attend through the paged kernel come first
-/// (`paged_rows` of them), then the long chunks; [`BatchBuffer::order`] gives that order.
-pub struct BatchBuffer {
-    pub(crate) handle: Handle,
-    pub(crate) rows: usize,
-    pub(crate) paged_rows: usize,
+/// Where each row of a batch sits, read by RoPE, the KV write and attention:
+/// `[positions; rows]`, then per layer group `[slots; rows][table starts; rows]`, then the
+/// block tables. Rows of chunks that attend through the paged kernel come first
+/// (`paged_rows` of them), then the long chunks; [`BatchLayout::order`] gives that order.
+pub(crate) struct BatchLayout {
+    pub words: Vec<u32>,
+    pub rows: usize,
+    pub paged_rows: usize,
     /// The most positions a paged row's sequence holds (its context with this step).
-    pub(crate) paged_context: usize,
-    pub(crate) long: Vec<LongChunk>,
+    pub paged_context: usize,
+    pub long: Vec<LongChunk>,
 }
 
-impl BatchBuffer {
+impl BatchLayout {
     /// The order in which a batch's chunks are laid out: paged ones first, each group in
     /// the given order.
     pub(crate) fn order(chunks: &[SeqChunk]) -> Vec<usize> {
@@ -203,9 +275,24 @@ impl BatchBuffer {
         self.slots_at(group) + self.rows
     }
 
-    /// Lays out `chunks`, which must be in [`BatchBuffer::order`], with `groups` block
+    /// Each row's position.
+    pub(crate) fn positions(&self) -> &[u32] {
+        &self.words[..self.rows]
+    }
+
+    /// Each row's slot in group `group`'s blocks.
+    pub(crate) fn slots(&self, group: usize) -> &[u32] {
+        &self.words[self.slots_at(group)..][..self.rows]
+    }
+
+    /// Row `row`'s block table in group `group` (and the words after it).
+    pub(crate) fn table(&self, group: usize, row: usize) -> &[u32] {
+        &self.words[self.words[self.table_starts_at(group) + row] as usize..]
+    }
+
+    /// Lays out `chunks`, which must be in [`BatchLayout::order`], with `groups` block
     /// tables each.
-    pub(crate) fn new(device: &CubeDevice, chunks: &[&SeqChunk], block_size: usize, groups: usize) -> Self {
+    pub(crate) fn new(chunks: &[&SeqChunk], block_size: usize, groups: usize) -> Self {
         let rows: usize = chunks.iter().map(|c| c.tokens.len()).sum();
         let tables: usize = chunks.iter().flat_map(|c| c.tables.iter().map(Vec::len)).sum();
         let header = rows * (1 + 2 * groups);
@@ -238,13 +325,24 @@ impl BatchBuffer {
                 row += 1;
             }
         }
-        Self { handle: upload(device, words), rows, paged_rows, paged_context, long }
+        Self { words, rows, paged_rows, paged_context, long }
     }
 
     /// A batch of `positions` only, for RoPE alone.
     #[cfg(test)]
-    pub(crate) fn positions(device: &burn::tensor::Device, positions: &[u32]) -> Self {
-        let device = crate::kernel::cube_device(device).expect("a wgpu device");
-        Self { handle: upload(&device, positions.to_vec()), rows: positions.len(), paged_rows: 0, paged_context: 0, long: Vec::new() }
+    pub(crate) fn positions_only(positions: &[u32]) -> Self {
+        Self { words: positions.to_vec(), rows: positions.len(), paged_rows: 0, paged_context: 0, long: Vec::new() }
+    }
+}
+
+/// A [`BatchLayout`] uploaded to the device, once per step.
+pub(crate) struct BatchBuffer {
+    pub handle: Handle,
+    pub layout: BatchLayout,
+}
+
+impl BatchBuffer {
+    pub(crate) fn new(device: &CubeDevice, layout: BatchLayout) -> Self {
+        Self { handle: upload(device, layout.words.clone()), layout }
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use cinder_gguf::GgufFile;
 
-use crate::arch::{Activation, FfnLayout, GlobalWeight, LayerWeight, RopeLayout};
+use crate::arch::{FfnLayout, GlobalWeight, LayerWeight, RopeLayout};
 use crate::model::rope_factors;
 use crate::{ModelConfig, ModelError};
 
@@ -105,7 +105,7 @@ impl ReferenceModel {
                         (both[..f].to_vec(), both[f..].to_vec())
                     }
                 };
-                let act: Vec<f32> = gate.iter().zip(&up).map(|(&g, u)| activate(c.arch.activation, g) * u).collect();
+                let act: Vec<f32> = gate.iter().zip(&up).map(|(&g, u)| crate::ops::activation(c.arch.activation)(g) * u).collect();
                 let mut down = self.project(l, LayerWeight::Down, 0..h, &act);
                 if c.arch.post_norms {
                     down = norm(LayerWeight::PostFfnNorm, &down);
@@ -144,13 +144,6 @@ impl ReferenceModel {
                 head[b] = x0 * sin[i] + x1 * cos[i];
             }
         }
-    }
-}
-
-fn activate(activation: Activation, g: f32) -> f32 {
-    match activation {
-        Activation::Silu => g / (1.0 + (-g).exp()),
-        Activation::GeluTanh => 0.5 * g * (1.0 + (0.797_884_6 * (g + 0.044_715 * g * g * g)).tanh()),
     }
 }
 

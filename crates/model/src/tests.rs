@@ -1,17 +1,46 @@
-//! Tests of loading and running models on the wgpu device against the CPU reference.
+//! Tests of loading and running models on each backend against the CPU reference, and of
+//! the GPU kernels and their CPU twins against plain loops.
 
 use cinder_gguf::{GgmlType, GgufFile, GgufWriter, MetadataValue};
 
 use crate::arch::{GEMMA2, GEMMA3, PHI3, QWEN2, QWEN3};
 use crate::reference::{ReferenceCache, ReferenceModel};
 use crate::tiny::{TinyModel, TinyRopeScaling};
-use crate::{KvLayout, Model, ModelConfig, ModelError, SeqChunk, wgpu_device};
+use crate::{Backend, KvLayout, Model, ModelConfig, ModelError, SeqChunk, wgpu_device};
 
-fn load(bytes: Vec<u8>) -> (GgufFile, Model) {
+fn load(bytes: Vec<u8>, backend: &Backend) -> (GgufFile, Model) {
     let file = GgufFile::from_bytes(bytes).unwrap();
-    let model = Model::load(&file, &wgpu_device().unwrap()).unwrap();
+    let model = Model::load(&file, backend).unwrap();
     (file, model)
 }
+
+/// The forward pass's tests, once on each backend.
+macro_rules! on_each_backend {
+    ($($test:ident),* $(,)?) => {
+        mod gpu {
+            $(#[test]
+            fn $test() {
+                super::$test(&crate::Backend::Gpu(crate::wgpu_device().unwrap()));
+            })*
+        }
+        mod cpu {
+            $(#[test]
+            fn $test() {
+                super::$test(&crate::Backend::cpu(2).unwrap());
+            })*
+        }
+    };
+}
+
+on_each_backend!(
+    every_architecture_matches_the_reference,
+    forward_matches_reference_with_grouped_query_attention,
+    forward_matches_reference_across_encodings_and_head_layouts,
+    chunked_prefill_equals_one_pass,
+    batched_paged_forward_matches_each_sequence_alone,
+    bad_batches_are_errors,
+    bad_inputs_are_errors,
+);
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
@@ -25,8 +54,8 @@ fn assert_close(device: &[f32], reference: &[f32], what: &str) {
 }
 
 /// Prefill, then decode steps, comparing every step's logits with the reference.
-fn check_against_reference(spec: TinyModel) {
-    let (file, model) = load(spec.to_gguf());
+fn check_against_reference(spec: TinyModel, backend: &Backend) {
+    let (file, model) = load(spec.to_gguf(), backend);
     let reference = ReferenceModel::load(&file).unwrap();
     let mut cache = model.new_cache(64).unwrap();
     let mut ref_cache = ReferenceCache::default();
@@ -44,50 +73,46 @@ fn check_against_reference(spec: TinyModel) {
 }
 
 /// Every architecture's block variant, with the options its real files use.
-#[test]
-fn every_architecture_matches_the_reference() {
+fn every_architecture_matches_the_reference(backend: &Backend) {
     let small = TinyModel { n_layers: 3, ..Default::default() };
     // Qwen 2: query, key and value biases.
-    check_against_reference(TinyModel { arch: &QWEN2, biases: true, ..small.clone() });
+    check_against_reference(TinyModel { arch: &QWEN2, biases: true, ..small.clone() }, backend);
     // Qwen 3: QK-norm and a head size other than hidden / heads.
-    check_against_reference(TinyModel { arch: &QWEN3, head_dim: Some(32), seed: 8, ..small.clone() });
+    check_against_reference(TinyModel { arch: &QWEN3, head_dim: Some(32), seed: 8, ..small.clone() }, backend);
     // Gemma 2: soft-capping, GELU, post-norms, embedding scale, alternating windows.
-    check_against_reference(TinyModel { arch: &GEMMA2, sliding_window: Some(6), seed: 9, ..small.clone() });
+    check_against_reference(TinyModel { arch: &GEMMA2, sliding_window: Some(6), seed: 9, ..small.clone() }, backend);
     // Gemma 3: QK-norm, 256-wide heads, one global layer in six, local RoPE base.
     let gemma3 = TinyModel { arch: &GEMMA3, n_layers: 7, head_dim: Some(256), n_kv_heads: 1, sliding_window: Some(8), seed: 10, ..small.clone() };
-    check_against_reference(gemma3);
+    check_against_reference(gemma3, backend);
     // Phi-3: fused QKV and fused gate-up.
-    check_against_reference(TinyModel { arch: &PHI3, fused_qkv: true, tied_embeddings: false, seed: 11, ..small.clone() });
+    check_against_reference(TinyModel { arch: &PHI3, fused_qkv: true, tied_embeddings: false, seed: 11, ..small.clone() }, backend);
     // Llama with every bias, a fused QKV, a sliding window and each RoPE scaling.
-    check_against_reference(TinyModel { biases: true, fused_qkv: true, sliding_window: Some(5), seed: 12, ..small.clone() });
-    check_against_reference(TinyModel { rope_scaling: TinyRopeScaling::FreqFactors, seed: 13, ..small.clone() });
-    check_against_reference(TinyModel { rope_scaling: TinyRopeScaling::Linear(4.0), seed: 14, ..small.clone() });
+    check_against_reference(TinyModel { biases: true, fused_qkv: true, sliding_window: Some(5), seed: 12, ..small.clone() }, backend);
+    check_against_reference(TinyModel { rope_scaling: TinyRopeScaling::FreqFactors, seed: 13, ..small.clone() }, backend);
+    check_against_reference(TinyModel { rope_scaling: TinyRopeScaling::Linear(4.0), seed: 14, ..small.clone() }, backend);
     let yarn = TinyRopeScaling::Yarn { factor: 4.0, original_context: 128 };
-    check_against_reference(TinyModel { arch: &QWEN2, rope_scaling: yarn, seed: 15, ..small.clone() });
+    check_against_reference(TinyModel { arch: &QWEN2, rope_scaling: yarn, seed: 15, ..small.clone() }, backend);
     let longrope = TinyRopeScaling::LongRope { original_context: 128, attn_factor: 1.19 };
-    check_against_reference(TinyModel { arch: &PHI3, fused_qkv: true, rope_scaling: longrope, seed: 16, ..small });
+    check_against_reference(TinyModel { arch: &PHI3, fused_qkv: true, rope_scaling: longrope, seed: 16, ..small }, backend);
 }
 
-#[test]
-fn forward_matches_reference_with_grouped_query_attention() {
-    check_against_reference(TinyModel::default());
+fn forward_matches_reference_with_grouped_query_attention(backend: &Backend) {
+    check_against_reference(TinyModel::default(), backend);
 }
 
-#[test]
-fn forward_matches_reference_across_encodings_and_head_layouts() {
-    check_against_reference(TinyModel { weight_type: GgmlType::Q8_0, n_kv_heads: 4, tied_embeddings: false, seed: 2, ..Default::default() });
-    check_against_reference(TinyModel { weight_type: GgmlType::F32, n_kv_heads: 1, n_layers: 3, seed: 3, ..Default::default() });
-    check_against_reference(TinyModel { weight_type: GgmlType::Q4_0, seed: 4, ..Default::default() });
-    check_against_reference(TinyModel { weight_type: GgmlType::Q5_1, seed: 5, ..Default::default() });
+fn forward_matches_reference_across_encodings_and_head_layouts(backend: &Backend) {
+    check_against_reference(TinyModel { weight_type: GgmlType::Q8_0, n_kv_heads: 4, tied_embeddings: false, seed: 2, ..Default::default() }, backend);
+    check_against_reference(TinyModel { weight_type: GgmlType::F32, n_kv_heads: 1, n_layers: 3, seed: 3, ..Default::default() }, backend);
+    check_against_reference(TinyModel { weight_type: GgmlType::Q4_0, seed: 4, ..Default::default() }, backend);
+    check_against_reference(TinyModel { weight_type: GgmlType::Q5_1, seed: 5, ..Default::default() }, backend);
     // K-quant rows hold 256 values.
     let wide = TinyModel { hidden: 256, ffn_hidden: 512, n_heads: 4, seed: 6, ..Default::default() };
-    check_against_reference(TinyModel { weight_type: GgmlType::Q4K, ..wide.clone() });
-    check_against_reference(TinyModel { weight_type: GgmlType::Q6K, tied_embeddings: false, ..wide });
+    check_against_reference(TinyModel { weight_type: GgmlType::Q4K, ..wide.clone() }, backend);
+    check_against_reference(TinyModel { weight_type: GgmlType::Q6K, tied_embeddings: false, ..wide }, backend);
 }
 
-#[test]
-fn chunked_prefill_equals_one_pass() {
-    let (_, model) = load(TinyModel::default().to_gguf());
+fn chunked_prefill_equals_one_pass(backend: &Backend) {
+    let (_, model) = load(TinyModel::default().to_gguf(), backend);
     let prompt: Vec<u32> = (0..20).map(|i| (i * 13 % 250) as u32).collect();
     let mut whole = model.new_cache(32).unwrap();
     let expected = model.forward(&prompt, &mut whole).unwrap();
@@ -100,11 +125,10 @@ fn chunked_prefill_equals_one_pass() {
 /// Sequences of different lengths in one batch, through scattered block tables, prefill
 /// chunks next to decodes, and a sequence forked by copying its blocks: every logit row
 /// equals the reference run of that sequence alone.
-#[test]
-fn batched_paged_forward_matches_each_sequence_alone() {
+fn batched_paged_forward_matches_each_sequence_alone(backend: &Backend) {
     let gemma3 = TinyModel { arch: &GEMMA3, n_layers: 6, head_dim: Some(32), sliding_window: Some(9), seed: 8, ..Default::default() };
     for spec in [TinyModel::default(), TinyModel { hidden: 256, n_heads: 2, n_kv_heads: 1, seed: 7, ..Default::default() }, gemma3] {
-        let (file, model) = load(spec.to_gguf());
+        let (file, model) = load(spec.to_gguf(), backend);
         let reference = ReferenceModel::load(&file).unwrap();
         let layout = model.config().kv_layout();
         let block_size = 4;
@@ -193,11 +217,10 @@ fn windowed_layers_get_their_own_block_tables() {
     assert_eq!((plain.groups, plain.group_size), (vec![None], 2));
 }
 
-#[test]
-fn bad_batches_are_errors() {
+fn bad_batches_are_errors(backend: &Backend) {
     use crate::SeqChunk;
 
-    let (_, model) = load(TinyModel::default().to_gguf());
+    let (_, model) = load(TinyModel::default().to_gguf(), backend);
     let mut cache = model.new_paged_cache(4, 4).unwrap();
     let run = |chunks: &[SeqChunk], cache: &mut crate::PagedKvCache| model.forward_batch(chunks, cache).unwrap_err().to_string();
     let e = run(&[SeqChunk { tokens: &[1; 9], start: 0, tables: &[vec![0, 1]], logits: 1 }], &mut cache);
@@ -215,9 +238,8 @@ fn bad_batches_are_errors() {
     assert_eq!(ok.len(), 1);
 }
 
-#[test]
-fn bad_inputs_are_errors() {
-    let (_, model) = load(TinyModel::default().to_gguf());
+fn bad_inputs_are_errors(backend: &Backend) {
+    let (_, model) = load(TinyModel::default().to_gguf(), backend);
     let mut cache = model.new_cache(4).unwrap();
     let e = model.forward(&[1, 2, 3, 4, 5], &mut cache).unwrap_err();
     assert!(matches!(e, ModelError::CacheFull { needed: 5, capacity: 4 }), "{e}");
@@ -239,7 +261,7 @@ fn edited_model(spec: TinyModel, edit: impl FnOnce(&mut GgufWriter)) -> String {
     let mut writer = GgufWriter::from_file(&file);
     edit(&mut writer);
     let file = GgufFile::from_bytes(writer.to_bytes()).unwrap();
-    match Model::load(&file, &wgpu_device().unwrap()) {
+    match Model::load(&file, &Backend::Gpu(wgpu_device().unwrap())) {
         Ok(_) => panic!("edited model loaded"),
         Err(e) => e.to_string(),
     }
@@ -369,14 +391,15 @@ fn quantized_matmul_matches_dequantized_reference() {
     }
 }
 
-/// The device's top-k against a CPU sort of each row: largest first, equal values in index
-/// order, nothing past the limit, NaN never (a row of NaN has no candidates), for k = 1
-/// (greedy), a k that rounds up, and the largest.
+/// The device's and the CPU backend's top-k against a sort of each row: largest first, equal
+/// values in index order, nothing past the limit, NaN never (a row of NaN has no
+/// candidates), for k = 1 (greedy), a k that rounds up, and the largest.
 #[test]
-fn device_top_k_matches_a_cpu_sort() {
+fn top_k_matches_a_sort_on_both_backends() {
     use burn::tensor::{Tensor, TensorData};
     use rand::{Rng, SeedableRng};
 
+    use crate::logits::Logits;
     use crate::{LogitRows, MAX_DEVICE_TOP_K, PendingLogits};
 
     let device = wgpu_device().unwrap();
@@ -412,14 +435,17 @@ fn device_top_k_matches_a_cpu_sort() {
         assert_eq!(expected[4][0], (8, 20.0));
         assert!(expected[6].is_empty());
         let logits = Tensor::<2>::from_data(TensorData::new(flat.clone(), [rows.len(), vocab]), &device);
-        let pending = PendingLogits { logits: Some(logits), vocab, top_k: None }.top_k(k, limit);
-        assert_eq!(pending.read().unwrap(), LogitRows::TopK(expected), "k = {k}");
+        let pending = PendingLogits::new(Some(Logits::Device(logits)), vocab).top_k(k, limit);
+        assert_eq!(pending.read().unwrap(), LogitRows::TopK(expected.clone()), "device, k = {k}");
+        let pending = PendingLogits::new(Some(Logits::Host(flat.clone())), vocab).top_k(k, limit);
+        assert_eq!(pending.read().unwrap(), LogitRows::TopK(expected), "CPU, k = {k}");
     }
 }
 
-/// The fused RMSNorm, SiLU-gate and RoPE kernels against plain CPU loops, on odd shapes.
+/// The fused RMSNorm, gate and RoPE kernels and their CPU twins against plain loops, on odd
+/// shapes.
 #[test]
-fn fused_kernels_match_cpu() {
+fn elementwise_ops_match_plain_loops_on_both_backends() {
     use burn::tensor::{Tensor, TensorData};
     use rand::{Rng, SeedableRng};
 
@@ -439,12 +465,18 @@ fn fused_kernels_match_cpu() {
                 row.iter().zip(&w).map(move |(v, w)| v * scale * w)
             })
             .collect();
-        let got = rms_norm(tensor(x.clone(), [rows, cols]), &tensor(w, [1, cols]), 1e-5);
+        let got = rms_norm(tensor(x.clone(), [rows, cols]), &tensor(w.clone(), [1, cols]), 1e-5);
         assert_close(&got.try_into_vec_as::<f32>().unwrap(), &expected, &format!("rms_norm {rows}x{cols}"));
+        let mut got = x.clone();
+        cinder_cpu::rms_norm(&mut got, &w, 1e-5);
+        assert_close(&got, &expected, &format!("CPU rms_norm {rows}x{cols}"));
 
         let expected: Vec<f32> = x.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
         let got = gated(tensor(x.clone(), [rows, cols]), tensor(up.clone(), [rows, cols]), Activation::Silu);
         assert_close(&got.try_into_vec_as::<f32>().unwrap(), &expected, &format!("silu gate {rows}x{cols}"));
+        let mut got = x.clone();
+        cinder_cpu::gated(&mut got, &up, crate::ops::activation(Activation::Silu));
+        assert_close(&got, &expected, &format!("CPU silu gate {rows}x{cols}"));
         // GELU (tanh approximation) as the formula gives it, and as x and 0 beyond |x| = 10.
         let big: Vec<f32> = x.iter().enumerate().map(|(i, v)| if i % 7 == 3 { v * 8.0 } else { *v }).collect();
         let gelu = |g: f32| match g {
@@ -453,8 +485,11 @@ fn fused_kernels_match_cpu() {
             g => 0.5 * g * (1.0 + (0.797_884_6 * (g + 0.044_715 * g * g * g)).tanh()),
         };
         let expected: Vec<f32> = big.iter().zip(&up).map(|(&g, u)| gelu(g) * u).collect();
-        let got = gated(tensor(big, [rows, cols]), tensor(up, [rows, cols]), Activation::GeluTanh);
+        let got = gated(tensor(big.clone(), [rows, cols]), tensor(up.clone(), [rows, cols]), Activation::GeluTanh);
         assert_close(&got.try_into_vec_as::<f32>().unwrap(), &expected, &format!("gelu gate {rows}x{cols}"));
+        let mut got = big;
+        cinder_cpu::gated(&mut got, &up, crate::ops::activation(Activation::GeluTanh));
+        assert_close(&got, &expected, &format!("CPU gelu gate {rows}x{cols}"));
     }
     for layout in [RopeLayout::Adjacent, RopeLayout::Halves] {
         for (tokens, heads, head_dim, start) in [(1, 1, 2, 0), (3, 9, 64, 5), (7, 3, 18, 40)] {
@@ -474,10 +509,15 @@ fn fused_kernels_match_cpu() {
                     head[b] = x0 * sin[angle] + x1 * cos[angle];
                 }
             }
+            let positions: Vec<u32> = (start as u32..).take(tokens).collect();
+            let mut got = x.clone();
+            let tables = cinder_cpu::RopeTables { cos: cos.clone(), sin: sin.clone(), halves: layout == RopeLayout::Halves };
+            tables.rotate(&mut got, head_dim, &positions);
+            assert_close(&got, &expected, &format!("CPU {layout:?} rope {tokens}x{heads}x{head_dim} from {start}"));
             let input = Tensor::<3>::from_data(TensorData::new(x, [tokens, heads, head_dim]), &device);
             let (cos, sin) = (tensor(cos, [context, half]), tensor(sin, [context, half]));
-            let positions: Vec<u32> = (start as u32..).take(tokens).collect();
-            let batch = crate::paged::BatchBuffer::positions(&device, &positions);
+            let cube = crate::kernel::cube_device(&device).unwrap();
+            let batch = crate::paged::BatchBuffer::new(&cube, crate::paged::BatchLayout::positions_only(&positions));
             let got = rope(input, &cos, &sin, layout, &batch).try_into_vec_as::<f32>().unwrap();
             assert_close(&got, &expected, &format!("{layout:?} rope {tokens}x{heads}x{head_dim} from {start}"));
         }
@@ -485,7 +525,7 @@ fn fused_kernels_match_cpu() {
 }
 
 /// The paged and flash-attention kernels (portable, and subgroup where the adapter has a
-/// fixed subgroup size) against a plain loop, in one batch: decodes (one over 601 positions,
+/// fixed subgroup size) and the CPU's paged attention against a plain loop, in one batch: decodes (one over 601 positions,
 /// split over its keys), chunks of odd lengths (past query-tile and key-tile edges) after
 /// cached positions, blocks of 5 slots scattered through the pool, windows, soft-caps,
 /// grouped queries, head sizes 32 to 256.
@@ -493,7 +533,9 @@ fn fused_kernels_match_cpu() {
 fn attention_kernels_match_a_loop() {
     use crate::attention::{Attention, ScoreRule};
     use crate::kernel::cube_device;
-    use crate::paged::{BatchBuffer, PagedKvCache};
+    use crate::ops::Ops;
+    use crate::ops::cpu::{CpuOps, HostRows};
+    use crate::paged::{BatchBuffer, BatchLayout, PagedKvCache};
     use burn::tensor::{Tensor, TensorData};
 
     let device = wgpu_device().unwrap();
@@ -513,12 +555,13 @@ fn attention_kernels_match_a_loop() {
         (2, 2, 256, ScoreRule { scale: 0.0625, window: None, softcap: Some(2.0) }),
         (6, 3, 64, ScoreRule { scale: 0.3, window: Some(70), softcap: Some(1.5) }),
     ];
-    let widths = [None, crate::model::fixed_subgroup_width(&device)];
+    let widths = [None, crate::ops::gpu::fixed_subgroup_width(&device)];
     for ((heads, kv_heads, hd, rule), subgroup_width) in cases.into_iter().flat_map(|c| widths.iter().map(move |&w| (c, w))) {
         let kv_dim = kv_heads * hd;
         let block_size = 5;
         let layout = KvLayout { groups: vec![rule.window], layer_slots: vec![(0, 0)], group_size: 1 };
-        let cache = PagedKvCache::new(&cube, layout, kv_dim, 700, block_size, subgroup_width).unwrap();
+        let cache = PagedKvCache::on_device(&cube, layout.clone(), kv_dim, 700, block_size, subgroup_width).unwrap();
+        let mut host_cache = PagedKvCache::on_host(layout, kv_dim, 700, block_size).unwrap();
         // (cached positions, new tokens) per sequence: decodes (the long one's attention split
         // over its keys where the window allows), then long chunks.
         let sequences = [(9, 1), (600, 1), (0, 33), (40, 65), (7, 130)];
@@ -532,12 +575,13 @@ fn attention_kernels_match_a_loop() {
         // Every position's keys and values written in one batch.
         let tokens: Vec<Vec<u32>> = sequences.iter().map(|&(c, n)| vec![0; c + n]).collect();
         let writes: Vec<SeqChunk> = (0..sequences.len()).map(|s| SeqChunk { tokens: &tokens[s], start: 0, tables: &tables[s], logits: 0 }).collect();
-        let order = BatchBuffer::order(&writes);
+        let order = BatchLayout::order(&writes);
         let laid_out: Vec<&SeqChunk> = order.iter().map(|&i| &writes[i]).collect();
-        let batch = BatchBuffer::new(&cube, &laid_out, block_size, 1);
+        let batch = BatchBuffer::new(&cube, BatchLayout::new(&laid_out, block_size, 1));
         let flat = |rows: Vec<&Vec<Vec<f32>>>| -> Vec<f32> { rows.into_iter().flat_map(|r| r.iter().flatten().copied()).collect() };
-        let tensor = |data: Vec<f32>| Tensor::<2>::from_data(TensorData::new(data, [batch.rows, kv_dim]), &device);
+        let tensor = |data: Vec<f32>| Tensor::<2>::from_data(TensorData::new(data, [batch.layout.rows, kv_dim]), &device);
         let (k, v) = (flat(order.iter().map(|&i| &keys[i]).collect()), flat(order.iter().map(|&i| &values[i]).collect()));
+        host_cache.write_host(0, &k, &v, &batch.layout);
         cache.write(0, tensor(k), tensor(v), &batch);
 
         // The new tokens of every sequence attend in one batch.
@@ -546,15 +590,15 @@ fn attention_kernels_match_a_loop() {
             .enumerate()
             .map(|(s, &(cached, new))| SeqChunk { tokens: &tokens[s][cached..cached + new], start: cached, tables: &tables[s], logits: 0 })
             .collect();
-        let order = BatchBuffer::order(&steps);
+        let order = BatchLayout::order(&steps);
         let laid_out: Vec<&SeqChunk> = order.iter().map(|&i| &steps[i]).collect();
-        let batch = BatchBuffer::new(&cube, &laid_out, block_size, 1);
-        assert_eq!((batch.paged_rows, batch.long.len()), (2, 3));
+        let batch = BatchBuffer::new(&cube, BatchLayout::new(&laid_out, block_size, 1));
+        assert_eq!((batch.layout.paged_rows, batch.layout.long.len()), (2, 3));
         if rule.window.is_none() {
-            assert!(crate::attention::key_splits(batch.paged_rows * heads, 601) > 1, "the long decode is split");
+            assert!(crate::attention::key_splits(batch.layout.paged_rows * heads, 601) > 1, "the long decode is split");
         }
         let width = heads * hd;
-        let q = random(batch.rows * width);
+        let q = random(batch.layout.rows * width);
         let config = ModelConfig {
             n_heads: heads,
             n_kv_heads: kv_heads,
@@ -564,8 +608,10 @@ fn attention_kernels_match_a_loop() {
             ..TinyModel::default().config()
         };
         let attention = Attention::new(&config, &batch, &cache);
-        let input = Tensor::<2>::from_data(TensorData::new(q.clone(), [batch.rows, width]), &device);
+        let input = Tensor::<2>::from_data(TensorData::new(q.clone(), [batch.layout.rows, width]), &device);
         let got = attention.attend(0, input, &rule).try_into_vec_as::<f32>().unwrap();
+        let cpu = CpuOps { threads: std::sync::Arc::new(cinder_cpu::Threads::new(2).unwrap()) };
+        let on_cpu = cpu.attend(&host_cache, 0, HostRows { data: q.clone(), width }, &config, &rule, &batch.layout).data;
         let mut row = 0;
         for &s in &order {
             let (cached, new) = sequences[s];
@@ -579,6 +625,7 @@ fn attention_kernels_match_a_loop() {
                 .collect();
             let what = format!("sequence {s}, heads {heads}/{kv_heads} x {hd}, {rule:?}, subgroups {subgroup_width:?}");
             assert_close(&got[row * width..(row + new) * width], &expected, &what);
+            assert_close(&on_cpu[row * width..(row + new) * width], &expected, &format!("CPU {what}"));
             row += new;
         }
     }
