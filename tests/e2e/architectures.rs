@@ -6,7 +6,9 @@
 use cinder_gguf::{GgmlType, GgufFile};
 use cinder_model::arch::{GEMMA2, GEMMA3, PHI3, QWEN2, QWEN3};
 use cinder_model::tiny::{TinyModel, TinyRopeScaling};
-use cinder_model::{Model, wgpu_device};
+use cinder_model::Model;
+
+use crate::On;
 
 /// The variants, by name: each architecture with the options its real files use, and
 /// Llama's RoPE scalings. `quantized` ones run in llama.cpp with 8-bit activations.
@@ -61,10 +63,11 @@ fn write_tiny_architectures() {
     }
 }
 
-#[test]
-fn tiny_architectures_match_llama_cpp() {
+on_each_backend!(tiny_architectures_match_llama_cpp);
+
+fn tiny_architectures_match_llama_cpp(on: On) {
     let fixture = crate::fixture("architectures.json");
-    let device = wgpu_device().unwrap();
+    let backend = on.backend();
     let mut failures = Vec::new();
     for (name, spec) in variants() {
         let case = &fixture["models"][name];
@@ -76,7 +79,7 @@ fn tiny_architectures_match_llama_cpp() {
             "{name}: the tiny model changed since its reference was made: run scripts/make_family_fixtures.py"
         );
         let file = GgufFile::from_bytes(bytes).unwrap();
-        let model = Model::load(&file, &device).unwrap();
+        let model = Model::load(&file, &backend).unwrap();
         let tolerance = case["tolerance"].as_f64().unwrap() as f32;
         let prompt: Vec<u32> = serde_json::from_value(case["prompt_ids"].clone()).unwrap();
         let steps = case["steps"].as_array().unwrap();

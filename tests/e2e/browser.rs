@@ -225,7 +225,7 @@ fn the_browser_loads_the_default_model_and_produces_its_first_tokens() {
 /// the machine's, lavapipe): its text, and its peak resident memory in MB, read from
 /// /proc while it runs. A run past 4 GB or 5 minutes is killed and fails.
 fn generate_watched(icd: Option<&Path>) -> (String, u64) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_cinder"));
+    let mut command = crate::cinder_command();
     command
         .args(["generate", "--prompt", "The capital of France is", "--max-tokens", "8", "--temperature", "0", "--json"])
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())

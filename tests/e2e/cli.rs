@@ -10,7 +10,7 @@ use cinder_tokenizer::Tokenizer;
 use serde_json::Value;
 
 fn cinder(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cinder"))
+    crate::cinder_command()
         .args(args)
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
         .env_remove("CINDER_MODEL")

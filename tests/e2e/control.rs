@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::serve::{Server, http, tiny_model};
 
 fn cinder(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_cinder")).args(args).output().expect("running cinder")
+    crate::cinder_command().args(args).output().expect("running cinder")
 }
 
 pub(crate) fn write_config(test: &str, text: &str) -> PathBuf {

@@ -82,7 +82,7 @@ fn chat_contents_never_become_control_tokens() {
 fn an_empty_api_key_is_refused_at_start() {
     let model = tiny_model("empty-key");
     for (flag, env) in [(Some(""), None), (None, Some(" "))] {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_cinder"));
+        let mut command = crate::cinder_command();
         command.args(["serve", "--port", "0", "--model"]).arg(&model);
         if let Some(key) = flag {
             command.args(["--api-key", key]);
@@ -278,7 +278,7 @@ fn nan_weights_end_requests_with_an_error_and_nan_norms_are_refused_at_load() {
     assert!(r.body.contains("NaN or infinite logits"), "{}", r.body);
     assert_eq!(server.request("GET", "/health", &[], "").status, 200);
 
-    let output = Command::new(env!("CARGO_BIN_EXE_cinder"))
+    let output = crate::cinder_command()
         .args(["serve", "--port", "0", "--model"])
         .arg(poisoned_model("nan-norm", "output_norm.weight"))
         .output()
@@ -328,7 +328,7 @@ fn requests_that_cannot_start_before_their_deadline_get_408_and_free_their_place
 #[test]
 fn a_bad_default_deadline_is_refused_at_start() {
     for value in ["0", "urgent=100", "normal=soon"] {
-        let output = Command::new(env!("CARGO_BIN_EXE_cinder"))
+        let output = crate::cinder_command()
             .args(["serve", "--port", "0", "--default-deadline-ms", value, "--model"])
             .arg(tiny_model("bad-deadline"))
             .output()

@@ -315,7 +315,7 @@ fn health_shows_paths_and_errors_only_to_the_admin_key() {
 #[test]
 fn a_tenant_key_equal_to_the_admin_key_is_refused_at_start() {
     let file = write_config("key-clash", "[[tenants]]\nname = \"a\"\napi_keys = [\"same\"]\n");
-    let output = Command::new(env!("CARGO_BIN_EXE_cinder"))
+    let output = crate::cinder_command()
         .args(["serve", "--port", "0", "--config", arg(&file), "--api-key", "same", "--model"])
         .arg(tiny_model("key-clash"))
         .output()

@@ -4,6 +4,25 @@
 //! Fixtures live in `tests/fixtures/` and are made by `scripts/make_reference_fixtures.py`.
 //! The real model is the one `scripts/setup.sh` installs (or `$CINDER_MODEL`).
 
+/// Tests that run once per backend: `on_each_backend!(name, …)` makes `gpu::name` and
+/// `cpu::name`, each calling `name(On::…)`.
+macro_rules! on_each_backend {
+    ($($test:ident),* $(,)?) => {
+        mod gpu {
+            $(#[test]
+            fn $test() {
+                super::$test(crate::On::Gpu);
+            })*
+        }
+        mod cpu {
+            $(#[test]
+            fn $test() {
+                super::$test(crate::On::Cpu);
+            })*
+        }
+    };
+}
+
 mod architectures;
 mod browser;
 mod cli;
@@ -19,6 +38,39 @@ mod speculative;
 mod tokenizer;
 
 use std::path::PathBuf;
+use std::process::Command;
+
+/// A backend a test runs on: the GPU's (lavapipe here and in CI) or the CPU's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum On {
+    Gpu = 0,
+    Cpu = 1,
+}
+
+impl On {
+    pub fn backend(self) -> cinder_model::Backend {
+        match self {
+            On::Gpu => cinder_model::Backend::Gpu(cinder_model::wgpu_device().unwrap()),
+            On::Cpu => cinder_model::Backend::cpu(0).unwrap(),
+        }
+    }
+
+    /// The `--device` that selects it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            On::Gpu => "gpu",
+            On::Cpu => "cpu",
+        }
+    }
+}
+
+/// The `cinder` binary on the GPU backend unless the test names another `--device`: `auto`
+/// would pick the CPU on a software adapter, and the WGSL kernels must keep running here.
+pub fn cinder_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cinder"));
+    command.env("CINDER_DEVICE", "gpu");
+    command
+}
 
 /// The default model (or `$CINDER_MODEL`). Tests that need it fail with instructions when
 /// it is missing.

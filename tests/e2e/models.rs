@@ -3,7 +3,6 @@
 //! `/admin/models` (loading and unloading while serving), per-model metrics, `/health`
 //! and `--allow-partial`.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cinder_model::tiny::TinyModel;
@@ -111,7 +110,7 @@ fn a_model_that_fails_to_load_stops_the_server_unless_partial_is_allowed() {
     let broken = crate::scratch_dir("models-partial").join("broken.gguf");
     std::fs::write(&broken, b"GGUF not really").unwrap();
     let broken = format!("broken={}", broken.display());
-    let out = Command::new(env!("CARGO_BIN_EXE_cinder"))
+    let out = crate::cinder_command()
         .args(["serve", "--port", "0", "--model", &format!("a={a}"), "--model", &broken])
         .output()
         .unwrap();

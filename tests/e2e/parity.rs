@@ -1,4 +1,5 @@
-//! Greedy parity with llama.cpp on the default model and on Gemma 3 270M.
+//! Greedy parity with llama.cpp on the default model and on Gemma 3 270M, on each backend
+//! (the GPU's WGSL kernels on whatever adapter wgpu finds, and the CPU's).
 //!
 //! Two references per model, made by `scripts/make_reference_fixtures.py` (default model)
 //! and `scripts/make_family_fixtures.py` (Gemma, `gemma_` fixtures):
@@ -14,7 +15,9 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use cinder_gguf::GgufFile;
-use cinder_model::{Model, log_softmax, wgpu_device};
+use cinder_model::{Backend, Model, log_softmax};
+
+use crate::On;
 
 struct Bounds {
     /// A divergence is accepted where llama.cpp's top-2 gap is below this.
@@ -23,24 +26,33 @@ struct Bounds {
     logprob: f32,
 }
 
-fn load(path: std::path::PathBuf) -> Model {
+fn load(path: std::path::PathBuf, backend: Backend) -> Model {
     let file = GgufFile::open(path).unwrap();
-    let device = wgpu_device().unwrap();
     let start = Instant::now();
-    let model = Model::load(&file, &device).unwrap();
-    eprintln!("adapter {}; loaded in {:.1} s", cinder_model::adapter_name(&device), start.elapsed().as_secs_f64());
+    let model = Model::load(&file, &backend).unwrap();
+    eprintln!("{}; loaded in {:.1} s", backend.name(), start.elapsed().as_secs_f64());
     model
 }
 
-fn default_model() -> &'static Model {
-    static MODEL: OnceLock<Model> = OnceLock::new();
-    MODEL.get_or_init(|| load(crate::real_model_path()))
+/// Each model once per backend, shared by the tests on it.
+type PerBackend = [OnceLock<Model>; 2];
+
+fn default_model(on: On) -> &'static Model {
+    static MODELS: PerBackend = [const { OnceLock::new() }; 2];
+    MODELS[on as usize].get_or_init(|| load(crate::real_model_path(), on.backend()))
 }
 
-fn gemma() -> &'static Model {
-    static MODEL: OnceLock<Model> = OnceLock::new();
-    MODEL.get_or_init(|| load(crate::installed("models/gemma-3-270m-q4_k_m.gguf")))
+fn gemma(on: On) -> &'static Model {
+    static MODELS: PerBackend = [const { OnceLock::new() }; 2];
+    MODELS[on as usize].get_or_init(|| load(crate::installed("models/gemma-3-270m-q4_k_m.gguf"), on.backend()))
 }
+
+on_each_backend!(
+    greedy_tokens_match_llama_cpp_on_the_same_weights,
+    greedy_tokens_track_llama_cpp_q4_1,
+    gemma3_greedy_tokens_match_llama_cpp_on_the_same_weights,
+    gemma3_greedy_tokens_track_llama_cpp_q4_k_m,
+);
 
 fn check(model: &Model, fixture_name: &str, bounds: Bounds) {
     // CINDER_PARITY_TOKENS shortens the check for quick local runs; CI checks all 32.
@@ -90,25 +102,21 @@ fn check(model: &Model, fixture_name: &str, bounds: Bounds) {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-#[test]
-fn greedy_tokens_match_llama_cpp_on_the_same_weights() {
-    check(default_model(), "greedy_f32.json", Bounds { near_tie: 0.05, logprob: 0.1 });
+fn greedy_tokens_match_llama_cpp_on_the_same_weights(on: On) {
+    check(default_model(on), "greedy_f32.json", Bounds { near_tie: 0.05, logprob: 0.1 });
 }
 
-#[test]
-fn greedy_tokens_track_llama_cpp_q4_1() {
-    check(default_model(), "greedy.json", Bounds { near_tie: 0.4, logprob: 0.25 });
+fn greedy_tokens_track_llama_cpp_q4_1(on: On) {
+    check(default_model(on), "greedy.json", Bounds { near_tie: 0.4, logprob: 0.25 });
 }
 
 /// Gemma 3 270M: 9 prompts, one of them longer than the 512-token sliding window.
-#[test]
-fn gemma3_greedy_tokens_match_llama_cpp_on_the_same_weights() {
-    check(gemma(), "gemma_greedy_f32.json", Bounds { near_tie: 0.05, logprob: 0.1 });
+fn gemma3_greedy_tokens_match_llama_cpp_on_the_same_weights(on: On) {
+    check(gemma(on), "gemma_greedy_f32.json", Bounds { near_tie: 0.05, logprob: 0.1 });
 }
 
 /// On the Q4_K_M file llama.cpp's 8-bit activations move Gemma's top-1 log-probabilities
 /// by up to ~0.31 (measured) and flip near-ties up to ~0.13 apart.
-#[test]
-fn gemma3_greedy_tokens_track_llama_cpp_q4_k_m() {
-    check(gemma(), "gemma_greedy.json", Bounds { near_tie: 0.4, logprob: 0.4 });
+fn gemma3_greedy_tokens_track_llama_cpp_q4_k_m(on: On) {
+    check(gemma(on), "gemma_greedy.json", Bounds { near_tie: 0.4, logprob: 0.4 });
 }

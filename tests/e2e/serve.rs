@@ -20,7 +20,7 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(model: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cinder"))
+        let mut child = crate::cinder_command()
             .args(["serve", "--port", "0", "--model"])
             .arg(model)
             .args(extra)
@@ -130,9 +130,10 @@ pub(crate) fn python() -> PathBuf {
     python
 }
 
-#[test]
-fn the_openai_client_streams_chat_and_completes_with_logprobs_n_and_stop() {
-    let server = Server::start(&crate::real_model_path(), &["--api-key", "secret", "--served-model-name", "smollm2"]);
+on_each_backend!(the_openai_client_streams_chat_and_completes_with_logprobs_n_and_stop);
+
+fn the_openai_client_streams_chat_and_completes_with_logprobs_n_and_stop(on: crate::On) {
+    let server = Server::start(&crate::real_model_path(), &["--device", on.flag(), "--api-key", "secret", "--served-model-name", "smollm2"]);
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/openai_client.py");
     let output = Command::new(python())
         .arg(script)
@@ -144,6 +145,23 @@ fn the_openai_client_streams_chat_and_completes_with_logprobs_n_and_stop() {
     assert!(stdout.trim_end().ends_with("ok"), "{stdout}");
     assert!(server.metric("generation_tokens_total") > 0.0);
     assert!(server.metric("prompt_tokens_total") > 0.0);
+}
+
+/// The two backends serve the same greedy tokens of the real model (each matches llama.cpp
+/// on the same weights, `parity.rs`), batched: four prompts at once.
+#[test]
+fn both_backends_serve_the_same_greedy_completions() {
+    let prompts = ["The capital of France is", "def fibonacci(n):", "Once upon a time", "1, 2, 3, 5, 8,"];
+    let body = serde_json::json!({"prompt": prompts, "max_tokens": 24, "temperature": 0}).to_string();
+    let texts = |device: &str| -> Vec<String> {
+        let server = Server::start(&crate::real_model_path(), &["--device", device]);
+        let answer = server.post("/v1/completions", &body);
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        answer.json()["choices"].as_array().unwrap().iter().map(|c| c["text"].as_str().unwrap().to_owned()).collect()
+    };
+    let (gpu, cpu) = (texts("gpu"), texts("cpu"));
+    assert_eq!(cpu.len(), prompts.len());
+    assert_eq!(cpu, gpu);
 }
 
 #[test]

@@ -1,7 +1,6 @@
 //! Speculative decoding through the server's doors: `--speculative`, the `[speculative]`
 //! config section, the request's `speculative` field, the usage block and the metrics.
 
-use std::process::Command;
 
 use serde_json::json;
 
@@ -64,7 +63,7 @@ fn the_server_speculates_by_default_or_per_request_and_reports_it() {
 
 #[test]
 fn the_default_is_set_by_flag_or_config_file_and_checked_at_start() {
-    let cinder = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_cinder")).args(args).output().unwrap();
+    let cinder = |args: &[&str]| crate::cinder_command().args(args).output().unwrap();
     let file = crate::scratch_dir("speculative-config").join("cinder.toml");
     std::fs::write(&file, "[speculative]\nmethod = \"ngram\"\nnum_tokens = 5\nmax_batch = 4\n").unwrap();
     let out = cinder(&["serve", "--config", file.to_str().unwrap(), "--print-config"]);
@@ -107,7 +106,7 @@ fn a_draft_model_proposes_when_asked_and_must_share_the_vocabulary() {
     drop(server);
 
     // A draft model with another vocabulary (the real model's) is refused at start.
-    let cinder = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_cinder")).args(args).output().unwrap();
+    let cinder = |args: &[&str]| crate::cinder_command().args(args).output().unwrap();
     let real = crate::real_model_path();
     let out = cinder(&["serve", "--port", "0", "--model", target.to_str().unwrap(), "--draft-model", real.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);

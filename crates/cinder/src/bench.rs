@@ -22,6 +22,8 @@ pub struct BenchArgs {
     load: Option<LoadBench>,
     #[command(flatten)]
     model: ModelArg,
+    #[command(flatten)]
+    device: crate::device_arg::DeviceArg,
     /// Write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -366,9 +368,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let path = args.model.path();
     let file = args.model.open()?;
-    let device = cinder_model::wgpu_device().context("no usable GPU adapter")?;
-    let adapter = cinder_model::adapter_info(&device).context("the adapter did not describe itself")?;
-    eprintln!("adapter: {}", cinder_model::adapter_name(&device));
+    let device = args.device.open()?;
+    let adapter = device.describe().context("the adapter did not describe itself")?;
     let load_start = Instant::now();
     let model = Model::load(&file, &device).with_context(|| format!("loading {}", path.display()))?;
     let load_s = load_start.elapsed().as_secs_f64();

@@ -19,6 +19,8 @@ use crate::model_path::ModelArg;
 pub struct GenerateArgs {
     #[command(flatten)]
     model: ModelArg,
+    #[command(flatten)]
+    device: crate::device_arg::DeviceArg,
     /// Raw prompt text (control-token text such as <|im_start|> is parsed as those tokens).
     #[arg(long, allow_hyphen_values = true)]
     prompt: Option<String>,
@@ -109,8 +111,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let tokenizer = Tokenizer::from_gguf(file.metadata())?;
     let prompt_ids = prompt_ids(&args, &file, &tokenizer)?;
 
-    let device = cinder_model::wgpu_device().context("no usable GPU adapter")?;
-    eprintln!("adapter: {}", cinder_model::adapter_name(&device));
+    let device = args.device.open()?;
     let load_start = Instant::now();
     let model = Model::load(&file, &device).with_context(|| format!("loading {}", path.display()))?;
     eprintln!("model: {} loaded in {:.2} s", path.display(), load_start.elapsed().as_secs_f64());

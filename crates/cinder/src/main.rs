@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_serve;
+mod device_arg;
 mod generate;
 mod model_path;
 mod plot;

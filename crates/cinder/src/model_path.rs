@@ -54,10 +54,10 @@ pub fn set_draft(engine: &mut Engine, path: &Path, (model, tokenizer): (Model, T
 }
 
 /// Loads the draft model at `path` (`--draft-model`) and its tokenizer.
-pub fn load_draft(path: &Path, device: &cinder_model::Device) -> anyhow::Result<(Model, Tokenizer)> {
+pub fn load_draft(path: &Path, backend: &cinder_model::Backend) -> anyhow::Result<(Model, Tokenizer)> {
     let context = || format!("--draft-model {}", path.display());
     let file = cinder_gguf::GgufFile::open(path).with_context(context)?;
     let tokenizer = Tokenizer::from_gguf(file.metadata()).with_context(context)?;
-    let model = Model::load(&file, device).with_context(context)?;
+    let model = Model::load(&file, backend).with_context(context)?;
     Ok((model, tokenizer))
 }

@@ -8,10 +8,16 @@ use cinder_engine::{
 };
 use cinder_gguf::GgufFile;
 use cinder_model::tiny::TinyModel;
-use cinder_model::{Model, SamplingParams, wgpu_device};
+use cinder_model::{Backend, Model, SamplingParams};
 use cinder_scheduler::{BatchPolicy, FinishReason, SchedulerConfig, Time};
 use cinder_tokenizer::Tokenizer;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+/// The engine's tests run on the CPU backend: they test scheduling, not kernels (the model's
+/// tests run both backends), and the CPU runs tiny models several times faster than lavapipe.
+fn cpu() -> Backend {
+    Backend::cpu(2).unwrap()
+}
 
 fn engine_with(config: SchedulerConfig) -> Engine {
     engine_of(TinyModel::default(), config)
@@ -19,7 +25,7 @@ fn engine_with(config: SchedulerConfig) -> Engine {
 
 fn engine_of(spec: TinyModel, config: SchedulerConfig) -> Engine {
     let file = GgufFile::from_bytes(spec.to_gguf()).unwrap();
-    let model = Model::load(&file, &wgpu_device().unwrap()).unwrap();
+    let model = Model::load(&file, &cpu()).unwrap();
     let tokenizer = Tokenizer::from_gguf(file.metadata()).unwrap();
     Engine::new(model, tokenizer, config).unwrap()
 }
@@ -296,7 +302,7 @@ fn windowed_layers_release_blocks_and_keep_tokens_unchanged() {
 
     // The model alone, one position at a time, with no paging or scheduler in the way.
     let file = GgufFile::from_bytes(spec.to_gguf()).unwrap();
-    let model = Model::load(&file, &wgpu_device().unwrap()).unwrap();
+    let model = Model::load(&file, &cpu()).unwrap();
     let greedy = |prompt: &[u32], n: usize| -> Vec<u32> {
         let mut cache = model.new_cache(prompt.len() + n).unwrap();
         let mut input = prompt.to_vec();
@@ -596,7 +602,7 @@ const DRAFT: Speculation = Speculation { method: SpeculativeMethod::Draft, num_t
 fn engine_with_draft(draft: TinyModel) -> Engine {
     let mut engine = engine();
     let file = GgufFile::from_bytes(draft.to_gguf()).unwrap();
-    let model = Model::load(&file, &wgpu_device().unwrap()).unwrap();
+    let model = Model::load(&file, &cpu()).unwrap();
     engine.set_draft_model(model, &Tokenizer::from_gguf(file.metadata()).unwrap()).unwrap();
     engine
 }

@@ -98,6 +98,22 @@ impl Backend {
         }
     }
 
+    /// What the device is: the GPU's adapter, or the CPU described alike.
+    pub fn describe(&self) -> Option<crate::AdapterInfo> {
+        match self {
+            Self::Gpu(device) => crate::adapter_info(device),
+            Self::Cpu(threads) => Some(crate::AdapterInfo {
+                name: format!("CPU ({} threads)", threads.count()),
+                backend: "Cpu".into(),
+                device_type: "Cpu".into(),
+                driver: "cinder-cpu".into(),
+                subgroup_max_size: None,
+                subgroup_min_size: None,
+                max_binding_bytes: u64::MAX,
+            }),
+        }
+    }
+
     /// The device memory held through the GPU backend (`None` on the CPU).
     pub fn memory(&self) -> Option<DeviceMemory> {
         self.gpu().and_then(crate::device_memory)

@@ -128,7 +128,7 @@ impl WasmEngine {
         let grammars = Grammars::lazy(&tokenizer);
         set_browser_subgroups(options.subgroups);
         let device = wgpu_device_async().await.map_err(|e| error(format!("WebGPU: {e}")))?;
-        let model = Model::load(&file, &device).map_err(|e| error(format!("loading the model: {e}")))?;
+        let model = Model::load(&file, &cinder_model::Backend::Gpu(device.clone())).map_err(|e| error(format!("loading the model: {e}")))?;
         drop(file);
         let config = model.config().clone();
         let scheduler = options.scheduler(&config, cinder_model::max_binding_bytes(&device)).map_err(error)?;

@@ -57,6 +57,8 @@ pub struct ServeArgs {
     /// Start even when some models fail to load (/health reports them), as long as one loads.
     #[arg(long)]
     allow_partial: bool,
+    #[command(flatten)]
+    device: crate::device_arg::DeviceArg,
     /// Address to listen on.
     #[arg(long, env = "CINDER_HOST", default_value = "127.0.0.1")]
     host: String,
@@ -243,9 +245,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     {
         anyhow::bail!("--web {}: no index.html there; build the demo with `bash scripts/build-web.sh`", dir.display());
     }
-    let device = cinder_model::wgpu_device().context("no usable GPU adapter")?;
-    eprintln!("adapter: {}", cinder_model::adapter_name(&device));
-    let loader = Loader { config: serve_config.clone(), device, workers: Default::default() };
+    let backend = args.device.open()?;
+    let loader = Loader { config: serve_config.clone(), backend, workers: Default::default() };
     // Every model loads on its own thread; the first one also gets the draft model.
     let progress = specs.len() == 1;
     let loaded: Vec<anyhow::Result<ServedModel>> = std::thread::scope(|scope| {
@@ -352,14 +353,14 @@ fn model_specs(args: &ServeArgs, config: &config::ServeConfig) -> anyhow::Result
 /// Loads models with the server's settings: at start-up, and at run time (`POST /admin/models`).
 pub struct Loader {
     config: config::ServeConfig,
-    device: cinder_model::Device,
+    backend: cinder_model::Backend,
     /// The engine threads, joined at shutdown.
     workers: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl Loader {
-    pub fn device(&self) -> &cinder_model::Device {
-        &self.device
+    pub fn backend(&self) -> &cinder_model::Backend {
+        &self.backend
     }
 
     /// Opens `spec`'s file, loads its model (and the draft model, `with_draft`), sizes its
@@ -377,19 +378,19 @@ impl Loader {
         };
         let grammars = cinder_engine::Grammars::new(&tokenizer).map_err(|e| anyhow::anyhow!("{e}"))?;
         let load_start = Instant::now();
-        let model = if progress { load_with_progress_bar(&file, &self.device) } else { Model::load(&file, &self.device) }
+        let model = if progress { load_with_progress_bar(&file, &self.backend) } else { Model::load(&file, &self.backend) }
             .with_context(|| format!("loading {}", path.display()))?;
         drop(file);
         let speculative = &self.config.speculative;
         let draft = match speculative.draft_model.as_deref().filter(|_| with_draft) {
-            Some(draft) => Some(crate::model_path::load_draft(draft, &self.device)?),
+            Some(draft) => Some(crate::model_path::load_draft(draft, &self.backend)?),
             None => None,
         };
         let config = model.config().clone();
         let kv_bytes = self.config.kv_cache.size_mb << 20;
         let base = self.config.scheduler_config();
         let draft_config = draft.as_ref().map(|(model, _)| model.config());
-        let scheduler = Engine::sized_config(&config, draft_config, kv_bytes, cinder_model::max_binding_bytes(&self.device), base)
+        let scheduler = Engine::sized_config(&config, draft_config, kv_bytes, self.backend.max_binding_bytes(), base)
             .map_err(|e| anyhow::anyhow!("--kv-cache-mb (kv_cache.size_mb): {e}"))?;
         let (num_blocks, context_length) = (scheduler.num_blocks, scheduler.max_seq_len);
         let mut engine = Engine::new(model, tokenizer.clone(), scheduler).context("allocating the KV cache")?;
@@ -427,7 +428,7 @@ impl Loader {
 }
 
 /// Loads the model, with a progress bar when standard error is a terminal.
-fn load_with_progress_bar(file: &cinder_gguf::GgufFile, device: &cinder_model::Device) -> Result<Model, cinder_model::ModelError> {
+fn load_with_progress_bar(file: &cinder_gguf::GgufFile, device: &cinder_model::Backend) -> Result<Model, cinder_model::ModelError> {
     if !std::io::stderr().is_terminal() {
         return Model::load(file, device);
     }

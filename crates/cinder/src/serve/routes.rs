@@ -492,7 +492,7 @@ pub async fn metrics(State(s): State<Shared>, tenant: Option<Extension<Arc<Tenan
         return refuse(&s, &tenant, ApiError::forbidden("/metrics needs the server's --api-key, not a tenant's key"));
     }
     let engines: Vec<(String, _)> = s.models.all().iter().map(|m| (m.name.clone(), m.worker.metrics())).collect();
-    let text = s.metrics.render(&engines, cinder_model::device_memory(s.loader.device()));
+    let text = s.metrics.render(&engines, s.loader.backend().memory());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 

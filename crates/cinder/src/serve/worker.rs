@@ -102,9 +102,9 @@ fn run(mut engine: Engine, commands: Receiver<Command>, metrics: Arc<Mutex<Engin
         if !connected && !engine.has_work() {
             // The model was unloaded or the server stops: its weights and KV cache go, and
             // the backend gives their memory back to the driver.
-            let device = engine.model().device().clone();
+            let backend = engine.model().backend().clone();
             drop(engine);
-            if let Err(e) = cinder_model::release_device_memory(&device) {
+            if let Err(e) = backend.release_memory() {
                 tracing::warn!("releasing device memory: {e}");
             }
             return;
