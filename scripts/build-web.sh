@@ -44,7 +44,9 @@ target_dir() {
 
 install_tools
 log "building cinder-wasm ($PROFILE)"
-cargo build -p cinder-wasm --target wasm32-unknown-unknown --profile "$PROFILE"
+# SIMD128 for the CPU kernels (every browser with WebAssembly SIMD: Chrome 91+, Firefox 89+,
+# Safari 16.4+).
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+simd128" cargo build -p cinder-wasm --target wasm32-unknown-unknown --profile "$PROFILE"
 profile_dir="$PROFILE"
 [ "$PROFILE" = dev ] && profile_dir=debug
 wasm="$(target_dir)/wasm32-unknown-unknown/$profile_dir/cinder_wasm.wasm"
@@ -55,7 +57,7 @@ wasm-bindgen --target web --no-typescript --out-dir "$OUT/pkg" "$wasm"
 log "wasm-opt"
 # The features rustc's wasm32 target emits, no more: browsers reject some newer ones.
 "$NODE_DIR/node_modules/.bin/wasm-opt" -O2 --strip-debug --enable-bulk-memory --enable-nontrapping-float-to-int \
-    --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
+    --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue --enable-simd \
     "$OUT/pkg/cinder_wasm_bg.wasm" -o "$OUT/pkg/cinder_wasm_bg.opt.wasm"
 mv "$OUT/pkg/cinder_wasm_bg.opt.wasm" "$OUT/pkg/cinder_wasm_bg.wasm"
 cp web/index.html web/app.js web/cinder.js web/core.js web/worker.js "$OUT/"

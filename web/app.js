@@ -13,6 +13,7 @@ const modelUrl = params.get('model') ?? '/model.gguf';
 const inWorker = params.get('worker') !== '0';
 const profiling = params.get('profile') === '1';
 const options = params.get('subgroups') === '0' ? { subgroups: false } : {};
+const device = params.get('device') ?? 'auto';
 
 let engine = null;
 let current = null;
@@ -22,16 +23,17 @@ async function load() {
   try {
     engine = await Engine.load(modelUrl, {
       worker: inWorker,
+      device,
       options,
-      onProgress: ({ phase, loaded, total, cached }) => {
+      onProgress: ({ phase, loaded, total, cached, device: on }) => {
         const mb = (n) => (n / 1e6).toFixed(1);
         if (phase === 'download') {
           $('progress').value = total ? loaded / total : 0;
           status(`${cached ? 'reading cached' : 'downloading'} model: ${mb(loaded)} / ${total ? mb(total) : '?'} MB`);
         } else if (phase === 'upload') {
-          status('uploading weights to the GPU…');
+          status(on === 'cpu' ? 'loading weights for the CPU…' : 'uploading weights to the GPU…');
         } else {
-          status('compiling the GPU kernels…');
+          status(on === 'cpu' ? 'running a first request…' : 'compiling the GPU kernels…');
         }
       },
     });
@@ -42,10 +44,10 @@ async function load() {
   }
   window.cinder = { engine };
   $('progress').value = 1;
-  const { adapter, context_length: context } = engine.info;
+  const { adapter, device: runsOn, context_length: context } = engine.info;
   const { load_s: seconds, cached } = engine.loadStats;
   const where = inWorker ? 'in a worker' : "on the page's thread";
-  status(`ready: ${adapter}; context ${context}; ${where}; loaded in ${seconds.toFixed(1)} s${cached ? ' (cached)' : ''}`);
+  status(`ready on the ${runsOn.toUpperCase()}: ${adapter}; context ${context}; ${where}; loaded in ${seconds.toFixed(1)} s${cached ? ' (cached)' : ''}`);
   for (const id of ['send', 'batch-run']) $(id).disabled = false;
 }
 

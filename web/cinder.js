@@ -70,10 +70,13 @@ export class Engine {
    * reports the download, then the `upload` of the weights and the `compile` of the
    * kernels (a short request run through them); `options` sets the KV pool and batch limits (see the crate's
    * EngineOptions); `wasmUrl` overrides where the .wasm file is; `worker: false` runs the
-   * engine on the page's thread instead of a Web Worker.
+   * engine on the page's thread instead of a Web Worker. `device` is `auto` (the default:
+   * WebGPU, or the CPU where WebGPU is missing or a software adapter), `gpu` or `cpu`;
+   * `engine.info.device` says which runs.
    */
-  static async load(url, { onProgress, options, wasmUrl, worker = true } = {}) {
-    if (!globalThis.navigator?.gpu) {
+  static async load(url, { onProgress, options, wasmUrl, worker = true, device = 'auto' } = {}) {
+    if (!['auto', 'gpu', 'cpu'].includes(device)) throw new CinderError(`unknown device ${JSON.stringify(device)} (auto, gpu or cpu)`);
+    if (device === 'gpu' && !globalThis.navigator?.gpu) {
       throw new CinderError('WebGPU is not available in this browser (navigator.gpu is missing)');
     }
     const engine = new Engine();
@@ -92,7 +95,7 @@ export class Engine {
     }
     // A worker resolves URLs against its own script: send absolute ones.
     const absolute = (u) => u && new URL(u, globalThis.location?.href).href;
-    engine.#send({ op: 'load', url: absolute(url), options: options ?? {}, wasmUrl: absolute(wasmUrl) });
+    engine.#send({ op: 'load', url: absolute(url), options: options ?? {}, wasmUrl: absolute(wasmUrl), device });
     await loaded;
     return engine;
   }

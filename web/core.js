@@ -162,6 +162,26 @@ async function withSubgroups(wanted, open) {
 }
 
 /**
+ * The device `wanted` (`auto`, `gpu` or `cpu`) comes to: `auto` takes the CPU where there
+ * is no WebGPU, no adapter, or only a software one (SwiftShader, WARP, lavapipe: the CPU
+ * kernels are several times faster there).
+ */
+export async function chooseDevice(wanted = 'auto') {
+  if (!['auto', 'gpu', 'cpu'].includes(wanted)) throw new CinderError(`unknown device ${JSON.stringify(wanted)} (auto, gpu or cpu)`);
+  if (wanted === 'cpu') return 'cpu';
+  if (!globalThis.navigator?.gpu) {
+    if (wanted === 'gpu') throw new CinderError('WebGPU is not available in this browser (navigator.gpu is missing)');
+    return 'cpu';
+  }
+  if (wanted === 'gpu') return 'gpu';
+  const adapter = await navigator.gpu.requestAdapter().catch(() => null);
+  const info = adapter?.info ?? {};
+  const described = `${info.vendor ?? ''} ${info.architecture ?? ''} ${info.device ?? ''} ${info.description ?? ''}`;
+  const software = info.isFallbackAdapter || /swiftshader|llvmpipe|lavapipe|warp|basic render/i.test(described);
+  return adapter && !software ? 'gpu' : 'cpu';
+}
+
+/**
  * The WebAssembly engine and its step loop. `onBroken(error)` is called once if a trap
  * stops it; from then on every call fails with that error.
  */
@@ -173,12 +193,13 @@ class Core {
 
   /**
    * Fetches the GGUF model at `url` (progress through `onProgress({ phase, loaded, total,
-   * cached })`, `phase` being `download`, `upload` then `compile`), loads it onto WebGPU
-   * with `options` (the crate's EngineOptions) and runs a short request through it, so
-   * that the kernels compile before the first answer.
+   * cached })`, `phase` being `download`, `upload` then `compile`), loads it onto `device`
+   * (see chooseDevice) with `options` (the crate's EngineOptions) and runs a short request
+   * through it, so that the kernels compile before the first answer.
    */
-  static async load(url, { onProgress, options, wasmUrl } = {}) {
+  static async load(url, { onProgress, options, wasmUrl, device } = {}) {
     const started = performance.now();
+    const chosen = await chooseDevice(device);
     let exports;
     try {
       exports = await init(wasmUrl ? { module_or_path: wasmUrl } : undefined);
@@ -187,17 +208,20 @@ class Core {
     }
     const { bytes, cached, stale } = await fetchModel(url, onProgress);
     const downloaded = performance.now();
-    onProgress?.({ phase: 'upload', loaded: bytes.length, total: bytes.length, cached });
+    onProgress?.({ phase: 'upload', loaded: bytes.length, total: bytes.length, cached, device: chosen });
     let wasm;
     try {
-      wasm = await withSubgroups(options?.subgroups, (subgroups) =>
-        WasmEngine.load(bytes, JSON.stringify({ ...options, subgroups })),
-      );
+      wasm =
+        chosen === 'cpu'
+          ? await WasmEngine.load(bytes, JSON.stringify({ ...options, subgroups: false, device: 'cpu' }))
+          : await withSubgroups(options?.subgroups, (subgroups) =>
+              WasmEngine.load(bytes, JSON.stringify({ ...options, subgroups, device: 'gpu' })),
+            );
     } catch (e) {
       throw isTrap(e) ? trapError(e) : new CinderError(message(e));
     }
     const uploaded = performance.now();
-    onProgress?.({ phase: 'compile', loaded: bytes.length, total: bytes.length, cached });
+    onProgress?.({ phase: 'compile', loaded: bytes.length, total: bytes.length, cached, device: chosen });
     try {
       await wasm.warmUp();
     } catch (e) {
@@ -317,7 +341,7 @@ class Core {
  * on the page's thread. Returns the function that receives the page's messages; `post`
  * sends the engine's. Requests carry the page's ids; their events go back under them.
  *
- *   page -> engine: { op: 'load', url, options, wasmUrl }, { op: 'submit', id, body, chat },
+ *   page -> engine: { op: 'load', url, options, wasmUrl, device }, { op: 'submit', id, body, chat },
  *                   { op: 'abort', id }, { op: 'profileStart' }, { op: 'profileFinish', reply }
  *   engine -> page: { op: 'progress', progress }, { op: 'loaded', info, loadStats },
  *                   { op: 'loadFailed', error }, { op: 'accepted', id }, { op: 'refused', id, error },
@@ -329,9 +353,9 @@ export function engineHost(post) {
   /** The page's request ids to the engine's. */
   const engineIds = new Map();
 
-  async function load({ url, options, wasmUrl }) {
+  async function load({ url, options, wasmUrl, device }) {
     try {
-      core = await Core.load(url, { options, wasmUrl, onProgress: (progress) => post({ op: 'progress', progress }) });
+      core = await Core.load(url, { options, wasmUrl, device, onProgress: (progress) => post({ op: 'progress', progress }) });
     } catch (e) {
       post({ op: 'loadFailed', error: message(e) });
       return;

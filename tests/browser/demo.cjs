@@ -4,7 +4,8 @@
 //
 //   node tests/browser/demo.cjs URL '{"prompt": "...", "max_tokens": 8, "concurrent": 4}'
 //
-// `"query": "profile=1&worker=0"` opens the page with those parameters.
+// `"query": "profile=1&worker=0"` opens the page with those parameters; `"chromium_args":
+// ["--disable-features=WebGPU"]` starts Chromium with more flags.
 //
 // playwright-core is found under $CINDER_NODE_DIR/node_modules (scripts/setup.sh puts it
 // in ~/.cache/cinder/node); the browser is Debian's chromium.
@@ -19,6 +20,7 @@ const { chromium } = require(path.join(nodeDir, 'node_modules', 'playwright-core
 const [url, specJson] = process.argv.slice(2);
 const spec = { max_tokens: 8, concurrent: 0, ui: true, api: false, errors: false, reload: false, timeout_s: 600, ...JSON.parse(specJson || '{}') };
 const timeout = spec.timeout_s * 1000;
+const pageUrl = spec.query ? `${url}${url.includes('?') ? '&' : '?'}${spec.query}` : url;
 
 async function main() {
   const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cinder-chromium-'));
@@ -29,6 +31,7 @@ async function main() {
       '--headless=new', '--no-sandbox', '--enable-unsafe-webgpu', '--enable-webgpu-developer-features',
       '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update',
       '--disable-sync',
+      ...(spec.chromium_args ?? []),
     ],
   });
   const result = { console: [] };
@@ -45,7 +48,7 @@ async function main() {
       return page.getByTestId('status').textContent();
     };
     const started = Date.now();
-    await page.goto(spec.query ? `${url}${url.includes('?') ? '&' : '?'}${spec.query}` : url);
+    await page.goto(pageUrl);
     result.status = await loaded();
     result.load_s = (Date.now() - started) / 1000;
     if (!/ready/.test(result.status)) return result;
@@ -214,9 +217,10 @@ async function main() {
     if (spec.errors) {
       await page.goto(new URL('/?model=/missing.gguf', url).href);
       result.missing_model_status = await loaded();
+      // Asking for the GPU on the page's thread (the worker's navigator is its own).
       const bare = await context.newPage();
       await bare.addInitScript(() => delete Navigator.prototype.gpu);
-      await bare.goto(url);
+      await bare.goto(new URL('/?device=gpu&worker=0', url).href);
       await bare.waitForFunction(() => /ready|error/.test(document.querySelector('[data-testid="status"]').textContent), null, { timeout });
       result.no_webgpu_status = await bare.getByTestId('status').textContent();
       await bare.close();
@@ -228,7 +232,7 @@ async function main() {
     if (spec.reload) {
       const visit = async () => {
         const again = Date.now();
-        await page.goto(url);
+        await page.goto(pageUrl);
         const status = await loaded();
         const stats = await page.evaluate(() => window.cinder?.engine.loadStats);
         return { status, load_s: (Date.now() - again) / 1000, load_stats: stats };

@@ -1,5 +1,6 @@
-//! The web demo in headless Chromium with WebGPU (`tests/browser/demo.cjs`, Playwright),
-//! served by `cinder serve --web web/dist` as a user would run it. Needs the demo built
+//! The web demo in headless Chromium (`tests/browser/demo.cjs`, Playwright), on WebGPU
+//! (`?device=gpu`) and on the CPU path, served by `cinder serve --web web/dist` as a user
+//! would run it. Needs the demo built
 //! (`bash scripts/build-web.sh`) and Chromium and playwright-core (`scripts/setup.sh`).
 //!
 //! The browser here renders WebGPU on the CPU (SwiftShader), so the tiny model does the
@@ -117,8 +118,8 @@ fn the_browser_gives_the_native_greedy_tokens_and_batches_concurrent_generations
     let max_tokens = 12;
     let native = native_tokens(&server, prompt, max_tokens);
     let spec = json!({
-        "prompt": prompt, "max_tokens": max_tokens, "concurrent": 4, "api": true, "errors": true, "query": "profile=1",
-        "reload": true, "change_before_reload": model, "timeout_s": 600,
+        "prompt": prompt, "max_tokens": max_tokens, "concurrent": 4, "api": true, "errors": true,
+        "reload": true, "change_before_reload": model, "timeout_s": 600, "query": "profile=1&device=gpu",
     });
     let result = drive(&server, spec);
     report("tiny model", &result);
@@ -182,6 +183,42 @@ fn the_browser_gives_the_native_greedy_tokens_and_batches_concurrent_generations
     assert_eq!((&changed["cached"], &changed["stale"]), (&json!(false), &json!(true)), "a changed model was served stale: {result:#}");
 }
 
+/// A browser without WebGPU (Chromium with it disabled): `auto` runs the CPU path, with the
+/// native CPU backend's greedy tokens, alone and batched, and the same API.
+#[test]
+fn without_webgpu_the_page_runs_on_the_cpu_with_the_native_tokens() {
+    let server = Server::start(&tiny_model("browser-cpu"), &["--web", web_dist().to_str().unwrap(), "--device", "cpu"]);
+    let prompt = "the quick brown fox jumps over the lazy dog while five boxing wizards jump quickly";
+    let max_tokens = 8;
+    let native = native_tokens(&server, prompt, max_tokens);
+    let spec = json!({"prompt": prompt, "max_tokens": max_tokens, "concurrent": 3, "ui": true, "api": true, "chromium_args": ["--disable-features=WebGPU"]});
+    let result = drive(&server, spec);
+    report("tiny model, CPU path", &result);
+    assert!(result["status"].as_str().unwrap().contains("ready on the CPU"), "{result:#}");
+    assert_eq!(result["info"]["device"], "cpu", "{result:#}");
+    assert_eq!(ids(&result["tokens"]), native, "the page's CPU path and native greedy tokens differ");
+    let concurrent = result["concurrent"].as_array().expect("concurrent results");
+    assert!(concurrent.iter().all(|g| g["completion_tokens"] == max_tokens), "{concurrent:?}");
+    assert_eq!(ids(&concurrent[0]["tokens"]), native, "batched greedy tokens differ from alone");
+    check_api(&server, &result["api"], max_tokens);
+}
+
+/// The default model on the page's CPU path: its first tokens equal native's, and what it
+/// holds in WebAssembly memory.
+#[test]
+fn the_cpu_path_loads_the_default_model_and_produces_its_first_tokens() {
+    let model = crate::real_model_path();
+    let server = Server::start(&model, &["--web", web_dist().to_str().unwrap(), "--device", "cpu"]);
+    let prompt = "The capital of France is";
+    let native = native_tokens(&server, prompt, 8);
+    let result = drive(&server, json!({"prompt": prompt, "max_tokens": 8, "ui": false, "timeout_s": 900, "query": "device=cpu"}));
+    report("default model, CPU path", &result);
+    assert_eq!(result["info"]["device"], "cpu", "{result:#}");
+    assert_eq!(ids(&result["tokens"]), native, "the page's CPU path and native greedy tokens differ: {result:#}");
+    let heap = result["load_stats"]["wasm_memory_bytes"].as_u64().unwrap();
+    eprintln!("browser default model, CPU path: WebAssembly heap {} MB", heap / 1_000_000);
+}
+
 #[test]
 fn the_engine_on_the_pages_thread_without_subgroups_gives_the_same_tokens_and_api() {
     let server = Server::start(&tiny_model("browser-in-page"), &["--web", web_dist().to_str().unwrap()]);
@@ -189,7 +226,7 @@ fn the_engine_on_the_pages_thread_without_subgroups_gives_the_same_tokens_and_ap
     let max_tokens = 6;
     let native = native_tokens(&server, prompt, max_tokens);
     // `?subgroups=0` as well: the portable kernels, which browsers without subgroups run.
-    let result = drive(&server, json!({"prompt": prompt, "max_tokens": max_tokens, "ui": false, "api": true, "query": "worker=0&subgroups=0"}));
+    let result = drive(&server, json!({"prompt": prompt, "max_tokens": max_tokens, "ui": false, "api": true, "query": "worker=0&subgroups=0&device=gpu"}));
     assert!(result["status"].as_str().unwrap().contains("on the page's thread"), "{result:#}");
     assert_eq!((&result["info"]["subgroups_granted"], &result["info"]["subgroups"]), (&json!(false), &Value::Null), "{result:#}");
     assert_eq!(ids(&result["tokens"]), native, "browser and native greedy tokens differ");
@@ -202,7 +239,7 @@ fn the_browser_loads_the_default_model_and_produces_its_first_tokens() {
     let server = Server::start(&model, &["--web", web_dist().to_str().unwrap()]);
     let prompt = "The capital of France is";
     let native = native_tokens(&server, prompt, 2);
-    let result = drive(&server, json!({"prompt": prompt, "max_tokens": 2, "ui": false, "reload": true, "timeout_s": 900}));
+    let result = drive(&server, json!({"prompt": prompt, "max_tokens": 2, "ui": false, "reload": true, "timeout_s": 900, "query": "device=gpu"}));
     report("default model", &result);
     let reload = &result["reload"];
     assert!(reload["status"].as_str().unwrap_or_default().contains("ready"), "the reloaded page did not load: {result:#}");

@@ -9,7 +9,8 @@ use cinder_cpu::Threads;
 use crate::{DeviceMemory, ModelError};
 
 /// What a user asks for: `--device auto|gpu|cpu`, `Engine.load(url, { device })`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
     /// The GPU, unless the only adapter is a software one (lavapipe, SwiftShader, WARP) or
     /// there is none: then the CPU, which runs the same model several times faster there.

@@ -13,7 +13,7 @@ use cinder_engine::openai::{Endpoint, GenerationBody, RequestLimits, Submission,
 use cinder_engine::{Engine, Event, GenerationRequest, Grammars, Launched};
 use cinder_gguf::{ByteSource, GgufFile};
 use cinder_model::profile::Profiler;
-use cinder_model::{Model, adapter_info, adapter_name, set_browser_subgroups, wgpu_device_async};
+use cinder_model::{Backend, DeviceChoice, Model, adapter_info, set_browser_subgroups, wgpu_device_async};
 use cinder_scheduler::{Priority, SeqId, TenantId, Time};
 use cinder_tokenizer::{ChatTemplate, Tokenizer};
 use js_sys::Function;
@@ -118,8 +118,8 @@ fn error(message: impl std::fmt::Display) -> JsError {
 
 #[wasm_bindgen]
 impl WasmEngine {
-    /// Opens WebGPU, reads the GGUF file in `bytes` and uploads its weights, one tensor at a
-    /// time. `options` is a JSON object of [`EngineOptions`] (`""` for the defaults).
+    /// Opens the device `options.device` names (WebGPU, or the CPU), reads the GGUF file in
+    /// `bytes` and loads its weights, one tensor at a time. `options` is a JSON object of [`EngineOptions`] (`""` for the defaults).
     pub async fn load(bytes: js_sys::Uint8Array, options: String) -> Result<WasmEngine, JsError> {
         let options = EngineOptions::parse(&options).map_err(error)?;
         let file = GgufFile::from_source(Box::new(PageFile(bytes))).map_err(|e| error(format!("the model file: {e}")))?;
@@ -127,17 +127,27 @@ impl WasmEngine {
         let template = ChatTemplate::from_gguf(file.metadata(), &tokenizer).ok();
         let grammars = Grammars::lazy(&tokenizer);
         set_browser_subgroups(options.subgroups);
-        let device = wgpu_device_async().await.map_err(|e| error(format!("WebGPU: {e}")))?;
-        let model = Model::load(&file, &cinder_model::Backend::Gpu(device.clone())).map_err(|e| error(format!("loading the model: {e}")))?;
+        let cpu = || Backend::cpu(1).map_err(error);
+        let backend = match options.device {
+            DeviceChoice::Cpu => cpu()?,
+            DeviceChoice::Gpu => Backend::Gpu(wgpu_device_async().await.map_err(|e| error(format!("WebGPU: {e}")))?),
+            DeviceChoice::Auto => match wgpu_device_async().await {
+                Ok(device) if !adapter_info(&device).is_some_and(|a| a.is_software()) => Backend::Gpu(device),
+                _ => cpu()?,
+            },
+        };
+        let model = Model::load(&file, &backend).map_err(|e| error(format!("loading the model: {e}")))?;
         drop(file);
         let config = model.config().clone();
-        let scheduler = options.scheduler(&config, cinder_model::max_binding_bytes(&device)).map_err(error)?;
+        let scheduler = options.scheduler(&config, backend.max_binding_bytes()).map_err(error)?;
+        let adapter = backend.gpu().and_then(adapter_info);
         let info = json!({
-            "adapter": adapter_name(&device),
+            "adapter": backend.name(),
+            "device": backend.kind().to_string(),
             // Whether the device has WebGPU's subgroups, and the width the kernels use (null:
             // they run without).
-            "subgroups_granted": options.subgroups,
-            "subgroups": adapter_info(&device).and_then(|a| a.subgroup_max_size),
+            "subgroups_granted": options.subgroups && !backend.is_cpu(),
+            "subgroups": adapter.and_then(|a| a.subgroup_max_size),
             "architecture": config.arch.name,
             "context_length": scheduler.max_seq_len,
             "vocab_size": tokenizer.vocab_size(),

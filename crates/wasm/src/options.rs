@@ -1,7 +1,7 @@
 //! The options of `WasmEngine.load`: the KV pool and the batching limits.
 
 use cinder_engine::Engine;
-use cinder_model::ModelConfig;
+use cinder_model::{DeviceChoice, ModelConfig};
 use cinder_scheduler::{BatchPolicy, SchedulerConfig};
 use serde::Deserialize;
 
@@ -22,11 +22,14 @@ pub struct EngineOptions {
     /// Whether the device has WebGPU's `subgroups` feature (web/core.js asks for it where
     /// the adapter offers it, unless the page passes `false`); the subgroup kernels then run.
     pub subgroups: bool,
+    /// `gpu` (WebGPU), `cpu` (this module's CPU kernels, SIMD128) or `auto` (web/core.js
+    /// decides from the adapter; here: the GPU unless WebGPU fails or is a software adapter).
+    pub device: DeviceChoice,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { kv_cache_mb: 64, block_size: 16, max_batch_tokens: 256, max_running: 16, chunk_size: 128, subgroups: false }
+        Self { kv_cache_mb: 64, block_size: 16, max_batch_tokens: 256, max_running: 16, chunk_size: 128, subgroups: false, device: DeviceChoice::Auto }
     }
 }
 
