@@ -154,7 +154,10 @@ async function main() {
           drafted: drafted.speculative,
           chat_usage: chatDrafted.usage.speculative ?? null,
         };
-        const long = engine.generate('abort me', { max_tokens: 400, ignore_eos: true }, () => engine.abort(long.id));
+        // Aborted as soon as it is sent: a fast device (the CPU path on the tiny model) would
+        // finish 400 tokens before an abort sent on its first token came back.
+        const long = engine.generate('abort me', { max_tokens: 400, ignore_eos: true });
+        engine.abort(long.id);
         const aborted = await long;
         out.abort = { finish_reason: aborted.finish_reason, completion_tokens: aborted.completion_tokens };
         try {
