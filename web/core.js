@@ -38,9 +38,13 @@ function trapError(e) {
   return new CinderError(`the engine stopped after an internal error: ${why}; reload the page`);
 }
 
-/** Lets the event loop run (input, messages, rendering) before the next engine step. */
+/**
+ * Lets the event loop run (input, messages, rendering) before the next engine step: a
+ * message to itself queues behind what is already waiting. (`scheduler.yield()` would
+ * resume ahead of it: on the CPU path, where a step awaits nothing, the page's messages,
+ * an abort among them, then waited for the whole generation.)
+ */
 function yieldToEventLoop() {
-  if (globalThis.scheduler?.yield) return globalThis.scheduler.yield();
   return new Promise((resolve) => {
     const channel = new MessageChannel();
     channel.port1.onmessage = () => resolve();

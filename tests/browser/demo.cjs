@@ -86,11 +86,14 @@ async function main() {
         const out = {};
         const messages = [{ role: 'user', content: 'hello' }];
         const options = { max_tokens: maxTokens, temperature: 0, ignore_eos: true };
+        // The page's timers tick while a generation long enough to notice a stall runs
+        // (256 tokens: the CPU path makes 8 in under 10 ms).
         let ticks = 0;
         const timer = setInterval(() => (ticks += 1), 10);
-        const whole = await engine.chat.completions.create({ messages, ...options });
+        await engine.generate('tick', { max_tokens: 256, ignore_eos: true });
         clearInterval(timer);
         out.ticks_during_generation = ticks;
+        const whole = await engine.chat.completions.create({ messages, ...options });
         out.chat_text = whole.choices[0].message.content;
         out.chat_finish_reason = whole.choices[0].finish_reason;
         const stream = await engine.chat.completions.create({ messages, ...options, stream: true, stream_options: { include_usage: true } });

@@ -186,7 +186,7 @@ impl<O: Ops> Loader<'_, O> {
 /// the rows it needs, instead of holding the whole table as f32 on the device.
 struct HostEmbedding {
     info: TensorInfo,
-    data: Vec<u8>,
+    data: std::sync::Arc<[u8]>,
     scale: f32,
 }
 
@@ -290,7 +290,13 @@ impl Model {
         // Read after the LM head has loaded, so a tied embedding (often the largest tensor)
         // is not held on the host twice over while the head is repacked.
         let embd = file.tensor(GlobalWeight::TokenEmbedding.name())?;
-        let embedding = HostEmbedding { info: embd.clone(), data: file.tensor_data(embd).into_owned(), scale: config.embedding_scale };
+        // On the CPU a tied LM head's blocks are the embedding's: one copy serves both.
+        let shared = match &weights {
+            Weights::Cpu(layers) if config.tied_embeddings => layers.lm_head.weight.shared_data(embd.ty),
+            _ => None,
+        };
+        let data = shared.unwrap_or_else(|| file.tensor_data(embd).into_owned().into());
+        let embedding = HostEmbedding { info: embd.clone(), data, scale: config.embedding_scale };
         let model = Self { config, backend: backend.clone(), embedding, weights };
         if let Backend::Gpu(device) = backend {
             // A browser cannot block on the device; its first read waits for the uploads instead.

@@ -56,7 +56,7 @@ impl Ops for CpuOps {
             // Formats without a CPU kernel run as f32.
             Err(cinder_cpu::MatmulError::Unsupported { .. }) => {
                 let values = file.dequantize_rows(info, rows.start as u64..rows.end as u64)?;
-                let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
                 BlockMatrix::new(GgmlType::F32, bytes, rows.len(), cols).map_err(refused)
             }
             Err(e) => Err(refused(e)),
