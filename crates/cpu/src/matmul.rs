@@ -9,6 +9,7 @@
 //! three crossed over near 2 and 256 tokens.
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use cinder_gguf::GgmlType;
 use cinder_gguf::blocks::{LANES, QuantBlock, WithBlock, blocks, with_block};
@@ -30,7 +31,8 @@ pub struct BlockMatrix {
     ty: GgmlType,
     rows: usize,
     cols: usize,
-    data: Vec<u8>,
+    /// Shared: a tied LM head's bytes are also the token embedding's.
+    data: Arc<[u8]>,
 }
 
 /// Rows per parallel task at decode: enough work to outweigh a task's cost, few enough that
@@ -41,7 +43,8 @@ const PROMPT_ROWS_PER_TASK: usize = 64;
 
 impl BlockMatrix {
     /// The matrix in `data`: `rows` rows of `cols` values each, whole blocks per row.
-    pub fn new(ty: GgmlType, data: Vec<u8>, rows: usize, cols: usize) -> Result<Self, MatmulError> {
+    pub fn new(ty: GgmlType, data: impl Into<Arc<[u8]>>, rows: usize, cols: usize) -> Result<Self, MatmulError> {
+        let data = data.into();
         if !matches!(ty, GgmlType::F32 | GgmlType::F16) && with_block(ty, BlockBytes).is_none() {
             return Err(MatmulError::Unsupported { ty });
         }
@@ -64,6 +67,11 @@ impl BlockMatrix {
     /// Bytes of the weights.
     pub fn bytes(&self) -> usize {
         self.data.len()
+    }
+
+    /// The weights' bytes, where they are in format `ty`.
+    pub fn shared_data(&self, ty: GgmlType) -> Option<Arc<[u8]>> {
+        (self.ty == ty).then(|| self.data.clone())
     }
 
     /// `x` (`[tokens, cols]`, row-major) times the transposed matrix: `[tokens, rows]`.
