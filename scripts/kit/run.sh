@@ -15,6 +15,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 cinder="$here/cinder"
 export LD_LIBRARY_PATH="$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
+# The kit measures the GPU path: `auto` would take the CPU on a host whose only adapter is a
+# software one (CINDER_DEVICE=cpu measures the CPU backend instead).
+export CINDER_DEVICE="${CINDER_DEVICE:-gpu}"
 
 peer=""
 models="smollm2-135m,qwen2.5-0.5b,llama-3.2-1b,llama-3.2-3b,llama-3.1-8b"
