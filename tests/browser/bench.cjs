@@ -93,12 +93,14 @@ async function wllama(page, threads) {
 }
 
 async function measure(name) {
-  const browser = await chromium.launch({
+  // A browser server: its process is the root of the tree whose memory is measured.
+  const server = await chromium.launchServer({
     executablePath: process.env.CINDER_CHROMIUM || '/usr/bin/chromium',
     headless: true,
     args: ['--headless=new', '--no-sandbox', '--enable-unsafe-webgpu', '--disable-quic', '--no-first-run', '--disable-background-networking'],
   });
-  const pid = browser.process().pid;
+  const pid = server.process().pid;
+  const browser = await chromium.connect(server.wsEndpoint());
   let peak = 0;
   const sampler = setInterval(() => (peak = Math.max(peak, treeRss(pid))), 100);
   try {
@@ -111,6 +113,7 @@ async function measure(name) {
   } finally {
     clearInterval(sampler);
     await browser.close();
+    await server.close();
   }
 }
 
