@@ -62,6 +62,16 @@ fn lanes(acc: &mut [f32; LANES], x: &[f32], scale: f32, offset: f32, q: impl Fn(
     }
 }
 
+/// `acc[j] += scale * q(j) * x[j]` over the lanes: [`lanes`] without an offset, whose
+/// `+ 0.0` would still cost an add per value (it is not `scale * q` for -0).
+#[inline(always)]
+fn scaled_lanes(acc: &mut [f32; LANES], x: &[f32], scale: f32, q: impl Fn(usize) -> f32) {
+    let x: &[f32; LANES] = x[..LANES].try_into().expect("16 activations");
+    for j in 0..LANES {
+        acc[j] += scale * q(j) * x[j];
+    }
+}
+
 /// The fifth bits of a Q5 block's values `16 * half..16 * half + 16`, as 16 per lane.
 #[inline(always)]
 fn fifth_bits(qh: [u8; 4], half: usize) -> [u8; 16] {
@@ -323,8 +333,8 @@ impl QuantBlock for BlockQ8_0 {
     #[inline(always)]
     fn accumulate(&self, x: &[f32], acc: &mut [f32; LANES]) {
         let d = self.d.get();
-        lanes(acc, &x[..16], d, 0.0, |j| f32::from(self.qs[j]));
-        lanes(acc, &x[16..], d, 0.0, |j| f32::from(self.qs[j + 16]));
+        scaled_lanes(acc, &x[..16], d, |j| f32::from(self.qs[j]));
+        scaled_lanes(acc, &x[16..], d, |j| f32::from(self.qs[j + 16]));
     }
 }
 
