@@ -369,6 +369,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let path = args.model.path();
     let file = args.model.open()?;
     let device = args.device.open()?;
+    if args.profile && device.is_cpu() {
+        bail!("--profile times the GPU's kernels, and the model runs on the CPU: add --device gpu");
+    }
     let adapter = device.describe().context("the adapter did not describe itself")?;
     let load_start = Instant::now();
     let model = Model::load(&file, &device).with_context(|| format!("loading {}", path.display()))?;
