@@ -1,5 +1,6 @@
-//! The paged KV cache: the pool of blocks on the device, the batch's layout over it, and
-//! the writes and copies of its slots (attention over it is [`crate::attention`]).
+//! The paged KV cache: the pool of blocks (on the device, or in host memory for the CPU
+//! backend), the batch's layout over it, and the writes and copies of its slots (attention
+//! over it is [`crate::attention`] on the GPU, `cinder_cpu::paged_attention` on the CPU).
 //!
 //! Keys and values of every sequence live in one pool of fixed-size blocks per layer (the
 //! scheduler's blocks): token slot `s` of the pool is row `s` of a `[slots, kv_dim]` buffer.

@@ -40,7 +40,8 @@ impl Ops for GpuOps {
     }
 
     fn vector(&self, values: Vec<f32>) -> Tensor<2> {
-        self.rows(values.clone(), values.len())
+        let len = values.len();
+        self.rows(values, len)
     }
 
     fn matrix(&self, file: &GgufFile, info: &TensorInfo, rows: Range<usize>) -> Result<Linear, ModelError> {
