@@ -298,14 +298,13 @@ impl Model {
         let data = shared.unwrap_or_else(|| file.tensor_data(embd).into_owned().into());
         let embedding = HostEmbedding { info: embd.clone(), data, scale: config.embedding_scale };
         let model = Self { config, backend: backend.clone(), embedding, weights };
-        if let Backend::Gpu(device) = backend {
-            // A browser cannot block on the device; its first read waits for the uploads instead.
-            #[cfg(not(target_family = "wasm"))]
-            {
+        // A browser cannot block on the device; its first read waits for the uploads instead.
+        #[cfg(not(target_family = "wasm"))]
+        {
+            if let Backend::Gpu(device) = backend {
                 device.sync().map_err(|e| ModelError::Backend(e.to_string()))?;
                 burn_cubecl::cubecl::future::block_on(model.calibrate_prompt_kernels());
             }
-            let _ = device;
         }
         Ok(model)
     }
