@@ -1,21 +1,22 @@
 //! Products of a weight matrix kept in its GGUF blocks with f32 activations: `x W^T` for
 //! `x` of `[tokens, cols]` and a `rows x cols` matrix, GGUF's row order.
 //!
-//! Rows run in parallel tasks. A decode step (one or two tokens) multiplies each block in
-//! place ([`QuantBlock::accumulate`]): a matrix-vector product that reads each weight byte
-//! once and writes no decoded values. More tokens decode each row to f32 once (in L1) and
-//! take its dot product with every token; past 256 tokens, a task's rows are decoded and
+//! Rows run in parallel tasks. Decode steps and small batches (up to 32 tokens) multiply
+//! each block in place: its values are made in registers ([`QuantBlock::for_each_lanes`])
+//! and multiplied with up to four tokens at once, so a weight byte is read from memory once
+//! and no decoded values are written. More tokens decode each row to f32 once (in L1) and
+//! take its dot product with every token; past 128 tokens, a task's rows are decoded and
 //! multiplied as one matrix product. On the default model (2 cores, `benches/cpu.rs`) the
-//! three crossed over near 2 and 256 tokens.
+//! three crossed over near 32 and 128 tokens.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
 
 use cinder_gguf::GgmlType;
-use cinder_gguf::blocks::{LANES, QuantBlock, WithBlock, blocks, with_block};
+use cinder_gguf::blocks::{LANES, QuantBlock, WithBlock, TakeLanes, blocks, with_block};
 use pulp::{Arch, Simd, WithSimd};
 
-use crate::simd::dot;
+use crate::simd::{dot, prefetch_ahead};
 
 /// A matrix the CPU kernels cannot take.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -36,10 +37,12 @@ pub struct BlockMatrix {
 }
 
 /// Rows per parallel task at decode: enough work to outweigh a task's cost, few enough that
-/// two threads share a 576-row matrix evenly. Prompts take bigger tiles of rows, so that a
-/// matrix product's packing pays off.
+/// two threads share a 576-row matrix evenly.
 const ROWS_PER_TASK: usize = 16;
-const PROMPT_ROWS_PER_TASK: usize = 64;
+/// Prompts past `DOT_TOKENS` split a matrix into this many tasks per thread: each task's
+/// matrix product packs every token's activations again, so tasks are few and large (with 64
+/// rows a task, packing took 40 % of Gemma 3's prompt time).
+const PROMPT_TASKS_PER_THREAD: usize = 2;
 
 impl BlockMatrix {
     /// The matrix in `data`: `rows` rows of `cols` values each, whole blocks per row.
@@ -89,7 +92,11 @@ impl BlockMatrix {
                 ty => with_block(ty, Blocks { arch, job }).expect("checked at construction"),
             }
         };
-        let per_task = if tokens > DOT_TOKENS { PROMPT_ROWS_PER_TASK } else { ROWS_PER_TASK };
+        let per_task = if tokens > DOT_TOKENS {
+            self.rows.div_ceil(PROMPT_TASKS_PER_THREAD * crate::threads::current()).max(ROWS_PER_TASK)
+        } else {
+            ROWS_PER_TASK
+        };
         let chunks = self.data.chunks(row_bytes * per_task).zip(by_row.chunks_mut(tokens * per_task));
         crate::threads::for_each(chunks, task);
         let mut y = vec![0f32; tokens * self.rows];
@@ -113,11 +120,11 @@ impl WithBlock for BlockBytes {
     }
 }
 
-/// Up to this many tokens, each token's product reads the blocks in place
-/// ([`QuantBlock::accumulate`]); more tokens share each row decoded once to f32, up to
-/// `DOT_TOKENS` a dot product per token, beyond as one matrix product.
-const IN_PLACE_TOKENS: usize = 2;
-const DOT_TOKENS: usize = 256;
+/// Up to this many tokens, the products read the blocks in place ([`row_products`]); more
+/// tokens share each row decoded once to f32, up to `DOT_TOKENS` a dot product per token,
+/// beyond as one matrix product.
+const IN_PLACE_TOKENS: usize = 32;
+const DOT_TOKENS: usize = 128;
 
 /// One task: its rows' weights times every token, into `out` (`[rows, tokens]`).
 struct Rows<'a> {
@@ -228,14 +235,59 @@ impl<B: QuantBlock> WithSimd for BlockRows<'_, B> {
         if job.tokens > IN_PLACE_TOKENS {
             return job.by_decoding(simd, |bytes, row| blocks::<B>(bytes).for_each(|block| block.decode(row)));
         }
+        let cols = job.cols;
         for (weights, out) in job.rows.chunks_exact(job.row_bytes).zip(job.out.chunks_exact_mut(job.tokens)) {
-            for (t, out) in out.iter_mut().enumerate() {
-                let x = &job.x[t * job.cols..(t + 1) * job.cols];
-                let mut acc = [0f32; LANES];
-                for (block, x) in blocks::<B>(weights).zip(x.chunks_exact(B::VALUES)) {
-                    block.accumulate(x, &mut acc);
+            for (pass, out) in out.chunks_mut(TOKENS_PER_PASS).enumerate() {
+                let x = &job.x[pass * TOKENS_PER_PASS * cols..];
+                // `chunks_mut` gives 1 to 4 tokens.
+                match out.len() {
+                    1 => row_products::<S, B, 1>(simd, weights, x, cols, out),
+                    2 => row_products::<S, B, 2>(simd, weights, x, cols, out),
+                    3 => row_products::<S, B, 3>(simd, weights, x, cols, out),
+                    _ => row_products::<S, B, TOKENS_PER_PASS>(simd, weights, x, cols, out),
                 }
-                *out = acc.iter().sum();
+            }
+        }
+    }
+}
+
+/// Tokens whose products share each block's values while they are in registers.
+const TOKENS_PER_PASS: usize = 4;
+
+/// One row of blocks times `T` tokens (`x`: `[T, cols]` and beyond), into `out[..T]`: each
+/// block's values are made once for all of them ([`QuantBlock::for_each_lanes`]).
+#[inline(always)]
+fn row_products<S: Simd, B: QuantBlock, const T: usize>(simd: S, weights: &[u8], x: &[f32], cols: usize, out: &mut [f32]) {
+    let mut products = Products::<S, T> { simd, x: std::array::from_fn(|t| &x[t * cols..(t + 1) * cols]), at: 0, acc: [[0f32; LANES]; T] };
+    for (i, block) in blocks::<B>(weights).enumerate() {
+        prefetch_ahead((block as *const B).cast(), size_of::<B>());
+        products.at = i * B::VALUES;
+        block.for_each_lanes(&mut products);
+    }
+    for (out, acc) in out.iter_mut().zip(&products.acc) {
+        *out = acc.iter().sum();
+    }
+}
+
+/// `T` tokens' products with a row, block by block, in pulp's vectors (LLVM left alone
+/// interleaves the tokens' lanes into shuffles).
+struct Products<'a, S, const T: usize> {
+    simd: S,
+    x: [&'a [f32]; T],
+    /// The block's first column.
+    at: usize,
+    acc: [[f32; LANES]; T],
+}
+
+impl<S: Simd, const T: usize> TakeLanes for Products<'_, S, T> {
+    #[inline(always)]
+    fn take(&mut self, offset: usize, values: &[f32; LANES]) {
+        let (values, _) = S::as_simd_f32s(values);
+        for t in 0..T {
+            let (x, _) = S::as_simd_f32s(&self.x[t][self.at + offset..][..LANES]);
+            let (acc, _) = S::as_mut_simd_f32s(&mut self.acc[t]);
+            for ((acc, &w), &x) in acc.iter_mut().zip(values).zip(x) {
+                *acc = self.simd.mul_add_e_f32s(w, x, *acc);
             }
         }
     }
@@ -249,7 +301,8 @@ mod tests {
 
     /// Every format against its dequantized matrix multiplied plainly, over row counts
     /// around the task size, rows of 1 to 19 blocks, and token counts for each path: in
-    /// place (1, 2), a dot product per decoded row (9) and one matrix product (300).
+    /// place (1, 2, and 7 in passes of 4 and 3), a dot product per decoded row (40) and one
+    /// matrix product (300).
     #[test]
     fn every_format_matches_the_dequantized_product() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
@@ -275,7 +328,7 @@ mod tests {
                 };
                 let weights = cinder_gguf::dequantize(ty, &data).unwrap();
                 let matrix = BlockMatrix::new(ty, data, rows, cols).unwrap();
-                for tokens in [1, 2, 9, 300] {
+                for tokens in [1, 2, 7, 40, 300] {
                     let x: Vec<f32> = (0..tokens * cols).map(|_| rng.random_range(-2.0..2.0)).collect();
                     let got = matrix.matmul(&x, tokens);
                     for (i, got) in got.iter().enumerate() {

@@ -45,6 +45,14 @@ impl Threads {
     }
 }
 
+/// The threads of the pool the caller runs in (rayon's global pool outside one).
+pub(crate) fn current() -> usize {
+    #[cfg(not(target_family = "wasm"))]
+    return rayon::current_num_threads();
+    #[cfg(target_family = "wasm")]
+    1
+}
+
 /// Runs `task` on every item, in parallel natively.
 pub(crate) fn for_each<T: Send>(items: impl Iterator<Item = T>, task: impl Fn(T) + Sync + Send) {
     #[cfg(not(target_family = "wasm"))]

@@ -44,32 +44,54 @@ pub trait QuantBlock: Pod {
     /// standard deviation of about `std` (each factor: the random quants' spread times the
     /// field). Every other byte of these formats is valid at random.
     fn spread(&mut self, std: f32);
-    /// Adds the block's values times `x` (`VALUES` activations) into 16 lanes of
-    /// accumulators, without writing the values out: fixed-length loops that compile to the
-    /// caller's SIMD width (the CPU kernels' product; a row sums its lanes at its end).
-    fn accumulate(&self, x: &[f32], acc: &mut [f32; LANES]);
+    /// Hands the block's values to `f` 16 at a time, with the offset of the first in the
+    /// block: fixed-length arrays that stay in registers, computed with fused multiply-adds
+    /// (within an ulp of [`decode`](Self::decode)'s). The CPU kernels' products read blocks
+    /// through this, so each format says once how its values are made.
+    fn for_each_lanes(&self, f: &mut impl TakeLanes);
 }
 
-/// Lanes of a row's accumulator in [`QuantBlock::accumulate`].
+/// What takes a block's values, 16 at a time ([`QuantBlock::for_each_lanes`]). A trait
+/// rather than a closure: its method can be `#[inline(always)]`, so that it compiles inside
+/// the SIMD target of the kernel that calls it (a closure outside would call a software
+/// fused multiply-add).
+pub trait TakeLanes {
+    /// The values `at..at + 16` of the block.
+    fn take(&mut self, at: usize, values: &[f32; LANES]);
+}
+
+/// Values per call of [`TakeLanes::take`].
 pub const LANES: usize = 16;
 
-/// `acc[j] += (scale * q(j) + offset) * x[j]` over the lanes.
+/// `a * b + c` in one fused operation where every 64-bit x86 kernel target and aarch64 have
+/// one (a multiply and an add of their own otherwise: wasm's SIMD128 has none).
 #[inline(always)]
-fn lanes(acc: &mut [f32; LANES], x: &[f32], scale: f32, offset: f32, q: impl Fn(usize) -> f32) {
-    let x: &[f32; LANES] = x[..LANES].try_into().expect("16 activations");
-    for j in 0..LANES {
-        acc[j] += (scale * q(j) + offset) * x[j];
-    }
+fn fused(a: f32, b: f32, c: f32) -> f32 {
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    return a.mul_add(b, c);
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    return a * b + c;
 }
 
-/// `acc[j] += scale * q(j) * x[j]` over the lanes: [`lanes`] without an offset, whose
-/// `+ 0.0` would still cost an add per value (it is not `scale * q` for -0).
+/// The lanes `scale * q(j) + offset`.
 #[inline(always)]
-fn scaled_lanes(acc: &mut [f32; LANES], x: &[f32], scale: f32, q: impl Fn(usize) -> f32) {
-    let x: &[f32; LANES] = x[..LANES].try_into().expect("16 activations");
-    for j in 0..LANES {
-        acc[j] += scale * q(j) * x[j];
+fn lanes(scale: f32, offset: f32, q: impl Fn(usize) -> f32) -> [f32; LANES] {
+    let mut values = [0f32; LANES];
+    for (j, value) in values.iter_mut().enumerate() {
+        *value = fused(scale, q(j), offset);
     }
+    values
+}
+
+/// The lanes `scale * q(j)`: [`lanes`] without an offset, whose `+ 0.0` would still cost an
+/// add per value (it is not `scale * q` for -0).
+#[inline(always)]
+fn scaled_lanes(scale: f32, q: impl Fn(usize) -> f32) -> [f32; LANES] {
+    let mut values = [0f32; LANES];
+    for (j, value) in values.iter_mut().enumerate() {
+        *value = scale * q(j);
+    }
+    values
 }
 
 /// The fifth bits of a Q5 block's values `16 * half..16 * half + 16`, as 16 per lane.
@@ -162,10 +184,10 @@ impl QuantBlock for BlockQ4_0 {
     }
 
     #[inline(always)]
-    fn accumulate(&self, x: &[f32], acc: &mut [f32; LANES]) {
+    fn for_each_lanes(&self, f: &mut impl TakeLanes) {
         let d = self.d.get();
-        lanes(acc, &x[..16], d, -8.0 * d, |j| f32::from(self.qs[j] & 0x0F));
-        lanes(acc, &x[16..], d, -8.0 * d, |j| f32::from(self.qs[j] >> 4));
+        f.take(0, &lanes(d, -8.0 * d, |j| f32::from(self.qs[j] & 0x0F)));
+        f.take(16, &lanes(d, -8.0 * d, |j| f32::from(self.qs[j] >> 4)));
     }
 }
 
@@ -202,10 +224,10 @@ impl QuantBlock for BlockQ4_1 {
     }
 
     #[inline(always)]
-    fn accumulate(&self, x: &[f32], acc: &mut [f32; LANES]) {
+    fn for_each_lanes(&self, f: &mut impl TakeLanes) {
         let (d, m) = (self.d.get(), self.m.get());
-        lanes(acc, &x[..16], d, m, |j| f32::from(self.qs[j] & 0x0F));
-        lanes(acc, &x[16..], d, m, |j| f32::from(self.qs[j] >> 4));
+        f.take(0, &lanes(d, m, |j| f32::from(self.qs[j] & 0x0F)));
+        f.take(16, &lanes(d, m, |j| f32::from(self.qs[j] >> 4)));
     }
 }
 
@@ -253,11 +275,11 @@ impl QuantBlock for BlockQ5_0 {
     }
 
     #[inline(always)]
-    fn accumulate(&self, x: &[f32], acc: &mut [f32; LANES]) {
+    fn for_each_lanes(&self, f: &mut impl TakeLanes) {
         let d = self.d.get();
         let (low, high) = (fifth_bits(self.qh, 0), fifth_bits(self.qh, 1));
-        lanes(acc, &x[..16], d, -16.0 * d, |j| f32::from((self.qs[j] & 0x0F) | low[j]));
-        lanes(acc, &x[16..], d, -16.0 * d, |j| f32::from((self.qs[j] >> 4) | high[j]));
+        f.take(0, &lanes(d, -16.0 * d, |j| f32::from((self.qs[j] & 0x0F) | low[j])));
+        f.take(16, &lanes(d, -16.0 * d, |j| f32::from((self.qs[j] >> 4) | high[j])));
     }
 }
 
@@ -294,11 +316,11 @@ impl QuantBlock for BlockQ5_1 {
     }
 
     #[inline(always)]
-    fn accumulate(&self, x: &[f32], acc: &mut [f32; LANES]) {
+    fn for_each_lanes(&self, f: &mut impl TakeLanes) {
         let (d, m) = (self.d.get(), self.m.get());
         let (low, high) = (fifth_bits(self.qh, 0), fifth_bits(self.qh, 1));
-        lanes(acc, &x[..16], d, m, |j| f32::from((self.qs[j] & 0x0F) | low[j]));
-        lanes(acc, &x[16..], d, m, |j| f32::from((self.qs[j] >> 4) | high[j]));
+        f.take(0, &lanes(d, m, |j| f32::from((self.qs[j] & 0x0F) | low[j])));
+        f.take(16, &lanes(d, m, |j| f32::from((self.qs[j] >> 4) | high[j])));
     }
 }
 
@@ -331,10 +353,10 @@ impl QuantBlock for BlockQ8_0 {
     }
 
     #[inline(always)]
-    fn accumulate(&self, x: &[f32], acc: &mut [f32; LANES]) {
+    fn for_each_lanes(&self, f: &mut impl TakeLanes) {
         let d = self.d.get();
-        scaled_lanes(acc, &x[..16], d, |j| f32::from(self.qs[j]));
-        scaled_lanes(acc, &x[16..], d, |j| f32::from(self.qs[j + 16]));
+        f.take(0, &scaled_lanes(d, |j| f32::from(self.qs[j])));
+        f.take(16, &scaled_lanes(d, |j| f32::from(self.qs[j + 16])));
     }
 }
 
@@ -413,16 +435,15 @@ impl QuantBlock for BlockQ4K {
     }
 
     #[inline(always)]
-    fn accumulate(&self, x: &[f32], acc: &mut [f32; LANES]) {
+    fn for_each_lanes(&self, f: &mut impl TakeLanes) {
         let (d, dmin) = (self.d.get(), self.dmin.get());
         // Sub-blocks 2p and 2p + 1 share 32 bytes: the low nibbles, then the high.
         for (pair, q) in self.qs.chunks_exact(32).enumerate() {
             for (sub, shift) in [(2 * pair, 0), (2 * pair + 1, 4)] {
                 let (sc, m) = self.scale_min(sub);
                 let (scale, min) = (d * f32::from(sc), -dmin * f32::from(m));
-                let x = &x[32 * sub..];
-                lanes(acc, &x[..16], scale, min, |j| f32::from((q[j] >> shift) & 0x0F));
-                lanes(acc, &x[16..32], scale, min, |j| f32::from((q[j + 16] >> shift) & 0x0F));
+                f.take(32 * sub, &lanes(scale, min, |j| f32::from((q[j] >> shift) & 0x0F)));
+                f.take(32 * sub + 16, &lanes(scale, min, |j| f32::from((q[j + 16] >> shift) & 0x0F)));
             }
         }
     }
@@ -489,12 +510,12 @@ impl QuantBlock for BlockQ6K {
     }
 
     #[inline(always)]
-    fn accumulate(&self, x: &[f32], acc: &mut [f32; LANES]) {
+    fn for_each_lanes(&self, f: &mut impl TakeLanes) {
         let d = self.d.get();
         let q = self.quants();
         for (group, q) in q.chunks_exact(16).enumerate() {
             let scale = d * f32::from(self.scales[group]);
-            lanes(acc, &x[16 * group..], scale, -32.0 * scale, |j| f32::from(q[j]));
+            f.take(16 * group, &lanes(scale, -32.0 * scale, |j| f32::from(q[j])));
         }
     }
 }
@@ -515,9 +536,9 @@ mod tests {
     use super::*;
 
     /// Every format: its size is its type's, and values round-trip through its one
-    /// definition within the format's precision.
+    /// definition within the format's precision, and its lanes are its values.
     #[test]
-    fn every_block_format_round_trips_through_its_definition_and_multiplies_in_place() {
+    fn every_block_format_round_trips_through_its_definition_and_its_lanes_are_its_values() {
         struct RoundTrip;
         impl WithBlock for RoundTrip {
             type Output = (GgmlType, usize, f32);
@@ -530,13 +551,19 @@ mod tests {
                 let mut again = Vec::new();
                 from_bytes.decode(&mut again);
                 assert_eq!(back, again);
-                // The in-place product is the decoded values' dot product.
-                let x: Vec<f32> = (0..B::VALUES).map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0).collect();
-                let mut acc = [0f32; LANES];
-                block.accumulate(&x, &mut acc);
-                let dot: f32 = back.iter().zip(&x).map(|(v, x)| v * x).sum();
-                let sum: f32 = acc.iter().sum();
-                assert!((sum - dot).abs() <= 1e-4 * (1.0 + dot.abs()) * (B::VALUES as f32).sqrt(), "{}: {sum} vs {dot}", B::TYPE);
+                // The lanes the CPU kernels multiply are the decoded values, within an ulp
+                // (a fused multiply-add rounds once).
+                struct Collect(Vec<f32>);
+                impl TakeLanes for Collect {
+                    fn take(&mut self, at: usize, values: &[f32; LANES]) {
+                        self.0[at..at + LANES].copy_from_slice(values);
+                    }
+                }
+                let mut lanes = Collect(vec![f32::NAN; B::VALUES]);
+                block.for_each_lanes(&mut lanes);
+                for (i, (lane, value)) in lanes.0.iter().zip(&back).enumerate() {
+                    assert!((lane - value).abs() <= 2.0 * f32::EPSILON * value.abs().max(1e-3), "{} value {i}: lane {lane}, decoded {value}", B::TYPE);
+                }
                 let worst = values.iter().zip(&back).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 (B::TYPE, size_of::<B>(), worst)
             }
