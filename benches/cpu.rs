@@ -32,7 +32,7 @@ fn main() {
         .iter()
         .filter(|t| t.shape.len() == 2 && (t.name.starts_with("blk.") || t.name == "output.weight" || (!has_output && t.name == "token_embd.weight")))
         .map(|t| {
-            let matrix = BlockMatrix::new(t.ty, file.tensor_data(t).into_owned(), t.rows() as usize, t.row_len() as usize);
+            let matrix = BlockMatrix::new(t.ty, file.tensor_shared(t, 0..t.bytes), t.rows() as usize, t.row_len() as usize);
             (t.name.clone(), matrix.unwrap_or_else(|e| panic!("{}: {e}", t.name)))
         })
         .collect();

@@ -5,6 +5,7 @@
 # resident memory for each (tests/browser/bench.cjs).
 #
 #   bash scripts/browser-bench.sh [--model PATH] [--max-tokens N] [--prompt TEXT]
+#                                 [--engines blank,cinder-cpu,cinder-gpu,wllama]
 #
 # Needs what scripts/setup.sh installs (Chromium, Node.js with playwright-core) and the demo
 # built (scripts/build-web.sh); installs wllama into ~/.cache/cinder/node.
@@ -14,11 +15,13 @@ cd "$(dirname "$0")/.."
 model="${CINDER_MODEL:-$HOME/.cache/cinder/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
 max_tokens=64
 prompt="Once upon a time, in a small village by the sea, there lived"
+engines="blank,cinder-cpu,cinder-gpu,wllama"
 while [ $# -gt 0 ]; do
     case "$1" in
         --model) model="$2"; shift 2 ;;
         --max-tokens) max_tokens="$2"; shift 2 ;;
         --prompt) prompt="$2"; shift 2 ;;
+        --engines) engines="$2"; shift 2 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -46,5 +49,5 @@ for _ in $(seq 600); do
     sleep 0.5
 done
 [ -n "${address:-}" ] || { cat "$log" >&2; exit 1; }
-spec="$(python3 -c 'import json, sys; print(json.dumps({"prompt": sys.argv[1], "max_tokens": int(sys.argv[2])}))' "$prompt" "$max_tokens")"
+spec="$(python3 -c 'import json, sys; print(json.dumps({"prompt": sys.argv[1], "max_tokens": int(sys.argv[2]), "engines": sys.argv[3].split(",")}))' "$prompt" "$max_tokens" "$engines")"
 node tests/browser/bench.cjs "http://$address/" "$spec"

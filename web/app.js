@@ -2,7 +2,8 @@
 // batched against the same N run one after another. `?model=URL` loads another GGUF file;
 // `?worker=0` runs the engine on the page's thread instead of a worker; `?profile=1` times
 // every answer's steps and shows where they went (kernels on the device, the host's parts);
-// `?subgroups=0` keeps the portable kernels where the browser offers subgroups.
+// `?subgroups=0` keeps the portable kernels where the browser offers subgroups; `?device=`
+// picks `auto`, `gpu` or `cpu`; `?cache=0` fetches the model without the Cache API.
 
 import { Engine } from './cinder.js';
 
@@ -14,6 +15,7 @@ const inWorker = params.get('worker') !== '0';
 const profiling = params.get('profile') === '1';
 const options = params.get('subgroups') === '0' ? { subgroups: false } : {};
 const device = params.get('device') ?? 'auto';
+const cache = params.get('cache') !== '0';
 
 let engine = null;
 let current = null;
@@ -24,6 +26,7 @@ async function load() {
     engine = await Engine.load(modelUrl, {
       worker: inWorker,
       device,
+      cache,
       options,
       onProgress: ({ phase, loaded, total, cached, device: on }) => {
         const mb = (n) => (n / 1e6).toFixed(1);

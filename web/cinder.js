@@ -72,9 +72,11 @@ export class Engine {
    * EngineOptions); `wasmUrl` overrides where the .wasm file is; `worker: false` runs the
    * engine on the page's thread instead of a Web Worker. `device` is `auto` (the default:
    * WebGPU, or the CPU where WebGPU is missing or a software adapter), `gpu` or `cpu`;
-   * `engine.info.device` says which runs.
+   * `engine.info.device` says which runs. The model is kept in the Cache API for the next
+   * visit; `cache: false` fetches it every time (the first load then peaks about the file's
+   * size lower in memory).
    */
-  static async load(url, { onProgress, options, wasmUrl, worker = true, device = 'auto' } = {}) {
+  static async load(url, { onProgress, options, wasmUrl, worker = true, device = 'auto', cache = true } = {}) {
     if (!['auto', 'gpu', 'cpu'].includes(device)) throw new CinderError(`unknown device ${JSON.stringify(device)} (auto, gpu or cpu)`);
     if (device === 'gpu' && !globalThis.navigator?.gpu) {
       throw new CinderError('WebGPU is not available in this browser (navigator.gpu is missing)');
@@ -95,7 +97,7 @@ export class Engine {
     }
     // A worker resolves URLs against its own script: send absolute ones.
     const absolute = (u) => u && new URL(u, globalThis.location?.href).href;
-    engine.#send({ op: 'load', url: absolute(url), options: options ?? {}, wasmUrl: absolute(wasmUrl), device });
+    engine.#send({ op: 'load', url: absolute(url), options: options ?? {}, wasmUrl: absolute(wasmUrl), device, cache: cache !== false });
     await loaded;
     return engine;
   }

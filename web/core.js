@@ -5,7 +5,7 @@
 // The step loop runs one engine step (all waiting and running requests together) and yields
 // to the event loop in between, so new requests and aborts join the next step.
 
-import init, { WasmEngine, lastPanic } from './pkg/cinder_wasm.js';
+import init, { ModelBytes, WasmEngine, lastPanic } from './pkg/cinder_wasm.js';
 
 /** Every failure this module reports: no WebGPU, the model fetch, a bad request, the device. */
 export class CinderError extends Error {
@@ -78,13 +78,16 @@ async function stillCurrent(url, cached) {
 }
 
 /**
- * The model file's bytes: from the Cache API when an earlier visit stored the version the
- * server still has, otherwise fetched with progress and stored for the next visit.
+ * The model file, fetched into `into(size)`'s buffer (`{ buffer, view() }`, `view()` being
+ * the bytes to fill: a JavaScript array, or the engine's own memory for the CPU), from the
+ * Cache API when an earlier visit stored the version the server still has, otherwise
+ * downloaded with progress and stored for the next visit as it arrives. With `useCache`
+ * false the Cache API is left alone and the file is fetched every time.
  */
-async function fetchModel(url, onProgress) {
+async function fetchModel(url, onProgress, useCache, into) {
   let cache = null;
   try {
-    cache = await caches.open(MODEL_CACHE);
+    if (useCache) cache = await caches.open(MODEL_CACHE);
   } catch {
     // No Cache API (an insecure origin): fetch every time.
   }
@@ -104,10 +107,28 @@ async function fetchModel(url, onProgress) {
     if (!response.ok) throw new CinderError(`model fetch failed: ${url}: HTTP ${response.status}`);
   }
   const total = Number(response.headers.get('content-length')) || 0;
-  // One buffer of the announced size, filled as chunks arrive: no second copy to join them.
-  let bytes = new Uint8Array(total);
+  let body = response.body;
+  let storing = null;
+  if (cache && !cached) {
+    // The cache takes its own branch of the stream as it arrives: no whole copy is kept
+    // here for it.
+    const [ours, theirs] = body.tee();
+    body = ours;
+    const headers = {};
+    for (const name of ['content-length', 'etag', 'last-modified']) {
+      const value = response.headers.get(name);
+      if (value) headers[name] = value;
+    }
+    storing = cache.put(url, new Response(theirs, { headers })).catch((e) => {
+      console.warn(`cinder: the model was not cached (${message(e)}); the next visit downloads it again`);
+    });
+  }
+  // The announced size goes straight into its buffer: no second copy to join the chunks.
+  // Without one, the chunks gather in a growing array that is copied once at the end.
+  let target = total ? into(total) : null;
+  let gathered = total ? null : new Uint8Array(0);
   let loaded = 0;
-  const reader = response.body.getReader();
+  const reader = body.getReader();
   for (;;) {
     let chunk;
     try {
@@ -116,31 +137,28 @@ async function fetchModel(url, onProgress) {
       throw new CinderError(`model fetch failed: ${url}: ${message(e)}`);
     }
     if (chunk.done) break;
-    if (loaded + chunk.value.length > bytes.length) {
-      if (total) throw new CinderError(`model fetch failed: ${url}: more than the announced ${total} bytes`);
-      const grown = new Uint8Array(Math.max(2 * bytes.length, loaded + chunk.value.length, 1 << 20));
-      grown.set(bytes.subarray(0, loaded));
-      bytes = grown;
+    const end = loaded + chunk.value.length;
+    if (target) {
+      if (end > total) throw new CinderError(`model fetch failed: ${url}: more than the announced ${total} bytes`);
+      target.view().set(chunk.value, loaded);
+    } else {
+      if (end > gathered.length) {
+        const grown = new Uint8Array(Math.max(2 * gathered.length, end, 1 << 20));
+        grown.set(gathered.subarray(0, loaded));
+        gathered = grown;
+      }
+      gathered.set(chunk.value, loaded);
     }
-    bytes.set(chunk.value, loaded);
-    loaded += chunk.value.length;
+    loaded = end;
     onProgress?.({ phase: 'download', loaded, total, cached });
   }
   if (total && loaded !== total) throw new CinderError(`model fetch failed: ${url}: got ${loaded} of ${total} bytes`);
-  if (loaded !== bytes.length) bytes = bytes.subarray(0, loaded);
-  if (cache && !cached) {
-    const headers = { 'content-length': String(loaded) };
-    for (const name of ['etag', 'last-modified']) {
-      const value = response.headers.get(name);
-      if (value) headers[name] = value;
-    }
-    try {
-      await cache.put(url, new Response(bytes, { headers }));
-    } catch (e) {
-      console.warn(`cinder: the model was not cached (${message(e)}); the next visit downloads it again`);
-    }
+  if (!target) {
+    target = into(loaded);
+    target.view().set(gathered.subarray(0, loaded));
   }
-  return { bytes, cached, stale };
+  await storing;
+  return { target, size: loaded, cached, stale };
 }
 
 /**
@@ -197,11 +215,12 @@ class Core {
 
   /**
    * Fetches the GGUF model at `url` (progress through `onProgress({ phase, loaded, total,
-   * cached })`, `phase` being `download`, `upload` then `compile`), loads it onto `device`
-   * (see chooseDevice) with `options` (the crate's EngineOptions) and runs a short request
-   * through it, so that the kernels compile before the first answer.
+   * cached })`, `phase` being `download`, `upload` then `compile`; through the Cache API
+   * unless `cache` is false), loads it onto `device` (see chooseDevice) with `options` (the
+   * crate's EngineOptions) and runs a short request through it, so that the kernels compile
+   * before the first answer.
    */
-  static async load(url, { onProgress, options, wasmUrl, device } = {}) {
+  static async load(url, { onProgress, options, wasmUrl, device, cache = true } = {}) {
     const started = performance.now();
     const chosen = await chooseDevice(device);
     let exports;
@@ -210,22 +229,42 @@ class Core {
     } catch (e) {
       throw new CinderError(`cannot load cinder's WebAssembly: ${message(e)}`);
     }
-    const { bytes, cached, stale } = await fetchModel(url, onProgress);
+    // The CPU keeps its weights in the file's bytes: they go straight into the engine's
+    // memory. For WebGPU they stay in a JavaScript array, read tensor by tensor as the
+    // weights upload (the engine's memory never shrinks).
+    const into =
+      chosen === 'cpu'
+        ? (size) => {
+            let buffer;
+            try {
+              buffer = new ModelBytes(size);
+            } catch (e) {
+              throw new CinderError(message(e));
+            }
+            const pointer = buffer.pointer();
+            // A fresh view each time: a view of the memory goes stale when the memory grows.
+            return { buffer, view: () => new Uint8Array(exports.memory.buffer, pointer, size) };
+          }
+        : (size) => {
+            const buffer = new Uint8Array(size);
+            return { buffer, view: () => buffer };
+          };
+    const { target, size, cached, stale } = await fetchModel(url, onProgress, cache, into);
     const downloaded = performance.now();
-    onProgress?.({ phase: 'upload', loaded: bytes.length, total: bytes.length, cached, device: chosen });
+    onProgress?.({ phase: 'upload', loaded: size, total: size, cached, device: chosen });
     let wasm;
     try {
       wasm =
         chosen === 'cpu'
-          ? await WasmEngine.load(bytes, JSON.stringify({ ...options, subgroups: false, device: 'cpu' }))
+          ? await WasmEngine.loadInMemory(target.buffer, JSON.stringify({ ...options, subgroups: false, device: 'cpu' }))
           : await withSubgroups(options?.subgroups, (subgroups) =>
-              WasmEngine.load(bytes, JSON.stringify({ ...options, subgroups, device: 'gpu' })),
+              WasmEngine.load(target.buffer, JSON.stringify({ ...options, subgroups, device: 'gpu' })),
             );
     } catch (e) {
       throw isTrap(e) ? trapError(e) : new CinderError(message(e));
     }
     const uploaded = performance.now();
-    onProgress?.({ phase: 'compile', loaded: bytes.length, total: bytes.length, cached, device: chosen });
+    onProgress?.({ phase: 'compile', loaded: size, total: size, cached, device: chosen });
     try {
       await wasm.warmUp();
     } catch (e) {
@@ -235,7 +274,7 @@ class Core {
     const loadStats = {
       cached,
       stale,
-      bytes: bytes.length,
+      bytes: size,
       fetch_s: (downloaded - started) / 1000,
       upload_s: (uploaded - downloaded) / 1000,
       compile_s: (done - uploaded) / 1000,
@@ -345,7 +384,7 @@ class Core {
  * on the page's thread. Returns the function that receives the page's messages; `post`
  * sends the engine's. Requests carry the page's ids; their events go back under them.
  *
- *   page -> engine: { op: 'load', url, options, wasmUrl, device }, { op: 'submit', id, body, chat },
+ *   page -> engine: { op: 'load', url, options, wasmUrl, device, cache }, { op: 'submit', id, body, chat },
  *                   { op: 'abort', id }, { op: 'profileStart' }, { op: 'profileFinish', reply }
  *   engine -> page: { op: 'progress', progress }, { op: 'loaded', info, loadStats },
  *                   { op: 'loadFailed', error }, { op: 'accepted', id }, { op: 'refused', id, error },
@@ -357,9 +396,9 @@ export function engineHost(post) {
   /** The page's request ids to the engine's. */
   const engineIds = new Map();
 
-  async function load({ url, options, wasmUrl, device }) {
+  async function load({ url, options, wasmUrl, device, cache }) {
     try {
-      core = await Core.load(url, { options, wasmUrl, device, onProgress: (progress) => post({ op: 'progress', progress }) });
+      core = await Core.load(url, { options, wasmUrl, device, cache, onProgress: (progress) => post({ op: 'progress', progress }) });
     } catch (e) {
       post({ op: 'loadFailed', error: message(e) });
       return;

@@ -1,7 +1,9 @@
 // The page's two paths (cinder on the CPU and on WebGPU) and wllama (llama.cpp in
 // WebAssembly, npm @wllama/wllama) on one GGUF file, each in a fresh headless Chromium:
 // first-token time, decode tok/s (greedy, after a warm-up generation) and the peak resident
-// memory of the browser's processes. Prints one JSON object per engine, then a table.
+// memory of the browser's processes; `blank` is the browser with an empty page, the memory
+// the others add to. Both engines fetch the model without a cache (cinder's `?cache=0`,
+// wllama's `useCache: false`). Prints one JSON object per engine, then a table.
 // `scripts/browser-bench.sh` sets it up and runs it:
 //
 //   node tests/browser/bench.cjs URL '{"prompt": "...", "max_tokens": 64, "engines": [...]}'
@@ -49,7 +51,7 @@ function treeRss(pid) {
 }
 
 async function cinder(page, device) {
-  await page.goto(new URL(`/?device=${device}`, url).href);
+  await page.goto(new URL(`/?device=${device}&cache=0`, url).href);
   await page.waitForFunction(() => /ready|error/.test(document.querySelector('[data-testid="status"]').textContent), null, {
     timeout: spec.timeout_s * 1000,
   });
@@ -60,7 +62,7 @@ async function cinder(page, device) {
     const options = { max_tokens, temperature: 0, ignore_eos: true };
     await engine.generate(prompt, options);
     const run = await engine.generate(prompt, options);
-    return { adapter: engine.info.adapter, device: engine.info.device, load_s: engine.loadStats.load_s, first_token_s: run.first_token_s, tok_s: run.tokens_per_s, tokens: run.completion_tokens };
+    return { adapter: engine.info.adapter, device: engine.info.device, load_s: engine.loadStats.load_s, wasm_memory_mb: Math.round(engine.loadStats.wasm_memory_bytes / 1e6), first_token_s: run.first_token_s, tok_s: run.tokens_per_s, tokens: run.completion_tokens };
   }, spec);
 }
 
@@ -92,6 +94,12 @@ async function wllama(page, threads) {
   }, { ...spec, threads });
 }
 
+async function blank(page) {
+  await page.goto(new URL('/blank.html', url).href);
+  await new Promise((resolve) => setTimeout(resolve, 3000));
+  return { adapter: 'an empty page', device: '-' };
+}
+
 async function measure(name) {
   // A browser server: its process is the root of the tree whose memory is measured.
   const server = await chromium.launchServer({
@@ -105,7 +113,7 @@ async function measure(name) {
   const sampler = setInterval(() => (peak = Math.max(peak, treeRss(pid))), 100);
   try {
     const page = await browser.newPage();
-    const run = name === 'wllama' ? await wllama(page, 1) : await cinder(page, name.replace('cinder-', ''));
+    const run = name === 'blank' ? await blank(page) : name === 'wllama' ? await wllama(page, 1) : await cinder(page, name.replace('cinder-', ''));
     peak = Math.max(peak, treeRss(pid));
     return { engine: name, ...run, peak_rss_mb: Math.round(peak / 1e6) };
   } catch (e) {
@@ -128,6 +136,7 @@ async function measure(name) {
   console.log('|---|---|---|---|---|');
   for (const r of results) {
     if (r.error) console.log(`| ${r.engine} | error: ${r.error} | | | |`);
+    else if (r.engine === 'blank') console.log(`| ${r.engine} | ${r.adapter} | | | ${r.peak_rss_mb} |`);
     else console.log(`| ${r.engine} | ${r.adapter} | ${r.first_token_s.toFixed(2)} | ${r.tok_s.toFixed(2)} | ${r.peak_rss_mb} |`);
   }
 })();

@@ -184,14 +184,18 @@ fn the_browser_gives_the_native_greedy_tokens_and_batches_concurrent_generations
 }
 
 /// A browser without WebGPU (Chromium with it disabled): `auto` runs the CPU path, with the
-/// native CPU backend's greedy tokens, alone and batched, and the same API.
+/// native CPU backend's greedy tokens, alone and batched, and the same API. `?cache=0`
+/// (`Engine.load`'s `cache: false`) leaves the Cache API alone: a reload downloads again.
 #[test]
 fn without_webgpu_the_page_runs_on_the_cpu_with_the_native_tokens() {
     let server = Server::start(&tiny_model("browser-cpu"), &["--web", web_dist().to_str().unwrap(), "--device", "cpu"]);
     let prompt = "the quick brown fox jumps over the lazy dog while five boxing wizards jump quickly";
     let max_tokens = 8;
     let native = native_tokens(&server, prompt, max_tokens);
-    let spec = json!({"prompt": prompt, "max_tokens": max_tokens, "concurrent": 3, "ui": true, "api": true, "chromium_args": ["--disable-features=WebGPU"]});
+    let spec = json!({
+        "prompt": prompt, "max_tokens": max_tokens, "concurrent": 3, "ui": true, "api": true, "reload": true,
+        "query": "cache=0", "chromium_args": ["--disable-features=WebGPU"],
+    });
     let result = drive(&server, spec);
     report("tiny model, CPU path", &result);
     assert!(result["status"].as_str().unwrap().contains("ready on the CPU"), "{result:#}");
@@ -201,22 +205,33 @@ fn without_webgpu_the_page_runs_on_the_cpu_with_the_native_tokens() {
     assert!(concurrent.iter().all(|g| g["completion_tokens"] == max_tokens), "{concurrent:?}");
     assert_eq!(ids(&concurrent[0]["tokens"]), native, "batched greedy tokens differ from alone");
     check_api(&server, &result["api"], max_tokens);
+    let reload = &result["reload"]["load_stats"];
+    assert_eq!((&reload["cached"], &result["load_stats"]["cached"]), (&json!(false), &json!(false)), "cache=0 used the Cache API: {result:#}");
 }
 
-/// The default model on the page's CPU path: its first tokens equal native's, and what it
-/// holds in WebAssembly memory.
+/// The default model on the page's CPU path: its first tokens equal native's, a reload reads
+/// it from the Cache API (stored as it downloaded), and the file is held once, in
+/// WebAssembly memory, where the weights stay.
 #[test]
 fn the_cpu_path_loads_the_default_model_and_produces_its_first_tokens() {
     let model = crate::real_model_path();
     let server = Server::start(&model, &["--web", web_dist().to_str().unwrap(), "--device", "cpu"]);
     let prompt = "The capital of France is";
     let native = native_tokens(&server, prompt, 8);
-    let result = drive(&server, json!({"prompt": prompt, "max_tokens": 8, "ui": false, "timeout_s": 900, "query": "device=cpu"}));
+    let result = drive(&server, json!({"prompt": prompt, "max_tokens": 8, "ui": false, "reload": true, "timeout_s": 900, "query": "device=cpu"}));
     report("default model, CPU path", &result);
     assert_eq!(result["info"]["device"], "cpu", "{result:#}");
     assert_eq!(ids(&result["tokens"]), native, "the page's CPU path and native greedy tokens differ: {result:#}");
+    let reload = &result["reload"];
+    assert!(reload["status"].as_str().unwrap_or_default().contains("ready on the CPU"), "the reloaded page did not load: {result:#}");
+    assert_eq!(reload["load_stats"]["cached"], true, "a reload downloads the model again: {result:#}");
+    // The weights are the file's bytes in WebAssembly memory, not a copy of them: the heap
+    // holds the file once, the page's 64 MiB KV pool and the engine (187 MB of a 97 MB
+    // file; a copy of the weights beside the file would pass 2 x 97 + 64 MB).
     let heap = result["load_stats"]["wasm_memory_bytes"].as_u64().unwrap();
-    eprintln!("browser default model, CPU path: WebAssembly heap {} MB", heap / 1_000_000);
+    let file = std::fs::metadata(Path::new(&model)).unwrap().len();
+    eprintln!("browser default model, CPU path: WebAssembly heap {} MB, file {} MB", heap / 1_000_000, file / 1_000_000);
+    assert!(heap < 2 * file + (64 << 20), "the WebAssembly heap grew to {heap} bytes loading a {file}-byte model");
 }
 
 #[test]

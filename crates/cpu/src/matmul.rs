@@ -10,9 +10,8 @@
 //! three crossed over near 32 and 128 tokens.
 
 use std::marker::PhantomData;
-use std::sync::Arc;
 
-use cinder_gguf::GgmlType;
+use cinder_gguf::{GgmlType, SharedBytes};
 use cinder_gguf::blocks::{LANES, QuantBlock, WithBlock, TakeLanes, blocks, with_block};
 use pulp::{Arch, Simd, WithSimd};
 
@@ -32,8 +31,9 @@ pub struct BlockMatrix {
     ty: GgmlType,
     rows: usize,
     cols: usize,
-    /// Shared: a tied LM head's bytes are also the token embedding's.
-    data: Arc<[u8]>,
+    /// The file's bytes where it is mapped or in memory; a tied LM head's are also the token
+    /// embedding's.
+    data: SharedBytes,
 }
 
 /// Rows per parallel task at decode: enough work to outweigh a task's cost, few enough that
@@ -46,7 +46,7 @@ const PROMPT_TASKS_PER_THREAD: usize = 2;
 
 impl BlockMatrix {
     /// The matrix in `data`: `rows` rows of `cols` values each, whole blocks per row.
-    pub fn new(ty: GgmlType, data: impl Into<Arc<[u8]>>, rows: usize, cols: usize) -> Result<Self, MatmulError> {
+    pub fn new(ty: GgmlType, data: impl Into<SharedBytes>, rows: usize, cols: usize) -> Result<Self, MatmulError> {
         let data = data.into();
         if !matches!(ty, GgmlType::F32 | GgmlType::F16) && with_block(ty, BlockBytes).is_none() {
             return Err(MatmulError::Unsupported { ty });
@@ -73,7 +73,7 @@ impl BlockMatrix {
     }
 
     /// The weights' bytes, where they are in format `ty`.
-    pub fn shared_data(&self, ty: GgmlType) -> Option<Arc<[u8]>> {
+    pub fn shared_data(&self, ty: GgmlType) -> Option<SharedBytes> {
         (self.ty == ty).then(|| self.data.clone())
     }
 

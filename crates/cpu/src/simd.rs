@@ -39,6 +39,7 @@ pub(crate) fn scale_add<S: Simd>(simd: S, acc: &mut [f32], keep: f32, w: f32, v:
 }
 
 /// How far ahead of its use a product asks for a weight's cache lines.
+#[cfg(target_arch = "x86_64")]
 const PREFETCH_BYTES: usize = 2048;
 
 /// Asks for the cache lines of `bytes` at `PREFETCH_BYTES` past `block`, ahead of their

@@ -34,7 +34,7 @@ pub use error::GgufError;
 pub use ggml_type::GgmlType;
 pub use metadata::{Metadata, MetadataValue, ValueType};
 pub use quantize::quantize;
-pub use reader::{ByteSource, GgufFile, TensorInfo};
+pub use reader::{ByteSource, GgufFile, SharedBytes, TensorInfo};
 pub use writer::GgufWriter;
 
 /// GGUF's magic number, the bytes `GGUF` read as a little-endian `u32`.

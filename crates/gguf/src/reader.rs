@@ -3,8 +3,9 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-use std::ops::Range;
+use std::ops::{Deref, Range};
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::metadata::{Metadata, MetadataValue, ValueType};
 use crate::{DEFAULT_ALIGNMENT, GGUF_MAGIC, GgmlType, GgufError};
@@ -72,8 +73,8 @@ pub trait ByteSource: Send + Sync {
 }
 
 enum Bytes {
-    Mapped(memmap2::Mmap),
-    Owned(Vec<u8>),
+    Mapped(Arc<memmap2::Mmap>),
+    Owned(Arc<Vec<u8>>),
     Source(Box<dyn ByteSource>),
 }
 
@@ -84,6 +85,45 @@ impl Bytes {
             Bytes::Owned(v) => Cow::Borrowed(&v[range.start as usize..range.end as usize]),
             Bytes::Source(source) => Cow::Owned(source.read(range)),
         }
+    }
+
+    fn shared(&self, range: Range<u64>) -> SharedBytes {
+        let range = range.start as usize..range.end as usize;
+        match self {
+            Bytes::Mapped(m) => SharedBytes { owner: m.clone(), range },
+            Bytes::Owned(v) => SharedBytes { owner: v.clone(), range },
+            Bytes::Source(source) => source.read(range.start as u64..range.end as u64).into(),
+        }
+    }
+}
+
+/// Bytes kept beyond the file's parsing, shared with the file where it is mapped or in
+/// memory instead of copied (a mapped file's pages stay the page cache's, as llama.cpp's
+/// do), or a copy read from a [`ByteSource`].
+#[derive(Clone)]
+pub struct SharedBytes {
+    owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    range: Range<usize>,
+}
+
+impl Deref for SharedBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &(*self.owner).as_ref()[self.range.clone()]
+    }
+}
+
+impl From<Vec<u8>> for SharedBytes {
+    fn from(bytes: Vec<u8>) -> Self {
+        let range = 0..bytes.len();
+        Self { owner: Arc::new(bytes), range }
+    }
+}
+
+impl std::fmt::Debug for SharedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedBytes({} bytes)", self.range.len())
     }
 }
 
@@ -128,13 +168,13 @@ impl GgufFile {
         // and a file truncated underneath us is the same hazard every mmap-based loader has.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_error)?;
         let header = parse(&map, map.len() as u64)?;
-        Ok(Self::with(Bytes::Mapped(map), header))
+        Ok(Self::with(Bytes::Mapped(Arc::new(map)), header))
     }
 
     /// Parses a file already in memory.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, GgufError> {
         let header = parse(&bytes, bytes.len() as u64)?;
-        Ok(Self::with(Bytes::Owned(bytes), header))
+        Ok(Self::with(Bytes::Owned(Arc::new(bytes)), header))
     }
 
     /// Parses the file `source` reads. Only the header is read now (in growing prefixes
@@ -193,10 +233,20 @@ impl GgufFile {
 
     /// Bytes `range` of a tensor's data.
     pub fn tensor_bytes(&self, info: &TensorInfo, range: Range<u64>) -> Cow<'_, [u8]> {
+        self.bytes.range(self.in_file(info, range))
+    }
+
+    /// Bytes `range` of a tensor's data to keep: shared with a mapped or in-memory file, which
+    /// stays in memory as long as they do; read from a [`ByteSource`].
+    pub fn tensor_shared(&self, info: &TensorInfo, range: Range<u64>) -> SharedBytes {
+        self.bytes.shared(self.in_file(info, range))
+    }
+
+    fn in_file(&self, info: &TensorInfo, range: Range<u64>) -> Range<u64> {
         // The tensor's bounds were checked when the file was parsed.
         assert!(range.start <= range.end && range.end <= info.bytes, "bytes {range:?} of a {}-byte tensor", info.bytes);
         let start = self.data_start + info.offset;
-        self.bytes.range(start + range.start..start + range.end)
+        start + range.start..start + range.end
     }
 
     /// A tensor's values as f32, dequantized if needed.

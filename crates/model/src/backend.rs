@@ -95,7 +95,10 @@ impl Backend {
     pub fn name(&self) -> String {
         match self {
             Self::Gpu(device) => crate::adapter_name(device),
-            Self::Cpu(threads) => format!("CPU ({} threads)", threads.count()),
+            Self::Cpu(threads) => match threads.count() {
+                1 => "CPU (1 thread)".into(),
+                count => format!("CPU ({count} threads)"),
+            },
         }
     }
 
@@ -103,8 +106,8 @@ impl Backend {
     pub fn describe(&self) -> Option<crate::AdapterInfo> {
         match self {
             Self::Gpu(device) => crate::adapter_info(device),
-            Self::Cpu(threads) => Some(crate::AdapterInfo {
-                name: format!("CPU ({} threads)", threads.count()),
+            Self::Cpu(_) => Some(crate::AdapterInfo {
+                name: self.name(),
                 backend: "Cpu".into(),
                 device_type: "Cpu".into(),
                 driver: "cinder-cpu".into(),

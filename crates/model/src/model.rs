@@ -186,7 +186,7 @@ impl<O: Ops> Loader<'_, O> {
 /// the rows it needs, instead of holding the whole table as f32 on the device.
 struct HostEmbedding {
     info: TensorInfo,
-    data: std::sync::Arc<[u8]>,
+    data: cinder_gguf::SharedBytes,
     scale: f32,
 }
 
@@ -295,7 +295,7 @@ impl Model {
             Weights::Cpu(layers) if config.tied_embeddings => layers.lm_head.weight.shared_data(embd.ty),
             _ => None,
         };
-        let data = shared.unwrap_or_else(|| file.tensor_data(embd).into_owned().into());
+        let data = shared.unwrap_or_else(|| file.tensor_shared(embd, 0..embd.bytes));
         let embedding = HostEmbedding { info: embd.clone(), data, scale: config.embedding_scale };
         let model = Self { config, backend: backend.clone(), embedding, weights };
         // A browser cannot block on the device; its first read waits for the uploads instead.

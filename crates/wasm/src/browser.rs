@@ -45,9 +45,9 @@ struct State {
     profiling: Option<(StepTimes, Profiler)>,
 }
 
-/// The model file as the page holds it, a JavaScript `Uint8Array` outside WebAssembly
-/// memory, read by ranges as the loader asks: the file is never copied whole into the
-/// module's memory, which never shrinks.
+/// The model file as the page holds it for WebGPU, a JavaScript `Uint8Array` outside
+/// WebAssembly memory, read by ranges as the loader asks: the file is never copied whole
+/// into the module's memory, which never shrinks, when its weights go to the GPU.
 struct PageFile(js_sys::Uint8Array);
 
 // SAFETY: WebAssembly in a page or a worker runs on one thread, and the file stays on it.
@@ -61,6 +61,30 @@ impl ByteSource for PageFile {
 
     fn read(&self, range: std::ops::Range<u64>) -> Vec<u8> {
         self.0.subarray(range.start as u32, range.end as u32).to_vec()
+    }
+}
+
+/// A model file in WebAssembly memory, written by the page as it downloads: the CPU backend
+/// keeps its weights in this buffer, so the file is held once, with no copy in JavaScript.
+#[wasm_bindgen]
+pub struct ModelBytes(Vec<u8>);
+
+#[wasm_bindgen]
+impl ModelBytes {
+    /// `len` zeroed bytes, or an error where WebAssembly memory cannot hold them.
+    #[wasm_bindgen(constructor)]
+    pub fn new(len: usize) -> Result<ModelBytes, JsError> {
+        let mut bytes = Vec::new();
+        bytes
+            .try_reserve_exact(len)
+            .map_err(|_| error(format!("the model file ({} MB) does not fit in WebAssembly memory (4 GiB at most)", len >> 20)))?;
+        bytes.resize(len, 0);
+        Ok(Self(bytes))
+    }
+
+    /// Where the bytes start in the module's memory.
+    pub fn pointer(&self) -> usize {
+        self.0.as_ptr() as usize
     }
 }
 
@@ -119,10 +143,23 @@ fn error(message: impl std::fmt::Display) -> JsError {
 #[wasm_bindgen]
 impl WasmEngine {
     /// Opens the device `options.device` names (WebGPU, or the CPU), reads the GGUF file in
-    /// `bytes` and loads its weights, one tensor at a time. `options` is a JSON object of [`EngineOptions`] (`""` for the defaults).
+    /// `bytes` and loads its weights, one tensor at a time. `options` is a JSON object of
+    /// [`EngineOptions`] (`""` for the defaults).
     pub async fn load(bytes: js_sys::Uint8Array, options: String) -> Result<WasmEngine, JsError> {
-        let options = EngineOptions::parse(&options).map_err(error)?;
         let file = GgufFile::from_source(Box::new(PageFile(bytes))).map_err(|e| error(format!("the model file: {e}")))?;
+        Self::open(file, options).await
+    }
+
+    /// [`load`](Self::load) from a file in WebAssembly memory: the CPU backend's weights stay
+    /// in it, uncopied.
+    #[wasm_bindgen(js_name = loadInMemory)]
+    pub async fn load_in_memory(bytes: ModelBytes, options: String) -> Result<WasmEngine, JsError> {
+        let file = GgufFile::from_bytes(bytes.0).map_err(|e| error(format!("the model file: {e}")))?;
+        Self::open(file, options).await
+    }
+
+    async fn open(file: GgufFile, options: String) -> Result<WasmEngine, JsError> {
+        let options = EngineOptions::parse(&options).map_err(error)?;
         let tokenizer = Tokenizer::from_gguf(file.metadata()).map_err(|e| error(format!("the model's tokenizer: {e}")))?;
         let template = ChatTemplate::from_gguf(file.metadata(), &tokenizer).ok();
         let grammars = Grammars::lazy(&tokenizer);

@@ -49,9 +49,9 @@ impl Ops for CpuOps {
     fn matrix(&self, file: &GgufFile, info: &TensorInfo, rows: Range<usize>) -> Result<BlockMatrix, ModelError> {
         let cols = info.row_len() as usize;
         let row_bytes = info.ty.bytes_for(cols as u64).expect("validated at parse") as usize;
-        let bytes = file.tensor_bytes(info, (rows.start * row_bytes) as u64..(rows.end * row_bytes) as u64);
+        let bytes = file.tensor_shared(info, (rows.start * row_bytes) as u64..(rows.end * row_bytes) as u64);
         let refused = |e: cinder_cpu::MatmulError| ModelError::InvalidConfig(format!("tensor {:?}: {e}", info.name));
-        match BlockMatrix::new(info.ty, bytes.into_owned(), rows.len(), cols) {
+        match BlockMatrix::new(info.ty, bytes, rows.len(), cols) {
             Ok(matrix) => Ok(matrix),
             // Formats without a CPU kernel run as f32.
             Err(cinder_cpu::MatmulError::Unsupported { .. }) => {
