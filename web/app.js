@@ -34,9 +34,10 @@ async function load() {
           $('progress').value = total ? loaded / total : 0;
           status(`${cached ? 'reading cached' : 'downloading'} model: ${mb(loaded)} / ${total ? mb(total) : '?'} MB`);
         } else if (phase === 'upload') {
-          status(on === 'cpu' ? 'loading weights for the CPU…' : 'uploading weights to the GPU…');
+          const what = { cpu: 'loading weights for the CPU…', gpu: 'uploading weights to the GPU…', timed: 'timing the CPU and the software GPU, then loading weights…' };
+          status(what[on]);
         } else {
-          status(on === 'cpu' ? 'running a first request…' : 'compiling the GPU kernels…');
+          status(on === 'gpu' ? 'compiling the GPU kernels…' : 'running a first request…');
         }
       },
     });
@@ -47,10 +48,13 @@ async function load() {
   }
   window.cinder = { engine };
   $('progress').value = 1;
-  const { adapter, device: runsOn, context_length: context } = engine.info;
+  const { adapter, device: runsOn, context_length: context, device_timing: timing } = engine.info;
   const { load_s: seconds, cached } = engine.loadStats;
   const where = inWorker ? 'in a worker' : "on the page's thread";
-  status(`ready on the ${runsOn.toUpperCase()}: ${adapter}; context ${context}; ${where}; loaded in ${seconds.toFixed(1)} s${cached ? ' (cached)' : ''}`);
+  // `auto` on a software adapter timed both paths: say what each took.
+  const ms = (t) => (t === null ? 'failed' : `${t.toFixed(1)} ms`);
+  const timed = timing ? `; a layer took ${ms(timing.cpu_ms)} on the CPU, ${ms(timing.gpu_ms)} on ${timing.adapter}` : '';
+  status(`ready on the ${runsOn.toUpperCase()}: ${adapter}; context ${context}; ${where}; loaded in ${seconds.toFixed(1)} s${cached ? ' (cached)' : ''}${timed}`);
   for (const id of ['send', 'batch-run']) $(id).disabled = false;
 }
 

@@ -185,8 +185,9 @@ async function withSubgroups(wanted, open) {
 
 /**
  * The device `wanted` (`auto`, `gpu` or `cpu`) comes to: `auto` takes the CPU where there
- * is no WebGPU, no adapter, or only a software one (SwiftShader, WARP, lavapipe: the CPU
- * kernels are several times faster there).
+ * is no WebGPU or no adapter, the GPU where the adapter is a hardware one, and `timed` where
+ * it is a software one (SwiftShader, WARP, lavapipe): the engine then times a layer's
+ * products on both at load and runs on the faster (`engine.info.device_timing`).
  */
 export async function chooseDevice(wanted = 'auto') {
   if (!['auto', 'gpu', 'cpu'].includes(wanted)) throw new CinderError(`unknown device ${JSON.stringify(wanted)} (auto, gpu or cpu)`);
@@ -200,7 +201,8 @@ export async function chooseDevice(wanted = 'auto') {
   const info = adapter?.info ?? {};
   const described = `${info.vendor ?? ''} ${info.architecture ?? ''} ${info.device ?? ''} ${info.description ?? ''}`;
   const software = info.isFallbackAdapter || /swiftshader|llvmpipe|lavapipe|warp|basic render/i.test(described);
-  return adapter && !software ? 'gpu' : 'cpu';
+  if (!adapter) return 'cpu';
+  return software ? 'timed' : 'gpu';
 }
 
 /**
@@ -230,35 +232,39 @@ class Core {
       throw new CinderError(`cannot load cinder's WebAssembly: ${message(e)}`);
     }
     // The CPU keeps its weights in the file's bytes: they go straight into the engine's
-    // memory. For WebGPU they stay in a JavaScript array, read tensor by tensor as the
-    // weights upload (the engine's memory never shrinks).
-    const into =
-      chosen === 'cpu'
-        ? (size) => {
-            let buffer;
-            try {
-              buffer = new ModelBytes(size);
-            } catch (e) {
-              throw new CinderError(message(e));
-            }
-            const pointer = buffer.pointer();
-            // A fresh view each time: a view of the memory goes stale when the memory grows.
-            return { buffer, view: () => new Uint8Array(exports.memory.buffer, pointer, size) };
+    // memory (also where the CPU may win the timing). For WebGPU they stay in a JavaScript
+    // array, read tensor by tensor as the weights upload (the engine's memory never
+    // shrinks).
+    const inMemory = chosen !== 'gpu';
+    const into = inMemory
+      ? (size) => {
+          let buffer;
+          try {
+            buffer = new ModelBytes(size);
+          } catch (e) {
+            throw new CinderError(message(e));
           }
-        : (size) => {
-            const buffer = new Uint8Array(size);
-            return { buffer, view: () => buffer };
-          };
+          const pointer = buffer.pointer();
+          // A fresh view each time: a view of the memory goes stale when the memory grows.
+          return { buffer, view: () => new Uint8Array(exports.memory.buffer, pointer, size) };
+        }
+      : (size) => {
+          const buffer = new Uint8Array(size);
+          return { buffer, view: () => buffer };
+        };
     const { target, size, cached, stale } = await fetchModel(url, onProgress, cache, into);
     const downloaded = performance.now();
     onProgress?.({ phase: 'upload', loaded: size, total: size, cached, device: chosen });
     let wasm;
     try {
+      const engineOptions = (subgroups, on) => JSON.stringify({ ...options, subgroups, device: on === 'timed' ? 'auto' : on });
       wasm =
         chosen === 'cpu'
-          ? await WasmEngine.loadInMemory(target.buffer, JSON.stringify({ ...options, subgroups: false, device: 'cpu' }))
+          ? await WasmEngine.loadInMemory(target.buffer, engineOptions(false, 'cpu'))
           : await withSubgroups(options?.subgroups, (subgroups) =>
-              WasmEngine.load(target.buffer, JSON.stringify({ ...options, subgroups, device: 'gpu' })),
+              inMemory
+                ? WasmEngine.loadInMemory(target.buffer, engineOptions(subgroups, chosen))
+                : WasmEngine.load(target.buffer, engineOptions(subgroups, chosen)),
             );
     } catch (e) {
       throw isTrap(e) ? trapError(e) : new CinderError(message(e));

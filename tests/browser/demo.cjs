@@ -4,8 +4,8 @@
 //
 //   node tests/browser/demo.cjs URL '{"prompt": "...", "max_tokens": 8, "concurrent": 4}'
 //
-// `"query": "profile=1&worker=0"` opens the page with those parameters; `"chromium_args":
-// ["--disable-features=WebGPU"]` starts Chromium with more flags.
+// `"query": "profile=1&worker=0"` opens the page with those parameters; `"webgpu": false`
+// starts Chromium without WebGPU; `"chromium_args": [...]` with more flags.
 //
 // playwright-core is found under $CINDER_NODE_DIR/node_modules (scripts/setup.sh puts it
 // in ~/.cache/cinder/node); the browser is Debian's chromium.
@@ -28,7 +28,8 @@ async function main() {
     executablePath: process.env.CINDER_CHROMIUM || '/usr/bin/chromium',
     headless: true,
     args: [
-      '--headless=new', '--no-sandbox', '--enable-unsafe-webgpu', '--enable-webgpu-developer-features',
+      '--headless=new', '--no-sandbox',
+      ...(spec.webgpu === false ? ['--disable-features=WebGPU'] : ['--enable-unsafe-webgpu', '--enable-webgpu-developer-features']),
       '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update',
       '--disable-sync',
       ...(spec.chromium_args ?? []),

@@ -194,12 +194,12 @@ fn without_webgpu_the_page_runs_on_the_cpu_with_the_native_tokens() {
     let native = native_tokens(&server, prompt, max_tokens);
     let spec = json!({
         "prompt": prompt, "max_tokens": max_tokens, "concurrent": 3, "ui": true, "api": true, "reload": true,
-        "query": "cache=0", "chromium_args": ["--disable-features=WebGPU"],
+        "query": "cache=0", "webgpu": false,
     });
     let result = drive(&server, spec);
     report("tiny model, CPU path", &result);
     assert!(result["status"].as_str().unwrap().contains("ready on the CPU"), "{result:#}");
-    assert_eq!(result["info"]["device"], "cpu", "{result:#}");
+    assert_eq!((&result["info"]["device"], &result["info"]["device_timing"]), (&json!("cpu"), &Value::Null), "{result:#}");
     assert_eq!(ids(&result["tokens"]), native, "the page's CPU path and native greedy tokens differ");
     let concurrent = result["concurrent"].as_array().expect("concurrent results");
     assert!(concurrent.iter().all(|g| g["completion_tokens"] == max_tokens), "{concurrent:?}");
@@ -209,21 +209,28 @@ fn without_webgpu_the_page_runs_on_the_cpu_with_the_native_tokens() {
     assert_eq!((&reload["cached"], &result["load_stats"]["cached"]), (&json!(false), &json!(false)), "cache=0 used the Cache API: {result:#}");
 }
 
-/// The default model on the page's CPU path: its first tokens equal native's, a reload reads
-/// it from the Cache API (stored as it downloaded), and the file is held once, in
-/// WebAssembly memory, where the weights stay.
+/// The default model with `auto` on SwiftShader (a software adapter): the page times a
+/// layer's products on the CPU and on WebGPU and runs on the faster; its first tokens equal
+/// native's, a reload reads the model from the Cache API (stored as it downloaded), and the
+/// file is held once, in WebAssembly memory, where the CPU's weights stay.
 #[test]
-fn the_cpu_path_loads_the_default_model_and_produces_its_first_tokens() {
+fn auto_on_a_software_adapter_times_both_paths_and_runs_the_default_model_on_the_faster() {
     let model = crate::real_model_path();
     let server = Server::start(&model, &["--web", web_dist().to_str().unwrap(), "--device", "cpu"]);
     let prompt = "The capital of France is";
     let native = native_tokens(&server, prompt, 8);
-    let result = drive(&server, json!({"prompt": prompt, "max_tokens": 8, "ui": false, "reload": true, "timeout_s": 900, "query": "device=cpu"}));
-    report("default model, CPU path", &result);
-    assert_eq!(result["info"]["device"], "cpu", "{result:#}");
-    assert_eq!(ids(&result["tokens"]), native, "the page's CPU path and native greedy tokens differ: {result:#}");
+    let result = drive(&server, json!({"prompt": prompt, "max_tokens": 8, "ui": false, "reload": true, "timeout_s": 900}));
+    report("default model, auto on SwiftShader", &result);
+    let timing = &result["info"]["device_timing"];
+    eprintln!("browser default model, auto: {timing}");
+    let (cpu_ms, gpu_ms) = (timing["cpu_ms"].as_f64().unwrap(), timing["gpu_ms"].as_f64().unwrap_or(f64::INFINITY));
+    assert!(cpu_ms > 0.0 && gpu_ms > 0.0, "{result:#}");
+    let faster = if gpu_ms < cpu_ms { "gpu" } else { "cpu" };
+    assert_eq!(result["info"]["device"], faster, "auto did not take the path it timed faster: {result:#}");
+    assert!(result["status"].as_str().unwrap().contains("a layer took"), "{result:#}");
+    assert_eq!(ids(&result["tokens"]), native, "the page's greedy tokens and native's differ: {result:#}");
     let reload = &result["reload"];
-    assert!(reload["status"].as_str().unwrap_or_default().contains("ready on the CPU"), "the reloaded page did not load: {result:#}");
+    assert!(reload["status"].as_str().unwrap_or_default().contains("ready on the"), "the reloaded page did not load: {result:#}");
     assert_eq!(reload["load_stats"]["cached"], true, "a reload downloads the model again: {result:#}");
     // The weights are the file's bytes in WebAssembly memory, not a copy of them: the heap
     // holds the file once, the page's 64 MiB KV pool and the engine (187 MB of a 97 MB

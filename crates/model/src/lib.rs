@@ -45,6 +45,6 @@ pub use device::{
 };
 pub use error::ModelError;
 pub use logits::{LogitRows, MAX_DEVICE_TOP_K, PendingLogits};
-pub use model::{KvCache, Model};
+pub use model::{KvCache, Model, time_layer_products};
 pub use paged::{PagedKvCache, SeqChunk};
 pub use sampling::{OutOfRange, Sampler, SamplingParams, Verdict, log_softmax, top_logprobs};

@@ -3,6 +3,7 @@
 //! backend it loaded on (the GPU's WGSL kernels or the CPU's).
 
 use cinder_gguf::{GgufFile, TensorInfo};
+use web_time::{Duration, Instant};
 
 use crate::arch::{FfnLayout, GlobalWeight, LayerWeight};
 use crate::attention::ScoreRule;
@@ -253,6 +254,54 @@ impl KvCache {
 
 /// Block size of single-sequence caches.
 const SINGLE_BLOCK: usize = 16;
+
+/// How long `backend` takes for the matrix products of one layer of a decode step of
+/// `file`'s model (its first layer's, on zero activations): the best of three passes after
+/// one that compiles the GPU's kernels and warms the caches. The page's `auto` compares its
+/// two paths with it where the only adapter is a software one, as prompts' kernels are
+/// picked by timing them.
+pub async fn time_layer_products(file: &GgufFile, backend: &Backend) -> Result<Duration, ModelError> {
+    let config = ModelConfig::from_gguf(file)?;
+    match backend {
+        Backend::Gpu(device) => {
+            let cube = cube_device(device).ok_or_else(|| ModelError::Device("not a wgpu device".into()))?;
+            layer_products(GpuOps { device: device.clone(), cube }, file, &config).await
+        }
+        // In the pool, as a forward pass runs; the host's products are done before their
+        // future is first polled.
+        Backend::Cpu(threads) => threads.install(|| {
+            let future = std::pin::pin!(layer_products(CpuOps { threads: threads.clone() }, file, &config));
+            match future.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+                std::task::Poll::Ready(duration) => duration,
+                std::task::Poll::Pending => unreachable!("the CPU's products never wait"),
+            }
+        }),
+    }
+}
+
+async fn layer_products<O: Ops>(ops: O, file: &GgufFile, config: &ModelConfig) -> Result<Duration, ModelError> {
+    let loader = Loader { file, config, ops };
+    let block = loader.block(0)?;
+    let ops = &loader.ops;
+    let x = ops.rows(vec![0.0; config.hidden], config.hidden);
+    // The products a layer of a decode step runs, in their shapes; the result is read back,
+    // so a pass ends once the device has run it.
+    let pass = || {
+        let linear = |p: &Projection<O>, x: &O::Rows| ops.linear(&p.weight, x.clone());
+        let (q, _, _) = (linear(&block.q, &x), linear(&block.k, &x), linear(&block.v, &x));
+        let (gate, _) = (linear(&block.gate, &x), linear(&block.up, &x));
+        let sum = ops.add(linear(&block.out, &q), linear(&block.down, &gate));
+        ops.logits(Some(sum), config.hidden).read_async()
+    };
+    pass().await?;
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let start = Instant::now();
+        pass().await?;
+        best = best.min(start.elapsed());
+    }
+    Ok(best)
+}
 
 impl Model {
     /// Reads the model in `file` onto `backend`. Matrices in a format the backend's

@@ -40,6 +40,7 @@ on_each_backend!(
     batched_paged_forward_matches_each_sequence_alone,
     bad_batches_are_errors,
     bad_inputs_are_errors,
+    a_layers_products_are_timed,
 );
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -236,6 +237,13 @@ fn bad_batches_are_errors(backend: &Backend) {
     // Nothing was written by the refused batches; the pool still serves.
     let ok = model.forward_batch(&[SeqChunk { tokens: &[1, 2], start: 0, tables: &[vec![3]], logits: 1 }], &mut cache).unwrap();
     assert_eq!(ok.len(), 1);
+}
+
+/// The timing the page's `auto` compares its two paths with runs on each backend.
+fn a_layers_products_are_timed(backend: &Backend) {
+    let file = cinder_gguf::GgufFile::from_bytes(TinyModel::default().to_gguf()).unwrap();
+    let time = burn_cubecl::cubecl::future::block_on(crate::time_layer_products(&file, backend)).unwrap();
+    assert!(time > web_time::Duration::ZERO && time < web_time::Duration::from_secs(10), "{time:?}");
 }
 
 fn bad_inputs_are_errors(backend: &Backend) {

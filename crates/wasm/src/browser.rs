@@ -13,7 +13,7 @@ use cinder_engine::openai::{Endpoint, GenerationBody, RequestLimits, Submission,
 use cinder_engine::{Engine, Event, GenerationRequest, Grammars, Launched};
 use cinder_gguf::{ByteSource, GgufFile};
 use cinder_model::profile::Profiler;
-use cinder_model::{Backend, DeviceChoice, Model, adapter_info, set_browser_subgroups, wgpu_device_async};
+use cinder_model::{Backend, DeviceChoice, Model, adapter_info, set_browser_subgroups, time_layer_products, wgpu_device_async};
 use cinder_scheduler::{Priority, SeqId, TenantId, Time};
 use cinder_tokenizer::{ChatTemplate, Tokenizer};
 use js_sys::Function;
@@ -165,12 +165,27 @@ impl WasmEngine {
         let grammars = Grammars::lazy(&tokenizer);
         set_browser_subgroups(options.subgroups);
         let cpu = || Backend::cpu(1).map_err(error);
+        let mut device_timing = serde_json::Value::Null;
         let backend = match options.device {
             DeviceChoice::Cpu => cpu()?,
             DeviceChoice::Gpu => Backend::Gpu(wgpu_device_async().await.map_err(|e| error(format!("WebGPU: {e}")))?),
             DeviceChoice::Auto => match wgpu_device_async().await {
                 Ok(device) if !adapter_info(&device).is_some_and(|a| a.is_software()) => Backend::Gpu(device),
-                _ => cpu()?,
+                // A software adapter: the path that runs this model's products faster here.
+                Ok(device) => {
+                    let (gpu, cpu) = (Backend::Gpu(device), cpu()?);
+                    let ms = |time: std::time::Duration| time.as_secs_f64() * 1e3;
+                    let cpu_time = time_layer_products(&file, &cpu).await.map_err(|e| error(format!("timing the CPU: {e}")))?;
+                    let gpu_time = time_layer_products(&file, &gpu).await;
+                    device_timing = json!({
+                        "adapter": gpu.name(),
+                        "cpu_ms": ms(cpu_time),
+                        "gpu_ms": gpu_time.as_ref().ok().map(|&t| ms(t)),
+                        "gpu_error": gpu_time.as_ref().err().map(|e| e.to_string()),
+                    });
+                    if gpu_time.is_ok_and(|t| t < cpu_time) { gpu } else { cpu }
+                }
+                Err(_) => cpu()?,
             },
         };
         let model = Model::load(&file, &backend).map_err(|e| error(format!("loading the model: {e}")))?;
@@ -192,6 +207,9 @@ impl WasmEngine {
             "kv_blocks": scheduler.num_blocks,
             "block_size": scheduler.block_size,
             "chat_template": template.is_some(),
+            // Where `auto` timed both paths on a software adapter: each one's time for a
+            // layer's products (null elsewhere).
+            "device_timing": device_timing,
         });
         let context_length = scheduler.max_seq_len;
         let engine = Engine::new(model, tokenizer, scheduler).map_err(|e| error(format!("the KV cache: {e}")))?;
