@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The page's CPU and WebGPU paths and wllama (llama.cpp in WebAssembly, npm
-# @wllama/wllama 3.8.1, one thread: a page without cross-origin isolation) on the same GGUF
-# file in the same headless Chromium: first-token time, decode tok/s and the browser's peak
-# resident memory for each (tests/browser/bench.cjs).
+# @wllama/wllama 3.8.1: one thread, as a page without cross-origin isolation runs it, and two
+# in an isolated one) on the same GGUF file in the same headless Chromium, beside an empty
+# page: first-token time, decode tok/s and the browser's peak resident memory for each
+# (tests/browser/bench.cjs).
 #
 #   bash scripts/browser-bench.sh [--model PATH] [--max-tokens N] [--prompt TEXT]
-#                                 [--engines blank,cinder-cpu,cinder-gpu,wllama]
+#                                 [--engines blank,cinder-cpu,cinder-gpu,wllama,wllama-2]
 #
 # Needs what scripts/setup.sh installs (Chromium, Node.js with playwright-core) and the demo
 # built (scripts/build-web.sh); installs wllama into ~/.cache/cinder/node.
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 model="${CINDER_MODEL:-$HOME/.cache/cinder/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
 max_tokens=64
 prompt="Once upon a time, in a small village by the sea, there lived"
-engines="blank,cinder-cpu,cinder-gpu,wllama"
+engines="blank,cinder-cpu,cinder-gpu,wllama,wllama-2"
 while [ $# -gt 0 ]; do
     case "$1" in
         --model) model="$2"; shift 2 ;;

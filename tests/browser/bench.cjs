@@ -2,8 +2,9 @@
 // WebAssembly, npm @wllama/wllama) on one GGUF file, each in a fresh headless Chromium:
 // first-token time, decode tok/s (greedy, after a warm-up generation) and the peak resident
 // memory of the browser's processes; `blank` is the browser with an empty page, the memory
-// the others add to. Both engines fetch the model without a cache (cinder's `?cache=0`,
-// wllama's `useCache: false`). Prints one JSON object per engine, then a table.
+// the others add to; `wllama-2` runs wllama on two threads in a cross-origin-isolated page.
+// Both engines fetch the model without a cache (cinder's `?cache=0`, wllama's `useCache:
+// false`). Prints one JSON object per engine, then a table.
 // `scripts/browser-bench.sh` sets it up and runs it:
 //
 //   node tests/browser/bench.cjs URL '{"prompt": "...", "max_tokens": 64, "engines": [...]}'
@@ -19,7 +20,7 @@ const nodeDir = process.env.CINDER_NODE_DIR || path.join(os.homedir(), '.cache/c
 const { chromium } = require(path.join(nodeDir, 'node_modules', 'playwright-core'));
 
 const [url, specJson] = process.argv.slice(2);
-const spec = { prompt: 'Once upon a time', max_tokens: 64, timeout_s: 900, engines: ['cinder-cpu', 'cinder-gpu', 'wllama'], ...JSON.parse(specJson || '{}') };
+const spec = { prompt: 'Once upon a time', max_tokens: 64, timeout_s: 900, engines: ['blank', 'cinder-cpu', 'cinder-gpu', 'wllama', 'wllama-2'], ...JSON.parse(specJson || '{}') };
 
 /** Resident bytes of `pid` and every process below it. */
 function treeRss(pid) {
@@ -100,6 +101,19 @@ async function blank(page) {
   return { adapter: 'an empty page', device: '-' };
 }
 
+/**
+ * Serves the empty page with the headers that make it cross-origin isolated (COOP/COEP):
+ * WebAssembly threads need its SharedArrayBuffer. The server sends none; the page's
+ * same-origin requests need none.
+ */
+async function isolate(page) {
+  await page.route('**/blank.html', async (route) => {
+    const response = await route.fetch();
+    const headers = { ...response.headers(), 'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'require-corp' };
+    await route.fulfill({ response, headers });
+  });
+}
+
 async function measure(name) {
   // A browser server: its process is the root of the tree whose memory is measured.
   const server = await chromium.launchServer({
@@ -113,7 +127,13 @@ async function measure(name) {
   const sampler = setInterval(() => (peak = Math.max(peak, treeRss(pid))), 100);
   try {
     const page = await browser.newPage();
-    const run = name === 'blank' ? await blank(page) : name === 'wllama' ? await wllama(page, 1) : await cinder(page, name.replace('cinder-', ''));
+    let run;
+    if (name === 'blank') run = await blank(page);
+    else if (name === 'wllama') run = await wllama(page, 1);
+    else if (name === 'wllama-2') {
+      await isolate(page);
+      run = await wllama(page, 2);
+    } else run = await cinder(page, name.replace('cinder-', ''));
     peak = Math.max(peak, treeRss(pid));
     return { engine: name, ...run, peak_rss_mb: Math.round(peak / 1e6) };
   } catch (e) {
