@@ -77,10 +77,8 @@ export class Engine {
    * size lower in memory).
    */
   static async load(url, { onProgress, options, wasmUrl, worker = true, device = 'auto', cache = true } = {}) {
-    if (!['auto', 'gpu', 'cpu'].includes(device)) throw new CinderError(`unknown device ${JSON.stringify(device)} (auto, gpu or cpu)`);
-    if (device === 'gpu' && !globalThis.navigator?.gpu) {
-      throw new CinderError('WebGPU is not available in this browser (navigator.gpu is missing)');
-    }
+    // The engine's thread checks `device` (core.js's chooseDevice) and fails the load with
+    // the reason.
     const engine = new Engine();
     const loaded = new Promise((resolve, reject) => (engine.#loading = { resolve, reject, onProgress }));
     if (worker) {

@@ -127,7 +127,8 @@ fn metrics_and_the_model_file_need_the_key_unless_made_public() {
 fn slow_and_silent_clients_are_cut_off_and_cannot_hold_the_server() {
     let mut server = Server::start(
         &tiny_model("slow"),
-        &["--header-timeout-s", "2", "--body-timeout-s", "2", "--max-connections", "100"],
+        // No drain grace: the shutdown below is timed from the signal.
+        &["--header-timeout-s", "2", "--body-timeout-s", "2", "--max-connections", "100", "--drain-grace", "0"],
     );
     let address = server.address.clone();
     let started = Instant::now();

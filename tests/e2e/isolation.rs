@@ -299,7 +299,7 @@ fn grammars_over_their_compile_budget_are_refused() {
 }
 
 #[test]
-fn health_shows_paths_and_errors_only_to_the_admin_key() {
+fn health_shows_paths_and_errors_only_to_the_admin_key_and_a_failed_model_is_not_ready() {
     let model = tiny_model("health-details");
     let missing = crate::scratch_dir("health-details").join("missing.gguf");
     let missing = format!("gone={}", missing.display());
@@ -310,6 +310,11 @@ fn health_shows_paths_and_errors_only_to_the_admin_key() {
     assert_eq!(public.json()["models"]["gone"]["status"], "failed");
     let admin = server.request("GET", "/health", &[("Authorization", "Bearer k3y")], "");
     assert!(admin.body.contains("tiny.gguf") && admin.body.contains("missing.gguf"), "{}", admin.body);
+    // Not ready while a model failed, naming it (without its path); alive all the same.
+    let ready = server.request("GET", "/health/ready", &[], "");
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert_eq!(ready.json()["reasons"], serde_json::json!(["model gone is failed"]), "{}", ready.body);
+    assert_eq!(server.request("GET", "/health/live", &[], "").status, 200);
 }
 
 #[test]

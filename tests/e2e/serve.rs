@@ -16,6 +16,8 @@ pub(crate) struct Server {
     pub(crate) address: String,
     /// The `--api-key` it was started with; `/metrics` needs it.
     api_key: Option<String>,
+    /// Its log (stderr) after the listening line, as it comes.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
@@ -35,9 +37,16 @@ impl Server {
             }
         };
         // Keep draining its log so it never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let kept = log.clone();
+        std::thread::spawn(move || lines.map_while(Result::ok).for_each(|line| kept.lock().unwrap().push_str(&(line + "\n"))));
         let api_key = extra.iter().position(|a| *a == "--api-key").and_then(|i| extra.get(i + 1)).map(|k| k.to_string());
-        Server { child, address, api_key }
+        Server { child, address, api_key, log }
+    }
+
+    /// What it has logged since it listened.
+    pub(crate) fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
     }
 
     pub(crate) fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Response {
@@ -303,19 +312,35 @@ fn a_full_queue_answers_429_with_retry_after() {
     }
 }
 
+/// SIGTERM drains: /health/ready answers 503 at once with the reason while /health/live
+/// stays 200 and new requests are still served for `--drain-grace`; then new requests are
+/// refused, the stream in flight finishes whole, and the process exits 0.
 #[test]
-fn shutdown_finishes_the_stream_in_flight_then_exits() {
-    let mut server = Server::start(&tiny_model("shutdown"), &[]);
+fn sigterm_drains_readiness_first_then_finishes_the_stream_in_flight_and_exits() {
+    let mut server = Server::start(&tiny_model("shutdown"), &["--drain-grace", "2"]);
+    let ready = server.request("GET", "/health/ready", &[], "");
+    assert_eq!((ready.status, ready.json()["status"].as_str()), (200, Some("ready")), "{}", ready.body);
     let address = server.address.clone();
     let in_flight = std::thread::spawn(move || {
         http(&address, "POST", "/v1/completions", &[], r#"{"prompt": "go", "max_tokens": 400, "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}}"#)
     });
     std::thread::sleep(Duration::from_millis(300));
     let pid = server.child.id().to_string();
+    let signalled = Instant::now();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     std::thread::sleep(Duration::from_millis(300));
-    let late = TcpStream::connect(&server.address).map(|_| http(&server.address, "GET", "/health", &[], ""));
-    assert!(late.is_err() || late.as_ref().unwrap().status == 503, "accepted a request while shutting down");
+    let ready = server.request("GET", "/health/ready", &[], "");
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(ready.json()["reasons"][0].as_str().unwrap().starts_with("draining"), "{}", ready.body);
+    assert_eq!(server.request("GET", "/health/live", &[], "").status, 200);
+    // Within the grace a new request is served.
+    let late = server.post("/v1/completions", r#"{"prompt": "hello", "max_tokens": 3}"#);
+    assert_eq!(late.status, 200, "{}", late.body);
+    assert!(signalled.elapsed() < Duration::from_secs(2), "the grace was over before the check");
+    // After it, new requests are refused.
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(signalled.elapsed()) + Duration::from_millis(300));
+    let after = TcpStream::connect(&server.address).map(|_| http(&server.address, "GET", "/health", &[], ""));
+    assert!(after.is_err() || after.as_ref().unwrap().status == 503, "accepted a request after the grace");
     let streamed = in_flight.join().unwrap();
     assert!(streamed.body.contains("\"completion_tokens\":400"), "every token arrived: {}", streamed.body);
     assert_eq!(streamed.status, 200);
@@ -323,4 +348,37 @@ fn shutdown_finishes_the_stream_in_flight_then_exits() {
     assert_eq!(streamed.body.matches("\"finish_reason\":\"length\"").count(), 1);
     let status = server.child.wait().unwrap();
     assert!(status.success(), "exit status {status}");
+    assert!(!server.log().contains("were cut"), "{}", server.log());
+}
+
+/// A request still running at `--drain-timeout` is cut: the server logs how many it cut
+/// and exits 0 at once rather than waiting for it.
+#[test]
+fn the_drain_timeout_cuts_what_is_still_running_and_says_so() {
+    // The default model on the GPU path decodes at ~11 tok/s here: 300 tokens outlast the
+    // one-second drain.
+    let mut server = Server::start(&crate::real_model_path(), &["--drain-grace", "0", "--drain-timeout", "1"]);
+    let body = r#"{"prompt": "Once upon a time", "max_tokens": 300, "ignore_eos": true, "stream": true}"#;
+    let mut stream = TcpStream::connect(&server.address).unwrap();
+    let head = format!("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
+    stream.write_all((head + body).as_bytes()).unwrap();
+    // What arrives until the server closes the connection (a reset counts as closed).
+    let in_flight = std::thread::spawn(move || {
+        let mut raw = Vec::new();
+        let _ = stream.read_to_end(&mut raw);
+        String::from_utf8_lossy(&raw).into_owned()
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = server.child.id().to_string();
+    let signalled = Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(signalled.elapsed() < Duration::from_secs(10), "the drain took {:?}", signalled.elapsed());
+    let streamed = in_flight.join().unwrap();
+    assert!(streamed.contains("data: ") && !streamed.contains("[DONE]"), "the stream was not cut: {streamed}");
+    // Give the log's reader a moment to take the last lines.
+    std::thread::sleep(Duration::from_millis(200));
+    let log = server.log();
+    assert!(log.contains("drain timeout: 1 request(s) still in flight after 1 s were cut"), "{log}");
 }

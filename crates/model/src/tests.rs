@@ -43,6 +43,23 @@ on_each_backend!(
     a_layers_products_are_timed,
 );
 
+/// A KV cache lives where its model runs: one of the other backend is refused with the
+/// reason, and both stay usable.
+#[test]
+fn a_kv_cache_of_the_other_backend_is_refused() {
+    let (gpu, cpu) = (Backend::Gpu(crate::wgpu_device().unwrap()), Backend::cpu(2).unwrap());
+    let (_, on_gpu) = load(TinyModel::default().to_gguf(), &gpu);
+    let (_, on_cpu) = load(TinyModel::default().to_gguf(), &cpu);
+    let (mut gpu_cache, mut cpu_cache) = (on_gpu.new_cache(8).unwrap(), on_cpu.new_cache(8).unwrap());
+    let e = on_gpu.forward(&[1, 2], &mut cpu_cache).unwrap_err().to_string();
+    assert_eq!(e, "invalid parameter: a KV cache in host memory given to a model on the GPU");
+    let e = on_cpu.forward(&[1, 2], &mut gpu_cache).unwrap_err().to_string();
+    assert!(e.contains("a KV cache in the GPU given to a model on the CPU"), "{e}");
+    assert_eq!((gpu_cache.len(), cpu_cache.len()), (0, 0));
+    on_gpu.forward(&[1, 2], &mut gpu_cache).unwrap();
+    on_cpu.forward(&[1, 2], &mut cpu_cache).unwrap();
+}
+
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)

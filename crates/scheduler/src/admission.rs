@@ -265,6 +265,11 @@ impl CircuitBreaker {
         self.state
     }
 
+    /// Whether it refuses work at `now` (open and not yet cooled down).
+    pub fn is_open(&self, now: Time) -> bool {
+        matches!(self.state, BreakerState::Open { until } if now < until)
+    }
+
     pub fn record(&mut self, success: bool, now: Time) {
         if success {
             self.consecutive_failures = 0;
@@ -325,6 +330,11 @@ impl Admission {
     /// Whether steps may run now: not while the breaker is open.
     pub fn steps_allowed(&mut self, now: Time) -> bool {
         !matches!(self.breaker.state(now), BreakerState::Open { .. })
+    }
+
+    /// Whether the breaker refuses work at `now`.
+    pub fn breaker_open(&self, now: Time) -> bool {
+        self.breaker.is_open(now)
     }
 
     /// Records how a step went, for the breaker.
@@ -427,6 +437,7 @@ mod tests {
         assert_eq!(b.state(Time::ZERO), BreakerState::Closed);
         b.record(false, Time::ZERO);
         assert!(matches!(b.state(Time::ZERO), BreakerState::Open { .. }));
+        assert!(b.is_open(Time(99_999)) && !b.is_open(Time(100_000)));
         assert_eq!(b.state(Time(100_000)), BreakerState::HalfOpen);
         b.record(false, Time(100_000));
         assert!(matches!(b.state(Time(100_000)), BreakerState::Open { .. }), "a failed trial reopens");

@@ -181,4 +181,6 @@ pub struct Metrics {
     pub load_level: LoadLevel,
     pub steps: u64,
     pub failed_steps: u64,
+    /// The circuit breaker refuses new work after failed steps.
+    pub breaker_open: bool,
 }

@@ -936,6 +936,7 @@ impl Scheduler {
             load_level: self.load_level(now),
             steps: self.step,
             failed_steps: self.failed_steps,
+            breaker_open: self.admission.breaker_open(now),
         }
     }
 

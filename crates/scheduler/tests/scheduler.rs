@@ -382,6 +382,8 @@ fn circuit_breaker_trips_on_failed_steps_and_recovers() {
         s.complete(StepResult::failed(&plan), now);
     }
     assert!(s.plan(now).is_empty(), "open breaker: no steps");
+    // Readiness reads it from the metrics: open until the cooldown ends.
+    assert!(s.metrics(now).breaker_open && !s.metrics(Time(100_000)).breaker_open);
     let r = rejection(s.submit(Request::new(prompt(4, 2), 2), now));
     assert_eq!((r.reason, r.retry_after), (RejectionReason::CircuitOpen, Some(Duration::from_millis(100))));
     let later = Time(100_000);
@@ -390,6 +392,7 @@ fn circuit_breaker_trips_on_failed_steps_and_recovers() {
     s.complete(StepResult::sampled(&plan, |_| 1), later);
     s.submit(Request::new(prompt(4, 2), 2), later).unwrap();
     assert_eq!(s.metrics(later).failed_steps, 2);
+    assert!(!s.metrics(later).breaker_open);
 }
 
 /// A sequence whose steps keep failing ends as `Failed` after `max_step_attempts` in a row,

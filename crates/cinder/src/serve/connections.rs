@@ -45,14 +45,14 @@ pub struct ConnectionLimits {
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets requests in flight end
-/// for at most `drain`.
+/// for at most `drain`: false if some were still open then (their connections close).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
-) {
+) -> bool {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     // Every connection holds a receiver; shutdown sends, then waits for them all to go.
     let (stopping, stop) = watch::channel(());
@@ -103,9 +103,7 @@ pub async fn serve(
     }
     drop((listener, stop));
     let _ = stopping.send(());
-    if tokio::time::timeout(drain, stopping.closed()).await.is_err() {
-        tracing::warn!("requests still in flight after {} s; closing their connections", drain.as_secs());
-    }
+    tokio::time::timeout(drain, stopping.closed()).await.is_ok()
 }
 
 /// Serves a connection until it ends, closing it gracefully (requests in flight finish)

@@ -146,9 +146,15 @@ pub struct ServeArgs {
     /// descriptor limit is lower].
     #[arg(long)]
     max_connections: Option<NonZeroUsize>,
-    /// Seconds shutdown waits for requests in flight before closing their connections.
-    #[arg(long, default_value_t = 30)]
-    shutdown_timeout_s: u64,
+    /// Seconds after SIGTERM (or Ctrl-C) during which new requests are still served while
+    /// /health/ready answers 503, so that a load balancer sees the probe before the server
+    /// stops taking work.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    drain_grace: u64,
+    /// Seconds the drain then waits for requests in flight before it cuts them (logging how
+    /// many) and exits.
+    #[arg(long, alias = "shutdown-timeout-s", default_value_t = 60, value_name = "SECONDS")]
+    drain_timeout: u64,
     /// Longest prompt in tokens (`limits.max_prompt_tokens`) [default: the model's context].
     #[arg(long)]
     max_prompt_tokens: Option<NonZeroUsize>,
@@ -288,6 +294,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         grammar_slots: Arc::new(tokio::sync::Semaphore::new(compilers)),
         body_timeout: Duration::from_secs(args.body_timeout_s),
         tenants,
+        draining: AtomicBool::new(false),
         shutting_down: AtomicBool::new(false),
         metrics: Default::default(),
         started,
@@ -463,7 +470,10 @@ fn router(args: &ServeArgs, state: Arc<AppState>, model_path: &Path) -> anyhow::
         .route("/admin/routes", get(admin::routes).post(admin::set_routes))
         .route("/admin/models", get(admin::models).post(admin::load))
         .route("/admin/models/{name}", axum::routing::delete(admin::unload));
-    let mut public = Router::new().route("/health", get(routes::health));
+    let mut public = Router::new()
+        .route("/health", get(routes::health))
+        .route("/health/live", get(routes::health_live))
+        .route("/health/ready", get(routes::health_ready));
     if args.public_metrics {
         public = public.route("/metrics", get(routes::metrics));
     } else {
@@ -513,17 +523,32 @@ async fn serve(args: &ServeArgs, state: Arc<AppState>, model_path: &Path) -> any
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
     let address: SocketAddr = listener.local_addr()?;
     eprintln!("listening on http://{address}");
+    let (grace, timeout) = (args.drain_grace, args.drain_timeout);
+    let draining = state.clone();
+    // The drain: not ready at once, still serving for the grace, then no new requests and
+    // the ones in flight finish.
     let shutdown = async move {
         shutdown_signal().await;
-        eprintln!("shutting down: finishing requests in flight");
-        state.shutting_down.store(true, Ordering::Relaxed);
+        draining.draining.store(true, Ordering::Relaxed);
+        eprintln!("draining: /health/ready answers 503; new requests served for {grace} s more");
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(grace)) => {}
+            // A second signal ends the grace.
+            () = shutdown_signal() => {}
+        }
+        eprintln!("shutting down: finishing requests in flight (at most {timeout} s)");
+        draining.shutting_down.store(true, Ordering::Relaxed);
     };
     let limits = connections::ConnectionLimits {
         header_timeout: Duration::from_secs(args.header_timeout_s),
         send_timeout: Duration::from_secs(args.send_timeout_s),
         max_connections: max_connections(args.max_connections),
     };
-    connections::serve(listener, app, limits, shutdown, Duration::from_secs(args.shutdown_timeout_s)).await;
+    if !connections::serve(listener, app, limits, shutdown, Duration::from_secs(timeout)).await {
+        let cut: usize = state.models.all().iter().map(|m| m.worker.metrics().scheduler).map(|s| s.running + s.waiting_requests).sum();
+        tracing::warn!("drain timeout: {cut} request(s) still in flight after {timeout} s were cut");
+        eprintln!("drain timeout: {cut} request(s) still in flight after {timeout} s were cut");
+    }
     Ok(())
 }
 

@@ -47,6 +47,9 @@ pub struct AppState {
     /// Longest wait for a request's whole body.
     pub body_timeout: Duration,
     pub tenants: Tenants,
+    /// SIGTERM came: /health/ready answers 503 while requests are still served.
+    pub draining: AtomicBool,
+    /// The drain's grace is over: new requests get 503.
     pub shutting_down: AtomicBool,
     pub metrics: ServerMetrics,
     pub started: u64,
@@ -481,6 +484,35 @@ pub async fn health(State(s): State<Shared>, headers: axum::http::HeaderMap) -> 
     let body = Json(json!({"status": if ready { "ok" } else { "unavailable" }, "models": models}));
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, body).into_response()
+}
+
+/// Liveness: the process serves HTTP (200 until it exits, drain included).
+pub async fn health_live() -> Response {
+    Json(json!({"status": "alive"})).into_response()
+}
+
+/// Readiness: 200 when every model is loaded and warmed, the server is not draining and no
+/// model's circuit breaker is open; else 503 naming why, so that a load balancer sends its
+/// work elsewhere.
+pub async fn health_ready(State(s): State<Shared>) -> Response {
+    let mut reasons = Vec::new();
+    if s.draining.load(Ordering::Relaxed) {
+        reasons.push("draining: the server is shutting down".to_owned());
+    }
+    for (name, state) in s.models.states(false) {
+        if state["status"] != "ready" {
+            reasons.push(format!("model {name} is {}", state["status"].as_str().unwrap_or("unavailable")));
+        }
+    }
+    for model in s.models.all() {
+        if model.worker.metrics().scheduler.breaker_open {
+            reasons.push(format!("model {}: the circuit breaker is open after failed steps", model.name));
+        }
+    }
+    if reasons.is_empty() {
+        return Json(json!({"status": "ready"})).into_response();
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "reasons": reasons}))).into_response()
 }
 
 /// Prometheus metrics. Behind keys, only `--api-key`'s holder (the default tenant) reads
