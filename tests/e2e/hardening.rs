@@ -113,13 +113,23 @@ fn metrics_and_the_model_file_need_the_key_unless_made_public() {
         assert_eq!(r.json()["error"]["type"], "authentication_error");
         assert_eq!(closed.request("GET", path, &auth, "").status, 200, "{path}");
     }
-    assert_eq!(closed.request("GET", "/health", &[], "").status, 200);
+    for path in ["/health", "/health/live", "/health/ready"] {
+        assert_eq!(closed.request("GET", path, &[], "").status, 200, "{path} is open");
+    }
     assert_eq!(closed.request("GET", "/", &[], "").status, 200);
+    assert!(!closed.request("GET", "/metrics", &auth, "").body.contains("vllm:"));
 
-    let open = Server::start(&model, &["--api-key", "k3y", "--web", web, "--public-metrics", "--public-model"]);
+    // With --metrics-names vllm, the gateway's series also under vLLM's names.
+    let open = Server::start(&model, &["--api-key", "k3y", "--web", web, "--public-metrics", "--public-model", "--metrics-names", "vllm"]);
     for path in ["/metrics", "/model.gguf"] {
         assert_eq!(open.request("GET", path, &[], "").status, 200, "{path}");
     }
+    let metrics = open.request("GET", "/metrics", &[], "").body;
+    let model_name = model.file_stem().unwrap().to_str().unwrap();
+    for series in ["vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc"] {
+        assert!(metrics.contains(&format!("{series}{{model_name=\"{model_name}\"}} 0")), "{series} in {metrics}");
+    }
+    assert!(metrics.contains("vllm:cache_config_info{block_size=\"16\","), "{metrics}");
     assert_eq!(open.request("GET", "/v1/models", &[], "").status, 401);
 }
 

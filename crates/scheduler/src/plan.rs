@@ -169,6 +169,8 @@ pub struct Metrics {
     /// Requests with a sequence waiting.
     pub waiting_requests: usize,
     pub running: usize,
+    /// Token slots per KV block.
+    pub kv_block_size: usize,
     pub kv_blocks_total: usize,
     /// Blocks held by live sequences.
     pub kv_blocks_in_use: usize,

@@ -926,6 +926,7 @@ impl Scheduler {
             waiting: self.queue.len(),
             waiting_requests: self.num_waiting_requests(),
             running: self.running.len(),
+            kv_block_size: self.config.block_size,
             kv_blocks_total: self.config.num_blocks,
             kv_blocks_in_use: in_use,
             kv_usage: in_use as f64 / self.config.num_blocks.max(1) as f64,

@@ -134,8 +134,9 @@ impl ServerMetrics {
     }
 
     /// The text of `/metrics`: each model's engine (`(model name, its metrics)`), then what
-    /// the HTTP layer recorded. Every model's series carries its `model_name`.
-    pub fn render(&self, engines: &[(String, EngineMetrics)], memory: Option<DeviceMemory>) -> String {
+    /// the HTTP layer recorded. Every model's series carries its `model_name`. With
+    /// [`MetricNames::Vllm`], the series vLLM also has are written again under its names.
+    pub fn render(&self, engines: &[(String, EngineMetrics)], memory: Option<DeviceMemory>, names: MetricNames) -> String {
         let mut out = String::new();
         if let Some(memory) = memory {
             for (name, help, value) in [
@@ -164,10 +165,27 @@ impl ServerMetrics {
             ),
         ];
         for (name, kind, help, value) in engine_metrics {
-            let name = format!("cinder:{name}");
-            header(&mut out, &name, kind, help);
+            for prefix in names.prefixes(name) {
+                let name = format!("{prefix}:{name}");
+                header(&mut out, &name, kind, help);
+                for (model, engine) in engines {
+                    let _ = writeln!(out, "{name}{{model_name=\"{}\"}} {}", label(model), value(engine));
+                }
+            }
+        }
+        if names == MetricNames::Vllm {
+            // The inference gateway's endpoint picker reads these: KV use by vLLM's older
+            // name too, and the pool's shape as labels.
+            let name = "vllm:gpu_cache_usage_perc";
+            header(&mut out, name, "gauge", "Fraction of KV blocks held by live requests (vllm:kv_cache_usage_perc's older name).");
             for (model, engine) in engines {
-                let _ = writeln!(out, "{name}{{model_name=\"{}\"}} {}", label(model), value(engine));
+                let _ = writeln!(out, "{name}{{model_name=\"{}\"}} {}", label(model), engine.scheduler.kv_usage);
+            }
+            let name = "vllm:cache_config_info";
+            header(&mut out, name, "gauge", "The KV cache's configuration, in its labels.");
+            for (model, engine) in engines {
+                let (block_size, blocks) = (engine.scheduler.kv_block_size, engine.scheduler.kv_blocks_total);
+                let _ = writeln!(out, "{name}{{block_size=\"{block_size}\",model_name=\"{}\",num_gpu_blocks=\"{blocks}\"}} 1", label(model));
             }
         }
         let r = self.lock();
@@ -177,10 +195,13 @@ impl ServerMetrics {
             let _ = writeln!(out, "cinder:request_rejected_total{{reason=\"{reason}\",tenant=\"{tenant}\"}} {count}");
         }
         let help = "Requests that ended, by finish reason (error: the device kept failing), model and tenant.";
-        header(&mut out, "cinder:request_success_total", "counter", help);
-        for ((reason, model, tenant), count) in &r.ended {
-            let labels = format!("finished_reason=\"{reason}\",model_name=\"{}\",tenant=\"{}\"", label(model), label(tenant));
-            let _ = writeln!(out, "cinder:request_success_total{{{labels}}} {count}");
+        for prefix in names.prefixes("request_success_total") {
+            let name = format!("{prefix}:request_success_total");
+            header(&mut out, &name, "counter", help);
+            for ((reason, model, tenant), count) in &r.ended {
+                let labels = format!("finished_reason=\"{reason}\",model_name=\"{}\",tenant=\"{}\"", label(model), label(tenant));
+                let _ = writeln!(out, "{name}{{{labels}}} {count}");
+            }
         }
         for (name, help, value) in [
             ("cinder:tenant_prompt_tokens_total", "Prompt tokens of ended requests, by tenant.", (|t: &TenantRecord| t.prompt_tokens) as fn(&TenantRecord) -> u64),
@@ -197,17 +218,42 @@ impl ServerMetrics {
             record.queue_time.samples(&mut out, queue_time, &format!("tenant=\"{}\",", label(tenant)));
         }
         let latencies: [(&str, &str, fn(&Latencies) -> &Histogram); 3] = [
-            ("cinder:time_to_first_token_seconds", "Time from arrival to the first token, by model.", |l| &l.ttft),
-            ("cinder:time_per_output_token_seconds", "Mean time between output tokens of a request, by model.", |l| &l.tpot),
-            ("cinder:e2e_request_latency_seconds", "Time from arrival to the end of a request, by model.", |l| &l.e2e),
+            ("time_to_first_token_seconds", "Time from arrival to the first token, by model.", |l| &l.ttft),
+            ("time_per_output_token_seconds", "Mean time between output tokens of a request, by model.", |l| &l.tpot),
+            ("e2e_request_latency_seconds", "Time from arrival to the end of a request, by model.", |l| &l.e2e),
         ];
         for (name, help, histogram) in latencies {
-            header(&mut out, name, "histogram", help);
-            for (model, recorded) in &r.latencies {
-                histogram(recorded).samples(&mut out, name, &format!("model_name=\"{}\",", label(model)));
+            for prefix in names.prefixes(name) {
+                let name = format!("{prefix}:{name}");
+                header(&mut out, &name, "histogram", help);
+                for (model, recorded) in &r.latencies {
+                    histogram(recorded).samples(&mut out, &name, &format!("model_name=\"{}\",", label(model)));
+                }
             }
         }
         out
+    }
+}
+
+/// The names `/metrics` writes its series under (`--metrics-names`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum MetricNames {
+    /// `cinder:*` only.
+    #[default]
+    Cinder,
+    /// `cinder:*`, and again as `vllm:*` the series vLLM has (queue, running, KV use, tokens,
+    /// latencies), with `vllm:cache_config_info` and `vllm:gpu_cache_usage_perc`: what the
+    /// Kubernetes inference gateway's endpoint picker reads from a vLLM server.
+    Vllm,
+}
+
+impl MetricNames {
+    /// The prefixes series `name` is written under: vLLM has no prefix cache hit rate gauge.
+    fn prefixes(self, name: &str) -> &'static [&'static str] {
+        match self {
+            Self::Vllm if name != "prefix_cache_hit_rate" => &["cinder", "vllm"],
+            _ => &["cinder"],
+        }
     }
 }
 
@@ -240,7 +286,8 @@ mod tests {
         m.finished("tiny", "alice", &failed);
         m.finished("tiny", "bob", &Finished { scheduled: Some(cinder_scheduler::Time(2_000_000)), ..failed.clone() });
         let engines = [("tiny".into(), EngineMetrics::default()), ("other".into(), EngineMetrics::default())];
-        let text = m.render(&engines, Some(DeviceMemory { in_use: 5, reserved: 8 }));
+        let text = m.render(&engines, Some(DeviceMemory { in_use: 5, reserved: 8 }), MetricNames::Cinder);
+        assert!(!text.contains("vllm:"), "{text}");
         assert!(text.contains("cinder:device_memory_in_use_bytes 5\n") && text.contains("cinder:device_memory_reserved_bytes 8\n"));
         for name in ["num_requests_running", "num_requests_waiting", "kv_cache_usage_perc", "prefix_cache_hit_rate",
             "num_preemptions_total", "prompt_tokens_total", "generation_tokens_total", "time_to_first_token_seconds_count",
@@ -257,11 +304,32 @@ mod tests {
         assert!(text.contains("cinder:request_queue_time_seconds_count{tenant=\"alice\"} 0"));
     }
 
+    /// `--metrics-names vllm`: the gateway's series under vLLM's names beside cinder's.
+    #[test]
+    fn vllm_names_repeat_the_series_vllm_has() {
+        let mut engine = EngineMetrics::default();
+        (engine.scheduler.waiting_requests, engine.scheduler.running, engine.scheduler.kv_usage) = (3, 2, 0.25);
+        (engine.scheduler.kv_block_size, engine.scheduler.kv_blocks_total) = (16, 1000);
+        let text = ServerMetrics::default().render(&[("tiny".into(), engine)], None, MetricNames::Vllm);
+        for line in [
+            "vllm:num_requests_waiting{model_name=\"tiny\"} 3",
+            "vllm:num_requests_running{model_name=\"tiny\"} 2",
+            "vllm:kv_cache_usage_perc{model_name=\"tiny\"} 0.25",
+            "vllm:gpu_cache_usage_perc{model_name=\"tiny\"} 0.25",
+            "vllm:cache_config_info{block_size=\"16\",model_name=\"tiny\",num_gpu_blocks=\"1000\"} 1",
+            "cinder:num_requests_waiting{model_name=\"tiny\"} 3",
+            "# TYPE vllm:time_to_first_token_seconds histogram",
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
+        assert!(!text.contains("vllm:prefix_cache_hit_rate"), "{text}");
+    }
+
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(label("plain"), "plain");
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-        let text = ServerMetrics::default().render(&[("x\"\n".into(), EngineMetrics::default())], None);
+        let text = ServerMetrics::default().render(&[("x\"\n".into(), EngineMetrics::default())], None, MetricNames::Cinder);
         assert!(text.contains("cinder:num_requests_running{model_name=\"x\\\"\\n\"} 0"), "{text}");
     }
 }

@@ -74,6 +74,10 @@ pub struct ServeArgs {
     /// With --api-key: serve /metrics without the key.
     #[arg(long)]
     public_metrics: bool,
+    /// `/metrics` series names: `cinder`, or `vllm`: also vLLM's names for the series vLLM
+    /// has (what the Kubernetes inference gateway's endpoint picker reads).
+    #[arg(long, env = "CINDER_METRICS_NAMES", value_enum, default_value_t = metrics::MetricNames::Cinder)]
+    metrics_names: metrics::MetricNames,
     /// With --api-key and --web: serve the model file at /model.gguf without the key.
     #[arg(long)]
     public_model: bool,
@@ -294,6 +298,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         grammar_slots: Arc::new(tokio::sync::Semaphore::new(compilers)),
         body_timeout: Duration::from_secs(args.body_timeout_s),
         tenants,
+        metric_names: args.metrics_names,
         draining: AtomicBool::new(false),
         shutting_down: AtomicBool::new(false),
         metrics: Default::default(),

@@ -47,6 +47,8 @@ pub struct AppState {
     /// Longest wait for a request's whole body.
     pub body_timeout: Duration,
     pub tenants: Tenants,
+    /// `--metrics-names`.
+    pub metric_names: super::metrics::MetricNames,
     /// SIGTERM came: /health/ready answers 503 while requests are still served.
     pub draining: AtomicBool,
     /// The drain's grace is over: new requests get 503.
@@ -524,7 +526,7 @@ pub async fn metrics(State(s): State<Shared>, tenant: Option<Extension<Arc<Tenan
         return refuse(&s, &tenant, ApiError::forbidden("/metrics needs the server's --api-key, not a tenant's key"));
     }
     let engines: Vec<(String, _)> = s.models.all().iter().map(|m| (m.name.clone(), m.worker.metrics())).collect();
-    let text = s.metrics.render(&engines, s.loader.backend().memory());
+    let text = s.metrics.render(&engines, s.loader.backend().memory(), s.metric_names);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
