@@ -63,7 +63,8 @@ impl WorkerHandle {
 /// has no work left.
 pub fn spawn(engine: Engine) -> (WorkerHandle, JoinHandle<()>) {
     let (commands, receiver) = channel();
-    let metrics = Arc::new(Mutex::new(EngineMetrics::default()));
+    // A first snapshot before the thread runs: the pool's size is known from the start.
+    let metrics = Arc::new(Mutex::new(engine.metrics(cinder_scheduler::Time::ZERO)));
     let shared = metrics.clone();
     let thread = std::thread::Builder::new()
         .name("cinder-engine".into())
