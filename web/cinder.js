@@ -71,7 +71,8 @@ export class Engine {
    * kernels (a short request run through them); `options` sets the KV pool and batch limits (see the crate's
    * EngineOptions); `wasmUrl` overrides where the .wasm file is; `worker: false` runs the
    * engine on the page's thread instead of a Web Worker. `device` is `auto` (the default:
-   * WebGPU, or the CPU where WebGPU is missing or a software adapter), `gpu` or `cpu`;
+   * WebGPU on a hardware adapter, the CPU where WebGPU or an adapter is missing, and on a
+   * software adapter whichever of the two timed faster at load), `gpu` or `cpu`;
    * `engine.info.device` says which runs. The model is kept in the Cache API for the next
    * visit; `cache: false` fetches it every time (the first load then peaks about the file's
    * size lower in memory).

@@ -88,11 +88,11 @@ impl Bytes {
     }
 
     fn shared(&self, range: Range<u64>) -> SharedBytes {
-        let range = range.start as usize..range.end as usize;
+        let in_memory = range.start as usize..range.end as usize;
         match self {
-            Bytes::Mapped(m) => SharedBytes { owner: m.clone(), range },
-            Bytes::Owned(v) => SharedBytes { owner: v.clone(), range },
-            Bytes::Source(source) => source.read(range.start as u64..range.end as u64).into(),
+            Bytes::Mapped(m) => SharedBytes { owner: m.clone(), range: in_memory },
+            Bytes::Owned(v) => SharedBytes { owner: v.clone(), range: in_memory },
+            Bytes::Source(source) => source.read(range).into(),
         }
     }
 }

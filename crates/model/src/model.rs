@@ -9,7 +9,6 @@ use crate::arch::{FfnLayout, GlobalWeight, LayerWeight};
 use crate::attention::ScoreRule;
 use crate::backend::Backend;
 use crate::error::guard;
-use crate::kernel::cube_device;
 use crate::logits::PendingLogits;
 use crate::ops::Ops;
 use crate::ops::cpu::CpuOps;
@@ -263,10 +262,7 @@ const SINGLE_BLOCK: usize = 16;
 pub async fn time_layer_products(file: &GgufFile, backend: &Backend) -> Result<Duration, ModelError> {
     let config = ModelConfig::from_gguf(file)?;
     match backend {
-        Backend::Gpu(device) => {
-            let cube = cube_device(device).ok_or_else(|| ModelError::Device("not a wgpu device".into()))?;
-            layer_products(GpuOps { device: device.clone(), cube }, file, &config).await
-        }
+        Backend::Gpu(device) => layer_products(GpuOps::new(device)?, file, &config).await,
         // In the pool, as a forward pass runs; the host's products are done before their
         // future is first polled.
         Backend::Cpu(threads) => threads.install(|| {
@@ -327,11 +323,7 @@ impl Model {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self, ModelError> {
         let weights = match backend {
-            Backend::Gpu(device) => {
-                let cube = cube_device(device).ok_or_else(|| ModelError::Device("not a wgpu device".into()))?;
-                let ops = GpuOps { device: device.clone(), cube };
-                Weights::Gpu(Loader { file, config: &config, ops }.layers(progress)?)
-            }
+            Backend::Gpu(device) => Weights::Gpu(Loader { file, config: &config, ops: GpuOps::new(device)? }.layers(progress)?),
             Backend::Cpu(threads) => {
                 Weights::Cpu(Loader { file, config: &config, ops: CpuOps { threads: threads.clone() } }.layers(progress)?)
             }

@@ -529,12 +529,12 @@ async fn serve(args: &ServeArgs, state: Arc<AppState>, model_path: &Path) -> any
     let address: SocketAddr = listener.local_addr()?;
     eprintln!("listening on http://{address}");
     let (grace, timeout) = (args.drain_grace, args.drain_timeout);
-    let draining = state.clone();
+    let drained = state.clone();
     // The drain: not ready at once, still serving for the grace, then no new requests and
     // the ones in flight finish.
     let shutdown = async move {
         shutdown_signal().await;
-        draining.draining.store(true, Ordering::Relaxed);
+        drained.draining.store(true, Ordering::Relaxed);
         eprintln!("draining: /health/ready answers 503; new requests served for {grace} s more");
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(grace)) => {}
@@ -542,7 +542,7 @@ async fn serve(args: &ServeArgs, state: Arc<AppState>, model_path: &Path) -> any
             () = shutdown_signal() => {}
         }
         eprintln!("shutting down: finishing requests in flight (at most {timeout} s)");
-        draining.shutting_down.store(true, Ordering::Relaxed);
+        drained.shutting_down.store(true, Ordering::Relaxed);
     };
     let limits = connections::ConnectionLimits {
         header_timeout: Duration::from_secs(args.header_timeout_s),

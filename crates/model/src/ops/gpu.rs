@@ -20,6 +20,14 @@ pub(crate) struct GpuOps {
     pub cube: CubeDevice,
 }
 
+impl GpuOps {
+    /// The ops on `device`, which must be a wgpu device.
+    pub(crate) fn new(device: &Device) -> Result<Self, ModelError> {
+        let cube = crate::kernel::cube_device(device).ok_or_else(|| ModelError::Device("not a wgpu device".into()))?;
+        Ok(Self { device: device.clone(), cube })
+    }
+}
+
 /// A RoPE's cos / sin tables on the device.
 pub(crate) struct DeviceRope {
     layout: RopeLayout,
