@@ -37,8 +37,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let first_key = first_visible(info.start + first_query);
     let end_key = info.start + last_query + 1u;
 
-    let kv_dim4 = info.kv_heads * HD4;
-    let kv_offset4 = (head / (info.heads / info.kv_heads)) * HD4;
+    let kv_offset = (head / (info.heads / info.kv_heads)) * HD4 * 4u;
     let q_at = (info.first_row + i) * info.heads * HD4 + head * HD4;
     var query: array<vec4<f32>, HD4>;
     var acc: array<vec4<f32>, HD4>;
@@ -54,9 +53,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         for (var e = lid; e < KEYS * HD4; e += QUERIES) {
             let p = min(t0 + e / HD4, end_key - 1u);
             let slot = batch[info.table + p / info.block_size] * info.block_size + p % info.block_size;
-            let at = slot * kv_dim4 + kv_offset4 + e % HD4;
-            k_tile[e] = k_cache[at];
-            v_tile[e] = v_cache[at];
+            let d = kv_offset + 4u * (e % HD4);
+            k_tile[e] = key4(slot, d);
+            v_tile[e] = value4(slot, d);
         }
         workgroupBarrier();
 

@@ -22,10 +22,9 @@ const QUERIES: u32 = {{QUERIES}}u;
 const SUBGROUPS: u32 = {{SUBGROUPS}}u;
 const LOWEST: f32 = -3.0e38;
 
-// Where position `p`'s keys (and values) of this head start, in vec4s.
-fn kv_base(p: u32, kv_offset4: u32) -> u32 {
-    let slot = batch[info.table + p / info.block_size] * info.block_size + p % info.block_size;
-    return slot * info.kv_heads * HD4 + kv_offset4;
+// Position `p`'s slot.
+fn kv_slot(p: u32) -> u32 {
+    return batch[info.table + p / info.block_size] * info.block_size + p % info.block_size;
 }
 
 fn soft_cap(s: f32) -> f32 {
@@ -51,12 +50,12 @@ fn main(
     // Queries past the chunk's end compute its last one and write nothing.
     let last_query = min(first_query + QUERIES, info.len) - 1u;
     let row_width4 = info.heads * HD4;
-    let kv_offset4 = (head / (info.heads / info.kv_heads)) * HD4;
+    let kv_offset = (head / (info.heads / info.kv_heads)) * HD4 * 4u;
     let first_key = first_visible(info.start + first_query);
     let end_key = info.start + last_query + 1u;
 {{QUERY_SETUP}}
     for (var p = first_key + lane; p < end_key; p += width) {
-        let base = kv_base(p, kv_offset4);
+        let slot = kv_slot(p);
 {{KEYS}}
 {{SCORES}}
 {{VALUES}}

@@ -9,7 +9,8 @@
 //
 // The batch buffer holds each row's position in its first words and, from word
 // `table_starts`, where in the buffer the row's block table of this layer's group starts;
-// this kernel reads the first `rows` rows.
+// this kernel reads the first `rows` rows. Keys and values are read through the KV code
+// of the cache's types (`key4`, `value1`).
 //
 // Long contexts with few rows can be split over the keys (workgroup z of `splits` takes
 // `split_keys` of a row's visible positions): each split then writes its unnormalised
@@ -28,13 +29,13 @@ struct Info {
     softcap: f32,
     splits: u32,
     split_keys: u32,
+    kv_dim: u32,
 }
 
 @group(0) @binding(0) var<storage, read_write> q: array<f32>;
-@group(0) @binding(1) var<storage, read_write> k_cache: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> v_cache: array<f32>;
 @group(0) @binding(3) var<storage, read_write> batch: array<u32>;
 {{OUTPUT}}
+{{KV}}
 
 const TILE: u32 = 64u;
 // Output dimensions per invocation: ceil(head_dim / TILE).
@@ -55,7 +56,6 @@ fn main(
 ) {
     let head = wid.x;
     let hd = info.head_dim;
-    let kv_dim = info.kv_heads * hd;
     let kv_offset = (head / (info.heads / info.kv_heads)) * hd;
     for (var row = wid.y; row < info.rows; row += groups.y) {
         let q_base = row * info.heads * hd + head * hd;
@@ -86,10 +86,9 @@ fn main(
             if t < end {
                 let slot = batch[table + t / info.block_size] * info.block_size + t % info.block_size;
                 slot_tile[lid] = slot;
-                let k_base = (slot * kv_dim + kv_offset) / 4u;
                 var dot4 = vec4<f32>(0.0);
                 for (var d = 0u; d < hd / 4u; d++) {
-                    dot4 += q_tile[d] * k_cache[k_base + d];
+                    dot4 += q_tile[d] * key4(slot, kv_offset + 4u * d);
                 }
                 s = dot4.x + dot4.y + dot4.z + dot4.w;
                 if info.softcap > 0.0 {
@@ -118,11 +117,11 @@ fn main(
             for (var j = 0u; j < n; j++) {
                 let p = scores[j];
                 l += p;
-                let v_base = slot_tile[j] * kv_dim + kv_offset;
+                let slot = slot_tile[j];
                 for (var i = 0u; i < DIMS; i++) {
                     let d = lid + i * TILE;
                     if d < hd {
-                        acc[i] += p * v_cache[v_base + d];
+                        acc[i] += p * value1(slot, kv_offset + d);
                     }
                 }
             }

@@ -4,6 +4,7 @@
 
 use pulp::{Arch, Simd, WithSimd};
 
+use crate::kv::KvRows;
 use crate::simd::{dot, scale_add};
 use crate::threads::for_each;
 
@@ -25,11 +26,11 @@ impl ScoreRule {
     }
 }
 
-/// One layer's keys and values in the pool: slot `s` is row `s` of `[slots, kv_dim]`; a
-/// sequence's position `p` is in slot `table[p / block_size] * block_size + p % block_size`.
+/// One layer's keys and values in the pool: slot `s` is row `s` of each; a sequence's
+/// position `p` is in slot `table[p / block_size] * block_size + p % block_size`.
 pub struct KvLayer<'a> {
-    pub keys: &'a [f32],
-    pub values: &'a [f32],
+    pub keys: KvRows<'a>,
+    pub values: KvRows<'a>,
     pub block_size: usize,
 }
 
@@ -50,65 +51,78 @@ pub struct QueryRow<'a> {
 }
 
 /// Attention of each row of `q` (`[rows, heads * head_dim]`) over the positions it sees of
-/// its sequence, up to its own: `[rows, heads * head_dim]`.
+/// its sequence, up to its own: `[rows, heads * head_dim]`. A task is a (row, KV head)
+/// pair: each key and value is read (decoded, for the encoded types) once for the query
+/// heads that share it.
 pub fn paged_attention(q: &[f32], rows: &[QueryRow], kv: &KvLayer, heads: Heads, rule: &ScoreRule) -> Vec<f32> {
     let Heads { heads: n_heads, kv_heads, head_dim } = heads;
-    let (q_width, kv_dim) = (n_heads * head_dim, kv_heads * head_dim);
+    let q_width = n_heads * head_dim;
     assert_eq!(q.len(), rows.len() * q_width, "q must be [rows, heads * head_dim]");
+    let group = n_heads / kv_heads;
     let mut out = vec![0f32; q.len()];
     let arch = Arch::new();
-    for_each(out.chunks_mut(head_dim).enumerate(), |(pair, out)| {
-        let (row, head) = (pair / n_heads, pair % n_heads);
-        let query = &q[pair * head_dim..(pair + 1) * head_dim];
-        let kv_head = head / (n_heads / kv_heads);
-        let slot = |p: usize| {
-            let row = &rows[row];
-            (row.table[p / kv.block_size] as usize * kv.block_size + p % kv.block_size) * kv_dim + kv_head * head_dim
-        };
-        arch.dispatch(OnePair { query, position: rows[row].position, slot, kv, head_dim, rule, out });
+    for_each(out.chunks_mut(group * head_dim).enumerate(), |(pair, out)| {
+        let (row, kv_head) = (&rows[pair / kv_heads], pair % kv_heads);
+        let queries = &q[pair * group * head_dim..(pair + 1) * group * head_dim];
+        let slot = |p: usize| row.table[p / kv.block_size] as usize * kv.block_size + p % kv.block_size;
+        let first = kv_head * head_dim;
+        arch.dispatch(OneGroup { queries, position: row.position, slot, first, kv, head_dim, rule, out });
     });
     out
 }
 
-/// One (row, head) pair's attention.
-struct OnePair<'a, F> {
-    query: &'a [f32],
+/// One (row, KV head) pair's attention, for the query heads of its group.
+struct OneGroup<'a, F> {
+    /// The group's queries, one `head_dim` slice per head.
+    queries: &'a [f32],
     position: usize,
-    /// Where position `p`'s key (and value) of this head starts in the layer's buffers.
+    /// The slot of position `p`.
     slot: F,
+    /// The head's first value in a row of keys or values.
+    first: usize,
     kv: &'a KvLayer<'a>,
     head_dim: usize,
     rule: &'a ScoreRule,
     out: &'a mut [f32],
 }
 
-impl<F: Fn(usize) -> usize> WithSimd for OnePair<'_, F> {
+impl<F: Fn(usize) -> usize> WithSimd for OneGroup<'_, F> {
     type Output = ();
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
         let d = self.head_dim;
-        // Online softmax: the running maximum rescales what was summed before it.
-        let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
+        let group = self.queries.len() / d;
+        // Online softmax per query head: the running maximum rescales what was summed before it.
+        let mut max = vec![f32::NEG_INFINITY; group];
+        let mut sum = vec![0f32; group];
+        let (mut key_scratch, mut value_scratch) = (vec![0f32; d], vec![0f32; d]);
         for p in self.rule.first_visible(self.position)..=self.position {
-            let at = (self.slot)(p);
-            let mut score = dot(simd, self.query, &self.kv.keys[at..at + d]) * self.rule.scale;
-            if let Some(cap) = self.rule.softcap {
-                score = cap * (score / cap).tanh();
+            let slot = (self.slot)(p);
+            let key = self.kv.keys.read(slot, self.first, &mut key_scratch);
+            let value = self.kv.values.read(slot, self.first, &mut value_scratch);
+            for h in 0..group {
+                let mut score = dot(simd, &self.queries[h * d..(h + 1) * d], key) * self.rule.scale;
+                if let Some(cap) = self.rule.softcap {
+                    score = cap * (score / cap).tanh();
+                }
+                let top = max[h].max(score);
+                let (keep, weight) = ((max[h] - top).exp(), (score - top).exp());
+                max[h] = top;
+                sum[h] = sum[h] * keep + weight;
+                scale_add(simd, &mut self.out[h * d..(h + 1) * d], keep, weight, value);
             }
-            let top = max.max(score);
-            let (keep, weight) = ((max - top).exp(), (score - top).exp());
-            max = top;
-            sum = sum * keep + weight;
-            scale_add(simd, self.out, keep, weight, &self.kv.values[at..at + d]);
         }
-        self.out.iter_mut().for_each(|v| *v /= sum);
+        for (out, sum) in self.out.chunks_mut(d).zip(sum) {
+            out.iter_mut().for_each(|v| *v /= sum);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::KvType;
 
     /// Against softmax(q·k) v written out, with grouped heads, scattered blocks, a window
     /// and a soft-cap.
@@ -120,7 +134,10 @@ mod tests {
         let value = |i: usize| ((i * 7919) % 101) as f32 / 50.0 - 1.0;
         let keys: Vec<f32> = (0..slots * kv_dim).map(value).collect();
         let values: Vec<f32> = (0..slots * kv_dim).map(|i| value(i + 13)).collect();
-        let kv = KvLayer { keys: &keys, values: &values, block_size };
+        fn rows_of(v: &[f32], kv_dim: usize) -> KvRows<'_> {
+            KvRows { ty: KvType::F32, bytes: bytemuck::cast_slice(v), row_bytes: kv_dim * 4 }
+        }
+        let kv = KvLayer { keys: rows_of(&keys, kv_dim), values: rows_of(&values, kv_dim), block_size };
         let table = [7u32, 2, 9, 0, 5];
         let rows = [QueryRow { position: 0, table: &table }, QueryRow { position: 13, table: &table }];
         let q: Vec<f32> = (0..2 * heads.heads * heads.head_dim).map(|i| value(i + 5)).collect();

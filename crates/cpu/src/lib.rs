@@ -8,12 +8,14 @@
 //! source) and tasks run in parallel on a rayon pool ([`Threads`]) natively.
 
 mod attention;
+mod kv;
 mod matmul;
 mod ops;
 mod simd;
 mod threads;
 
 pub use attention::{Heads, KvLayer, QueryRow, ScoreRule, paged_attention};
+pub use kv::{KvRows, KvType};
 pub use matmul::{BlockMatrix, MatmulError};
 pub use ops::{RopeTables, gated, rms_norm};
 pub use threads::Threads;

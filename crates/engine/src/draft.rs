@@ -92,7 +92,7 @@ impl DraftModel {
     /// KV bytes one block takes in the draft's cache (what the shared pool budgets per block
     /// on top of the target's).
     pub fn bytes_per_block(config: &ModelConfig, block_size: usize) -> usize {
-        PagedKvCache::bytes_per_block(&config.kv_layout(), config.kv_dim(), block_size)
+        PagedKvCache::bytes_per_block(config, block_size)
     }
 
     /// Drafts `length` tokens for each request: the first forward pass runs the part of

@@ -171,11 +171,10 @@ impl Engine {
         let layout = model.kv_layout();
         let block_size = base.block_size.max(1);
         // A draft model's cache has as many blocks: each block is both models' bytes.
-        let block_bytes = PagedKvCache::bytes_per_block(&layout, model.kv_dim(), block_size)
+        let block_bytes = PagedKvCache::bytes_per_block(model, block_size)
             + draft.map_or(0, |d| DraftModel::bytes_per_block(d, block_size));
-        let widest = model.kv_dim().max(draft.map_or(0, ModelConfig::kv_dim));
-        let num_blocks =
-            (kv_bytes / block_bytes).min(max_buffer_bytes / PagedKvCache::layer_buffer_bytes(1, block_size, widest));
+        let widest = [Some(model), draft].into_iter().flatten().map(|c| PagedKvCache::layer_buffer_bytes(c, 1, block_size)).max().unwrap_or(1);
+        let num_blocks = (kv_bytes / block_bytes).min(max_buffer_bytes / widest.max(1));
         let config = SchedulerConfig { block_size, num_blocks, kv_groups: layout.groups, ..base };
         let usable = num_blocks.saturating_sub(config.watermark_blocks);
         // The longest sequence whose blocks fit: blocks_for grows with the length.

@@ -12,7 +12,10 @@ pub(crate) use cinder_cpu::ScoreRule;
 
 use crate::ModelConfig;
 use crate::kernel::{Arg, MAX_WORKGROUPS, Template, cube, empty, from_cube, launch};
-use crate::paged::{BatchBuffer, LongChunk, PagedKvCache};
+use crate::config::KvTypes;
+use crate::paged::{BatchBuffer, LongChunk, PagedKvCache, kv_code};
+
+const KV_VARIANTS: u32 = KvTypes::PAIRS;
 
 /// The attention of one step over a batch's layout.
 pub(crate) struct Attention<'a> {
@@ -58,6 +61,7 @@ fn paged(
     let visible = rule.window.map_or(batch.layout.paged_context, |w| w.min(batch.layout.paged_context));
     let splits = key_splits(heads * batch.layout.paged_rows, visible);
     let split = splits > 1;
+    let types = cache.types;
     let values = move || {
         let (output, store) = if split { PAGED_SPLIT_STORE } else { PAGED_STORE };
         vec![
@@ -65,12 +69,13 @@ fn paged(
             ("MAX_HEAD_DIM", (dims * 64).to_string()),
             ("OUTPUT", output.to_owned()),
             ("STORE", store.to_owned()),
+            ("KV", kv_code(types, 1, false)),
         ]
     };
     let kernel = Template {
         name: "paged_attention",
         source: include_str!("../../../shaders/paged_attention.wgsl"),
-        variant: (if split { "split" } else { "" }, dims as u32),
+        variant: (if split { "split" } else { "" }, dims as u32 * KV_VARIANTS + types.code()),
         values: &values,
         workgroup: 64,
     };
@@ -88,6 +93,7 @@ fn paged(
         softcap: rule.softcap.unwrap_or(0.0),
         splits: splits as u32,
         split_keys: visible.div_ceil(splits).next_multiple_of(64).max(64) as u32,
+        kv_dim: cache.kv_dim as u32,
     };
     let rows = batch.layout.paged_rows.min(MAX_WORKGROUPS) as u32;
     launch(&cache.device_kv().device, &kernel, [heads as u32, rows, splits as u32], &args, &info);
@@ -114,18 +120,20 @@ fn flash(
 ) {
     let (group, slot) = cache.layout.layer_slots[layer];
     let hd4 = head_dim / 4;
+    let types = cache.types;
     let (subgroup_values, values);
     let (kernel, queries_per_workgroup) = match cache.device_kv().subgroup_width {
         Some(width) => {
             subgroup_values = move || {
                 let mut values = flash_subgroup_code(hd4, width);
-                values.push(("BINDINGS", FLASH_BINDINGS.to_owned()));
+                // After the bindings, which hold its placeholder.
+                values.extend([("BINDINGS", FLASH_BINDINGS.to_owned()), ("KV", kv_code(types, 1, false))]);
                 values
             };
             let kernel = Template {
                 name: "flash_attention_subgroup",
                 source: include_str!("../../../shaders/flash_attention_subgroup.wgsl"),
-                variant: ("", (head_dim * 100 + width) as u32),
+                variant: ("", (head_dim * 100 + width) as u32 * KV_VARIANTS + types.code()),
                 values: &subgroup_values,
                 workgroup: 64,
             };
@@ -134,11 +142,14 @@ fn flash(
         None => {
             // The K and V tiles fill WebGPU's default 16 KiB of workgroup memory.
             let keys = (16_384 / (2 * 4 * head_dim)).max(1);
-            values = move || vec![("HD4", hd4.to_string()), ("KEYS", keys.to_string()), ("BINDINGS", FLASH_BINDINGS.to_owned())];
+            values = move || {
+                let bindings = FLASH_BINDINGS.to_owned();
+                vec![("HD4", hd4.to_string()), ("KEYS", keys.to_string()), ("BINDINGS", bindings), ("KV", kv_code(types, 1, false))]
+            };
             let kernel = Template {
                 name: "flash_attention",
                 source: include_str!("../../../shaders/flash_attention.wgsl"),
-                variant: ("", head_dim as u32),
+                variant: ("", head_dim as u32 * KV_VARIANTS + types.code()),
                 values: &values,
                 workgroup: 64,
             };
@@ -157,6 +168,7 @@ fn flash(
         window: rule.window.unwrap_or(0) as u32,
         scale: rule.scale,
         softcap: rule.softcap.unwrap_or(0.0),
+        kv_dim: cache.kv_dim as u32,
     };
     let query_tiles = chunk.len.div_ceil(queries_per_workgroup) as u32;
     launch(&cache.device_kv().device, &kernel, [heads as u32, query_tiles, 1], &args, &info);
@@ -193,6 +205,7 @@ struct PagedAttentionInfo {
     /// Workgroups per (head, row) over the keys, and positions each takes.
     splits: u32,
     split_keys: u32,
+    kv_dim: u32,
 }
 
 /// paged_attention.wgsl's output binding and store when each workgroup writes its rows'
@@ -263,6 +276,7 @@ struct FlashAttentionInfo {
     window: u32,
     scale: f32,
     softcap: f32,
+    kv_dim: u32,
 }
 
 const FLASH_BINDINGS: &str = include_str!("../../../shaders/flash_bindings.wgsl");
@@ -316,7 +330,7 @@ fn flash_subgroup_code(hd4: usize, width: usize) -> Vec<(&'static str, String)> 
         )
     };
     let values = |d: usize| {
-        let mut code = format!("        let v{d} = v_cache[base + {d}u];");
+        let mut code = format!("        let v{d} = value4(slot, kv_offset + {}u);", 4 * d);
         for s in 0..queries {
             code += &format!("\n        acc{s}_{d} = acc{s}_{d} * c{s} + w{s} * v{d};");
         }
@@ -337,7 +351,7 @@ fn flash_subgroup_code(hd4: usize, width: usize) -> Vec<(&'static str, String)> 
         ("QUERIES", queries.to_string()),
         ("SUBGROUPS", (64 / width).to_string()),
         ("QUERY_SETUP", lines(queries, &query_setup)),
-        ("KEYS", lines(hd4, &|d| format!("        let k{d} = k_cache[base + {d}u];"))),
+        ("KEYS", lines(hd4, &|d| format!("        let k{d} = key4(slot, kv_offset + {}u);", 4 * d))),
         ("SCORES", lines(queries, &scores)),
         ("VALUES", lines(hd4, &values)),
         ("MERGE", lines(queries, &merge)),

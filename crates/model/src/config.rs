@@ -1,6 +1,7 @@
 //! A model's shape and block variant, read and checked once from its GGUF file through its
 //! architecture's description ([`crate::arch`]).
 
+use cinder_cpu::KvType;
 use cinder_gguf::{GgufFile, Metadata, MetadataValue};
 
 use crate::ModelError;
@@ -33,6 +34,42 @@ pub struct KvLayout {
     pub group_size: usize,
 }
 
+/// What the KV cache stores keys and values as (llama.cpp's `-ctk` / `-ctv`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KvTypes {
+    pub keys: KvType,
+    pub values: KvType,
+}
+
+impl KvTypes {
+    /// Keys and values both of `ty`.
+    pub fn both(ty: KvType) -> Self {
+        Self { keys: ty, values: ty }
+    }
+
+    /// Bytes of one slot's keys and of its values in a layer.
+    pub fn row_bytes(self, kv_dim: usize) -> (usize, usize) {
+        (self.keys.row_bytes(kv_dim), self.values.row_bytes(kv_dim))
+    }
+
+    /// Kernels are compiled per pair of types: the pairs, and a number for each.
+    pub(crate) const PAIRS: u32 = (KvType::ALL.len() * KvType::ALL.len()) as u32;
+
+    pub(crate) fn code(self) -> u32 {
+        (self.keys.index() * KvType::ALL.len() + self.values.index()) as u32
+    }
+}
+
+impl std::fmt::Display for KvTypes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.keys == self.values {
+            write!(f, "{}", self.keys)
+        } else {
+            write!(f, "{} keys, {} values", self.keys, self.values)
+        }
+    }
+}
+
 /// Everything the forward pass needs to know about a model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
@@ -60,6 +97,8 @@ pub struct ModelConfig {
     pub query_scale: f32,
     pub attention_softcap: Option<f32>,
     pub final_softcap: Option<f32>,
+    /// What its KV caches store ([`ModelConfig::set_kv_types`]; f16 unless set).
+    pub kv_types: KvTypes,
 }
 
 /// Upper bound on any single dimension; larger values in a file are treated as corrupt.
@@ -162,10 +201,21 @@ impl ModelConfig {
             query_scale,
             attention_softcap,
             final_softcap,
+            kv_types: KvTypes::default(),
         };
         // Layer 0 decides which optional tensors the blocks have; every layer must match.
         config.layer_weights = config.block_weights(has(&LayerWeight::Qkv.name(0)), |w| has(&w.name(0)));
         Ok(config)
+    }
+
+    /// Sets what the model's KV caches store (pools made after this use it), where its
+    /// heads can be stored so.
+    pub fn set_kv_types(&mut self, types: KvTypes) -> Result<(), ModelError> {
+        for ty in [types.keys, types.values] {
+            ty.check(self.head_dim).map_err(ModelError::Unsupported)?;
+        }
+        self.kv_types = types;
+        Ok(())
     }
 
     /// Width of the query projection.

@@ -36,7 +36,8 @@ pub mod tiny;
 pub use arch::Architecture;
 pub use backend::{Backend, DeviceChoice};
 pub use burn::tensor::Device;
-pub use config::{KvLayout, LayerAttention, ModelConfig};
+pub use cinder_cpu::KvType;
+pub use config::{KvLayout, KvTypes, LayerAttention, ModelConfig};
 #[cfg(not(target_family = "wasm"))]
 pub use device::wgpu_device;
 pub use device::{

@@ -375,6 +375,12 @@ impl Model {
         &self.config
     }
 
+    /// Sets what the model's KV caches store, for caches made after this (f16 unless set):
+    /// an error where its heads cannot be stored so.
+    pub fn set_kv_types(&mut self, types: crate::KvTypes) -> Result<(), ModelError> {
+        self.config.set_kv_types(types)
+    }
+
     pub fn backend(&self) -> &Backend {
         &self.backend
     }

@@ -24,8 +24,10 @@ use burn_cubecl::CubeDevice;
 use burn_cubecl::cubecl::server::Handle;
 use bytemuck::{Pod, Zeroable};
 
+use cinder_cpu::{KvRows, KvType};
+
 use crate::kernel::{Arg, MAX_WORKGROUPS, Template, cube, launch, upload};
-use crate::{KvLayout, ModelError};
+use crate::{KvLayout, KvTypes, ModelConfig, ModelError};
 
 /// The KV pool: on the device for a model on the GPU, in host memory for one on the CPU.
 pub struct PagedKvCache {
@@ -33,14 +35,18 @@ pub struct PagedKvCache {
     num_blocks: usize,
     pub(crate) block_size: usize,
     pub(crate) kv_dim: usize,
+    pub(crate) types: KvTypes,
     pub(crate) store: KvStore,
 }
 
 /// Where the pool's keys and values are: one buffer per place in a layer group
-/// (`group_size` of each), token slot `s` at row `s` of `[slots, kv_dim]`.
+/// (`group_size` of each), token slot `s` at row `s`, rows of [`KvType::row_bytes`] of
+/// their type. On the host a quantized row is llama.cpp's blocks one after another; on the
+/// device its quants come first, then its blocks' f16 scales, so that every read is of
+/// whole 32-bit words (the same bytes per row).
 pub(crate) enum KvStore {
     Device(DeviceKv),
-    Host { keys: Vec<Vec<f32>>, values: Vec<Vec<f32>> },
+    Host { keys: Vec<Vec<u32>>, values: Vec<Vec<u32>> },
 }
 
 /// The pool's buffers on the device.
@@ -53,44 +59,63 @@ pub(crate) struct DeviceKv {
     pub subgroup_width: Option<usize>,
 }
 
+/// The shape of a pool: its layers' grouping, the width and types of a slot's keys and
+/// values, and its blocks.
+#[derive(Debug, Clone)]
+pub(crate) struct PoolShape {
+    pub layout: KvLayout,
+    pub kv_dim: usize,
+    pub types: KvTypes,
+    pub num_blocks: usize,
+    pub block_size: usize,
+}
+
+impl PoolShape {
+    pub(crate) fn new(config: &ModelConfig, num_blocks: usize, block_size: usize) -> Self {
+        Self { layout: config.kv_layout(), kv_dim: config.kv_dim(), types: config.kv_types, num_blocks, block_size }
+    }
+
+    /// Bytes of one layer's keys and of its values.
+    fn buffer_bytes(&self) -> (usize, usize) {
+        let slots = self.num_blocks.saturating_mul(self.block_size);
+        let (k, v) = self.types.row_bytes(self.kv_dim);
+        (slots.saturating_mul(k), slots.saturating_mul(v))
+    }
+}
+
 impl PagedKvCache {
-    fn checked(layout: KvLayout, kv_dim: usize, num_blocks: usize, block_size: usize, store: KvStore) -> Result<Self, ModelError> {
-        if num_blocks == 0 || block_size == 0 {
+    fn checked(shape: PoolShape, store: KvStore) -> Result<Self, ModelError> {
+        if shape.num_blocks == 0 || shape.block_size == 0 {
             return Err(ModelError::InvalidParameter("a KV cache needs at least one block of one slot".into()));
         }
-        Ok(Self { layout, num_blocks, block_size, kv_dim, store })
+        let PoolShape { layout, kv_dim, types, num_blocks, block_size } = shape;
+        Ok(Self { layout, num_blocks, block_size, kv_dim, types, store })
     }
 
-    pub(crate) fn on_device(
-        device: &CubeDevice,
-        layout: KvLayout,
-        kv_dim: usize,
-        num_blocks: usize,
-        block_size: usize,
-        subgroup_width: Option<usize>,
-    ) -> Result<Self, ModelError> {
-        let bytes = Self::layer_buffer_bytes(num_blocks, block_size, kv_dim);
+    pub(crate) fn on_device(device: &CubeDevice, shape: PoolShape, subgroup_width: Option<usize>) -> Result<Self, ModelError> {
+        let (key_bytes, value_bytes) = shape.buffer_bytes();
         let client = device.client();
-        let buffers = || (0..layout.group_size).map(|_| client.empty(bytes)).collect::<Vec<_>>();
+        let buffers = |bytes| (0..shape.layout.group_size).map(|_| client.empty(bytes)).collect::<Vec<_>>();
         let subgroup_width = subgroup_width.filter(|w| w.is_power_of_two() && (4..=64).contains(w));
-        let store = KvStore::Device(DeviceKv { device: device.clone(), keys: buffers(), values: buffers(), subgroup_width });
-        Self::checked(layout, kv_dim, num_blocks, block_size, store)
+        let store = KvStore::Device(DeviceKv { device: device.clone(), keys: buffers(key_bytes), values: buffers(value_bytes), subgroup_width });
+        Self::checked(shape, store)
     }
 
-    pub(crate) fn on_host(layout: KvLayout, kv_dim: usize, num_blocks: usize, block_size: usize) -> Result<Self, ModelError> {
-        let floats = num_blocks.saturating_mul(block_size).saturating_mul(kv_dim);
-        let buffers = || -> Result<Vec<Vec<f32>>, ModelError> {
-            (0..layout.group_size)
+    pub(crate) fn on_host(shape: PoolShape) -> Result<Self, ModelError> {
+        let (key_bytes, value_bytes) = shape.buffer_bytes();
+        let (num_blocks, block_size) = (shape.num_blocks, shape.block_size);
+        let buffers = |bytes: usize| -> Result<Vec<Vec<u32>>, ModelError> {
+            (0..shape.layout.group_size)
                 .map(|_| {
                     let mut buffer = Vec::new();
-                    buffer.try_reserve_exact(floats).map_err(|_| ModelError::InvalidParameter(format!("no host memory for a KV pool of {num_blocks} blocks of {block_size}")))?;
-                    buffer.resize(floats, 0.0);
+                    buffer.try_reserve_exact(bytes / 4).map_err(|_| ModelError::InvalidParameter(format!("no host memory for a KV pool of {num_blocks} blocks of {block_size}")))?;
+                    buffer.resize(bytes / 4, 0);
                     Ok(buffer)
                 })
                 .collect()
         };
-        let store = KvStore::Host { keys: buffers()?, values: buffers()? };
-        Self::checked(layout, kv_dim, num_blocks, block_size, store)
+        let store = KvStore::Host { keys: buffers(key_bytes)?, values: buffers(value_bytes)? };
+        Self::checked(shape, store)
     }
 
     /// The device buffers of a pool the GPU's kernels use.
@@ -99,6 +124,16 @@ impl PagedKvCache {
             KvStore::Device(kv) => kv,
             KvStore::Host { .. } => unreachable!("checked by the model: a GPU model's pool is on the device"),
         }
+    }
+
+    /// Layer buffer `slot`'s keys and values in host memory (a CPU model's pool).
+    pub(crate) fn host_rows(&self, slot: usize) -> (KvRows<'_>, KvRows<'_>) {
+        let KvStore::Host { keys, values } = &self.store else { unreachable!("checked by the model: a CPU model's pool is on the host") };
+        let (key_row, value_row) = self.types.row_bytes(self.kv_dim);
+        (
+            KvRows { ty: self.types.keys, bytes: bytemuck::cast_slice(&keys[slot]), row_bytes: key_row },
+            KvRows { ty: self.types.values, bytes: bytemuck::cast_slice(&values[slot]), row_bytes: value_row },
+        )
     }
 
     /// Whether the pool is in host memory (a CPU model's).
@@ -118,20 +153,41 @@ impl PagedKvCache {
         self.block_size
     }
 
+    /// What the pool stores keys and values as.
+    pub fn types(&self) -> KvTypes {
+        self.types
+    }
+
     /// Bytes of keys and values over all layers.
     pub fn device_bytes(&self) -> usize {
-        self.num_blocks * Self::bytes_per_block(&self.layout, self.kv_dim, self.block_size)
+        self.num_blocks * self.block_bytes()
     }
 
     /// Bytes one block takes: `block_size` positions of a group's layers.
-    pub fn bytes_per_block(layout: &KvLayout, kv_dim: usize, block_size: usize) -> usize {
-        2 * layout.group_size * Self::layer_buffer_bytes(1, block_size, kv_dim)
+    pub fn block_bytes(&self) -> usize {
+        let (k, v) = self.types.row_bytes(self.kv_dim);
+        self.layout.group_size * self.block_size * (k + v)
     }
 
-    /// Bytes of one layer's keys (or values) in a pool of `num_blocks`: each such buffer is
-    /// bound whole by the kernels, so it must stay within the device's binding limit.
-    pub fn layer_buffer_bytes(num_blocks: usize, block_size: usize, kv_dim: usize) -> usize {
-        num_blocks.saturating_mul(block_size).saturating_mul(kv_dim * 4)
+    /// [`PagedKvCache::block_bytes`] of a pool for `config` (its layers, width and types).
+    pub fn bytes_per_block(config: &ModelConfig, block_size: usize) -> usize {
+        let (k, v) = config.kv_types.row_bytes(config.kv_dim());
+        config.kv_layout().group_size * block_size * (k + v)
+    }
+
+    /// Bytes of the larger of one layer's keys and values in a pool of `num_blocks` for
+    /// `config`: each such buffer is bound whole by the kernels, so it must stay within the
+    /// device's binding limit.
+    pub fn layer_buffer_bytes(config: &ModelConfig, num_blocks: usize, block_size: usize) -> usize {
+        let (k, v) = PoolShape::new(config, num_blocks, block_size).buffer_bytes();
+        k.max(v)
+    }
+
+    /// Bytes one position of a sequence takes in a pool for `config`: every layer's keys
+    /// and values.
+    pub fn bytes_per_position(config: &ModelConfig) -> usize {
+        let (k, v) = config.kv_types.row_bytes(config.kv_dim());
+        config.n_layers * (k + v)
     }
 
     /// Writes the rows of `k` and `v` (`[rows, kv_dim]`) into their slots of `layer`.
@@ -139,7 +195,15 @@ impl PagedKvCache {
         let kv = self.device_kv();
         let (k, v) = (cube(k), cube(v));
         let (group, slot) = self.layout.layer_slots[layer];
-        let kernel = Template::plain("kv_write", include_str!("../../../shaders/kv_write.wgsl"));
+        let types = self.types;
+        let values = move || vec![("KV", kv_code(types, 3, true))];
+        let kernel = Template {
+            name: "kv_write",
+            source: include_str!("../../../shaders/kv_write.wgsl"),
+            variant: ("", types.code()),
+            values: &values,
+            workgroup: 64,
+        };
         let args = [
             Arg::Read(&k.handle),
             Arg::Read(&v.handle),
@@ -148,7 +212,8 @@ impl PagedKvCache {
             Arg::Write(&kv.values[slot]),
         ];
         let rows = batch.layout.rows;
-        let workgroups = (rows * self.kv_dim).div_ceil(64).min(MAX_WORKGROUPS) as u32;
+        let units = [types.keys, types.values].map(|t| store_units(t, self.kv_dim)).into_iter().max().unwrap_or(0);
+        let workgroups = (rows * units).div_ceil(64).min(MAX_WORKGROUPS) as u32;
         let info = KvWriteInfo { rows: rows as u32, kv_dim: self.kv_dim as u32, slots: batch.layout.slots_at(group) as u32 };
         launch(&kv.device, &kernel, [workgroups, 1, 1], &args, &info);
     }
@@ -157,11 +222,14 @@ impl PagedKvCache {
     pub(crate) fn write_host(&mut self, layer: usize, k: &[f32], v: &[f32], batch: &BatchLayout) {
         let (group, slot) = self.layout.layer_slots[layer];
         let d = self.kv_dim;
+        let (key_row, value_row) = self.types.row_bytes(d);
+        let types = self.types;
         let KvStore::Host { keys, values } = &mut self.store else { unreachable!("checked by the model: a CPU model's pool is on the host") };
+        let (keys, values): (&mut [u8], &mut [u8]) = (bytemuck::cast_slice_mut(&mut keys[slot]), bytemuck::cast_slice_mut(&mut values[slot]));
         for (row, &s) in batch.slots(group).iter().enumerate() {
-            let s = s as usize * d;
-            keys[slot][s..s + d].copy_from_slice(&k[row * d..(row + 1) * d]);
-            values[slot][s..s + d].copy_from_slice(&v[row * d..(row + 1) * d]);
+            let s = s as usize;
+            types.keys.encode(&k[row * d..(row + 1) * d], &mut keys[s * key_row..(s + 1) * key_row]);
+            types.values.encode(&v[row * d..(row + 1) * d], &mut values[s * value_row..(s + 1) * value_row]);
         }
     }
 
@@ -171,10 +239,13 @@ impl PagedKvCache {
         if pairs.is_empty() {
             return;
         }
-        let block_len = self.block_size * self.kv_dim;
+        // Words per block of keys and of values: a block is whole rows, whatever their type.
+        let (key_row, value_row) = self.types.row_bytes(self.kv_dim);
+        let (key_words, value_words) = (self.block_size * key_row / 4, self.block_size * value_row / 4);
         match &mut self.store {
             KvStore::Host { keys, values } => {
-                for buffer in keys.iter_mut().chain(values.iter_mut()) {
+                let buffers = keys.iter_mut().map(|b| (b, key_words)).chain(values.iter_mut().map(|b| (b, value_words)));
+                for (buffer, block_len) in buffers {
                     for &(source, destination) in pairs {
                         let source = source as usize * block_len;
                         buffer.copy_within(source..source + block_len, destination as usize * block_len);
@@ -185,14 +256,53 @@ impl PagedKvCache {
                 let words: Vec<u32> = pairs.iter().flat_map(|&(s, d)| [s, d]).collect();
                 let pairs_handle = upload(&kv.device, words);
                 let kernel = Template::plain("kv_copy", include_str!("../../../shaders/kv_copy.wgsl"));
-                let groups = (pairs.len() * block_len).div_ceil(64).min(MAX_WORKGROUPS) as u32;
-                let info = KvCopyInfo { pairs: pairs.len() as u32, block_len: block_len as u32 };
+                let groups = (pairs.len() * key_words.max(value_words)).div_ceil(64).min(MAX_WORKGROUPS) as u32;
+                let info = KvCopyInfo { pairs: pairs.len() as u32, key_words: key_words as u32, value_words: value_words as u32 };
                 for (keys, values) in kv.keys.iter().zip(&kv.values) {
                     let args = [Arg::Read(&pairs_handle), Arg::Write(keys), Arg::Write(values)];
                     launch(&kv.device, &kernel, [groups, 1, 1], &args, &info);
                 }
             }
         }
+    }
+}
+
+/// The WGSL that reads the pool's keys and values as their types say, bound at
+/// `first_binding` (keys) and the one after (values): `key4(slot, d)` / `value4`, the
+/// values `d..d + 4` of a slot's row, and `value1(slot, d)` one value. With `writes`, also
+/// `store_key(slot, src, unit)` / `store_value`, which encode a row's `unit`th store unit
+/// (`key_units()` per row) from the f32 row at `src` of `k` / `v`. Every kernel that
+/// includes it has `kv_dim` in its `info`.
+pub(crate) fn kv_code(types: KvTypes, first_binding: u32, writes: bool) -> String {
+    const WRITES: &str = "// ---- writes";
+    let snippet = |ty: KvType, name: &str, cache: &str, src: &str, binding: u32| {
+        let source = kv_type_source(ty);
+        let source = if writes { source } else { &source[..source.find(WRITES).unwrap_or(source.len())] };
+        source.replace("$NAME", name).replace("$CACHE", cache).replace("$SRC", src).replace("$BINDING", &binding.to_string())
+    };
+    [
+        include_str!("../../../shaders/quant_common.wgsl").to_owned(),
+        snippet(types.keys, "key", "k_cache", "k", first_binding),
+        snippet(types.values, "value", "v_cache", "v", first_binding + 1),
+    ]
+    .join("\n")
+}
+
+fn kv_type_source(ty: KvType) -> &'static str {
+    match ty {
+        KvType::F32 => include_str!("../../../shaders/kv_f32.wgsl"),
+        KvType::F16 => include_str!("../../../shaders/kv_f16.wgsl"),
+        KvType::Q8_0 => include_str!("../../../shaders/kv_q8_0.wgsl"),
+        KvType::Q4_0 => include_str!("../../../shaders/kv_q4_0.wgsl"),
+    }
+}
+
+/// Store units per row of `kv_dim` values of `ty` in kv_write.wgsl: four values (f32,
+/// f16), or a pair of blocks (the quantized types: their two scales share a word).
+fn store_units(ty: KvType, kv_dim: usize) -> usize {
+    match ty {
+        KvType::F32 | KvType::F16 => kv_dim / 4,
+        KvType::Q8_0 | KvType::Q4_0 => kv_dim.div_ceil(64),
     }
 }
 
@@ -210,8 +320,9 @@ struct KvWriteInfo {
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct KvCopyInfo {
     pairs: u32,
-    /// Floats per block: block_size * kv_dim.
-    block_len: u32,
+    /// Words per block of keys and of values.
+    key_words: u32,
+    value_words: u32,
 }
 
 /// One sequence's part of a batched forward pass.

@@ -550,18 +550,21 @@ fn elementwise_ops_match_plain_loops_on_both_backends() {
 }
 
 /// The paged and flash-attention kernels (portable, and subgroup where the adapter has a
-/// fixed subgroup size) and the CPU's paged attention against a plain loop, in one batch: decodes (one over 601 positions,
-/// split over its keys), chunks of odd lengths (past query-tile and key-tile edges) after
-/// cached positions, blocks of 5 slots scattered through the pool, windows, soft-caps,
-/// grouped queries, head sizes 32 to 256.
+/// fixed subgroup size) and the CPU's paged attention against a plain loop, in one batch:
+/// decodes (one over 601 positions, split over its keys), chunks of odd lengths (past
+/// query-tile and key-tile edges) after cached positions, blocks of 5 slots scattered
+/// through the pool, windows, soft-caps, grouped queries, head sizes 32 to 256, and keys
+/// and values stored as each KV type (the loop reads them as the CPU's pool decodes them).
 #[test]
 fn attention_kernels_match_a_loop() {
     use crate::attention::{Attention, ScoreRule};
     use crate::kernel::cube_device;
     use crate::ops::Ops;
     use crate::ops::cpu::{CpuOps, HostRows};
-    use crate::paged::{BatchBuffer, BatchLayout, PagedKvCache};
+    use crate::paged::{BatchBuffer, BatchLayout, PagedKvCache, PoolShape};
+    use crate::{KvType, KvTypes};
     use burn::tensor::{Tensor, TensorData};
+    use cinder_cpu::KvRows;
 
     let device = wgpu_device().unwrap();
     let cube = cube_device(&device).unwrap();
@@ -575,18 +578,32 @@ fn attention_kernels_match_a_loop() {
             .collect()
     };
     let cases = [
-        (4, 2, 32, ScoreRule { scale: 0.2, window: None, softcap: None }),
+        (6, 3, 32, ScoreRule { scale: 0.2, window: None, softcap: None }),
         (3, 1, 64, ScoreRule { scale: 0.125, window: Some(37), softcap: None }),
         (2, 2, 256, ScoreRule { scale: 0.0625, window: None, softcap: Some(2.0) }),
         (6, 3, 64, ScoreRule { scale: 0.3, window: Some(70), softcap: Some(1.5) }),
     ];
     let widths = [None, crate::ops::gpu::fixed_subgroup_width(&device)];
-    for ((heads, kv_heads, hd, rule), subgroup_width) in cases.into_iter().flat_map(|c| widths.iter().map(move |&w| (c, w))) {
+    // Every type as keys and as values, each case with two pairs.
+    let type_pairs = [(KvType::F32, KvType::Q4_0), (KvType::F16, KvType::F16), (KvType::Q8_0, KvType::F32), (KvType::Q4_0, KvType::Q8_0)];
+    let runs = cases.into_iter().enumerate().flat_map(|(i, c)| {
+        let types = [type_pairs[i], type_pairs[(i + 1) % 4]].map(|(keys, values)| KvTypes { keys, values });
+        widths.iter().zip(types).map(move |(&w, t)| (c, w, t))
+    });
+    for ((heads, kv_heads, hd, rule), subgroup_width, types) in runs {
         let kv_dim = kv_heads * hd;
         let block_size = 5;
         let layout = KvLayout { groups: vec![rule.window], layer_slots: vec![(0, 0)], group_size: 1 };
-        let cache = PagedKvCache::on_device(&cube, layout.clone(), kv_dim, 700, block_size, subgroup_width).unwrap();
-        let mut host_cache = PagedKvCache::on_host(layout, kv_dim, 700, block_size).unwrap();
+        let shape = PoolShape { layout, kv_dim, types, num_blocks: 700, block_size };
+        let cache = PagedKvCache::on_device(&cube, shape.clone(), subgroup_width).unwrap();
+        let mut host_cache = PagedKvCache::on_host(shape).unwrap();
+        // What a row of `ty` reads back as.
+        let stored = |ty: KvType, row: &[f32]| {
+            let mut bytes = vec![0u8; ty.row_bytes(kv_dim)];
+            ty.encode(row, &mut bytes);
+            let mut out = vec![0f32; kv_dim];
+            KvRows { ty, bytes: &bytes, row_bytes: bytes.len() }.read(0, 0, &mut out).to_vec()
+        };
         // (cached positions, new tokens) per sequence: decodes (the long one's attention split
         // over its keys where the window allows), then long chunks.
         let sequences = [(9, 1), (600, 1), (0, 33), (40, 65), (7, 130)];
@@ -645,10 +662,12 @@ fn attention_kernels_match_a_loop() {
                 .zip(q[row * width..].chunks(width))
                 .flat_map(|(p, query)| {
                     let seen = rule.first_visible(p)..p + 1;
-                    crate::reference::attention(query, &keys[s][seen.clone()], &values[s][seen], &config)
+                    let keys: Vec<Vec<f32>> = keys[s][seen.clone()].iter().map(|k| stored(types.keys, k)).collect();
+                    let values: Vec<Vec<f32>> = values[s][seen].iter().map(|v| stored(types.values, v)).collect();
+                    crate::reference::attention(query, &keys, &values, &config)
                 })
                 .collect();
-            let what = format!("sequence {s}, heads {heads}/{kv_heads} x {hd}, {rule:?}, subgroups {subgroup_width:?}");
+            let what = format!("sequence {s}, heads {heads}/{kv_heads} x {hd}, {rule:?}, subgroups {subgroup_width:?}, KV {types}");
             assert_close(&got[row * width..(row + new) * width], &expected, &what);
             assert_close(&on_cpu[row * width..(row + new) * width], &expected, &format!("CPU {what}"));
             row += new;

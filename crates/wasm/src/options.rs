@@ -86,7 +86,7 @@ mod tests {
         assert!(config.max_seq_len <= model.context_length);
         assert!(config.max_seq_len <= config.num_blocks * config.block_size);
         // Each layer's share of the pool stays within what the device binds.
-        let per_block = cinder_model::PagedKvCache::layer_buffer_bytes(1, config.block_size, model.kv_dim());
+        let per_block = cinder_model::PagedKvCache::layer_buffer_bytes(&model, 1, config.block_size);
         let capped = options.scheduler(&model, 10 * per_block).unwrap();
         assert_eq!(capped.num_blocks, 10);
         let none = EngineOptions { kv_cache_mb: 0, ..EngineOptions::default() }.scheduler(&model, unbounded).unwrap_err();

@@ -11,7 +11,7 @@ use super::{Ops, activation};
 use crate::arch::{Activation, RopeLayout};
 use crate::attention::ScoreRule;
 use crate::logits::{Logits, PendingLogits};
-use crate::paged::{BatchLayout, KvStore, PagedKvCache};
+use crate::paged::{BatchLayout, PagedKvCache, PoolShape};
 use crate::{ModelConfig, ModelError};
 
 pub(crate) struct CpuOps {
@@ -72,7 +72,7 @@ impl Ops for CpuOps {
     }
 
     fn kv_pool(&self, config: &ModelConfig, num_blocks: usize, block_size: usize) -> Result<PagedKvCache, ModelError> {
-        PagedKvCache::on_host(config.kv_layout(), config.kv_dim(), num_blocks, block_size)
+        PagedKvCache::on_host(PoolShape::new(config, num_blocks, block_size))
     }
 
     fn matrix_bytes(matrix: &BlockMatrix) -> usize {
@@ -122,8 +122,8 @@ impl Ops for CpuOps {
 
     fn attend(&self, cache: &PagedKvCache, layer: usize, q: HostRows, config: &ModelConfig, rule: &ScoreRule, batch: &BatchLayout) -> HostRows {
         let (group, slot) = cache.layout.layer_slots[layer];
-        let KvStore::Host { keys, values } = &cache.store else { unreachable!("checked by the model: a CPU model's pool is on the host") };
-        let kv = KvLayer { keys: &keys[slot], values: &values[slot], block_size: cache.block_size };
+        let (keys, values) = cache.host_rows(slot);
+        let kv = KvLayer { keys, values, block_size: cache.block_size };
         let rows: Vec<QueryRow> =
             (0..batch.rows).map(|r| QueryRow { position: batch.positions()[r] as usize, table: batch.table(group, r) }).collect();
         let heads = Heads { heads: config.n_heads, kv_heads: config.n_kv_heads, head_dim: config.head_dim };

@@ -12,7 +12,7 @@ use crate::attention::{Attention, ScoreRule};
 use crate::fused::{gated, rms_norm, rope};
 use crate::linear::Linear;
 use crate::logits::{Logits, PendingLogits};
-use crate::paged::{BatchBuffer, BatchLayout, PagedKvCache};
+use crate::paged::{BatchBuffer, BatchLayout, PagedKvCache, PoolShape};
 use crate::{ModelConfig, ModelError};
 
 pub(crate) struct GpuOps {
@@ -65,7 +65,7 @@ impl Ops for GpuOps {
     }
 
     fn kv_pool(&self, config: &ModelConfig, num_blocks: usize, block_size: usize) -> Result<PagedKvCache, ModelError> {
-        let buffer = PagedKvCache::layer_buffer_bytes(num_blocks, block_size, config.kv_dim());
+        let buffer = PagedKvCache::layer_buffer_bytes(config, num_blocks, block_size);
         let limit = crate::max_binding_bytes(&self.device);
         if buffer > limit {
             return Err(ModelError::InvalidParameter(format!(
@@ -75,7 +75,7 @@ impl Ops for GpuOps {
             )));
         }
         let subgroup_width = fixed_subgroup_width(&self.device);
-        PagedKvCache::on_device(&self.cube, config.kv_layout(), config.kv_dim(), num_blocks, block_size, subgroup_width)
+        PagedKvCache::on_device(&self.cube, PoolShape::new(config, num_blocks, block_size), subgroup_width)
     }
 
     fn matrix_bytes(matrix: &Linear) -> usize {
