@@ -24,6 +24,8 @@ pub struct BenchArgs {
     model: ModelArg,
     #[command(flatten)]
     device: crate::device_arg::DeviceArg,
+    #[command(flatten)]
+    kv_type: crate::kv_arg::KvTypeArg,
     /// Write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -242,6 +244,9 @@ struct BenchResult {
     /// The largest subgroup size when the quantized kernels use subgroups, else null.
     subgroup_max_size: Option<u32>,
     device_weight_bytes: usize,
+    /// What the KV cache stores (`--kv-cache-type`), and its bytes per token.
+    kv_cache_type: String,
+    kv_bytes_per_token: usize,
     vocab_size: usize,
     load_s: f64,
     decode_tokens: usize,
@@ -339,6 +344,9 @@ fn run_peer(path: &PathBuf, model: &std::path::Path, args: &BenchArgs) -> anyhow
     let lengths: Vec<String> = args.prefill_tokens.iter().map(usize::to_string).collect();
     command.args(["-p", &lengths.join(","), "-n", &args.decode_tokens.to_string()]);
     command.args(["-r", &args.repeats.max(1).to_string(), "-o", "json"]);
+    // The same cache types as cinder's (llama-bench's default is f16 too).
+    let types = args.kv_type.over(Default::default());
+    command.args(["-ctk", types.keys.name(), "-ctv", types.values.name()]);
     command.args(args.peer_args.as_deref().unwrap_or("").split_whitespace());
     let output = command.output().with_context(|| format!("running {}", path.display()))?;
     if !output.status.success() {
@@ -374,8 +382,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let adapter = device.describe().context("the adapter did not describe itself")?;
     let load_start = Instant::now();
-    let model = Model::load(&file, &device).with_context(|| format!("loading {}", path.display()))?;
+    let mut model = Model::load(&file, &device).with_context(|| format!("loading {}", path.display()))?;
     let load_s = load_start.elapsed().as_secs_f64();
+    args.kv_type.apply(&mut model)?;
     let context = model.config().context_length;
     // The prefill run samples one token after its prompt; the decode run's first token comes
     // from its 16-token prompt.
@@ -395,6 +404,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let vocab = model.config().vocab_size;
     let device_weight_bytes = model.device_weight_bytes();
+    let kv_bytes_per_token = cinder_model::PagedKvCache::bytes_per_position(model.config());
     // Room for the longest prompt alone, or for the largest batch of decoding sequences.
     let mut config = Engine::fixed_config(model.config(), decode_len, max_batch);
     let single = Engine::fixed_config(model.config(), longest, 1);
@@ -483,6 +493,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         driver: adapter.driver,
         subgroup_max_size: adapter.subgroup_max_size,
         device_weight_bytes,
+        kv_cache_type: engine.kv_cache().types().to_string(),
+        kv_bytes_per_token,
         vocab_size: vocab,
         load_s,
         decode_tokens: args.decode_tokens,
@@ -505,7 +517,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn print_table(r: &BenchResult) {
-    println!("adapter: {} ({}, {}); device weights {:.1} MB; load {:.2} s", r.adapter, r.backend, r.device_type, r.device_weight_bytes as f64 / 1e6, r.load_s);
+    println!(
+        "adapter: {} ({}, {}); device weights {:.1} MB; KV cache {} ({:.1} KB per token); load {:.2} s",
+        r.adapter,
+        r.backend,
+        r.device_type,
+        r.device_weight_bytes as f64 / 1e6,
+        r.kv_cache_type,
+        r.kv_bytes_per_token as f64 / 1e3,
+        r.load_s
+    );
     let lengths: String = r.prefill.iter().map(|p| format!(" prefill tok/s ({} tokens) |", p.tokens)).collect();
     println!("| engine | decode tok/s (batch 1, {} tokens) |{lengths}", r.decode_tokens);
     println!("|---|---|{}", "---|".repeat(r.prefill.len()));

@@ -21,6 +21,8 @@ pub struct GenerateArgs {
     model: ModelArg,
     #[command(flatten)]
     device: crate::device_arg::DeviceArg,
+    #[command(flatten)]
+    kv_type: crate::kv_arg::KvTypeArg,
     /// Raw prompt text (control-token text such as <|im_start|> is parsed as those tokens).
     #[arg(long, allow_hyphen_values = true)]
     prompt: Option<String>,
@@ -113,8 +115,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
 
     let device = args.device.open()?;
     let load_start = Instant::now();
-    let model = Model::load(&file, &device).with_context(|| format!("loading {}", path.display()))?;
+    let mut model = Model::load(&file, &device).with_context(|| format!("loading {}", path.display()))?;
     eprintln!("model: {} loaded in {:.2} s", path.display(), load_start.elapsed().as_secs_f64());
+    args.kv_type.apply(&mut model)?;
 
     let context = model.config().context_length;
     let needed = prompt_ids.len().saturating_add(args.max_tokens);

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_serve;
 mod device_arg;
+mod kv_arg;
 mod generate;
 mod model_path;
 mod plot;

@@ -138,7 +138,9 @@ impl Engine {
     /// Loads the draft model of `"draft"` speculation: `model` with its `tokenizer`, which
     /// must be the target's vocabulary. Its KV cache takes as many blocks as the target's
     /// (size the pool for both with [`Engine::sized_config`]).
-    pub fn set_draft_model(&mut self, model: Model, tokenizer: &Tokenizer) -> Result<(), String> {
+    pub fn set_draft_model(&mut self, mut model: Model, tokenizer: &Tokenizer) -> Result<(), String> {
+        // The draft's cache stores what the target's does.
+        model.set_kv_types(self.model.config().kv_types).map_err(|e| format!("the draft model's KV cache: {e}"))?;
         let layout = self.model.config().kv_layout();
         let blocks = self.scheduler.config();
         self.draft = Some(DraftModel::new(model, tokenizer, &self.tokenizer, &layout, blocks.num_blocks, blocks.block_size)?);

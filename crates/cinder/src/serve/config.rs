@@ -9,6 +9,7 @@ use anyhow::Context;
 use cinder_engine::openai::{MAX_DEADLINE_MS, RequestLimits};
 use cinder_engine::speculative::DEFAULT_SPECULATIVE_TOKENS;
 use cinder_engine::{Speculation, SpeculationConfig, SpeculativeMethod};
+use cinder_model::{KvType, KvTypes};
 use cinder_scheduler::admission::{BreakerConfig, LoadConfig, RateLimit, RateLimiter};
 use cinder_scheduler::queue::QueueConfig;
 use cinder_scheduler::{BatchPolicy, Duration, PolicyName, Priority, SchedulerConfig, TenantId};
@@ -172,11 +173,50 @@ pub struct KvCacheSection {
     pub watermark_blocks: usize,
     /// Reuse the blocks of identical prompt prefixes.
     pub prefix_caching: bool,
+    /// What keys and values are stored as: f32, f16, q8_0 or q4_0.
+    #[serde(rename = "type")]
+    pub kind: KvTypeName,
+    /// Keys' type where it differs from `type`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub type_k: Option<KvTypeName>,
+    /// Values' type where it differs from `type`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub type_v: Option<KvTypeName>,
 }
 
 impl Default for KvCacheSection {
     fn default() -> Self {
-        Self { size_mb: 512, block_size: 16, watermark_blocks: 4, prefix_caching: true }
+        Self { size_mb: 512, block_size: 16, watermark_blocks: 4, prefix_caching: true, kind: KvTypeName::default(), type_k: None, type_v: None }
+    }
+}
+
+impl KvCacheSection {
+    /// What keys and values are stored as.
+    pub fn types(&self) -> KvTypes {
+        KvTypes { keys: self.type_k.unwrap_or(self.kind).0, values: self.type_v.unwrap_or(self.kind).0 }
+    }
+
+    /// Sets the types to `types`, written as `type` where they are one.
+    pub fn set_types(&mut self, types: KvTypes) {
+        self.kind = KvTypeName(types.keys);
+        self.type_k = None;
+        self.type_v = (types.values != types.keys).then_some(KvTypeName(types.values));
+    }
+}
+
+/// A KV cache type in the file: its name (`"q8_0"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvTypeName(pub KvType);
+
+impl Serialize for KvTypeName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for KvTypeName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map(KvTypeName).map_err(serde::de::Error::custom)
     }
 }
 
@@ -528,6 +568,7 @@ mod tests {
             ("[scheduler]\npolicy = \"bucketed\"\nbucket_edges = [512, 128]", "`scheduler.bucket_edges`"),
             ("[scheduler.default_deadline_ms]\nnormal = 0", "`scheduler.default_deadline_ms.normal`"),
             ("[kv_cache]\nblock_size = 12", "`kv_cache.block_size` must be a power of two"),
+            ("[kv_cache]\ntype = \"q5_1\"", "unknown KV cache type `q5_1`; one of f32, f16, q8_0, q4_0"),
             ("[shedding]\nhigh = 0.2", "`shedding.high` must be in (0, 1]"),
             ("[breaker]\ncooldown = 5", "unknown field `cooldown`"),
             ("[[tenants]]\nname = \"a\"\napi_keys = []", "`tenants[0].api_keys` must list at least one key"),

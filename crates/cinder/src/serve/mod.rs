@@ -103,6 +103,8 @@ pub struct ServeArgs {
     /// Device memory for the KV cache, in MiB [default: 512].
     #[arg(long, env = "CINDER_KV_CACHE_MB")]
     kv_cache_mb: Option<usize>,
+    #[command(flatten)]
+    kv_type: crate::kv_arg::KvTypeArg,
     /// Token slots per KV block [default: 16].
     #[arg(long)]
     block_size: Option<usize>,
@@ -230,6 +232,8 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<config::ServeConfig> {
     let kv = &mut config.kv_cache;
     kv.size_mb = args.kv_cache_mb.unwrap_or(kv.size_mb);
     kv.block_size = args.block_size.unwrap_or(kv.block_size);
+    let types = args.kv_type.over(kv.types());
+    kv.set_types(types);
     config.resolve().map_err(|e| match &args.config {
         Some(path) => anyhow::anyhow!("config file {} (with the flags over it): {e}", path.display()),
         None => anyhow::anyhow!("{e}"),
@@ -390,12 +394,18 @@ impl Loader {
         };
         let grammars = cinder_engine::Grammars::new(&tokenizer).map_err(|e| anyhow::anyhow!("{e}"))?;
         let load_start = Instant::now();
-        let model = if progress { load_with_progress_bar(&file, &self.backend) } else { Model::load(&file, &self.backend) }
+        let mut model = if progress { load_with_progress_bar(&file, &self.backend) } else { Model::load(&file, &self.backend) }
             .with_context(|| format!("loading {}", path.display()))?;
         drop(file);
+        let kv_types = self.config.kv_cache.types();
+        crate::kv_arg::set_kv_types(&mut model, kv_types).with_context(|| format!("model {}", spec.name))?;
         let speculative = &self.config.speculative;
         let draft = match speculative.draft_model.as_deref().filter(|_| with_draft) {
-            Some(draft) => Some(crate::model_path::load_draft(draft, &self.backend)?),
+            Some(draft) => {
+                let (mut draft_model, tokenizer) = crate::model_path::load_draft(draft, &self.backend)?;
+                crate::kv_arg::set_kv_types(&mut draft_model, kv_types).context("the draft model")?;
+                Some((draft_model, tokenizer))
+            }
             None => None,
         };
         let config = model.config().clone();
@@ -412,13 +422,17 @@ impl Loader {
         let speculation = speculative.config().map_err(|e| anyhow::anyhow!("{e}"))?;
         engine.set_speculation(speculation).map_err(|e| anyhow::anyhow!("--speculative: {e}"))?;
         eprintln!(
-            "model {}: {} loaded in {:.2} s; KV cache {} blocks x {} tokens ({} MiB)",
+            "model {}: {} loaded in {:.2} s; KV cache {}: {} blocks x {} tokens ({} MiB, {:.1} KiB per token; {} tokens in all, {} in one request)",
             spec.name,
             path.display(),
             load_start.elapsed().as_secs_f64(),
+            kv_types,
             num_blocks,
             self.config.kv_cache.block_size,
-            engine.kv_cache().device_bytes() >> 20
+            engine.kv_cache().device_bytes() >> 20,
+            cinder_model::PagedKvCache::bytes_per_position(&config) as f64 / 1024.0,
+            num_blocks * self.config.kv_cache.block_size / config.kv_layout().groups.len(),
+            context_length
         );
         // Ready means warm: the kernels compile before the model serves, not in its first
         // requests.
