@@ -83,6 +83,18 @@ impl KvType {
     }
 }
 
+impl KvType {
+    /// What a row of `values` (whole blocks) reads back as once stored: the values a cache
+    /// of this type attends over.
+    pub fn stored(self, values: &[f32]) -> Vec<f32> {
+        let mut bytes = vec![0u8; self.row_bytes(values.len())];
+        self.encode(values, &mut bytes);
+        let mut out = vec![0f32; values.len()];
+        let read = KvRows { ty: self, bytes: &bytes, row_bytes: bytes.len() }.read(0, 0, &mut out).to_vec();
+        read
+    }
+}
+
 fn encode_blocks<B: QuantBlock>(values: &[f32], out: &mut [u8]) {
     for (chunk, block) in values.chunks_exact(B::VALUES).zip(out.chunks_exact_mut(size_of::<B>())) {
         block.copy_from_slice(bytemuck::bytes_of(&B::encode(chunk)));

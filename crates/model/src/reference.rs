@@ -1,6 +1,6 @@
 //! A plain CPU forward pass in f32, written for clarity rather than speed. Device code is
-//! tested against it: same weights (dequantized), same description ([`ModelConfig`]), loops
-//! instead of kernels.
+//! tested against it: same weights (dequantized), same description ([`ModelConfig`]), the
+//! same KV cache types (keys and values as stored and read back), loops instead of kernels.
 
 use std::collections::HashMap;
 
@@ -34,6 +34,12 @@ impl ReferenceModel {
         }
         let rope_factors = config.ropes.iter().map(|r| rope_factors(file, r.factors)).collect::<Result<_, _>>()?;
         Ok(Self { config, tensors, rope_factors })
+    }
+
+    /// Keys and values are kept as a cache of `types` reads them back
+    /// ([`ModelConfig::set_kv_types`]; f16 unless set).
+    pub fn set_kv_types(&mut self, types: crate::KvTypes) -> Result<(), ModelError> {
+        self.config.set_kv_types(types)
     }
 
     fn t(&self, name: &str) -> &[f32] {
@@ -84,8 +90,8 @@ impl ReferenceModel {
                 let layer = c.layers[l];
                 self.rope(&mut q, pos, layer.rope);
                 self.rope(&mut k, pos, layer.rope);
-                cache.keys[l].push(k);
-                cache.values[l].push(v);
+                cache.keys[l].push(c.kv_types.keys.stored(&k));
+                cache.values[l].push(c.kv_types.values.stored(&v));
                 let first = layer.window.map_or(0, |w| (pos + 1).saturating_sub(w));
                 let attn = attention(&q, &cache.keys[l][first..], &cache.values[l][first..], c);
                 let mut out = self.project(l, LayerWeight::AttnOut, 0..h, &attn);

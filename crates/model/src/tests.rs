@@ -6,7 +6,7 @@ use cinder_gguf::{GgmlType, GgufFile, GgufWriter, MetadataValue};
 use crate::arch::{GEMMA2, GEMMA3, PHI3, QWEN2, QWEN3};
 use crate::reference::{ReferenceCache, ReferenceModel};
 use crate::tiny::{TinyModel, TinyRopeScaling};
-use crate::{Backend, KvLayout, Model, ModelConfig, ModelError, SeqChunk, wgpu_device};
+use crate::{Backend, KvLayout, KvType, KvTypes, Model, ModelConfig, ModelError, SeqChunk, wgpu_device};
 
 fn load(bytes: Vec<u8>, backend: &Backend) -> (GgufFile, Model) {
     let file = GgufFile::from_bytes(bytes).unwrap();
@@ -66,9 +66,13 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn assert_close(device: &[f32], reference: &[f32], what: &str) {
+    assert_within(device, reference, 1e-3, what);
+}
+
+fn assert_within(device: &[f32], reference: &[f32], tolerance: f32, what: &str) {
     let scale = reference.iter().map(|v| v.abs()).fold(1.0, f32::max);
     let diff = max_abs_diff(device, reference);
-    assert!(diff <= 1e-3 * scale, "{what}: max |device - reference| = {diff} (scale {scale})");
+    assert!(diff <= tolerance * scale, "{what}: max |device - reference| = {diff} (scale {scale})");
 }
 
 /// Prefill, then decode steps, comparing every step's logits with the reference.
@@ -145,9 +149,21 @@ fn chunked_prefill_equals_one_pass(backend: &Backend) {
 /// equals the reference run of that sequence alone.
 fn batched_paged_forward_matches_each_sequence_alone(backend: &Backend) {
     let gemma3 = TinyModel { arch: &GEMMA3, n_layers: 6, head_dim: Some(32), sliding_window: Some(9), seed: 8, ..Default::default() };
-    for spec in [TinyModel::default(), TinyModel { hidden: 256, n_heads: 2, n_kv_heads: 1, seed: 7, ..Default::default() }, gemma3] {
-        let (file, model) = load(spec.to_gguf(), backend);
-        let reference = ReferenceModel::load(&file).unwrap();
+    let wide = TinyModel { hidden: 256, n_heads: 2, n_kv_heads: 1, seed: 7, ..Default::default() };
+    let types = |keys, values| KvTypes { keys, values };
+    // Every KV type as keys and as values (the quantized ones need heads of 32 or more).
+    let runs = [
+        (TinyModel::default(), KvTypes::default()),
+        (wide.clone(), KvTypes::both(KvType::F32)),
+        (wide, types(KvType::Q8_0, KvType::Q4_0)),
+        (gemma3.clone(), types(KvType::Q4_0, KvType::Q8_0)),
+        (gemma3, types(KvType::F16, KvType::F32)),
+    ];
+    for (spec, types) in runs {
+        let (file, mut model) = load(spec.to_gguf(), backend);
+        let mut reference = ReferenceModel::load(&file).unwrap();
+        model.set_kv_types(types).unwrap();
+        reference.set_kv_types(types).unwrap();
         let layout = model.config().kv_layout();
         let block_size = 4;
         let mut cache = model.new_paged_cache(64 * layout.groups.len(), block_size).unwrap();
@@ -158,7 +174,11 @@ fn batched_paged_forward_matches_each_sequence_alone(backend: &Backend) {
         let prompts: Vec<Vec<u32>> =
             [70usize, 5, 23].iter().enumerate().map(|(s, &n)| (0..n).map(|i| ((i * 31 + s * 7) % 250) as u32).collect()).collect();
         let mut refs: Vec<ReferenceCache> = (0..3).map(|_| ReferenceCache::default()).collect();
-        let what = format!("{spec:?}");
+        let what = format!("{spec:?}, KV {types}");
+        // Where the model's arithmetic and the reference's round a value to either side of
+        // a level (f32 noise), q4_0 stores values a sixteenth of their block's range apart.
+        let tolerance = if [types.keys, types.values].contains(&KvType::Q4_0) { 1e-2 } else { 1e-3 };
+        let check = |got: &[f32], expected: &[f32], what: &str| assert_within(got, expected, tolerance, what);
 
         // Step 1: the first 30 tokens of sequence 0 (no logits), whole prompts of 1 and 2.
         let step1 = [
@@ -168,8 +188,8 @@ fn batched_paged_forward_matches_each_sequence_alone(backend: &Backend) {
         ];
         let got = model.forward_batch(&step1, &mut cache).unwrap();
         reference.forward(&prompts[0][..30], &mut refs[0]);
-        assert_close(&got[0], &reference.forward(&prompts[1], &mut refs[1]), &what);
-        assert_close(&got[1], &reference.forward(&prompts[2], &mut refs[2]), &what);
+        check(&got[0], &reference.forward(&prompts[1], &mut refs[1]), &what);
+        check(&got[1], &reference.forward(&prompts[2], &mut refs[2]), &what);
 
         // Step 2: the rest of prompt 0 (crossing a 64-key tile) beside two decodes. Entries
         // of windowed groups behind every query's window name blocks sequence 1 is writing:
@@ -196,9 +216,9 @@ fn batched_paged_forward_matches_each_sequence_alone(backend: &Backend) {
             SeqChunk { tokens: &[99], start: 23, tables: &seq2, logits: 1 },
         ];
         let got = model.forward_batch(&step2, &mut cache).unwrap();
-        assert_close(&got[0], &reference.forward(&prompts[0][30..], &mut refs[0]), &what);
-        assert_close(&got[1], &reference.forward(&[17], &mut refs[1]), &what);
-        assert_close(&got[2], &reference.forward(&[99], &mut refs[2]), &what);
+        check(&got[0], &reference.forward(&prompts[0][30..], &mut refs[0]), &what);
+        check(&got[1], &reference.forward(&[17], &mut refs[1]), &what);
+        check(&got[2], &reference.forward(&[99], &mut refs[2]), &what);
 
         // Fork sequence 0: copy its 18 filled blocks of every group to free ones and decode
         // both copies.
@@ -216,10 +236,18 @@ fn batched_paged_forward_matches_each_sequence_alone(backend: &Backend) {
         assert_eq!(got.len(), 3, "one row, then two");
         let expected = reference.forward(&[5], &mut refs[0]);
         let mut forked = refs[0].clone();
-        assert_close(&got[0], &expected, &what);
-        assert_close(&got[1], &expected, &what);
-        assert_close(&got[2], &reference.forward(&[8], &mut forked), &what);
+        check(&got[0], &expected, &what);
+        check(&got[1], &expected, &what);
+        check(&got[2], &reference.forward(&[8], &mut forked), &what);
     }
+}
+
+#[test]
+fn kv_types_a_models_heads_cannot_hold_are_refused() {
+    let mut config = TinyModel::default().config();
+    let error = config.set_kv_types(KvTypes { keys: KvType::F16, values: KvType::Q4_0 }).unwrap_err().to_string();
+    assert!(error.contains("a KV cache of q4_0 stores blocks of 32 values along a head, and this model's heads have 16"), "{error}");
+    assert_eq!(config.kv_types, KvTypes::default());
 }
 
 /// Gemma 3's one global layer in six: 12 layers make six groups of two, the global one first.
@@ -562,9 +590,7 @@ fn attention_kernels_match_a_loop() {
     use crate::ops::Ops;
     use crate::ops::cpu::{CpuOps, HostRows};
     use crate::paged::{BatchBuffer, BatchLayout, PagedKvCache, PoolShape};
-    use crate::{KvType, KvTypes};
     use burn::tensor::{Tensor, TensorData};
-    use cinder_cpu::KvRows;
 
     let device = wgpu_device().unwrap();
     let cube = cube_device(&device).unwrap();
@@ -597,13 +623,6 @@ fn attention_kernels_match_a_loop() {
         let shape = PoolShape { layout, kv_dim, types, num_blocks: 700, block_size };
         let cache = PagedKvCache::on_device(&cube, shape.clone(), subgroup_width).unwrap();
         let mut host_cache = PagedKvCache::on_host(shape).unwrap();
-        // What a row of `ty` reads back as.
-        let stored = |ty: KvType, row: &[f32]| {
-            let mut bytes = vec![0u8; ty.row_bytes(kv_dim)];
-            ty.encode(row, &mut bytes);
-            let mut out = vec![0f32; kv_dim];
-            KvRows { ty, bytes: &bytes, row_bytes: bytes.len() }.read(0, 0, &mut out).to_vec()
-        };
         // (cached positions, new tokens) per sequence: decodes (the long one's attention split
         // over its keys where the window allows), then long chunks.
         let sequences = [(9, 1), (600, 1), (0, 33), (40, 65), (7, 130)];
@@ -662,8 +681,8 @@ fn attention_kernels_match_a_loop() {
                 .zip(q[row * width..].chunks(width))
                 .flat_map(|(p, query)| {
                     let seen = rule.first_visible(p)..p + 1;
-                    let keys: Vec<Vec<f32>> = keys[s][seen.clone()].iter().map(|k| stored(types.keys, k)).collect();
-                    let values: Vec<Vec<f32>> = values[s][seen].iter().map(|v| stored(types.values, v)).collect();
+                    let keys: Vec<Vec<f32>> = keys[s][seen.clone()].iter().map(|k| types.keys.stored(k)).collect();
+                    let values: Vec<Vec<f32>> = values[s][seen].iter().map(|v| types.values.stored(v)).collect();
                     crate::reference::attention(query, &keys, &values, &config)
                 })
                 .collect();
