@@ -8,7 +8,7 @@ use cinder_engine::{
 };
 use cinder_gguf::GgufFile;
 use cinder_model::tiny::TinyModel;
-use cinder_model::{Backend, Model, SamplingParams};
+use cinder_model::{Backend, KvType, KvTypes, Model, SamplingParams};
 use cinder_scheduler::{BatchPolicy, FinishReason, SchedulerConfig, Time};
 use cinder_tokenizer::Tokenizer;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
@@ -650,4 +650,60 @@ fn a_draft_models_samples_keep_the_targets_distribution() {
     // Accepting with p alone would keep the distribution too, but accept fewer (66 here).
     assert!(m.spec_accepted_tokens_total > 100 && m.spec_accepted_tokens_total < m.spec_draft_tokens_total, "{m:?}");
     assert_same_distribution(&plain, &drafted, 0.08);
+}
+
+/// Each KV cache type under the engine (a model with 32-wide heads, which every type
+/// stores): greedy tokens of requests batched with chunked prefill, of a prompt served
+/// again from the prefix cache, of choices sharing a prefill (their blocks copied on write),
+/// and with a draft model whose cache stores the same type, all equal those of each request
+/// run alone on that type.
+#[test]
+fn every_kv_type_keeps_greedy_tokens_through_batching_prefix_hits_forks_and_drafts() {
+    let spec = TinyModel { hidden: 128, n_heads: 4, n_kv_heads: 2, seed: 3, ..Default::default() };
+    let file = GgufFile::from_bytes(spec.to_gguf()).unwrap();
+    let tokenizer = Tokenizer::from_gguf(file.metadata()).unwrap();
+    let load = |ty: KvType| {
+        let mut model = Model::load(&file, &cpu()).unwrap();
+        model.set_kv_types(KvTypes::both(ty)).unwrap();
+        model
+    };
+    let config = SchedulerConfig {
+        num_blocks: 256,
+        block_size: 8,
+        policy: BatchPolicy::Continuous { max_batch_tokens: 48, max_running: 16, chunk_size: 16 },
+        ..Default::default()
+    };
+    let request = |seed: usize, len: usize| GenerationRequest { ignore_eos: true, ..GenerationRequest::new(prompt(seed, len), 12) };
+    let requests = || vec![request(1, 40), request(2, 9), request(3, 23)];
+    for ty in KvType::ALL {
+        let mut engine = Engine::new(load(ty), tokenizer.clone(), config.clone()).unwrap();
+        assert_eq!(engine.kv_cache().types(), KvTypes::both(ty));
+        let alone: Vec<Vec<u32>> = requests().into_iter().map(|r| run(&mut engine, vec![r]).remove(0).tokens).collect();
+        // Request 1's prompt again, from the prefix cache, beside the others.
+        let together: Vec<Vec<u32>> = run(&mut engine, requests()).into_iter().map(|o| o.tokens).collect();
+        assert_eq!(together, alone, "{ty}: batched");
+        assert!(engine.metrics(Time(0)).scheduler.prefix_cache.hit_blocks > 0, "{ty}: a prefix-cache hit");
+        // Two choices of one prompt: one prefill, its last block copied for the second.
+        let clock = Clock(Cell::new(0));
+        let choice = GenerationRequest { use_prefix_cache: false, ..request(2, 9) };
+        let (senders, mut receivers): (Vec<_>, Vec<_>) = (0..2).map(|_| unbounded_channel()).unzip();
+        engine.submit_all(vec![choice; 2].into_iter().zip(senders).collect(), clock.now()).unwrap();
+        while engine.has_work() {
+            engine.step(&|| clock.now()).unwrap();
+            engine.check_invariants();
+        }
+        for rx in &mut receivers {
+            let mut out = Output::default();
+            collect(rx, &mut out);
+            assert_eq!(out.tokens, alone[1], "{ty}: forked choices");
+        }
+
+        let mut drafted = Engine::new(load(ty), tokenizer.clone(), config.clone()).unwrap();
+        drafted.set_draft_model(Model::load(&file, &cpu()).unwrap(), &tokenizer).unwrap();
+        let speculative = requests().into_iter().map(|r| GenerationRequest { speculative: Some(DRAFT), ..r }).collect();
+        let tokens: Vec<Vec<u32>> = run(&mut drafted, speculative).into_iter().map(|o| o.tokens).collect();
+        assert_eq!(tokens, alone, "{ty}: with a draft model");
+        let m = drafted.metrics(Time(0));
+        assert!(m.spec_accepted_tokens_total * 10 > m.spec_draft_tokens_total * 9, "{ty}: a copy of the target is accepted: {m:?}");
+    }
 }
