@@ -24,7 +24,6 @@ import tempfile
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 from gguf.quants import dequantize
-from llama_cpp import Llama
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fixtures")
@@ -202,6 +201,8 @@ def dequantized_copy(src, dst):
 
 
 def load(path, n_ctx=2048):
+    from llama_cpp import Llama  # only here: make_kv_type_fixtures.py imports this file without it
+
     return Llama(model_path=path, n_ctx=n_ctx, n_batch=512, logits_all=True, n_threads=2,
                  seed=0, verbose=False)
 

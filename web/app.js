@@ -48,13 +48,13 @@ async function load() {
   }
   window.cinder = { engine };
   $('progress').value = 1;
-  const { adapter, device: runsOn, context_length: context, device_timing: timing } = engine.info;
+  const { adapter, device: runsOn, context_length: context, kv_cache_type: kvType, device_timing: timing } = engine.info;
   const { load_s: seconds, cached } = engine.loadStats;
   const where = inWorker ? 'in a worker' : "on the page's thread";
   // `auto` on a software adapter timed both paths: say what each took.
   const ms = (t) => (t === null ? 'failed' : `${t.toFixed(1)} ms`);
   const timed = timing ? `; a layer took ${ms(timing.cpu_ms)} on the CPU, ${ms(timing.gpu_ms)} on ${timing.adapter}` : '';
-  status(`ready on the ${runsOn.toUpperCase()}: ${adapter}; context ${context}; ${where}; loaded in ${seconds.toFixed(1)} s${cached ? ' (cached)' : ''}${timed}`);
+  status(`ready on the ${runsOn.toUpperCase()}: ${adapter}; context ${context} tokens (KV cache ${kvType}); ${where}; loaded in ${seconds.toFixed(1)} s${cached ? ' (cached)' : ''}${timed}`);
   for (const id of ['send', 'batch-run']) $(id).disabled = false;
 }
 

@@ -199,6 +199,7 @@ fn without_webgpu_the_page_runs_on_the_cpu_with_the_native_tokens() {
     let result = drive(&server, spec);
     report("tiny model, CPU path", &result);
     assert!(result["status"].as_str().unwrap().contains("ready on the CPU"), "{result:#}");
+    assert_eq!(result["info"]["kv_cache_type"], json!("f16"), "the browser's KV cache is f16 by default: {result:#}");
     assert_eq!((&result["info"]["device"], &result["info"]["device_timing"]), (&json!("cpu"), &Value::Null), "{result:#}");
     assert_eq!(ids(&result["tokens"]), native, "the page's CPU path and native greedy tokens differ");
     let concurrent = result["concurrent"].as_array().expect("concurrent results");

@@ -7,16 +7,21 @@ use std::str::FromStr;
 use cinder_gguf::blocks::{BlockQ4_0, BlockQ8_0, LANES, QuantBlock, TakeLanes};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
+use serde::{Deserialize, Serialize};
 
 /// The element type of cached keys or values, as llama.cpp's `--cache-type-k/-v`: the
 /// quantized types are its blocks of 32 values along a head (an f16 scale each), so
 /// their rounding is its rounding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub enum KvType {
+    #[serde(rename = "f32")]
     F32,
     #[default]
+    #[serde(rename = "f16")]
     F16,
+    #[serde(rename = "q8_0")]
     Q8_0,
+    #[serde(rename = "q4_0")]
     Q4_0,
 }
 

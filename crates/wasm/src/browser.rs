@@ -188,8 +188,10 @@ impl WasmEngine {
                 Err(_) => cpu()?,
             },
         };
-        let model = Model::load(&file, &backend).map_err(|e| error(format!("loading the model: {e}")))?;
+        let mut model = Model::load(&file, &backend).map_err(|e| error(format!("loading the model: {e}")))?;
         drop(file);
+        let kv_types = options.kv_types();
+        model.set_kv_types(kv_types).map_err(|e| error(format!("engine options: kv_cache_type {kv_types}: {e}")))?;
         let config = model.config().clone();
         let scheduler = options.scheduler(&config, backend.max_binding_bytes()).map_err(error)?;
         let adapter = backend.gpu().and_then(adapter_info);
@@ -206,6 +208,8 @@ impl WasmEngine {
             "device_weight_bytes": model.device_weight_bytes(),
             "kv_blocks": scheduler.num_blocks,
             "block_size": scheduler.block_size,
+            "kv_cache_type": kv_types.to_string(),
+            "kv_bytes_per_token": cinder_model::PagedKvCache::bytes_per_position(&config),
             "chat_template": template.is_some(),
             // Where `auto` timed both paths on a software adapter: each one's time for a
             // layer's products (null elsewhere).

@@ -1,7 +1,7 @@
 //! The options of `WasmEngine.load`: the KV pool and the batching limits.
 
 use cinder_engine::Engine;
-use cinder_model::{DeviceChoice, ModelConfig};
+use cinder_model::{DeviceChoice, KvType, KvTypes, ModelConfig};
 use cinder_scheduler::{BatchPolicy, SchedulerConfig};
 use serde::Deserialize;
 
@@ -11,6 +11,12 @@ use serde::Deserialize;
 pub struct EngineOptions {
     /// Device memory for the KV cache, in MiB.
     pub kv_cache_mb: usize,
+    /// What the KV cache stores keys and values as: `f32`, `f16`, `q8_0` or `q4_0`.
+    pub kv_cache_type: KvType,
+    /// Keys only, over `kv_cache_type`.
+    pub kv_cache_type_k: Option<KvType>,
+    /// Values only, over `kv_cache_type`.
+    pub kv_cache_type_v: Option<KvType>,
     /// Token slots per KV block.
     pub block_size: usize,
     /// Most tokens (prompt chunks and decodes) in one step.
@@ -29,7 +35,18 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { kv_cache_mb: 64, block_size: 16, max_batch_tokens: 256, max_running: 16, chunk_size: 128, subgroups: false, device: DeviceChoice::Auto }
+        Self {
+            kv_cache_mb: 64,
+            kv_cache_type: KvType::F16,
+            kv_cache_type_k: None,
+            kv_cache_type_v: None,
+            block_size: 16,
+            max_batch_tokens: 256,
+            max_running: 16,
+            chunk_size: 128,
+            subgroups: false,
+            device: DeviceChoice::Auto,
+        }
     }
 }
 
@@ -41,6 +58,11 @@ impl EngineOptions {
             return Ok(Self::default());
         }
         serde_json::from_str(json).map_err(|e| format!("engine options: {e}"))
+    }
+
+    /// What the KV cache stores.
+    pub fn kv_types(&self) -> KvTypes {
+        KvTypes { keys: self.kv_cache_type_k.unwrap_or(self.kv_cache_type), values: self.kv_cache_type_v.unwrap_or(self.kv_cache_type) }
     }
 
     /// The scheduler's configuration for `model` on a device that binds buffers of at most
@@ -73,6 +95,11 @@ mod tests {
         let typo = EngineOptions::parse(r#"{"kv_cache_md": 8}"#).unwrap_err();
         assert!(typo.contains("unknown field `kv_cache_md`"), "{typo}");
         assert!(EngineOptions::parse(r#"{"kv_cache_mb": "lots"}"#).unwrap_err().contains("invalid type"));
+        let types = EngineOptions::parse(r#"{"kv_cache_type": "q8_0", "kv_cache_type_v": "q4_0"}"#).unwrap().kv_types();
+        assert_eq!(types, KvTypes { keys: KvType::Q8_0, values: KvType::Q4_0 });
+        assert_eq!(EngineOptions::default().kv_types(), KvTypes::both(KvType::F16));
+        let unknown = EngineOptions::parse(r#"{"kv_cache_type": "q5_1"}"#).unwrap_err();
+        assert!(unknown.contains("unknown variant `q5_1`"), "{unknown}");
     }
 
     #[test]

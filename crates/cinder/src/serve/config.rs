@@ -175,48 +175,32 @@ pub struct KvCacheSection {
     pub prefix_caching: bool,
     /// What keys and values are stored as: f32, f16, q8_0 or q4_0.
     #[serde(rename = "type")]
-    pub kind: KvTypeName,
+    pub kind: KvType,
     /// Keys' type where it differs from `type`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub type_k: Option<KvTypeName>,
+    pub type_k: Option<KvType>,
     /// Values' type where it differs from `type`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub type_v: Option<KvTypeName>,
+    pub type_v: Option<KvType>,
 }
 
 impl Default for KvCacheSection {
     fn default() -> Self {
-        Self { size_mb: 512, block_size: 16, watermark_blocks: 4, prefix_caching: true, kind: KvTypeName::default(), type_k: None, type_v: None }
+        Self { size_mb: 512, block_size: 16, watermark_blocks: 4, prefix_caching: true, kind: KvType::default(), type_k: None, type_v: None }
     }
 }
 
 impl KvCacheSection {
     /// What keys and values are stored as.
     pub fn types(&self) -> KvTypes {
-        KvTypes { keys: self.type_k.unwrap_or(self.kind).0, values: self.type_v.unwrap_or(self.kind).0 }
+        KvTypes { keys: self.type_k.unwrap_or(self.kind), values: self.type_v.unwrap_or(self.kind) }
     }
 
     /// Sets the types to `types`, written as `type` where they are one.
     pub fn set_types(&mut self, types: KvTypes) {
-        self.kind = KvTypeName(types.keys);
+        self.kind = types.keys;
         self.type_k = None;
-        self.type_v = (types.values != types.keys).then_some(KvTypeName(types.values));
-    }
-}
-
-/// A KV cache type in the file: its name (`"q8_0"`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct KvTypeName(pub KvType);
-
-impl Serialize for KvTypeName {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.0.name())
-    }
-}
-
-impl<'de> Deserialize<'de> for KvTypeName {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map(KvTypeName).map_err(serde::de::Error::custom)
+        self.type_v = (types.values != types.keys).then_some(types.values);
     }
 }
 
@@ -568,7 +552,7 @@ mod tests {
             ("[scheduler]\npolicy = \"bucketed\"\nbucket_edges = [512, 128]", "`scheduler.bucket_edges`"),
             ("[scheduler.default_deadline_ms]\nnormal = 0", "`scheduler.default_deadline_ms.normal`"),
             ("[kv_cache]\nblock_size = 12", "`kv_cache.block_size` must be a power of two"),
-            ("[kv_cache]\ntype = \"q5_1\"", "unknown KV cache type `q5_1`; one of f32, f16, q8_0, q4_0"),
+            ("[kv_cache]\ntype = \"q5_1\"", "unknown variant `q5_1`, expected one of `f32`, `f16`, `q8_0`, `q4_0`"),
             ("[shedding]\nhigh = 0.2", "`shedding.high` must be in (0, 1]"),
             ("[breaker]\ncooldown = 5", "unknown field `cooldown`"),
             ("[[tenants]]\nname = \"a\"\napi_keys = []", "`tenants[0].api_keys` must list at least one key"),
@@ -595,6 +579,10 @@ mod tests {
         assert_eq!(ServeConfig::default().policy(), BatchPolicy::default());
         let error = resolved("[scheduler]\npolicy = \"fixed\"\nmax_wait_ms = \"soon\"").unwrap_err();
         assert!(error.starts_with("`scheduler.max_wait_ms`: invalid type"), "{error}");
+        let kv = resolved("[kv_cache]\ntype = \"q8_0\"\ntype_v = \"q4_0\"").unwrap();
+        assert_eq!(kv.kv_cache.types(), KvTypes { keys: KvType::Q8_0, values: KvType::Q4_0 });
+        assert_eq!(resolved(&kv.to_toml()).unwrap().kv_cache.types(), kv.kv_cache.types());
+        assert_eq!(ServeConfig::default().kv_cache.types(), KvTypes::both(KvType::F16));
         let waits = resolved("[scheduler]\npolicy = \"memory_aware\"\nmax_wait_ms = 7").unwrap();
         assert_eq!(waits.policy(), BatchPolicy::MemoryAware { max_batch_tokens: 8192, max_wait: Duration::from_millis(7) });
     }

@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Writes tests/fixtures/greedy_f32_kv_<type>.json: llama.cpp's greedy continuations of the
+prompts of greedy_f32.json, on the default model's weights dequantized to F32 (the tight
+reference, as there), with llama.cpp's KV cache storing keys and values as <type> (q8_0,
+q4_0): llama-server with `-ctk <type> -ctv <type> -fa on` (a quantized value cache needs
+flash attention). greedy_f32.json itself was made with llama.cpp's default f16 cache.
+
+Run once by hand, not in CI (llama-server from scripts/build-peer.sh):
+    python3 -m venv /tmp/refenv && /tmp/refenv/bin/pip install gguf numpy
+    /tmp/refenv/bin/python scripts/make_kv_type_fixtures.py LLAMA_SERVER [MODEL.gguf]
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_reference_fixtures import GENERATED, MODEL, OUT, TOP, dequantized_copy, write  # noqa: E402
+
+SERVER = sys.argv[1]
+TYPES = ["q8_0", "q4_0"]
+PORT = 18931
+
+
+def post(path, body):
+    request = urllib.request.Request(f"http://127.0.0.1:{PORT}{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=600) as response:
+        return json.load(response)
+
+
+def wait_ready(process):
+    for _ in range(600):
+        if process.poll() is not None:
+            raise SystemExit(f"llama-server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/health", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("llama-server did not become ready")
+
+
+def greedy(prompt_ids):
+    """Its greedy continuation, one token per request, with the top log-probabilities of
+    each step before sampling (as greedy_f32.json has them)."""
+    answer = post("/completion", {"prompt": prompt_ids, "n_predict": GENERATED, "n_probs": TOP, "temperature": 0,
+                                  "cache_prompt": False, "ignore_eos": True, "post_sampling_probs": False})
+    steps = []
+    for position in answer["completion_probabilities"]:
+        top = [[t["id"], round(t["logprob"], 5)] for t in position["top_logprobs"]]
+        steps.append({"id": position["id"], "top": top})
+    assert len(steps) == GENERATED, answer
+    return steps
+
+
+def main():
+    prompts = json.load(open(os.path.join(OUT, "greedy_f32.json"), encoding="utf-8"))["prompts"]
+    with tempfile.TemporaryDirectory() as tmp:
+        f32_path = os.path.join(tmp, "f32.gguf")
+        dequantized_copy(MODEL, f32_path)
+        for kv_type in TYPES:
+            args = [SERVER, "-m", f32_path, "-c", "2048", "-t", "2", "-np", "1", "--port", str(PORT),
+                    "-ctk", kv_type, "-ctv", kv_type, "-fa", "on", "--no-warmup"]
+            process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_ready(process)
+                out = []
+                for prompt in prompts:
+                    steps = greedy(prompt["prompt_ids"])
+                    out.append({"name": prompt["name"], "prompt": prompt["prompt"], "prompt_ids": prompt["prompt_ids"], "steps": steps})
+                    print(f"{kv_type} {prompt['name']}: {[s['id'] for s in steps][:8]}...")
+            finally:
+                process.terminate()
+                process.wait()
+            write(f"greedy_f32_kv_{kv_type}.json", {
+                "model": os.path.basename(MODEL), "generated": GENERATED, "weights": "dequantized to F32",
+                "kv_cache_type": kv_type, "llama_server_args": "-ctk {0} -ctv {0} -fa on".format(kv_type), "prompts": out,
+            })
+
+
+if __name__ == "__main__":
+    main()
