@@ -222,6 +222,10 @@ fn serve_and_bench_serve_refuse_bad_arguments() {
     let dir = crate::scratch_dir("serve-args");
     let model = tiny_model(&dir);
     fail_with(&["serve", "--model", model.to_str().unwrap(), "--kv-cache-mb", "0"], "holds no usable KV block");
+    // The tiny model's heads have 16 values; q4_0 stores blocks of 32.
+    let heads = "--kv-cache-type q4_0: unsupported model feature: a KV cache of q4_0 stores blocks of 32 values along a head, and this model's heads have 16";
+    fail_with(&["serve", "--model", model.to_str().unwrap(), "--kv-cache-type", "q4_0", "--device", "cpu"], heads);
+    fail_with(&["serve", "--model", model.to_str().unwrap(), "--kv-cache-type", "q5_1"], "unknown KV cache type `q5_1`; one of f32, f16, q8_0, q4_0");
     fail_with(&["bench", "serve", "--target", "a=http://127.0.0.1:1", "--prompt-min", "0"], "--prompt-min");
     for (target, message) in [("no-equals", "expected NAME=URL"), ("a=https://x", "only http:// URLs")] {
         let out = cinder(&["bench", "serve", "--target", target]);

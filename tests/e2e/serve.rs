@@ -384,3 +384,32 @@ fn the_drain_timeout_cuts_what_is_still_running_and_says_so() {
     let log = server.log();
     assert!(log.contains("drain timeout: 1 request(s) still in flight after 1 s were cut"), "{log}");
 }
+
+/// `--kv-cache-type` and `--kv-cache-type-v` through the server: `--print-config` writes them
+/// as the file's keys, and a model with
+/// 32-wide heads serves on q8_0 keys and q4_0 values the greedy tokens `cinder generate`
+/// gives with the same flags.
+#[test]
+fn the_kv_cache_types_are_served_as_asked() {
+    let path = crate::scratch_dir("kv-types").join("wide-heads.gguf");
+    std::fs::write(&path, TinyModel { hidden: 128, n_heads: 4, n_kv_heads: 2, ..Default::default() }.to_gguf()).unwrap();
+    let flags = ["--kv-cache-type", "q8_0", "--kv-cache-type-v", "q4_0", "--device", "cpu"];
+    let printed = crate::cinder_command().args(["serve", "--print-config", "--model"]).arg(&path).args(flags).output().unwrap();
+    let printed = String::from_utf8_lossy(&printed.stdout);
+    assert!(printed.contains("type = \"q8_0\"") && printed.contains("type_v = \"q4_0\""), "{printed}");
+
+    let server = Server::start(&path, &flags);
+    let answer = server.post("/v1/completions", r#"{"prompt": [5, 9, 77, 31], "max_tokens": 8, "temperature": 0, "ignore_eos": true}"#);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let served = answer.json()["choices"][0]["text"].as_str().unwrap().to_owned();
+    let generated = crate::cinder_command()
+        .args(["generate", "--prompt-ids", "5,9,77,31", "--max-tokens", "8", "--ignore-eos", "--json", "--model"])
+        .arg(&path)
+        .args(flags)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&generated.stdout);
+    let json: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(json["text"].as_str().unwrap(), served);
+    drop(server);
+}

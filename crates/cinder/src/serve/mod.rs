@@ -398,7 +398,7 @@ impl Loader {
             .with_context(|| format!("loading {}", path.display()))?;
         drop(file);
         let kv_types = self.config.kv_cache.types();
-        crate::kv_arg::set_kv_types(&mut model, kv_types).with_context(|| format!("model {}", spec.name))?;
+        crate::kv_arg::set_kv_types(&mut model, kv_types)?;
         let speculative = &self.config.speculative;
         let draft = match speculative.draft_model.as_deref().filter(|_| with_draft) {
             Some(draft) => {
