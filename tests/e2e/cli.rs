@@ -225,7 +225,9 @@ fn serve_and_bench_serve_refuse_bad_arguments() {
     // The tiny model's heads have 16 values; q4_0 stores blocks of 32.
     let heads = "--kv-cache-type q4_0: unsupported model feature: a KV cache of q4_0 stores blocks of 32 values along a head, and this model's heads have 16";
     fail_with(&["serve", "--model", model.to_str().unwrap(), "--kv-cache-type", "q4_0", "--device", "cpu"], heads);
-    fail_with(&["serve", "--model", model.to_str().unwrap(), "--kv-cache-type", "q5_1"], "unknown KV cache type `q5_1`; one of f32, f16, q8_0, q4_0");
+    let out = cinder(&["serve", "--model", model.to_str().unwrap(), "--kv-cache-type", "q5_1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("unknown KV cache type `q5_1`; one of f32, f16, q8_0, q4_0"), "{}", stderr(&out));
     fail_with(&["bench", "serve", "--target", "a=http://127.0.0.1:1", "--prompt-min", "0"], "--prompt-min");
     for (target, message) in [("no-equals", "expected NAME=URL"), ("a=https://x", "only http:// URLs")] {
         let out = cinder(&["bench", "serve", "--target", target]);
