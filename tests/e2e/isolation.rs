@@ -352,3 +352,46 @@ fn a_tenants_rate_is_one_across_every_served_model() {
     let r = ask("other");
     assert_eq!((r.status, &r.json()["error"]["code"]), (429, &json!("rate_limited")), "the other model shares the bucket: {}", r.body);
 }
+
+/// Behind a trusted gateway (`[gateway] fairness_header`): the gateway's key with
+/// `x-gateway-inference-fairness-id: bob` runs as bob, a client's own key with the same
+/// header stays the client's tenant, and no key at all is still a 401.
+#[test]
+fn only_the_gateways_fairness_header_names_the_tenant() {
+    let file = write_config(
+        "fairness-header",
+        r#"
+        [gateway]
+        fairness_header = true
+        api_keys = ["sk-gateway"]
+
+        [[tenants]]
+        name = "alice"
+        api_keys = ["sk-alice"]
+
+        [[tenants]]
+        name = "bob"
+        api_keys = ["sk-bob"]
+        "#,
+    );
+    let server = Server::start(&tiny_model("fairness-header"), &["--config", arg(&file), "--api-key", "admin"]);
+    let body = json!({"prompt": "hi", "max_tokens": 2}).to_string();
+    let post = |key: Option<&str>, header: &str| {
+        let bearer = key.map(|k| format!("Bearer {k}"));
+        let mut headers: Vec<(&str, &str)> = vec![("x-gateway-inference-fairness-id", header)];
+        headers.extend(bearer.iter().map(|b| ("Authorization", b.as_str())));
+        server.request("POST", "/v1/completions", &headers, &body).status
+    };
+    assert_eq!(post(Some("sk-gateway"), "bob"), 200);
+    assert_eq!(post(Some("sk-alice"), "bob"), 200);
+    assert_eq!(post(None, "bob"), 401);
+    let metrics = server.request("GET", "/metrics", &[("Authorization", "Bearer admin")], "").body;
+    let ended = |tenant: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("cinder:request_success_total{") && l.contains(&format!("tenant=\"{tenant}\"")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    assert_eq!((ended("bob"), ended("alice"), ended("default")), (1.0, 1.0, 0.0), "{metrics}");
+}

@@ -35,6 +35,21 @@ pub struct ServeConfig {
     pub models: Vec<ModelEntry>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tenants: Vec<TenantConfig>,
+    /// A gateway in front of the server (`[gateway]`).
+    pub gateway: GatewaySection,
+}
+
+/// `[gateway]`: a trusted gateway (Kubernetes' inference gateway) may name the tenant of
+/// the requests it forwards in its `x-gateway-inference-fairness-id` header. Only requests
+/// carrying one of the gateway's own keys are read so: a client's header is ignored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySection {
+    /// Take the tenant from the header on the gateway's requests.
+    pub fairness_header: bool,
+    /// The gateway's keys (its `Authorization: Bearer` values).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub api_keys: Vec<String>,
 }
 
 /// `[[models]]`: a model served under `name`.
@@ -343,6 +358,9 @@ impl ServeConfig {
             let name = priority.name();
             return Err(format!("`scheduler.default_deadline_ms.{name}` must be in [1, {MAX_DEADLINE_MS}]; got {ms}"));
         }
+        if self.gateway.fairness_header && self.gateway.api_keys.is_empty() {
+            return Err("`gateway.fairness_header` needs `gateway.api_keys`: the gateway's own keys, so that no client picks its tenant".into());
+        }
         let block = self.kv_cache.block_size;
         if !block.is_power_of_two() || block > 256 {
             return Err(format!("`kv_cache.block_size` must be a power of two up to 256; got {block}"));
@@ -396,6 +414,11 @@ impl ServeConfig {
                 return Err(format!("{} must be at least 1", at("max_concurrent")));
             }
         }
+        for key in &self.gateway.api_keys {
+            if key.trim().is_empty() || !keys.insert(key.as_str()) {
+                return Err("`gateway.api_keys`: a key is empty, listed twice or also a tenant's".into());
+            }
+        }
         Ok(())
     }
 
@@ -444,6 +467,7 @@ impl ServeConfig {
         for tenant in &mut shown.tenants {
             tenant.api_keys.iter_mut().for_each(|key| *key = "***".into());
         }
+        shown.gateway.api_keys.iter_mut().for_each(|key| *key = "***".into());
         toml::to_string(&shown).expect("the configuration is plain data")
     }
 }

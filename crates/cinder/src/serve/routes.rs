@@ -61,14 +61,16 @@ pub struct AppState {
 pub type Shared = Arc<AppState>;
 
 /// The API routes' door: the bearer key names the tenant (a missing or unknown key is a
-/// 401 when keys are configured), which the handlers get as an extension.
+/// 401 when keys are configured; the trusted gateway's key lets its fairness header name
+/// it), which the handlers get as an extension.
 pub async fn identify_tenant(State(s): State<Shared>, mut request: Request, next: Next) -> Response {
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(tenant) = s.tenants.identify(given) else {
+    let fairness_id = request.headers().get(super::tenants::FAIRNESS_HEADER).and_then(|v| v.to_str().ok());
+    let Some(tenant) = s.tenants.identify(given, fairness_id) else {
         s.metrics.rejected("", "unauthorized");
         return ApiError::unauthorized().into_response();
     };
@@ -480,7 +482,7 @@ pub async fn health(State(s): State<Shared>, headers: axum::http::HeaderMap) -> 
         return ApiError::shutting_down().into_response();
     }
     let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let admin = s.admin && s.tenants.identify(given).is_some_and(|t| t.id == TenantId::default());
+    let admin = s.admin && s.tenants.identify(given, None).is_some_and(|t| t.id == TenantId::default());
     let models = s.models.states(admin);
     let ready = models.values().any(|state| state["status"] == "ready");
     let body = Json(json!({"status": if ready { "ok" } else { "unavailable" }, "models": models}));

@@ -87,11 +87,26 @@ impl Drop for InFlight {
     }
 }
 
+/// The header in which a trusted gateway names a request's tenant (Kubernetes' inference
+/// gateway's fairness id).
+pub const FAIRNESS_HEADER: &str = "x-gateway-inference-fairness-id";
+
+/// Whose a key is.
+#[derive(Clone, Copy)]
+enum KeyOf {
+    /// The tenant at this index.
+    Tenant(usize),
+    /// The trusted gateway's (`[gateway] api_keys`).
+    Gateway,
+}
+
 pub struct Tenants {
     /// The default tenant first, then the file's in order (their index is their id).
     all: Vec<Arc<Tenant>>,
-    /// Each key and the index of its tenant.
-    keys: Vec<(String, usize)>,
+    /// Each key and whose it is.
+    keys: Vec<(String, KeyOf)>,
+    /// Whether the gateway's requests run as the tenant its fairness header names.
+    fairness_header: bool,
     rates: Arc<Mutex<RateLimiter>>,
     /// The rate limiter's time origin.
     started: std::time::Instant,
@@ -104,7 +119,7 @@ impl Tenants {
     /// open the admin routes.
     pub fn new(config: &ServeConfig, api_key: Option<&str>, rates: RateLimiter) -> Result<Self, String> {
         let mut all = vec![Arc::new(Tenant::new(TenantId(0), DEFAULT_TENANT))];
-        let mut keys: Vec<(String, usize)> = api_key.map(|k| (k.to_owned(), 0)).into_iter().collect();
+        let mut keys: Vec<(String, KeyOf)> = api_key.map(|k| (k.to_owned(), KeyOf::Tenant(0))).into_iter().collect();
         for (index, tenant) in config.tenants.iter().enumerate() {
             if let Some(admin) = api_key
                 && tenant.api_keys.iter().any(|k| k == admin)
@@ -112,9 +127,14 @@ impl Tenants {
                 return Err(format!("tenant {:?} has the server's --api-key among its keys; give it keys of its own", tenant.name));
             }
             all.push(Arc::new(Tenant::configured(index, tenant)));
-            keys.extend(tenant.api_keys.iter().map(|k| (k.clone(), index + 1)));
+            keys.extend(tenant.api_keys.iter().map(|k| (k.clone(), KeyOf::Tenant(index + 1))));
         }
-        Ok(Self { all, keys, rates: Arc::new(Mutex::new(rates)), started: std::time::Instant::now() })
+        if api_key.is_some_and(|admin| config.gateway.api_keys.iter().any(|k| k == admin)) {
+            return Err("the gateway has the server's --api-key among its keys; give it keys of its own".into());
+        }
+        keys.extend(config.gateway.api_keys.iter().map(|k| (k.clone(), KeyOf::Gateway)));
+        let fairness_header = config.gateway.fairness_header;
+        Ok(Self { all, keys, fairness_header, rates: Arc::new(Mutex::new(rates)), started: std::time::Instant::now() })
     }
 
     /// Takes one request and `tokens` (its sequences' prompts and most new tokens) from
@@ -135,19 +155,28 @@ impl Tenants {
     }
 
     /// The tenant whose key is `given` (compared in constant time against every key), or
-    /// the default tenant when no key is needed; `None` for a missing or unknown key.
-    pub fn identify(&self, given: Option<&str>) -> Option<Arc<Tenant>> {
+    /// the default tenant when no key is needed; `None` for a missing or unknown key. A
+    /// request with the gateway's key runs as the tenant `fairness_id` names when
+    /// `[gateway] fairness_header` is on (the default tenant for no name or another name);
+    /// anyone else's `fairness_id` is ignored.
+    pub fn identify(&self, given: Option<&str>, fairness_id: Option<&str>) -> Option<Arc<Tenant>> {
         if !self.need_key() {
             return Some(self.all[0].clone());
         }
         let given = given?.as_bytes();
         let mut found = None;
-        for (key, index) in &self.keys {
+        for (key, owner) in &self.keys {
             if bool::from(key.as_bytes().ct_eq(given)) {
-                found = Some(*index);
+                found = Some(*owner);
             }
         }
-        found.map(|index| self.all[index].clone())
+        match found? {
+            KeyOf::Tenant(index) => Some(self.all[index].clone()),
+            KeyOf::Gateway => {
+                let named = fairness_id.filter(|_| self.fairness_header).and_then(|name| self.all[1..].iter().find(|t| t.name == name));
+                Some(named.unwrap_or(&self.all[0]).clone())
+            }
+        }
     }
 
 }
@@ -187,7 +216,7 @@ mod tests {
     #[test]
     fn keys_pick_tenants_and_caps_apply() {
         let open = tenants("", None);
-        assert_eq!(open.identify(None).unwrap().name, DEFAULT_TENANT);
+        assert_eq!(open.identify(None, None).unwrap().name, DEFAULT_TENANT);
         let file = r#"
             [[tenants]]
             name = "alice"
@@ -201,24 +230,50 @@ mod tests {
             above_max_priority = "refuse"
         "#;
         let t = tenants(file, Some("admin"));
-        assert!(t.identify(None).is_none() && t.identify(Some("ka")).is_none() && t.identify(Some("")).is_none());
-        assert_eq!(t.identify(Some("admin")).unwrap().id, TenantId(0));
-        let alice = t.identify(Some("ka2")).unwrap();
+        assert!(t.identify(None, None).is_none() && t.identify(Some("ka"), None).is_none() && t.identify(Some(""), None).is_none());
+        assert_eq!(t.identify(Some("admin"), None).unwrap().id, TenantId(0));
+        let alice = t.identify(Some("ka2"), None).unwrap();
         assert_eq!((alice.id, alice.name.as_str()), (TenantId(1), "alice"));
         assert_eq!(alice.priority(Some(Priority::Critical)).unwrap(), Priority::Normal, "lowered");
         assert_eq!(alice.priority(Some(Priority::Batch)).unwrap(), Priority::Batch);
-        let bob = t.identify(Some("kb")).unwrap();
+        let bob = t.identify(Some("kb"), None).unwrap();
         assert_eq!(bob.priority(Some(Priority::High)).unwrap_err().status.as_u16(), 403);
         assert_eq!(bob.priority(None).unwrap(), Priority::Low, "not asking is not asking too high");
         let first = alice.enter().unwrap();
         assert_eq!(alice.enter().err().unwrap().status.as_u16(), 429, "at its cap");
         drop(first);
         assert!(alice.enter().is_ok(), "the place is free again");
-        assert!(tenants(file, None).identify(Some("admin")).is_none());
+        assert!(tenants(file, None).identify(Some("admin"), None).is_none());
         let mut config = ServeConfig::parse(file).unwrap();
         config.resolve().unwrap();
         let clash = Tenants::new(&config, Some("kb"), config.rate_limiter(100)).err().unwrap();
         assert!(clash.contains("\"bob\" has the server's --api-key"), "{clash}");
+    }
+
+    /// The gateway's key with `fairness_header` on runs a request as the tenant its header
+    /// names (the default tenant for none or an unknown one); a tenant's header is ignored,
+    /// and with the setting off so is the gateway's.
+    #[test]
+    fn only_the_gateway_names_a_tenant_in_its_fairness_header() {
+        let file = |on: bool| {
+            format!(
+                "[gateway]\nfairness_header = {on}\napi_keys = [\"gw\"]\n[[tenants]]\nname = \"alice\"\napi_keys = [\"ka\"]\n[[tenants]]\nname = \"bob\"\napi_keys = [\"kb\"]"
+            )
+        };
+        let t = tenants(&file(true), Some("admin"));
+        let name = |key: &str, header: Option<&str>| t.identify(Some(key), header).map(|t| t.name.clone());
+        assert_eq!(name("gw", Some("bob")).as_deref(), Some("bob"));
+        assert_eq!(name("gw", Some("mallory")).as_deref(), Some(DEFAULT_TENANT));
+        assert_eq!(name("gw", None).as_deref(), Some(DEFAULT_TENANT));
+        assert_eq!(name("ka", Some("bob")).as_deref(), Some("alice"), "a client cannot name its tenant");
+        assert_eq!(name("nope", Some("bob")), None);
+        let off = tenants(&file(false), None);
+        assert_eq!(off.identify(Some("gw"), Some("bob")).unwrap().name, DEFAULT_TENANT);
+        let mut config = ServeConfig::parse("[gateway]\nfairness_header = true").unwrap();
+        assert!(config.resolve().unwrap_err().contains("`gateway.fairness_header` needs `gateway.api_keys`"));
+        let mut shared = ServeConfig::parse("[gateway]\napi_keys = [\"k\"]\n[[tenants]]\nname = \"a\"\napi_keys = [\"k\"]").unwrap();
+        assert!(shared.resolve().unwrap_err().contains("also a tenant's"));
+        assert!(ServeConfig::parse(&file(true)).unwrap().to_toml().contains("api_keys = [\"***\"]"));
     }
 
     #[test]
@@ -231,7 +286,7 @@ mod tests {
             token_burst = 100.0
         "#;
         let t = tenants(file, None);
-        let alice = t.identify(Some("ka")).unwrap();
+        let alice = t.identify(Some("ka"), None).unwrap();
         let error = t.take_rate(&alice, 101).err().unwrap();
         assert_eq!((error.status.as_u16(), error.code.as_deref()), (400, Some("exceeds_burst")), "{}", error.message);
         assert!(error.message.contains("token_burst"), "{}", error.message);
