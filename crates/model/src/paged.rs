@@ -275,9 +275,12 @@ impl PagedKvCache {
 /// includes it has `kv_dim` in its `info`.
 pub(crate) fn kv_code(types: KvTypes, first_binding: u32, writes: bool) -> String {
     const WRITES: &str = "// ---- writes";
+    let reads = |source: &'static str| if writes { source } else { &source[..source.find(WRITES).unwrap_or(source.len())] };
     let snippet = |ty: KvType, name: &str, cache: &str, src: &str, binding: u32| {
-        let source = kv_type_source(ty);
-        let source = if writes { source } else { &source[..source.find(WRITES).unwrap_or(source.len())] };
+        let mut source = reads(kv_type_source(ty)).to_owned();
+        if ty.block_values() > 1 {
+            source += reads(include_str!("../../../shaders/kv_blocks.wgsl"));
+        }
         source.replace("$NAME", name).replace("$CACHE", cache).replace("$SRC", src).replace("$BINDING", &binding.to_string())
     };
     [
