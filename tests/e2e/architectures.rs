@@ -1,12 +1,13 @@
 //! Every supported architecture against llama.cpp: tiny random-weight models of each block
 //! variant (written by `cinder_model::tiny`), run by llama.cpp once
 //! (`scripts/make_family_fixtures.py` writes `tests/fixtures/architectures.json`), and by
-//! cinder here: same greedy tokens, logits within a stated tolerance.
+//! cinder here: same greedy tokens, logits within a stated tolerance. llama.cpp ran them
+//! with an f32 KV cache (`type_k`, `type_v`), and so does cinder here.
 
 use cinder_gguf::{GgmlType, GgufFile};
 use cinder_model::arch::{GEMMA2, GEMMA3, PHI3, QWEN2, QWEN3};
 use cinder_model::tiny::{TinyModel, TinyRopeScaling};
-use cinder_model::Model;
+use cinder_model::{KvType, KvTypes, Model};
 
 use crate::On;
 
@@ -79,7 +80,8 @@ fn tiny_architectures_match_llama_cpp(on: On) {
             "{name}: the tiny model changed since its reference was made: run scripts/make_family_fixtures.py"
         );
         let file = GgufFile::from_bytes(bytes).unwrap();
-        let model = Model::load(&file, &backend).unwrap();
+        let mut model = Model::load(&file, &backend).unwrap();
+        model.set_kv_types(KvTypes::both(KvType::F32)).unwrap();
         let tolerance = case["tolerance"].as_f64().unwrap() as f32;
         let prompt: Vec<u32> = serde_json::from_value(case["prompt_ids"].clone()).unwrap();
         let steps = case["steps"].as_array().unwrap();
