@@ -93,14 +93,17 @@ impl<F: Fn(usize) -> usize> WithSimd for OneGroup<'_, F> {
     fn with_simd<S: Simd>(self, simd: S) {
         let d = self.head_dim;
         let group = self.queries.len() / d;
-        // Online softmax per query head: the running maximum rescales what was summed before it.
-        let mut max = vec![f32::NEG_INFINITY; group];
-        let mut sum = vec![0f32; group];
-        let (mut key_scratch, mut value_scratch) = (vec![0f32; d], vec![0f32; d]);
+        // Online softmax per query head: the running maximum rescales what was summed before
+        // it. One allocation per task for those and the decoded key and value.
+        let mut scratch = vec![0f32; 2 * group + 2 * d];
+        let (max, rest) = scratch.split_at_mut(group);
+        let (sum, rest) = rest.split_at_mut(group);
+        let (key_scratch, value_scratch) = rest.split_at_mut(d);
+        max.fill(f32::NEG_INFINITY);
         for p in self.rule.first_visible(self.position)..=self.position {
             let slot = (self.slot)(p);
-            let key = self.kv.keys.read(slot, self.first, &mut key_scratch);
-            let value = self.kv.values.read(slot, self.first, &mut value_scratch);
+            let key = self.kv.keys.read(slot, self.first, key_scratch);
+            let value = self.kv.values.read(slot, self.first, value_scratch);
             for h in 0..group {
                 let mut score = dot(simd, &self.queries[h * d..(h + 1) * d], key) * self.rule.scale;
                 if let Some(cap) = self.rule.softcap {
@@ -113,7 +116,7 @@ impl<F: Fn(usize) -> usize> WithSimd for OneGroup<'_, F> {
                 scale_add(simd, &mut self.out[h * d..(h + 1) * d], keep, weight, value);
             }
         }
-        for (out, sum) in self.out.chunks_mut(d).zip(sum) {
+        for (out, &sum) in self.out.chunks_mut(d).zip(sum.iter()) {
             out.iter_mut().for_each(|v| *v /= sum);
         }
     }

@@ -86,17 +86,14 @@ impl KvType {
             KvType::Q4_0 => encode_blocks::<BlockQ4_0>(values, out),
         }
     }
-}
 
-impl KvType {
     /// What a row of `values` (whole blocks) reads back as once stored: the values a cache
     /// of this type attends over.
     pub fn stored(self, values: &[f32]) -> Vec<f32> {
         let mut bytes = vec![0u8; self.row_bytes(values.len())];
         self.encode(values, &mut bytes);
         let mut out = vec![0f32; values.len()];
-        let read = KvRows { ty: self, bytes: &bytes, row_bytes: bytes.len() }.read(0, 0, &mut out).to_vec();
-        read
+        KvRows { ty: self, bytes: &bytes, row_bytes: bytes.len() }.read(0, 0, &mut out).to_vec()
     }
 }
 

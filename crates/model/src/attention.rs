@@ -15,8 +15,6 @@ use crate::kernel::{Arg, MAX_WORKGROUPS, Template, cube, empty, from_cube, launc
 use crate::config::KvTypes;
 use crate::paged::{BatchBuffer, LongChunk, PagedKvCache, kv_code};
 
-const KV_VARIANTS: u32 = KvTypes::PAIRS;
-
 /// The attention of one step over a batch's layout.
 pub(crate) struct Attention<'a> {
     config: &'a ModelConfig,
@@ -75,7 +73,7 @@ fn paged(
     let kernel = Template {
         name: "paged_attention",
         source: include_str!("../../../shaders/paged_attention.wgsl"),
-        variant: (if split { "split" } else { "" }, dims as u32 * KV_VARIANTS + types.code()),
+        variant: (if split { "split" } else { "" }, dims as u32 * KvTypes::PAIRS + types.code()),
         values: &values,
         workgroup: 64,
     };
@@ -133,7 +131,7 @@ fn flash(
             let kernel = Template {
                 name: "flash_attention_subgroup",
                 source: include_str!("../../../shaders/flash_attention_subgroup.wgsl"),
-                variant: ("", (head_dim * 100 + width) as u32 * KV_VARIANTS + types.code()),
+                variant: ("", (head_dim * 100 + width) as u32 * KvTypes::PAIRS + types.code()),
                 values: &subgroup_values,
                 workgroup: 64,
             };
@@ -149,7 +147,7 @@ fn flash(
             let kernel = Template {
                 name: "flash_attention",
                 source: include_str!("../../../shaders/flash_attention.wgsl"),
-                variant: ("", head_dim as u32 * KV_VARIANTS + types.code()),
+                variant: ("", head_dim as u32 * KvTypes::PAIRS + types.code()),
                 values: &values,
                 workgroup: 64,
             };

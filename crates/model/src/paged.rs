@@ -81,6 +81,25 @@ impl PoolShape {
         let (k, v) = self.types.row_bytes(self.kv_dim);
         (slots.saturating_mul(k), slots.saturating_mul(v))
     }
+
+    /// The larger of one layer's keys and values: each such buffer is bound whole by the
+    /// kernels, so it must stay within the device's binding limit.
+    pub(crate) fn layer_buffer_bytes(&self) -> usize {
+        let (k, v) = self.buffer_bytes();
+        k.max(v)
+    }
+
+    /// Bytes one block takes.
+    fn block_bytes(&self) -> usize {
+        block_bytes(self.layout.group_size, self.block_size, self.kv_dim, self.types)
+    }
+}
+
+/// Bytes one block of `block_size` positions takes: the keys and values of a group's
+/// `group_size` layers.
+fn block_bytes(group_size: usize, block_size: usize, kv_dim: usize, types: KvTypes) -> usize {
+    let (k, v) = types.row_bytes(kv_dim);
+    group_size * block_size * (k + v)
 }
 
 impl PagedKvCache {
@@ -160,27 +179,18 @@ impl PagedKvCache {
 
     /// Bytes of keys and values over all layers.
     pub fn device_bytes(&self) -> usize {
-        self.num_blocks * self.block_bytes()
+        self.num_blocks * block_bytes(self.layout.group_size, self.block_size, self.kv_dim, self.types)
     }
 
-    /// Bytes one block takes: `block_size` positions of a group's layers.
-    pub fn block_bytes(&self) -> usize {
-        let (k, v) = self.types.row_bytes(self.kv_dim);
-        self.layout.group_size * self.block_size * (k + v)
-    }
-
-    /// [`PagedKvCache::block_bytes`] of a pool for `config` (its layers, width and types).
+    /// Bytes one block takes in a pool for `config` (its layers, width and types).
     pub fn bytes_per_block(config: &ModelConfig, block_size: usize) -> usize {
-        let (k, v) = config.kv_types.row_bytes(config.kv_dim());
-        config.kv_layout().group_size * block_size * (k + v)
+        PoolShape::new(config, 1, block_size).block_bytes()
     }
 
     /// Bytes of the larger of one layer's keys and values in a pool of `num_blocks` for
-    /// `config`: each such buffer is bound whole by the kernels, so it must stay within the
-    /// device's binding limit.
+    /// `config` ([`PoolShape::layer_buffer_bytes`]).
     pub fn layer_buffer_bytes(config: &ModelConfig, num_blocks: usize, block_size: usize) -> usize {
-        let (k, v) = PoolShape::new(config, num_blocks, block_size).buffer_bytes();
-        k.max(v)
+        PoolShape::new(config, num_blocks, block_size).layer_buffer_bytes()
     }
 
     /// Bytes one position of a sequence takes in a pool for `config`: every layer's keys

@@ -65,7 +65,8 @@ impl Ops for GpuOps {
     }
 
     fn kv_pool(&self, config: &ModelConfig, num_blocks: usize, block_size: usize) -> Result<PagedKvCache, ModelError> {
-        let buffer = PagedKvCache::layer_buffer_bytes(config, num_blocks, block_size);
+        let shape = PoolShape::new(config, num_blocks, block_size);
+        let buffer = shape.layer_buffer_bytes();
         let limit = crate::max_binding_bytes(&self.device);
         if buffer > limit {
             return Err(ModelError::InvalidParameter(format!(
@@ -75,7 +76,7 @@ impl Ops for GpuOps {
             )));
         }
         let subgroup_width = fixed_subgroup_width(&self.device);
-        PagedKvCache::on_device(&self.cube, PoolShape::new(config, num_blocks, block_size), subgroup_width)
+        PagedKvCache::on_device(&self.cube, shape, subgroup_width)
     }
 
     fn matrix_bytes(matrix: &Linear) -> usize {
