@@ -9,6 +9,7 @@
 
 mod attention;
 mod kv;
+mod lora;
 mod matmul;
 mod ops;
 mod simd;
@@ -16,6 +17,7 @@ mod threads;
 
 pub use attention::{Heads, KvLayer, QueryRow, ScoreRule, paged_attention};
 pub use kv::{KvRows, KvType};
+pub use lora::{LoraStack, RowAdapter};
 pub use matmul::{BlockMatrix, MatmulError};
 pub use ops::{RopeTables, gated, rms_norm};
 pub use threads::Threads;

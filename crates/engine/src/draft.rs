@@ -122,7 +122,7 @@ impl DraftModel {
             let chunks: Vec<SeqChunk> = inputs
                 .iter()
                 .zip(&drafting)
-                .map(|((start, tokens), &i)| SeqChunk { tokens, start: *start, tables: &tables[i], logits: 1 })
+                .map(|((start, tokens), &i)| SeqChunk { tokens, start: *start, tables: &tables[i], logits: 1, adapter: None })
                 .collect();
             let LogitRows::Full(rows) = self.model.launch_batch(&chunks, &mut self.cache)?.read()? else {
                 unreachable!("whole rows unless asked for top-k")

@@ -15,6 +15,8 @@ pub enum ModelError {
     InvalidConfig(String),
     #[error("tensor {0} holds NaN or infinite values: the file is corrupt")]
     NonFinite(String),
+    #[error("LoRA adapter: {0}")]
+    Adapter(String),
     #[error("invalid parameter: {0}")]
     InvalidParameter(String),
     #[error(

@@ -19,6 +19,7 @@ pub mod fused;
 mod kernel;
 pub mod linear;
 mod logits;
+pub mod lora;
 pub mod many_tokens;
 mod model;
 mod ops;
@@ -36,7 +37,7 @@ pub mod tiny;
 pub use arch::Architecture;
 pub use backend::{Backend, DeviceChoice};
 pub use burn::tensor::Device;
-pub use cinder_cpu::KvType;
+pub use cinder_cpu::{KvType, RowAdapter};
 pub use config::{KvLayout, KvTypes, LayerAttention, ModelConfig};
 #[cfg(not(target_family = "wasm"))]
 pub use device::wgpu_device;
@@ -45,6 +46,7 @@ pub use device::{
     wgpu_device_async,
 };
 pub use error::ModelError;
+pub use lora::LoraAdapter;
 pub use logits::{LogitRows, MAX_DEVICE_TOP_K, PendingLogits};
 pub use model::{KvCache, Model, time_layer_products};
 pub use paged::{PagedKvCache, SeqChunk};

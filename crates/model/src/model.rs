@@ -2,6 +2,8 @@
 //! description ([`ModelConfig`], [`crate::arch`]), written once over the [`Ops`] of the
 //! backend it loaded on (the GPU's WGSL kernels or the CPU's).
 
+use std::sync::Arc;
+
 use cinder_gguf::{GgufFile, TensorInfo};
 use web_time::{Duration, Instant};
 
@@ -10,38 +12,48 @@ use crate::attention::ScoreRule;
 use crate::backend::Backend;
 use crate::error::guard;
 use crate::logits::PendingLogits;
+use crate::lora::{LoraAdapter, LoraTarget};
 use crate::ops::Ops;
 use crate::ops::cpu::CpuOps;
 use crate::ops::gpu::GpuOps;
 use crate::paged::{BatchLayout, PagedKvCache, SeqChunk};
 use crate::quant::QuantMatrix;
-use crate::{LogitRows, ModelConfig, ModelError};
+use crate::{LogitRows, ModelConfig, ModelError, RowAdapter};
 
-/// A matrix and its optional bias: `y = x W^T + b`.
+/// A matrix and its optional bias, and the LoRA adapters that adapt it:
+/// `y = x W^T + b + scale * B (A x)` with each row's own adapter, if it runs one.
 struct Projection<O: Ops> {
     weight: O::Matrix,
     bias: Option<O::Vector>,
+    /// What adapters adapt here (none for the LM head).
+    target: Option<LoraTarget>,
+    /// The resident adapters' pairs for it, where any has one.
+    lora: Option<O::Lora>,
 }
 
 impl<O: Ops> Projection<O> {
-    fn forward(&self, ops: &O, x: O::Rows) -> O::Rows {
-        let y = ops.linear(&self.weight, x);
+    fn forward(&self, ops: &O, x: O::Rows, adapters: Option<&O::LoraRows>) -> O::Rows {
+        let y = match self.lora.as_ref().zip(adapters) {
+            Some((lora, rows)) => ops.lora_add(ops.linear(&self.weight, x.clone()), &x, lora, rows),
+            None => ops.linear(&self.weight, x),
+        };
         match &self.bias {
             Some(b) => ops.add_bias(y, b),
             None => y,
         }
     }
 
-    /// `forward(x) + residual`: one dispatch on the GPU where there is no bias.
-    fn forward_add(&self, ops: &O, x: O::Rows, residual: O::Rows) -> O::Rows {
-        match &self.bias {
-            Some(_) => ops.add(self.forward(ops, x), residual),
-            None => ops.linear_add(&self.weight, x, residual),
+    /// `forward(x) + residual`: one dispatch on the GPU where there is no bias or adapter.
+    fn forward_add(&self, ops: &O, x: O::Rows, residual: O::Rows, adapters: Option<&O::LoraRows>) -> O::Rows {
+        match (&self.bias, self.lora.as_ref().zip(adapters)) {
+            (Some(_), _) => ops.add(self.forward(ops, x, adapters), residual),
+            (None, Some((lora, rows))) => ops.lora_add(ops.linear_add(&self.weight, x.clone(), residual), &x, lora, rows),
+            (None, None) => ops.linear_add(&self.weight, x, residual),
         }
     }
 
     fn bytes(&self) -> usize {
-        O::matrix_bytes(&self.weight) + self.bias.as_ref().map_or(0, |b| O::vector_len(b) * 4)
+        O::matrix_bytes(&self.weight) + self.bias.as_ref().map_or(0, |b| O::vector_len(b) * 4) + self.lora.as_ref().map_or(0, O::lora_bytes)
     }
 }
 
@@ -72,6 +84,10 @@ impl<O: Ops> Block<O> {
 
     fn projections(&self) -> [&Projection<O>; 7] {
         [&self.q, &self.k, &self.v, &self.out, &self.gate, &self.up, &self.down]
+    }
+
+    fn projections_mut(&mut self) -> [&mut Projection<O>; 7] {
+        [&mut self.q, &mut self.k, &mut self.v, &mut self.out, &mut self.gate, &mut self.up, &mut self.down]
     }
 }
 
@@ -113,7 +129,9 @@ impl<O: Ops> Loader<'_, O> {
             start += width;
             parts.push(Projection {
                 weight: self.ops.matrix(self.file, info, rows.clone())?,
-                bias: bias.map(|b| self.vector(&b.name(layer), Some(rows))).transpose()?,
+                bias: bias.map(|b| self.vector(&b.name(layer), Some(rows.clone()))).transpose()?,
+                target: Some(LoraTarget { layer, weight, rows }),
+                lora: None,
             });
         }
         Ok(parts.try_into().unwrap_or_else(|_| unreachable!("one part per width")))
@@ -165,6 +183,8 @@ impl<O: Ops> Loader<'_, O> {
         let lm_head = Projection {
             weight: self.ops.matrix(file, info, 0..info.rows() as usize)?,
             bias: config.output_bias.then(|| self.vector(GlobalWeight::OutputBias.name(), None)).transpose()?,
+            target: None,
+            lora: None,
         };
         let mut blocks = Vec::with_capacity(config.n_layers);
         for l in 0..config.n_layers {
@@ -225,6 +245,8 @@ pub struct Model {
     backend: Backend,
     embedding: HostEmbedding,
     weights: Weights,
+    /// The LoRA adapters in each slot, which a batch's rows name by slot.
+    adapters: Vec<Option<Arc<LoraAdapter>>>,
 }
 
 /// One sequence's cache: a [`PagedKvCache`] of its own, each layer group with its own
@@ -338,7 +360,7 @@ impl Model {
         };
         let data = shared.unwrap_or_else(|| file.tensor_shared(embd, 0..embd.bytes));
         let embedding = HostEmbedding { info: embd.clone(), data, scale: config.embedding_scale };
-        let model = Self { config, backend: backend.clone(), embedding, weights };
+        let model = Self { config, backend: backend.clone(), embedding, weights, adapters: Vec::new() };
         // A browser cannot block on the device; its first read waits for the uploads instead.
         #[cfg(not(target_family = "wasm"))]
         {
@@ -385,6 +407,35 @@ impl Model {
         &self.backend
     }
 
+    /// Puts `adapter` in slot `slot` (`None`: empties it), for rows that name the slot
+    /// ([`SeqChunk::adapter`]). The projections' stacks are rebuilt with every resident
+    /// adapter's pairs; the other slots keep their adapters.
+    pub fn set_adapter(&mut self, slot: usize, adapter: Option<Arc<LoraAdapter>>) -> Result<(), ModelError> {
+        if let Some(adapter) = &adapter {
+            adapter.check_base(&self.config)?;
+        }
+        if self.adapters.len() <= slot {
+            self.adapters.resize(slot + 1, None);
+        }
+        self.adapters[slot] = adapter;
+        while self.adapters.last().is_some_and(Option::is_none) {
+            self.adapters.pop();
+        }
+        let slots = &self.adapters;
+        guard(|| {
+            match &mut self.weights {
+                Weights::Gpu(layers) => layers.stack_adapters(slots),
+                Weights::Cpu(layers) => layers.stack_adapters(slots),
+            }
+            Ok(())
+        })
+    }
+
+    /// The adapter in each slot.
+    pub fn adapters(&self) -> &[Option<Arc<LoraAdapter>>] {
+        &self.adapters
+    }
+
     /// Gives the device memory Burn keeps pooled for reuse (the activations of the largest
     /// step so far, which grow with the longest sequence) back to the driver; the weights
     /// and the KV cache stay.
@@ -429,7 +480,7 @@ impl Model {
         if needed > cache.capacity {
             return Err(ModelError::CacheFull { needed, capacity: cache.capacity });
         }
-        let chunk = SeqChunk { tokens, start: cache.len, tables: &cache.tables, logits: 1 };
+        let chunk = SeqChunk { tokens, start: cache.len, tables: &cache.tables, logits: 1, adapter: None };
         let logits = self.forward_batch(&[chunk], &mut cache.paged)?.pop().expect("one chunk asks for logits");
         cache.len = needed;
         Ok(logits)
@@ -465,11 +516,16 @@ impl Model {
         last_rows.sort_unstable();
         let rows: Vec<usize> = last_rows.iter().map(|&(_, row)| row).collect();
         let batch = BatchLayout::new(&laid_out, cache.block_size(), cache.layout().groups.len());
+        // Each row's adapter, where any row has one.
+        let adapters = laid_out.iter().any(|c| c.adapter.is_some()).then(|| {
+            laid_out.iter().flat_map(|c| std::iter::repeat_n(c.adapter, c.tokens.len())).collect::<Vec<_>>()
+        });
+        let adapters = adapters.as_deref();
         let c = &self.config;
         // Without logits to read, the GPU's queued work runs ahead of the next step's.
         guard(|| match &self.weights {
-            Weights::Gpu(layers) => Ok(layers.forward(c, embedded, batch, cache, &rows)),
-            Weights::Cpu(layers) => Ok(layers.ops.threads.install(|| layers.forward(c, embedded, batch, cache, &rows))),
+            Weights::Gpu(layers) => Ok(layers.forward(c, embedded, batch, adapters, cache, &rows)),
+            Weights::Cpu(layers) => Ok(layers.ops.threads.install(|| layers.forward(c, embedded, batch, adapters, cache, &rows))),
         })
     }
 
@@ -505,6 +561,11 @@ impl Model {
             if chunk.tokens.is_empty() {
                 return invalid("a sequence in the batch has no tokens to run".into());
             }
+            if let Some(adapter) = chunk.adapter
+                && self.adapters.get(adapter.slot as usize).is_none_or(Option::is_none)
+            {
+                return invalid(format!("no LoRA adapter is in slot {}", adapter.slot));
+            }
             if let Some(&bad) = chunk.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
                 return invalid(format!("token id {bad} is outside the vocabulary of {} tokens", self.config.vocab_size));
             }
@@ -531,27 +592,46 @@ impl Model {
 }
 
 impl<O: Ops> Layers<O> {
+    /// Rebuilds every projection's adapter stack from `slots`.
+    fn stack_adapters(&mut self, slots: &[Option<Arc<LoraAdapter>>]) {
+        for block in &mut self.blocks {
+            for projection in block.projections_mut() {
+                projection.lora = projection.target.as_ref().and_then(|t| t.stack(slots)).map(|s| self.ops.lora(s));
+            }
+        }
+    }
+
     fn bytes(&self) -> usize {
         let blocks: usize = self.blocks.iter().map(Block::bytes).sum();
         blocks + O::vector_len(&self.output_norm) * 4 + self.lm_head.bytes()
     }
 
-    /// The layers over a batch's rows (`embedded`, `[rows, hidden]`); returns the logits of
-    /// rows `logit_rows`, if any.
-    fn forward(&self, c: &ModelConfig, embedded: Vec<f32>, layout: BatchLayout, cache: &mut PagedKvCache, logit_rows: &[usize]) -> PendingLogits {
+    /// The layers over a batch's rows (`embedded`, `[rows, hidden]`), each row with its
+    /// adapter (`adapters`, where any row has one); returns the logits of rows `logit_rows`.
+    fn forward(
+        &self,
+        c: &ModelConfig,
+        embedded: Vec<f32>,
+        layout: BatchLayout,
+        adapters: Option<&[Option<RowAdapter>]>,
+        cache: &mut PagedKvCache,
+        logit_rows: &[usize],
+    ) -> PendingLogits {
         let ops = &self.ops;
         let mut x = ops.rows(embedded, c.hidden);
         let batch = ops.batch(layout);
+        let lora = adapters.map(|rows| ops.lora_rows(rows));
+        let lora = lora.as_ref();
         // x + norm(out(input)), or x + out(input) added by the matrix kernel.
         let add_to = |x: O::Rows, out: &Projection<O>, input: O::Rows, norm: &Option<O::Vector>| match norm {
-            Some(w) => ops.add(x, ops.rms_norm(out.forward(ops, input), w, c.rms_eps)),
-            None => out.forward_add(ops, input, x),
+            Some(w) => ops.add(x, ops.rms_norm(out.forward(ops, input, lora), w, c.rms_eps)),
+            None => out.forward_add(ops, input, x, lora),
         };
         for (l, block) in self.blocks.iter().enumerate() {
             let layer = c.layers[l];
             let h = ops.rms_norm(x.clone(), &block.attn_norm, c.rms_eps);
-            let (mut q, mut k) = (block.q.forward(ops, h.clone()), block.k.forward(ops, h.clone()));
-            let v = block.v.forward(ops, h);
+            let (mut q, mut k) = (block.q.forward(ops, h.clone(), lora), block.k.forward(ops, h.clone(), lora));
+            let v = block.v.forward(ops, h, lora);
             if let (Some(qn), Some(kn)) = (&block.q_norm, &block.k_norm) {
                 q = ops.rms_norm(q, qn, c.rms_eps);
                 k = ops.rms_norm(k, kn, c.rms_eps);
@@ -564,12 +644,12 @@ impl<O: Ops> Layers<O> {
             x = add_to(x, &block.out, attn, &block.post_attn_norm);
 
             let h = ops.rms_norm(x.clone(), &block.ffn_norm, c.rms_eps);
-            let act = ops.gated(block.gate.forward(ops, h.clone()), block.up.forward(ops, h), c.arch.activation);
+            let act = ops.gated(block.gate.forward(ops, h.clone(), lora), block.up.forward(ops, h, lora), c.arch.activation);
             x = add_to(x, &block.down, act, &block.post_ffn_norm);
         }
         let logits = (!logit_rows.is_empty()).then(|| {
             let last = ops.rms_norm(ops.select(x, logit_rows), &self.output_norm, c.rms_eps);
-            let logits = self.lm_head.forward(ops, last);
+            let logits = self.lm_head.forward(ops, last, None);
             match c.final_softcap {
                 Some(cap) => ops.softcap(logits, cap),
                 None => logits,

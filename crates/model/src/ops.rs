@@ -8,6 +8,7 @@ pub(crate) mod gpu;
 
 use std::ops::Range;
 
+use cinder_cpu::{LoraStack, RowAdapter};
 use cinder_gguf::{GgufFile, TensorInfo};
 
 use crate::arch::{Activation, RopeLayout};
@@ -27,6 +28,10 @@ pub(crate) trait Ops {
     type Rope;
     /// A step's [`BatchLayout`] where the kernels read it.
     type Batch;
+    /// A projection's LoRA adapters, stacked by slot.
+    type Lora;
+    /// The adapter each row of a step runs with.
+    type LoraRows;
 
     fn rows(&self, values: Vec<f32>, width: usize) -> Self::Rows;
     fn vector(&self, values: Vec<f32>) -> Self::Vector;
@@ -38,13 +43,19 @@ pub(crate) trait Ops {
     /// A pool of `num_blocks` blocks of `block_size` slots for `config`'s layers.
     fn kv_pool(&self, config: &ModelConfig, num_blocks: usize, block_size: usize) -> Result<PagedKvCache, ModelError>;
 
+    fn lora(&self, stack: LoraStack) -> Self::Lora;
+    fn lora_rows(&self, rows: &[Option<RowAdapter>]) -> Self::LoraRows;
+
     fn matrix_bytes(matrix: &Self::Matrix) -> usize;
+    fn lora_bytes(lora: &Self::Lora) -> usize;
     fn vector_len(vector: &Self::Vector) -> usize;
 
     /// `x W^T`.
     fn linear(&self, matrix: &Self::Matrix, x: Self::Rows) -> Self::Rows;
     /// `x W^T + residual`.
     fn linear_add(&self, matrix: &Self::Matrix, x: Self::Rows, residual: Self::Rows) -> Self::Rows;
+    /// `y + scale_r * B_r (A_r x)` for each row `r` that runs an adapter of `lora`.
+    fn lora_add(&self, y: Self::Rows, x: &Self::Rows, lora: &Self::Lora, rows: &Self::LoraRows) -> Self::Rows;
     fn add(&self, a: Self::Rows, b: Self::Rows) -> Self::Rows;
     /// `x + bias` on every row.
     fn add_bias(&self, x: Self::Rows, bias: &Self::Vector) -> Self::Rows;

@@ -351,6 +351,8 @@ pub struct SeqChunk<'a> {
     /// How many of the chunk's last tokens get logits: 0, 1 (a prompt's end, a decode), or
     /// a decode with its draft tokens, each row verifying the token after it.
     pub logits: usize,
+    /// The LoRA adapter its rows run with ([`crate::Model::set_adapter`]'s slot), if any.
+    pub adapter: Option<crate::RowAdapter>,
 }
 
 /// Prompt chunks at least this long attend through the flash-attention kernel (each key

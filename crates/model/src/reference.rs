@@ -3,10 +3,12 @@
 //! same KV cache types (keys and values as stored and read back), loops instead of kernels.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use cinder_gguf::GgufFile;
 
 use crate::arch::{FfnLayout, GlobalWeight, LayerWeight, RopeLayout};
+use crate::lora::LoraAdapter;
 use crate::model::rope_factors;
 use crate::{ModelConfig, ModelError};
 
@@ -16,6 +18,8 @@ pub struct ReferenceModel {
     tensors: HashMap<String, Vec<f32>>,
     /// Each RoPE's frequency divisors, if it has them.
     rope_factors: Vec<Option<Vec<f32>>>,
+    /// A LoRA adapter every projection adds, and its scale.
+    adapter: Option<(Arc<LoraAdapter>, f32)>,
 }
 
 /// Keys and values per layer, position-major: `[position][kv_heads * head_dim]`.
@@ -33,13 +37,18 @@ impl ReferenceModel {
             tensors.insert(name.clone(), file.dequantize(file.tensor(&name)?)?);
         }
         let rope_factors = config.ropes.iter().map(|r| rope_factors(file, r.factors)).collect::<Result<_, _>>()?;
-        Ok(Self { config, tensors, rope_factors })
+        Ok(Self { config, tensors, rope_factors, adapter: None })
     }
 
     /// Keys and values are kept as a cache of `types` reads them back
     /// ([`ModelConfig::set_kv_types`]; f16 unless set).
     pub fn set_kv_types(&mut self, types: crate::KvTypes) -> Result<(), ModelError> {
         self.config.set_kv_types(types)
+    }
+
+    /// Runs with `adapter` at `scale` (`None`: the base model alone).
+    pub fn set_adapter(&mut self, adapter: Option<(Arc<LoraAdapter>, f32)>) {
+        self.adapter = adapter;
     }
 
     fn t(&self, name: &str) -> &[f32] {
@@ -50,6 +59,10 @@ impl ReferenceModel {
     fn project(&self, layer: usize, weight: LayerWeight, rows: std::ops::Range<usize>, x: &[f32]) -> Vec<f32> {
         let w = &self.t(&weight.name(layer))[rows.start * x.len()..rows.end * x.len()];
         let mut y = matvec(w, x);
+        if let Some(pair) = self.adapter.as_ref().and_then(|(a, scale)| Some((a.pair(layer, weight)?, scale))) {
+            let delta: Vec<f32> = pair.0.product(x, rows.clone()).iter().map(|v| v * pair.1).collect();
+            add(&mut y, &delta);
+        }
         if let Some(bias) = weight.bias().filter(|&b| self.config.has(b)) {
             add(&mut y, &self.t(&bias.name(layer))[rows]);
         }

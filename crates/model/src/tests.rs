@@ -3,10 +3,13 @@
 
 use cinder_gguf::{GgmlType, GgufFile, GgufWriter, MetadataValue};
 
-use crate::arch::{GEMMA2, GEMMA3, PHI3, QWEN2, QWEN3};
+use std::sync::Arc;
+
+use crate::arch::{GEMMA2, GEMMA3, LayerWeight, PHI3, QWEN2, QWEN3};
+use crate::lora::{LoraAdapter, synthetic_adapter};
 use crate::reference::{ReferenceCache, ReferenceModel};
 use crate::tiny::{TinyModel, TinyRopeScaling};
-use crate::{Backend, KvLayout, KvType, KvTypes, Model, ModelConfig, ModelError, SeqChunk, wgpu_device};
+use crate::{Backend, KvLayout, KvType, KvTypes, Model, ModelConfig, ModelError, RowAdapter, SeqChunk, wgpu_device};
 
 fn load(bytes: Vec<u8>, backend: &Backend) -> (GgufFile, Model) {
     let file = GgufFile::from_bytes(bytes).unwrap();
@@ -41,6 +44,7 @@ on_each_backend!(
     bad_batches_are_errors,
     bad_inputs_are_errors,
     a_layers_products_are_timed,
+    adapters_match_the_reference_and_share_a_batch,
 );
 
 /// A KV cache lives where its model runs: one of the other backend is refused with the
@@ -182,9 +186,9 @@ fn batched_paged_forward_matches_each_sequence_alone(backend: &Backend) {
 
         // Step 1: the first 30 tokens of sequence 0 (no logits), whole prompts of 1 and 2.
         let step1 = [
-            SeqChunk { tokens: &prompts[0][..30], start: 0, tables: &tables[0], logits: 0 },
-            SeqChunk { tokens: &prompts[1], start: 0, tables: &tables[1], logits: 1 },
-            SeqChunk { tokens: &prompts[2], start: 0, tables: &tables[2], logits: 1 },
+            SeqChunk { tokens: &prompts[0][..30], start: 0, tables: &tables[0], logits: 0, adapter: None },
+            SeqChunk { tokens: &prompts[1], start: 0, tables: &tables[1], logits: 1, adapter: None },
+            SeqChunk { tokens: &prompts[2], start: 0, tables: &tables[2], logits: 1, adapter: None },
         ];
         let got = model.forward_batch(&step1, &mut cache).unwrap();
         reference.forward(&prompts[0][..30], &mut refs[0]);
@@ -211,9 +215,9 @@ fn batched_paged_forward_matches_each_sequence_alone(backend: &Backend) {
         let seq0 = behind_window(&tables[0], 30);
         let seq2 = behind_window(&tables[2], 23);
         let step2 = [
-            SeqChunk { tokens: &prompts[0][30..], start: 30, tables: &seq0, logits: 1 },
-            SeqChunk { tokens: &[17], start: 5, tables: &tables[1], logits: 1 },
-            SeqChunk { tokens: &[99], start: 23, tables: &seq2, logits: 1 },
+            SeqChunk { tokens: &prompts[0][30..], start: 30, tables: &seq0, logits: 1, adapter: None },
+            SeqChunk { tokens: &[17], start: 5, tables: &tables[1], logits: 1, adapter: None },
+            SeqChunk { tokens: &[99], start: 23, tables: &seq2, logits: 1, adapter: None },
         ];
         let got = model.forward_batch(&step2, &mut cache).unwrap();
         check(&got[0], &reference.forward(&prompts[0][30..], &mut refs[0]), &what);
@@ -229,8 +233,8 @@ fn batched_paged_forward_matches_each_sequence_alone(backend: &Backend) {
         model.copy_blocks(&mut cache, &pairs).unwrap();
         // The fork runs its decode with a draft token, a logits row for each position.
         let step3 = [
-            SeqChunk { tokens: &[5], start: 70, tables: &tables[0], logits: 1 },
-            SeqChunk { tokens: &[5, 8], start: 70, tables: &fork, logits: 2 },
+            SeqChunk { tokens: &[5], start: 70, tables: &tables[0], logits: 1, adapter: None },
+            SeqChunk { tokens: &[5, 8], start: 70, tables: &fork, logits: 2, adapter: None },
         ];
         let got = model.forward_batch(&step3, &mut cache).unwrap();
         assert_eq!(got.len(), 3, "one row, then two");
@@ -240,6 +244,124 @@ fn batched_paged_forward_matches_each_sequence_alone(backend: &Backend) {
         check(&got[1], &expected, &what);
         check(&got[2], &reference.forward(&[8], &mut forked), &what);
     }
+}
+
+/// An adapter for `config` adapting `targets` (every matrix when empty).
+fn adapter(config: &ModelConfig, targets: &[LayerWeight], rank: usize, ty: GgmlType, seed: u64) -> Arc<LoraAdapter> {
+    let all = [LayerWeight::Q, LayerWeight::K, LayerWeight::V, LayerWeight::Qkv, LayerWeight::AttnOut, LayerWeight::Gate, LayerWeight::Up, LayerWeight::Down];
+    let targets = if targets.is_empty() { &all[..] } else { targets };
+    let bytes = synthetic_adapter(config, targets, rank, 2.0 * rank as f32, ty, seed).unwrap().to_bytes();
+    Arc::new(LoraAdapter::from_gguf(&GgufFile::from_bytes(bytes).unwrap(), config).unwrap())
+}
+
+/// LoRA adapters (f32, f16 and q8_0 files; fused matrices split as their base; biases and
+/// post-norms after them) match the reference with the same adapter and scale; one batch
+/// whose rows run three adapters and none (a long prompt chunk, short ones, decodes)
+/// gives each row what it gets alone; an emptied slot is refused.
+fn adapters_match_the_reference_and_share_a_batch(backend: &Backend) {
+    let small = TinyModel { n_layers: 2, ..Default::default() };
+    let specs = [
+        (small.clone(), GgmlType::F32),
+        (TinyModel { arch: &PHI3, fused_qkv: true, tied_embeddings: false, seed: 11, ..small.clone() }, GgmlType::F16),
+        (TinyModel { arch: &QWEN2, biases: true, seed: 12, ..small.clone() }, GgmlType::Q8_0),
+        (TinyModel { arch: &GEMMA2, sliding_window: Some(6), seed: 9, ..small }, GgmlType::F32),
+    ];
+    for (spec, ty) in specs {
+        let (file, mut model) = load(spec.to_gguf(), backend);
+        let config = model.config().clone();
+        let what = format!("{spec:?}, {ty:?} adapters");
+        // q8_0's blocks of 32 run along lora_b's rank.
+        let rank = |r: usize| if ty == GgmlType::Q8_0 { 32 } else { r };
+        let adapters = [
+            adapter(&config, &[], rank(8), ty, 1),
+            adapter(&config, &[LayerWeight::Q, LayerWeight::V, LayerWeight::Qkv], rank(4), ty, 2),
+            adapter(&config, &[LayerWeight::Gate, LayerWeight::Up, LayerWeight::Down, LayerWeight::AttnOut], rank(16), ty, 3),
+        ];
+        for (slot, a) in adapters.iter().enumerate() {
+            model.set_adapter(slot, Some(a.clone())).unwrap();
+        }
+        let rows = [Some(RowAdapter { slot: 0, scale: 1.0 }), Some(RowAdapter { slot: 1, scale: 0.5 }), Some(RowAdapter { slot: 2, scale: 2.0 }), None];
+        let prompts: Vec<Vec<u32>> = [40usize, 7, 12, 9].iter().enumerate().map(|(s, &n)| (0..n).map(|i| ((i * 29 + s * 11) % 250) as u32 + 3).collect()).collect();
+        // Interleaved tables, a range of the pool per layer group.
+        let groups = config.kv_layout().groups.len() as u32;
+        let tables: Vec<Vec<Vec<u32>>> = (0..4u32).map(|s| (0..groups).map(|g| (0..16).map(|i| 64 * g + i * 4 + s).collect()).collect()).collect();
+        let pool = |model: &Model| model.new_paged_cache(64 * groups as usize, 4).unwrap();
+        let (decode_a, decode_b) = (17u32, 99u32);
+
+        // The reference, and each sequence alone, per adapter.
+        let mut alone = Vec::new();
+        for (s, row) in rows.iter().enumerate() {
+            let mut reference = ReferenceModel::load(&file).unwrap();
+            reference.set_adapter(row.map(|r| (adapters[r.slot as usize].clone(), r.scale)));
+            let mut ref_cache = ReferenceCache::default();
+            let mut cache = pool(&model);
+            let run = |cache: &mut crate::PagedKvCache, tokens: &[u32], start| {
+                let chunk = SeqChunk { tokens, start, tables: &tables[s], logits: 1, adapter: *row };
+                model.forward_batch(&[chunk], cache).unwrap().remove(0)
+            };
+            let prompt = &prompts[s];
+            let got = [run(&mut cache, prompt, 0), run(&mut cache, &[decode_a], prompt.len()), run(&mut cache, &[decode_b], prompt.len() + 1)];
+            let expected = [reference.forward(prompt, &mut ref_cache), reference.forward(&[decode_a], &mut ref_cache), reference.forward(&[decode_b], &mut ref_cache)];
+            for (g, e) in got.iter().zip(&expected) {
+                assert_close(g, e, &format!("{what}, sequence {s} alone"));
+            }
+            alone.push(got);
+        }
+        // An adapter moves the outputs (the test would pass unadapted otherwise).
+        for s in 0..3 {
+            assert!(max_abs_diff(&alone[s][0], &alone[3][0]) > 1e-2, "{what}: adapter {s} changes nothing");
+        }
+
+        // All four in one batch: the prompts, then two decode steps.
+        let mut cache = pool(&model);
+        let prompt_step: Vec<SeqChunk> = (0..4).map(|s| SeqChunk { tokens: &prompts[s], start: 0, tables: &tables[s], logits: 1, adapter: rows[s] }).collect();
+        let mut together = vec![model.forward_batch(&prompt_step, &mut cache).unwrap()];
+        for (i, token) in [decode_a, decode_b].iter().enumerate() {
+            let step: Vec<SeqChunk> = (0..4)
+                .map(|s| SeqChunk { tokens: std::slice::from_ref(token), start: prompts[s].len() + i, tables: &tables[s], logits: 1, adapter: rows[s] })
+                .collect();
+            together.push(model.forward_batch(&step, &mut cache).unwrap());
+        }
+        for (step, rows) in together.iter().enumerate() {
+            for (s, got) in rows.iter().enumerate() {
+                assert_within(got, &alone[s][step], 1e-4, &format!("{what}: sequence {s} at step {step} in the batch"));
+            }
+        }
+
+        // Emptying slot 1 leaves the others as they were.
+        model.set_adapter(1, None).unwrap();
+        let mut cache = pool(&model);
+        let chunk = |s: usize| SeqChunk { tokens: &prompts[s], start: 0, tables: &tables[s], logits: 1, adapter: rows[s] };
+        let e = model.forward_batch(&[chunk(1)], &mut cache).unwrap_err().to_string();
+        assert_eq!(e, "invalid parameter: no LoRA adapter is in slot 1");
+        let got = model.forward_batch(&[chunk(0), chunk(2)], &mut cache).unwrap();
+        assert_within(&got[0], &alone[0][0], 1e-4, &what);
+        assert_within(&got[1], &alone[2][0], 1e-4, &what);
+    }
+}
+
+/// Adapter files that do not fit the model, or are not adapters, are refused with the reason.
+#[test]
+fn mismatched_adapters_are_refused_with_the_reason() {
+    let config = TinyModel::default().config();
+    let refused = |writer: &GgufWriter, on: &ModelConfig| LoraAdapter::from_gguf(&GgufFile::from_bytes(writer.to_bytes()).unwrap(), on).unwrap_err().to_string();
+    let good = || synthetic_adapter(&config, &[LayerWeight::Q], 4, 8.0, GgmlType::F32, 1).unwrap();
+    let e = LoraAdapter::from_gguf(&GgufFile::from_bytes(TinyModel::default().to_gguf()).unwrap(), &config).unwrap_err().to_string();
+    assert!(e.contains("not an adapter file"), "{e}");
+    let e = refused(&good(), &TinyModel { arch: &QWEN2, ..Default::default() }.config());
+    assert!(e.contains("the adapter is for a llama model, and this model is qwen2"), "{e}");
+    let e = refused(&good(), &TinyModel { hidden: 128, ..Default::default() }.config());
+    assert!(e.contains("lora_a is [64, 4]"), "{e}");
+    let mut head = good();
+    head.tensor("output.weight.lora_a", &[64, 4], GgmlType::F32, vec![0; 64 * 4 * 4]);
+    let e = refused(&head, &config);
+    assert!(e.contains("the token embedding and output head are not supported"), "{e}");
+    let mut half = good();
+    half.remove_tensor("blk.1.attn_q.weight.lora_b");
+    assert!(refused(&half, &config).contains("\"blk.1.attn_q.weight\" has only one of lora_a and lora_b"));
+    let mut other = good();
+    other.set_metadata("adapter.type", MetadataValue::String("control_vector".into()));
+    assert!(refused(&other, &config).contains("only \"lora\" adapters are supported"));
 }
 
 #[test]
@@ -269,18 +391,18 @@ fn bad_batches_are_errors(backend: &Backend) {
     let (_, model) = load(TinyModel::default().to_gguf(), backend);
     let mut cache = model.new_paged_cache(4, 4).unwrap();
     let run = |chunks: &[SeqChunk], cache: &mut crate::PagedKvCache| model.forward_batch(chunks, cache).unwrap_err().to_string();
-    let e = run(&[SeqChunk { tokens: &[1; 9], start: 0, tables: &[vec![0, 1]], logits: 1 }], &mut cache);
+    let e = run(&[SeqChunk { tokens: &[1; 9], start: 0, tables: &[vec![0, 1]], logits: 1, adapter: None }], &mut cache);
     assert!(e.contains("9 positions needed, 8 allocated"), "{e}");
-    let e = run(&[SeqChunk { tokens: &[1], start: 0, tables: &[vec![7]], logits: 1 }], &mut cache);
+    let e = run(&[SeqChunk { tokens: &[1], start: 0, tables: &[vec![7]], logits: 1, adapter: None }], &mut cache);
     assert!(e.contains("block 7 is outside the pool of 4 blocks"), "{e}");
-    let e = run(&[SeqChunk { tokens: &[1], start: 0, tables: &[vec![0], vec![1]], logits: 1 }], &mut cache);
+    let e = run(&[SeqChunk { tokens: &[1], start: 0, tables: &[vec![0], vec![1]], logits: 1, adapter: None }], &mut cache);
     assert!(e.contains("2 block tables for a cache of 1 layer groups"), "{e}");
-    let e = run(&[SeqChunk { tokens: &[], start: 0, tables: &[vec![0]], logits: 1 }], &mut cache);
+    let e = run(&[SeqChunk { tokens: &[], start: 0, tables: &[vec![0]], logits: 1, adapter: None }], &mut cache);
     assert!(e.contains("no tokens"), "{e}");
     assert!(model.copy_blocks(&mut cache, &[(0, 4)]).is_err());
     assert!(model.new_paged_cache(0, 16).is_err());
     // Nothing was written by the refused batches; the pool still serves.
-    let ok = model.forward_batch(&[SeqChunk { tokens: &[1, 2], start: 0, tables: &[vec![3]], logits: 1 }], &mut cache).unwrap();
+    let ok = model.forward_batch(&[SeqChunk { tokens: &[1, 2], start: 0, tables: &[vec![3]], logits: 1, adapter: None }], &mut cache).unwrap();
     assert_eq!(ok.len(), 1);
 }
 
@@ -635,7 +757,7 @@ fn attention_kernels_match_a_loop() {
         }
         // Every position's keys and values written in one batch.
         let tokens: Vec<Vec<u32>> = sequences.iter().map(|&(c, n)| vec![0; c + n]).collect();
-        let writes: Vec<SeqChunk> = (0..sequences.len()).map(|s| SeqChunk { tokens: &tokens[s], start: 0, tables: &tables[s], logits: 0 }).collect();
+        let writes: Vec<SeqChunk> = (0..sequences.len()).map(|s| SeqChunk { tokens: &tokens[s], start: 0, tables: &tables[s], logits: 0, adapter: None }).collect();
         let order = BatchLayout::order(&writes);
         let laid_out: Vec<&SeqChunk> = order.iter().map(|&i| &writes[i]).collect();
         let batch = BatchBuffer::new(&cube, BatchLayout::new(&laid_out, block_size, 1));
@@ -649,7 +771,7 @@ fn attention_kernels_match_a_loop() {
         let steps: Vec<SeqChunk> = sequences
             .iter()
             .enumerate()
-            .map(|(s, &(cached, new))| SeqChunk { tokens: &tokens[s][cached..cached + new], start: cached, tables: &tables[s], logits: 0 })
+            .map(|(s, &(cached, new))| SeqChunk { tokens: &tokens[s][cached..cached + new], start: cached, tables: &tables[s], logits: 0, adapter: None })
             .collect();
         let order = BatchLayout::order(&steps);
         let laid_out: Vec<&SeqChunk> = order.iter().map(|&i| &steps[i]).collect();

@@ -4,7 +4,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use cinder_cpu::{BlockMatrix, Heads, KvLayer, QueryRow, RopeTables, Threads, paged_attention};
+use cinder_cpu::{BlockMatrix, Heads, KvLayer, LoraStack, QueryRow, RopeTables, RowAdapter, Threads, paged_attention};
 use cinder_gguf::{GgmlType, GgufFile, TensorInfo};
 
 use super::{Ops, activation};
@@ -37,6 +37,8 @@ impl Ops for CpuOps {
     type Matrix = BlockMatrix;
     type Rope = RopeTables;
     type Batch = BatchLayout;
+    type Lora = LoraStack;
+    type LoraRows = Vec<Option<RowAdapter>>;
 
     fn rows(&self, values: Vec<f32>, width: usize) -> HostRows {
         HostRows { data: values, width }
@@ -75,6 +77,18 @@ impl Ops for CpuOps {
         PagedKvCache::on_host(PoolShape::new(config, num_blocks, block_size))
     }
 
+    fn lora(&self, stack: LoraStack) -> LoraStack {
+        stack
+    }
+
+    fn lora_rows(&self, rows: &[Option<RowAdapter>]) -> Vec<Option<RowAdapter>> {
+        rows.to_vec()
+    }
+
+    fn lora_bytes(lora: &LoraStack) -> usize {
+        (lora.a.len() + lora.b.len()) * 4
+    }
+
     fn matrix_bytes(matrix: &BlockMatrix) -> usize {
         matrix.bytes()
     }
@@ -89,6 +103,11 @@ impl Ops for CpuOps {
 
     fn linear_add(&self, matrix: &BlockMatrix, x: HostRows, residual: HostRows) -> HostRows {
         self.add(self.linear(matrix, x), residual)
+    }
+
+    fn lora_add(&self, mut y: HostRows, x: &HostRows, lora: &LoraStack, rows: &Vec<Option<RowAdapter>>) -> HostRows {
+        lora.add_to(&mut y.data, &x.data, rows);
+        y
     }
 
     fn add(&self, mut a: HostRows, b: HostRows) -> HostRows {

@@ -4,6 +4,7 @@ use std::ops::Range;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_cubecl::CubeDevice;
+use cinder_cpu::{LoraStack, RowAdapter};
 use cinder_gguf::{GgufFile, TensorInfo};
 
 use super::Ops;
@@ -12,6 +13,7 @@ use crate::attention::{Attention, ScoreRule};
 use crate::fused::{gated, rms_norm, rope};
 use crate::linear::Linear;
 use crate::logits::{Logits, PendingLogits};
+use crate::lora::{DeviceLora, DeviceLoraRows};
 use crate::paged::{BatchBuffer, BatchLayout, PagedKvCache, PoolShape};
 use crate::{ModelConfig, ModelError};
 
@@ -41,6 +43,8 @@ impl Ops for GpuOps {
     type Matrix = Linear;
     type Rope = DeviceRope;
     type Batch = BatchBuffer;
+    type Lora = DeviceLora;
+    type LoraRows = DeviceLoraRows;
 
     fn rows(&self, values: Vec<f32>, width: usize) -> Tensor<2> {
         let rows = values.len() / width;
@@ -79,6 +83,18 @@ impl Ops for GpuOps {
         PagedKvCache::on_device(&self.cube, shape, subgroup_width)
     }
 
+    fn lora(&self, stack: LoraStack) -> DeviceLora {
+        DeviceLora::upload(&self.cube, stack)
+    }
+
+    fn lora_rows(&self, rows: &[Option<RowAdapter>]) -> DeviceLoraRows {
+        DeviceLoraRows::upload(&self.cube, rows)
+    }
+
+    fn lora_bytes(lora: &DeviceLora) -> usize {
+        lora.bytes()
+    }
+
     fn matrix_bytes(matrix: &Linear) -> usize {
         matrix.device_bytes()
     }
@@ -93,6 +109,10 @@ impl Ops for GpuOps {
 
     fn linear_add(&self, matrix: &Linear, x: Tensor<2>, residual: Tensor<2>) -> Tensor<2> {
         matrix.forward_add(x, residual)
+    }
+
+    fn lora_add(&self, y: Tensor<2>, x: &Tensor<2>, lora: &DeviceLora, rows: &DeviceLoraRows) -> Tensor<2> {
+        lora.add_to(y, x.clone(), rows)
     }
 
     fn add(&self, a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
