@@ -369,6 +369,7 @@ fn check_body(bytes: &[u8], tokenizer: &Tokenizer, template: &ChatTemplate, gram
             priority: Priority::Normal,
             max_priority: Priority::Critical,
             constraint: constraint.as_ref(),
+            adapter: None,
         };
         let _ = checked.requests(&prompts[..prompts.len().min(4)], submission);
     }

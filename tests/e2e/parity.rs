@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use cinder_gguf::GgufFile;
-use cinder_model::{Backend, KvType, KvTypes, Model, log_softmax};
+use cinder_model::{Backend, KvType, KvTypes, LoraAdapter, Model, RowAdapter, log_softmax};
 
 use crate::On;
 
@@ -69,6 +69,7 @@ on_each_backend!(
     gemma3_greedy_tokens_track_llama_cpp_q4_k_m,
     greedy_tokens_match_llama_cpp_with_a_q8_0_kv_cache,
     greedy_tokens_track_llama_cpp_with_a_q4_0_kv_cache,
+    greedy_tokens_match_llama_cpp_with_lora_adapters,
 );
 
 fn check(model: &Model, fixture_name: &str, bounds: Bounds) {
@@ -142,16 +143,21 @@ fn gemma3_greedy_tokens_track_llama_cpp_q4_k_m(on: On) {
 /// token or llama.cpp's top-2 gap is below `near_tie`, and the largest top-1
 /// log-probability difference where they agree.
 fn forced_agreement(model: &Model, fixture_name: &str, near_tie: f32) -> (f64, f32) {
-    let limit: usize = std::env::var("CINDER_PARITY_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(32);
     let fixture = crate::fixture(fixture_name);
+    agreement_with(model, None, fixture["prompts"].as_array().unwrap(), fixture_name, near_tie)
+}
+
+/// [`forced_agreement`] over `prompts`, with the LoRA adapter `adapter` names.
+fn agreement_with(model: &Model, adapter: Option<RowAdapter>, prompts: &[serde_json::Value], fixture_name: &str, near_tie: f32) -> (f64, f32) {
+    let limit: usize = std::env::var("CINDER_PARITY_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(32);
     let (mut agreed, mut steps_seen, mut worst_logprob) = (0, 0, 0f32);
-    for prompt in fixture["prompts"].as_array().unwrap() {
+    for prompt in prompts {
         let prompt_ids: Vec<u32> = prompt["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         let steps = prompt["steps"].as_array().unwrap();
         let mut cache = model.new_cache(prompt_ids.len() + steps.len()).unwrap();
         let mut input = prompt_ids;
         for step in steps.iter().take(limit) {
-            let logprobs = log_softmax(&model.forward(&input, &mut cache).unwrap());
+            let logprobs = log_softmax(&model.forward_adapted(&input, &mut cache, adapter).unwrap());
             let ours = (0..logprobs.len()).max_by(|&a, &b| logprobs[a].total_cmp(&logprobs[b]).then(b.cmp(&a))).unwrap() as u32;
             let top = step["top"].as_array().unwrap();
             let reference_lp = |k: usize| top[k][1].as_f64().unwrap() as f32;
@@ -182,4 +188,38 @@ fn greedy_tokens_match_llama_cpp_with_a_q8_0_kv_cache(on: On) {
 fn greedy_tokens_track_llama_cpp_with_a_q4_0_kv_cache(on: On) {
     let (share, _) = forced_agreement(default_model_with(on, KvType::Q4_0), "greedy_f32_kv_q4_0.json", 0.4);
     assert!(share >= 0.85, "{:.1} % of the steps agree with llama.cpp's q4_0 cache", 100.0 * share);
+}
+
+/// LoRA adapters (`greedy_f32_lora.json`, `scripts/make_lora_fixtures.py`: random adapters
+/// written by `cinder synth-lora`, run by llama.cpp's `--lora` on the F32 weights): the same
+/// files, written again here, in slots of the default model. Step by step on llama.cpp's
+/// tokens, at least 95 % of the steps agree (near-ties as above) for each adapter, and each
+/// adapter moves llama.cpp's tokens away from the base model's (the comparison is not of
+/// the base model alone).
+fn greedy_tokens_match_llama_cpp_with_lora_adapters(on: On) {
+    let fixture = crate::fixture("greedy_f32_lora.json");
+    let base = crate::fixture("greedy_f32.json");
+    let dir = crate::scratch_dir("lora_parity");
+    let mut model = load(crate::real_model_path(), on.backend(), KvType::F16);
+    let file = GgufFile::open(crate::real_model_path()).unwrap();
+    let config = cinder_model::ModelConfig::from_gguf(&file).unwrap();
+    let adapters = fixture["adapters"].as_array().unwrap();
+    for (slot, adapter) in adapters.iter().enumerate() {
+        let path = dir.join(format!("{}.gguf", adapter["name"].as_str().unwrap()));
+        let args: Vec<&str> = adapter["synth_lora"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        let status = crate::cinder_command().arg("synth-lora").arg("--model").arg(crate::real_model_path()).arg("--out").arg(&path).args(&args).status().unwrap();
+        assert!(status.success());
+        let lora = LoraAdapter::from_gguf(&GgufFile::open(&path).unwrap(), &config).unwrap();
+        model.set_adapter(slot, Some(std::sync::Arc::new(lora))).unwrap();
+    }
+    for (slot, adapter) in adapters.iter().enumerate() {
+        let name = adapter["name"].as_str().unwrap();
+        let prompts = adapter["prompts"].as_array().unwrap();
+        let first_ids = |p: &serde_json::Value| p["steps"].as_array().unwrap()[..8].iter().map(|s| s["id"].clone()).collect::<Vec<_>>();
+        let moved = prompts.iter().zip(base["prompts"].as_array().unwrap()).filter(|(a, b)| first_ids(a) != first_ids(b)).count();
+        assert!(moved >= prompts.len() / 2, "adapter {name} moves only {moved} of llama.cpp's continuations");
+        let row = RowAdapter { slot: slot as u32, scale: adapter["scale"].as_f64().unwrap() as f32 };
+        let (share, _) = agreement_with(&model, Some(row), prompts, &format!("greedy_f32_lora.json {name}"), 0.05);
+        assert!(share >= 0.95, "adapter {name}: {:.1} % of the steps agree with llama.cpp's --lora", 100.0 * share);
+    }
 }

@@ -35,6 +35,8 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// Write a random-weight GGUF with the shapes and metadata of a known model.
     Synth(synth::SynthArgs),
+    /// Write a random LoRA adapter (GGUF, as llama.cpp reads them) for a model file.
+    SynthLora(synth::SynthLoraArgs),
 }
 
 /// The engine's clock for this process: microseconds since the call.
@@ -61,6 +63,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Synth(args) => synth::run(args),
+        Command::SynthLora(args) => synth::run_lora(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -55,3 +55,61 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[derive(clap::Args)]
+pub struct SynthLoraArgs {
+    /// The model the adapter adapts [default: the default model].
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// `adapter.lora.alpha`: the product is scaled by alpha / rank.
+    #[arg(long, default_value_t = 16.0)]
+    alpha: f32,
+    /// Encoding of lora_a and lora_b (q8_0 needs a rank that is a multiple of 32).
+    #[arg(long = "type", default_value = "f32", value_parser = ["f32", "f16", "q8_0"])]
+    ty: String,
+    /// The matrices it adapts, of: q, k, v, qkv, o, gate, up, down [default: all the model has].
+    #[arg(long, value_delimiter = ',')]
+    targets: Vec<String>,
+    /// The same seed writes the same bytes.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where to write the GGUF file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// `cinder synth-lora`: a random LoRA adapter for a model file, as llama.cpp reads them.
+pub fn run_lora(args: SynthLoraArgs) -> anyhow::Result<()> {
+    use cinder_model::arch::LayerWeight;
+    let path = args.model.clone().unwrap_or_else(default_model_path);
+    let file = cinder_gguf::GgufFile::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let config = cinder_model::ModelConfig::from_gguf(&file)?;
+    let all = [
+        ("q", LayerWeight::Q),
+        ("k", LayerWeight::K),
+        ("v", LayerWeight::V),
+        ("qkv", LayerWeight::Qkv),
+        ("o", LayerWeight::AttnOut),
+        ("gate", LayerWeight::Gate),
+        ("up", LayerWeight::Up),
+        ("down", LayerWeight::Down),
+    ];
+    let targets = if args.targets.is_empty() {
+        all.iter().map(|(_, w)| *w).collect()
+    } else {
+        (args.targets.iter())
+            .map(|t| all.iter().find(|(n, _)| n == t).map(|(_, w)| *w).ok_or_else(|| anyhow::anyhow!("--targets: unknown matrix {t:?} (q, k, v, qkv, o, gate, up, down)")))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    let ty = match args.ty.as_str() {
+        "f16" => cinder_gguf::GgmlType::F16,
+        "q8_0" => cinder_gguf::GgmlType::Q8_0,
+        _ => cinder_gguf::GgmlType::F32,
+    };
+    let writer = cinder_model::lora::synthetic_adapter(&config, &targets, args.rank, args.alpha, ty, args.seed)?;
+    writer.write(&args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!("wrote {} (rank {}, alpha {}, {}, for {})", args.out.display(), args.rank, args.alpha, args.ty, path.display());
+    Ok(())
+}

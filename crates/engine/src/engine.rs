@@ -2,8 +2,11 @@
 
 use std::collections::HashMap;
 
+use std::sync::Arc;
+
 use cinder_model::{
-    LogitRows, Model, ModelConfig, ModelError, PagedKvCache, PendingLogits, Sampler, SamplingParams, SeqChunk, Verdict, log_softmax,
+    LogitRows, LoraAdapter, Model, ModelConfig, ModelError, PagedKvCache, PendingLogits, RowAdapter, Sampler, SamplingParams, SeqChunk, Verdict,
+    log_softmax,
     top_logprobs,
 };
 use cinder_scheduler::admission::Applicant;
@@ -13,6 +16,7 @@ use cinder_scheduler::{
 use cinder_tokenizer::{StreamDecoder, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::adapters::{AdapterMetrics, Adapters};
 use crate::draft::{DraftModel, DraftRequest};
 use crate::speculative::{SequenceSpeculation, StepCost, ngram_proposal};
 use crate::stop::StopMatcher;
@@ -44,6 +48,8 @@ struct Active {
     /// stream), and the distributions the step's draft tokens were drawn from.
     draft_sampler: Option<Sampler>,
     proposals: Vec<Vec<(u32, f32)>>,
+    /// The LoRA adapter its rows run with.
+    adapter: Option<RowAdapter>,
 }
 
 /// Counters since the engine started.
@@ -55,6 +61,9 @@ pub struct EngineMetrics {
     /// Speculative decoding: draft tokens verified, and those accepted.
     pub spec_draft_tokens_total: u64,
     pub spec_accepted_tokens_total: u64,
+    /// LoRA adapters: the most that may be loaded, and each loaded one's counts.
+    pub max_loras: usize,
+    pub adapters: Vec<AdapterMetrics>,
 }
 
 /// What a step did.
@@ -92,6 +101,7 @@ pub struct Engine {
     timing: Option<(u64, usize, Time)>,
     /// Why the last failed step failed: the error of requests that end as failed.
     last_step_error: String,
+    adapters: Adapters,
 }
 
 impl Engine {
@@ -124,6 +134,7 @@ impl Engine {
             step_cost: StepCost::default(),
             timing: None,
             last_step_error: String::new(),
+            adapters: Adapters::default(),
         })
     }
 
@@ -208,6 +219,34 @@ impl Engine {
         }
     }
 
+    /// How many LoRA adapters may be loaded at once (each holds a slot on the device).
+    pub fn set_max_loras(&mut self, max: usize) -> Result<(), String> {
+        self.adapters.set_max(max)
+    }
+
+    /// Loads `adapter` (read for this engine's model) under `name`: requests naming it run
+    /// with it, its product scaled by `scale`, batched with every other adapter's.
+    pub fn load_adapter(&mut self, name: &str, adapter: Arc<LoraAdapter>, scale: f32) -> Result<(), String> {
+        self.adapters.load(&mut self.model, name, adapter, scale)
+    }
+
+    /// Unloads adapter `name`: new requests naming it are refused from now on; those
+    /// queued or running finish with it, and its slot empties after the last.
+    pub fn unload_adapter(&mut self, name: &str) -> Result<(), String> {
+        self.adapters.unload(name)?;
+        self.retire_adapters()
+    }
+
+    pub fn adapters(&self) -> &Adapters {
+        &self.adapters
+    }
+
+    /// Empties the slots of unloaded adapters that no request runs any more.
+    fn retire_adapters(&mut self) -> Result<(), String> {
+        let active = &self.active;
+        self.adapters.retire(&mut self.model, |slot| active.values().any(|a| a.adapter.is_some_and(|r| r.slot == slot)))
+    }
+
     pub fn model(&self) -> &Model {
         &self.model
     }
@@ -251,9 +290,14 @@ impl Engine {
         now: Time,
     ) -> Result<Vec<SeqId>, SubmitError> {
         let samplers = requests.iter().map(|(r, _)| self.check(r)).collect::<Result<Vec<_>, _>>()?;
+        let adapters = (requests.iter())
+            .map(|(r, _)| r.adapter.as_deref().map(|name| self.adapters.select(name)).transpose())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(SubmitError::Invalid)?;
         let scheduled = requests
             .iter()
-            .map(|(r, _)| Request {
+            .zip(&adapters)
+            .map(|((r, _), adapter)| Request {
                 prompt: r.prompt.clone(),
                 max_new_tokens: r.max_tokens,
                 priority: r.priority,
@@ -261,10 +305,14 @@ impl Engine {
                 tenant: r.tenant,
                 max_wait: r.deadline,
                 use_prefix_cache: r.use_prefix_cache,
+                cache_salt: adapter.map_or(0, |a| a.salt),
             })
             .collect();
         let ids = self.scheduler.submit_all(scheduled, now).map_err(SubmitError::Rejected)?;
-        for ((id, (request, events)), sampler) in ids.iter().zip(requests).zip(samplers) {
+        for (((id, (request, events)), sampler), adapter) in ids.iter().zip(requests).zip(samplers).zip(adapters) {
+            if let Some(name) = &request.adapter {
+                self.adapters.count(name);
+            }
             self.prompt_tokens_total += request.prompt.len() as u64;
             let setting = request.speculative.unwrap_or(self.speculation.default);
             let draft_sampler = (setting.method == SpeculativeMethod::Draft).then(|| {
@@ -286,6 +334,7 @@ impl Engine {
                 speculation: SequenceSpeculation::new(setting),
                 draft_sampler,
                 proposals: Vec::new(),
+                adapter: adapter.map(|a| a.row),
             };
             self.active.insert(*id, active);
         }
@@ -470,15 +519,17 @@ impl Engine {
             }
         }
         let decode_tokens: Vec<Vec<u32>> = plan.decode.iter().map(|d| [&[d.token], &d.draft[..]].concat()).collect();
+        let adapter = |seq: &SeqId| self.active.get(seq).and_then(|a| a.adapter);
         let chunks: Vec<SeqChunk> = plan
             .prefill
             .iter()
-            .map(|c| SeqChunk { tokens: &c.tokens, start: c.start, tables: &c.block_tables, logits: usize::from(c.samples) })
+            .map(|c| SeqChunk { tokens: &c.tokens, start: c.start, tables: &c.block_tables, logits: usize::from(c.samples), adapter: adapter(&c.seq) })
             .chain(plan.decode.iter().zip(&decode_tokens).map(|(d, tokens)| SeqChunk {
                 tokens,
                 start: d.position,
                 tables: &d.block_tables,
                 logits: tokens.len(),
+                adapter: adapter(&d.seq),
             }))
             .collect();
         self.model.launch_batch(&chunks, &mut self.cache)
@@ -670,6 +721,10 @@ impl Engine {
             let speculative = active.speculation.setting.is_on().then_some(active.speculation.usage);
             let _ = active.events.send(Event::Finished(finished(done, reason, text, error, speculative)));
         }
+        // A failure leaves the adapter unloading, tried again after the next request ends.
+        if let Err(e) = self.retire_adapters() {
+            self.last_step_error = e;
+        }
     }
 
     /// Runs `request` alone to its end, stepping the engine; `on_text` gets the text as it
@@ -712,6 +767,14 @@ impl Engine {
             generation_tokens_total: self.generation_tokens_total,
             spec_draft_tokens_total: self.spec_draft_tokens_total,
             spec_accepted_tokens_total: self.spec_accepted_tokens_total,
+            max_loras: self.adapters.max(),
+            adapters: self.adapters.metrics(|slot| {
+                let sequences = self.active.iter().filter(|(_, a)| a.adapter.is_some_and(|r| r.slot == slot));
+                sequences.fold((0, 0), |(running, waiting), (&id, _)| match self.scheduler.is_running(id) {
+                    true => (running + 1, waiting),
+                    false => (running, waiting + 1),
+                })
+            }),
         }
     }
 

@@ -26,6 +26,7 @@
 //! when to step, so the same engine runs under the native server's worker thread and in a
 //! browser's event loop.
 
+mod adapters;
 mod constraint;
 mod draft;
 mod engine;
@@ -34,6 +35,7 @@ mod request;
 pub mod speculative;
 pub mod stop;
 
+pub use adapters::{AdapterMetrics, Adapters};
 pub use constraint::{Constraint, Grammars, json_layout};
 pub use draft::DraftModel;
 pub use engine::{Engine, EngineMetrics, Launched, StepOutcome};

@@ -396,7 +396,10 @@ pub struct StreamOptions {
 /// The body of `/v1/completions` and `/v1/chat/completions`.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct GenerationBody {
+    /// A model, an alias or a LoRA adapter.
     pub model: Option<String>,
+    /// A LoRA adapter of the model `model` names, to run with.
+    pub lora: Option<String>,
     pub prompt: Option<Prompt>,
     pub messages: Option<Vec<Message>>,
     pub max_tokens: Option<u64>,
@@ -754,6 +757,8 @@ pub struct Submission<'a> {
     /// The most urgent level the queue may lift the requests to.
     pub max_priority: Priority,
     pub constraint: Option<&'a Constraint>,
+    /// The LoRA adapter the requests run with.
+    pub adapter: Option<&'a str>,
 }
 
 impl Checked {
@@ -920,6 +925,7 @@ impl Checked {
                     use_prefix_cache: self.body.cache_prompt.unwrap_or(true),
                     constraint: submission.constraint.cloned(),
                     speculative: self.speculative,
+                    adapter: submission.adapter.map(str::to_owned),
                 });
             }
         }
@@ -949,7 +955,7 @@ mod tests {
     }
 
     fn submission(seed: u64) -> Submission<'static> {
-        Submission { context_length: 64, seed, tenant: TenantId(3), priority: Priority::Low, max_priority: Priority::Low, constraint: None }
+        Submission { context_length: 64, seed, tenant: TenantId(3), priority: Priority::Low, max_priority: Priority::Low, constraint: None, adapter: None }
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub struct GenerationRequest {
     pub constraint: Option<Constraint>,
     /// Speculative decoding; `None`: the engine's default ([`crate::SpeculationConfig`]).
     pub speculative: Option<Speculation>,
+    /// The LoRA adapter to run with, by the name it was loaded under
+    /// ([`crate::Engine::load_adapter`]); `None`: the base model.
+    pub adapter: Option<String>,
 }
 
 impl GenerationRequest {
@@ -52,6 +55,7 @@ impl GenerationRequest {
             use_prefix_cache: true,
             constraint: None,
             speculative: None,
+            adapter: None,
         }
     }
 }

@@ -476,11 +476,16 @@ impl Model {
     /// Runs `tokens` (the positions after those already in `cache`) through the model,
     /// appends their keys and values to `cache`, and returns the logits of the last token.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, ModelError> {
+        self.forward_adapted(tokens, cache, None)
+    }
+
+    /// [`Model::forward`] with the LoRA adapter `adapter` names ([`Model::set_adapter`]).
+    pub fn forward_adapted(&self, tokens: &[u32], cache: &mut KvCache, adapter: Option<RowAdapter>) -> Result<Vec<f32>, ModelError> {
         let needed = cache.len + tokens.len();
         if needed > cache.capacity {
             return Err(ModelError::CacheFull { needed, capacity: cache.capacity });
         }
-        let chunk = SeqChunk { tokens, start: cache.len, tables: &cache.tables, logits: 1, adapter: None };
+        let chunk = SeqChunk { tokens, start: cache.len, tables: &cache.tables, logits: 1, adapter };
         let logits = self.forward_batch(&[chunk], &mut cache.paged)?.pop().expect("one chunk asks for logits");
         cache.len = needed;
         Ok(logits)

@@ -253,9 +253,10 @@ impl BlockManager {
     }
 }
 
-/// Chained hashes of the full blocks of `tokens`: each covers its block and all before it.
-pub fn prefix_hashes(tokens: &[u32], block_size: usize) -> Vec<u64> {
-    let mut parent = 0u64;
+/// Chained hashes of the full blocks of `tokens`: each covers its block and all before it,
+/// and `salt` (see [`crate::Request::cache_salt`]).
+pub fn prefix_hashes(tokens: &[u32], block_size: usize, salt: u64) -> Vec<u64> {
+    let mut parent = salt;
     tokens
         .chunks_exact(block_size)
         .map(|block| {
@@ -617,7 +618,7 @@ mod tests {
         let m = BlockManager::new(64, 4);
         let windows = [None, Some(6)];
         let tokens: Vec<u32> = (0..24).collect();
-        let hashes = prefix_hashes(&tokens, 4);
+        let hashes = prefix_hashes(&tokens, 4, 0);
         // A finished sequence left all 6 blocks of group 0 cached, and only the last 3 of
         // the windowed group (the others were released before they were registered).
         let mut held = Vec::new();
@@ -651,7 +652,7 @@ mod tests {
     fn prefix_cache_hits_and_lru_eviction() {
         let m = BlockManager::new(3, 2);
         let tokens = [1, 2, 3, 4, 5];
-        let hashes = prefix_hashes(&tokens, 2);
+        let hashes = prefix_hashes(&tokens, 2, 0);
         assert_eq!(hashes.len(), 2);
         {
             let mut t = BlockTable::default();
@@ -666,7 +667,7 @@ mod tests {
         assert_eq!(m.stats().hit_blocks, 2);
         drop(hit);
         // A different first block shares nothing, even with the same second block.
-        assert!(m.lookup_groups(&prefix_hashes(&[9, 9, 3, 4], 2), &[None])[0].0.is_empty());
+        assert!(m.lookup_groups(&prefix_hashes(&[9, 9, 3, 4], 2, 0), &[None])[0].0.is_empty());
         // Exhausting the pool evicts the least recently used cached block first.
         let held: Vec<_> = (0..3).map(|_| m.allocate().unwrap()).collect();
         assert_eq!(m.stats().evictions, 2);

@@ -63,6 +63,10 @@ pub struct Request {
     pub max_wait: Option<Duration>,
     /// Whether cached prefix blocks may be reused for this request.
     pub use_prefix_cache: bool,
+    /// Mixed into its prefix hashes: requests whose KV differs for the same tokens (another
+    /// LoRA adapter) share no cached blocks. 0 for the base model.
+    #[serde(default)]
+    pub cache_salt: u64,
 }
 
 impl Request {
@@ -75,6 +79,7 @@ impl Request {
             tenant: TenantId(0),
             max_wait: None,
             use_prefix_cache: true,
+            cache_salt: 0,
         }
     }
 

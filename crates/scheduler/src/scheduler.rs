@@ -707,11 +707,16 @@ impl Scheduler {
         }
     }
 
-    /// The hash of the first block of `prompt` that the prefix cache may serve, if any.
-    fn first_cacheable_block(&self, prompt: &[u32]) -> Option<u64> {
+    /// The hash of the first block of `tokens` that the prefix cache may serve, if any.
+    fn first_cacheable_block(&self, tokens: &[u32], salt: u64) -> Option<u64> {
         let bs = self.config.block_size;
         // The last token is always computed: its logits give the next token.
-        (self.config.prefix_caching && prompt.len() > bs).then(|| prefix_hashes(&prompt[..bs], bs)[0])
+        (self.config.prefix_caching && tokens.len() > bs).then(|| prefix_hashes(&tokens[..bs], bs, salt)[0])
+    }
+
+    /// Whether sequence `id` is running (not waiting, not finished).
+    pub fn is_running(&self, id: SeqId) -> bool {
+        self.seqs.contains_key(&id)
     }
 
     /// True if the waiting sequence `id` starts with a block that a running prompt is
@@ -732,7 +737,7 @@ impl Scheduler {
         if !request.use_prefix_cache {
             return false;
         }
-        let Some(first) = self.first_cacheable_block(&request.prompt) else { return false };
+        let Some(first) = self.first_cacheable_block(&request.prompt, request.cache_salt) else { return false };
         self.running.iter().any(|(_, running)| self.seqs[running].prefilling_first_block == Some(first))
     }
 
@@ -755,7 +760,7 @@ impl Scheduler {
         if self.config.prefix_caching && waiting.request.use_prefix_cache {
             // The last token is always computed: its logits give the next token.
             let cacheable = (tokens.len() - 1) / bs * bs;
-            let hashes = prefix_hashes(&tokens[..cacheable], bs);
+            let hashes = prefix_hashes(&tokens[..cacheable], bs, waiting.request.cache_salt);
             blocks = SequenceBlocks::from_prefix(self.blocks.lookup_groups(&hashes, groups), bs);
         }
         let computed = blocks.len();
@@ -769,7 +774,7 @@ impl Scheduler {
         let waiting = self.dequeue(id, true).expect("peeked");
         let mut seq = Sequence::start(*waiting, Some(now));
         seq.level = level;
-        seq.prefilling_first_block = self.first_cacheable_block(&seq.tokens).filter(|_| computed < seq.tokens.len() - 1);
+        seq.prefilling_first_block = self.first_cacheable_block(&seq.tokens, seq.request.cache_salt).filter(|_| computed < seq.tokens.len() - 1);
         seq.blocks = blocks;
         seq.computed = computed;
         seq.registered = computed / bs;
@@ -897,7 +902,7 @@ impl Scheduler {
         if full <= seq.registered {
             return;
         }
-        let hashes = prefix_hashes(&seq.tokens[..full * bs], bs);
+        let hashes = prefix_hashes(&seq.tokens[..full * bs], bs, seq.request.cache_salt);
         for (g, table) in seq.blocks.tables().iter().enumerate() {
             // A windowed group's blocks may be gone already; the cache serves the rest.
             for (index, hash) in hashes.iter().enumerate().skip(seq.registered) {

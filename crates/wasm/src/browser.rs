@@ -286,6 +286,7 @@ impl WasmEngine {
             priority: checked.priority.unwrap_or_default(),
             max_priority: Priority::Critical,
             constraint: constraint.as_ref(),
+            adapter: None,
         };
         let (requests, receivers): (Vec<_>, Vec<_>) = (checked.requests(&prompts, submission).map_err(error)?)
             .into_iter()

@@ -15,12 +15,16 @@ use cinder_scheduler::queue::QueueConfig;
 use cinder_scheduler::{BatchPolicy, Duration, PolicyName, Priority, SchedulerConfig, TenantId};
 use serde::{Deserialize, Serialize};
 
+use super::loras::{LoraEntry, check_entry};
 use super::models::Routing;
 
 /// The whole file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServeConfig {
+    /// Most LoRA adapters loaded per model at once, each in a slot on the device
+    /// (`--max-loras`) [default: 4].
+    pub max_loras: MaxLoras,
     pub scheduler: SchedulerSection,
     pub kv_cache: KvCacheSection,
     pub shedding: SheddingSection,
@@ -37,6 +41,20 @@ pub struct ServeConfig {
     pub tenants: Vec<TenantConfig>,
     /// A gateway in front of the server (`[gateway]`).
     pub gateway: GatewaySection,
+    /// LoRA adapters to serve (`--lora NAME=PATH[:SCALE]` replaces them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<LoraEntry>,
+}
+
+/// `max_loras`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MaxLoras(pub usize);
+
+impl Default for MaxLoras {
+    fn default() -> Self {
+        Self(4)
+    }
 }
 
 /// `[gateway]`: a trusted gateway (Kubernetes' inference gateway) may name the tenant of
@@ -298,6 +316,9 @@ pub struct TenantConfig {
     /// Most of its requests in flight at once; more get 429.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<usize>,
+    /// The LoRA adapters its requests may run with [default: any]; the base models stay open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loras: Option<Vec<String>>,
 }
 
 fn one() -> f64 {
@@ -317,6 +338,7 @@ impl Default for TenantConfig {
             tokens_per_second: None,
             token_burst: None,
             max_concurrent: None,
+            loras: None,
         }
     }
 }
@@ -412,6 +434,17 @@ impl ServeConfig {
             }
             if t.max_concurrent == Some(0) {
                 return Err(format!("{} must be at least 1", at("max_concurrent")));
+            }
+        }
+        let mut adapters = BTreeSet::new();
+        for (i, entry) in self.loras.iter().enumerate() {
+            check_entry(entry).map_err(|e| format!("`loras[{i}]`: {e}"))?;
+            if !adapters.insert(entry.name.as_str()) || self.models.iter().any(|m| m.name == entry.name) {
+                return Err(format!("`loras[{i}].name`: {:?} names another adapter or a model", entry.name));
+            }
+            let sharing = self.loras.iter().filter(|l| l.model == entry.model).count();
+            if sharing > self.max_loras.0 {
+                return Err(format!("{sharing} LoRA adapters for one model, more than `max_loras` {}", self.max_loras.0));
             }
         }
         for key in &self.gateway.api_keys {

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::sync::Mutex;
 
 use cinder_engine::openai::finish_reason;
-use cinder_engine::{EngineMetrics, Finished};
+use cinder_engine::{AdapterMetrics, EngineMetrics, Finished};
 use cinder_model::DeviceMemory;
 
 /// Cumulative-bucket histogram.
@@ -173,6 +173,29 @@ impl ServerMetrics {
                 }
             }
         }
+        let name = "cinder:lora_requests_total";
+        header(&mut out, name, "counter", "Sequences submitted with each LoRA adapter since it was loaded.");
+        for (model, engine) in engines {
+            for adapter in &engine.adapters {
+                let _ = writeln!(out, "{name}{{lora_name=\"{}\",model_name=\"{}\"}} {}", label(&adapter.name), label(model), adapter.requests_total);
+            }
+        }
+        // The gateway's LoRA gauge, as vLLM writes it: the adapters with sequences running and
+        // waiting in its labels, the time in its value (the endpoint picker reads the latest).
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        for prefix in names.prefixes("lora_requests_info") {
+            let name = format!("{prefix}:lora_requests_info");
+            header(&mut out, &name, "gauge", "LoRA adapters: the most loaded at once, and those running and waiting, in the labels.");
+            for (model, engine) in engines.iter().filter(|(_, e)| e.max_loras > 0) {
+                let with = |count: fn(&AdapterMetrics) -> usize| {
+                    let names: Vec<&str> = engine.adapters.iter().filter(|a| count(a) > 0).map(|a| a.name.as_str()).collect();
+                    label(&names.join(",")).into_owned()
+                };
+                let (running, waiting) = (with(|a| a.running), with(|a| a.waiting));
+                let labels = format!("max_lora=\"{}\",model_name=\"{}\",running_lora_adapters=\"{running}\",waiting_lora_adapters=\"{waiting}\"", engine.max_loras, label(model));
+                let _ = writeln!(out, "{name}{{{labels}}} {now}");
+            }
+        }
         if names == MetricNames::Vllm {
             // The inference gateway's endpoint picker reads these: KV use by vLLM's older
             // name too, and the pool's shape as labels.
@@ -309,6 +332,12 @@ mod tests {
     fn vllm_names_repeat_the_series_vllm_has() {
         let mut engine = EngineMetrics::default();
         (engine.scheduler.waiting_requests, engine.scheduler.running, engine.scheduler.kv_usage) = (3, 2, 0.25);
+        engine.max_loras = 4;
+        engine.adapters = vec![
+            AdapterMetrics { name: "sql".into(), requests_total: 7, running: 2, waiting: 1 },
+            AdapterMetrics { name: "chat".into(), requests_total: 1, running: 0, waiting: 3 },
+            AdapterMetrics { name: "idle".into(), requests_total: 0, running: 0, waiting: 0 },
+        ];
         (engine.scheduler.kv_block_size, engine.scheduler.kv_blocks_total) = (16, 1000);
         let text = ServerMetrics::default().render(&[("tiny".into(), engine)], None, MetricNames::Vllm);
         for line in [
@@ -319,6 +348,8 @@ mod tests {
             "vllm:cache_config_info{block_size=\"16\",model_name=\"tiny\",num_gpu_blocks=\"1000\"} 1",
             "cinder:num_requests_waiting{model_name=\"tiny\"} 3",
             "# TYPE vllm:time_to_first_token_seconds histogram",
+            "cinder:lora_requests_total{lora_name=\"sql\",model_name=\"tiny\"} 7",
+            "vllm:lora_requests_info{max_lora=\"4\",model_name=\"tiny\",running_lora_adapters=\"sql\",waiting_lora_adapters=\"sql,chat\"} ",
         ] {
             assert!(text.contains(line), "{line} missing from {text}");
         }

@@ -12,6 +12,7 @@ mod admin;
 mod api;
 mod config;
 mod connections;
+mod loras;
 mod metrics;
 mod models;
 mod routes;
@@ -134,6 +135,16 @@ pub struct ServeArgs {
     /// loaded beside the model; its KV cache shares --kv-cache-mb.
     #[arg(long, env = "CINDER_DRAFT_MODEL")]
     draft_model: Option<PathBuf>,
+    /// A LoRA adapter of the first model (a GGUF adapter as llama.cpp's
+    /// convert_lora_to_gguf.py writes it), served as NAME: requests run with it by naming
+    /// it as their `model`, or as `lora`. SCALE multiplies its product [default: 1].
+    /// Repeatable; replaces the config file's [[loras]].
+    #[arg(long = "lora", value_name = "NAME=PATH[:SCALE]", value_parser = loras::parse_lora)]
+    loras: Vec<loras::LoraEntry>,
+    /// Most LoRA adapters loaded per model at once, each holding a slot on the device
+    /// (`max_loras`) [default: 4].
+    #[arg(long, env = "CINDER_MAX_LORAS")]
+    max_loras: Option<usize>,
     /// Largest request body in bytes (`limits.max_body_bytes`) [default: 4 MiB].
     #[arg(long)]
     max_body_bytes: Option<NonZeroUsize>,
@@ -215,6 +226,10 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<config::ServeConfig> {
     if let Some(path) = &args.draft_model {
         config.speculative.draft_model = Some(path.clone());
     }
+    if !args.loras.is_empty() {
+        config.loras = args.loras.clone();
+    }
+    config.max_loras.0 = args.max_loras.unwrap_or(config.max_loras.0);
     if !args.models.is_empty() {
         let specs = model_specs(args, &config)?;
         config.models = specs.into_iter().map(|m| config::ModelEntry { name: m.name, path: m.path }).collect();
@@ -251,6 +266,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let specs = model_specs(&args, &serve_config)?;
+    // Adapters that name no model adapt the first.
+    let mut serve_config = serve_config;
+    for (i, entry) in serve_config.loras.iter_mut().enumerate() {
+        let model = entry.model.get_or_insert_with(|| specs[0].name.clone());
+        if !specs.iter().any(|s| &s.name == model) {
+            anyhow::bail!("`loras[{i}].model`: no model {model:?} is served");
+        }
+    }
     if args.web.is_some() && (args.api_key.is_some() || !serve_config.tenants.is_empty()) && !args.public_model {
         tracing::warn!("--web with --api-key: the demo page cannot fetch /model.gguf without the key; add --public-model to open it");
     }
@@ -421,6 +444,15 @@ impl Loader {
         }
         let speculation = speculative.config().map_err(|e| anyhow::anyhow!("{e}"))?;
         engine.set_speculation(speculation).map_err(|e| anyhow::anyhow!("--speculative: {e}"))?;
+        engine.set_max_loras(self.config.max_loras.0).map_err(|e| anyhow::anyhow!("max_loras: {e}"))?;
+        let mut adapters = BTreeMap::new();
+        for entry in self.config.loras.iter().filter(|l| l.model.as_ref() == Some(&spec.name)) {
+            let adapter = loras::read(&entry.path, &config).with_context(|| format!("LoRA adapter {}", entry.name))?;
+            let (rank, matrices) = (adapter.rank(), adapter.matrices());
+            engine.load_adapter(&entry.name, adapter, entry.scale).map_err(|e| anyhow::anyhow!("{e}"))?;
+            eprintln!("model {}: LoRA adapter {} from {} (rank {rank}, {matrices} matrices, scale {})", spec.name, entry.name, entry.path.display(), entry.scale);
+            adapters.insert(entry.name.clone(), loras::ServedAdapter { path: entry.path.clone(), scale: entry.scale });
+        }
         eprintln!(
             "model {}: {} loaded in {:.2} s; KV cache {}: {} blocks x {} tokens ({} MiB, {:.1} KiB per token; {} tokens in all, {} in one request)",
             spec.name,
@@ -449,6 +481,8 @@ impl Loader {
             template,
             grammars,
             context_length,
+            config,
+            adapters: std::sync::RwLock::new(adapters),
         })
     }
 }
@@ -488,7 +522,11 @@ fn router(args: &ServeArgs, state: Arc<AppState>, model_path: &Path) -> anyhow::
         .route("/detokenize", post(routes::detokenize))
         .route("/admin/routes", get(admin::routes).post(admin::set_routes))
         .route("/admin/models", get(admin::models).post(admin::load))
-        .route("/admin/models/{name}", axum::routing::delete(admin::unload));
+        .route("/admin/models/{name}", axum::routing::delete(admin::unload))
+        .route("/admin/loras", get(admin::loras).post(admin::load_lora))
+        .route("/admin/loras/{name}", axum::routing::delete(admin::unload_lora))
+        .route("/v1/load_lora_adapter", post(admin::load_lora_vllm))
+        .route("/v1/unload_lora_adapter", post(admin::unload_lora_vllm));
     let mut public = Router::new()
         .route("/health", get(routes::health))
         .route("/health/live", get(routes::health_live))

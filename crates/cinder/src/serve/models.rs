@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::api::ApiError;
+use super::loras::ServedAdapter;
 use super::worker::WorkerHandle;
 
 /// One served model: its engine's worker and what the handlers need to build its requests.
@@ -25,6 +26,34 @@ pub struct ServedModel {
     /// Compiles `response_format` schemas and tool-call grammars for the vocabulary.
     pub grammars: Grammars,
     pub context_length: usize,
+    /// The model's description, which adapters are read against.
+    pub config: cinder_model::ModelConfig,
+    /// Its LoRA adapters by name, as its engine has them loaded.
+    pub adapters: RwLock<BTreeMap<String, ServedAdapter>>,
+}
+
+impl ServedModel {
+    pub fn adapters(&self) -> BTreeMap<String, ServedAdapter> {
+        self.adapters.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn has_adapter(&self, name: &str) -> bool {
+        self.adapters.read().unwrap_or_else(|e| e.into_inner()).contains_key(name)
+    }
+
+    /// Loads `adapter` into its engine under `name` (its file was read for this model).
+    pub async fn load_adapter(&self, name: &str, path: &std::path::Path, adapter: Arc<cinder_model::LoraAdapter>, scale: f32) -> Result<(), String> {
+        self.worker.load_adapter(name, adapter, scale).await?;
+        let served = ServedAdapter { path: path.to_owned(), scale };
+        self.adapters.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned(), served);
+        Ok(())
+    }
+
+    /// Unloads adapter `name`: new requests for it get 404 at once; those in flight finish.
+    pub async fn unload_adapter(&self, name: &str) -> Result<(), String> {
+        self.adapters.write().unwrap_or_else(|e| e.into_inner()).remove(name);
+        self.worker.unload_adapter(name).await
+    }
 }
 
 /// The aliases: each name splits its requests over models by weight. `sticky`: requests
@@ -120,8 +149,8 @@ impl Models {
         let _changing = self.changing();
         let served = self.all();
         for (alias, split) in &routing.aliases {
-            if served.iter().any(|m| &m.name == alias) {
-                return Err(format!("alias {alias:?} is the name of a served model"));
+            if served.iter().any(|m| &m.name == alias || m.has_adapter(alias)) {
+                return Err(format!("alias {alias:?} is the name of a served model or LoRA adapter"));
             }
             if split.is_empty() {
                 return Err(format!("alias {alias:?} names no model"));
@@ -139,11 +168,21 @@ impl Models {
         Ok(())
     }
 
+    /// Whether `name` is a served model's, a LoRA adapter's, an alias's or a pending model's.
+    pub fn name_taken(&self, name: &str) -> bool {
+        self.states(false).contains_key(name) || self.routing().aliases.contains_key(name) || self.adapter_owner(name).is_some()
+    }
+
+    /// The model serving LoRA adapter `name`.
+    pub fn adapter_owner(&self, name: &str) -> Option<Arc<ServedModel>> {
+        self.all().into_iter().find(|m| m.has_adapter(name))
+    }
+
     /// Adds a model (loaded at run time); its name must be new.
     pub fn add(&self, model: Arc<ServedModel>) -> Result<(), String> {
         let _changing = self.changing();
         let mut served = self.served.write().unwrap_or_else(|e| e.into_inner());
-        if served.iter().any(|m| m.name == model.name) || self.routing().aliases.contains_key(&model.name) {
+        if served.iter().any(|m| m.name == model.name || m.has_adapter(&model.name)) || self.routing().aliases.contains_key(&model.name) {
             return Err(format!("the name {:?} is taken", model.name));
         }
         served.push(model);
@@ -163,10 +202,33 @@ impl Models {
         Ok(served.remove(index))
     }
 
-    /// The model that answers a request for `name`: that model, or an alias's pick (by
-    /// `user` when sticky, else by `draw`, a random number), or the first model when the
-    /// request names none.
-    pub fn route(&self, name: Option<&str>, user: Option<&str>, draw: u64) -> Result<Arc<ServedModel>, ApiError> {
+    /// The model and LoRA adapter that answer a request for `name` with `lora`: that
+    /// model, or the base model of the adapter `name` names, or an alias's pick (by `user`
+    /// when sticky, else by `draw`, a random number), or the first model when the request
+    /// names none; the adapter `name` or `lora` names, which must be the model's.
+    pub fn route(&self, name: Option<&str>, lora: Option<&str>, user: Option<&str>, draw: u64) -> Result<(Arc<ServedModel>, Option<String>), ApiError> {
+        let model = match name.and_then(|name| self.adapter_owner(name)) {
+            Some(model) => {
+                let adapter = name.expect("found by name");
+                if lora.is_some_and(|l| l != adapter) {
+                    return Err(ApiError::invalid(format!("`model` names LoRA adapter {adapter:?} and `lora` another"), Some("lora")));
+                }
+                return Ok((model, Some(adapter.to_owned())));
+            }
+            None => self.route_model(name, user, draw)?,
+        };
+        match lora {
+            Some(lora) if !model.has_adapter(lora) => Err(ApiError {
+                param: Some("lora".into()),
+                message: format!("no LoRA adapter `{lora}` is loaded for the model `{}`", model.name),
+                ..ApiError::model_not_found(lora)
+            }),
+            _ => Ok((model, lora.map(str::to_owned))),
+        }
+    }
+
+    /// The model that answers a request for model or alias `name`.
+    fn route_model(&self, name: Option<&str>, user: Option<&str>, draw: u64) -> Result<Arc<ServedModel>, ApiError> {
         let served = self.all();
         let Some(name) = name else { return served.first().cloned().ok_or_else(|| ApiError::unavailable("no model is loaded")) };
         if let Some(model) = served.iter().find(|m| m.name == name) {

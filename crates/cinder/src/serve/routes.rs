@@ -161,6 +161,8 @@ async fn generate(s: Shared, tenant: Arc<Tenant>, kind: Endpoint, body: Result<R
 struct Run {
     /// The model answering it (what the request named, or an alias's pick).
     model: Arc<ServedModel>,
+    /// The name its responses give: the LoRA adapter it runs with, or the model's.
+    served_as: String,
     kind: Endpoint,
     id: String,
     /// When the request arrived, in Unix seconds (OpenAI's `created`).
@@ -209,7 +211,13 @@ async fn start(s: &Shared, tenant: &Arc<Tenant>, kind: Endpoint, body: Result<Re
     let checked = parse::<GenerationBody>(&body?.0)?.check(kind, &s.limits)?;
     let id = s.next_id.fetch_add(1, Ordering::Relaxed);
     // An alias's draw of its own, apart from the sampling seed drawn below.
-    let model = s.models.route(checked.body().model.as_deref(), checked.body().user.as_deref(), random_seed(id ^ 0x5a5a))?;
+    let (model, adapter) = {
+        let body = checked.body();
+        s.models.route(body.model.as_deref(), body.lora.as_deref(), body.user.as_deref(), random_seed(id ^ 0x5a5a))?
+    };
+    if let Some(adapter) = &adapter {
+        tenant.check_adapter(adapter)?;
+    }
     let priority = tenant.priority(checked.priority)?;
     let in_flight = tenant.enter()?;
     let (checked, prompts) = off_runtime({
@@ -238,6 +246,7 @@ async fn start(s: &Shared, tenant: &Arc<Tenant>, kind: Endpoint, body: Result<Re
         priority,
         max_priority: tenant.max_priority(),
         constraint: constraint.as_ref(),
+        adapter: adapter.as_deref(),
     };
     let requests = checked.requests(&prompts, submission)?;
     // Every choice of every prompt is admitted together, or the request is refused.
@@ -245,6 +254,7 @@ async fn start(s: &Shared, tenant: &Arc<Tenant>, kind: Endpoint, body: Result<Re
     rate.commit();
     let body = checked.body();
     Ok(Run {
+        served_as: adapter.unwrap_or_else(|| model.name.clone()),
         model,
         kind,
         id: format!("{}-{:x}{id:08x}", kind.id_prefix(), s.started),
@@ -366,7 +376,7 @@ async fn collect(s: &Shared, mut run: Run) -> Result<Value, ApiError> {
     let body = Body {
         usage: Some(usage),
         prompt_token_ids: run.chat_prompt_ids(),
-        ..run.body(&run.model.name, out, false)
+        ..run.body(&run.served_as, out, false)
     };
     Ok(serde_json::to_value(body).expect("a response is plain data"))
 }
@@ -402,7 +412,7 @@ pub struct ChunkStream {
 
 impl ChunkStream {
     fn chunk(&self, choices: Vec<response::Choice>) -> SseEvent {
-        let body = self.run.body(&self.run.model.name, choices, true);
+        let body = self.run.body(&self.run.served_as, choices, true);
         SseEvent::default().data(serde_json::to_string(&body).expect("a chunk is plain data"))
     }
 
@@ -441,7 +451,7 @@ impl Stream for ChunkStream {
                         let body = Body {
                             usage: Some(self.chunks.usage()),
                             prompt_token_ids: self.run.chat_prompt_ids(),
-                            ..self.run.body(&self.run.model.name, Vec::new(), true)
+                            ..self.run.body(&self.run.served_as, Vec::new(), true)
                         };
                         let data = serde_json::to_string(&body).expect("a chunk is plain data");
                         return Poll::Ready(Some(Ok(SseEvent::default().data(data))));
@@ -467,7 +477,14 @@ pub async fn models(State(s): State<Shared>) -> Json<Value> {
     let model = |m: &ServedModel| {
         json!({"id": m.name, "object": "model", "created": s.started, "owned_by": "cinder", "max_model_len": m.context_length})
     };
-    let mut data: Vec<Value> = s.models.all().iter().map(|m| model(m)).collect();
+    let mut data = Vec::new();
+    for m in s.models.all() {
+        data.push(model(&m));
+        // Adapters as vLLM lists them: their own id, and the model they adapt as `parent`.
+        for name in m.adapters().into_keys() {
+            data.push(json!({"id": name, "object": "model", "created": s.started, "owned_by": "cinder", "parent": m.name, "max_model_len": m.context_length}));
+        }
+    }
     for (alias, split) in s.models.routing().aliases {
         data.push(json!({"id": alias, "object": "model", "created": s.started, "owned_by": "cinder", "routes_to": split}));
     }
@@ -551,7 +568,7 @@ pub async fn tokenize(
 ) -> Response {
     let result = (|| {
         let body: TokenizeBody = parse(&body?.0)?;
-        let model = s.models.route(body.model.as_deref(), None, 0)?;
+        let (model, _) = s.models.route(body.model.as_deref(), None, None, 0)?;
         let text = body.content.or(body.prompt).ok_or_else(|| ApiError::invalid("`content` (or `prompt`) is required", Some("content")))?;
         let tokens = model
             .tokenizer
@@ -575,7 +592,7 @@ pub async fn detokenize(
 ) -> Response {
     let result = (|| {
         let body: DetokenizeBody = parse(&body?.0)?;
-        let model = s.models.route(body.model.as_deref(), None, 0)?;
+        let (model, _) = s.models.route(body.model.as_deref(), None, None, 0)?;
         let text = model.tokenizer.decode(&body.tokens, false).map_err(|e| ApiError::invalid(e.to_string(), Some("tokens")))?;
         Ok(json!({"content": text, "prompt": text}))
     })();

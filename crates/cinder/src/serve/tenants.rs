@@ -18,6 +18,8 @@ pub struct Tenant {
     max_priority: Priority,
     above_max_priority: AbovePriority,
     max_concurrent: Option<usize>,
+    /// The LoRA adapters it may run with (`None`: any).
+    loras: Option<Vec<String>>,
     in_flight: AtomicUsize,
 }
 
@@ -29,6 +31,7 @@ impl Tenant {
             max_priority: Priority::Critical,
             above_max_priority: AbovePriority::Lower,
             max_concurrent: None,
+            loras: None,
             in_flight: AtomicUsize::new(0),
         }
     }
@@ -38,6 +41,7 @@ impl Tenant {
             max_priority: config.max_priority,
             above_max_priority: config.above_max_priority,
             max_concurrent: config.max_concurrent,
+            loras: config.loras.clone(),
             ..Self::new(TenantConfig::id(index), &config.name)
         }
     }
@@ -58,6 +62,16 @@ impl Tenant {
         match (asked, self.above_max_priority) {
             (Some(asked), AbovePriority::Refuse) => Err(ApiError::priority_not_allowed(asked.name(), self.max_priority.name())),
             _ => Ok(self.max_priority),
+        }
+    }
+
+    /// Refuses LoRA adapter `name` unless the tenant may run with it.
+    pub fn check_adapter(&self, name: &str) -> Result<(), ApiError> {
+        match &self.loras {
+            Some(allowed) if !allowed.iter().any(|a| a == name) => {
+                Err(ApiError::forbidden(format!("tenant {:?} may not run with LoRA adapter {name:?}", self.name)))
+            }
+            _ => Ok(()),
         }
     }
 

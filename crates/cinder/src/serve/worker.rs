@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use cinder_engine::{Engine, EngineMetrics, Event, GenerationRequest, StepOutcome, SubmitError};
+use cinder_model::LoraAdapter;
 use cinder_scheduler::SeqId;
 use cinder_scheduler::admission::Applicant;
 use tokio::sync::{mpsc, oneshot};
@@ -23,6 +24,10 @@ pub enum Command {
     },
     /// Whether a request would be admitted now (before work that is only worth doing if so).
     Check { applicant: Applicant, reply: oneshot::Sender<Result<(), SubmitError>> },
+    /// Loads a LoRA adapter (read for this model) under a name, at a scale.
+    LoadAdapter { name: String, adapter: Arc<LoraAdapter>, scale: f32, reply: oneshot::Sender<Result<(), String>> },
+    /// Unloads a LoRA adapter once its requests end.
+    UnloadAdapter { name: String, reply: oneshot::Sender<Result<(), String>> },
 }
 
 /// The handlers' side of the worker.
@@ -54,10 +59,24 @@ impl WorkerHandle {
         answer.await.map_err(|_| gone())?
     }
 
+    pub async fn load_adapter(&self, name: &str, adapter: Arc<LoraAdapter>, scale: f32) -> Result<(), String> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::LoadAdapter { name: name.to_owned(), adapter, scale, reply }).map_err(|_| STOPPED.to_owned())?;
+        answer.await.map_err(|_| STOPPED.to_owned())?
+    }
+
+    pub async fn unload_adapter(&self, name: &str) -> Result<(), String> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::UnloadAdapter { name: name.to_owned(), reply }).map_err(|_| STOPPED.to_owned())?;
+        answer.await.map_err(|_| STOPPED.to_owned())?
+    }
+
     pub fn metrics(&self) -> EngineMetrics {
         self.metrics.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
+
+const STOPPED: &str = "the engine has stopped";
 
 /// Starts the worker thread. It ends once every [`WorkerHandle`] is dropped and the engine
 /// has no work left.
@@ -96,6 +115,8 @@ fn run(mut engine: Engine, commands: Receiver<Command>, metrics: Arc<Mutex<Engin
             match command {
                 Command::Submit { requests, reply } => drop(reply.send(engine.submit_all(requests, clock()))),
                 Command::Check { applicant, reply } => drop(reply.send(engine.check_admission(applicant, clock()))),
+                Command::LoadAdapter { name, adapter, scale, reply } => drop(reply.send(engine.load_adapter(&name, adapter, scale))),
+                Command::UnloadAdapter { name, reply } => drop(reply.send(engine.unload_adapter(&name))),
             }
             received = commands.try_recv().map_err(|e| e == TryRecvError::Disconnected);
         }
