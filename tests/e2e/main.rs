@@ -31,6 +31,7 @@ mod dequant;
 mod fuzz;
 mod hardening;
 mod isolation;
+mod lora;
 mod models;
 mod parity;
 mod serve;
