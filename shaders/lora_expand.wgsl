@@ -13,7 +13,7 @@ struct Info {
 @group(0) @binding(0) var<storage, read_write> y: array<f32>;
 // [rows, rank]
 @group(0) @binding(1) var<storage, read_write> t: array<f32>;
-// [slots, outputs, rank]
+// [slots, rank, outputs]: B transposed, so neighbouring invocations read neighbouring words.
 @group(0) @binding(2) var<storage, read_write> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> adapters: array<u32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
@@ -27,9 +27,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         let slot = adapters[2u * row];
         var sum = y[i];
         if (slot < info.slots) {
-            let weights = (slot * info.outputs + i % info.outputs) * info.rank;
+            let weights = slot * info.rank * info.outputs + i % info.outputs;
             for (var j = 0u; j < info.rank; j++) {
-                sum += t[row * info.rank + j] * b[weights + j];
+                sum += t[row * info.rank + j] * b[weights + j * info.outputs];
             }
         }
         out[i] = sum;

@@ -8,7 +8,8 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use cinder_engine::{Engine, Event, Generation, GenerationRequest, Speculation, SpeculativeMethod};
 use cinder_scheduler::BatchPolicy;
-use cinder_model::Model;
+use cinder_model::arch::LayerWeight;
+use cinder_model::{LoraAdapter, Model};
 use cinder_model::many_tokens::{PromptKernelTiming, prompt_kernel_timings};
 use cinder_model::profile::{Profile, Profiler};
 use serde::Serialize;
@@ -42,6 +43,12 @@ pub struct BenchArgs {
     /// Write an SVG plot of decode tok/s against batch size.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Also decode each --batch size with its sequences spread over this many random LoRA
+    /// adapters (every matrix, rank --lora-rank; 0: the base model alone), e.g. `0,1,8`.
+    #[arg(long, value_delimiter = ',')]
+    lora_adapters: Vec<usize>,
+    #[arg(long, default_value_t = 16)]
+    lora_rank: usize,
     /// Runs of each test after a warm-up run; the median is reported.
     #[arg(long, default_value_t = 1)]
     repeats: usize,
@@ -104,6 +111,15 @@ struct PrefillResult {
 struct BatchResult {
     batch: usize,
     /// Tokens per second of all sequences together.
+    tok_s: f64,
+}
+
+/// A batch decoding with its sequences spread over `adapters` LoRA adapters.
+#[derive(Serialize)]
+struct LoraResult {
+    adapters: usize,
+    rank: usize,
+    batch: usize,
     tok_s: f64,
 }
 
@@ -256,6 +272,8 @@ struct BenchResult {
     prefill_tok_s: f64,
     prefill: Vec<PrefillResult>,
     decode_batches: Vec<BatchResult>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    lora: Vec<LoraResult>,
     repeats: usize,
     peers: Vec<PeerResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -297,14 +315,16 @@ fn time_decode(engine: &mut Engine, n: usize) -> anyhow::Result<f64> {
 }
 
 /// Aggregate decode tokens per second of `batch` sequences generating `n` tokens each
-/// together: all tokens after the last sequence's first, over the time they took.
-fn time_batch(engine: &mut Engine, batch: usize, n: usize) -> anyhow::Result<f64> {
+/// together, spread over the LoRA adapters `adapters` (none: the base model): all tokens
+/// after the last sequence's first, over the time they took.
+fn time_batch(engine: &mut Engine, batch: usize, n: usize, adapters: &[String]) -> anyhow::Result<f64> {
     let vocab = engine.model().config().vocab_size;
     let clock = crate::wall_clock();
     let (requests, mut receivers): (Vec<_>, Vec<_>) = (0..batch)
         .map(|i| {
             let prompt = prompt(16 + i, vocab)[i..].to_vec();
-            let request = GenerationRequest { ignore_eos: true, use_prefix_cache: false, ..GenerationRequest::new(prompt, n + 1) };
+            let adapter = (!adapters.is_empty()).then(|| adapters[i % adapters.len()].clone());
+            let request = GenerationRequest { ignore_eos: true, use_prefix_cache: false, adapter, ..GenerationRequest::new(prompt, n + 1) };
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             ((request, tx), rx)
         })
@@ -329,6 +349,41 @@ fn time_batch(engine: &mut Engine, batch: usize, n: usize) -> anyhow::Result<f64
     // Every sequence decodes n tokens after its first; those after the last first token are
     // the steps where all of them ran together.
     Ok((batch * n) as f64 / (last_end.since(last_first).0 as f64 / 1e6))
+}
+
+/// Decode tok/s of each --batch size spread over each count of --lora-adapters random
+/// adapters, loaded into `engine` (`time(engine, batch, adapter names)`).
+fn bench_lora(
+    engine: &mut Engine,
+    args: &BenchArgs,
+    time: &mut dyn FnMut(&mut Engine, usize, &[String]) -> anyhow::Result<f64>,
+) -> anyhow::Result<Vec<LoraResult>> {
+    let most = args.lora_adapters.iter().copied().max().unwrap_or(0);
+    if most == 0 {
+        return Ok(Vec::new());
+    }
+    engine.set_max_loras(most).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config = engine.model().config().clone();
+    let mut names = Vec::with_capacity(most);
+    for i in 0..most {
+        let all = [LayerWeight::Q, LayerWeight::K, LayerWeight::V, LayerWeight::Qkv, LayerWeight::AttnOut, LayerWeight::Gate, LayerWeight::Up, LayerWeight::Down];
+        let bytes = cinder_model::lora::synthetic_adapter(&config, &all, args.lora_rank, 2.0 * args.lora_rank as f32, cinder_gguf::GgmlType::F32, i as u64)?.to_bytes();
+        let adapter = LoraAdapter::from_gguf(&cinder_gguf::GgufFile::from_bytes(bytes)?, &config)?;
+        let name = format!("lora{i}");
+        engine.load_adapter(&name, std::sync::Arc::new(adapter), 1.0).map_err(|e| anyhow::anyhow!("{e}"))?;
+        names.push(name);
+    }
+    // Warm-up: the adapters' kernels compile on their first launch.
+    time(engine, 2, &names[..1])?;
+    let mut results = Vec::new();
+    for &adapters in &args.lora_adapters {
+        for &batch in &args.batch {
+            let tok_s = time(engine, batch, &names[..adapters])?;
+            eprintln!("decode batch {batch} over {adapters} LoRA adapters (rank {}): {tok_s:.2} tok/s", args.lora_rank);
+            results.push(LoraResult { adapters, rank: args.lora_rank, batch, tok_s });
+        }
+    }
+    Ok(results)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -432,10 +487,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let decode_tok_s = args.decode_tokens as f64 / decode_s;
     let mut decode_batches = Vec::new();
     for &batch in &args.batch {
-        let tok_s = repeat(&mut engine, &mut |e| time_batch(e, batch, args.decode_tokens))?;
+        let tok_s = repeat(&mut engine, &mut |e| time_batch(e, batch, args.decode_tokens, &[]))?;
         eprintln!("decode batch {batch}: {tok_s:.2} tok/s");
         decode_batches.push(BatchResult { batch, tok_s });
     }
+    let lora = bench_lora(&mut engine, &args, &mut |e, batch, adapters| repeat(e, &mut |e| time_batch(e, batch, args.decode_tokens, adapters)))?;
 
     let profile = if args.profile {
         // Decode steps only: the profile starts once the prompt's step has given a token.
@@ -503,6 +559,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         prefill_tok_s: prefill[0].tok_s,
         prefill,
         decode_batches,
+        lora,
         repeats: args.repeats,
         peers,
         profile,
@@ -570,6 +627,12 @@ fn print_table(r: &BenchResult) {
         println!("\n| sequences | decode tok/s (all together) |\n|---|---|");
         for b in &r.decode_batches {
             println!("| {} | {:.2} |", b.batch, b.tok_s);
+        }
+    }
+    if !r.lora.is_empty() {
+        println!("\n| LoRA adapters (rank) | sequences | decode tok/s (all together) |\n|---|---|---|");
+        for l in &r.lora {
+            println!("| {} ({}) | {} | {:.2} |", l.adapters, l.rank, l.batch, l.tok_s);
         }
     }
 }

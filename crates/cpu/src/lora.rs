@@ -4,10 +4,11 @@
 
 use pulp::{Arch, Simd, WithSimd};
 
-use crate::simd::dot;
+use crate::simd::{dot, scale_add};
 
 /// One projection's adapters, one slot each, zero-padded to a common rank: `a` is
-/// `[slots, rank, inputs]`, `b` is `[slots, outputs, rank]`.
+/// `[slots, rank, inputs]`, `b` is `[slots, rank, outputs]` (B transposed: each rank's
+/// column is a contiguous row, which the expand adds in SIMD).
 pub struct LoraStack {
     pub a: Vec<f32>,
     pub b: Vec<f32>,
@@ -23,6 +24,9 @@ pub struct RowAdapter {
     pub scale: f32,
 }
 
+/// Outputs per parallel task: a decode's one row still spreads over the threads.
+const OUTPUTS_PER_TASK: usize = 256;
+
 impl LoraStack {
     pub fn slots(&self) -> usize {
         self.a.len() / (self.rank * self.inputs).max(1)
@@ -36,19 +40,24 @@ impl LoraStack {
         let slots = self.slots();
         // Rows whose adapter adapts nothing here (a slot past this stack's) add nothing.
         let work = (y.chunks_exact_mut(self.outputs).zip(x.chunks_exact(self.inputs)).zip(rows))
-            .filter_map(|((y, x), adapter)| adapter.filter(|a| (a.slot as usize) < slots).map(|adapter| OneRow { stack: self, y, x, adapter }));
-        crate::threads::for_each(work, |row| Arch::new().dispatch(row));
+            .filter_map(|((y, x), adapter)| adapter.filter(|a| (a.slot as usize) < slots).map(|adapter| (y, x, adapter)))
+            .flat_map(|(y, x, adapter)| {
+                (y.chunks_mut(OUTPUTS_PER_TASK).enumerate()).map(move |(i, y)| Outputs { stack: self, y, first: i * OUTPUTS_PER_TASK, x, adapter })
+            });
+        crate::threads::for_each(work, |task| Arch::new().dispatch(task));
     }
 }
 
-struct OneRow<'a> {
+/// A range of one row's outputs: `y` from output `first` on.
+struct Outputs<'a> {
     stack: &'a LoraStack,
     y: &'a mut [f32],
+    first: usize,
     x: &'a [f32],
     adapter: RowAdapter,
 }
 
-impl WithSimd for OneRow<'_> {
+impl WithSimd for Outputs<'_> {
     type Output = ();
 
     #[inline(always)]
@@ -56,10 +65,10 @@ impl WithSimd for OneRow<'_> {
         let s = self.stack;
         let slot = self.adapter.slot as usize;
         let a = &s.a[slot * s.rank * s.inputs..][..s.rank * s.inputs];
-        let b = &s.b[slot * s.outputs * s.rank..][..s.outputs * s.rank];
-        let t: Vec<f32> = a.chunks_exact(s.inputs).map(|a| self.adapter.scale * dot(simd, a, self.x)).collect();
-        for (y, b) in self.y.iter_mut().zip(b.chunks_exact(s.rank)) {
-            *y += dot(simd, b, &t);
+        let b = &s.b[slot * s.rank * s.outputs..][..s.rank * s.outputs];
+        for (a, b) in a.chunks_exact(s.inputs).zip(b.chunks_exact(s.outputs)) {
+            let t = self.adapter.scale * dot(simd, a, self.x);
+            scale_add(simd, self.y, 1.0, t, &b[self.first..][..self.y.len()]);
         }
     }
 }
@@ -73,6 +82,7 @@ mod tests {
         // Two slots of rank 2 over 3 inputs and 2 outputs.
         let stack = LoraStack {
             a: vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, /* slot 1 */ 0.0, 0.0, 1.0, 1.0, 1.0, 1.0],
+            // [slots, rank, outputs]
             b: vec![1.0, 0.0, 0.0, 1.0, /* slot 1 */ 2.0, 0.0, 0.0, 3.0],
             rank: 2,
             inputs: 3,

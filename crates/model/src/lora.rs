@@ -168,20 +168,23 @@ pub(crate) struct LoraTarget {
 }
 
 impl LoraTarget {
-    /// The pairs of the adapters in `slots` for this target, stacked and zero-padded to
-    /// their largest rank; `None` where no adapter adapts it.
+    /// The pairs of the adapters in `slots` for this target, stacked (B transposed) and
+    /// zero-padded to their largest rank; `None` where no adapter adapts it.
     pub(crate) fn stack(&self, slots: &[Option<Arc<LoraAdapter>>]) -> Option<LoraStack> {
         let pairs: Vec<Option<&LowRank>> = slots.iter().map(|s| s.as_ref().and_then(|a| a.pair(self.layer, self.weight))).collect();
         let first = pairs.iter().flatten().next()?;
         let rank = pairs.iter().flatten().map(|p| p.rank).max()?;
         let (inputs, outputs) = (first.inputs, self.rows.len());
         let mut a = vec![0f32; slots.len() * rank * inputs];
-        let mut b = vec![0f32; slots.len() * outputs * rank];
+        let mut b = vec![0f32; slots.len() * rank * outputs];
         for (slot, pair) in pairs.iter().enumerate() {
             let Some(pair) = pair else { continue };
             a[slot * rank * inputs..][..pair.rank * inputs].copy_from_slice(&pair.a);
+            // Transposed: rank j's column of this projection's rows.
             for (o, row) in self.rows.clone().enumerate() {
-                b[(slot * outputs + o) * rank..][..pair.rank].copy_from_slice(&pair.b[row * pair.rank..][..pair.rank]);
+                for j in 0..pair.rank {
+                    b[(slot * rank + j) * outputs + o] = pair.b[row * pair.rank + j];
+                }
             }
         }
         Some(LoraStack { a, b, rank, inputs, outputs })
