@@ -53,13 +53,14 @@ def greedy(prompt_ids):
 def greedy_with(prompt_ids, extra):
     """Its greedy continuation, with the top log-probabilities of each step before sampling
     (as greedy_f32.json has them); `extra` joins the request's body."""
-    answer = post("/completion", {"prompt": prompt_ids, "n_predict": GENERATED, "n_probs": TOP, "temperature": 0,
-                                  "cache_prompt": False, "ignore_eos": True, "post_sampling_probs": False, **extra})
+    body = {"prompt": prompt_ids, "n_predict": GENERATED, "n_probs": TOP, "temperature": 0,
+            "cache_prompt": False, "ignore_eos": True, "post_sampling_probs": False, **extra}
+    answer = post("/completion", body)
     steps = []
     for position in answer["completion_probabilities"]:
         top = [[t["id"], round(t["logprob"], 5)] for t in position["top_logprobs"]]
         steps.append({"id": position["id"], "top": top})
-    assert len(steps) == GENERATED, answer
+    assert len(steps) == body["n_predict"], answer
     return steps
 
 

@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
-"""Writes tests/fixtures/greedy_f32_lora.json: llama.cpp's greedy continuations of the
-prompts of greedy_f32.json on the default model's weights dequantized to F32 (the tight
-reference, as there), with random LoRA adapters that `cinder synth-lora` writes (the
-fixture records the arguments, so the test writes the same bytes): llama-server with
-`--lora` for each, picked per request by its `lora` field.
+"""Writes the LoRA fixtures from llama.cpp's `--lora`, with random adapters that `cinder
+synth-lora` writes (each fixture records the arguments, so the test writes the same bytes):
+
+- greedy_f32_lora.json: llama.cpp's greedy continuations of the prompts of greedy_f32.json
+  on the default model's weights dequantized to F32 (the tight reference, as there), one
+  llama-server with an `--lora` per adapter, picked per request by its `lora` field.
+- architectures_lora.json: for each F32 tiny model of tests/e2e/architectures.rs (every
+  architecture), an adapter of every matrix it has, and llama.cpp's greedy tokens and top-10
+  log-probabilities for 8 steps after a 40-token prompt, its KV cache in f32.
 
 Run once by hand, not in CI (llama-server from scripts/build-peer.sh, cinder built):
     python3 -m venv /tmp/refenv && /tmp/refenv/bin/pip install gguf numpy
     /tmp/refenv/bin/python scripts/make_lora_fixtures.py LLAMA_SERVER CINDER [MODEL.gguf]
 """
+import glob
 import os
 import subprocess
 import sys
@@ -16,7 +21,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_kv_type_fixtures import PORT, greedy_with, wait_ready  # noqa: E402
-from make_reference_fixtures import GENERATED, OUT, dequantized_copy, write  # noqa: E402
+from make_reference_fixtures import GENERATED, OUT, ROOT, dequantized_copy, write  # noqa: E402
 import json  # noqa: E402
 
 SERVER, CINDER = sys.argv[1], sys.argv[2]
@@ -28,6 +33,48 @@ ADAPTERS = [
     {"name": "qvo_down_f16", "scale": 0.5,
      "synth_lora": ["--rank", "16", "--alpha", "32", "--type", "f16", "--seed", "2", "--targets", "q,v,o,down"]},
 ]
+
+
+# The tiny models that are F32 throughout (llama.cpp computes them in f32 too).
+TINY = ["llama", "qwen2_biases", "qwen3", "gemma2", "gemma3", "phi3"]
+TINY_LORA = ["--rank", "8", "--alpha", "16", "--type", "f32"]
+# The tiny vocabularies' byte tokens from 0x80 (byte + 3).
+NON_ASCII_BYTES = range(0x80 + 3, 0x100 + 3)
+
+
+def serve(args):
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_ready(process)
+    return process
+
+
+def architectures_fixture():
+    models = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, CINDER_TINY_DIR=tmp)
+        subprocess.run(["cargo", "test", "--test", "e2e", "write_tiny_architectures", "--", "--ignored"],
+                       cwd=ROOT, env=env, check=True)
+        for seed, name in enumerate(TINY, start=1):
+            path = os.path.join(tmp, f"{name}.gguf")
+            adapter = os.path.join(tmp, f"{name}-lora.gguf")
+            synth = TINY_LORA + ["--seed", str(seed)]
+            subprocess.run([CINDER, "synth-lora", "--model", path, "--out", adapter, *synth], check=True)
+            process = serve([SERVER, "-m", path, "--lora", adapter, "-c", "512", "-t", "2", "-np", "1", "--port", str(PORT),
+                             "-ctk", "f32", "-ctv", "f32", "-fa", "off", "--no-warmup"])
+            try:
+                # Byte tokens, which every tiny vocabulary has.
+                prompt = [3 + (i * 37 + 11) % 250 for i in range(40)]
+                # The server reports no probabilities for a token that leaves a UTF-8
+                # character incomplete: bytes from 0x80 (ids 131-258) are never picked. The
+                # log-probabilities stay those of the raw logits.
+                banned = [[i, False] for i in NON_ASCII_BYTES]
+                steps = greedy_with(prompt, {"n_predict": 8, "n_probs": 10, "logit_bias": banned})
+            finally:
+                process.terminate()
+                process.wait()
+            models[name] = {"synth_lora": synth, "prompt_ids": prompt, "banned": [NON_ASCII_BYTES.start, NON_ASCII_BYTES.stop], "steps": steps}
+            print(f"{name}: greedy {[s['id'] for s in steps]}")
+    return {"llama_server_args": "--lora FILE -ctk f32 -ctv f32", "models": models}
 
 
 def main():
@@ -61,4 +108,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    if "--architectures" in sys.argv:
+        write("architectures_lora.json", architectures_fixture())
+    else:
+        main()

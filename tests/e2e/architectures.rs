@@ -7,7 +7,7 @@
 use cinder_gguf::{GgmlType, GgufFile};
 use cinder_model::arch::{GEMMA2, GEMMA3, PHI3, QWEN2, QWEN3};
 use cinder_model::tiny::{TinyModel, TinyRopeScaling};
-use cinder_model::{KvType, KvTypes, Model};
+use cinder_model::{KvType, KvTypes, LoraAdapter, Model, RowAdapter, log_softmax};
 
 use crate::On;
 
@@ -64,7 +64,7 @@ fn write_tiny_architectures() {
     }
 }
 
-on_each_backend!(tiny_architectures_match_llama_cpp);
+on_each_backend!(tiny_architectures_match_llama_cpp, tiny_architectures_match_llama_cpp_with_lora_adapters);
 
 fn tiny_architectures_match_llama_cpp(on: On) {
     let fixture = crate::fixture("architectures.json");
@@ -105,6 +105,67 @@ fn tiny_architectures_match_llama_cpp(on: On) {
             input = vec![ours];
         }
         eprintln!("{name}: {} steps, largest logit difference {worst:.5}", steps.len());
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A LoRA adapter of every matrix of each F32 tiny model (written again by `cinder
+/// synth-lora` from the fixture's arguments), against llama.cpp's `--lora` with an f32 KV
+/// cache (`architectures_lora.json`, `scripts/make_lora_fixtures.py --architectures`): the
+/// same greedy token at each of 8 steps (or a near-tie in llama.cpp's own numbers) and
+/// llama.cpp's 10 most likely tokens' log-probabilities within the plain comparison's
+/// tolerance (0.001 in f32; 0.05 where the LM head is the Q8_0 token embedding, which
+/// llama.cpp multiplies with 8-bit activations). llama.cpp ran without flash attention
+/// (its CPU flash attention rounds to f16), and picked among tokens that complete a UTF-8
+/// character (the bytes from 0x80, which it reports no probabilities for, were banned);
+/// cinder picks among the same.
+fn tiny_architectures_match_llama_cpp_with_lora_adapters(on: On) {
+    let fixture = crate::fixture("architectures_lora.json");
+    let plain = crate::fixture("architectures.json");
+    let dir = crate::scratch_dir(&format!("tiny_lora_{}", on.flag()));
+    let mut failures = Vec::new();
+    for (name, case) in fixture["models"].as_object().unwrap() {
+        let spec = variants().into_iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no tiny model {name}")).1;
+        let bytes = spec.to_gguf();
+        assert_eq!(crate::sha256_hex(&bytes), plain["models"][name]["sha256"].as_str().unwrap(), "{name}: the tiny model changed");
+        let path = dir.join(format!("{name}.gguf"));
+        std::fs::write(&path, &bytes).unwrap();
+        let adapter_path = dir.join(format!("{name}-lora.gguf"));
+        let args: Vec<&str> = case["synth_lora"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        let status = crate::cinder_command().arg("synth-lora").arg("--model").arg(&path).arg("--out").arg(&adapter_path).args(&args).status().unwrap();
+        assert!(status.success());
+        let file = GgufFile::from_bytes(bytes).unwrap();
+        let mut model = Model::load(&file, &on.backend()).unwrap();
+        model.set_kv_types(KvTypes::both(KvType::F32)).unwrap();
+        let adapter = LoraAdapter::from_gguf(&GgufFile::open(&adapter_path).unwrap(), model.config()).unwrap();
+        model.set_adapter(0, Some(std::sync::Arc::new(adapter))).unwrap();
+        let tolerance = plain["models"][name]["tolerance"].as_f64().unwrap() as f32;
+        let banned: Vec<usize> = serde_json::from_value(case["banned"].clone()).unwrap();
+        let prompt: Vec<u32> = serde_json::from_value(case["prompt_ids"].clone()).unwrap();
+        let steps = case["steps"].as_array().unwrap();
+        let mut cache = model.new_cache(prompt.len() + steps.len()).unwrap();
+        let mut input = prompt;
+        let mut worst = 0f32;
+        for (i, step) in steps.iter().enumerate() {
+            let logits = model.forward_adapted(&input, &mut cache, Some(RowAdapter { slot: 0, scale: 1.0 })).unwrap();
+            let logprobs = log_softmax(&logits);
+            let ours = (0..logprobs.len()).filter(|t| !(banned[0]..banned[1]).contains(t)).max_by(|&a, &b| logprobs[a].total_cmp(&logprobs[b]).then(b.cmp(&a))).unwrap() as u32;
+            let theirs = step["id"].as_u64().unwrap() as u32;
+            let top: Vec<(u32, f32)> = (step["top"].as_array().unwrap().iter()).map(|t| (t[0].as_u64().unwrap() as u32, t[1].as_f64().unwrap() as f32)).collect();
+            let their_lp = |token: u32| top.iter().find(|t| t.0 == token).map(|t| t.1);
+            let gap = their_lp(theirs).zip(their_lp(ours)).map(|(a, b)| a - b);
+            if ours != theirs && gap.is_none_or(|gap| gap >= 2.0 * tolerance) {
+                failures.push(format!("{name}: step {i}: token {ours}, llama.cpp {theirs} (its gap between them {gap:?})"));
+            }
+            for &(id, lp) in &top {
+                worst = worst.max((logprobs[id as usize] - lp).abs());
+            }
+            input = vec![theirs];
+        }
+        if worst > tolerance {
+            failures.push(format!("{name}: log-probabilities differ by up to {worst}"));
+        }
+        eprintln!("{name} with a LoRA adapter: {} steps, largest log-probability difference {worst:.5}", steps.len());
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
