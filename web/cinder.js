@@ -75,9 +75,12 @@ export class Engine {
    * software adapter whichever of the two timed faster at load), `gpu` or `cpu`;
    * `engine.info.device` says which runs. The model is kept in the Cache API for the next
    * visit; `cache: false` fetches it every time (the first load then peaks about the file's
-   * size lower in memory).
+   * size lower in memory). `loras: { NAME: url | { url, scale } | { bytes, scale } }` loads
+   * LoRA adapters of the model (GGUF, as llama.cpp writes them): a request runs with one by
+   * naming it as its `model`, and requests of every adapter and of none share the batches
+   * (`options.max_loras`, 4 by default, caps how many).
    */
-  static async load(url, { onProgress, options, wasmUrl, worker = true, device = 'auto', cache = true } = {}) {
+  static async load(url, { onProgress, options, wasmUrl, worker = true, device = 'auto', cache = true, loras = {} } = {}) {
     // The engine's thread checks `device` (core.js's chooseDevice) and fails the load with
     // the reason.
     const engine = new Engine();
@@ -96,7 +99,13 @@ export class Engine {
     }
     // A worker resolves URLs against its own script: send absolute ones.
     const absolute = (u) => u && new URL(u, globalThis.location?.href).href;
-    engine.#send({ op: 'load', url: absolute(url), options: options ?? {}, wasmUrl: absolute(wasmUrl), device, cache: cache !== false });
+    const adapters = Object.fromEntries(
+      Object.entries(loras ?? {}).map(([name, spec]) => {
+        const { url: at, bytes, scale = 1 } = typeof spec === 'string' ? { url: spec } : spec;
+        return [name, { url: absolute(at), bytes, scale }];
+      }),
+    );
+    engine.#send({ op: 'load', url: absolute(url), options: options ?? {}, wasmUrl: absolute(wasmUrl), device, cache: cache !== false, loras: adapters });
     await loaded;
     return engine;
   }

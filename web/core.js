@@ -222,7 +222,7 @@ class Core {
    * crate's EngineOptions) and runs a short request through it, so that the kernels compile
    * before the first answer.
    */
-  static async load(url, { onProgress, options, wasmUrl, device, cache = true } = {}) {
+  static async load(url, { onProgress, options, wasmUrl, device, cache = true, loras = {} } = {}) {
     const started = performance.now();
     const chosen = await chooseDevice(device);
     let exports;
@@ -268,6 +268,22 @@ class Core {
             );
     } catch (e) {
       throw isTrap(e) ? trapError(e) : new CinderError(message(e));
+    }
+    // LoRA adapters: `{ NAME: { url | bytes, scale } }`, fetched whole (they are small).
+    for (const [name, { url: at, bytes, scale = 1 }] of Object.entries(loras ?? {})) {
+      let file = bytes;
+      if (!file) {
+        const response = await fetch(at).catch((e) => {
+          throw new CinderError(`LoRA adapter ${name}: cannot fetch ${at}: ${message(e)}`);
+        });
+        if (!response.ok) throw new CinderError(`LoRA adapter ${name}: ${at} answered ${response.status}`);
+        file = await response.arrayBuffer();
+      }
+      try {
+        wasm.loadLora(name, new Uint8Array(file), scale);
+      } catch (e) {
+        throw isTrap(e) ? trapError(e) : new CinderError(message(e));
+      }
     }
     const uploaded = performance.now();
     onProgress?.({ phase: 'compile', loaded: size, total: size, cached, device: chosen });
@@ -390,7 +406,7 @@ class Core {
  * on the page's thread. Returns the function that receives the page's messages; `post`
  * sends the engine's. Requests carry the page's ids; their events go back under them.
  *
- *   page -> engine: { op: 'load', url, options, wasmUrl, device, cache }, { op: 'submit', id, body, chat },
+ *   page -> engine: { op: 'load', url, options, wasmUrl, device, cache, loras }, { op: 'submit', id, body, chat },
  *                   { op: 'abort', id }, { op: 'profileStart' }, { op: 'profileFinish', reply }
  *   engine -> page: { op: 'progress', progress }, { op: 'loaded', info, loadStats },
  *                   { op: 'loadFailed', error }, { op: 'accepted', id }, { op: 'refused', id, error },
@@ -402,9 +418,9 @@ export function engineHost(post) {
   /** The page's request ids to the engine's. */
   const engineIds = new Map();
 
-  async function load({ url, options, wasmUrl, device, cache }) {
+  async function load({ url, options, wasmUrl, device, cache, loras }) {
     try {
-      core = await Core.load(url, { options, wasmUrl, device, cache, onProgress: (progress) => post({ op: 'progress', progress }) });
+      core = await Core.load(url, { options, wasmUrl, device, cache, loras, onProgress: (progress) => post({ op: 'progress', progress }) });
     } catch (e) {
       post({ op: 'loadFailed', error: message(e) });
       return;

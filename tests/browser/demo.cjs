@@ -186,6 +186,29 @@ async function main() {
     }
 
     // The page as a user drives it: type, send, watch the answer stream in.
+    // A second engine on the CPU with a LoRA adapter (its bytes given, at scale 0.5): a
+    // request naming it as its model runs with it, one naming none without it.
+    if (spec.lora) {
+      const base64 = require('fs').readFileSync(spec.lora.path).toString('base64');
+      result.lora = await page.evaluate(
+        async ({ name, base64, prompt, maxTokens }) => {
+          const { Engine } = await import('./cinder.js');
+          const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+          const engine = await Engine.load('/model.gguf', { device: 'cpu', cache: false, loras: { [name]: { bytes, scale: 0.5 } } });
+          const options = { max_tokens: maxTokens, temperature: 0, ignore_eos: true };
+          const [adapted, base] = await Promise.all([engine.generate(prompt, { ...options, model: name }), engine.generate(prompt, options)]);
+          let refused = null;
+          try {
+            await engine.generate(prompt, { ...options, lora: 'nope' });
+          } catch (e) {
+            refused = e.message;
+          }
+          return { loras: engine.info.loras, adapted: adapted.tokens, base: base.tokens, refused };
+        },
+        { name: spec.lora.name, base64, prompt: spec.prompt, maxTokens: spec.max_tokens },
+      );
+    }
+
     if (spec.ui) {
       await page.getByTestId('prompt').fill(spec.prompt);
       await page.evaluate((n) => (document.getElementById('max-tokens').value = String(n)), spec.max_tokens);

@@ -188,15 +188,29 @@ fn the_browser_gives_the_native_greedy_tokens_and_batches_concurrent_generations
 /// (`Engine.load`'s `cache: false`) leaves the Cache API alone: a reload downloads again.
 #[test]
 fn without_webgpu_the_page_runs_on_the_cpu_with_the_native_tokens() {
-    let server = Server::start(&tiny_model("browser-cpu"), &["--web", web_dist().to_str().unwrap(), "--device", "cpu"]);
+    let model = tiny_model("browser-cpu");
+    let adapter = crate::scratch_dir("browser-cpu").join("lora.gguf");
+    let status = crate::cinder_command().arg("synth-lora").arg("--model").arg(&model).arg("--out").arg(&adapter).args(["--rank", "8", "--seed", "3"]).status().unwrap();
+    assert!(status.success());
+    let lora = format!("sql={}:0.5", adapter.display());
+    let server = Server::start(&model, &["--web", web_dist().to_str().unwrap(), "--device", "cpu", "--lora", &lora]);
     let prompt = "the quick brown fox jumps over the lazy dog while five boxing wizards jump quickly";
     let max_tokens = 8;
     let native = native_tokens(&server, prompt, max_tokens);
     let spec = json!({
         "prompt": prompt, "max_tokens": max_tokens, "concurrent": 3, "ui": true, "api": true, "reload": true,
-        "query": "cache=0", "webgpu": false,
+        "query": "cache=0", "webgpu": false, "lora": {"name": "sql", "path": adapter},
     });
     let result = drive(&server, spec);
+    // The page's LoRA adapter, batched beside the base model, gives native's tokens for it.
+    let body = json!({"model": "sql", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true, "return_token_ids": true});
+    let native_lora: Vec<u64> = ids(&server.post("/v1/completions", &body.to_string()).json()["choices"][0]["token_ids"]);
+    let lora = &result["lora"];
+    assert_eq!(lora["loras"], json!(["sql"]), "{result:#}");
+    assert_eq!(ids(&lora["adapted"]), native_lora, "the page's adapter and native's differ: {result:#}");
+    assert_eq!(ids(&lora["base"]), native, "{result:#}");
+    assert_ne!(native_lora, native, "the adapter changes the tokens");
+    assert!(lora["refused"].as_str().unwrap_or_default().contains("no LoRA adapter \"nope\" is loaded"), "{result:#}");
     report("tiny model, CPU path", &result);
     assert!(result["status"].as_str().unwrap().contains("ready on the CPU"), "{result:#}");
     assert_eq!(result["info"]["kv_cache_type"], json!("f16"), "the browser's KV cache is f16 by default: {result:#}");

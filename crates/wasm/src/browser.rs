@@ -13,7 +13,7 @@ use cinder_engine::openai::{Endpoint, GenerationBody, RequestLimits, Submission,
 use cinder_engine::{Engine, Event, GenerationRequest, Grammars, Launched};
 use cinder_gguf::{ByteSource, GgufFile};
 use cinder_model::profile::Profiler;
-use cinder_model::{Backend, DeviceChoice, Model, adapter_info, set_browser_subgroups, time_layer_products, wgpu_device_async};
+use cinder_model::{Backend, DeviceChoice, LoraAdapter, Model, adapter_info, set_browser_subgroups, time_layer_products, wgpu_device_async};
 use cinder_scheduler::{Priority, SeqId, TenantId, Time};
 use cinder_tokenizer::{ChatTemplate, Tokenizer};
 use js_sys::Function;
@@ -216,7 +216,8 @@ impl WasmEngine {
             "device_timing": device_timing,
         });
         let context_length = scheduler.max_seq_len;
-        let engine = Engine::new(model, tokenizer, scheduler).map_err(|e| error(format!("the KV cache: {e}")))?;
+        let mut engine = Engine::new(model, tokenizer, scheduler).map_err(|e| error(format!("the KV cache: {e}")))?;
+        engine.set_max_loras(options.max_loras).map_err(error)?;
         let state = State {
             engine,
             template,
@@ -255,11 +256,24 @@ impl WasmEngine {
     }
 
     /// What was loaded, as JSON: adapter, context length, vocabulary, weight bytes, KV pool,
-    /// and the prompt kernels' timings once `warmUp` took them.
+    /// the LoRA adapters, and the prompt kernels' timings once `warmUp` took them.
     pub fn info(&self) -> String {
         let mut info = self.info.clone();
         info["prompt_kernels"] = json!(cinder_model::many_tokens::prompt_kernel_timings());
+        info["loras"] = json!(self.state.borrow().engine.adapters().names());
         info.to_string()
+    }
+
+    /// Loads the LoRA adapter in the GGUF file `bytes` (llama.cpp's adapter layout, for this
+    /// model) as `name`, its product scaled by `scale`: a request runs with it by naming it
+    /// as its `model` (or `lora`), batched with the others and the base model.
+    #[wasm_bindgen(js_name = loadLora)]
+    pub fn load_lora(&self, name: String, bytes: js_sys::Uint8Array, scale: f32) -> Result<(), JsError> {
+        let adapter_error = |e: &dyn std::fmt::Display| error(format!("LoRA adapter {name}: {e}"));
+        let file = GgufFile::from_source(Box::new(PageFile(bytes))).map_err(|e| adapter_error(&e))?;
+        let mut state = self.state.borrow_mut();
+        let adapter = LoraAdapter::from_gguf(&file, state.engine.model().config()).map_err(|e| adapter_error(&e))?;
+        state.engine.load_adapter(&name, std::sync::Arc::new(adapter), scale).map_err(|e| adapter_error(&e))
     }
 
     /// Queues an OpenAI completion (`chat` false: `prompt`) or chat completion (`chat`
@@ -279,6 +293,13 @@ impl WasmEngine {
             return Err(error("`prompt` must be one prompt here; submit once per prompt"));
         }
         let constraint = checked.constraint(&state.grammars).map_err(error)?;
+        // `lora` names an adapter; so may `model` (other model names are the one loaded).
+        let body = checked.body();
+        let loaded = state.engine.adapters().names();
+        let adapter = body.lora.clone().or_else(|| body.model.clone().filter(|m| loaded.contains(m)));
+        if let Some(name) = adapter.as_ref().filter(|a| !loaded.contains(a)) {
+            return Err(error(format!("no LoRA adapter {name:?} is loaded (loaded: {loaded:?})")));
+        }
         let submission = Submission {
             context_length: state.context_length,
             seed: (js_sys::Math::random() * 2f64.powi(53)) as u64,
@@ -286,7 +307,7 @@ impl WasmEngine {
             priority: checked.priority.unwrap_or_default(),
             max_priority: Priority::Critical,
             constraint: constraint.as_ref(),
-            adapter: None,
+            adapter: adapter.as_deref(),
         };
         let (requests, receivers): (Vec<_>, Vec<_>) = (checked.requests(&prompts, submission).map_err(error)?)
             .into_iter()

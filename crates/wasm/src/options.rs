@@ -31,6 +31,8 @@ pub struct EngineOptions {
     /// `gpu` (WebGPU), `cpu` (this module's CPU kernels, SIMD128) or `auto` (web/core.js
     /// decides from the adapter; here: the GPU unless WebGPU fails or is a software adapter).
     pub device: DeviceChoice,
+    /// Most LoRA adapters loaded at once (`Engine.load`'s `loras`).
+    pub max_loras: usize,
 }
 
 impl Default for EngineOptions {
@@ -46,6 +48,7 @@ impl Default for EngineOptions {
             chunk_size: 128,
             subgroups: false,
             device: DeviceChoice::Auto,
+            max_loras: 4,
         }
     }
 }
