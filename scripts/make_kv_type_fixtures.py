@@ -5,10 +5,17 @@ reference, as there), with llama.cpp's KV cache storing keys and values as <type
 q4_0): llama-server with `-ctk <type> -ctv <type> -fa on` (a quantized value cache needs
 flash attention). greedy_f32.json itself was made with llama.cpp's default f16 cache.
 
+With `--architectures`, writes tests/fixtures/architectures_kv.json instead: for each tiny
+model of tests/e2e/architectures.rs's kv_variants (every architecture, heads of 32 values
+or more, F32 weights) and each type (f16, q8_0, q4_0), llama.cpp's greedy tokens and top-10
+log-probabilities for 8 steps after a 40-token prompt.
+
 Run once by hand, not in CI (llama-server from scripts/build-peer.sh):
     python3 -m venv /tmp/refenv && /tmp/refenv/bin/pip install gguf numpy
-    /tmp/refenv/bin/python scripts/make_kv_type_fixtures.py LLAMA_SERVER [MODEL.gguf]
+    /tmp/refenv/bin/python scripts/make_kv_type_fixtures.py LLAMA_SERVER [MODEL.gguf | --architectures]
 """
+import glob
+import hashlib
 import json
 import os
 import subprocess
@@ -18,7 +25,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_reference_fixtures import GENERATED, MODEL, OUT, TOP, dequantized_copy, write  # noqa: E402
+from make_reference_fixtures import GENERATED, MODEL, OUT, ROOT, TOP, dequantized_copy, write  # noqa: E402
 
 SERVER = sys.argv[1]
 TYPES = ["q8_0", "q4_0"]
@@ -89,5 +96,41 @@ def main():
             })
 
 
+# The tiny vocabularies' byte tokens from 0x80 (byte + 3): the server reports no
+# probabilities for a token that leaves a UTF-8 character incomplete, so they are never
+# picked (the log-probabilities stay those of the raw logits).
+NON_ASCII_BYTES = range(0x80 + 3, 0x100 + 3)
+
+
+def architectures_fixture():
+    models = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, CINDER_TINY_DIR=tmp)
+        subprocess.run(["cargo", "test", "--test", "e2e", "write_tiny_architectures", "--", "--ignored"],
+                       cwd=ROOT, env=env, check=True)
+        for path in sorted(glob.glob(os.path.join(tmp, "*_kv.gguf"))):
+            name = os.path.basename(path)[:-len(".gguf")]
+            with open(path, "rb") as f:
+                case = {"sha256": hashlib.sha256(f.read()).hexdigest(), "banned": [NON_ASCII_BYTES.start, NON_ASCII_BYTES.stop]}
+            case["prompt_ids"] = [3 + (i * 37 + 11) % 250 for i in range(40)]
+            for kv_type in ["f16"] + TYPES:
+                args = [SERVER, "-m", path, "-c", "512", "-t", "2", "-np", "1", "--port", str(PORT),
+                        "-ctk", kv_type, "-ctv", kv_type, "-fa", "on", "--no-warmup"]
+                process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                try:
+                    wait_ready(process)
+                    banned = [[i, False] for i in NON_ASCII_BYTES]
+                    case[kv_type] = greedy_with(case["prompt_ids"], {"n_predict": 8, "n_probs": 10, "logit_bias": banned})
+                finally:
+                    process.terminate()
+                    process.wait()
+                print(f"{name} {kv_type}: {[s['id'] for s in case[kv_type]]}")
+            models[name] = case
+    return {"llama_server_args": "-ctk TYPE -ctv TYPE -fa on", "models": models}
+
+
 if __name__ == "__main__":
-    main()
+    if "--architectures" in sys.argv:
+        write("architectures_kv.json", architectures_fixture())
+    else:
+        main()
