@@ -35,6 +35,8 @@ TEMPLATES=(
 # client whose parser reads /metrics in them.
 OPENAI_CLIENT_PKG="openai==3.54.0"
 PROMETHEUS_CLIENT_PKG="prometheus-client==0.26.0"
+# The deploy/ manifests' offline validation (tests/e2e/deploy.rs).
+KUBERNETES_VALIDATE_PKG="kubernetes-validate==1.37.0"
 VENV_DIR="${CINDER_HOME:-$HOME/.cache/cinder}/venv"
 # The browser tests drive Debian's Chromium with this Playwright (no browser download).
 PLAYWRIGHT_PKG="playwright-core@1.65.1"
@@ -50,6 +52,8 @@ install_system_packages() {
     done
     # Any Node.js with npm will do (a distribution's or nodesource's).
     command -v npm >/dev/null || missing+=(nodejs npm)
+    # Any kubectl with `kustomize` will do (Debian's kubernetes-client).
+    command -v kubectl >/dev/null || missing+=(kubernetes-client)
     if ((${#missing[@]})); then
         log "installing ${missing[*]}"
         local sudo=""
@@ -133,12 +137,12 @@ fetch_vocabularies() {
 }
 
 install_python_clients() {
-    if [ -x "$VENV_DIR/bin/python" ] && "$VENV_DIR/bin/python" -c "import openai, prometheus_client" 2>/dev/null; then
+    if [ -x "$VENV_DIR/bin/python" ] && "$VENV_DIR/bin/python" -c "import openai, prometheus_client, kubernetes_validate" 2>/dev/null; then
         return
     fi
-    log "installing $OPENAI_CLIENT_PKG and $PROMETHEUS_CLIENT_PKG into $VENV_DIR (for the server tests)"
+    log "installing $OPENAI_CLIENT_PKG, $PROMETHEUS_CLIENT_PKG and $KUBERNETES_VALIDATE_PKG into $VENV_DIR (for the server and deploy tests)"
     [ -x "$VENV_DIR/bin/python" ] || python3 -m venv "$VENV_DIR"
-    "$VENV_DIR/bin/pip" install --quiet "$OPENAI_CLIENT_PKG" "$PROMETHEUS_CLIENT_PKG"
+    "$VENV_DIR/bin/pip" install --quiet "$OPENAI_CLIENT_PKG" "$PROMETHEUS_CLIENT_PKG" "$KUBERNETES_VALIDATE_PKG"
 }
 
 install_playwright() {

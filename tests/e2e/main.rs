@@ -28,6 +28,7 @@ mod browser;
 mod cli;
 mod control;
 mod dequant;
+mod deploy;
 mod fuzz;
 mod hardening;
 mod isolation;
