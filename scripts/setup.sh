@@ -54,6 +54,8 @@ install_system_packages() {
     command -v npm >/dev/null || missing+=(nodejs npm)
     # Any kubectl with `kustomize` will do (Debian's kubernetes-client).
     command -v kubectl >/dev/null || missing+=(kubernetes-client)
+    # The load balancer of the replicas test (tests/e2e/fleet.rs).
+    [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || missing+=(nginx)
     if ((${#missing[@]})); then
         log "installing ${missing[*]}"
         local sudo=""

@@ -29,6 +29,7 @@ mod cli;
 mod control;
 mod dequant;
 mod deploy;
+mod fleet;
 mod fuzz;
 mod hardening;
 mod isolation;

@@ -22,8 +22,13 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(model: &Path, extra: &[&str]) -> Server {
+        Self::start_on(model, 0, extra)
+    }
+
+    /// [`Server::start`] on port `port` (0: any free one).
+    pub(crate) fn start_on(model: &Path, port: u16, extra: &[&str]) -> Server {
         let mut child = crate::cinder_command()
-            .args(["serve", "--port", "0", "--model"])
+            .args(["serve", "--port", &port.to_string(), "--model"])
             .arg(model)
             .args(extra)
             .stderr(Stdio::piped())
