@@ -133,6 +133,16 @@ print(json.dumps({"models": models, "sql": [by_name.model, by_name.choices[0].te
     assert_eq!(server.request("POST", "/v1/unload_lora_adapter", &[KEY], r#"{"lora_name": "sql2"}"#).status, 200);
     assert_eq!(text(&greedy(&server, "chat", "")), alone[2]);
 
+    // `cinder generate --lora` gives what the server gives for the same adapter and scale.
+    let generated = crate::cinder_command()
+        .args(["generate", "--device", "cpu", "--prompt", "The capital of France is", "--max-tokens", "16", "--json", "--lora"])
+        .arg(format!("{}:0.5", chat.display()))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&generated.stdout);
+    let json: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(json["text"].as_str().unwrap(), alone[2]);
+
     assert!(server.metric("lora_requests_total{lora_name=\"chat\",model_name=\"smollm2\"}") >= 4.0);
     let metrics = server.request("GET", "/metrics", &[KEY], "").body;
     assert!(metrics.contains("cinder:lora_requests_info{max_lora=\"2\",model_name=\"smollm2\","), "{metrics}");

@@ -66,6 +66,10 @@ pub struct GenerateArgs {
     /// The draft model of `--speculative draft`: a GGUF with the same vocabulary.
     #[arg(long)]
     draft_model: Option<std::path::PathBuf>,
+    /// Run with this LoRA adapter (a GGUF adapter as llama.cpp writes them), its product
+    /// scaled by SCALE [default: 1].
+    #[arg(long, value_name = "PATH[:SCALE]", value_parser = |v: &str| Ok::<_, String>(crate::serve::loras::path_and_scale(v)))]
+    lora: Option<(std::path::PathBuf, f32)>,
     /// After the text, print a JSON object with the ids and text on the last line.
     #[arg(long)]
     json: bool,
@@ -129,7 +133,17 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.draft_model {
         crate::model_path::set_draft(&mut engine, path, crate::model_path::load_draft(path, &device)?)?;
     }
+    let adapter = match &args.lora {
+        Some((path, scale)) => {
+            let adapter = crate::serve::loras::read(path, engine.model().config()).context("--lora")?;
+            engine.set_max_loras(1).map_err(|e| anyhow::anyhow!("{e}"))?;
+            engine.load_adapter("lora", adapter, *scale).map_err(|e| anyhow::anyhow!("--lora: {e}"))?;
+            Some("lora".to_owned())
+        }
+        None => None,
+    };
     let request = GenerationRequest {
+        adapter,
         sampling,
         stop: args.stop.clone(),
         ignore_eos: args.ignore_eos,

@@ -31,11 +31,16 @@ fn one() -> f32 {
 /// `--lora NAME=PATH[:SCALE]`.
 pub fn parse_lora(value: &str) -> Result<LoraEntry, String> {
     let (name, rest) = value.split_once('=').filter(|(n, p)| !n.is_empty() && !p.is_empty()).ok_or_else(|| format!("`{value}` is not NAME=PATH[:SCALE]"))?;
-    let (path, scale) = match rest.rsplit_once(':').map(|(p, s)| (p, s.parse::<f32>())) {
-        Some((path, Ok(scale))) if scale.is_finite() => (path, scale),
-        _ => (rest, 1.0),
-    };
-    Ok(LoraEntry { name: name.to_owned(), path: PathBuf::from(path), scale, model: None })
+    let (path, scale) = path_and_scale(rest);
+    Ok(LoraEntry { name: name.to_owned(), path, scale, model: None })
+}
+
+/// `PATH[:SCALE]` (a path whose last `:` part is not a number is all path; scale 1).
+pub fn path_and_scale(value: &str) -> (PathBuf, f32) {
+    match value.rsplit_once(':').map(|(p, s)| (p, s.parse::<f32>())) {
+        Some((path, Ok(scale))) if scale.is_finite() => (PathBuf::from(path), scale),
+        _ => (PathBuf::from(value), 1.0),
+    }
 }
 
 /// The checks on a served adapter's name and scale, naming the field at fault.

@@ -12,7 +12,7 @@ mod admin;
 mod api;
 mod config;
 mod connections;
-mod loras;
+pub(crate) mod loras;
 mod metrics;
 mod models;
 mod routes;
