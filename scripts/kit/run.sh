@@ -3,7 +3,8 @@
 # no model needed): prints the adapter, writes synthetic models, runs `cinder bench` on each
 # (with --profile: per-kernel device time) and `cinder bench serve` against a `cinder serve`
 # it starts, and the same against llama.cpp's llama-bench / llama-server when --peer DIR
-# holds them. Writes results.json and results.md in --out.
+# holds them; on the first model also each KV cache type and LoRA adapters (0, 1 and 8 in
+# a batch). Writes results.json and results.md in --out.
 #
 #   ./run.sh [--peer DIR] [--models NAME[:TYPE],...] [--quick] [--out DIR]
 #
@@ -38,10 +39,12 @@ log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 
 if [ "$quick" = 1 ]; then
     bench_args=(--decode-tokens 16 --prefill-tokens 64 --batch 1,4)
+    extra_args=(--decode-tokens 16 --prefill-tokens 64 --batch 1,4)
     serve_args=(--concurrency 1 --requests 4 --prompt-min 16 --prompt-max 32 --max-tokens 8)
     kv_args=()
 else
     bench_args=(--decode-tokens 128 --prefill-tokens 512,2048 --batch 1,8,32,64)
+    extra_args=(--decode-tokens 128 --prefill-tokens 2048 --batch 1,32)
     serve_args=(--concurrency 1,8,32,64 --requests 64 --prompt-min 32 --prompt-max 256 --max-tokens 64)
     # 64 sequences of up to 320 tokens of an 8B model.
     kv_args=(--kv-cache-mb 8192)
@@ -77,17 +80,23 @@ free_port() {
     done
 }
 
+# The type of a --models entry: its TYPE, else q4_k for llama-3.1-8b and q4_0 for the rest.
+entry_type() {
+    local name=${1%%:*} type=${1#*:}
+    if [ "$type" = "$1" ]; then
+        type=q4_0
+        [ "$name" = llama-3.1-8b ] && type=q4_k
+    fi
+    echo "$type"
+}
+
 results=()
 md="$out/results.md"
 : > "$md"
 IFS=, read -ra entries <<< "$models"
 for entry in "${entries[@]}"; do
     name=${entry%%:*}
-    type=${entry#*:}
-    if [ "$type" = "$entry" ]; then
-        type=q4_0
-        [ "$name" = llama-3.1-8b ] && type=q4_k
-    fi
+    type=$(entry_type "$entry")
     model="$out/models/$name-$type.gguf"
     if [ ! -s "$model" ]; then
         log "writing $name ($type)"
@@ -125,8 +134,33 @@ for entry in "${entries[@]}"; do
     results+=("{\"model\": \"$name\", \"type\": \"$type\", \"bench\": $(cat "$out/bench-$name-$type.json"), \"serve\": $(cat "$out/serve-$name-$type.json")}")
 done
 
+# The first model with each other KV cache type (f16 ran above), and with its sequences
+# spread over 0, 1 and 8 random LoRA adapters.
+name=${entries[0]%%:*}
+type=$(entry_type "${entries[0]}")
+model="$out/models/$name-$type.gguf"
+kv_types=(f32 q8_0 q4_0)
 {
-    echo "{\"kit\": \"$("$cinder" --version)\", \"quick\": $([ "$quick" = 1 ] && echo true || echo false), \"runs\": ["
+    echo "## KV cache types and LoRA adapters: $name ($type)"
+    echo
+    for kv in "${kv_types[@]}"; do
+        log "cinder bench: $name ($type), KV cache $kv"
+        "$cinder" bench --model "$model" --kv-cache-type "$kv" "${extra_args[@]}" --json "$out/bench-kv-$kv.json"
+        echo
+    done
+    log "cinder bench: $name ($type), LoRA adapters"
+    "$cinder" bench --model "$model" --lora-adapters 0,1,8 "${extra_args[@]}" --json "$out/bench-lora.json"
+    echo
+} | tee -a "$md"
+
+{
+    echo "{\"kit\": \"$("$cinder" --version)\", \"quick\": $([ "$quick" = 1 ] && echo true || echo false),"
+    echo "\"kv_types\": ["
+    for i in "${!kv_types[@]}"; do
+        [ "$i" -gt 0 ] && echo ","
+        echo "$(cat "$out/bench-kv-${kv_types[$i]}.json")"
+    done
+    echo "], \"lora\": $(cat "$out/bench-lora.json"), \"runs\": ["
     for i in "${!results[@]}"; do
         [ "$i" -gt 0 ] && echo ","
         echo "${results[$i]}"

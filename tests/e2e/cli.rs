@@ -324,8 +324,14 @@ fn the_bench_kit_packs_and_runs_end_to_end() {
         let shares: f64 = kernels.iter().map(|k| k["share"].as_f64().unwrap()).sum();
         assert!((shares - 1.0).abs() < 1e-6, "{step}: shares sum to {shares}");
     }
+    // Each other KV cache type, and 0, 1 and 8 LoRA adapters, on the first model.
+    let types: Vec<&str> = json["kv_types"].as_array().unwrap().iter().map(|b| b["kv_cache_type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["f32", "q8_0", "q4_0"], "{json}");
+    let lora: Vec<u64> = json["lora"]["lora"].as_array().unwrap().iter().map(|l| l["adapters"].as_u64().unwrap()).collect();
+    assert_eq!(lora, [0, 0, 1, 1, 8, 8], "{json}");
     let table = std::fs::read_to_string(results.join("results.md")).unwrap();
     assert!(table.contains("## smollm2-135m (q4_0)") && table.contains("| cinder |"), "{table}");
+    assert!(table.contains("| LoRA adapters (rank) | sequences | decode tok/s (all together) |"), "{table}");
     assert!(table.contains("| kernel | dispatches per token | share of step time |"), "{table}");
     assert!(results.join("batch-smollm2-135m-q4_0.svg").is_file());
 }
