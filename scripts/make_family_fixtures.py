@@ -22,7 +22,6 @@ Run once by hand after `bash scripts/setup.sh`, not in CI:
 import glob
 import hashlib
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -32,7 +31,7 @@ from llama_cpp import Llama
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_reference_fixtures import (  # noqa: E402
-    LONG_PASSAGE, ROOT, TOKENIZER_STRINGS, dequantized_copy, greedy_fixture, write,
+    LONG_PASSAGE, TOKENIZER_STRINGS, dequantized_copy, greedy_fixture, write, write_tiny_models,
 )
 
 HOME = os.environ.get("CINDER_HOME", os.path.expanduser("~/.cache/cinder"))
@@ -103,9 +102,7 @@ def tokenizer_fixture():
 def architectures_fixture():
     models = {}
     with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, CINDER_TINY_DIR=tmp)
-        subprocess.run(["cargo", "test", "--test", "e2e", "write_tiny_architectures", "--", "--ignored"],
-                       cwd=ROOT, env=env, check=True)
+        write_tiny_models(tmp)
         for path in sorted(glob.glob(os.path.join(tmp, "*.gguf"))):
             name = os.path.basename(path)[:-len(".gguf")]
             if name.endswith("_kv"):

@@ -25,7 +25,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_reference_fixtures import GENERATED, MODEL, OUT, ROOT, TOP, dequantized_copy, write  # noqa: E402
+from make_reference_fixtures import GENERATED, MODEL, OUT, TOP, dequantized_copy, write, write_tiny_models  # noqa: E402
 
 SERVER = sys.argv[1]
 TYPES = ["q8_0", "q4_0"]
@@ -105,9 +105,7 @@ NON_ASCII_BYTES = range(0x80 + 3, 0x100 + 3)
 def architectures_fixture():
     models = {}
     with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, CINDER_TINY_DIR=tmp)
-        subprocess.run(["cargo", "test", "--test", "e2e", "write_tiny_architectures", "--", "--ignored"],
-                       cwd=ROOT, env=env, check=True)
+        write_tiny_models(tmp)
         for path in sorted(glob.glob(os.path.join(tmp, "*_kv.gguf"))):
             name = os.path.basename(path)[:-len(".gguf")]
             with open(path, "rb") as f:

@@ -13,15 +13,14 @@ Run once by hand, not in CI (llama-server from scripts/build-peer.sh, cinder bui
     python3 -m venv /tmp/refenv && /tmp/refenv/bin/pip install gguf numpy
     /tmp/refenv/bin/python scripts/make_lora_fixtures.py LLAMA_SERVER CINDER [MODEL.gguf]
 """
-import glob
 import os
 import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_kv_type_fixtures import PORT, greedy_with, wait_ready  # noqa: E402
-from make_reference_fixtures import GENERATED, OUT, ROOT, dequantized_copy, write  # noqa: E402
+from make_kv_type_fixtures import NON_ASCII_BYTES, PORT, greedy_with, wait_ready  # noqa: E402
+from make_reference_fixtures import GENERATED, OUT, dequantized_copy, write, write_tiny_models  # noqa: E402
 import json  # noqa: E402
 
 SERVER, CINDER = sys.argv[1], sys.argv[2]
@@ -38,8 +37,6 @@ ADAPTERS = [
 # The tiny models that are F32 throughout (llama.cpp computes them in f32 too).
 TINY = ["llama", "qwen2_biases", "qwen3", "gemma2", "gemma3", "phi3"]
 TINY_LORA = ["--rank", "8", "--alpha", "16", "--type", "f32"]
-# The tiny vocabularies' byte tokens from 0x80 (byte + 3).
-NON_ASCII_BYTES = range(0x80 + 3, 0x100 + 3)
 
 
 def serve(args):
@@ -51,9 +48,7 @@ def serve(args):
 def architectures_fixture():
     models = {}
     with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, CINDER_TINY_DIR=tmp)
-        subprocess.run(["cargo", "test", "--test", "e2e", "write_tiny_architectures", "--", "--ignored"],
-                       cwd=ROOT, env=env, check=True)
+        write_tiny_models(tmp)
         for seed, name in enumerate(TINY, start=1):
             path = os.path.join(tmp, f"{name}.gguf")
             adapter = os.path.join(tmp, f"{name}-lora.gguf")
@@ -64,9 +59,6 @@ def architectures_fixture():
             try:
                 # Byte tokens, which every tiny vocabulary has.
                 prompt = [3 + (i * 37 + 11) % 250 for i in range(40)]
-                # The server reports no probabilities for a token that leaves a UTF-8
-                # character incomplete: bytes from 0x80 (ids 131-258) are never picked. The
-                # log-probabilities stay those of the raw logits.
                 banned = [[i, False] for i in NON_ASCII_BYTES]
                 steps = greedy_with(prompt, {"n_predict": 8, "n_probs": 10, "logit_bias": banned})
             finally:
@@ -87,9 +79,8 @@ def main():
             path = os.path.join(tmp, f"{adapter['name']}.gguf")
             subprocess.run([CINDER, "synth-lora", "--model", MODEL, "--out", path, *adapter["synth_lora"]], check=True)
             args += ["--lora", path]
-        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = serve(args)
         try:
-            wait_ready(process)
             for i, adapter in enumerate(ADAPTERS):
                 # Only this adapter, at its scale.
                 lora = [{"id": j, "scale": adapter["scale"] if j == i else 0.0} for j in range(len(ADAPTERS))]

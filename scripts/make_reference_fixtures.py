@@ -18,6 +18,7 @@ Run once by hand, not in CI:
 """
 import json
 import os
+import subprocess
 import sys
 import tempfile
 
@@ -205,6 +206,14 @@ def load(path, n_ctx=2048):
 
     return Llama(model_path=path, n_ctx=n_ctx, n_batch=512, logits_all=True, n_threads=2,
                  seed=0, verbose=False)
+
+
+def write_tiny_models(directory):
+    """Writes the tiny models of tests/e2e/architectures.rs (each variant and KV-type
+    variant, by name) into `directory`."""
+    env = dict(os.environ, CINDER_TINY_DIR=directory)
+    subprocess.run(["cargo", "test", "--test", "e2e", "write_tiny_architectures", "--", "--ignored"],
+                   cwd=ROOT, env=env, check=True)
 
 
 def write(name, obj):
