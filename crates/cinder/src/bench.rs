@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use cinder_engine::{Engine, Event, Generation, GenerationRequest, Speculation, SpeculativeMethod};
 use cinder_scheduler::BatchPolicy;
-use cinder_model::arch::LayerWeight;
+use cinder_model::lora::ADAPTABLE;
 use cinder_model::{LoraAdapter, Model};
 use cinder_model::many_tokens::{PromptKernelTiming, prompt_kernel_timings};
 use cinder_model::profile::{Profile, Profiler};
@@ -366,8 +366,7 @@ fn bench_lora(
     let config = engine.model().config().clone();
     let mut names = Vec::with_capacity(most);
     for i in 0..most {
-        let all = [LayerWeight::Q, LayerWeight::K, LayerWeight::V, LayerWeight::Qkv, LayerWeight::AttnOut, LayerWeight::Gate, LayerWeight::Up, LayerWeight::Down];
-        let bytes = cinder_model::lora::synthetic_adapter(&config, &all, args.lora_rank, 2.0 * args.lora_rank as f32, cinder_gguf::GgmlType::F32, i as u64)?.to_bytes();
+        let bytes = cinder_model::lora::synthetic_adapter(&config, &ADAPTABLE, args.lora_rank, 2.0 * args.lora_rank as f32, cinder_gguf::GgmlType::F32, i as u64)?.to_bytes();
         let adapter = LoraAdapter::from_gguf(&cinder_gguf::GgufFile::from_bytes(bytes)?, &config)?;
         let name = format!("lora{i}");
         engine.load_adapter(&name, std::sync::Arc::new(adapter), 1.0).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -97,7 +97,7 @@ pub fn run_lora(args: SynthLoraArgs) -> anyhow::Result<()> {
         ("down", LayerWeight::Down),
     ];
     let targets = if args.targets.is_empty() {
-        all.iter().map(|(_, w)| *w).collect()
+        cinder_model::lora::ADAPTABLE.to_vec()
     } else {
         (args.targets.iter())
             .map(|t| all.iter().find(|(n, _)| n == t).map(|(_, w)| *w).ok_or_else(|| anyhow::anyhow!("--targets: unknown matrix {t:?} (q, k, v, qkv, o, gate, up, down)")))

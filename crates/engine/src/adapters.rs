@@ -79,8 +79,8 @@ impl Adapters {
         Ok(())
     }
 
-    /// Takes `name` from new requests; returns its slot, to be emptied once no request of
-    /// it is left ([`Adapters::retire`]).
+    /// Takes `name` from new requests; its slot is emptied once no request of it is left
+    /// ([`Adapters::retire`]).
     pub(crate) fn unload(&mut self, name: &str) -> Result<(), String> {
         match self.loaded.get_mut(name) {
             Some(loaded) if !loaded.retiring => {

@@ -48,7 +48,7 @@ pub struct LoraAdapter {
 
 /// The matrices an adapter may adapt: a block's projections (llama.cpp also adapts the
 /// token embedding and the output head, which are refused here).
-const ADAPTABLE: [LayerWeight; 8] = [
+pub const ADAPTABLE: [LayerWeight; 8] = [
     LayerWeight::Q,
     LayerWeight::K,
     LayerWeight::V,
@@ -134,11 +134,6 @@ impl LoraAdapter {
     /// How many matrices it adapts.
     pub fn matrices(&self) -> usize {
         self.pairs.len()
-    }
-
-    /// Bytes its pairs take as f32.
-    pub fn bytes(&self) -> usize {
-        self.pairs.values().map(|p| (p.a.len() + p.b.len()) * 4).sum()
     }
 
     pub fn pair(&self, layer: usize, weight: LayerWeight) -> Option<&LowRank> {

@@ -431,11 +431,6 @@ impl Model {
         })
     }
 
-    /// The adapter in each slot.
-    pub fn adapters(&self) -> &[Option<Arc<LoraAdapter>>] {
-        &self.adapters
-    }
-
     /// Gives the device memory Burn keeps pooled for reuse (the activations of the largest
     /// step so far, which grow with the longest sequence) back to the driver; the weights
     /// and the KV cache stay.

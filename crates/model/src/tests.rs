@@ -6,7 +6,7 @@ use cinder_gguf::{GgmlType, GgufFile, GgufWriter, MetadataValue};
 use std::sync::Arc;
 
 use crate::arch::{GEMMA2, GEMMA3, LayerWeight, PHI3, QWEN2, QWEN3};
-use crate::lora::{LoraAdapter, synthetic_adapter};
+use crate::lora::{ADAPTABLE, LoraAdapter, synthetic_adapter};
 use crate::reference::{ReferenceCache, ReferenceModel};
 use crate::tiny::{TinyModel, TinyRopeScaling};
 use crate::{Backend, KvLayout, KvType, KvTypes, Model, ModelConfig, ModelError, RowAdapter, SeqChunk, wgpu_device};
@@ -248,8 +248,7 @@ fn batched_paged_forward_matches_each_sequence_alone(backend: &Backend) {
 
 /// An adapter for `config` adapting `targets` (every matrix when empty).
 fn adapter(config: &ModelConfig, targets: &[LayerWeight], rank: usize, ty: GgmlType, seed: u64) -> Arc<LoraAdapter> {
-    let all = [LayerWeight::Q, LayerWeight::K, LayerWeight::V, LayerWeight::Qkv, LayerWeight::AttnOut, LayerWeight::Gate, LayerWeight::Up, LayerWeight::Down];
-    let targets = if targets.is_empty() { &all[..] } else { targets };
+    let targets = if targets.is_empty() { &ADAPTABLE[..] } else { targets };
     let bytes = synthetic_adapter(config, targets, rank, 2.0 * rank as f32, ty, seed).unwrap().to_bytes();
     Arc::new(LoraAdapter::from_gguf(&GgufFile::from_bytes(bytes).unwrap(), config).unwrap())
 }
