@@ -87,13 +87,17 @@ print(json.dumps({"models": models, "sql": [by_name.model, by_name.choices[0].te
 
     // Unload sql while a request of it streams: it finishes whole, new ones get 404, and
     // its slot stays taken (max_loras 2) until it ends.
+    // The stream has started once the engine has counted it: a counter only grows, where a
+    // gauge's snapshot may still show the request before it.
+    let sql_requests = "lora_requests_total{lora_name=\"sql\",model_name=\"smollm2\"}";
+    let counted = server.metric(sql_requests);
     let streamed = std::thread::scope(|scope| {
         let stream = scope.spawn(|| {
             let body = r#"{"model": "sql", "prompt": "Once upon a time", "max_tokens": 160, "ignore_eos": true, "temperature": 0, "stream": true}"#;
             server.request("POST", "/v1/completions", &[KEY], body)
         });
         let started = Instant::now();
-        while server.metric("num_requests_running") < 1.0 {
+        while server.metric(sql_requests) <= counted {
             assert!(started.elapsed() < Duration::from_secs(60), "the stream never started");
             std::thread::sleep(Duration::from_millis(20));
         }
