@@ -31,9 +31,10 @@ TEMPLATES=(
     meta-llama-Llama-3.1-8B-Instruct.jinja google-gemma-2-2b-it.jinja microsoft-Phi-3.5-mini-instruct.jinja
     Qwen-Qwen2.5-7B-Instruct.jinja Qwen-Qwen3-0.6B.jinja mistralai-Mistral-Nemo-Instruct-2407.jinja
 )
-# The OpenAI Python client the server's end-to-end tests talk through, and the Prometheus
-# client whose parser reads /metrics in them.
+# The OpenAI and Anthropic Python clients the server's end-to-end tests talk through, and
+# the Prometheus client whose parser reads /metrics in them.
 OPENAI_CLIENT_PKG="openai==3.54.0"
+ANTHROPIC_CLIENT_PKG="anthropic==2.17.0"
 PROMETHEUS_CLIENT_PKG="prometheus-client==0.26.0"
 # The deploy/ manifests' offline validation (tests/e2e/deploy.rs).
 KUBERNETES_VALIDATE_PKG="kubernetes-validate==1.37.0"
@@ -139,12 +140,12 @@ fetch_vocabularies() {
 }
 
 install_python_clients() {
-    if [ -x "$VENV_DIR/bin/python" ] && "$VENV_DIR/bin/python" -c "import openai, prometheus_client, kubernetes_validate" 2>/dev/null; then
+    if [ -x "$VENV_DIR/bin/python" ] && "$VENV_DIR/bin/python" -c "import openai, anthropic, prometheus_client, kubernetes_validate" 2>/dev/null; then
         return
     fi
-    log "installing $OPENAI_CLIENT_PKG, $PROMETHEUS_CLIENT_PKG and $KUBERNETES_VALIDATE_PKG into $VENV_DIR (for the server and deploy tests)"
+    log "installing $OPENAI_CLIENT_PKG, $ANTHROPIC_CLIENT_PKG, $PROMETHEUS_CLIENT_PKG and $KUBERNETES_VALIDATE_PKG into $VENV_DIR (for the server and deploy tests)"
     [ -x "$VENV_DIR/bin/python" ] || python3 -m venv "$VENV_DIR"
-    "$VENV_DIR/bin/pip" install --quiet "$OPENAI_CLIENT_PKG" "$PROMETHEUS_CLIENT_PKG" "$KUBERNETES_VALIDATE_PKG"
+    "$VENV_DIR/bin/pip" install --quiet "$OPENAI_CLIENT_PKG" "$ANTHROPIC_CLIENT_PKG" "$PROMETHEUS_CLIENT_PKG" "$KUBERNETES_VALIDATE_PKG"
 }
 
 install_playwright() {

@@ -335,3 +335,38 @@ fn the_bench_kit_packs_and_runs_end_to_end() {
     assert!(table.contains("| kernel | dispatches per token | share of step time |"), "{table}");
     assert!(results.join("batch-smollm2-135m-q4_0.svg").is_file());
 }
+
+#[test]
+fn simulate_fleet_compares_routing_policies_and_finds_replicas_for_the_slo() {
+    let dir = crate::scratch_dir("simulate-fleet");
+    let json = dir.join("fleet.json");
+    let plots = dir.join("plots");
+    let table = succeed(&[
+        "simulate", "--fleet", "--replicas", "4", "--loads", "2,4", "--slo-loads", "24", "--max-replicas", "16", "--duration", "20",
+        "--json", json.to_str().unwrap(), "--plots", plots.to_str().unwrap(),
+    ]);
+    assert!(table.contains("Replicas for TTFT p95 <= 2 s at 24 requests/s"), "{table}");
+    assert!(table.contains("| workload | round_robin | least_queue | least_kv | epp |"), "{table}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let curves = report["load_curves"].as_array().unwrap();
+    // Five workloads, four policies, two loads of four replicas each.
+    assert_eq!(curves.len(), 5 * 4 * 2);
+    assert!(curves.iter().all(|r| r["replicas"] == 4 && (r["load"] == 8.0 || r["load"] == 16.0)), "{curves:?}");
+    let run = |workload: &str, routing: &str, load: f64| {
+        curves.iter().find(|r| r["workload"] == workload && r["routing"] == routing && r["load"] == load).unwrap().clone()
+    };
+    // Prefix affinity keeps each tenant's system prompt cached on the replicas it went to.
+    let (epp, spread) = (run("many_tenants", "epp", 16.0), run("many_tenants", "round_robin", 16.0));
+    assert!(epp["prefix_hit_rate"].as_f64().unwrap() > spread["prefix_hit_rate"].as_f64().unwrap() + 0.1, "{epp} {spread}");
+    let found = report["replicas_for_slo"].as_array().unwrap();
+    assert_eq!(found.len(), 5 * 4);
+    let mixed = found.iter().find(|f| f["workload"] == "mixed" && f["routing"] == "round_robin").unwrap();
+    let replicas = mixed["replicas"].as_u64().expect("16 replicas hold 24 requests/s of the mixed workload");
+    assert!((2..=16).contains(&replicas) && mixed["ttft_p95_s"].as_f64().unwrap() <= 2.0, "{mixed}");
+    for name in ["fleet_ttft_p95_many_tenants.svg", "fleet_throughput_multi_turn.svg", "fleet_prefix_hits_shared_prefix.svg"] {
+        assert!(std::fs::read_to_string(plots.join(name)).unwrap().contains("<svg"), "{name}");
+    }
+    fail_with(&["simulate", "--fleet", "--replicas", "0"], "--replicas and --max-replicas must be at least 1");
+    let out = cinder(&["simulate", "--replicas", "4"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

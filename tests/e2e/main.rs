@@ -23,6 +23,7 @@ macro_rules! on_each_backend {
     };
 }
 
+mod anthropic;
 mod architectures;
 mod browser;
 mod cli;

@@ -1,5 +1,7 @@
 //! `cinder simulate`: every batching strategy over a sweep of loads and workloads, through
-//! the scheduler's simulator.
+//! the scheduler's simulator; with `--fleet`, replicas behind routing policies.
+
+mod fleet;
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +19,7 @@ pub struct SimulateArgs {
     /// Write SVG plots into this folder.
     #[arg(long)]
     plots: Option<PathBuf>,
-    /// Offered loads to sweep, requests per second.
+    /// Offered loads to sweep, requests per second (per replica with `--fleet`).
     #[arg(long, value_delimiter = ',', default_values_t = [1.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0])]
     loads: Vec<f64>,
     /// Seconds during which requests arrive in each run.
@@ -25,6 +27,27 @@ pub struct SimulateArgs {
     duration: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Simulate replicas behind routing policies (round robin, least queue, least KV and
+    /// the inference gateway's endpoint picker) instead of batching strategies.
+    #[arg(long)]
+    fleet: bool,
+    /// With `--fleet`: replicas of the load sweep.
+    #[arg(long, default_value_t = 8, requires = "fleet")]
+    replicas: usize,
+    /// With `--fleet`: fleet loads (requests/s) at which to find the replicas each policy
+    /// needs to hold the TTFT SLO.
+    #[arg(long, value_delimiter = ',', default_values_t = [16.0, 32.0, 64.0, 128.0, 256.0], requires = "fleet")]
+    slo_loads: Vec<f64>,
+    /// With `--fleet`: the SLO, p95 seconds to the first token (every request served).
+    #[arg(long, default_value_t = 2.0, requires = "fleet")]
+    slo_ttft: f64,
+    /// With `--fleet`: the most replicas searched.
+    #[arg(long, default_value_t = 64, requires = "fleet")]
+    max_replicas: usize,
+    /// With `--fleet`: seconds between the router's reads of the replicas' gauges (the
+    /// endpoint picker scrapes every 50 ms).
+    #[arg(long, default_value_t = 0.05, requires = "fleet")]
+    scrape_interval: f64,
 }
 
 /// The strategies compared, with the names reports use.
@@ -65,6 +88,10 @@ struct Report {
 }
 
 pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
+    if args.fleet {
+        anyhow::ensure!(args.replicas >= 1 && args.max_replicas >= 1, "--replicas and --max-replicas must be at least 1");
+        return fleet::run(&args);
+    }
     let workloads = [Workload::mixed(), Workload::bursty(), Workload::shared_prefix()];
     let cost = CostModel::default();
     let mut runs = Vec::new();

@@ -27,6 +27,7 @@
 //! browser's event loop.
 
 mod adapters;
+pub mod anthropic;
 mod constraint;
 mod draft;
 mod engine;

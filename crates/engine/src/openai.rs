@@ -145,36 +145,39 @@ impl<'de> Deserialize<'de> for Prompt {
     }
 }
 
-/// A chat message's content: text, or a list of parts of which the text ones count.
+/// A text, or a list of parts (a chat message's content, an Anthropic message's blocks).
 #[derive(Debug, Clone)]
-pub enum Content {
+pub enum TextOr<P> {
     Text(String),
-    Parts(Vec<ContentPart>),
+    Parts(Vec<P>),
 }
 
-impl<'de> Deserialize<'de> for Content {
+/// A chat message's content: text, or a list of parts of which the text ones count.
+pub type Content = TextOr<ContentPart>;
+
+impl<'de, P: Deserialize<'de>> Deserialize<'de> for TextOr<P> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ContentVisitor;
-        impl<'de> Visitor<'de> for ContentVisitor {
-            type Value = Content;
+        struct TextOrVisitor<P>(std::marker::PhantomData<P>);
+        impl<'de, P: Deserialize<'de>> Visitor<'de> for TextOrVisitor<P> {
+            type Value = TextOr<P>;
 
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a string or a list of content parts")
             }
 
-            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Content, E> {
-                Ok(Content::Text(text.to_owned()))
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<TextOr<P>, E> {
+                Ok(TextOr::Text(text.to_owned()))
             }
 
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Content, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TextOr<P>, A::Error> {
                 let mut parts = Vec::new();
                 while let Some(part) = seq.next_element()? {
                     parts.push(part);
                 }
-                Ok(Content::Parts(parts))
+                Ok(TextOr::Parts(parts))
             }
         }
-        deserializer.deserialize_any(ContentVisitor)
+        deserializer.deserialize_any(TextOrVisitor(std::marker::PhantomData))
     }
 }
 

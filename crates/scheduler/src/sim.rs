@@ -4,6 +4,10 @@
 //! Step time is `overhead + per_token × tokens run + per_kv_read × KV positions read`, the
 //! shape of a memory-bound decoder; the parameters can be fitted to measured engine steps.
 //! Everything is seeded: the same inputs give the same results, bit for bit.
+//!
+//! [`fleet`] runs many replicas behind a router.
+
+pub mod fleet;
 
 use std::collections::BTreeMap;
 
@@ -11,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::{Duration, Priority, Request, Scheduler, SchedulerConfig, StepResult, TenantId, Time};
+use crate::{Duration, FinishedSequence, Priority, Request, Scheduler, SchedulerConfig, StepResult, TenantId, Time};
 
 /// Seconds a step takes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,6 +81,25 @@ pub struct Workload {
     pub ttft_sla_s: f64,
     /// Share of requests that carry the SLA as a deadline for the scheduler.
     pub deadline_frac: f64,
+    /// A request's shared prefix is its tenant's own (tenant `i` uses prefix `i` modulo
+    /// `shared_prefixes`), as with one system prompt per customer, not drawn at random.
+    #[serde(default)]
+    pub prefix_by_tenant: bool,
+    /// Requests come as conversations of several turns, each turn's prompt the whole chat
+    /// so far; `prompt` is the first turn's length.
+    #[serde(default)]
+    pub chat: Option<Chat>,
+}
+
+/// Multi-turn conversations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Chat {
+    /// Turns per conversation, drawn uniformly from this range.
+    pub turns: (usize, usize),
+    /// Tokens of each later user message.
+    pub message: Lengths,
+    /// Median seconds from one turn's arrival to the next (log-normal, sigma 0.5).
+    pub think_median_s: f64,
 }
 
 impl Workload {
@@ -95,6 +118,8 @@ impl Workload {
             prefix_len: 0,
             ttft_sla_s: 2.0,
             deadline_frac: 0.3,
+            prefix_by_tenant: false,
+            chat: None,
         }
     }
 
@@ -106,6 +131,85 @@ impl Workload {
     /// Most requests start with one of four long system prompts.
     pub fn shared_prefix() -> Self {
         Self { name: "shared_prefix".into(), shared_prefix_frac: 0.8, shared_prefixes: 4, prefix_len: 512, ..Self::mixed() }
+    }
+
+    /// 64 tenants of equal traffic, each with its own 2048-token system prompt before a
+    /// short question: together more prefix than one replica's KV cache holds.
+    pub fn many_tenants() -> Self {
+        Self {
+            name: "many_tenants".into(),
+            prompt: Lengths { median: 64.0, sigma: 0.8, min: 4, max: 512 },
+            tenant_mix: vec![1.0; 64],
+            shared_prefix_frac: 1.0,
+            shared_prefixes: 64,
+            prefix_len: 2048,
+            prefix_by_tenant: true,
+            ..Self::mixed()
+        }
+    }
+
+    /// Chats of 2 to 8 turns, ten seconds apart: each turn resends the conversation so far.
+    pub fn multi_turn() -> Self {
+        Self {
+            name: "multi_turn".into(),
+            chat: Some(Chat { turns: (2, 8), message: Lengths { median: 48.0, sigma: 0.8, min: 4, max: 512 }, think_median_s: 10.0 }),
+            ..Self::mixed()
+        }
+    }
+
+    /// The arrivals of `rate_rps` requests per second (turns, for chats) for `duration_s`
+    /// seconds, sorted by time.
+    pub(crate) fn arrivals(&self, rate_rps: f64, duration_s: f64, rng: &mut ChaCha8Rng) -> Vec<Arrival> {
+        let prefixes: Vec<Vec<u32>> = (0..self.shared_prefixes)
+            .map(|_| (0..self.prefix_len).map(|_| rng.random_range(0..32_000)).collect())
+            .collect();
+        let random_tokens = |n: usize, rng: &mut ChaCha8Rng| -> Vec<u32> { (0..n).map(|_| rng.random_range(0..32_000u32)).collect() };
+        // Conversations start at the rate that makes their turns arrive at `rate_rps`, from
+        // early enough that chats are under way when the run starts; turns before it are
+        // not sent.
+        let (turns_mean, warm_up) = self.chat.as_ref().map_or((1.0, 0.0), |c| ((c.turns.0 + c.turns.1) as f64 / 2.0, c.think_median_s * c.turns.1 as f64));
+        let mut out = Vec::new();
+        let mut t = -warm_up;
+        loop {
+            let phase_high = ((t.max(0.0) / self.burst_period_s) as u64) % 2 == 0;
+            let rate = rate_rps / turns_mean * if phase_high { self.burst } else { 2.0 - self.burst };
+            t += -(1.0 - rng.random::<f64>()).ln() / rate.max(1e-9);
+            if t >= duration_s {
+                break;
+            }
+            let with_prefix = !prefixes.is_empty() && rng.random::<f64>() < self.shared_prefix_frac;
+            let drawn_prefix = (with_prefix && !self.prefix_by_tenant).then(|| rng.random_range(0..prefixes.len()));
+            let own = self.prompt.sample(rng);
+            let own = random_tokens(own, rng);
+            let mut output = self.output.sample(rng);
+            let priority = Priority::from_level(pick(&self.priority_mix, rng));
+            let tenant = pick(&self.tenant_mix, rng);
+            let deadline = rng.random::<f64>() < self.deadline_frac;
+            let mut prompt = if with_prefix { prefixes[drawn_prefix.unwrap_or(tenant % prefixes.len())].clone() } else { Vec::new() };
+            prompt.extend(own);
+            let turns = self.chat.as_ref().map_or(1, |c| rng.random_range(c.turns.0..=c.turns.1));
+            let mut at = t;
+            for turn in 0..turns {
+                if at >= 0.0 {
+                    let mut request = Request::new(prompt.clone(), output).with_priority(priority).with_tenant(TenantId(tenant as u32));
+                    if deadline {
+                        request = request.with_max_wait(Duration::from_secs_f64(self.ttft_sla_s));
+                    }
+                    out.push(Arrival { at: Time::from_secs_f64(at), request });
+                }
+                let Some(chat) = self.chat.as_ref().filter(|_| turn + 1 < turns) else { break };
+                at += chat.think_median_s * (0.5 * normal(rng)).exp();
+                if at >= duration_s {
+                    break;
+                }
+                // The model's answer (the simulator samples token 1) and the next message.
+                prompt.extend(std::iter::repeat_n(1, output));
+                prompt.extend(random_tokens(chat.message.sample(rng), rng));
+                output = self.output.sample(rng);
+            }
+        }
+        out.sort_by_key(|a| a.at);
+        out
     }
 }
 
@@ -133,6 +237,30 @@ pub struct RunResult {
     pub share_window_s: f64,
 }
 
+/// Output throughput and latency percentiles of a run's finished sequences.
+pub(crate) struct Latencies {
+    pub throughput_tok_s: f64,
+    pub ttft_p50_s: f64,
+    pub ttft_p95_s: f64,
+    pub e2e_p95_s: f64,
+}
+
+impl Latencies {
+    /// `first` is the first arrival; `now` ends the run if nothing finished.
+    pub fn of(finished: &[FinishedSequence], first: Time, now: Time) -> Self {
+        let last_finish = finished.iter().map(|f| f.finished).max().unwrap_or(now);
+        let generated: usize = finished.iter().map(|f| f.generated.len()).sum();
+        let mut ttft: Vec<f64> = finished.iter().filter_map(|f| f.first_token.map(|t| t.since(f.arrival).as_secs_f64())).collect();
+        let mut e2e: Vec<f64> = finished.iter().map(|f| f.finished.since(f.arrival).as_secs_f64()).collect();
+        Self {
+            throughput_tok_s: generated as f64 / last_finish.since(first).as_secs_f64().max(1e-9),
+            ttft_p50_s: percentile(&mut ttft, 50.0),
+            ttft_p95_s: percentile(&mut ttft, 95.0),
+            e2e_p95_s: percentile(&mut e2e, 95.0),
+        }
+    }
+}
+
 /// A simulation: the scheduler's configuration, the traffic and its rate, and how long
 /// requests keep arriving.
 #[derive(Debug, Clone)]
@@ -145,12 +273,12 @@ pub struct Simulation {
     pub seed: u64,
 }
 
-struct Arrival {
-    at: Time,
-    request: Request,
+pub(crate) struct Arrival {
+    pub at: Time,
+    pub request: Request,
 }
 
-fn percentile(values: &mut [f64], p: f64) -> f64 {
+pub(crate) fn percentile(values: &mut [f64], p: f64) -> f64 {
     if values.is_empty() {
         return f64::NAN;
     }
@@ -172,39 +300,9 @@ fn pick(weights: &[f64], rng: &mut ChaCha8Rng) -> usize {
 }
 
 impl Simulation {
-    fn arrivals(&self, rng: &mut ChaCha8Rng) -> Vec<Arrival> {
-        let w = &self.workload;
-        let prefixes: Vec<Vec<u32>> =
-            (0..w.shared_prefixes).map(|_| (0..w.prefix_len).map(|_| rng.random_range(0..32_000)).collect()).collect();
-        let mut out = Vec::new();
-        let mut t = 0.0;
-        loop {
-            let phase_high = ((t / w.burst_period_s) as u64) % 2 == 0;
-            let rate = self.rate_rps * if phase_high { w.burst } else { 2.0 - w.burst };
-            t += -(1.0 - rng.random::<f64>()).ln() / rate.max(1e-9);
-            if t >= self.duration_s {
-                break;
-            }
-            let mut prompt: Vec<u32> = Vec::new();
-            if !prefixes.is_empty() && rng.random::<f64>() < w.shared_prefix_frac {
-                prompt.extend(&prefixes[rng.random_range(0..prefixes.len())]);
-            }
-            let own = w.prompt.sample(rng);
-            prompt.extend((0..own).map(|_| rng.random_range(0..32_000u32)));
-            let mut request = Request::new(prompt, w.output.sample(rng))
-                .with_priority(Priority::from_level(pick(&w.priority_mix, rng)))
-                .with_tenant(TenantId(pick(&w.tenant_mix, rng) as u32));
-            if rng.random::<f64>() < w.deadline_frac {
-                request = request.with_max_wait(Duration::from_secs_f64(w.ttft_sla_s));
-            }
-            out.push(Arrival { at: Time::from_secs_f64(t), request });
-        }
-        out
-    }
-
     pub fn run(&self) -> RunResult {
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
-        let arrivals = self.arrivals(&mut rng);
+        let arrivals = self.workload.arrivals(self.rate_rps, self.duration_s, &mut rng);
         let mut scheduler = Scheduler::new(self.config.clone());
         let horizon = Time::from_secs_f64(self.duration_s * 4.0 + 60.0);
         let window = 1.0;
@@ -254,10 +352,7 @@ impl Simulation {
         let metrics = scheduler.metrics(now);
         let unfinished = metrics.waiting + metrics.running;
         let first = arrivals.first().map_or(Time::ZERO, |a| a.at);
-        let last_finish = finished.iter().map(|f| f.finished).max().unwrap_or(now);
-        let generated: usize = finished.iter().map(|f| f.generated.len()).sum();
-        let mut ttft: Vec<f64> = finished.iter().filter_map(|f| f.first_token.map(|t| t.since(f.arrival).as_secs_f64())).collect();
-        let mut e2e: Vec<f64> = finished.iter().map(|f| f.finished.since(f.arrival).as_secs_f64()).collect();
+        let latencies = Latencies::of(&finished, first, now);
         let offered = arrivals.len().max(1);
         let met = finished
             .iter()
@@ -278,10 +373,10 @@ impl Simulation {
             strategy: self.config.policy.name().to_owned(),
             workload: self.workload.name.clone(),
             load: self.rate_rps,
-            throughput_tok_s: generated as f64 / last_finish.since(first).as_secs_f64().max(1e-9),
-            ttft_p50_s: percentile(&mut ttft.clone(), 50.0),
-            ttft_p95_s: percentile(&mut ttft, 95.0),
-            e2e_p95_s: percentile(&mut e2e, 95.0),
+            throughput_tok_s: latencies.throughput_tok_s,
+            ttft_p50_s: latencies.ttft_p50_s,
+            ttft_p95_s: latencies.ttft_p95_s,
+            e2e_p95_s: latencies.e2e_p95_s,
             sla_attainment: met as f64 / offered as f64,
             kv_waste_frac: if busy_time > 0.0 { waste_time / busy_time } else { 0.0 },
             preemptions: metrics.preemptions,

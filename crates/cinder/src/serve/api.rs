@@ -37,7 +37,7 @@ impl ApiError {
     pub fn unauthorized() -> Self {
         Self {
             code: Some("invalid_api_key".into()),
-            ..Self::new(StatusCode::UNAUTHORIZED, "authentication_error", "missing or wrong API key (Authorization: Bearer KEY)")
+            ..Self::new(StatusCode::UNAUTHORIZED, "authentication_error", "missing or wrong API key (Authorization: Bearer KEY, or x-api-key: KEY)")
         }
     }
 

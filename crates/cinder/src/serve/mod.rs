@@ -9,6 +9,7 @@
 //! [`tenants`] maps API keys to tenants.
 
 mod admin;
+mod anthropic;
 mod api;
 mod config;
 mod connections;
@@ -517,6 +518,8 @@ fn router(args: &ServeArgs, state: Arc<AppState>, model_path: &Path) -> anyhow::
     let mut private = Router::new()
         .route("/v1/completions", post(routes::completions))
         .route("/v1/chat/completions", post(routes::chat_completions))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route("/v1/models", get(routes::models))
         .route("/tokenize", post(routes::tokenize))
         .route("/detokenize", post(routes::detokenize))
@@ -555,6 +558,7 @@ fn router(args: &ServeArgs, state: Arc<AppState>, model_path: &Path) -> anyhow::
     };
     let mut app = app
         .layer(axum::middleware::from_fn(routes::error_bodies))
+        .layer(axum::middleware::from_fn(anthropic::error_shape))
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             routes::internal_error("the request handler panicked")

@@ -64,11 +64,10 @@ pub type Shared = Arc<AppState>;
 /// 401 when keys are configured; the trusted gateway's key lets its fairness header name
 /// it), which the handlers get as an extension.
 pub async fn identify_tenant(State(s): State<Shared>, mut request: Request, next: Next) -> Response {
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    // Anthropic's clients send their key as `x-api-key`.
+    let headers = request.headers();
+    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let given = bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
     let fairness_id = request.headers().get(super::tenants::FAIRNESS_HEADER).and_then(|v| v.to_str().ok());
     let Some(tenant) = s.tenants.identify(given, fairness_id) else {
         s.metrics.rejected("", "unauthorized");
@@ -150,6 +149,7 @@ pub async fn chat_completions(
 }
 
 async fn generate(s: Shared, tenant: Arc<Tenant>, kind: Endpoint, body: Result<RequestBody, ApiError>) -> Response {
+    let body = body.and_then(|body| Ok(parse::<GenerationBody>(&body.0)?));
     match start(&s, &tenant, kind, body).await {
         Ok(run) if run.stream => stream(s, run).into_response(),
         Ok(run) => reply(&s, &tenant, collect(&s, run).await),
@@ -158,35 +158,35 @@ async fn generate(s: Shared, tenant: Arc<Tenant>, kind: Endpoint, body: Result<R
 }
 
 /// A generation in flight: one receiver per choice.
-struct Run {
+pub(super) struct Run {
     /// The model answering it (what the request named, or an alias's pick).
-    model: Arc<ServedModel>,
+    pub(super) model: Arc<ServedModel>,
     /// The name its responses give: the LoRA adapter it runs with, or the model's.
-    served_as: String,
+    pub(super) served_as: String,
     kind: Endpoint,
-    id: String,
+    pub(super) id: String,
     /// When the request arrived, in Unix seconds (OpenAI's `created`).
     created: u64,
-    stream: bool,
+    pub(super) stream: bool,
     include_usage: bool,
     logprobs: bool,
     return_token_ids: bool,
-    prompts: Vec<Vec<u32>>,
+    pub(super) prompts: Vec<Vec<u32>>,
     n: usize,
-    receivers: Vec<UnboundedReceiver<Event>>,
+    pub(super) receivers: Vec<UnboundedReceiver<Event>>,
     /// Whether the output may be tool calls.
-    tool_output: ToolOutput,
+    pub(super) tool_output: ToolOutput,
     /// Its place under the tenant's `max_concurrent`, held until the response ends.
     in_flight: InFlight,
 }
 
 impl Run {
-    fn tenant(&self) -> &str {
+    pub(super) fn tenant(&self) -> &str {
         &self.in_flight.tenant().name
     }
 
     /// A choice's calls, when it may make some and its whole output is a call list.
-    fn read_calls(&self, output: &str) -> Option<Vec<ToolCall>> {
+    pub(super) fn read_calls(&self, output: &str) -> Option<Vec<ToolCall>> {
         (self.tool_output != ToolOutput::Text).then(|| parse_tool_calls(output)).flatten()
     }
 
@@ -202,13 +202,14 @@ impl Run {
     }
 }
 
-async fn start(s: &Shared, tenant: &Arc<Tenant>, kind: Endpoint, body: Result<RequestBody, ApiError>) -> Result<Run, ApiError> {
+/// Starts the generation `body` asks for (parsed, or the reason it could not be).
+pub(super) async fn start(s: &Shared, tenant: &Arc<Tenant>, kind: Endpoint, body: Result<GenerationBody, ApiError>) -> Result<Run, ApiError> {
     if s.shutting_down.load(Ordering::Relaxed) {
         return Err(ApiError::shutting_down());
     }
     // The limits first: nothing that grows with what the body asks for exists before they
     // pass, then the tenant's caps and rates, then the engine's queue.
-    let checked = parse::<GenerationBody>(&body?.0)?.check(kind, &s.limits)?;
+    let checked = body?.check(kind, &s.limits)?;
     let id = s.next_id.fetch_add(1, Ordering::Relaxed);
     // An alias's draw of its own, apart from the sampling seed drawn below.
     let (model, adapter) = {
@@ -273,7 +274,7 @@ async fn start(s: &Shared, tenant: &Arc<Tenant>, kind: Endpoint, body: Result<Re
 
 /// Runs `work` (tokenizing, compiling) on the blocking pool, off the threads that serve
 /// connections.
-async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+pub(super) async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(work).await.map_err(|_| ApiError::internal("preparing the request panicked"))
 }
 
@@ -307,11 +308,11 @@ fn random_seed(id: u64) -> u64 {
 
 /// One choice's output so far.
 #[derive(Default)]
-struct Collected {
-    text: String,
+pub(super) struct Collected {
+    pub(super) text: String,
     tokens: Vec<u32>,
     logprobs: Vec<(u32, TokenLogprob)>,
-    finished: Option<Finished>,
+    pub(super) finished: Option<Finished>,
 }
 
 impl Collected {
@@ -334,6 +335,13 @@ impl Collected {
 
 /// Waits for every choice and builds the whole response.
 async fn collect(s: &Shared, mut run: Run) -> Result<Value, ApiError> {
+    let choices = gather(s, &mut run).await?;
+    Ok(openai_response(&run, choices))
+}
+
+/// Waits for every choice to finish; a failed one, or one whose deadline passed, fails the
+/// whole request.
+pub(super) async fn gather(s: &Shared, run: &mut Run) -> Result<Vec<Collected>, ApiError> {
     let mut choices: Vec<Collected> = Vec::with_capacity(run.receivers.len());
     for rx in &mut run.receivers {
         let mut choice = Collected::default();
@@ -351,6 +359,11 @@ async fn collect(s: &Shared, mut run: Run) -> Result<Value, ApiError> {
         }
         choices.push(choice);
     }
+    Ok(choices)
+}
+
+/// Builds the OpenAI response of every choice.
+fn openai_response(run: &Run, choices: Vec<Collected>) -> Value {
     let mut usage = Usage::default();
     let mut out = Vec::new();
     for (index, c) in choices.into_iter().enumerate() {
@@ -378,7 +391,7 @@ async fn collect(s: &Shared, mut run: Run) -> Result<Value, ApiError> {
         prompt_token_ids: run.chat_prompt_ids(),
         ..run.body(&run.served_as, out, false)
     };
-    Ok(serde_json::to_value(body).expect("a response is plain data"))
+    serde_json::to_value(body).expect("a response is plain data")
 }
 
 /// Server-sent events: a chunk per token (or group of tokens with text), a final chunk per

@@ -1,0 +1,155 @@
+//! Anthropic's Messages API: `/v1/messages` and `/v1/messages/count_tokens`, on the chat
+//! path (the same limits, tenants, tools and batches), answered in Anthropic's shapes.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body as HttpBody;
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use cinder_engine::Event;
+use cinder_engine::anthropic::{self, MessageEvents, MessagesBody};
+use cinder_engine::openai::response::Endpoint;
+use cinder_engine::openai::stream::{ChunkSequencer, Extras};
+use cinder_engine::openai::{finish_reason, parse};
+use serde_json::{Value, json};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use super::api::ApiError;
+use super::routes::{RequestBody, Run, Shared, gather, off_runtime, refuse, reply, start};
+use super::tenants::Tenant;
+
+/// The message id of a run: `msg_` and the run's own id.
+fn message_id(run: &Run) -> String {
+    format!("msg_{}", run.id.split_once('-').map_or(run.id.as_str(), |(_, id)| id))
+}
+
+pub async fn messages(State(s): State<Shared>, Extension(tenant): Extension<Arc<Tenant>>, body: Result<RequestBody, ApiError>) -> Response {
+    let body = body.and_then(|body| Ok(parse::<MessagesBody>(&body.0)?.into_chat(false)?));
+    let mut run = match start(&s, &tenant, Endpoint::Chat, body).await {
+        Ok(run) => run,
+        Err(e) => return refuse(&s, &tenant, e),
+    };
+    if run.stream {
+        return stream(s, run).into_response();
+    }
+    let answer = gather(&s, &mut run).await.map(|choices| {
+        let choice = &choices[0];
+        let finished = choice.finished.as_ref().expect("gathered choices finished");
+        let calls = run.read_calls(&choice.text);
+        let usage = anthropic::usage(finished.prompt_tokens, finished.completion_tokens);
+        anthropic::message(&message_id(&run), &run.served_as, &choice.text, calls.as_deref(), finish_reason(finished.reason), usage)
+    });
+    reply(&s, &tenant, answer)
+}
+
+/// The prompt's tokens as `/v1/messages` would count them, without running it.
+pub async fn count_tokens(State(s): State<Shared>, Extension(tenant): Extension<Arc<Tenant>>, body: Result<RequestBody, ApiError>) -> Response {
+    let counted = async {
+        let checked = parse::<MessagesBody>(&body?.0)?.into_chat(true)?.check(Endpoint::Chat, &s.limits)?;
+        let (model, _) = s.models.route(checked.body().model.as_deref(), None, None, 0)?;
+        let prompts = off_runtime(move || checked.prompts(&model.tokenizer, model.template.as_ref(), model.context_length)).await??;
+        Ok(json!({"input_tokens": prompts[0].len()}))
+    };
+    reply(&s, &tenant, counted.await)
+}
+
+/// Rewrites the error answers of the Messages routes into Anthropic's shape
+/// (`{"type": "error", "error": {"type", "message"}}`), whichever layer made them.
+pub async fn error_shape(request: Request, next: Next) -> Response {
+    let anthropic = request.uri().path().starts_with("/v1/messages");
+    let response = next.run(request).await;
+    let status = response.status();
+    if !anthropic || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+        return (status, Json(anthropic::error(status.as_u16(), "the error could not be read"))).into_response();
+    };
+    let message = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+    let body = anthropic::error(status.as_u16(), &message).to_string();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, HttpBody::from(body))
+}
+
+/// The events of a streamed message: `message_start`, each content block's start, deltas
+/// and stop, `message_delta` with the stop reason, `message_stop`. Dropping it (the client
+/// went away) drops the receiver, which cancels the request.
+fn stream(s: Shared, mut run: Run) -> Sse<MessageStream> {
+    let id = message_id(&run);
+    let (events, first) = MessageEvents::start(&id, &run.served_as, run.prompts[0].len());
+    let receiver = UnboundedReceiverStream::new(run.receivers.remove(0));
+    let chunks = ChunkSequencer::new(Endpoint::Chat, run.id.clone(), 1, 1, run.tool_output, Extras::default());
+    let pending = VecDeque::from([sse(first)]);
+    Sse::new(MessageStream { s, run, receiver: Some(receiver), chunks, events, pending, output_tokens: 0 })
+}
+
+fn sse((name, data): (&'static str, Value)) -> SseEvent {
+    SseEvent::default().event(name).data(data.to_string())
+}
+
+pub struct MessageStream {
+    s: Shared,
+    run: Run,
+    /// `None` once the request ended.
+    receiver: Option<UnboundedReceiverStream<Event>>,
+    chunks: ChunkSequencer,
+    events: MessageEvents,
+    /// Events made and not yet sent.
+    pending: VecDeque<SseEvent>,
+    output_tokens: usize,
+}
+
+impl MessageStream {
+    fn event(&mut self, event: Event) {
+        match &event {
+            Event::Token { .. } => self.output_tokens += 1,
+            Event::Finished(f) => {
+                self.s.metrics.finished(&self.run.model.name, self.run.tenant(), f);
+                self.output_tokens = f.completion_tokens;
+                if let Some(error) = &f.error {
+                    // Mid-stream there is no status to set: the error is an event.
+                    self.pending.push_back(sse(("error", anthropic::error(500, error))));
+                    self.receiver = None;
+                    return;
+                }
+                self.receiver = None;
+            }
+        }
+        if let Some(choice) = self.chunks.event(&self.run.model.tokenizer, 0, &event) {
+            self.pending.extend(self.events.chunk(&choice, self.output_tokens).into_iter().map(sse));
+        }
+    }
+}
+
+impl Stream for MessageStream {
+    type Item = Result<SseEvent, std::convert::Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Poll::Ready(Some(Ok(event)));
+            }
+            let Some(receiver) = self.receiver.as_mut() else { return Poll::Ready(None) };
+            match Pin::new(receiver).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(event)) => self.event(event),
+                Poll::Ready(None) => {
+                    self.receiver = None;
+                    self.pending.push_back(sse(("error", anthropic::error(500, "the engine stopped before the request ended"))));
+                }
+            }
+        }
+    }
+}
