@@ -1,20 +1,13 @@
 //! Anthropic's Messages API through Anthropic's own Python client, and its errors.
 
-use std::path::PathBuf;
-use std::process::Command;
-
-use crate::serve::{Server, python};
+use crate::serve::{Server, run_client};
 
 /// Greedy messages equal to chat's, streamed and not, a forced tool call and its result,
 /// `count_tokens`, and a wrong `x-api-key`: `tests/e2e/anthropic_client.py` on the real model.
 #[test]
 fn the_anthropic_client_gets_messages_streams_and_tool_calls() {
     let server = Server::start(&crate::real_model_path(), &["--api-key", "secret", "--served-model-name", "smollm2"]);
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/anthropic_client.py");
-    let output = Command::new(python()).arg(script).args([&format!("http://{}", server.address), "smollm2", "secret"]).output().unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "anthropic client failed:\n{stdout}\n{stderr}");
-    assert!(stdout.trim_end().ends_with("ok"), "{stdout}");
+    run_client("anthropic_client.py", &format!("http://{}", server.address), "smollm2", "secret");
 }
 
 #[test]

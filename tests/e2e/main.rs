@@ -37,6 +37,7 @@ mod isolation;
 mod lora;
 mod models;
 mod parity;
+mod responses;
 mod serve;
 mod speculative;
 mod tokenizer;

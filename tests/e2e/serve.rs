@@ -144,19 +144,21 @@ pub(crate) fn python() -> PathBuf {
     python
 }
 
+/// Runs the client script `script` of tests/e2e against `base_url`, which prints `ok` last
+/// when every check passed.
+pub(crate) fn run_client(script: &str, base_url: &str, model: &str, key: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e").join(script);
+    let output = Command::new(python()).arg(path).args([base_url, model, key]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{script} failed:\n{stdout}\n{stderr}");
+    assert!(stdout.trim_end().ends_with("ok"), "{stdout}");
+}
+
 on_each_backend!(the_openai_client_streams_chat_and_completes_with_logprobs_n_and_stop);
 
 fn the_openai_client_streams_chat_and_completes_with_logprobs_n_and_stop(on: crate::On) {
     let server = Server::start(&crate::real_model_path(), &["--device", on.flag(), "--api-key", "secret", "--served-model-name", "smollm2"]);
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/openai_client.py");
-    let output = Command::new(python())
-        .arg(script)
-        .args([&format!("http://{}/v1", server.address), "smollm2", "secret"])
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "openai client failed:\n{stdout}\n{stderr}");
-    assert!(stdout.trim_end().ends_with("ok"), "{stdout}");
+    run_client("openai_client.py", &format!("http://{}/v1", server.address), "smollm2", "secret");
     assert!(server.metric("generation_tokens_total") > 0.0);
     assert!(server.metric("prompt_tokens_total") > 0.0);
 }

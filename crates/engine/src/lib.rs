@@ -33,6 +33,7 @@ mod draft;
 mod engine;
 pub mod openai;
 mod request;
+pub mod responses;
 pub mod speculative;
 pub mod stop;
 

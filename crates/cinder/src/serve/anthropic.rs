@@ -1,28 +1,21 @@
 //! Anthropic's Messages API: `/v1/messages` and `/v1/messages/count_tokens`, on the chat
 //! path (the same limits, tenants, tools and batches), answered in Anthropic's shapes.
 
-use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use axum::body::Body as HttpBody;
 use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
-use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use cinder_engine::Event;
 use cinder_engine::anthropic::{self, MessageEvents, MessagesBody};
-use cinder_engine::openai::response::Endpoint;
-use cinder_engine::openai::stream::{ChunkSequencer, Extras};
+use cinder_engine::openai::response::{Choice, Endpoint};
 use cinder_engine::openai::{finish_reason, parse};
 use serde_json::{Value, json};
-use tokio_stream::Stream;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::api::ApiError;
+use super::events::{self, EventSequence};
 use super::routes::{RequestBody, Run, Shared, gather, off_runtime, refuse, reply, start};
 use super::tenants::Tenant;
 
@@ -38,7 +31,10 @@ pub async fn messages(State(s): State<Shared>, Extension(tenant): Extension<Arc<
         Err(e) => return refuse(&s, &tenant, e),
     };
     if run.stream {
-        return stream(s, run).into_response();
+        // Anthropic's events: `message_start`, each content block's start, deltas and stop,
+        // `message_delta` with the stop reason, `message_stop`.
+        let (events, first) = MessageEvents::start(&message_id(&run), &run.served_as, run.prompts[0].len());
+        return events::stream(s, run, events, vec![first]).into_response();
     }
     let answer = gather(&s, &mut run).await.map(|choices| {
         let choice = &choices[0];
@@ -83,73 +79,12 @@ pub async fn error_shape(request: Request, next: Next) -> Response {
     Response::from_parts(parts, HttpBody::from(body))
 }
 
-/// The events of a streamed message: `message_start`, each content block's start, deltas
-/// and stop, `message_delta` with the stop reason, `message_stop`. Dropping it (the client
-/// went away) drops the receiver, which cancels the request.
-fn stream(s: Shared, mut run: Run) -> Sse<MessageStream> {
-    let id = message_id(&run);
-    let (events, first) = MessageEvents::start(&id, &run.served_as, run.prompts[0].len());
-    let receiver = UnboundedReceiverStream::new(run.receivers.remove(0));
-    let chunks = ChunkSequencer::new(Endpoint::Chat, run.id.clone(), 1, 1, run.tool_output, Extras::default());
-    let pending = VecDeque::from([sse(first)]);
-    Sse::new(MessageStream { s, run, receiver: Some(receiver), chunks, events, pending, output_tokens: 0 })
-}
-
-fn sse((name, data): (&'static str, Value)) -> SseEvent {
-    SseEvent::default().event(name).data(data.to_string())
-}
-
-pub struct MessageStream {
-    s: Shared,
-    run: Run,
-    /// `None` once the request ended.
-    receiver: Option<UnboundedReceiverStream<Event>>,
-    chunks: ChunkSequencer,
-    events: MessageEvents,
-    /// Events made and not yet sent.
-    pending: VecDeque<SseEvent>,
-    output_tokens: usize,
-}
-
-impl MessageStream {
-    fn event(&mut self, event: Event) {
-        match &event {
-            Event::Token { .. } => self.output_tokens += 1,
-            Event::Finished(f) => {
-                self.s.metrics.finished(&self.run.model.name, self.run.tenant(), f);
-                self.output_tokens = f.completion_tokens;
-                if let Some(error) = &f.error {
-                    // Mid-stream there is no status to set: the error is an event.
-                    self.pending.push_back(sse(("error", anthropic::error(500, error))));
-                    self.receiver = None;
-                    return;
-                }
-                self.receiver = None;
-            }
-        }
-        if let Some(choice) = self.chunks.event(&self.run.model.tokenizer, 0, &event) {
-            self.pending.extend(self.events.chunk(&choice, self.output_tokens).into_iter().map(sse));
-        }
+impl EventSequence for MessageEvents {
+    fn chunk(&mut self, choice: &Choice, (_, output_tokens): (usize, usize)) -> Vec<(&'static str, Value)> {
+        MessageEvents::chunk(self, choice, output_tokens)
     }
-}
 
-impl Stream for MessageStream {
-    type Item = Result<SseEvent, std::convert::Infallible>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        loop {
-            if let Some(event) = self.pending.pop_front() {
-                return Poll::Ready(Some(Ok(event)));
-            }
-            let Some(receiver) = self.receiver.as_mut() else { return Poll::Ready(None) };
-            match Pin::new(receiver).poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(event)) => self.event(event),
-                Poll::Ready(None) => {
-                    self.receiver = None;
-                    self.pending.push_back(sse(("error", anthropic::error(500, "the engine stopped before the request ended"))));
-                }
-            }
-        }
+    fn error(&self, message: &str) -> (&'static str, Value) {
+        ("error", anthropic::error(500, message))
     }
 }

@@ -34,6 +34,14 @@ impl ApiError {
         }
     }
 
+    /// No stored response of this id is the tenant's (none, expired, or another's).
+    pub fn response_not_found(id: &str) -> Self {
+        Self {
+            param: Some("response_id".into()),
+            ..Self::new(StatusCode::NOT_FOUND, "not_found_error", format!("no stored response `{id}` (never stored, deleted or expired)"))
+        }
+    }
+
     pub fn unauthorized() -> Self {
         Self {
             code: Some("invalid_api_key".into()),

@@ -13,9 +13,11 @@ mod anthropic;
 mod api;
 mod config;
 mod connections;
+mod events;
 pub(crate) mod loras;
 mod metrics;
 mod models;
+mod responses;
 mod routes;
 mod tenants;
 mod worker;
@@ -330,6 +332,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         draining: AtomicBool::new(false),
         shutting_down: AtomicBool::new(false),
         metrics: Default::default(),
+        responses: responses::ResponseStore::new(
+            serve_config.limits.stored_responses,
+            Duration::from_secs(serve_config.limits.stored_response_ttl_s),
+        ),
         started,
         next_id: AtomicU64::new(0),
     });
@@ -520,6 +526,8 @@ fn router(args: &ServeArgs, state: Arc<AppState>, model_path: &Path) -> anyhow::
         .route("/v1/chat/completions", post(routes::chat_completions))
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
+        .route("/v1/responses", post(responses::create))
+        .route("/v1/responses/{id}", get(responses::retrieve).delete(responses::delete))
         .route("/v1/models", get(routes::models))
         .route("/tokenize", post(routes::tokenize))
         .route("/detokenize", post(routes::detokenize))

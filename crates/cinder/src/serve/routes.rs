@@ -54,6 +54,8 @@ pub struct AppState {
     /// The drain's grace is over: new requests get 503.
     pub shutting_down: AtomicBool,
     pub metrics: ServerMetrics,
+    /// The Responses API's stored answers.
+    pub responses: super::responses::ResponseStore,
     pub started: u64,
     pub next_id: AtomicU64,
 }

@@ -45,6 +45,10 @@ pub struct RequestLimits {
     pub max_schema_bytes: usize,
     /// Longest a request's grammar may take to compile; past it the request is refused.
     pub grammar_compile_ms: u64,
+    /// Responses API answers kept per tenant (`store`), the oldest dropped first.
+    pub stored_responses: usize,
+    /// Seconds a stored response is kept.
+    pub stored_response_ttl_s: u64,
 }
 
 impl Default for RequestLimits {
@@ -66,6 +70,8 @@ impl Default for RequestLimits {
             max_tools: 128,
             max_schema_bytes: 64 << 10,
             grammar_compile_ms: 2_000,
+            stored_responses: 1_000,
+            stored_response_ttl_s: 3_600,
         }
     }
 }
@@ -85,6 +91,7 @@ impl RequestLimits {
             ("max_messages", Some(self.max_messages)),
             ("max_schema_bytes", Some(self.max_schema_bytes)),
             ("grammar_compile_ms", usize::try_from(self.grammar_compile_ms).ok()),
+            ("stored_response_ttl_s", usize::try_from(self.stored_response_ttl_s).ok()),
         ];
         if let Some((key, _)) = counts.iter().find(|(_, value)| *value == Some(0)) {
             return Err(format!("`limits.{key}` must be at least 1"));
