@@ -51,3 +51,18 @@ fn every_overlay_renders_and_validates_offline() {
         }
     }
 }
+
+/// The registry-free image build takes the runtime's packages and the image's settings from
+/// the Containerfile, so the two images cannot drift apart.
+#[test]
+fn the_offline_image_build_reads_the_containerfile() {
+    let plan = Command::new("bash").arg(root().join("deploy/build-offline.sh")).arg("--plan").output().unwrap();
+    assert!(plan.status.success(), "{}", String::from_utf8_lossy(&plan.stderr));
+    let plan = String::from_utf8(plan.stdout).unwrap();
+    let containerfile = std::fs::read_to_string(root().join("deploy/Containerfile")).unwrap();
+    assert!(containerfile.contains("apt-get install -y --no-install-recommends ${RUNTIME_PACKAGES}"), "{containerfile}");
+    assert!(plan.starts_with("packages: libvulkan1 mesa-vulkan-drivers ca-certificates curl\n"), "{plan}");
+    let settings: Vec<&str> = containerfile.lines().filter(|l| ["ENV ", "USER ", "EXPOSE ", "ENTRYPOINT ", "CMD "].iter().any(|k| l.starts_with(k))).collect();
+    assert_eq!(settings.len(), 5, "{containerfile}");
+    assert_eq!(plan.lines().skip(1).collect::<Vec<_>>(), settings);
+}

@@ -18,7 +18,7 @@ fn a_tenant_never_reads_another_tenants_responses_and_the_oldest_go_first() {
     let config = dir.join("cinder.toml");
     let tenants = "[limits]\nstored_responses = 2\n\n[[tenants]]\nname = \"alice\"\napi_keys = [\"ka\"]\n\n[[tenants]]\nname = \"bob\"\napi_keys = [\"kb\"]\n";
     std::fs::write(&config, tenants).unwrap();
-    let server = Server::start(&crate::serve::tiny_model("responses-tenants"), &["--config", config.to_str().unwrap()]);
+    let server = Server::start(&crate::serve::tiny_model("responses-tenants"), &["--config", config.to_str().unwrap(), "--api-key", "admin"]);
     let (alice, bob) = ([("Authorization", "Bearer ka")], [("Authorization", "Bearer kb")]);
     let create = |key: &[(&str, &str)], extra: &str| {
         let answer = server.request("POST", "/v1/responses", key, &format!(r#"{{"input": "hi", "max_output_tokens": 2{extra}}}"#));
@@ -46,4 +46,15 @@ fn a_tenant_never_reads_another_tenants_responses_and_the_oldest_go_first() {
     assert_eq!(get(&alice, &second), 404);
     let unknown = server.request("POST", "/v1/responses", &alice, r#"{"input": "hi", "reasoning": {"effort": "low"}}"#);
     assert_eq!((unknown.status, unknown.json()["error"]["param"].as_str()), (400, Some("reasoning")), "{}", unknown.body);
+    // Each endpoint's answers are counted under its route.
+    let metrics = server.request("GET", "/metrics", &[("Authorization", "Bearer admin")], "").body;
+    for line in [
+        "cinder:api_requests_total{endpoint=\"/v1/responses\",status=\"200\"} 5",
+        "cinder:api_requests_total{endpoint=\"/v1/responses\",status=\"404\"} 1",
+        "cinder:api_requests_total{endpoint=\"/v1/responses\",status=\"400\"} 1",
+        "cinder:api_requests_total{endpoint=\"/v1/responses/{id}\",status=\"404\"} 5",
+        "cinder:api_requests_total{endpoint=\"/v1/responses/{id}\",status=\"200\"} 4",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 }

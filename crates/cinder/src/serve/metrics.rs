@@ -82,6 +82,8 @@ struct Recorded {
     rejected: BTreeMap<(String, String), u64>,
     /// Requests that ended, by (OpenAI finish reason, model, tenant).
     ended: BTreeMap<(&'static str, String, String), u64>,
+    /// Answers by (route, HTTP status).
+    answered: BTreeMap<(String, u16), u64>,
     /// Per tenant: the wait to start of requests that started, and prompt and generated
     /// tokens of requests that ended.
     tenants: BTreeMap<String, TenantRecord>,
@@ -127,6 +129,11 @@ impl ServerMetrics {
             }
         }
         latencies.e2e.observe(f.finished.since(f.arrival).as_secs_f64());
+    }
+
+    /// An answer of the API route `endpoint` (`/v1/responses/{id}` as routed).
+    pub fn answered(&self, endpoint: &str, status: u16) {
+        *self.lock().answered.entry((endpoint.to_owned(), status)).or_default() += 1;
     }
 
     pub fn rejected(&self, tenant: &str, reason: &str) {
@@ -217,6 +224,10 @@ impl ServerMetrics {
             let (reason, tenant) = (label(reason), label(tenant));
             let _ = writeln!(out, "cinder:request_rejected_total{{reason=\"{reason}\",tenant=\"{tenant}\"}} {count}");
         }
+        header(&mut out, "cinder:api_requests_total", "counter", "Answers of the API routes, by endpoint and HTTP status.");
+        for ((endpoint, status), count) in &r.answered {
+            let _ = writeln!(out, "cinder:api_requests_total{{endpoint=\"{}\",status=\"{status}\"}} {count}", label(endpoint));
+        }
         let help = "Requests that ended, by finish reason (error: the device kept failing), model and tenant.";
         for prefix in names.prefixes("request_success_total") {
             let name = format!("{prefix}:request_success_total");
@@ -293,6 +304,8 @@ mod tests {
         assert_eq!(h.counts, vec![1, 2]);
         let m = ServerMetrics::default();
         m.rejected("alice", "overloaded");
+        m.answered("/v1/responses", 200);
+        m.answered("/v1/responses", 200);
         let failed = Finished {
             reason: cinder_scheduler::FinishReason::Failed,
             error: Some("device lost".into()),
@@ -319,6 +332,7 @@ mod tests {
             assert!(text.contains(&format!("cinder:{name}")), "{name} missing");
         }
         assert!(text.contains("cinder:request_rejected_total{reason=\"overloaded\",tenant=\"alice\"} 1"));
+        assert!(text.contains("cinder:api_requests_total{endpoint=\"/v1/responses\",status=\"200\"} 2"), "{text}");
         assert!(text.contains("cinder:request_success_total{finished_reason=\"error\",model_name=\"tiny\",tenant=\"alice\"} 1"));
         assert!(text.contains("cinder:num_requests_running{model_name=\"other\"} 0"), "every model's engine: {text}");
         assert!(text.contains("cinder:e2e_request_latency_seconds_count{model_name=\"tiny\"} 2"), "{text}");

@@ -557,7 +557,10 @@ fn router(args: &ServeArgs, state: Arc<AppState>, model_path: &Path) -> anyhow::
             private = private.route_service("/model.gguf", model);
         }
     }
-    let app = public.merge(private.route_layer(axum::middleware::from_fn_with_state(state.clone(), routes::identify_tenant)));
+    let private = private
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), routes::identify_tenant))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), routes::count_answers));
+    let app = public.merge(private);
     let app = match &args.web {
         Some(dir) => app.fallback_service(
             ServeDir::new(dir).not_found_service(HandlerWithoutStateExt::into_service(routes::not_found)),

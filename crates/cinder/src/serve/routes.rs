@@ -79,6 +79,16 @@ pub async fn identify_tenant(State(s): State<Shared>, mut request: Request, next
     next.run(request).await
 }
 
+/// Counts every answer of the API routes by endpoint (the route as written) and status.
+pub async fn count_answers(State(s): State<Shared>, request: Request, next: Next) -> Response {
+    let endpoint = request.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    if let Some(endpoint) = endpoint {
+        s.metrics.answered(&endpoint, response.status().as_u16());
+    }
+    response
+}
+
 /// A request's body, read within the server's time limit (the size limit is the router's
 /// `DefaultBodyLimit`): a client that sends its body slowly or never gets a 408.
 pub struct RequestBody(pub Bytes);
