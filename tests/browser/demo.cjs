@@ -122,10 +122,14 @@ async function main() {
         const toolBody = { messages, tools, tool_choice: 'required', parallel_tool_calls: false, max_tokens: 90, temperature: 1, seed: 5 };
         const called = (await engine.chat.completions.create(toolBody)).choices[0];
         out.tool_call = { finish_reason: called.finish_reason, content: called.message.content, call: called.message.tool_calls?.[0]?.function ?? null };
-        out.tool_stream = { names: [], finish_reasons: [] };
+        // A call streams as it is written: its name first, then its arguments in pieces.
+        out.tool_stream = { names: [], finish_reasons: [], arguments: '' };
         for await (const chunk of await engine.chat.completions.create({ ...toolBody, stream: true })) {
           for (const choice of chunk.choices) {
-            for (const call of choice.delta.tool_calls ?? []) out.tool_stream.names.push(call.function.name);
+            for (const call of choice.delta.tool_calls ?? []) {
+              if (call.function.name) out.tool_stream.names.push(call.function.name);
+              out.tool_stream.arguments += call.function.arguments;
+            }
             if (choice.finish_reason) out.tool_stream.finish_reasons.push(choice.finish_reason);
           }
         }

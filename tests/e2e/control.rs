@@ -332,11 +332,19 @@ fn response_formats_and_tool_calls_hold_to_their_schemas() {
             .filter(|d| *d != "[DONE]")
             .map(|d| serde_json::from_str(d).unwrap())
             .collect();
-        let delta_calls: Vec<&serde_json::Value> = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array()).flatten().collect();
-        assert_eq!(delta_calls.len(), calls.len(), "{}", r.body);
-        for (delta, call) in delta_calls.iter().zip(calls) {
-            assert_eq!(delta["function"], call["function"], "{}", r.body);
+        // Each call streams as it is written: its id and name first, then its arguments in
+        // pieces that add up to the call's.
+        let pieces: Vec<&serde_json::Value> = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array()).flatten().collect();
+        for (i, call) in calls.iter().enumerate() {
+            let mine: Vec<&&serde_json::Value> = pieces.iter().filter(|p| p["index"] == i).collect();
+            assert!(mine.len() > 1, "call {i} came in one piece: {}", r.body);
+            assert_eq!((&mine[0]["function"]["name"], &mine[0]["type"]), (&call["function"]["name"], &serde_json::json!("function")), "{}", r.body);
+            assert!(mine[1..].iter().all(|p| p.get("id").is_none() && p["function"].get("name").is_none()), "{}", r.body);
+            let arguments: String = mine.iter().map(|p| p["function"]["arguments"].as_str().unwrap()).collect();
+            let whole: serde_json::Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+            assert_eq!(serde_json::from_str::<serde_json::Value>(&arguments).unwrap(), whole, "{}", r.body);
         }
+        assert_eq!(pieces.iter().filter(|p| p.get("id").is_some()).count(), calls.len(), "{}", r.body);
         assert!(chunks.iter().all(|c| c["choices"][0]["delta"]["content"].as_str().is_none_or(str::is_empty)), "{}", r.body);
         assert!(r.body.contains(r#""finish_reason":"tool_calls""#), "{}", r.body);
     }

@@ -59,6 +59,8 @@ called = client.responses.create(
 )
 print("call:", called.model_dump_json())
 call = called.output[0]
+# The response echoes the request's tools and choice.
+assert [t.name for t in called.tools] == ["get_weather"] and called.tool_choice.name == "get_weather", (called.tools, called.tool_choice)
 assert call.type == "function_call" and call.name == "get_weather", called.output
 assert isinstance(json.loads(call.arguments)["city"], str), call.arguments
 answered = client.responses.create(

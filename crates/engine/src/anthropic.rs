@@ -271,8 +271,15 @@ pub struct MessageEvents {
     id: String,
     /// Content blocks started so far.
     blocks: usize,
-    /// Whether a text block is open.
-    in_text: bool,
+    /// The block open now, if any.
+    open: Option<OpenBlock>,
+}
+
+/// The kind of the content block being written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpenBlock {
+    Text,
+    ToolUse,
 }
 
 impl MessageEvents {
@@ -282,44 +289,52 @@ impl MessageEvents {
             "id": id, "type": "message", "role": "assistant", "model": model, "content": [],
             "stop_reason": null, "stop_sequence": null, "usage": usage(input_tokens, 0),
         });
-        (Self { id: id.to_owned(), blocks: 0, in_text: false }, ("message_start", json!({"type": "message_start", "message": message})))
+        (Self { id: id.to_owned(), blocks: 0, open: None }, ("message_start", json!({"type": "message_start", "message": message})))
     }
 
-    fn close_text(&mut self, out: &mut Vec<(&'static str, Value)>) {
-        if std::mem::take(&mut self.in_text) {
+    fn close(&mut self, out: &mut Vec<(&'static str, Value)>) {
+        if self.open.take().is_some() {
             out.push(("content_block_stop", json!({"type": "content_block_stop", "index": self.blocks - 1})));
         }
     }
 
-    /// The events of a chat chunk's choice; at its end, `message_delta` with the stop
-    /// reason and `output_tokens`, then `message_stop`.
+    /// Closes the open block and starts `block` of `kind`.
+    fn open(&mut self, kind: OpenBlock, block: Value, out: &mut Vec<(&'static str, Value)>) {
+        self.close(out);
+        self.open = Some(kind);
+        self.blocks += 1;
+        out.push(("content_block_start", json!({"type": "content_block_start", "index": self.blocks - 1, "content_block": block})));
+    }
+
+    fn delta(&self, delta: Value) -> (&'static str, Value) {
+        ("content_block_delta", json!({"type": "content_block_delta", "index": self.blocks - 1, "delta": delta}))
+    }
+
+    /// The events of a chat chunk's choice: text deltas, a `tool_use` block per call with
+    /// its input as it is written; at the end, `message_delta` with the stop reason and
+    /// `output_tokens`, then `message_stop`.
     pub fn chunk(&mut self, choice: &Choice, output_tokens: usize) -> Vec<(&'static str, Value)> {
         let mut out = Vec::new();
         let Output::Delta(delta) = &choice.output else { return out };
         if let crate::openai::response::Content::Text(text) = &delta.content {
             if !text.is_empty() {
-                if !self.in_text {
-                    self.in_text = true;
-                    self.blocks += 1;
-                    let start = json!({"type": "content_block_start", "index": self.blocks - 1, "content_block": {"type": "text", "text": ""}});
-                    out.push(("content_block_start", start));
+                if self.open != Some(OpenBlock::Text) {
+                    self.open(OpenBlock::Text, json!({"type": "text", "text": ""}), &mut out);
                 }
-                let delta = json!({"type": "content_block_delta", "index": self.blocks - 1, "delta": {"type": "text_delta", "text": text}});
-                out.push(("content_block_delta", delta));
+                out.push(self.delta(json!({"type": "text_delta", "text": text})));
             }
         }
-        for call in delta.tool_calls.iter().flatten() {
-            self.close_text(&mut out);
-            let index = self.blocks;
-            self.blocks += 1;
-            let block = json!({"type": "tool_use", "id": tool_use_id(&self.id, index), "name": call.function.name, "input": {}});
-            out.push(("content_block_start", json!({"type": "content_block_start", "index": index, "content_block": block})));
-            let json_delta = json!({"type": "input_json_delta", "partial_json": call.function.arguments});
-            out.push(("content_block_delta", json!({"type": "content_block_delta", "index": index, "delta": json_delta})));
-            out.push(("content_block_stop", json!({"type": "content_block_stop", "index": index})));
+        for piece in delta.tool_calls.iter().flatten() {
+            if !piece.function.name.is_empty() {
+                let block = json!({"type": "tool_use", "id": tool_use_id(&self.id, self.blocks), "name": piece.function.name, "input": {}});
+                self.open(OpenBlock::ToolUse, block, &mut out);
+            }
+            if !piece.function.arguments.is_empty() {
+                out.push(self.delta(json!({"type": "input_json_delta", "partial_json": piece.function.arguments})));
+            }
         }
         if let Some(reason) = choice.finish_reason {
-            self.close_text(&mut out);
+            self.close(&mut out);
             let delta = json!({"stop_reason": stop_reason(reason), "stop_sequence": null});
             out.push(("message_delta", json!({"type": "message_delta", "delta": delta, "usage": {"output_tokens": output_tokens}})));
             out.push(("message_stop", json!({"type": "message_stop"})));
@@ -378,16 +393,17 @@ mod tests {
         let text = Choice::new(0, Output::Delta(Delta::delta(true, "Hi".into(), false)), None);
         let names: Vec<&str> = events.chunk(&text, 1).iter().map(|e| e.0).collect();
         assert_eq!(names, ["content_block_start", "content_block_delta"]);
-        let call = ToolCallOut { index: Some(0), id: "c".into(), kind: "function", function: FunctionOut { name: "f".into(), arguments: "{}".into() } };
+        let call = ToolCallOut { index: Some(0), id: "c".into(), kind: "function", function: FunctionOut { name: "f".into(), arguments: "{\"a\"".into() } };
         let calls = Delta { tool_calls: Some(vec![call]), ..Delta::default() };
-        let last = events.chunk(&Choice::new(0, Output::Delta(calls), Some("tool_calls")), 3);
+        let names: Vec<&str> = events.chunk(&Choice::new(0, Output::Delta(calls), None), 2).iter().map(|e| e.0).collect();
+        assert_eq!(names, ["content_block_stop", "content_block_start", "content_block_delta"]);
+        let more = ToolCallOut { index: Some(0), id: String::new(), kind: "", function: FunctionOut { name: String::new(), arguments: ": 1}".into() } };
+        let rest = Delta { tool_calls: Some(vec![more]), ..Delta::default() };
+        let last = events.chunk(&Choice::new(0, Output::Delta(rest), Some("tool_calls")), 3);
         let names: Vec<&str> = last.iter().map(|e| e.0).collect();
-        assert_eq!(
-            names,
-            ["content_block_stop", "content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop"]
-        );
-        assert_eq!(last[1].1["index"], 1);
-        assert_eq!(last[4].1["delta"]["stop_reason"], "tool_use");
-        assert_eq!(last[4].1["usage"]["output_tokens"], 3);
+        assert_eq!(names, ["content_block_delta", "content_block_stop", "message_delta", "message_stop"]);
+        assert_eq!((&last[0].1["index"], &last[0].1["delta"]["partial_json"]), (&json!(1), &json!(": 1}")));
+        assert_eq!(last[2].1["delta"]["stop_reason"], "tool_use");
+        assert_eq!(last[2].1["usage"]["output_tokens"], 3);
     }
 }

@@ -23,7 +23,7 @@ mod tools;
 
 pub use limits::RequestLimits;
 pub use response::Endpoint;
-pub use tools::{HeldCalls, ToolCall, ToolOutput, parse_tool_calls};
+pub use tools::{CallDelta, Fed, HeldCalls, PartialCall, ToolCall, ToolOutput, parse_tool_calls, partial_calls};
 
 /// Why a request body was refused, and the field at fault (OpenAI's `param`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -2,7 +2,7 @@
 //! stored response left) becomes a chat [`GenerationBody`], and a choice's text and calls
 //! become a response's output items, whole or as the stream of typed events.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::openai::response::{Choice, Output};
@@ -61,7 +61,7 @@ pub struct Part {
     pub annotations: Option<Vec<Value>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ToolBody {
     #[serde(rename = "type")]
     pub kind: String,
@@ -72,7 +72,7 @@ pub struct ToolBody {
 }
 
 /// `"auto" | "none" | "required"` or `{"type": "function", "name"}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum ToolChoiceBody {
     Mode(String),
@@ -83,13 +83,13 @@ pub enum ToolChoiceBody {
     },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct TextBody {
     pub format: Option<FormatBody>,
 }
 
 /// `{"type": "text" | "json_object"}` or `{"type": "json_schema", "name", "schema", "strict"}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct FormatBody {
     #[serde(rename = "type")]
     pub kind: String,
@@ -258,6 +258,10 @@ pub struct Echo {
     pub previous_response_id: Option<String>,
     pub store: bool,
     pub metadata: Map<String, Value>,
+    pub tools: Value,
+    pub tool_choice: Value,
+    pub parallel_tool_calls: bool,
+    pub text: Value,
 }
 
 impl Echo {
@@ -273,6 +277,10 @@ impl Echo {
             previous_response_id: body.previous_response_id.clone(),
             store: body.store.unwrap_or(true),
             metadata: body.metadata.clone().unwrap_or_default(),
+            tools: serde_json::to_value(body.tools.as_deref().unwrap_or_default()).expect("plain data"),
+            tool_choice: body.tool_choice.as_ref().map_or(json!("auto"), |c| serde_json::to_value(c).expect("plain data")),
+            parallel_tool_calls: body.parallel_tool_calls.unwrap_or(true),
+            text: body.text.as_ref().map_or(json!({"format": {"type": "text"}}), |t| serde_json::to_value(t).expect("plain data")),
         }
     }
 
@@ -292,8 +300,8 @@ impl Echo {
             "model": self.model, "output": output, "usage": usage, "error": null, "incomplete_details": incomplete,
             "instructions": self.instructions, "max_output_tokens": self.max_output_tokens,
             "temperature": self.temperature, "top_p": self.top_p, "previous_response_id": self.previous_response_id,
-            "store": self.store, "metadata": self.metadata, "parallel_tool_calls": true, "tool_choice": "auto", "tools": [],
-            "text": {"format": {"type": "text"}},
+            "store": self.store, "metadata": self.metadata, "parallel_tool_calls": self.parallel_tool_calls,
+            "tool_choice": self.tool_choice, "tools": self.tools, "text": self.text,
         })
     }
 
@@ -337,6 +345,8 @@ pub struct ResponseEvents {
     output: Vec<Value>,
     /// The open message item's text.
     text: Option<String>,
+    /// The open call item: its name and arguments so far.
+    call: Option<ToolCall>,
     /// The whole response, once it ended.
     done: Option<Value>,
 }
@@ -344,7 +354,7 @@ pub struct ResponseEvents {
 impl ResponseEvents {
     /// The stream and its first events, `response.created` and `response.in_progress`.
     pub fn start(echo: Echo) -> (Self, Vec<(&'static str, Value)>) {
-        let mut events = Self { echo, sequence: 0, output: Vec::new(), text: None, done: None };
+        let mut events = Self { echo, sequence: 0, output: Vec::new(), text: None, call: None, done: None };
         let response = events.echo.response("in_progress", &[], None, None);
         let first = vec![
             events.event("response.created", json!({"response": response})),
@@ -390,6 +400,16 @@ impl ResponseEvents {
         self.output[index] = item;
     }
 
+    fn close_call(&mut self, out: &mut Vec<(&'static str, Value)>) {
+        let Some(call) = self.call.take() else { return };
+        let index = self.output.len() - 1;
+        let item = self.echo.call_item(index, &call, "completed");
+        let done = json!({"item_id": item["id"], "output_index": index, "arguments": call.arguments, "name": call.name});
+        out.push(self.event("response.function_call_arguments.done", done));
+        out.push(self.event("response.output_item.done", json!({"output_index": index, "item": item})));
+        self.output[index] = item;
+    }
+
     /// The events of a chat chunk's choice; at its end the closing events and
     /// `response.completed` (or `response.incomplete`, cut by `max_output_tokens`) with the
     /// whole response. `usage`: prompt and generated tokens so far.
@@ -412,25 +432,25 @@ impl ResponseEvents {
                 out.push(self.event("response.output_text.delta", data));
             }
         }
-        for call in delta.tool_calls.iter().flatten() {
-            self.close_text(&mut out);
-            let call = ToolCall { name: call.function.name.clone(), arguments: call.function.arguments.clone() };
-            let index = self.output.len();
-            let (index, id) = self.add_item(self.echo.call_item(index, &call, "in_progress"), &mut out);
-            let at = json!({"item_id": id, "output_index": index});
-            let mut delta = at.clone();
-            delta["delta"] = json!(call.arguments);
-            out.push(self.event("response.function_call_arguments.delta", delta));
-            let mut done = at;
-            done["arguments"] = json!(call.arguments);
-            done["name"] = json!(call.name);
-            out.push(self.event("response.function_call_arguments.done", done));
-            let item = self.echo.call_item(index, &call, "completed");
-            out.push(self.event("response.output_item.done", json!({"output_index": index, "item": item})));
-            self.output[index] = item;
+        for piece in delta.tool_calls.iter().flatten() {
+            if !piece.function.name.is_empty() {
+                self.close_text(&mut out);
+                self.close_call(&mut out);
+                let call = ToolCall { name: piece.function.name.clone(), arguments: String::new() };
+                let index = self.output.len();
+                self.add_item(self.echo.call_item(index, &call, "in_progress"), &mut out);
+                self.call = Some(call);
+            }
+            if !piece.function.arguments.is_empty() {
+                let index = self.output.len() - 1;
+                self.call.as_mut().expect("a call's arguments come after its name").arguments.push_str(&piece.function.arguments);
+                let data = json!({"item_id": self.echo.item_id("fc", index), "output_index": index, "delta": piece.function.arguments});
+                out.push(self.event("response.function_call_arguments.delta", data));
+            }
         }
         if let Some(reason) = choice.finish_reason {
             self.close_text(&mut out);
+            self.close_call(&mut out);
             let response = self.echo.response("completed", &self.output, Some(reason), Some(usage));
             let kind = if response["status"] == "incomplete" { "response.incomplete" } else { "response.completed" };
             out.push(self.event(kind, json!({"response": response})));

@@ -213,17 +213,21 @@ mod tests {
     }
 
     #[test]
-    fn a_call_list_is_held_back_and_answered_as_tool_calls() {
+    fn a_call_list_streams_as_written_and_is_answered_as_tool_calls() {
         let tokenizer = tokenizer();
         let mut reply = Reply::new(4, 1, false).chat(100, "m".into(), ToolOutput::Calls);
-        let held = json(&mut reply, &tokenizer, 0, &token(1, r#"[{"name": "get_weather", "#, None));
-        assert_eq!(held["chunk"]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}), "the list is held back: {held}");
-        json(&mut reply, &tokenizer, 0, &token(2, r#""arguments": {"city": "Paris"}}]"#, None));
+        // The call's name goes out once written, with the role; then its arguments.
+        let named = json(&mut reply, &tokenizer, 0, &token(1, r#"[{"name": "get_weather", "#, None));
+        let delta = &named["chunk"]["choices"][0]["delta"];
+        assert_eq!((&delta["role"], delta.get("content")), (&json!("assistant"), None), "{named}");
+        let piece = &delta["tool_calls"][0];
+        assert_eq!((&piece["index"], &piece["type"], &piece["function"]), (&json!(0), &json!("function"), &json!({"name": "get_weather", "arguments": ""})));
+        let arguments = json(&mut reply, &tokenizer, 0, &token(2, r#""arguments": {"city": "Paris"}}]"#, None));
+        let piece = &arguments["chunk"]["choices"][0]["delta"]["tool_calls"][0];
+        assert_eq!(piece, &json!({"index": 0, "function": {"arguments": r#"{"city": "Paris"}"#}}));
         let end = json(&mut reply, &tokenizer, 0, &finished(FinishReason::Stop, "", 5, 2));
         let delta = &end["chunk"]["choices"][0];
-        assert_eq!(delta["finish_reason"], "tool_calls");
-        assert_eq!(delta["delta"]["tool_calls"][0]["function"]["name"], "get_weather");
-        assert_eq!(delta["delta"]["tool_calls"][0]["index"], 0);
+        assert_eq!((&delta["finish_reason"], &delta["delta"]), (&json!("tool_calls"), &json!({})), "{end}");
         let message = &end["completion"]["choices"][0];
         assert_eq!((&message["finish_reason"], &message["message"]["content"]), (&json!("tool_calls"), &Value::Null));
         let call = &message["message"]["tool_calls"][0];

@@ -386,7 +386,7 @@ fn openai_response(run: &Run, choices: Vec<Collected>) -> Value {
         let finish_reason = Some(if calls.is_some() { "tool_calls" } else { finish_reason(f.reason) });
         let output = match run.kind {
             Endpoint::Completion => Output::Text(c.text),
-            Endpoint::Chat => Output::Message(Message::answer(c.text, calls.map(|calls| response::tool_calls(&run.id, index, &calls, false)))),
+            Endpoint::Chat => Output::Message(Message::answer(c.text, calls.map(|calls| response::tool_calls(&run.id, index, &calls)))),
         };
         let ids = run.return_token_ids;
         out.push(response::Choice {

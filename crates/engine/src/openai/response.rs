@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use cinder_tokenizer::Tokenizer;
 
-use super::ToolCall;
+use super::{CallDelta, ToolCall};
 use crate::{Finished, SpeculativeUsage, TokenLogprob};
 
 /// Which endpoint answers.
@@ -186,34 +186,55 @@ impl Message {
     }
 }
 
-/// A call in a response, OpenAI's `tool_calls` entry (`index` in streams only).
+/// A call in a response, OpenAI's `tool_calls` entry (`index` in streams only). A streamed
+/// call's first piece has its id, type and name; the later ones only more arguments.
 #[derive(Debug, Clone, Serialize)]
 pub struct ToolCallOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub index: Option<usize>,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub id: String,
-    #[serde(rename = "type")]
+    #[serde(rename = "type", skip_serializing_if = "str::is_empty")]
     pub kind: &'static str,
     pub function: FunctionOut,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct FunctionOut {
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub name: String,
     pub arguments: String,
 }
 
-/// The `tool_calls` of choice `choice` of response `id` (each call's `index` when streamed).
-pub fn tool_calls(id: &str, choice: usize, calls: &[ToolCall], streamed: bool) -> Vec<ToolCallOut> {
+/// The id of call `index` of choice `choice` of response `id`.
+fn call_id(id: &str, choice: usize, index: usize) -> String {
     let id = id.split_once('-').map_or(id, |(_, id)| id);
+    format!("call_{id}_{choice}_{index}")
+}
+
+/// The `tool_calls` of choice `choice` of response `id`.
+pub fn tool_calls(id: &str, choice: usize, calls: &[ToolCall]) -> Vec<ToolCallOut> {
     calls
         .iter()
         .enumerate()
         .map(|(i, call)| ToolCallOut {
-            index: streamed.then_some(i),
-            id: format!("call_{id}_{choice}_{i}"),
+            index: None,
+            id: call_id(id, choice, i),
             kind: "function",
             function: FunctionOut { name: call.name.clone(), arguments: call.arguments.clone() },
+        })
+        .collect()
+}
+
+/// Streamed pieces of the calls of choice `choice` of response `id`.
+pub fn call_pieces(id: &str, choice: usize, deltas: &[CallDelta]) -> Vec<ToolCallOut> {
+    deltas
+        .iter()
+        .map(|d| ToolCallOut {
+            index: Some(d.index),
+            id: if d.name.is_some() { call_id(id, choice, d.index) } else { String::new() },
+            kind: if d.name.is_some() { "function" } else { "" },
+            function: FunctionOut { name: d.name.clone().unwrap_or_default(), arguments: d.arguments.clone() },
         })
         .collect()
 }
@@ -299,7 +320,7 @@ mod tests {
         let message = body(Output::Message(Message::answer("hi".into(), None)));
         assert_eq!(message["choices"][0]["message"], serde_json::json!({"role": "assistant", "content": "hi"}));
         let call = ToolCall { name: "f".into(), arguments: "{}".into() };
-        let calls = body(Output::Message(Message::answer(String::new(), Some(tool_calls("chatcmpl-7", 0, &[call], false)))));
+        let calls = body(Output::Message(Message::answer(String::new(), Some(tool_calls("chatcmpl-7", 0, &[call])))));
         assert_eq!(
             calls["choices"][0]["message"],
             serde_json::json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_7_0_0", "type": "function", "function": {"name": "f", "arguments": "{}"}}]})

@@ -76,13 +76,19 @@ impl ChunkSequencer {
         };
         let endpoint = self.endpoint;
         let choice = &mut self.choices[index];
-        let (text, calls) = choice.held.feed(text, reason.is_some());
-        if let Some(calls) = calls {
-            let delta = Message::answer(String::new(), Some(response::tool_calls(&self.id, index, &calls, true)));
-            choice.calls = Some(calls);
-            choice.finish_reason = Some("tool_calls");
-            return Some(response::Choice::new(index, Output::Delta(delta), Some("tool_calls")));
+        let fed = choice.held.feed(text, reason.is_some());
+        let reason = if fed.calls.is_some() { Some("tool_calls") } else { reason };
+        if fed.calls.is_some() || (fed.text.is_empty() && !fed.deltas.is_empty()) {
+            // Calls go out as they are written: no text, no logprobs.
+            let first = !choice.started && endpoint == Endpoint::Chat;
+            choice.started = true;
+            choice.calls = fed.calls.or(choice.calls.take());
+            choice.finish_reason = choice.finish_reason.or(reason);
+            let pieces = (!fed.deltas.is_empty()).then(|| response::call_pieces(&self.id, index, &fed.deltas));
+            let delta = Message { role: first.then_some("assistant"), tool_calls: pieces, ..Message::default() };
+            return Some(response::Choice::new(index, Output::Delta(delta), reason));
         }
+        let text = fed.text;
         choice.finish_reason = choice.finish_reason.or(reason);
         let first = !choice.started && endpoint == Endpoint::Chat;
         if text.is_empty() && reason.is_none() && logprob.is_none() && !first && !self.extras.token_ids {
@@ -121,7 +127,7 @@ impl ChunkSequencer {
                 let output = match self.endpoint {
                     Endpoint::Completion => Output::Text(c.text.clone()),
                     Endpoint::Chat => {
-                        let calls = c.calls.as_ref().map(|calls| response::tool_calls(&self.id, index, calls, false));
+                        let calls = c.calls.as_ref().map(|calls| response::tool_calls(&self.id, index, calls));
                         Output::Message(Message::answer(c.text.clone(), calls))
                     }
                 };
