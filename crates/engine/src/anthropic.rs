@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::openai::response::{Choice, Output};
 use crate::openai::{
-    CalledFunction, Content, FunctionSpec, GenerationBody, InvalidRequest, Message, MessageToolCall, NamedFunction, NamedToolChoice, Stop, Tool,
+    CalledFunction, Content, FunctionSpec, GenerationBody, InvalidRequest, Message, MessageToolCall, Stop, Tool,
     TextOr, ToolCall, ToolChoice, ToolKind,
 };
 
@@ -104,10 +104,6 @@ impl TextOr<Block> {
     }
 }
 
-fn chat_message(role: &str, text: String) -> Message {
-    Message { role: role.to_owned(), content: Some(Content::Text(text)), tool_calls: None, tool_call_id: None }
-}
-
 /// One input message as chat messages: a user turn's tool results become `tool` messages
 /// (before its text), an assistant turn's `tool_use` blocks its calls.
 fn chat_messages(input: &InputMessage, out: &mut Vec<Message>) -> Result<(), InvalidRequest> {
@@ -116,7 +112,7 @@ fn chat_messages(input: &InputMessage, out: &mut Vec<Message>) -> Result<(), Inv
         return Err(invalid(format!("`role` must be user or assistant, not `{role}` (the system prompt is `system`)"), "messages"));
     }
     let blocks = match &input.content {
-        TextOr::Text(text) => return Ok(out.push(chat_message(role, text.clone()))),
+        TextOr::Text(text) => return Ok(out.push(Message::plain(role, text.clone()))),
         TextOr::Parts(blocks) => blocks,
     };
     let mut text = String::new();
@@ -147,7 +143,7 @@ fn chat_messages(input: &InputMessage, out: &mut Vec<Message>) -> Result<(), Inv
         }
     }
     if !text.is_empty() || !calls.is_empty() || role == "assistant" {
-        out.push(Message { tool_calls: (!calls.is_empty()).then_some(calls), ..chat_message(role, text) });
+        out.push(Message { tool_calls: (!calls.is_empty()).then_some(calls), ..Message::plain(role, text) });
     }
     Ok(())
 }
@@ -163,7 +159,7 @@ impl MessagesBody {
         };
         let mut messages = Vec::new();
         if let Some(system) = &self.system {
-            messages.push(chat_message("system", system.text("system")?));
+            messages.push(Message::plain("system", system.text("system")?));
         }
         for input in &self.messages {
             chat_messages(input, &mut messages)?;
@@ -190,7 +186,7 @@ impl MessagesBody {
                 ("auto", _) => Ok(ToolChoice::Mode("auto".into())),
                 ("any", _) => Ok(ToolChoice::Mode("required".into())),
                 ("none", _) => Ok(ToolChoice::Mode("none".into())),
-                ("tool", Some(name)) => Ok(ToolChoice::Named(NamedToolChoice { kind: ToolKind::Function, function: NamedFunction { name } })),
+                ("tool", Some(name)) => Ok(ToolChoice::function(name)),
                 ("tool", None) => Err(invalid("`tool_choice` of type tool needs `name`", "tool_choice")),
                 (kind, _) => Err(invalid(format!("`tool_choice` type `{kind}`: one of auto, any, tool, none"), "tool_choice")),
             })

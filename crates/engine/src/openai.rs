@@ -219,6 +219,11 @@ pub struct CalledFunction {
 }
 
 impl Message {
+    /// A message of `role` saying `text`.
+    pub fn plain(role: &str, text: String) -> Self {
+        Self { role: role.to_owned(), content: Some(Content::Text(text)), tool_calls: None, tool_call_id: None }
+    }
+
     /// What the template sees as the message's content: its text, or an assistant's calls
     /// written as the model writes them (a JSON list of `{"name", "arguments"}`).
     pub fn text(&self) -> Result<String, InvalidRequest> {
@@ -350,6 +355,13 @@ pub struct NamedToolChoice {
 #[derive(Debug, Clone, Deserialize)]
 pub struct NamedFunction {
     pub name: String,
+}
+
+impl ToolChoice {
+    /// The function `name`, and no other.
+    pub fn function(name: String) -> Self {
+        ToolChoice::Named(NamedToolChoice { kind: ToolKind::Function, function: NamedFunction { name } })
+    }
 }
 
 impl<'de> Deserialize<'de> for ToolChoice {

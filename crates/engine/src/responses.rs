@@ -7,8 +7,8 @@ use serde_json::{Map, Value, json};
 
 use crate::openai::response::{Choice, Output};
 use crate::openai::{
-    CalledFunction, Content, FunctionSpec, GenerationBody, InvalidRequest, JsonSchemaFormat, Message, MessageToolCall, NamedFunction,
-    NamedToolChoice, ResponseFormat, TextOr, Tool, ToolCall, ToolChoice, ToolKind,
+    CalledFunction, FunctionSpec, GenerationBody, InvalidRequest, JsonSchemaFormat, Message, MessageToolCall,
+    ResponseFormat, TextOr, Tool, ToolCall, ToolChoice, ToolKind,
 };
 
 /// The body of `POST /v1/responses`.
@@ -103,10 +103,6 @@ fn invalid(message: impl Into<String>, param: &str) -> InvalidRequest {
     InvalidRequest::new(message, Some(param))
 }
 
-fn text_message(role: &str, text: String) -> Message {
-    Message { role: role.to_owned(), content: Some(Content::Text(text)), tool_calls: None, tool_call_id: None }
-}
-
 /// Input items as chat messages: consecutive calls are one assistant turn.
 pub fn chat_messages(items: &[Item], out: &mut Vec<Message>) -> Result<(), InvalidRequest> {
     for item in items {
@@ -128,7 +124,7 @@ pub fn chat_messages(items: &[Item], out: &mut Vec<Message>) -> Result<(), Inval
                         })
                         .collect::<Result<String, _>>()?,
                 };
-                out.push(text_message(role, text));
+                out.push(Message::plain(role, text));
             }
             "function_call" => {
                 let (Some(call_id), Some(name)) = (&item.call_id, &item.name) else {
@@ -141,13 +137,13 @@ pub fn chat_messages(items: &[Item], out: &mut Vec<Message>) -> Result<(), Inval
                 };
                 match out.last_mut() {
                     Some(last) if last.role == "assistant" && last.tool_calls.is_some() => last.tool_calls.as_mut().expect("checked").push(call),
-                    _ => out.push(Message { tool_calls: Some(vec![call]), ..text_message("assistant", String::new()) }),
+                    _ => out.push(Message { tool_calls: Some(vec![call]), ..Message::plain("assistant", String::new()) }),
                 }
             }
             "function_call_output" => {
                 let call_id = item.call_id.clone().ok_or_else(|| invalid("a function_call_output item needs `call_id`", "input"))?;
                 let output = item.output.clone().unwrap_or_default();
-                out.push(Message { tool_call_id: Some(call_id), ..text_message("tool", output) });
+                out.push(Message { tool_call_id: Some(call_id), ..Message::plain("tool", output) });
             }
             kind => return Err(invalid(format!("input items of type `{kind}` are not supported"), "input")),
         }
@@ -182,7 +178,7 @@ impl ResponsesBody {
         }
         let mut messages = Vec::new();
         if let Some(instructions) = &self.instructions {
-            messages.push(text_message("system", instructions.clone()));
+            messages.push(Message::plain("system", instructions.clone()));
         }
         chat_messages(history, &mut messages)?;
         chat_messages(&self.input_items(), &mut messages)?;
@@ -207,7 +203,7 @@ impl ResponsesBody {
             .map(|choice| match choice {
                 ToolChoiceBody::Mode(mode) => Ok(ToolChoice::Mode(mode)),
                 ToolChoiceBody::Function { kind, name } if kind == "function" => {
-                    Ok(ToolChoice::Named(NamedToolChoice { kind: ToolKind::Function, function: NamedFunction { name } }))
+                    Ok(ToolChoice::function(name))
                 }
                 ToolChoiceBody::Function { kind, .. } => Err(invalid(format!("`tool_choice` of type `{kind}` is not implemented"), "tool_choice")),
             })

@@ -21,7 +21,7 @@ use super::tenants::Tenant;
 
 /// The message id of a run: `msg_` and the run's own id.
 fn message_id(run: &Run) -> String {
-    format!("msg_{}", run.id.split_once('-').map_or(run.id.as_str(), |(_, id)| id))
+    format!("msg_{}", run.bare_id())
 }
 
 pub async fn messages(State(s): State<Shared>, Extension(tenant): Extension<Arc<Tenant>>, body: Result<RequestBody, ApiError>) -> Response {

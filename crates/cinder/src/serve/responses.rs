@@ -106,7 +106,7 @@ pub async fn create(State(s): State<Shared>, Extension(tenant): Extension<Arc<Te
         Ok(run) => run,
         Err(e) => return refuse(&s, &tenant, e),
     };
-    echo.id = format!("resp_{}", run.id.split_once('-').map_or(run.id.as_str(), |(_, id)| id));
+    echo.id = format!("resp_{}", run.bare_id());
     echo.model = run.served_as.clone();
     let keep = echo.store.then(|| Keep { s: s.clone(), tenant: tenant.name.clone(), id: echo.id.clone(), conversation });
     if run.stream {

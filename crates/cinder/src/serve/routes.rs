@@ -193,6 +193,12 @@ pub(super) struct Run {
 }
 
 impl Run {
+    /// The id without its endpoint's prefix (`chatcmpl-`), for the ids other APIs give
+    /// (`msg_…`, `resp_…`).
+    pub(super) fn bare_id(&self) -> &str {
+        self.id.split_once('-').map_or(self.id.as_str(), |(_, id)| id)
+    }
+
     pub(super) fn tenant(&self) -> &str {
         &self.in_flight.tenant().name
     }
