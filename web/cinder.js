@@ -3,6 +3,7 @@
 //   const engine = await Engine.load('/model.gguf', { onProgress: (p) => ... });
 //   const result = await engine.generate('Hello', { max_tokens: 32 }, (text) => ...);
 //   for await (const chunk of await engine.chat.completions.create({ messages, stream: true })) ...
+//   const { data } = await engine.embeddings.create({ input: ['a text', 'another'] });
 //
 // The engine runs in a Web Worker (worker.js) by default, so the page's main thread only
 // renders; `{ worker: false }` runs it on the page's thread instead. Either way every call
@@ -114,6 +115,12 @@ export class Engine {
 
   constructor() {
     this.chat = { completions: { create: (body) => this.#createChat(body) } };
+    /**
+     * OpenAI's embeddings: `create({ input, encoding_format, dimensions })` resolves to the
+     * `/v1/embeddings` answer, `{ object: 'list', data: [{ embedding, index }], usage }`;
+     * each input runs its prompt through the engine's batches beside the generations.
+     */
+    this.embeddings = { create: (body) => this.#createEmbeddings(body) };
   }
 
   /** A message from the engine. */
@@ -191,7 +198,7 @@ export class Engine {
     let promptTokens = 0;
     let id;
     const promise = new Promise((resolve, reject) => {
-      id = this.#submit(body, chat, reject, (event) => {
+      id = this.#submit(body, chat ? 'chat' : 'completions', reject, (event) => {
         const choice = (choices[event.index] ??= { index: event.index, text: '', tokens: [], logprobs: null });
         if (event.type === 'token') {
           firstToken ??= performance.now();
@@ -264,7 +271,7 @@ export class Engine {
     const { stream, stream_options: streamOptions, ...rest } = body;
     if (!stream) {
       return new Promise((resolve, reject) => {
-        this.#submit(rest, true, reject, (event) => {
+        this.#submit(rest, 'chat', reject, (event) => {
           if (event.done) resolve(event.completion);
         });
       });
@@ -273,7 +280,7 @@ export class Engine {
     const iterable = queue[Symbol.asyncIterator]();
     let accepted;
     try {
-      ({ id: iterable.id, accepted } = this.#submit(rest, true, (e) => queue.end(e), (event) => {
+      ({ id: iterable.id, accepted } = this.#submit(rest, 'chat', (e) => queue.end(e), (event) => {
         if (event.chunk) queue.push(event.chunk);
         if (!event.done) return;
         if (streamOptions?.include_usage) queue.push(event.usage_chunk);
@@ -287,11 +294,20 @@ export class Engine {
     return accepted.then(() => iterable);
   }
 
+  #createEmbeddings(body) {
+    return new Promise((resolve, reject) => {
+      this.#submit(body, 'embeddings', reject, (event) => {
+        if (event.done) resolve(event.embeddings);
+      });
+    });
+  }
+
   /**
-   * Queues a request; returns its id and a promise that resolves once the engine accepted
-   * it or rejects with why it was refused (`fail` hears the same, and any later failure).
+   * Queues a request for `endpoint` ('completions', 'chat', 'embeddings'); returns its id
+   * and a promise that resolves once the engine accepted it or rejects with why it was
+   * refused (`fail` hears the same, and any later failure).
    */
-  #submit(body, chat, fail, onEvent) {
+  #submit(body, endpoint, fail, onEvent) {
     if (this.#broken) throw this.#broken;
     const id = this.#nextId++;
     const accepted = new Promise((resolve, reject) => {
@@ -306,7 +322,7 @@ export class Engine {
     });
     // `fail` reports it; an unawaited `accepted` must not count as unhandled.
     accepted.catch(() => {});
-    this.#send({ op: 'submit', id, body, chat });
+    this.#send({ op: 'submit', id, body, endpoint });
     return { id, accepted };
   }
 

@@ -316,15 +316,15 @@ class Core {
   }
 
   /**
-   * Queues an OpenAI body (`chat`: a chat completion) and returns the request's id; each
-   * event of its choices goes to `onEvent(event)`, the last with `done`. Throws a
-   * CinderError if the body is refused.
+   * Queues an OpenAI body for `endpoint` ('completions', 'chat' or 'embeddings') and
+   * returns the request's id; each event of its choices goes to `onEvent(event)`, the last
+   * with `done`. Throws a CinderError if the body is refused.
    */
-  submit(body, chat, onEvent) {
+  submit(body, endpoint, onEvent) {
     if (this.#broken) throw this.#broken;
     let id;
     try {
-      id = this.#wasm.submit(JSON.stringify(body), chat, (json) => onEvent(JSON.parse(json)));
+      id = this.#wasm.submit(JSON.stringify(body), endpoint, (json) => onEvent(JSON.parse(json)));
     } catch (e) {
       throw this.#failure(e);
     }
@@ -406,7 +406,7 @@ class Core {
  * on the page's thread. Returns the function that receives the page's messages; `post`
  * sends the engine's. Requests carry the page's ids; their events go back under them.
  *
- *   page -> engine: { op: 'load', url, options, wasmUrl, device, cache, loras }, { op: 'submit', id, body, chat },
+ *   page -> engine: { op: 'load', url, options, wasmUrl, device, cache, loras }, { op: 'submit', id, body, endpoint },
  *                   { op: 'abort', id }, { op: 'profileStart' }, { op: 'profileFinish', reply }
  *   engine -> page: { op: 'progress', progress }, { op: 'loaded', info, loadStats },
  *                   { op: 'loadFailed', error }, { op: 'accepted', id }, { op: 'refused', id, error },
@@ -429,10 +429,10 @@ export function engineHost(post) {
     post({ op: 'loaded', info: core.info, loadStats: core.loadStats });
   }
 
-  function submit({ id, body, chat }) {
+  function submit({ id, body, endpoint }) {
     let engineId;
     try {
-      engineId = core.submit(body, chat, (event) => {
+      engineId = core.submit(body, endpoint, (event) => {
         if (event.done) engineIds.delete(id);
         post({ op: 'event', id, event: { ...event, id } });
       });

@@ -174,6 +174,18 @@ async function main() {
         } catch (e) {
           out.bad_option = `${e.name}: ${e.message}`;
         }
+        // Embeddings: the server's answer (the test posts the same bodies to it), and its refusal.
+        const inputs = ['The capital of France is Paris.', 'Embeddings turn text into vectors.'];
+        const embedded = await engine.embeddings.create({ input: inputs, encoding_format: 'float' });
+        out.embeddings = { object: embedded.object, vectors: embedded.data.map((d) => d.embedding), usage: embedded.usage };
+        const cut = await engine.embeddings.create({ input: inputs[0], dimensions: 8 });
+        out.embeddings.base64 = cut.data[0].embedding;
+        try {
+          await engine.embeddings.create({ input: [] });
+          out.embeddings.refused = 'accepted';
+        } catch (e) {
+          out.embeddings.refused = e.message;
+        }
         // Bodies the server refuses: the page refuses them with the same words (one request
         // assembly for both); the test sends each to the server too.
         out.refused = [];

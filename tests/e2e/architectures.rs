@@ -13,7 +13,7 @@ use crate::On;
 
 /// The variants, by name: each architecture with the options its real files use, and
 /// Llama's RoPE scalings. `quantized` ones run in llama.cpp with 8-bit activations.
-fn variants() -> Vec<(&'static str, TinyModel)> {
+pub(crate) fn variants() -> Vec<(&'static str, TinyModel)> {
     let base = TinyModel { n_layers: 3, weight_type: GgmlType::F32, tied_embeddings: false, ..Default::default() };
     let yarn = TinyRopeScaling::Yarn { factor: 4.0, original_context: 128 };
     vec![

@@ -75,6 +75,28 @@ fn check_api(server: &Server, api: &Value, max_tokens: usize) {
     }
 
     assert!(api["ticks_during_generation"].as_u64().unwrap() >= 2, "the page's timers stalled while generating: {api}");
+
+    // The page's embeddings are the server's, float and base64, and so is its refusal.
+    let embeddings = &api["embeddings"];
+    let inputs = json!(["The capital of France is Paris.", "Embeddings turn text into vectors."]);
+    let native = server.post("/v1/embeddings", &json!({"input": inputs, "encoding_format": "float"}).to_string()).json();
+    assert_eq!((&embeddings["object"], &embeddings["usage"]), (&json!("list"), &native["usage"]), "{api}");
+    for (page, server) in embeddings["vectors"].as_array().unwrap().iter().zip(native["data"].as_array().unwrap()) {
+        let (a, b) = (page.as_array().unwrap(), server["embedding"].as_array().unwrap());
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| x.as_f64().unwrap() * y.as_f64().unwrap()).sum();
+        assert!(a.len() == b.len() && dot > 0.9999, "page and server embeddings differ (cosine {dot}): {api}");
+    }
+    let cut = server.post("/v1/embeddings", &json!({"input": inputs[0], "dimensions": 8}).to_string()).json();
+    let decode = |v: &Value| -> Vec<f32> {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap()).unwrap();
+        bytes.chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+    };
+    let (page_cut, server_cut) = (decode(&embeddings["base64"]), decode(&cut["data"][0]["embedding"]));
+    assert_eq!(page_cut.len(), 8, "{api}");
+    assert!(page_cut.iter().zip(&server_cut).all(|(a, b)| (a - b).abs() < 1e-3), "{page_cut:?} {server_cut:?}");
+    let refused = server.post("/v1/embeddings", r#"{"input": []}"#);
+    assert_eq!(embeddings["refused"], refused.json()["error"]["message"], "{api}");
     assert_eq!(api["chat_finish_reason"], "length", "{api}");
     assert_eq!(api["stream_text"], api["chat_text"], "streamed and whole chat completions differ: {api}");
     assert_eq!(api["stream_finish_reason"], "length", "{api}");

@@ -358,7 +358,7 @@ fn check_body(bytes: &[u8], tokenizer: &Tokenizer, template: &ChatTemplate, gram
     let limits = RequestLimits { max_stop: 8, max_logit_bias: 300, max_tools: 100, max_schema_bytes: 2048, default_max_tokens: Some(64), ..Default::default() };
     for endpoint in [Endpoint::Completion, Endpoint::Chat] {
         let Ok(body) = parse::<GenerationBody>(bytes) else { return };
-        let Ok(checked) = body.check(endpoint, &limits) else { continue };
+        let Ok(mut checked) = body.check(endpoint, &limits) else { continue };
         let Ok(prompts) = checked.prompts(tokenizer, Some(template), 512) else { continue };
         let _ = checked.tokens(&prompts, 512);
         let constraint = checked.constraint(grammars).ok().flatten();

@@ -28,8 +28,9 @@ mod architectures;
 mod browser;
 mod cli;
 mod control;
-mod dequant;
 mod deploy;
+mod dequant;
+mod embeddings;
 mod fleet;
 mod fuzz;
 mod hardening;
@@ -41,6 +42,7 @@ mod responses;
 mod serve;
 mod speculative;
 mod tokenizer;
+mod tool_formats;
 
 use std::path::PathBuf;
 use std::process::Command;

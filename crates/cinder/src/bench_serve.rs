@@ -4,7 +4,9 @@
 //! ids with lengths spread over a range, a fixed number of output tokens with `ignore_eos`,
 //! streaming) to each target in turn, and measures output tokens per second, time to first
 //! token and time per output token. Prompts are token ids, so every server sees exactly the
-//! same tokens; llama.cpp's `llama-server` accepts them as cinder does.
+//! same tokens; llama.cpp's `llama-server` accepts them as cinder does. With `--embed-batch`
+//! it loads `/v1/embeddings` instead (llama-server with `--embeddings`), and measures
+//! embeddings per second at each batch size.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -49,6 +51,10 @@ pub struct ServeBenchArgs {
     /// Write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Load `/v1/embeddings` instead: each request embeds this many prompts, a level per
+    /// value (comma-separated: `1,32`), `--requests` requests at the first `--concurrency`.
+    #[arg(long, value_delimiter = ',')]
+    embed_batch: Vec<usize>,
 }
 
 fn parse_target(s: &str) -> Result<(String, String), String> {
@@ -123,6 +129,9 @@ pub fn run(args: ServeBenchArgs) -> anyhow::Result<()> {
             .collect()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    if !args.embed_batch.is_empty() {
+        return run_embeddings(&args, &runtime, prompts_of_level);
+    }
     let mut targets = Vec::new();
     for (name, url) in &args.targets {
         let mut levels = Vec::new();
@@ -243,6 +252,130 @@ async fn load(host: &str, prompts: &[Vec<u32>], concurrency: usize, args: &Serve
         tpot_p50_s: percentile(&mut tpot, 0.5),
         tpot_p95_s: percentile(&mut tpot, 0.95),
     }
+}
+
+/// One batch size's embedding requests against one server.
+#[derive(Serialize)]
+struct EmbedLevel {
+    batch: usize,
+    requests: usize,
+    errors: usize,
+    first_error: Option<String>,
+    wall_s: f64,
+    embeddings_per_s: f64,
+    latency_p50_s: f64,
+}
+
+fn run_embeddings(args: &ServeBenchArgs, runtime: &tokio::runtime::Runtime, prompts_of_level: impl Fn(usize) -> Vec<Vec<u32>>) -> anyhow::Result<()> {
+    let concurrency = args.concurrency.first().copied().unwrap_or(1).max(1);
+    let mut report = Vec::new();
+    for (name, url) in &args.targets {
+        let mut levels = Vec::new();
+        for (i, &batch) in args.embed_batch.iter().enumerate() {
+            let prompts = prompts_of_level(i);
+            let batches: Vec<Vec<Vec<u32>>> = (0..args.requests).map(|r| (0..batch.max(1)).map(|j| prompts[(r * batch + j) % prompts.len()].clone()).collect()).collect();
+            let level = runtime.block_on(embed_level(url, batches, concurrency, Duration::from_secs(args.timeout_s)));
+            eprintln!("{name} batch {batch}: {:.1} embeddings/s, request p50 {:.3} s, {} errors", level.embeddings_per_s, level.latency_p50_s, level.errors);
+            if let Some(e) = &level.first_error {
+                eprintln!("  first error: {e}");
+            }
+            levels.push(level);
+        }
+        report.push((name.clone(), levels));
+    }
+    println!("| server | inputs per request | embeddings/s | request p50 (s) | errors |");
+    println!("|---|---|---|---|---|");
+    for (name, levels) in &report {
+        for l in levels {
+            println!("| {name} | {} | {:.1} | {:.3} | {}/{} |", l.batch, l.embeddings_per_s, l.latency_p50_s, l.errors, l.requests);
+        }
+    }
+    if let Some(((first, ours), others)) = report.split_first() {
+        for (other, theirs) in others {
+            for (a, b) in ours.iter().zip(theirs) {
+                println!("| {first} / {other} | {} | {:.2}x | | |", a.batch, a.embeddings_per_s / b.embeddings_per_s);
+            }
+        }
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({"requests": args.requests, "prompt_tokens": [args.prompt_min, args.prompt_max], "concurrency": concurrency, "targets": report.iter().map(|(name, levels)| serde_json::json!({"name": name, "levels": levels})).collect::<Vec<_>>()});
+        std::fs::write(path, serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Sends every batch to `host`'s `/v1/embeddings`, `concurrency` requests in flight.
+async fn embed_level(host: &str, batches: Vec<Vec<Vec<u32>>>, concurrency: usize, timeout: Duration) -> EmbedLevel {
+    let (requests, batch) = (batches.len(), batches.first().map_or(0, Vec::len));
+    let start = Instant::now();
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(batches.into_iter()));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (queue, host) = (queue.clone(), host.to_owned());
+            tokio::spawn(async move {
+                let mut results = Vec::new();
+                loop {
+                    let Some(inputs) = queue.lock().unwrap_or_else(|e| e.into_inner()).next() else { break };
+                    let begun = Instant::now();
+                    let result = tokio::time::timeout(timeout, embed_one(&host, &inputs)).await.unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")));
+                    results.push(result.map(|embedded| (embedded, begun.elapsed().as_secs_f64())));
+                }
+                results
+            })
+        })
+        .collect();
+    let (mut embedded, mut latencies, mut errors) = (0, Vec::new(), Vec::new());
+    for worker in workers {
+        for result in worker.await.unwrap_or_default() {
+            match result {
+                Ok((count, seconds)) => {
+                    embedded += count;
+                    latencies.push(seconds);
+                }
+                Err(e) => errors.push(format!("{e:#}")),
+            }
+        }
+    }
+    let wall = start.elapsed().as_secs_f64();
+    EmbedLevel {
+        batch,
+        requests,
+        errors: errors.len(),
+        first_error: errors.into_iter().next(),
+        wall_s: wall,
+        embeddings_per_s: embedded as f64 / wall,
+        latency_p50_s: percentile(&mut latencies, 0.5),
+    }
+}
+
+/// Embeds `inputs` (token-id lists) in one request; returns how many vectors came back.
+async fn embed_one(host: &str, inputs: &[Vec<u32>]) -> anyhow::Result<usize> {
+    let body = serde_json::json!({"input": inputs, "encoding_format": "float"}).to_string();
+    let mut socket = TcpStream::connect(host).await.with_context(|| format!("connecting to {host}"))?;
+    let request = format!(
+        "POST /v1/embeddings HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    socket.read_to_end(&mut response).await?;
+    let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else { bail!("no HTTP response") };
+    // The head gives the status and the encoding; the body is one JSON value.
+    let mut reader = SseLines::default();
+    reader.feed(&response[..end + 4]);
+    reader.pending.extend_from_slice(&response[end + 4..]);
+    reader.dechunk();
+    let status = reader.status.unwrap_or_default();
+    let text = String::from_utf8_lossy(&reader.body);
+    if !status.starts_with("HTTP/1.1 200") {
+        bail!("{status}: {}", text.chars().take(300).collect::<String>());
+    }
+    let answer: serde_json::Value = serde_json::from_str(text.trim()).context("the answer is not JSON")?;
+    let count = answer["data"].as_array().map_or(0, Vec::len);
+    if count != inputs.len() {
+        bail!("{count} embeddings for {} inputs", inputs.len());
+    }
+    Ok(count)
 }
 
 fn percentile(values: &mut [f64], q: f64) -> f64 {

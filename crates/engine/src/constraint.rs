@@ -80,6 +80,11 @@ impl Grammars {
         Self { factory: Arc::new(OnceLock::new()), tokenizer: tokenizer.clone() }
     }
 
+    /// The vocabulary grammars are compiled against.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
     fn factory(&self) -> Result<&ParserFactory, String> {
         self.factory.get_or_init(|| build_factory(&self.tokenizer)).as_ref().map_err(Clone::clone)
     }

@@ -122,9 +122,9 @@ impl DraftModel {
             let chunks: Vec<SeqChunk> = inputs
                 .iter()
                 .zip(&drafting)
-                .map(|((start, tokens), &i)| SeqChunk { tokens, start: *start, tables: &tables[i], logits: 1, adapter: None })
+                .map(|((start, tokens), &i)| SeqChunk { tokens, start: *start, tables: &tables[i], logits: 1, adapter: None, pool: None })
                 .collect();
-            let LogitRows::Full(rows) = self.model.launch_batch(&chunks, &mut self.cache)?.read()? else {
+            let LogitRows::Full(rows) = self.model.launch_batch(&chunks, &mut self.cache)?.read()?.logits else {
                 unreachable!("whole rows unless asked for top-k")
             };
             for (row, &i) in rows.iter().zip(&drafting) {

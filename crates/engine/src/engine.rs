@@ -5,9 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cinder_model::{
-    LogitRows, LoraAdapter, Model, ModelConfig, ModelError, PagedKvCache, PendingLogits, RowAdapter, Sampler, SamplingParams, SeqChunk, Verdict,
-    log_softmax,
-    top_logprobs,
+    LogitRows, LoraAdapter, Model, ModelConfig, ModelError, Outputs, PagedKvCache, PendingLogits, PooledPrompt, Pooling, RowAdapter, Sampler,
+    SamplingParams, SeqChunk, Verdict, log_softmax, top_logprobs,
 };
 use cinder_scheduler::admission::Applicant;
 use cinder_scheduler::{
@@ -50,6 +49,8 @@ struct Active {
     proposals: Vec<Vec<(u32, f32)>>,
     /// The LoRA adapter its rows run with.
     adapter: Option<RowAdapter>,
+    /// An embedding request's pooled rows so far.
+    embedding: Option<PooledPrompt>,
 }
 
 /// Counters since the engine started.
@@ -102,6 +103,9 @@ pub struct Engine {
     /// Why the last failed step failed: the error of requests that end as failed.
     last_step_error: String,
     adapters: Adapters,
+    /// The step in flight's pooling chunks, in the order of their rows: each sequence and
+    /// the chunk's positions.
+    pooled_chunks: Vec<(SeqId, std::ops::Range<usize>)>,
 }
 
 impl Engine {
@@ -135,6 +139,7 @@ impl Engine {
             timing: None,
             last_step_error: String::new(),
             adapters: Adapters::default(),
+            pooled_chunks: Vec::new(),
         })
     }
 
@@ -304,7 +309,8 @@ impl Engine {
                 max_priority: r.max_priority,
                 tenant: r.tenant,
                 max_wait: r.deadline,
-                use_prefix_cache: r.use_prefix_cache,
+                // Pooling over rows a cached prefix skips would miss them.
+                use_prefix_cache: r.use_prefix_cache && r.embed.is_none_or(Pooling::allows_prefix_cache),
                 cache_salt: adapter.map_or(0, |a| a.salt),
             })
             .collect();
@@ -335,6 +341,7 @@ impl Engine {
                 draft_sampler,
                 proposals: Vec::new(),
                 adapter: adapter.map(|a| a.row),
+                embedding: request.embed.map(PooledPrompt::new),
             };
             self.active.insert(*id, active);
         }
@@ -348,8 +355,14 @@ impl Engine {
         if request.prompt.is_empty() {
             return invalid("the prompt is empty".into());
         }
-        if request.max_tokens == 0 {
-            return invalid("max_tokens must be at least 1".into());
+        match (request.embed, request.max_tokens) {
+            (Some(Pooling::None), _) => {
+                return invalid("pooling \"none\" makes no single embedding of a prompt: use mean, cls or last".into());
+            }
+            (Some(_), 0) => {}
+            (Some(_), _) => return invalid("an embedding request generates no tokens: max_tokens must be 0".into()),
+            (None, 0) => return invalid("max_tokens must be at least 1".into()),
+            (None, _) => {}
         }
         let method = request.speculative.unwrap_or(self.speculation.default).method;
         self.check_method(method).map_err(SubmitError::Invalid)?;
@@ -428,16 +441,17 @@ impl Engine {
     }
 
     /// Samples from a launched step's logits, streams the tokens and reports to the scheduler.
-    pub fn land(
-        &mut self,
-        plan: StepPlan,
-        rows: Result<LogitRows, ModelError>,
-        clock: &dyn Fn() -> Time,
-    ) -> Result<StepOutcome, ModelError> {
-        let rows = match rows {
-            Ok(rows) => rows,
+    pub fn land(&mut self, plan: StepPlan, outputs: Result<Outputs, ModelError>, clock: &dyn Fn() -> Time) -> Result<StepOutcome, ModelError> {
+        let Outputs { logits: rows, pooled } = match outputs {
+            Ok(outputs) => outputs,
             Err(e) => return Err(self.fail_step(&plan, e, clock)),
         };
+        for ((id, positions), row) in std::mem::take(&mut self.pooled_chunks).into_iter().zip(&pooled) {
+            // An aborted request is gone; its row is skipped.
+            if let Some(embedding) = self.active.get_mut(&id).and_then(|a| a.embedding.as_mut()) {
+                embedding.add(positions, row);
+            }
+        }
         if let Some((_, tokens, started)) = self.timing.take().filter(|t| t.0 == plan.step) {
             self.step_cost.observe(tokens, clock().since(started).as_secs_f64());
         }
@@ -504,6 +518,7 @@ impl Engine {
     /// this error) once they have failed too often in a row.
     fn fail_step(&mut self, plan: &StepPlan, error: ModelError, clock: &dyn Fn() -> Time) -> ModelError {
         self.last_step_error = error.to_string();
+        self.pooled_chunks.clear();
         self.scheduler.complete(StepResult::failed(plan), clock());
         self.send_finished();
         error
@@ -520,16 +535,31 @@ impl Engine {
         }
         let decode_tokens: Vec<Vec<u32>> = plan.decode.iter().map(|d| [&[d.token], &d.draft[..]].concat()).collect();
         let adapter = |seq: &SeqId| self.active.get(seq).and_then(|a| a.adapter);
+        // An embedding's chunks reduce their rows to what its pooling needs.
+        let pool = |seq: &SeqId, positions: std::ops::Range<usize>| {
+            let active = self.active.get(seq)?;
+            active.embedding.as_ref()?.pooling.reduce(positions, active.history.len())
+        };
+        let positions = |c: &cinder_scheduler::PrefillChunk| c.start..c.start + c.tokens.len();
+        self.pooled_chunks = plan.prefill.iter().filter(|c| pool(&c.seq, positions(c)).is_some()).map(|c| (c.seq, positions(c))).collect();
         let chunks: Vec<SeqChunk> = plan
             .prefill
             .iter()
-            .map(|c| SeqChunk { tokens: &c.tokens, start: c.start, tables: &c.block_tables, logits: usize::from(c.samples), adapter: adapter(&c.seq) })
+            .map(|c| SeqChunk {
+                tokens: &c.tokens,
+                start: c.start,
+                tables: &c.block_tables,
+                logits: usize::from(c.samples),
+                adapter: adapter(&c.seq),
+                pool: pool(&c.seq, positions(c)),
+            })
             .chain(plan.decode.iter().zip(&decode_tokens).map(|(d, tokens)| SeqChunk {
                 tokens,
                 start: d.position,
                 tables: &d.block_tables,
                 logits: tokens.len(),
                 adapter: adapter(&d.seq),
+                pool: None,
             }))
             .collect();
         self.model.launch_batch(&chunks, &mut self.cache)
@@ -719,7 +749,10 @@ impl Engine {
                 })
             });
             let speculative = active.speculation.setting.is_on().then_some(active.speculation.usage);
-            let _ = active.events.send(Event::Finished(finished(done, reason, text, error, speculative)));
+            let embedding = active.embedding.filter(|_| reason == FinishReason::Length).and_then(|e| e.finish());
+            let mut finished = finished(done, reason, text, error, speculative);
+            finished.embedding = embedding;
+            let _ = active.events.send(Event::Finished(finished));
         }
         // A failure leaves the adapter unloading, tried again after the next request ends.
         if let Err(e) = self.retire_adapters() {
@@ -804,6 +837,7 @@ fn finished(
         finished: done.finished,
         preemptions: done.preemptions,
         speculative,
+        embedding: None,
     }
 }
 

@@ -16,6 +16,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::{Constraint, GenerationRequest, Grammars, Speculation, SpeculativeMethod};
 
+pub mod embeddings;
 mod limits;
 pub mod response;
 pub mod stream;
@@ -23,7 +24,7 @@ mod tools;
 
 pub use limits::RequestLimits;
 pub use response::Endpoint;
-pub use tools::{CallDelta, Fed, HeldCalls, PartialCall, ToolCall, ToolOutput, parse_tool_calls, partial_calls};
+pub use tools::{CallDelta, Fed, HeldCalls, PartialCall, ToolCall, ToolFormat, ToolOutput, parse_tool_calls, partial_calls};
 
 /// Why a request body was refused, and the field at fault (OpenAI's `param`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -224,6 +225,36 @@ impl Message {
         Self { role: role.to_owned(), content: Some(Content::Text(text)), tool_calls: None, tool_call_id: None }
     }
 
+    /// The message as a chat template sees it: for a template that takes tools (`format`
+    /// not the JSON list), an assistant's calls as `tool_calls` (arguments as objects, as
+    /// `transformers` passes them) and a tool message's `tool_call_id`; otherwise the calls
+    /// written as the model wrote them, in the content ([`Message::text`]).
+    pub fn chat_message(&self, format: ToolFormat) -> Result<ChatMessage, InvalidRequest> {
+        if !format.in_template() {
+            return Ok(ChatMessage::new(self.role.clone(), self.text()?));
+        }
+        let text = match &self.content {
+            None => String::new(),
+            Some(_) => Self { tool_calls: None, ..self.clone() }.text()?,
+        };
+        let calls = self.tool_calls.as_ref().filter(|c| !c.is_empty()).map(|calls| {
+            let calls: Vec<serde_json::Value> = calls
+                .iter()
+                .map(|c| {
+                    let arguments = serde_json::from_str(&c.function.arguments).unwrap_or(serde_json::Value::String(c.function.arguments.clone()));
+                    let id = format.call_id(c.id.as_deref().unwrap_or_default());
+                    serde_json::json!({"id": id, "type": "function", "function": {"name": c.function.name, "arguments": arguments}})
+                })
+                .collect();
+            serde_json::Value::from(calls)
+        });
+        Ok(ChatMessage {
+            tool_calls: calls,
+            tool_call_id: self.tool_call_id.as_deref().map(|id| format.call_id(id)),
+            ..ChatMessage::new(self.role.clone(), text)
+        })
+    }
+
     /// What the template sees as the message's content: its text, or an assistant's calls
     /// written as the model writes them (a JSON list of `{"name", "arguments"}`).
     pub fn text(&self) -> Result<String, InvalidRequest> {
@@ -335,6 +366,23 @@ pub struct FunctionSpec {
     pub parameters: Option<serde_json::Value>,
     #[serde(default)]
     pub strict: Option<bool>,
+}
+
+impl Tool {
+    /// The tool as a chat template lists it: OpenAI's `{"type": "function", "function":
+    /// {"name", "description", "parameters"}}`, with the fields the request gave.
+    pub fn listed(&self) -> serde_json::Value {
+        let f = &self.function;
+        let mut function = serde_json::Map::new();
+        function.insert("name".into(), f.name.clone().into());
+        if let Some(description) = &f.description {
+            function.insert("description".into(), description.clone().into());
+        }
+        if let Some(parameters) = &f.parameters {
+            function.insert("parameters".into(), parameters.clone());
+        }
+        serde_json::json!({"type": "function", "function": function})
+    }
 }
 
 /// `tool_choice`: `none`, `auto`, `required`, or one named function.
@@ -486,6 +534,20 @@ pub fn choice_seed(seed: u64, index: usize) -> u64 {
     z ^ (z >> 31)
 }
 
+/// `priority` checked: a level name or number.
+fn parse_priority(field: &Option<PriorityField>) -> Result<Option<Priority>, InvalidRequest> {
+    let bad = |what: String| invalid(format!("`priority` must be 0-4 or critical, high, normal, low, batch; got {what}"), "priority");
+    match field {
+        None => Ok(None),
+        Some(PriorityField::Level(l)) if (0..=4).contains(l) => Ok(Some(Priority::from_level(*l as usize))),
+        Some(PriorityField::Level(l)) => bad(l.to_string()),
+        Some(PriorityField::Name(name)) => match Priority::from_name(name) {
+            Some(priority) => Ok(Some(priority)),
+            None => bad(format!("{name:?}")),
+        },
+    }
+}
+
 /// A refusal naming `param`.
 fn invalid<T>(message: impl Into<String>, param: &str) -> Result<T, InvalidRequest> {
     Err(InvalidRequest::new(message, Some(param)))
@@ -529,6 +591,8 @@ pub struct Checked {
     limits: RequestLimits,
     /// The tools the model may call (indices into `tools`), and whether it must.
     callable: Option<(Vec<usize>, bool)>,
+    /// How the model writes calls, read from its chat template by [`Checked::prompts`].
+    format: ToolFormat,
 }
 
 impl GenerationBody {
@@ -604,7 +668,7 @@ impl GenerationBody {
             return invalid("`response_format` together with `tools` is not supported; use one or the other", "response_format");
         }
         let sampling = self.sampling(limits)?;
-        let priority = self.priority()?;
+        let priority = parse_priority(&self.priority)?;
         let deadline = match self.deadline_ms {
             None => None,
             Some(ms) => match deadline_from_ms(ms) {
@@ -647,6 +711,7 @@ impl GenerationBody {
             max_tokens,
             limits: limits.clone(),
             callable,
+            format: ToolFormat::JsonList,
         })
     }
 
@@ -701,19 +766,6 @@ impl GenerationBody {
             return invalid(format!("`{param}` must be at most {most}; got {count}"), param);
         }
         Ok(Some(count))
-    }
-
-    fn priority(&self) -> Result<Option<Priority>, InvalidRequest> {
-        let bad = |what: String| invalid(format!("`priority` must be 0-4 or critical, high, normal, low, batch; got {what}"), "priority");
-        match &self.priority {
-            None => Ok(None),
-            Some(PriorityField::Level(l)) if (0..=4).contains(l) => Ok(Some(Priority::from_level(*l as usize))),
-            Some(PriorityField::Level(l)) => bad(l.to_string()),
-            Some(PriorityField::Name(name)) => match Priority::from_name(name) {
-                Some(priority) => Ok(Some(priority)),
-                None => bad(format!("{name:?}")),
-            },
-        }
     }
 
     /// The tools the model may call under `tool_choice` (their indices), and whether it
@@ -792,8 +844,8 @@ impl Checked {
     pub fn tool_output(&self) -> ToolOutput {
         match &self.callable {
             None => ToolOutput::Text,
-            Some((_, true)) => ToolOutput::Calls,
-            Some((_, false)) => ToolOutput::MaybeCalls,
+            Some((_, true)) => ToolOutput::Calls(self.format),
+            Some((_, false)) => ToolOutput::MaybeCalls(self.format),
         }
     }
 
@@ -818,14 +870,12 @@ impl Checked {
             return grammars.json_schema(schema).map(Some).map_err(|e| InvalidRequest::new(format!("`{param}`: {e}"), Some(param)));
         }
         let Some((tools, required)) = self.callable() else { return Ok(None) };
-        let calls = tools::call_list_schema(&tools, self.body.parallel_tool_calls == Some(false));
+        let one = self.body.parallel_tool_calls == Some(false);
         let bad = |e: String| InvalidRequest::new(format!("`tools`: {e}"), Some("tools"));
-        if required {
-            return grammars.json_schema(calls).map(Some).map_err(bad);
+        if required && self.format == ToolFormat::JsonList {
+            return grammars.json_schema(tools::call_list_schema(&tools, one)).map(Some).map_err(bad);
         }
-        // Text that does not start a call list, or a call list.
-        let grammar = format!("start: TEXT | calls\nTEXT: /[^\\[](.|\\n)*/\ncalls: %json {calls}\n");
-        grammars.lark(&grammar).map(Some).map_err(bad)
+        grammars.lark(&self.format.grammar(&tools, required, one, grammars.tokenizer())).map(Some).map_err(bad)
     }
 
     /// The prompts as token ids: a completion's `prompt` (control-token text parsed unless
@@ -834,7 +884,11 @@ impl Checked {
     /// token), each at most `max_prompt_tokens` and the context. A text too long to fit is
     /// refused before it is tokenized (tokenizing holds memory in proportion to the text):
     /// no token stands for more text than the vocabulary's longest.
-    pub fn prompts(&self, tokenizer: &Tokenizer, template: Option<&ChatTemplate>, context_length: usize) -> Result<Vec<Vec<u32>>, InvalidRequest> {
+    /// A chat with tools also reads, from the template, the format its model calls in.
+    pub fn prompts(&mut self, tokenizer: &Tokenizer, template: Option<&ChatTemplate>, context_length: usize) -> Result<Vec<Vec<u32>>, InvalidRequest> {
+        if self.callable.is_some() {
+            self.format = ToolFormat::of(template);
+        }
         let most = self.limits.max_prompt_tokens.unwrap_or(context_length).min(context_length);
         let param = if self.endpoint == Endpoint::Chat { "messages" } else { "prompt" };
         let too_long = |tokens: String| invalid(format!("the prompt has {tokens} tokens; this server takes at most {most}"), param);
@@ -879,16 +933,22 @@ impl Checked {
     fn chat_prompt(&self, tokenizer: &Tokenizer, template: Option<&ChatTemplate>) -> Result<Vec<u32>, InvalidRequest> {
         let template = template.ok_or_else(|| InvalidRequest::new("this model has no chat template; use a completion", None))?;
         let messages = self.body.messages.as_deref().unwrap_or_default();
-        let mut messages: Vec<ChatMessage> =
-            messages.iter().map(|m| Ok(ChatMessage::new(m.role.clone(), m.text()?))).collect::<Result<_, InvalidRequest>>()?;
+        let mut messages: Vec<ChatMessage> = messages.iter().map(|m| m.chat_message(self.format)).collect::<Result<_, InvalidRequest>>()?;
+        let mut listed = None;
         if let Some((tools, required)) = self.callable() {
-            let tools = tools::tool_prompt(&tools, required);
-            match messages.first_mut().filter(|m| m.role == "system") {
-                Some(system) => system.content = format!("{}\n\n{tools}", system.content),
-                None => messages.insert(0, ChatMessage::new("system", tools)),
+            if self.format.in_template() {
+                listed = Some(serde_json::Value::from(tools.iter().map(|t| t.listed()).collect::<Vec<_>>()));
+            } else {
+                let tools = tools::tool_prompt(&tools, required);
+                match messages.first_mut().filter(|m| m.role == "system") {
+                    Some(system) => system.content = format!("{}\n\n{tools}", system.content),
+                    None => messages.insert(0, ChatMessage::new("system", tools)),
+                }
             }
         }
-        template.encode(tokenizer, &messages, true).map_err(|e| InvalidRequest::new(format!("chat template: {e}"), Some("messages")))
+        template
+            .encode_with_tools(tokenizer, &messages, listed.as_ref(), true)
+            .map_err(|e| InvalidRequest::new(format!("chat template: {e}"), Some("messages")))
     }
 
     /// Most new tokens of a choice of a `prompt`-token prompt: `max_completion_tokens` or
@@ -941,6 +1001,7 @@ impl Checked {
                     constraint: submission.constraint.cloned(),
                     speculative: self.speculative,
                     adapter: submission.adapter.map(str::to_owned),
+                    embed: None,
                 });
             }
         }

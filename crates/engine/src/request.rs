@@ -1,6 +1,6 @@
 //! What callers submit to the engine and what it streams back.
 
-use cinder_model::SamplingParams;
+use cinder_model::{Pooling, SamplingParams};
 use cinder_scheduler::{Duration, FinishReason, Priority, Rejection, TenantId, Time};
 
 use crate::{Constraint, Speculation};
@@ -36,6 +36,9 @@ pub struct GenerationRequest {
     /// The LoRA adapter to run with, by the name it was loaded under
     /// ([`crate::Engine::load_adapter`]); `None`: the base model.
     pub adapter: Option<String>,
+    /// The prompt's embedding, pooled so, instead of generated tokens (`max_tokens` 0): it
+    /// comes in [`Finished::embedding`].
+    pub embed: Option<Pooling>,
 }
 
 impl GenerationRequest {
@@ -56,7 +59,13 @@ impl GenerationRequest {
             constraint: None,
             speculative: None,
             adapter: None,
+            embed: None,
         }
+    }
+
+    /// A request for the embedding of `prompt`, pooled by `pooling`.
+    pub fn embedding(prompt: Vec<u32>, pooling: Pooling) -> Self {
+        Self { embed: Some(pooling), ..Self::new(prompt, 0) }
     }
 }
 
@@ -96,6 +105,8 @@ pub struct Finished {
     pub preemptions: u32,
     /// Draft tokens verified and accepted, when the request speculated.
     pub speculative: Option<SpeculativeUsage>,
+    /// An embedding request's vector (pooled, not normalised), when it completed.
+    pub embedding: Option<Vec<f32>>,
 }
 
 /// A request's speculative decoding: draft tokens proposed and verified, and how many of

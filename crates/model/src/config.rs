@@ -4,7 +4,7 @@
 use cinder_cpu::KvType;
 use cinder_gguf::{GgufFile, Metadata, MetadataValue};
 
-use crate::ModelError;
+use crate::{ModelError, Pooling};
 use crate::arch::{
     Architecture, FfnLayout, FinalSoftcap, GlobalWeight, LayerWeight, QueryScale, WindowRule,
 };
@@ -99,6 +99,8 @@ pub struct ModelConfig {
     pub final_softcap: Option<f32>,
     /// What its KV caches store ([`ModelConfig::set_kv_types`]; f16 unless set).
     pub kv_types: KvTypes,
+    /// How its embeddings pool (`pooling_type`), where the file says.
+    pub pooling: Option<Pooling>,
 }
 
 /// Upper bound on any single dimension; larger values in a file are treated as corrupt.
@@ -180,6 +182,8 @@ impl ModelConfig {
             return invalid(format!("soft-capping value {cap} must be positive"));
         }
 
+        let pooling = m.optional(&key("pooling_type"), Metadata::get_u64)?.map(Pooling::from_gguf).transpose()?;
+
         let has = |name: &str| present(name);
         let mut config = Self {
             arch,
@@ -202,6 +206,7 @@ impl ModelConfig {
             attention_softcap,
             final_softcap,
             kv_types: KvTypes::default(),
+            pooling,
         };
         // Layer 0 decides which optional tensors the blocks have; every layer must match.
         config.layer_weights = config.block_weights(has(&LayerWeight::Qkv.name(0)), |w| has(&w.name(0)));

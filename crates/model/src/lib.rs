@@ -25,6 +25,7 @@ mod model;
 mod ops;
 pub mod profile;
 pub mod paged;
+mod pooling;
 pub mod quant;
 pub mod reference;
 pub mod rope;
@@ -47,7 +48,8 @@ pub use device::{
 };
 pub use error::ModelError;
 pub use lora::LoraAdapter;
-pub use logits::{LogitRows, MAX_DEVICE_TOP_K, PendingLogits};
+pub use logits::{LogitRows, MAX_DEVICE_TOP_K, Outputs, PendingLogits};
 pub use model::{KvCache, Model, time_layer_products};
 pub use paged::{PagedKvCache, SeqChunk};
+pub use pooling::{PooledPrompt, Pooling, Reduce, normalize};
 pub use sampling::{OutOfRange, Sampler, SamplingParams, Verdict, log_softmax, top_logprobs};

@@ -1,5 +1,5 @@
 //! What a step reads back: the logits of the rows that asked, whole or as each row's best
-//! few candidates picked on the device.
+//! few candidates picked on the device, and the pooled rows of embeddings' chunks.
 
 use burn::tensor::Tensor;
 use bytemuck::{Pod, Zeroable};
@@ -16,6 +16,8 @@ pub struct PendingLogits {
     vocab: usize,
     /// The `k` of [`PendingLogits::top_k`], once it has run.
     top_k: Option<usize>,
+    /// One row per chunk that pools ([`crate::SeqChunk::pool`]), `[chunks, width]`.
+    pooled: Option<(Logits, usize)>,
 }
 
 /// `[rows, vocab]`, or on the device `[rows, 2k]` candidates once [`PendingLogits::top_k`]
@@ -41,6 +43,14 @@ pub const MAX_DEVICE_TOP_K: usize = 64;
 
 /// What a step reads back.
 #[derive(Debug, Clone, PartialEq)]
+pub struct Outputs {
+    pub logits: LogitRows,
+    /// The pooled row of each chunk that pools, in chunk order.
+    pub pooled: Vec<Vec<f32>>,
+}
+
+/// The logits a step reads back.
+#[derive(Debug, Clone, PartialEq)]
 pub enum LogitRows {
     /// Each row's logits.
     Full(Vec<Vec<f32>>),
@@ -51,7 +61,12 @@ pub enum LogitRows {
 
 impl PendingLogits {
     pub(crate) fn new(logits: Option<Logits>, vocab: usize) -> Self {
-        Self { logits, vocab, top_k: None }
+        Self { logits, vocab, top_k: None, pooled: None }
+    }
+
+    /// With the pooled rows, `width` wide, of the chunks that pool.
+    pub(crate) fn with_pooled(self, pooled: Option<Logits>, width: usize) -> Self {
+        Self { pooled: pooled.map(|p| (p, width)), ..self }
     }
 
     /// Keeps each row's `k` best logits among the first `limit` on the device, best first,
@@ -84,24 +99,31 @@ impl PendingLogits {
     }
 
     /// Waits for the device and returns the rows.
-    pub fn read(mut self) -> Result<LogitRows, ModelError> {
-        match self.logits.take() {
-            Some(Logits::Device(logits)) => {
-                guard(|| Ok(self.rows(logits.try_into_vec_as::<f32>().map_err(|e| ModelError::Backend(format!("{e:?}")))?)))
-            }
-            host => Ok(self.host_rows(host)),
-        }
+    pub fn read(mut self) -> Result<Outputs, ModelError> {
+        let logits = match self.logits.take() {
+            Some(Logits::Device(logits)) => self.rows(guard(|| read_device(logits))?),
+            host => self.host_rows(host),
+        };
+        let pooled = match self.pooled.take() {
+            Some((Logits::Device(rows), width)) => split(guard(|| read_device(rows))?, width),
+            Some((Logits::Host(rows), width)) => split(rows, width),
+            _ => Vec::new(),
+        };
+        Ok(Outputs { logits, pooled })
     }
 
     /// [`PendingLogits::read`] without blocking the thread.
-    pub async fn read_async(mut self) -> Result<LogitRows, ModelError> {
-        match self.logits.take() {
-            Some(Logits::Device(logits)) => {
-                let data = logits.into_data_async().await.map_err(|e| ModelError::Backend(format!("{e:?}")))?;
-                Ok(self.rows(data.try_into_vec::<f32>().map_err(|e| ModelError::Backend(format!("{e:?}")))?))
-            }
-            host => Ok(self.host_rows(host)),
-        }
+    pub async fn read_async(mut self) -> Result<Outputs, ModelError> {
+        let logits = match self.logits.take() {
+            Some(Logits::Device(logits)) => self.rows(read_device_async(logits).await?),
+            host => self.host_rows(host),
+        };
+        let pooled = match self.pooled.take() {
+            Some((Logits::Device(rows), width)) => split(read_device_async(rows).await?, width),
+            Some((Logits::Host(rows), width)) => split(rows, width),
+            _ => Vec::new(),
+        };
+        Ok(Outputs { logits, pooled })
     }
 
     fn host_rows(&self, logits: Option<Logits>) -> LogitRows {
@@ -119,9 +141,22 @@ impl PendingLogits {
                     .map(|row| row.chunks(2).filter(|pair| pair[0] >= 0.0).map(|pair| (pair[0] as u32, pair[1])).collect())
                     .collect(),
             ),
-            None => LogitRows::Full(flat.chunks(self.vocab).map(<[f32]>::to_vec).collect()),
+            None => LogitRows::Full(split(flat, self.vocab)),
         }
     }
+}
+
+fn split(flat: Vec<f32>, width: usize) -> Vec<Vec<f32>> {
+    flat.chunks(width).map(<[f32]>::to_vec).collect()
+}
+
+fn read_device(rows: Tensor<2>) -> Result<Vec<f32>, ModelError> {
+    rows.try_into_vec_as::<f32>().map_err(|e| ModelError::Backend(format!("{e:?}")))
+}
+
+async fn read_device_async(rows: Tensor<2>) -> Result<Vec<f32>, ModelError> {
+    let data = rows.into_data_async().await.map_err(|e| ModelError::Backend(format!("{e:?}")))?;
+    data.try_into_vec::<f32>().map_err(|e| ModelError::Backend(format!("{e:?}")))
 }
 
 

@@ -2,6 +2,7 @@
 //! description ([`ModelConfig`], [`crate::arch`]), written once over the [`Ops`] of the
 //! backend it loaded on (the GPU's WGSL kernels or the CPU's).
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use cinder_gguf::{GgufFile, TensorInfo};
@@ -309,7 +310,7 @@ async fn layer_products<O: Ops>(ops: O, file: &GgufFile, config: &ModelConfig) -
         let (q, _, _) = (linear(&block.q, &x), linear(&block.k, &x), linear(&block.v, &x));
         let (gate, _) = (linear(&block.gate, &x), linear(&block.up, &x));
         let sum = ops.add(linear(&block.out, &q), linear(&block.down, &gate));
-        ops.logits(Some(sum), config.hidden).read_async()
+        PendingLogits::new(Some(ops.read_back(sum)), config.hidden).read_async()
     };
     pass().await?;
     let mut best = Duration::MAX;
@@ -480,7 +481,7 @@ impl Model {
         if needed > cache.capacity {
             return Err(ModelError::CacheFull { needed, capacity: cache.capacity });
         }
-        let chunk = SeqChunk { tokens, start: cache.len, tables: &cache.tables, logits: 1, adapter };
+        let chunk = SeqChunk { tokens, start: cache.len, tables: &cache.tables, logits: 1, adapter, pool: None };
         let logits = self.forward_batch(&[chunk], &mut cache.paged)?.pop().expect("one chunk asks for logits");
         cache.len = needed;
         Ok(logits)
@@ -488,9 +489,9 @@ impl Model {
 
     /// Runs the chunks of several sequences as one batch: writes their keys and values into
     /// `cache` through their block tables and returns the logits each chunk asks for, in
-    /// order (chunk, then position).
+    /// order (chunk, then position). Chunks that pool get theirs from [`Model::launch_batch`].
     pub fn forward_batch(&self, chunks: &[SeqChunk], cache: &mut PagedKvCache) -> Result<Vec<Vec<f32>>, ModelError> {
-        match self.launch_batch(chunks, cache)?.read()? {
+        match self.launch_batch(chunks, cache)?.read()?.logits {
             LogitRows::Full(rows) => Ok(rows),
             LogitRows::TopK(_) => unreachable!("launch_batch reads whole rows unless asked for top-k"),
         }
@@ -515,6 +516,18 @@ impl Model {
         }
         last_rows.sort_unstable();
         let rows: Vec<usize> = last_rows.iter().map(|&(_, row)| row).collect();
+        // The rows each pooling chunk reduces, by chunk index.
+        let mut pooled = Vec::new();
+        let mut first = 0;
+        for (&index, chunk) in order.iter().zip(&laid_out) {
+            let chunk_rows = first..first + chunk.tokens.len();
+            first = chunk_rows.end;
+            if let Some(reduce) = chunk.pool {
+                pooled.push((index, reduce.rows(chunk_rows)));
+            }
+        }
+        pooled.sort_unstable_by_key(|p| p.0);
+        let pooled: Vec<Range<usize>> = pooled.into_iter().map(|p| p.1).collect();
         let batch = BatchLayout::new(&laid_out, cache.block_size(), cache.layout().groups.len());
         // Each row's adapter, where any row has one.
         let adapters = laid_out.iter().any(|c| c.adapter.is_some()).then(|| {
@@ -524,8 +537,8 @@ impl Model {
         let c = &self.config;
         // Without logits to read, the GPU's queued work runs ahead of the next step's.
         guard(|| match &self.weights {
-            Weights::Gpu(layers) => Ok(layers.forward(c, embedded, batch, adapters, cache, &rows)),
-            Weights::Cpu(layers) => Ok(layers.ops.threads.install(|| layers.forward(c, embedded, batch, adapters, cache, &rows))),
+            Weights::Gpu(layers) => Ok(layers.forward(c, embedded, batch, adapters, cache, &rows, &pooled)),
+            Weights::Cpu(layers) => Ok(layers.ops.threads.install(|| layers.forward(c, embedded, batch, adapters, cache, &rows, &pooled))),
         })
     }
 
@@ -607,7 +620,9 @@ impl<O: Ops> Layers<O> {
     }
 
     /// The layers over a batch's rows (`embedded`, `[rows, hidden]`), each row with its
-    /// adapter (`adapters`, where any row has one); returns the logits of rows `logit_rows`.
+    /// adapter (`adapters`, where any row has one); returns the logits of rows `logit_rows`
+    /// and the sums of each range of `pooled` after the final norm.
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         c: &ModelConfig,
@@ -616,6 +631,7 @@ impl<O: Ops> Layers<O> {
         adapters: Option<&[Option<RowAdapter>]>,
         cache: &mut PagedKvCache,
         logit_rows: &[usize],
+        pooled: &[Range<usize>],
     ) -> PendingLogits {
         let ops = &self.ops;
         let mut x = ops.rows(embedded, c.hidden);
@@ -647,6 +663,11 @@ impl<O: Ops> Layers<O> {
             let act = ops.gated(block.gate.forward(ops, h.clone(), lora), block.up.forward(ops, h, lora), c.arch.activation);
             x = add_to(x, &block.down, act, &block.post_ffn_norm);
         }
+        let pooled = (!pooled.is_empty()).then(|| {
+            let rows: Vec<usize> = pooled.iter().flat_map(Range::clone).collect();
+            let normed = ops.rms_norm(ops.select(x.clone(), &rows), &self.output_norm, c.rms_eps);
+            ops.read_back(ops.sum_groups(normed, &pooled.iter().map(Range::len).collect::<Vec<_>>()))
+        });
         let logits = (!logit_rows.is_empty()).then(|| {
             let last = ops.rms_norm(ops.select(x, logit_rows), &self.output_norm, c.rms_eps);
             let logits = self.lm_head.forward(ops, last, None);
@@ -655,6 +676,6 @@ impl<O: Ops> Layers<O> {
                 None => logits,
             }
         });
-        ops.logits(logits, c.vocab_size)
+        PendingLogits::new(logits.map(|l| ops.read_back(l)), c.vocab_size).with_pooled(pooled, c.hidden)
     }
 }

@@ -13,7 +13,7 @@ use cinder_gguf::{GgufFile, TensorInfo};
 
 use crate::arch::{Activation, RopeLayout};
 use crate::attention::ScoreRule;
-use crate::logits::PendingLogits;
+use crate::logits::Logits;
 use crate::paged::{BatchLayout, PagedKvCache};
 use crate::{ModelConfig, ModelError};
 
@@ -73,8 +73,10 @@ pub(crate) trait Ops {
     fn select(&self, x: Self::Rows, rows: &[usize]) -> Self::Rows;
     /// `cap * tanh(x / cap)`.
     fn softcap(&self, x: Self::Rows, cap: f32) -> Self::Rows;
-    /// Logit rows for the caller to read.
-    fn logits(&self, x: Option<Self::Rows>, vocab: usize) -> PendingLogits;
+    /// One row per group of `x`'s consecutive rows (`lens` of them each): their sum.
+    fn sum_groups(&self, x: Self::Rows, lens: &[usize]) -> Self::Rows;
+    /// Rows for the caller to read ([`PendingLogits`]).
+    fn read_back(&self, x: Self::Rows) -> Logits;
 }
 
 /// The gate's activation, as one function of a value.

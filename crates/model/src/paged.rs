@@ -353,6 +353,9 @@ pub struct SeqChunk<'a> {
     pub logits: usize,
     /// The LoRA adapter its rows run with ([`crate::Model::set_adapter`]'s slot), if any.
     pub adapter: Option<crate::RowAdapter>,
+    /// Its rows after the final norm, reduced to one row for an embedding (read back as
+    /// [`crate::Outputs::pooled`]), if it is part of an embedding's prompt.
+    pub pool: Option<crate::Reduce>,
 }
 
 /// Prompt chunks at least this long attend through the flash-attention kernel (each key

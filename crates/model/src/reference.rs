@@ -72,12 +72,35 @@ impl ReferenceModel {
     /// Logits of the last of `tokens`, continuing from `cache`.
     pub fn forward(&self, tokens: &[u32], cache: &mut ReferenceCache) -> Vec<f32> {
         let c = &self.config;
+        let last = self.layers(tokens, cache).pop().unwrap_or_default();
+        let normed = rms_norm(&last, self.t(GlobalWeight::OutputNorm.name()), c.rms_eps);
+        let head = if c.tied_embeddings { GlobalWeight::TokenEmbedding } else { GlobalWeight::Output };
+        let mut logits = matvec(self.t(head.name()), &normed);
+        if c.output_bias {
+            add(&mut logits, self.t(GlobalWeight::OutputBias.name()));
+        }
+        if let Some(cap) = c.final_softcap {
+            logits.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+        }
+        logits
+    }
+
+    /// Each token's row after the final norm: what embeddings pool.
+    pub fn normed_rows(&self, tokens: &[u32], cache: &mut ReferenceCache) -> Vec<Vec<f32>> {
+        let c = &self.config;
+        let rows = self.layers(tokens, cache);
+        rows.iter().map(|x| rms_norm(x, self.t(GlobalWeight::OutputNorm.name()), c.rms_eps)).collect()
+    }
+
+    /// Each token's row after the last layer.
+    fn layers(&self, tokens: &[u32], cache: &mut ReferenceCache) -> Vec<Vec<f32>> {
+        let c = &self.config;
         if cache.keys.is_empty() {
             cache.keys = vec![Vec::new(); c.n_layers];
             cache.values = vec![Vec::new(); c.n_layers];
         }
         let (q_dim, kv_dim, f) = (c.q_dim(), c.kv_dim(), c.ffn_hidden);
-        let mut last = Vec::new();
+        let mut rows = Vec::new();
         for &token in tokens {
             let h = c.hidden;
             let embedding = &self.t(GlobalWeight::TokenEmbedding.name())[token as usize * h..(token as usize + 1) * h];
@@ -131,18 +154,9 @@ impl ReferenceModel {
                 }
                 add(&mut x, &down);
             }
-            last = x;
+            rows.push(x);
         }
-        let normed = rms_norm(&last, self.t(GlobalWeight::OutputNorm.name()), c.rms_eps);
-        let head = if c.tied_embeddings { GlobalWeight::TokenEmbedding } else { GlobalWeight::Output };
-        let mut logits = matvec(self.t(head.name()), &normed);
-        if c.output_bias {
-            add(&mut logits, self.t(GlobalWeight::OutputBias.name()));
-        }
-        if let Some(cap) = c.final_softcap {
-            logits.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
-        }
-        logits
+        rows
     }
 
     fn rope(&self, x: &mut [f32], pos: usize, rope: usize) {

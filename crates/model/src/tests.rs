@@ -45,6 +45,7 @@ on_each_backend!(
     bad_inputs_are_errors,
     a_layers_products_are_timed,
     adapters_match_the_reference_and_share_a_batch,
+    pooled_rows_match_the_reference_across_chunks,
 );
 
 /// A KV cache lives where its model runs: one of the other backend is refused with the
@@ -186,9 +187,9 @@ fn batched_paged_forward_matches_each_sequence_alone(backend: &Backend) {
 
         // Step 1: the first 30 tokens of sequence 0 (no logits), whole prompts of 1 and 2.
         let step1 = [
-            SeqChunk { tokens: &prompts[0][..30], start: 0, tables: &tables[0], logits: 0, adapter: None },
-            SeqChunk { tokens: &prompts[1], start: 0, tables: &tables[1], logits: 1, adapter: None },
-            SeqChunk { tokens: &prompts[2], start: 0, tables: &tables[2], logits: 1, adapter: None },
+            SeqChunk { tokens: &prompts[0][..30], start: 0, tables: &tables[0], logits: 0, adapter: None, pool: None },
+            SeqChunk { tokens: &prompts[1], start: 0, tables: &tables[1], logits: 1, adapter: None, pool: None },
+            SeqChunk { tokens: &prompts[2], start: 0, tables: &tables[2], logits: 1, adapter: None, pool: None },
         ];
         let got = model.forward_batch(&step1, &mut cache).unwrap();
         reference.forward(&prompts[0][..30], &mut refs[0]);
@@ -215,9 +216,9 @@ fn batched_paged_forward_matches_each_sequence_alone(backend: &Backend) {
         let seq0 = behind_window(&tables[0], 30);
         let seq2 = behind_window(&tables[2], 23);
         let step2 = [
-            SeqChunk { tokens: &prompts[0][30..], start: 30, tables: &seq0, logits: 1, adapter: None },
-            SeqChunk { tokens: &[17], start: 5, tables: &tables[1], logits: 1, adapter: None },
-            SeqChunk { tokens: &[99], start: 23, tables: &seq2, logits: 1, adapter: None },
+            SeqChunk { tokens: &prompts[0][30..], start: 30, tables: &seq0, logits: 1, adapter: None, pool: None },
+            SeqChunk { tokens: &[17], start: 5, tables: &tables[1], logits: 1, adapter: None, pool: None },
+            SeqChunk { tokens: &[99], start: 23, tables: &seq2, logits: 1, adapter: None, pool: None },
         ];
         let got = model.forward_batch(&step2, &mut cache).unwrap();
         check(&got[0], &reference.forward(&prompts[0][30..], &mut refs[0]), &what);
@@ -233,8 +234,8 @@ fn batched_paged_forward_matches_each_sequence_alone(backend: &Backend) {
         model.copy_blocks(&mut cache, &pairs).unwrap();
         // The fork runs its decode with a draft token, a logits row for each position.
         let step3 = [
-            SeqChunk { tokens: &[5], start: 70, tables: &tables[0], logits: 1, adapter: None },
-            SeqChunk { tokens: &[5, 8], start: 70, tables: &fork, logits: 2, adapter: None },
+            SeqChunk { tokens: &[5], start: 70, tables: &tables[0], logits: 1, adapter: None, pool: None },
+            SeqChunk { tokens: &[5, 8], start: 70, tables: &fork, logits: 2, adapter: None, pool: None },
         ];
         let got = model.forward_batch(&step3, &mut cache).unwrap();
         assert_eq!(got.len(), 3, "one row, then two");
@@ -295,7 +296,7 @@ fn adapters_match_the_reference_and_share_a_batch(backend: &Backend) {
             let mut ref_cache = ReferenceCache::default();
             let mut cache = pool(&model);
             let run = |cache: &mut crate::PagedKvCache, tokens: &[u32], start| {
-                let chunk = SeqChunk { tokens, start, tables: &tables[s], logits: 1, adapter: *row };
+                let chunk = SeqChunk { tokens, start, tables: &tables[s], logits: 1, adapter: *row, pool: None };
                 model.forward_batch(&[chunk], cache).unwrap().remove(0)
             };
             let prompt = &prompts[s];
@@ -313,11 +314,11 @@ fn adapters_match_the_reference_and_share_a_batch(backend: &Backend) {
 
         // All four in one batch: the prompts, then two decode steps.
         let mut cache = pool(&model);
-        let prompt_step: Vec<SeqChunk> = (0..4).map(|s| SeqChunk { tokens: &prompts[s], start: 0, tables: &tables[s], logits: 1, adapter: rows[s] }).collect();
+        let prompt_step: Vec<SeqChunk> = (0..4).map(|s| SeqChunk { tokens: &prompts[s], start: 0, tables: &tables[s], logits: 1, adapter: rows[s], pool: None }).collect();
         let mut together = vec![model.forward_batch(&prompt_step, &mut cache).unwrap()];
         for (i, token) in [decode_a, decode_b].iter().enumerate() {
             let step: Vec<SeqChunk> = (0..4)
-                .map(|s| SeqChunk { tokens: std::slice::from_ref(token), start: prompts[s].len() + i, tables: &tables[s], logits: 1, adapter: rows[s] })
+                .map(|s| SeqChunk { tokens: std::slice::from_ref(token), start: prompts[s].len() + i, tables: &tables[s], logits: 1, adapter: rows[s], pool: None })
                 .collect();
             together.push(model.forward_batch(&step, &mut cache).unwrap());
         }
@@ -330,7 +331,7 @@ fn adapters_match_the_reference_and_share_a_batch(backend: &Backend) {
         // Emptying slot 1 leaves the others as they were.
         model.set_adapter(1, None).unwrap();
         let mut cache = pool(&model);
-        let chunk = |s: usize| SeqChunk { tokens: &prompts[s], start: 0, tables: &tables[s], logits: 1, adapter: rows[s] };
+        let chunk = |s: usize| SeqChunk { tokens: &prompts[s], start: 0, tables: &tables[s], logits: 1, adapter: rows[s], pool: None };
         let e = model.forward_batch(&[chunk(1)], &mut cache).unwrap_err().to_string();
         assert_eq!(e, "invalid parameter: no LoRA adapter is in slot 1");
         let got = model.forward_batch(&[chunk(0), chunk(2)], &mut cache).unwrap();
@@ -390,19 +391,53 @@ fn bad_batches_are_errors(backend: &Backend) {
     let (_, model) = load(TinyModel::default().to_gguf(), backend);
     let mut cache = model.new_paged_cache(4, 4).unwrap();
     let run = |chunks: &[SeqChunk], cache: &mut crate::PagedKvCache| model.forward_batch(chunks, cache).unwrap_err().to_string();
-    let e = run(&[SeqChunk { tokens: &[1; 9], start: 0, tables: &[vec![0, 1]], logits: 1, adapter: None }], &mut cache);
+    let e = run(&[SeqChunk { tokens: &[1; 9], start: 0, tables: &[vec![0, 1]], logits: 1, adapter: None, pool: None }], &mut cache);
     assert!(e.contains("9 positions needed, 8 allocated"), "{e}");
-    let e = run(&[SeqChunk { tokens: &[1], start: 0, tables: &[vec![7]], logits: 1, adapter: None }], &mut cache);
+    let e = run(&[SeqChunk { tokens: &[1], start: 0, tables: &[vec![7]], logits: 1, adapter: None, pool: None }], &mut cache);
     assert!(e.contains("block 7 is outside the pool of 4 blocks"), "{e}");
-    let e = run(&[SeqChunk { tokens: &[1], start: 0, tables: &[vec![0], vec![1]], logits: 1, adapter: None }], &mut cache);
+    let e = run(&[SeqChunk { tokens: &[1], start: 0, tables: &[vec![0], vec![1]], logits: 1, adapter: None, pool: None }], &mut cache);
     assert!(e.contains("2 block tables for a cache of 1 layer groups"), "{e}");
-    let e = run(&[SeqChunk { tokens: &[], start: 0, tables: &[vec![0]], logits: 1, adapter: None }], &mut cache);
+    let e = run(&[SeqChunk { tokens: &[], start: 0, tables: &[vec![0]], logits: 1, adapter: None, pool: None }], &mut cache);
     assert!(e.contains("no tokens"), "{e}");
     assert!(model.copy_blocks(&mut cache, &[(0, 4)]).is_err());
     assert!(model.new_paged_cache(0, 16).is_err());
     // Nothing was written by the refused batches; the pool still serves.
-    let ok = model.forward_batch(&[SeqChunk { tokens: &[1, 2], start: 0, tables: &[vec![3]], logits: 1, adapter: None }], &mut cache).unwrap();
+    let ok = model.forward_batch(&[SeqChunk { tokens: &[1, 2], start: 0, tables: &[vec![3]], logits: 1, adapter: None, pool: None }], &mut cache).unwrap();
     assert_eq!(ok.len(), 1);
+}
+
+/// Chunks that pool give one row each, beside chunks that want logits: the sum, first or
+/// last of their rows after the final norm, as the reference computes them.
+fn pooled_rows_match_the_reference_across_chunks(backend: &Backend) {
+    use crate::{Reduce, SeqChunk};
+
+    let (file, model) = load(TinyModel { arch: &QWEN3, ..TinyModel::default() }.to_gguf(), backend);
+    let reference = ReferenceModel::load(&file).unwrap();
+    let mut cache = model.new_paged_cache(64, 4).unwrap();
+    let tables: Vec<Vec<Vec<u32>>> = (0..3).map(|s| vec![(0..16).map(|i| i * 3 + s).collect()]).collect();
+    let prompts: Vec<Vec<u32>> = [40usize, 9, 5].iter().map(|&n| (0..n).map(|i| ((i * 37 + n) % 250) as u32).collect()).collect();
+    let normed: Vec<Vec<Vec<f32>>> = prompts.iter().map(|p| reference.normed_rows(p, &mut ReferenceCache::default())).collect();
+    let sum = |rows: &[Vec<f32>]| (0..rows[0].len()).map(|j| rows.iter().map(|r| r[j]).sum()).collect::<Vec<f32>>();
+    let chunk = |s: usize, range: std::ops::Range<usize>, logits: usize, pool: Option<Reduce>| SeqChunk {
+        tokens: &prompts[s][range.clone()],
+        start: range.start,
+        tables: &tables[s],
+        logits,
+        adapter: None,
+        pool,
+    };
+    let step1 = [chunk(0, 0..24, 0, Some(Reduce::Sum)), chunk(1, 0..9, 1, Some(Reduce::Last))];
+    let out = model.launch_batch(&step1, &mut cache).unwrap().read().unwrap();
+    let crate::LogitRows::Full(logits) = out.logits else { panic!("whole rows") };
+    assert_eq!((logits.len(), out.pooled.len()), (1, 2));
+    assert_within(&logits[0], &reference.forward(&prompts[1], &mut ReferenceCache::default()), 1e-3, "logits beside pooling");
+    assert_within(&out.pooled[0], &sum(&normed[0][..24]), 1e-3, "the sum of a first chunk");
+    assert_within(&out.pooled[1], &normed[1][8], 1e-3, "the last row");
+    let step2 = [chunk(2, 0..5, 0, Some(Reduce::First)), chunk(0, 24..40, 0, Some(Reduce::Sum))];
+    let out = model.launch_batch(&step2, &mut cache).unwrap().read().unwrap();
+    assert_eq!(out.pooled.len(), 2);
+    assert_within(&out.pooled[0], &normed[2][0], 1e-3, "the first row");
+    assert_within(&out.pooled[1], &sum(&normed[0][24..]), 1e-3, "the sum of a later chunk");
 }
 
 /// The timing the page's `auto` compares its two paths with runs on each backend.
@@ -610,9 +645,9 @@ fn top_k_matches_a_sort_on_both_backends() {
         assert!(expected[6].is_empty());
         let logits = Tensor::<2>::from_data(TensorData::new(flat.clone(), [rows.len(), vocab]), &device);
         let pending = PendingLogits::new(Some(Logits::Device(logits)), vocab).top_k(k, limit);
-        assert_eq!(pending.read().unwrap(), LogitRows::TopK(expected.clone()), "device, k = {k}");
+        assert_eq!(pending.read().unwrap().logits, LogitRows::TopK(expected.clone()), "device, k = {k}");
         let pending = PendingLogits::new(Some(Logits::Host(flat.clone())), vocab).top_k(k, limit);
-        assert_eq!(pending.read().unwrap(), LogitRows::TopK(expected), "CPU, k = {k}");
+        assert_eq!(pending.read().unwrap().logits, LogitRows::TopK(expected), "CPU, k = {k}");
     }
 }
 
@@ -756,7 +791,7 @@ fn attention_kernels_match_a_loop() {
         }
         // Every position's keys and values written in one batch.
         let tokens: Vec<Vec<u32>> = sequences.iter().map(|&(c, n)| vec![0; c + n]).collect();
-        let writes: Vec<SeqChunk> = (0..sequences.len()).map(|s| SeqChunk { tokens: &tokens[s], start: 0, tables: &tables[s], logits: 0, adapter: None }).collect();
+        let writes: Vec<SeqChunk> = (0..sequences.len()).map(|s| SeqChunk { tokens: &tokens[s], start: 0, tables: &tables[s], logits: 0, adapter: None, pool: None }).collect();
         let order = BatchLayout::order(&writes);
         let laid_out: Vec<&SeqChunk> = order.iter().map(|&i| &writes[i]).collect();
         let batch = BatchBuffer::new(&cube, BatchLayout::new(&laid_out, block_size, 1));
@@ -770,7 +805,7 @@ fn attention_kernels_match_a_loop() {
         let steps: Vec<SeqChunk> = sequences
             .iter()
             .enumerate()
-            .map(|(s, &(cached, new))| SeqChunk { tokens: &tokens[s][cached..cached + new], start: cached, tables: &tables[s], logits: 0, adapter: None })
+            .map(|(s, &(cached, new))| SeqChunk { tokens: &tokens[s][cached..cached + new], start: cached, tables: &tables[s], logits: 0, adapter: None, pool: None })
             .collect();
         let order = BatchLayout::order(&steps);
         let laid_out: Vec<&SeqChunk> = order.iter().map(|&i| &steps[i]).collect();

@@ -376,8 +376,10 @@ impl Scheduler {
             .map(|request| {
                 let id = SeqId(self.next_id);
                 self.next_id += 1;
-                // The other choices of one prompt fork from the first once it is computed.
-                let fork_of = (id != request_of && request.prompt == first_prompt).then_some(request_of);
+                // The other choices of one prompt fork from the first once it is computed;
+                // prompt-only requests (embeddings of one text twice) sample nothing to fork at.
+                let forks = id != request_of && request.prompt == first_prompt && request.max_new_tokens > 0;
+                let fork_of = forks.then_some(request_of);
                 self.enqueue(Box::new(Waiting { id, request_of, arrival: now, request, progress: None, fork_of }));
                 id
             })
@@ -553,7 +555,8 @@ impl Scheduler {
     fn schedule(&self, id: SeqId, n: usize, plan: &mut StepPlan, work: &mut Vec<(SeqId, usize, bool)>) {
         let seq = &self.seqs[&id];
         let start = seq.computed;
-        let samples = start + n == seq.tokens.len();
+        // A prompt-only request (an embedding) ends with its prompt: nothing samples.
+        let samples = start + n == seq.tokens.len() && seq.request.max_new_tokens > 0;
         if n == 1 && seq.generated() > 0 && samples {
             let (token, draft) = (seq.tokens[start], seq.draft.clone());
             plan.decode.push(DecodeItem { seq: id, position: start, token, draft, block_tables: seq.blocks.ids() });
@@ -846,7 +849,8 @@ impl Scheduler {
                 generated += self.start_forks(id, &mut forks, &sampled, now);
             }
             let seq = &self.seqs[&id];
-            if seq.generated() >= seq.request.max_new_tokens {
+            let prompt_only = seq.request.max_new_tokens == 0;
+            if (prompt_only && seq.computed == seq.tokens.len()) || (!prompt_only && seq.generated() >= seq.request.max_new_tokens) {
                 self.finish(id, FinishReason::Length, now);
             }
         }

@@ -92,6 +92,29 @@ fn continuous_batching_chunks_prefill_and_mixes_decodes() {
     assert_eq!(s.blocks().in_use(), 0);
 }
 
+/// An embedding's request generates nothing: its prompt runs in chunks beside a decode,
+/// none of them samples, and it ends once the prompt is computed, its blocks freed.
+#[test]
+fn a_prompt_only_request_ends_with_its_prompt() {
+    let mut s = Scheduler::new(config(continuous(16, 8, 8), 64));
+    let mut now = Time::ZERO;
+    let chat = s.submit(Request::new(prompt(4, 1), 6), now).unwrap();
+    let embed = s.submit(Request::new(prompt(20, 2), 0), now).unwrap();
+    // The same text twice in one request: each runs its own prompt (nothing to fork at).
+    let twice = s.submit_all(vec![Request::new(prompt(5, 3), 0), Request::new(prompt(5, 3), 0)], now).unwrap();
+    let plans = run(&mut s, &mut now, 20);
+    let chunks: Vec<_> = plans.iter().flat_map(|p| &p.prefill).filter(|c| c.seq == embed).collect();
+    assert_eq!(chunks.iter().map(|c| c.tokens.len()).sum::<usize>(), 20);
+    assert!(chunks.len() > 1 && chunks.iter().all(|c| !c.samples), "{chunks:?}");
+    assert!(plans.iter().any(|p| p.prefill.iter().any(|c| c.seq == embed) && p.decode.iter().any(|d| d.seq == chat)));
+    let finished = s.take_finished();
+    assert_eq!(finished.len(), 4);
+    assert!(twice.iter().all(|id| finished.iter().any(|f| f.id == *id && f.reason == FinishReason::Length)));
+    let done = finished.iter().find(|f| f.id == embed).unwrap();
+    assert_eq!((done.reason, done.generated.len(), done.prompt_tokens), (FinishReason::Length, 0, 20));
+    assert_eq!(s.blocks().in_use(), 0);
+}
+
 #[test]
 fn speculative_drafts_run_with_their_decode_and_rejected_positions_free_their_blocks() {
     let mut s = Scheduler::new(config(continuous(16, 8, 16), 64));

@@ -1,7 +1,11 @@
 //! Chat templates: the Jinja template a model ships in `tokenizer.chat_template`, rendered
 //! with minijinja the way `transformers` renders it (trim_blocks, lstrip_blocks, Python
-//! string methods, `raise_exception`).
+//! string methods, `raise_exception`, its `tojson`), with the request's `tools` where the
+//! template takes them.
 
+use std::sync::OnceLock;
+
+use minijinja::value::Kwargs;
 use minijinja::{Environment, ErrorKind, Value, context};
 
 use crate::Segment;
@@ -12,13 +16,24 @@ use serde::{Deserialize, Serialize};
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// An assistant's calls, as `transformers` passes them to templates: OpenAI's
+    /// `[{"id", "type": "function", "function": {"name", "arguments"}}]` with `arguments` an
+    /// object. Absent from the message unless set (templates test `'tool_calls' in message`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    /// A `tool` message: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self { role: role.into(), content: content.into(), tool_calls: None, tool_call_id: None }
     }
 }
+
+/// A function the probe render offers ([`ChatTemplate::tools_probe`]).
+pub const PROBE_TOOL: &str = "cinder_probe_function";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
@@ -42,6 +57,8 @@ pub struct ChatTemplate {
     /// The tokenizer adds BOS itself: a BOS the template writes first is removed from the
     /// rendered text (as llama.cpp does), so the prompt does not start with two.
     strip_bos: bool,
+    /// [`ChatTemplate::tools_probe`]'s render, made once.
+    probe: OnceLock<Option<String>>,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -62,9 +79,10 @@ impl ChatTemplate {
         env.add_function("raise_exception", |message: String| -> Result<Value, minijinja::Error> {
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
         });
+        env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE_NAME, source.to_owned())
             .map_err(|e| TemplateError::Syntax(describe(&e)))?;
-        Ok(Self { env, bos_token: bos_token.to_owned(), eos_token: eos_token.to_owned(), strip_bos: false })
+        Ok(Self { env, bos_token: bos_token.to_owned(), eos_token: eos_token.to_owned(), strip_bos: false, probe: OnceLock::new() })
     }
 
     /// The template a model ships in its GGUF metadata, with its tokenizer's BOS and EOS texts.
@@ -87,10 +105,22 @@ impl ChatTemplate {
     /// answer begins. Tokenize the result with `add_special` on: a BOS the tokenizer adds is
     /// not in the text.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, TemplateError> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// [`render`](Self::render) with `tools` (OpenAI's list, `[{"type": "function",
+    /// "function": {…}}]`) passed as `transformers`' `apply_chat_template(tools=…)` does.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, TemplateError> {
         let template = self.env.get_template(TEMPLATE_NAME).map_err(|e| TemplateError::Syntax(describe(&e)))?;
         let text = template
             .render(context! {
                 messages => messages,
+                tools => tools,
                 add_generation_prompt => add_generation_prompt,
                 bos_token => self.bos_token,
                 eos_token => self.eos_token,
@@ -100,6 +130,56 @@ impl ChatTemplate {
             Some(rest) if self.strip_bos => rest.to_owned(),
             _ => text,
         })
+    }
+
+    /// The template's render of a user's question with one tool, [`PROBE_TOOL`], offered,
+    /// if the template writes the tool into the prompt (it takes `tools`): what a request's
+    /// tools look like to the model, and so which call format it was trained on.
+    pub fn tools_probe(&self) -> Option<&str> {
+        let probe = || {
+            let tools = serde_json::json!([{"type": "function", "function": {
+                "name": PROBE_TOOL, "description": "A probe.", "parameters": {"type": "object", "properties": {}},
+            }}]);
+            let text = self.render_with_tools(&[ChatMessage::new("user", "Hi")], Some(&tools), true).ok()?;
+            text.contains(PROBE_TOOL).then_some(text)
+        };
+        self.probe.get_or_init(probe).as_deref()
+    }
+}
+
+/// `tojson` as `transformers` gives it to chat templates: Python's `json.dumps` with
+/// `ensure_ascii=False`, keys in their order, `", "` and `": "` between items, or `indent`
+/// spaces per level.
+fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, minijinja::Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let json = serde_json::to_value(value).map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    let mut out = Vec::new();
+    let written = match indent {
+        Some(n) => {
+            let spaces = vec![b' '; n];
+            json.serialize(&mut serde_json::Serializer::with_formatter(&mut out, serde_json::ser::PrettyFormatter::with_indent(&spaces)))
+        }
+        None => json.serialize(&mut serde_json::Serializer::with_formatter(&mut out, PythonSeparators)),
+    };
+    written.map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    Ok(Value::from_safe_string(String::from_utf8(out).expect("JSON is UTF-8")))
+}
+
+/// Python's default `json.dumps` separators: `", "` between items, `": "` after keys.
+struct PythonSeparators;
+
+impl serde_json::ser::Formatter for PythonSeparators {
+    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
+        if first { Ok(()) } else { writer.write_all(b", ") }
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
+        if first { Ok(()) } else { writer.write_all(b", ") }
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        writer.write_all(b": ")
     }
 }
 
@@ -115,12 +195,27 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<Vec<u32>, TemplateError> {
+        self.encode_with_tools(tokenizer, messages, None, add_generation_prompt)
+    }
+
+    /// [`encode`](Self::encode) with `tools` passed to the template
+    /// ([`render_with_tools`](Self::render_with_tools)).
+    pub fn encode_with_tools(
+        &self,
+        tokenizer: &crate::Tokenizer,
+        messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, TemplateError> {
         let mut literals = Literals::default();
         let guarded: Vec<ChatMessage> = messages
             .iter()
-            .map(|m| Ok(ChatMessage::new(literals.guard(&m.role, tokenizer)?, literals.guard(&m.content, tokenizer)?)))
+            .map(|m| {
+                let (role, content) = (literals.guard(&m.role, tokenizer)?, literals.guard(&m.content, tokenizer)?);
+                Ok(ChatMessage { role, content, ..m.clone() })
+            })
             .collect::<Result<_, TemplateError>>()?;
-        let text = self.render(&guarded, add_generation_prompt)?;
+        let text = self.render_with_tools(&guarded, tools, add_generation_prompt)?;
         let mut segments = Vec::new();
         let mut rest = 0;
         for (at, c) in text.char_indices() {

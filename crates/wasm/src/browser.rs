@@ -9,11 +9,14 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use cinder_engine::openai::embeddings::{EmbeddingsBody, EncodingFormat};
 use cinder_engine::openai::{Endpoint, GenerationBody, RequestLimits, Submission, parse};
 use cinder_engine::{Engine, Event, GenerationRequest, Grammars, Launched};
 use cinder_gguf::{ByteSource, GgufFile};
 use cinder_model::profile::Profiler;
-use cinder_model::{Backend, DeviceChoice, LoraAdapter, Model, adapter_info, set_browser_subgroups, time_layer_products, wgpu_device_async};
+use cinder_model::{
+    Backend, DeviceChoice, LoraAdapter, Model, Pooling, adapter_info, set_browser_subgroups, time_layer_products, wgpu_device_async,
+};
 use cinder_scheduler::{Priority, SeqId, TenantId, Time};
 use cinder_tokenizer::{ChatTemplate, Tokenizer};
 use js_sys::Function;
@@ -41,6 +44,8 @@ struct State {
     in_flight: bool,
     /// The longest sequence the KV pool holds (at most the model's context).
     context_length: usize,
+    /// How embeddings pool.
+    pooling: Pooling,
     /// The steps' host times and their kernels' device times since `profileStart`.
     profiling: Option<(StepTimes, Profiler)>,
 }
@@ -193,6 +198,7 @@ impl WasmEngine {
         let kv_types = options.kv_types();
         model.set_kv_types(kv_types).map_err(|e| error(format!("engine options: kv_cache_type {kv_types}: {e}")))?;
         let config = model.config().clone();
+        let pooling = options.pooling.or(config.pooling).unwrap_or(Pooling::Mean);
         let scheduler = options.scheduler(&config, backend.max_binding_bytes()).map_err(error)?;
         let adapter = backend.gpu().and_then(adapter_info);
         let info = json!({
@@ -211,6 +217,7 @@ impl WasmEngine {
             "kv_cache_type": kv_types.to_string(),
             "kv_bytes_per_token": cinder_model::PagedKvCache::bytes_per_position(&config),
             "chat_template": template.is_some(),
+            "pooling": pooling.name(),
             // Where `auto` timed both paths on a software adapter: each one's time for a
             // layer's products (null elsewhere).
             "device_timing": device_timing,
@@ -225,6 +232,7 @@ impl WasmEngine {
             streams: HashMap::new(),
             in_flight: false,
             context_length,
+            pooling,
             profiling: None,
         };
         Ok(WasmEngine { state: Rc::new(RefCell::new(state)), info })
@@ -276,16 +284,23 @@ impl WasmEngine {
         state.engine.load_adapter(&name, std::sync::Arc::new(adapter), scale).map_err(|e| adapter_error(&e))
     }
 
-    /// Queues an OpenAI completion (`chat` false: `prompt`) or chat completion (`chat`
-    /// true: `messages`) body; `on_event` receives each event of its `n` choices as a JSON
-    /// string (see [`crate::events`]). Returns the request's id.
-    pub fn submit(&self, body: &str, chat: bool, on_event: Function) -> Result<f64, JsError> {
+    /// Queues an OpenAI body for `endpoint`: `completions` (`prompt`), `chat` (`messages`)
+    /// or `embeddings` (`input`); `on_event` receives each event of its `n` choices (of
+    /// each input, for embeddings) as a JSON string (see [`crate::events`]). Returns the
+    /// request's id.
+    pub fn submit(&self, body: &str, endpoint: &str, on_event: Function) -> Result<f64, JsError> {
         let limits = RequestLimits::default();
         if body.len() > limits.max_body_bytes {
             return Err(error(format!("the body has {} bytes; at most {} are taken", body.len(), limits.max_body_bytes)));
         }
-        let endpoint = if chat { Endpoint::Chat } else { Endpoint::Completion };
-        let checked = parse::<GenerationBody>(body.as_bytes()).and_then(|b| b.check(endpoint, &limits)).map_err(error)?;
+        let endpoint = match endpoint {
+            "completions" => Endpoint::Completion,
+            "chat" => Endpoint::Chat,
+            "embeddings" => return self.submit_embeddings(body, &limits, on_event),
+            other => return Err(error(format!("unknown endpoint {other:?}: completions, chat or embeddings"))),
+        };
+        let chat = endpoint == Endpoint::Chat;
+        let mut checked = parse::<GenerationBody>(body.as_bytes()).and_then(|b| b.check(endpoint, &limits)).map_err(error)?;
         let mut state = self.state.borrow_mut();
         let state = &mut *state;
         let prompts = checked.prompts(state.engine.tokenizer(), state.template.as_ref(), state.context_length).map_err(error)?;
@@ -324,6 +339,42 @@ impl WasmEngine {
             let created = (js_sys::Date::now() / 1000.0) as u64;
             reply = reply.chat(created, checked.body().model.clone().unwrap_or_else(|| "cinder".into()), checked.tool_output());
         }
+        state.streams.insert(id, Stream { choices: ids.into_iter().zip(receivers).collect(), on_event, reply });
+        Ok(id.0 as f64)
+    }
+
+    /// An embeddings body: each input a prompt-only request, batched with the page's
+    /// generations; the last event carries the OpenAI answer.
+    fn submit_embeddings(&self, body: &str, limits: &RequestLimits, on_event: Function) -> Result<f64, JsError> {
+        let mut state = self.state.borrow_mut();
+        let state = &mut *state;
+        let width = state.engine.model().config().hidden;
+        let checked = parse::<EmbeddingsBody>(body.as_bytes()).and_then(|b| b.check(limits, width)).map_err(error)?;
+        if state.pooling == Pooling::None {
+            return Err(error("this engine pools no embedding (pooling none); load it with `pooling` mean, cls or last"));
+        }
+        let prompts = checked.prompts(state.engine.tokenizer(), state.context_length).map_err(error)?;
+        let submission = Submission {
+            context_length: state.context_length,
+            seed: 0,
+            tenant: TenantId::default(),
+            priority: checked.priority.unwrap_or_default(),
+            max_priority: Priority::Critical,
+            constraint: None,
+            adapter: None,
+        };
+        let (requests, receivers): (Vec<_>, Vec<_>) = (checked.requests(&prompts, state.pooling, submission))
+            .into_iter()
+            .map(|request| {
+                let (sender, events) = unbounded_channel();
+                ((request, sender), events)
+            })
+            .unzip();
+        let ids = state.engine.submit_all(requests, now()).map_err(error)?;
+        let id = ids[0];
+        let model = checked.body().model.clone().unwrap_or_else(|| "cinder".into());
+        let base64 = checked.encoding_format == EncodingFormat::Base64;
+        let reply = Reply::new(id.0, ids.len(), false).embeddings(model, checked.dimensions, base64);
         state.streams.insert(id, Stream { choices: ids.into_iter().zip(receivers).collect(), on_event, reply });
         Ok(id.0 as f64)
     }

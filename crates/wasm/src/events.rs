@@ -12,11 +12,14 @@
 //! A chat request's events also carry its OpenAI answer, built by the same typed module as
 //! the server's ([`cinder_engine::openai::response`]): `chunk`, the `chat.completion.chunk`
 //! the event makes (absent when it makes none), and on the last event `usage_chunk` and
-//! `completion`, the whole `chat.completion` with every choice.
+//! `completion`, the whole `chat.completion` with every choice. An embeddings request's
+//! last event carries `embeddings`, the whole answer of `/v1/embeddings` (each input a
+//! choice).
 
 use cinder_engine::Event;
 use cinder_engine::openai::response::{self, Body, Endpoint, Usage};
 use cinder_engine::openai::stream::{ChunkSequencer, Extras};
+use cinder_engine::openai::embeddings::finish_vector;
 use cinder_engine::openai::{ToolOutput, finish_reason};
 use cinder_tokenizer::Tokenizer;
 use serde_json::{Value, json};
@@ -28,13 +31,24 @@ struct ChatLabel {
     model: String,
 }
 
-/// A request's answer so far: its `n` choices, and the OpenAI objects of a chat request.
+/// An embeddings request's vectors as its inputs finish.
+struct Embeddings {
+    model: String,
+    dimensions: Option<usize>,
+    base64: bool,
+    vectors: Vec<Vec<f32>>,
+    prompt_tokens: usize,
+}
+
+/// A request's answer so far: its `n` choices, and the OpenAI objects of a chat or
+/// embeddings request.
 pub struct Reply {
     id: u64,
     n: usize,
     logprobs: bool,
     chunks: ChunkSequencer,
     chat: Option<ChatLabel>,
+    embeddings: Option<Embeddings>,
 }
 
 impl Reply {
@@ -42,7 +56,7 @@ impl Reply {
     /// reporting `logprobs` when the body asked for them.
     pub fn new(id: u64, n: usize, logprobs: bool) -> Self {
         let chunks = Self::sequencer(Endpoint::Completion, id, n, logprobs, ToolOutput::Text);
-        Self { id, n, logprobs, chunks, chat: None }
+        Self { id, n, logprobs, chunks, chat: None, embeddings: None }
     }
 
     fn sequencer(endpoint: Endpoint, id: u64, n: usize, logprobs: bool, tools: ToolOutput) -> ChunkSequencer {
@@ -56,6 +70,13 @@ impl Reply {
         let chunks = Self::sequencer(Endpoint::Chat, self.id, self.n, self.logprobs, tools);
         let chat = ChatLabel { id: format!("{}-{}", Endpoint::Chat.id_prefix(), self.id), created, model };
         Self { chunks, chat: Some(chat), ..self }
+    }
+
+    /// Also builds the embeddings answer of `model`: each choice an input's vector, cut to
+    /// `dimensions`, as numbers or `base64`.
+    pub fn embeddings(self, model: String, dimensions: Option<usize>, base64: bool) -> Self {
+        let vectors = vec![Vec::new(); self.n];
+        Self { embeddings: Some(Embeddings { model, dimensions, base64, vectors, prompt_tokens: 0 }), ..self }
     }
 
     /// Whether every choice finished.
@@ -96,6 +117,12 @@ impl Reply {
                 value
             }
         };
+        if let (Event::Finished(f), Some(embeddings)) = (event, &mut self.embeddings) {
+            embeddings.prompt_tokens += f.prompt_tokens;
+            if let (Some(vector), Some(slot)) = (&f.embedding, embeddings.vectors.get_mut(index)) {
+                *slot = finish_vector(vector.clone(), embeddings.dimensions);
+            }
+        }
         let chunk = self.chunks.event(tokenizer, index, event);
         match (&self.chat, chunk) {
             (Some(chat), Some(choice)) => value["chunk"] = Self::body(chat, Endpoint::Chat.chunk_object(), vec![choice], None),
@@ -104,6 +131,9 @@ impl Reply {
         }
         if matches!(event, Event::Finished(_)) && self.done() {
             value["done"] = json!(true);
+            if let Some(e) = &self.embeddings {
+                value["embeddings"] = response::embeddings(&e.model, &e.vectors, e.base64, e.prompt_tokens);
+            }
             if let Some(chat) = &self.chat {
                 let usage = Some(self.chunks.usage());
                 value["usage_chunk"] = Self::body(chat, Endpoint::Chat.chunk_object(), Vec::new(), usage);
@@ -116,6 +146,7 @@ impl Reply {
 
 #[cfg(test)]
 mod tests {
+    use cinder_engine::openai::ToolFormat;
     use cinder_engine::{Finished, TokenLogprob};
     use cinder_gguf::GgufFile;
     use cinder_model::tiny::TinyModel;
@@ -143,6 +174,7 @@ mod tests {
             finished: Time(2),
             preemptions: 0,
             speculative: None,
+            embedding: None,
         })
     }
 
@@ -213,9 +245,28 @@ mod tests {
     }
 
     #[test]
+    fn embeddings_answer_once_every_input_finished() {
+        let tokenizer = tokenizer();
+        let mut reply = Reply::new(6, 2, false).embeddings("m".into(), Some(2), false);
+        let with = |vector: Vec<f32>, prompt: usize| match finished(FinishReason::Length, "", prompt, 0) {
+            Event::Finished(f) => Event::Finished(Finished { embedding: Some(vector), ..f }),
+            _ => unreachable!(),
+        };
+        let one = json(&mut reply, &tokenizer, 1, &with(vec![0.0, 2.0, 9.0], 3));
+        assert!(one.get("embeddings").is_none(), "input 0 is still running: {one}");
+        let both = json(&mut reply, &tokenizer, 0, &with(vec![3.0, 4.0, 9.0], 4));
+        assert_eq!(both["done"], true);
+        let answer = &both["embeddings"];
+        assert_eq!(answer["object"], "list");
+        assert_eq!(answer["data"][0], json!({"object": "embedding", "index": 0, "embedding": [0.6f32, 0.8f32]}));
+        assert_eq!(answer["data"][1]["embedding"], json!([0.0, 1.0]));
+        assert_eq!(answer["usage"], json!({"prompt_tokens": 7, "total_tokens": 7}));
+    }
+
+    #[test]
     fn a_call_list_streams_as_written_and_is_answered_as_tool_calls() {
         let tokenizer = tokenizer();
-        let mut reply = Reply::new(4, 1, false).chat(100, "m".into(), ToolOutput::Calls);
+        let mut reply = Reply::new(4, 1, false).chat(100, "m".into(), ToolOutput::Calls(ToolFormat::JsonList));
         // The call's name goes out once written, with the role; then its arguments.
         let named = json(&mut reply, &tokenizer, 0, &token(1, r#"[{"name": "get_weather", "#, None));
         let delta = &named["chunk"]["choices"][0]["delta"];
@@ -235,7 +286,7 @@ mod tests {
         assert_eq!(call["type"], "function");
 
         // Under `auto`, text that cannot be a list goes out as text.
-        let mut reply = Reply::new(5, 1, false).chat(100, "m".into(), ToolOutput::MaybeCalls);
+        let mut reply = Reply::new(5, 1, false).chat(100, "m".into(), ToolOutput::MaybeCalls(ToolFormat::JsonList));
         let text = json(&mut reply, &tokenizer, 0, &token(1, "Sunny", None));
         assert_eq!(text["chunk"]["choices"][0]["delta"]["content"], "Sunny");
         let end = json(&mut reply, &tokenizer, 0, &finished(FinishReason::Stop, "", 5, 1));

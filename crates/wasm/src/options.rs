@@ -1,7 +1,7 @@
 //! The options of `WasmEngine.load`: the KV pool and the batching limits.
 
 use cinder_engine::Engine;
-use cinder_model::{DeviceChoice, KvType, KvTypes, ModelConfig};
+use cinder_model::{DeviceChoice, KvType, KvTypes, ModelConfig, Pooling};
 use cinder_scheduler::{BatchPolicy, SchedulerConfig};
 use serde::Deserialize;
 
@@ -33,6 +33,9 @@ pub struct EngineOptions {
     pub device: DeviceChoice,
     /// Most LoRA adapters loaded at once (`Engine.load`'s `loras`).
     pub max_loras: usize,
+    /// How `embeddings.create` pools a prompt's rows: `mean`, `cls`, `last` or `none`
+    /// [default: the file's `pooling_type`; mean where the file names none].
+    pub pooling: Option<Pooling>,
 }
 
 impl Default for EngineOptions {
@@ -49,6 +52,7 @@ impl Default for EngineOptions {
             subgroups: false,
             device: DeviceChoice::Auto,
             max_loras: 4,
+            pooling: None,
         }
     }
 }

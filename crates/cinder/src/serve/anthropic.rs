@@ -51,7 +51,11 @@ pub async fn count_tokens(State(s): State<Shared>, Extension(tenant): Extension<
     let counted = async {
         let checked = parse::<MessagesBody>(&body?.0)?.into_chat(true)?.check(Endpoint::Chat, &s.limits)?;
         let (model, _) = s.models.route(checked.body().model.as_deref(), None, None, 0)?;
-        let prompts = off_runtime(move || checked.prompts(&model.tokenizer, model.template.as_ref(), model.context_length)).await??;
+        let prompts = off_runtime(move || {
+            let mut checked = checked;
+            checked.prompts(&model.tokenizer, model.template.as_ref(), model.context_length)
+        })
+        .await??;
         Ok(json!({"input_tokens": prompts[0].len()}))
     };
     reply(&s, &tenant, counted.await)

@@ -44,6 +44,10 @@ pub struct ServeConfig {
     /// LoRA adapters to serve (`--lora NAME=PATH[:SCALE]` replaces them).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub loras: Vec<LoraEntry>,
+    /// How `/v1/embeddings` pools a prompt's rows for every model: mean, cls or last
+    /// (`--pooling`) [default: each file's `pooling_type`; mean where the file names none].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pooling: Option<cinder_model::Pooling>,
 }
 
 /// `max_loras`.

@@ -318,6 +318,7 @@ mod tests {
             finished: cinder_scheduler::Time(5),
             preemptions: 0,
             speculative: None,
+            embedding: None,
         };
         m.finished("tiny", "alice", &failed);
         m.finished("tiny", "bob", &Finished { scheduled: Some(cinder_scheduler::Time(2_000_000)), ..failed.clone() });

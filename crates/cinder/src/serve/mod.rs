@@ -13,6 +13,7 @@ mod anthropic;
 mod api;
 mod config;
 mod connections;
+mod embeddings;
 mod events;
 pub(crate) mod loras;
 mod metrics;
@@ -181,10 +182,18 @@ pub struct ServeArgs {
     /// Allow browsers from this origin (repeatable; `*` allows any).
     #[arg(long)]
     cors_origin: Vec<String>,
+    /// How `/v1/embeddings` pools a prompt's rows: mean, cls, last, or none (no embeddings)
+    /// [default: the file's `pooling_type`; mean where the file names none].
+    #[arg(long, env = "CINDER_POOLING", value_parser = parse_pooling)]
+    pooling: Option<cinder_model::Pooling>,
     /// Serve the browser demo from this folder (`web/dist`, built by scripts/build-web.sh)
     /// at `/`, and the loaded model file at `/model.gguf` for the page to fetch.
     #[arg(long, env = "CINDER_WEB")]
     web: Option<PathBuf>,
+}
+
+fn parse_pooling(value: &str) -> Result<cinder_model::Pooling, String> {
+    cinder_model::Pooling::from_name(value).ok_or_else(|| format!("`{value}` is not a pooling: mean, cls, last or none"))
 }
 
 /// `--default-deadline-ms`: `MS`, or `PRIORITY=MS[,PRIORITY=MS...]`.
@@ -233,6 +242,7 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<config::ServeConfig> {
         config.loras = args.loras.clone();
     }
     config.max_loras.0 = args.max_loras.unwrap_or(config.max_loras.0);
+    config.pooling = args.pooling.or(config.pooling);
     if !args.models.is_empty() {
         let specs = model_specs(args, &config)?;
         config.models = specs.into_iter().map(|m| config::ModelEntry { name: m.name, path: m.path }).collect();
@@ -488,6 +498,7 @@ impl Loader {
             template,
             grammars,
             context_length,
+            pooling: self.config.pooling.or(config.pooling).unwrap_or(cinder_model::Pooling::Mean),
             config,
             adapters: std::sync::RwLock::new(adapters),
         })
@@ -524,6 +535,7 @@ fn router(args: &ServeArgs, state: Arc<AppState>, model_path: &Path) -> anyhow::
     let mut private = Router::new()
         .route("/v1/completions", post(routes::completions))
         .route("/v1/chat/completions", post(routes::chat_completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route("/v1/responses", post(responses::create))

@@ -26,6 +26,8 @@ pub struct ServedModel {
     /// Compiles `response_format` schemas and tool-call grammars for the vocabulary.
     pub grammars: Grammars,
     pub context_length: usize,
+    /// How its embeddings pool (`--pooling`, else the file's).
+    pub pooling: cinder_model::Pooling,
     /// The model's description, which adapters are read against.
     pub config: cinder_model::ModelConfig,
     /// Its LoRA adapters by name, as its engine has them loaded.

@@ -24,7 +24,7 @@ use tokio_stream::{Stream, StreamMap};
 use cinder_engine::openai::response::{self, Body, Endpoint, Message, Output, Usage};
 use cinder_engine::Constraint;
 use cinder_engine::openai::stream::{ChunkSequencer, Extras};
-use cinder_engine::openai::{Checked, GenerationBody, RequestLimits, Submission, ToolCall, ToolOutput, finish_reason, parse, parse_tool_calls};
+use cinder_engine::openai::{Checked, GenerationBody, RequestLimits, Submission, ToolCall, ToolOutput, finish_reason, parse};
 use cinder_scheduler::admission::Applicant;
 use cinder_scheduler::{FinishReason, TenantId};
 
@@ -205,7 +205,7 @@ impl Run {
 
     /// A choice's calls, when it may make some and its whole output is a call list.
     pub(super) fn read_calls(&self, output: &str) -> Option<Vec<ToolCall>> {
-        (self.tool_output != ToolOutput::Text).then(|| parse_tool_calls(output)).flatten()
+        self.tool_output.calls(output)
     }
 
     /// A body around `choices`: a response, or a chunk when `chunk`.
@@ -242,6 +242,7 @@ pub(super) async fn start(s: &Shared, tenant: &Arc<Tenant>, kind: Endpoint, body
     let (checked, prompts) = off_runtime({
         let model = model.clone();
         move || {
+            let mut checked = checked;
             let prompts = checked.prompts(&model.tokenizer, model.template.as_ref(), model.context_length);
             (checked, prompts)
         }
@@ -319,7 +320,7 @@ async fn compile_grammar(s: &Shared, model: &ServedModel, checked: Checked) -> R
     }
 }
 
-fn random_seed(id: u64) -> u64 {
+pub(super) fn random_seed(id: u64) -> u64 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     (nanos ^ id.rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }

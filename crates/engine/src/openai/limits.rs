@@ -12,6 +12,8 @@ pub struct RequestLimits {
     pub max_body_bytes: usize,
     /// Prompts in one completion request (`prompt` as a list).
     pub max_prompts: usize,
+    /// Inputs of one embeddings request (each its own sequence, batched with the others).
+    pub max_embedding_inputs: usize,
     /// Choices per prompt (`n`).
     pub max_n: usize,
     /// Sequences one request runs: its prompts times `n`.
@@ -56,6 +58,7 @@ impl Default for RequestLimits {
         Self {
             max_body_bytes: 4 << 20,
             max_prompts: 32,
+            max_embedding_inputs: 2048,
             max_n: 16,
             max_sequences: 64,
             max_prompt_tokens: None,
@@ -82,6 +85,7 @@ impl RequestLimits {
         let counts = [
             ("max_body_bytes", Some(self.max_body_bytes)),
             ("max_prompts", Some(self.max_prompts)),
+            ("max_embedding_inputs", Some(self.max_embedding_inputs)),
             ("max_n", Some(self.max_n)),
             ("max_sequences", Some(self.max_sequences)),
             ("max_prompt_tokens", self.max_prompt_tokens),

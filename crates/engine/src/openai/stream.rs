@@ -174,6 +174,7 @@ mod tests {
             finished: Time(2),
             preemptions: 0,
             speculative: None,
+            embedding: None,
         })
     }
 

@@ -10,7 +10,7 @@ use cinder_gguf::{GgmlType, GgufFile, TensorInfo};
 use super::{Ops, activation};
 use crate::arch::{Activation, RopeLayout};
 use crate::attention::ScoreRule;
-use crate::logits::{Logits, PendingLogits};
+use crate::logits::Logits;
 use crate::paged::{BatchLayout, PagedKvCache, PoolShape};
 use crate::{ModelConfig, ModelError};
 
@@ -162,7 +162,19 @@ impl Ops for CpuOps {
         x
     }
 
-    fn logits(&self, x: Option<HostRows>, vocab: usize) -> PendingLogits {
-        PendingLogits::new(x.map(|x| Logits::Host(x.data)), vocab)
+    fn sum_groups(&self, x: HostRows, lens: &[usize]) -> HostRows {
+        let width = x.width;
+        let mut data = vec![0.0; lens.len() * width];
+        let mut rows = x.data.chunks(width);
+        for (sum, &n) in data.chunks_mut(width).zip(lens) {
+            for row in rows.by_ref().take(n) {
+                sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+            }
+        }
+        HostRows { data, width }
+    }
+
+    fn read_back(&self, x: HostRows) -> Logits {
+        Logits::Host(x.data)
     }
 }

@@ -12,7 +12,7 @@ use crate::arch::{Activation, RopeLayout};
 use crate::attention::{Attention, ScoreRule};
 use crate::fused::{gated, rms_norm, rope};
 use crate::linear::Linear;
-use crate::logits::{Logits, PendingLogits};
+use crate::logits::Logits;
 use crate::lora::{DeviceLora, DeviceLoraRows};
 use crate::paged::{BatchBuffer, BatchLayout, PagedKvCache, PoolShape};
 use crate::{ModelConfig, ModelError};
@@ -162,8 +162,20 @@ impl Ops for GpuOps {
         x.div_scalar(cap).tanh().mul_scalar(cap)
     }
 
-    fn logits(&self, x: Option<Tensor<2>>, vocab: usize) -> PendingLogits {
-        PendingLogits::new(x.map(Logits::Device), vocab)
+    fn sum_groups(&self, x: Tensor<2>, lens: &[usize]) -> Tensor<2> {
+        if lens.iter().all(|&n| n == 1) {
+            return x;
+        }
+        let mut start = 0;
+        let sums = lens.iter().map(|&n| {
+            start += n;
+            x.clone().slice([start - n..start]).sum_dim(0)
+        });
+        Tensor::cat(sums.collect(), 0)
+    }
+
+    fn read_back(&self, x: Tensor<2>) -> Logits {
+        Logits::Device(x)
     }
 }
 
