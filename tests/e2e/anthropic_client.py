@@ -48,6 +48,15 @@ print("streamed:", pieces)
 assert len(pieces) > 1 and "".join(pieces) == text, (pieces, text)
 assert final.stop_reason == message.stop_reason and final.usage.output_tokens == message.usage.output_tokens, final
 
+# A stop sequence ends the message, which names it, whole and streamed.
+stopped = client.messages.create(model=model, max_tokens=12, extra_body=greedy, messages=question, stop_sequences=["Paris"])
+assert stopped.stop_reason == "stop_sequence" and stopped.stop_sequence == "Paris", stopped
+assert "".join(block.text for block in stopped.content) == text[:text.index("Paris")], stopped
+with client.messages.stream(model=model, max_tokens=12, extra_body=greedy, messages=question, stop_sequences=["Paris"]) as stream:
+    list(stream.text_stream)
+    final = stream.get_final_message()
+assert final.stop_reason == "stop_sequence" and final.stop_sequence == "Paris", final
+
 # A tool round trip: the model must call the tool, the result goes back as tool_result.
 tools = [{
     "name": "get_weather",

@@ -248,17 +248,26 @@ pub fn usage(input_tokens: usize, output_tokens: usize) -> Value {
     json!({"input_tokens": input_tokens, "output_tokens": output_tokens})
 }
 
-/// A whole answer: its text, or its calls, with why it ended.
-pub fn message(id: &str, model: &str, text: &str, calls: Option<&[ToolCall]>, finish_reason: &str, usage: Value) -> Value {
+/// Why a message ended, Anthropic's `stop_reason`, and the stop sequence that ended it.
+fn ending(finish_reason: &str, stop_sequence: Option<&str>) -> Value {
+    match stop_sequence {
+        Some(stop) => json!({"stop_reason": "stop_sequence", "stop_sequence": stop}),
+        None => json!({"stop_reason": stop_reason(finish_reason), "stop_sequence": null}),
+    }
+}
+
+/// A whole answer: its text, or its calls, with why it ended (`stop_sequence`: the stop
+/// string that ended it).
+pub fn message(id: &str, model: &str, text: &str, calls: Option<&[ToolCall]>, finish_reason: &str, stop_sequence: Option<&str>, usage: Value) -> Value {
     let content: Vec<Value> = match calls {
         Some(calls) => calls.iter().enumerate().map(|(i, call)| tool_use(id, i, call)).collect(),
         None => vec![json!({"type": "text", "text": text})],
     };
-    let reason = if calls.is_some() { "tool_use" } else { stop_reason(finish_reason) };
-    json!({
-        "id": id, "type": "message", "role": "assistant", "model": model, "content": content,
-        "stop_reason": reason, "stop_sequence": null, "usage": usage,
-    })
+    let mut message = json!({"id": id, "type": "message", "role": "assistant", "model": model, "content": content});
+    let ending = if calls.is_some() { json!({"stop_reason": "tool_use", "stop_sequence": null}) } else { ending(finish_reason, stop_sequence) };
+    message.as_object_mut().expect("an object").extend(ending.as_object().expect("an object").clone());
+    message["usage"] = usage;
+    message
 }
 
 /// A message's stream: the events of one choice's chunks, as `(event name, data)`.
@@ -269,6 +278,8 @@ pub struct MessageEvents {
     blocks: usize,
     /// The block open now, if any.
     open: Option<OpenBlock>,
+    /// The stop string that ended the message, once it ended so.
+    stop_sequence: Option<String>,
 }
 
 /// The kind of the content block being written.
@@ -285,7 +296,12 @@ impl MessageEvents {
             "id": id, "type": "message", "role": "assistant", "model": model, "content": [],
             "stop_reason": null, "stop_sequence": null, "usage": usage(input_tokens, 0),
         });
-        (Self { id: id.to_owned(), blocks: 0, open: None }, ("message_start", json!({"type": "message_start", "message": message})))
+        (Self { id: id.to_owned(), blocks: 0, open: None, stop_sequence: None }, ("message_start", json!({"type": "message_start", "message": message})))
+    }
+
+    /// The stop string that ended the message (its last chunk reports it).
+    pub fn stopped_by(&mut self, stop_sequence: Option<String>) {
+        self.stop_sequence = stop_sequence;
     }
 
     fn close(&mut self, out: &mut Vec<(&'static str, Value)>) {
@@ -331,7 +347,7 @@ impl MessageEvents {
         }
         if let Some(reason) = choice.finish_reason {
             self.close(&mut out);
-            let delta = json!({"stop_reason": stop_reason(reason), "stop_sequence": null});
+            let delta = ending(reason, self.stop_sequence.as_deref());
             out.push(("message_delta", json!({"type": "message_delta", "delta": delta, "usage": {"output_tokens": output_tokens}})));
             out.push(("message_stop", json!({"type": "message_stop"})));
         }

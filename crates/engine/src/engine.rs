@@ -752,6 +752,7 @@ impl Engine {
             let embedding = active.embedding.filter(|_| reason == FinishReason::Length).and_then(|e| e.finish());
             let mut finished = finished(done, reason, text, error, speculative);
             finished.embedding = embedding;
+            finished.stop_sequence = active.stops.matched().map(str::to_owned);
             let _ = active.events.send(Event::Finished(finished));
         }
         // A failure leaves the adapter unloading, tried again after the next request ends.
@@ -838,6 +839,7 @@ fn finished(
         preemptions: done.preemptions,
         speculative,
         embedding: None,
+        stop_sequence: None,
     }
 }
 

@@ -934,21 +934,30 @@ impl Checked {
         let template = template.ok_or_else(|| InvalidRequest::new("this model has no chat template; use a completion", None))?;
         let messages = self.body.messages.as_deref().unwrap_or_default();
         let mut messages: Vec<ChatMessage> = messages.iter().map(|m| m.chat_message(self.format)).collect::<Result<_, InvalidRequest>>()?;
-        let mut listed = None;
-        if let Some((tools, required)) = self.callable() {
-            if self.format.in_template() {
-                listed = Some(serde_json::Value::from(tools.iter().map(|t| t.listed()).collect::<Vec<_>>()));
-            } else {
-                let tools = tools::tool_prompt(&tools, required);
-                match messages.first_mut().filter(|m| m.role == "system") {
-                    Some(system) => system.content = format!("{}\n\n{tools}", system.content),
-                    None => messages.insert(0, ChatMessage::new("system", tools)),
-                }
-            }
+        let encode = |messages: &[ChatMessage], tools: Option<&serde_json::Value>| {
+            template.encode_with_tools(tokenizer, messages, tools, true).map_err(|e| InvalidRequest::new(format!("chat template: {e}"), Some("messages")))
+        };
+        let Some((tools, required)) = self.callable() else { return encode(&messages, None) };
+        if self.format.in_template() {
+            return encode(&messages, Some(&serde_json::Value::from(tools.iter().map(|t| t.listed()).collect::<Vec<_>>())));
         }
-        template
-            .encode_with_tools(tokenizer, &messages, listed.as_ref(), true)
-            .map_err(|e| InvalidRequest::new(format!("chat template: {e}"), Some("messages")))
+        let tools = tools::tool_prompt(&tools, required);
+        if let Some(system) = messages.first_mut().filter(|m| m.role == "system") {
+            system.content = format!("{}\n\n{tools}", system.content);
+            return encode(&messages, None);
+        }
+        let mut with_system = messages.clone();
+        with_system.insert(0, ChatMessage::new("system", tools.clone()));
+        encode(&with_system, None).or_else(|refused| {
+            // A template without a system role (Gemma's): the tools open the first message.
+            match messages.first_mut() {
+                Some(first) => {
+                    first.content = format!("{tools}\n\n{}", first.content);
+                    encode(&messages, None)
+                }
+                None => Err(refused),
+            }
+        })
     }
 
     /// Most new tokens of a choice of a `prompt`-token prompt: `max_completion_tokens` or

@@ -107,6 +107,8 @@ pub struct Finished {
     pub speculative: Option<SpeculativeUsage>,
     /// An embedding request's vector (pooled, not normalised), when it completed.
     pub embedding: Option<Vec<f32>>,
+    /// The stop string that ended it, when one did.
+    pub stop_sequence: Option<String>,
 }
 
 /// A request's speculative decoding: draft tokens proposed and verified, and how many of

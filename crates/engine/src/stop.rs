@@ -9,8 +9,8 @@ pub struct StopMatcher {
     /// bounded by the stop strings, not by the output's length.
     longest: usize,
     held: String,
-    /// A stop string was found: nothing more is released.
-    stopped: bool,
+    /// The stop string found: nothing more is released.
+    matched: Option<String>,
 }
 
 /// What a piece of text releases.
@@ -26,20 +26,20 @@ impl StopMatcher {
     pub fn new(stops: Vec<String>) -> Self {
         let stops: Vec<String> = stops.into_iter().filter(|s| !s.is_empty()).collect();
         let longest = stops.iter().map(String::len).max().unwrap_or(0);
-        Self { stops, longest, held: String::new(), stopped: false }
+        Self { stops, longest, held: String::new(), matched: None }
     }
 
     /// Adds `piece` and returns what can be sent.
     pub fn push(&mut self, piece: &str) -> Released {
-        if self.stopped {
+        if self.matched.is_some() {
             return Released { text: String::new(), stopped: true };
         }
         self.held.push_str(piece);
-        let first_stop = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min();
-        if let Some(at) = first_stop {
+        let first_stop = self.stops.iter().filter_map(|s| Some((self.held.find(s.as_str())?, s))).min_by_key(|(at, _)| *at);
+        if let Some((at, stop)) = first_stop {
             let text = self.held[..at].to_owned();
             self.held.clear();
-            self.stopped = true;
+            self.matched = Some(stop.clone());
             return Released { text, stopped: true };
         }
         // Only a tail shorter than the longest stop string can still become one.
@@ -49,6 +49,11 @@ impl StopMatcher {
         let text = self.held[..split].to_owned();
         self.held.drain(..split);
         Released { text, stopped: false }
+    }
+
+    /// The stop string that ended the text, if one did.
+    pub fn matched(&self) -> Option<&str> {
+        self.matched.as_deref()
     }
 
     /// The text held back, released at the end of generation.
@@ -100,8 +105,10 @@ mod tests {
 
     #[test]
     fn nothing_is_released_after_a_stop() {
-        let mut m = StopMatcher::new(vec!["x".into()]);
+        let mut m = StopMatcher::new(vec!["b".into(), "x".into()]);
+        assert_eq!(m.matched(), None);
         assert!(m.push("axb").stopped);
+        assert_eq!(m.matched(), Some("x"), "the stop found first is the one reported");
         assert_eq!(m.push("more"), Released { text: String::new(), stopped: true });
         assert_eq!(m.finish(), "");
     }

@@ -50,6 +50,26 @@ struct State {
     profiling: Option<(StepTimes, Profiler)>,
 }
 
+impl State {
+    /// Submits one page request's sequences, admitted together, and streams their events to
+    /// `on_event` through the reply `reply` makes of the first sequence's id and their count.
+    /// Returns the request's id.
+    fn start(&mut self, requests: Vec<GenerationRequest>, on_event: Function, reply: impl FnOnce(u64, usize) -> Reply) -> Result<f64, JsError> {
+        let (requests, receivers): (Vec<_>, Vec<_>) = requests
+            .into_iter()
+            .map(|request| {
+                let (sender, events) = unbounded_channel();
+                ((request, sender), events)
+            })
+            .unzip();
+        let ids = self.engine.submit_all(requests, now()).map_err(error)?;
+        let id = ids[0];
+        let reply = reply(id.0, ids.len());
+        self.streams.insert(id, Stream { choices: ids.into_iter().zip(receivers).collect(), on_event, reply });
+        Ok(id.0 as f64)
+    }
+}
+
 /// The model file as the page holds it for WebGPU, a JavaScript `Uint8Array` outside
 /// WebAssembly memory, read by ranges as the loader asks: the file is never copied whole
 /// into the module's memory, which never shrinks, when its weights go to the GPU.
@@ -324,23 +344,14 @@ impl WasmEngine {
             constraint: constraint.as_ref(),
             adapter: adapter.as_deref(),
         };
-        let (requests, receivers): (Vec<_>, Vec<_>) = (checked.requests(&prompts, submission).map_err(error)?)
-            .into_iter()
-            .map(|request| {
-                let (sender, events) = unbounded_channel();
-                ((request, sender), events)
-            })
-            .unzip();
         // The `n` choices are admitted together and fork from one prefill.
-        let ids = state.engine.submit_all(requests, now()).map_err(error)?;
-        let id = ids[0];
-        let mut reply = Reply::new(id.0, checked.n, checked.logprobs.is_some());
-        if chat {
-            let created = (js_sys::Date::now() / 1000.0) as u64;
-            reply = reply.chat(created, checked.body().model.clone().unwrap_or_else(|| "cinder".into()), checked.tool_output());
-        }
-        state.streams.insert(id, Stream { choices: ids.into_iter().zip(receivers).collect(), on_event, reply });
-        Ok(id.0 as f64)
+        state.start(checked.requests(&prompts, submission).map_err(error)?, on_event, |id, _| {
+            let reply = Reply::new(id, checked.n, checked.logprobs.is_some());
+            match chat {
+                true => reply.chat((js_sys::Date::now() / 1000.0) as u64, checked.body().model.clone().unwrap_or_else(|| "cinder".into()), checked.tool_output()),
+                false => reply,
+            }
+        })
     }
 
     /// An embeddings body: each input a prompt-only request, batched with the page's
@@ -363,20 +374,11 @@ impl WasmEngine {
             constraint: None,
             adapter: None,
         };
-        let (requests, receivers): (Vec<_>, Vec<_>) = (checked.requests(&prompts, state.pooling, submission))
-            .into_iter()
-            .map(|request| {
-                let (sender, events) = unbounded_channel();
-                ((request, sender), events)
-            })
-            .unzip();
-        let ids = state.engine.submit_all(requests, now()).map_err(error)?;
-        let id = ids[0];
         let model = checked.body().model.clone().unwrap_or_else(|| "cinder".into());
         let base64 = checked.encoding_format == EncodingFormat::Base64;
-        let reply = Reply::new(id.0, ids.len(), false).embeddings(model, checked.dimensions, base64);
-        state.streams.insert(id, Stream { choices: ids.into_iter().zip(receivers).collect(), on_event, reply });
-        Ok(id.0 as f64)
+        state.start(checked.requests(&prompts, state.pooling, submission), on_event, |id, inputs| {
+            Reply::new(id, inputs, false).embeddings(model, checked.dimensions, base64)
+        })
     }
 
     /// Ends request `id` (every choice); each gets a `finished` event with `finish_reason`

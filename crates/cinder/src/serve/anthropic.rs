@@ -41,7 +41,8 @@ pub async fn messages(State(s): State<Shared>, Extension(tenant): Extension<Arc<
         let finished = choice.finished.as_ref().expect("gathered choices finished");
         let calls = run.read_calls(&choice.text);
         let usage = anthropic::usage(finished.prompt_tokens, finished.completion_tokens);
-        anthropic::message(&message_id(&run), &run.served_as, &choice.text, calls.as_deref(), finish_reason(finished.reason), usage)
+        let stop_sequence = finished.stop_sequence.as_deref();
+        anthropic::message(&message_id(&run), &run.served_as, &choice.text, calls.as_deref(), finish_reason(finished.reason), stop_sequence, usage)
     });
     reply(&s, &tenant, answer)
 }
@@ -84,6 +85,10 @@ pub async fn error_shape(request: Request, next: Next) -> Response {
 }
 
 impl EventSequence for MessageEvents {
+    fn finished(&mut self, finished: &cinder_engine::Finished) {
+        self.stopped_by(finished.stop_sequence.clone());
+    }
+
     fn chunk(&mut self, choice: &Choice, (_, output_tokens): (usize, usize)) -> Vec<(&'static str, Value)> {
         MessageEvents::chunk(self, choice, output_tokens)
     }

@@ -22,6 +22,8 @@ pub(super) trait EventSequence: Send + Unpin + 'static {
     fn chunk(&mut self, choice: &Choice, tokens: (usize, usize)) -> Vec<(&'static str, Value)>;
     /// The event that reports a failure mid-stream, where no status can be set.
     fn error(&self, message: &str) -> (&'static str, Value);
+    /// Hears how the request ended, before its last chunk.
+    fn finished(&mut self, _finished: &cinder_engine::Finished) {}
 }
 
 pub(super) fn named((name, data): (&'static str, Value)) -> SseEvent {
@@ -57,6 +59,7 @@ impl<E: EventSequence> NamedEvents<E> {
                 self.receiver = None;
                 self.s.metrics.finished(&self.run.model.name, self.run.tenant(), f);
                 self.output_tokens = f.completion_tokens;
+                self.events.finished(f);
                 if let Some(error) = &f.error {
                     self.pending.push_back(named(self.events.error(error)));
                     return;

@@ -319,6 +319,7 @@ mod tests {
             preemptions: 0,
             speculative: None,
             embedding: None,
+            stop_sequence: None,
         };
         m.finished("tiny", "alice", &failed);
         m.finished("tiny", "bob", &Finished { scheduled: Some(cinder_scheduler::Time(2_000_000)), ..failed.clone() });

@@ -175,6 +175,7 @@ mod tests {
             preemptions: 0,
             speculative: None,
             embedding: None,
+            stop_sequence: None,
         })
     }
 
