@@ -178,7 +178,7 @@ async function main() {
         const inputs = ['The capital of France is Paris.', 'Embeddings turn text into vectors.'];
         const embedded = await engine.embeddings.create({ input: inputs, encoding_format: 'float' });
         out.embeddings = { object: embedded.object, vectors: embedded.data.map((d) => d.embedding), usage: embedded.usage };
-        const cut = await engine.embeddings.create({ input: inputs[0], dimensions: 8 });
+        const cut = await engine.embeddings.create({ input: inputs[0], dimensions: 8, encoding_format: 'base64' });
         out.embeddings.base64 = cut.data[0].embedding;
         try {
           await engine.embeddings.create({ input: [] });

@@ -86,7 +86,7 @@ fn check_api(server: &Server, api: &Value, max_tokens: usize) {
         let dot: f64 = a.iter().zip(b).map(|(x, y)| x.as_f64().unwrap() * y.as_f64().unwrap()).sum();
         assert!(a.len() == b.len() && dot > 0.9999, "page and server embeddings differ (cosine {dot}): {api}");
     }
-    let cut = server.post("/v1/embeddings", &json!({"input": inputs[0], "dimensions": 8}).to_string()).json();
+    let cut = server.post("/v1/embeddings", &json!({"input": inputs[0], "dimensions": 8, "encoding_format": "base64"}).to_string()).json();
     let decode = |v: &Value| -> Vec<f32> {
         use base64::Engine as _;
         let bytes = base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap()).unwrap();
