@@ -119,9 +119,9 @@ pub fn run(args: ServeBenchArgs) -> anyhow::Result<()> {
     }
     // Each level gets its own prompts (the same for every target), so that prefix caches
     // do not carry one level's prompts into the next.
-    let prompts_of_level = |level: usize| -> Vec<Vec<u32>> {
+    let prompts_of_level = |level: usize, count: usize| -> Vec<Vec<u32>> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed.wrapping_add(level as u64));
-        (0..args.requests)
+        (0..count)
             .map(|_| {
                 let len = rng.random_range(args.prompt_min..=args.prompt_max);
                 (0..len).map(|_| rng.random_range(100..args.vocab)).collect()
@@ -136,7 +136,7 @@ pub fn run(args: ServeBenchArgs) -> anyhow::Result<()> {
     for (name, url) in &args.targets {
         let mut levels = Vec::new();
         for (i, &c) in args.concurrency.iter().enumerate() {
-            let level = runtime.block_on(load(url, &prompts_of_level(i), c.max(1), &args));
+            let level = runtime.block_on(load(url, &prompts_of_level(i, args.requests), c.max(1), &args));
             eprintln!(
                 "{name} C={c}: {:.1} output tok/s, TTFT p50 {:.2} s p95 {:.2} s, TPOT p50 {:.3} s p95 {:.3} s, {} errors",
                 level.output_tok_s, level.ttft_p50_s, level.ttft_p95_s, level.tpot_p50_s, level.tpot_p95_s, level.errors
@@ -266,14 +266,15 @@ struct EmbedLevel {
     latency_p50_s: f64,
 }
 
-fn run_embeddings(args: &ServeBenchArgs, runtime: &tokio::runtime::Runtime, prompts_of_level: impl Fn(usize) -> Vec<Vec<u32>>) -> anyhow::Result<()> {
+fn run_embeddings(args: &ServeBenchArgs, runtime: &tokio::runtime::Runtime, prompts_of_level: impl Fn(usize, usize) -> Vec<Vec<u32>>) -> anyhow::Result<()> {
     let concurrency = args.concurrency.first().copied().unwrap_or(1).max(1);
     let mut report = Vec::new();
     for (name, url) in &args.targets {
         let mut levels = Vec::new();
         for (i, &batch) in args.embed_batch.iter().enumerate() {
-            let prompts = prompts_of_level(i);
-            let batches: Vec<Vec<Vec<u32>>> = (0..args.requests).map(|r| (0..batch.max(1)).map(|j| prompts[(r * batch + j) % prompts.len()].clone()).collect()).collect();
+            let batch = batch.max(1);
+            let prompts = prompts_of_level(i, args.requests * batch);
+            let batches: Vec<Vec<Vec<u32>>> = prompts.chunks(batch).map(<[Vec<u32>]>::to_vec).collect();
             let level = runtime.block_on(embed_level(url, batches, concurrency, Duration::from_secs(args.timeout_s)));
             eprintln!("{name} batch {batch}: {:.1} embeddings/s, request p50 {:.3} s, {} errors", level.embeddings_per_s, level.latency_p50_s, level.errors);
             if let Some(e) = &level.first_error {
