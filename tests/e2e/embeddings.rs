@@ -4,7 +4,9 @@
 //! on the default model, and the endpoint's limits, errors and metrics on a tiny model.
 
 use cinder_engine::{Engine, Event, GenerationRequest};
-use cinder_gguf::GgufFile;
+use cinder_gguf::{GgufFile, GgufWriter, MetadataValue};
+use cinder_model::arch::QWEN3;
+use cinder_model::tiny::TinyModel;
 use cinder_model::{KvType, KvTypes, Model, Pooling};
 use cinder_scheduler::{BatchPolicy, Time};
 use cinder_tokenizer::Tokenizer;
@@ -138,4 +140,24 @@ fn embeddings_share_the_server_with_chat_and_refuse_bad_bodies() {
     let answer = none.post("/v1/embeddings", r#"{"input": "a"}"#);
     assert_eq!(answer.status, 400, "{}", answer.body);
     assert!(answer.json()["error"]["message"].as_str().unwrap().contains("--pooling mean"), "{}", answer.body);
+}
+
+/// A file's `pooling_type` decides how the server pools (Qwen3-Embedding's files say last,
+/// 3), and `--pooling` overrides it.
+#[test]
+fn the_files_pooling_type_decides_unless_pooling_is_given() {
+    let file = GgufFile::from_bytes(TinyModel { arch: &QWEN3, head_dim: Some(32), ..TinyModel::default() }.to_gguf()).unwrap();
+    let mut writer = GgufWriter::from_file(&file);
+    writer.set_metadata("qwen3.pooling_type", MetadataValue::U32(3));
+    let path = crate::scratch_dir("embeddings-pooling-type").join("last.gguf");
+    writer.write(&path).unwrap();
+    let embed = |flags: &[&str]| {
+        let server = Server::start(&path, flags);
+        let answer = server.post("/v1/embeddings", r#"{"input": "one two three four", "encoding_format": "float"}"#);
+        assert_eq!(answer.status, 200, "{flags:?}: {}", answer.body);
+        floats(&answer.json()["data"][0]["embedding"])
+    };
+    let (from_file, last, mean) = (embed(&[]), embed(&["--pooling", "last"]), embed(&["--pooling", "mean"]));
+    assert!(cosine(&from_file, &last) > 0.99999, "the file's pooling is last");
+    assert!(cosine(&from_file, &mean) < 0.999, "--pooling mean pools otherwise");
 }
